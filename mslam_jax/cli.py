@@ -1,0 +1,51 @@
+"""The `mslam` command: one entry point that dispatches to the module owning each sub-command.
+
+Each sub-command module exposes `add_arguments(parser)` and `run(args) -> int`; modules are
+imported only when their command runs, so `mslam data languages` does not pay for JAX or TF.
+"""
+import argparse
+import importlib
+import sys
+
+# command -> (module, one-line help)
+COMMANDS = {
+    "data": ("mslam_jax.data.commands", "build and inspect corpora: languages, build-builtin, show-batch"),
+    "model-info": ("mslam_jax.models.model_info", "parameter counts of a gin-configured model"),
+    "train": ("mslam_jax.train", "gin-configured pre-training"),
+    "compile": ("mslam_jax.aot", "ahead-of-time compile of the train step for a mesh; memory report"),
+    "demo": ("mslam_jax.demo", "build a small corpus, pre-train a tiny model, evaluate, report"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="mslam", description=__doc__.splitlines()[0])
+  sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+  for name, (module_name, help_text) in COMMANDS.items():
+    command_parser = sub.add_parser(name, help=help_text, description=help_text)
+    command_parser.set_defaults(_module=module_name)
+    # Only the chosen command's module is imported (below); the others show their help text.
+    if name in sys.argv[1:2]:
+      importlib.import_module(module_name).add_arguments(command_parser)
+  return parser
+
+
+def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  saved, sys.argv = sys.argv, [sys.argv[0]] + argv
+  try:
+    parser = build_parser()
+  finally:
+    sys.argv = saved
+  # `--gin.NAME=VALUE` flags are not known to argparse; they pass through in `args.gin_bindings`.
+  args, unknown = parser.parse_known_args(argv)
+  gin_flags = [flag for flag in unknown if flag.startswith("--gin.")]
+  others = [flag for flag in unknown if not flag.startswith("--gin.")]
+  if others:
+    parser.error(f"unrecognized arguments: {' '.join(others)}")
+  args.gin_bindings = [flag[len("--gin."):] for flag in gin_flags]
+  module = importlib.import_module(args._module)
+  return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

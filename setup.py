@@ -1,0 +1,47 @@
+"""mslam_jax: massively multilingual joint speech-and-text pre-training (mSLAM) in JAX/Flax."""
+import setuptools
+
+# Ranges are those the test suite runs against; jax 0.10 is the newest line for Python 3.11.
+INSTALL_REQUIRES = [
+    "jax[cpu]>=0.10.0,<0.11",
+    "flax>=0.12.0,<0.13",
+    "optax>=0.2.5,<0.3",
+    "orbax-checkpoint>=0.12.0,<0.13",
+    "seqio>=0.0.20,<0.1",
+    "tensorflow-cpu>=2.21,<2.22",
+    "tensorflow-datasets>=4.9.9,<5",
+    "sentencepiece>=0.2.0,<0.3",
+    "gin-config>=0.5.0,<0.6",
+    "clu>=0.0.12,<0.1",
+    "numpy>=2.0,<3",
+    "scipy>=1.13,<2",
+    "babel>=2.16,<3",
+    "espeakng-loader>=0.2.4,<0.3",
+    "soundfile>=0.12,<0.15",
+    "jiwer>=3.0,<5",
+    "tqdm>=4.66,<5",
+    "matplotlib>=3.8,<4",
+]
+
+EXTRAS_REQUIRE = {
+    "test": [
+        "pytest>=8,<10",
+        "kaldi-native-fbank>=1.20,<2",
+    ],
+}
+
+setuptools.setup(
+    name="mslam_jax",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.10",
+    # tasks/ and gin_configs/ live at the top of the repository (as in t5x) but install inside the
+    # mslam_jax namespace, so that no user gets a top-level package called `tasks`.
+    packages=setuptools.find_packages(include=["mslam_jax", "mslam_jax.*"])
+    + ["mslam_jax.tasks", "mslam_jax.gin_configs"],
+    package_dir={"mslam_jax.tasks": "tasks", "mslam_jax.gin_configs": "gin_configs"},
+    package_data={"mslam_jax.gin_configs": ["*.gin", "*/*.gin"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    entry_points={"console_scripts": ["mslam=mslam_jax.cli:main"]},
+)

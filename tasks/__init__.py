@@ -1,0 +1,1 @@
+"""SeqIO Task and Mixture registrations, installed as mslam_jax.tasks."""
