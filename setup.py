@@ -21,6 +21,7 @@ INSTALL_REQUIRES = [
     "jiwer>=3.0,<5",
     "tqdm>=4.66,<5",
     "matplotlib>=3.8,<4",
+    "scikit-learn>=1.5,<2",
 ]
 
 EXTRAS_REQUIRE = {
