@@ -1,0 +1,202 @@
+"""CTC forced alignment: Viterbi over the blank-interleaved transcript, timestamps, TextGrid, plots.
+
+Given per-frame CTC log-probabilities [T, V] and the transcript's token ids, `viterbi_align` finds
+the single most likely CTC path that emits exactly that transcript (the same lattice as the CTC
+loss, with max in place of sum). Each transcript character gets the frames its state occupies;
+words are runs of characters between spaces. Times are frame indices times the encoder's frame
+shift (10 ms log-mel hop x the frontend's subsampling).
+"""
+import dataclasses
+import logging
+import os
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class Segment:
+  """A labelled time span in milliseconds."""
+  label: str
+  start_ms: float
+  end_ms: float
+
+  def to_dict(self) -> dict:
+    return {"label": self.label, "start_ms": round(self.start_ms, 1), "end_ms": round(self.end_ms, 1)}
+
+
+def viterbi_align(log_probs: np.ndarray, targets: Sequence[int], blank_id: int = 4) -> np.ndarray:
+  """Most likely CTC path emitting `targets`; returns for each frame the index of its target or -1.
+
+  Args:
+    log_probs: [T, V] log-probabilities of the valid frames of one utterance.
+    targets: the transcript's token ids (no blanks), length L >= 1.
+    blank_id: the CTC blank.
+  Returns:
+    int array [T]: target index (0..L-1) emitted at that frame, -1 where the path is on a blank.
+  Raises:
+    ValueError: if T frames cannot hold the transcript (L plus one blank per repeated pair).
+  """
+  log_probs = np.asarray(log_probs, np.float64)
+  targets = np.asarray(targets, np.int64)
+  num_frames, num_targets = log_probs.shape[0], len(targets)
+  if num_targets == 0:
+    raise ValueError("cannot align an empty transcript")
+  repeats = int(np.sum(targets[1:] == targets[:-1]))
+  if num_frames < num_targets + repeats:
+    raise ValueError(f"{num_frames} frames cannot hold {num_targets} targets with {repeats} repeats")
+  # States: blank, t0, blank, t1, ..., t(L-1), blank.
+  num_states = 2 * num_targets + 1
+  labels = np.full([num_states], blank_id, np.int64)
+  labels[1::2] = targets
+  # A skip from s-2 to s is allowed into a non-blank state whose label differs from s-2's.
+  can_skip = np.zeros([num_states], bool)
+  can_skip[3::2] = targets[1:] != targets[:-1]
+  neg_inf = -np.inf
+  score = np.full([num_states], neg_inf)
+  score[0] = log_probs[0, labels[0]]
+  score[1] = log_probs[0, labels[1]]
+  backptr = np.zeros([num_frames, num_states], np.int8)  # 0 stay, 1 from s-1, 2 from s-2
+  for t in range(1, num_frames):
+    stay = score
+    step = np.concatenate([[neg_inf], score[:-1]])
+    skip = np.where(can_skip, np.concatenate([[neg_inf, neg_inf], score[:-2]]), neg_inf)
+    candidates = np.stack([stay, step, skip])
+    choice = candidates.argmax(axis=0)
+    backptr[t] = choice
+    score = candidates[choice, np.arange(num_states)] + log_probs[t, labels]
+  # The path ends on the last target or the trailing blank.
+  state = num_states - 1 if score[-1] >= score[-2] else num_states - 2
+  if not np.isfinite(score[state]):
+    raise ValueError("no CTC path emits the transcript")
+  path = np.empty([num_frames], np.int64)
+  for t in range(num_frames - 1, -1, -1):
+    path[t] = state
+    state -= int(backptr[t, state])
+  return np.where(path % 2 == 1, path // 2, -1)
+
+
+def token_segments(frame_targets: np.ndarray, num_targets: int) -> list[tuple[int, int]]:
+  """[start_frame, end_frame) of each target index in a Viterbi path."""
+  spans = []
+  for j in range(num_targets):
+    frames = np.flatnonzero(frame_targets == j)
+    spans.append((int(frames[0]), int(frames[-1]) + 1))
+  return spans
+
+
+def align_text(log_probs: np.ndarray, text: str, vocab, frame_shift_ms: float,
+               blank_id: int = 4) -> tuple[list[Segment], list[Segment]]:
+  """Character and word segments of `text` in an utterance's CTC log-probabilities.
+
+  Spaces are aligned like any character (the CTC head was trained on them) but are not reported
+  as segments; a word spans from its first character's start to its last character's end.
+  """
+  chars = list(text)
+  ids = [_single_id(vocab, c) for c in chars]
+  frame_targets = viterbi_align(log_probs, ids, blank_id)
+  spans = token_segments(frame_targets, len(ids))
+  char_segments, word_segments = [], []
+  word_chars: list[tuple[str, int, int]] = []
+
+  def flush():
+    if word_chars:
+      word_segments.append(Segment("".join(c for c, _, _ in word_chars),
+                                   word_chars[0][1] * frame_shift_ms, word_chars[-1][2] * frame_shift_ms))
+      word_chars.clear()
+
+  for char, (start, end) in zip(chars, spans):
+    if char.isspace():
+      flush()
+      continue
+    char_segments.append(Segment(char, start * frame_shift_ms, end * frame_shift_ms))
+    word_chars.append((char, start, end))
+  flush()
+  return char_segments, word_segments
+
+
+def _single_id(vocab, char: str) -> int:
+  ids = list(vocab.encode(char))
+  if len(ids) != 1:
+    raise ValueError(f"character {char!r} does not map to exactly one vocabulary id: {ids}")
+  return int(ids[0])
+
+
+def word_boundary_error_ms(predicted: Sequence[Segment], reference_starts_ms: Sequence[float],
+                           reference_ends_ms: Sequence[float]) -> float | None:
+  """Mean absolute error of word starts and ends (ms); None when the word counts differ."""
+  if len(predicted) != len(reference_starts_ms) or len(predicted) != len(reference_ends_ms) or not predicted:
+    return None
+  starts = np.array([s.start_ms for s in predicted])
+  ends = np.array([s.end_ms for s in predicted])
+  errors = np.concatenate([np.abs(starts - np.asarray(reference_starts_ms, np.float64)),
+                           np.abs(ends - np.asarray(reference_ends_ms, np.float64))])
+  return float(errors.mean())
+
+
+def textgrid_string(tiers: dict[str, Sequence[Segment]], duration_ms: float) -> str:
+  """A Praat TextGrid (long text format) with one IntervalTier per entry of `tiers`.
+
+  Praat needs each tier to tile [0, duration]: gaps between segments become empty intervals.
+  """
+  xmax = duration_ms / 1000.0
+  lines = ['File type = "ooTextFile"', 'Object class = "TextGrid"', "", "xmin = 0",
+           f"xmax = {xmax:.4f}", "tiers? <exists>", f"size = {len(tiers)}", "item []:"]
+  for tier_index, (name, segments) in enumerate(tiers.items(), start=1):
+    intervals = _tile(segments, xmax)
+    lines += [f"    item [{tier_index}]:", '        class = "IntervalTier"', f'        name = "{name}"',
+              "        xmin = 0", f"        xmax = {xmax:.4f}", f"        intervals: size = {len(intervals)}"]
+    for k, (start, end, label) in enumerate(intervals, start=1):
+      escaped = label.replace('"', '""')
+      lines += [f"        intervals [{k}]:", f"            xmin = {start:.4f}", f"            xmax = {end:.4f}",
+                f'            text = "{escaped}"']
+  return "\n".join(lines) + "\n"
+
+
+def _tile(segments: Sequence[Segment], xmax: float) -> list[tuple[float, float, str]]:
+  out, cursor = [], 0.0
+  for seg in sorted(segments, key=lambda s: s.start_ms):
+    start, end = max(seg.start_ms / 1000.0, cursor), min(seg.end_ms / 1000.0, xmax)
+    if end <= start:
+      continue
+    if start > cursor:
+      out.append((cursor, start, ""))
+    out.append((start, end, seg.label))
+    cursor = end
+  if cursor < xmax:
+    out.append((cursor, xmax, ""))
+  return out
+
+
+def write_textgrid(path: str, char_segments: Sequence[Segment], word_segments: Sequence[Segment],
+                   duration_ms: float) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(textgrid_string({"words": word_segments, "chars": char_segments}, duration_ms))
+
+
+def plot_alignment(path: str, audio: np.ndarray, word_segments: Sequence[Segment],
+                   reference: Sequence[Segment] = (), title: str = "", sample_rate: int = 16_000) -> None:
+  """PNG: the spectrogram with the aligned word boundaries (and the reference's, dashed)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(max(6.0, len(audio) / sample_rate * 2.5), 3.5))
+  ax.specgram(np.asarray(audio, np.float64) + 1e-9, NFFT=400, Fs=sample_rate, noverlap=240, cmap="magma")
+  top = sample_rate / 2
+  for seg in reference:
+    for x in (seg.start_ms, seg.end_ms):
+      ax.axvline(x / 1000.0, color="cyan", linestyle="--", linewidth=0.8)
+  for seg in word_segments:
+    ax.axvline(seg.start_ms / 1000.0, color="white", linewidth=1.0)
+    ax.axvline(seg.end_ms / 1000.0, color="white", linewidth=1.0, alpha=0.5)
+    ax.text((seg.start_ms + seg.end_ms) / 2000.0, top * 0.92, seg.label, color="white", ha="center",
+            va="top", fontsize=8)
+  ax.set_xlabel("time (s)")
+  ax.set_ylabel("Hz")
+  ax.set_title(title or "CTC forced alignment (white: aligned, cyan dashed: reference)")
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  logging.info("Wrote alignment plot %s", path)

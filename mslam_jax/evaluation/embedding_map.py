@@ -1,0 +1,51 @@
+"""A 2-D map of pooled embeddings (PCA), coloured by language, marked by modality."""
+import os
+from typing import Sequence
+
+import numpy as np
+
+_MARKERS = {"speech": "o", "text": "^", "paired_speech": "s", "paired_text": "D"}
+
+
+def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Projection onto the first two principal components and their explained variance ratios."""
+  from sklearn.decomposition import PCA  # pylint: disable=g-import-not-at-top
+  pca = PCA(n_components=2, svd_solver="full").fit(np.asarray(x, np.float64))
+  return pca.transform(np.asarray(x, np.float64)), pca.explained_variance_ratio_
+
+
+def plot_embedding_map(path: str, embeddings: np.ndarray, langs: Sequence[str], modalities: Sequence[str],
+                       title: str = "Pooled embeddings (PCA)", center_per_modality: bool = False) -> dict[str, float]:
+  """Writes the PNG; returns the explained variance of both components.
+
+  With `center_per_modality`, each modality's mean is removed first so that the map shows how
+  languages spread within and across modalities rather than the offset between modalities.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  x = np.asarray(embeddings, np.float64)
+  modalities_arr, langs_arr = np.asarray(modalities), np.asarray(langs)
+  if center_per_modality:
+    x = x.copy()
+    for m in set(modalities):
+      x[modalities_arr == m] -= x[modalities_arr == m].mean(axis=0)
+  points, ratio = pca_2d(x)
+  unique_langs = sorted(set(langs))
+  cmap = plt.get_cmap("tab20" if len(unique_langs) > 10 else "tab10")
+  fig, ax = plt.subplots(figsize=(7, 6))
+  for li, lang in enumerate(unique_langs):
+    for modality in sorted(set(modalities)):
+      sel = (langs_arr == lang) & (modalities_arr == modality)
+      if sel.any():
+        ax.scatter(points[sel, 0], points[sel, 1], s=18, alpha=0.75, color=cmap(li % cmap.N),
+                   marker=_MARKERS.get(modality, "x"), label=f"{lang} {modality}")
+  ax.set_xlabel(f"PC1 ({ratio[0]:.0%})")
+  ax.set_ylabel(f"PC2 ({ratio[1]:.0%})")
+  ax.set_title(title)
+  ax.legend(fontsize=7, ncol=2, loc="best", markerscale=1.2)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return {"embedding_map_pc1_variance": float(ratio[0]), "embedding_map_pc2_variance": float(ratio[1])}

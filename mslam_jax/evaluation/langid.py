@@ -1,0 +1,103 @@
+"""Language identification by a linear probe on frozen pooled embeddings.
+
+The probe is scikit-learn's multinomial logistic regression on standardized embeddings, trained on
+the train split's embeddings and scored on the test split's: the probe measures what the frozen
+encoder already separates, so it stays linear and cheap.
+"""
+import json
+import logging
+import os
+from typing import Sequence
+
+import numpy as np
+
+
+class LinearProbe:
+  """Standardize + logistic regression; saved as plain arrays (npz) so a CLI can reload it."""
+
+  def __init__(self, c: float = 1.0, max_iter: int = 2000):
+    self.c, self.max_iter = c, max_iter
+    self.classes_: np.ndarray | None = None
+    self.mean_ = self.scale_ = self.coef_ = self.intercept_ = None
+
+  def fit(self, x: np.ndarray, labels: Sequence[str]) -> "LinearProbe":
+    from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
+    from sklearn.preprocessing import StandardScaler  # pylint: disable=g-import-not-at-top
+    labels = np.asarray(labels)
+    if len(set(labels.tolist())) < 2:
+      raise ValueError("a language-ID probe needs at least two languages in its training data")
+    scaler = StandardScaler().fit(x)
+    clf = LogisticRegression(C=self.c, max_iter=self.max_iter).fit(scaler.transform(x), labels)
+    self.classes_ = clf.classes_
+    self.mean_, self.scale_ = scaler.mean_, scaler.scale_
+    coef, intercept = clf.coef_, clf.intercept_
+    if coef.shape[0] == 1:  # scikit-learn stores a binary problem as one row
+      coef, intercept = np.concatenate([-coef, coef]) / 2, np.concatenate([-intercept, intercept]) / 2
+    self.coef_, self.intercept_ = coef, intercept
+    return self
+
+  def decision_function(self, x: np.ndarray) -> np.ndarray:
+    z = (np.asarray(x, np.float64) - self.mean_) / self.scale_
+    return z @ self.coef_.T + self.intercept_
+
+  def predict(self, x: np.ndarray) -> np.ndarray:
+    return self.classes_[self.decision_function(x).argmax(axis=-1)]
+
+  def predict_proba(self, x: np.ndarray) -> np.ndarray:
+    logits = self.decision_function(x)
+    logits -= logits.max(axis=-1, keepdims=True)
+    p = np.exp(logits)
+    return p / p.sum(axis=-1, keepdims=True)
+
+  def save(self, path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    np.savez(path, classes=self.classes_.astype(str), mean=self.mean_, scale=self.scale_, coef=self.coef_,
+             intercept=self.intercept_)
+
+  @classmethod
+  def load(cls, path: str) -> "LinearProbe":
+    data = np.load(path)
+    probe = cls()
+    probe.classes_ = data["classes"]
+    probe.mean_, probe.scale_ = data["mean"], data["scale"]
+    probe.coef_, probe.intercept_ = data["coef"], data["intercept"]
+    return probe
+
+
+def probe_metrics(train_x: np.ndarray, train_labels: Sequence[str], test_x: np.ndarray,
+                  test_labels: Sequence[str], prefix: str, plot_path: str | None = None,
+                  probe_path: str | None = None) -> dict[str, float]:
+  """Trains a probe and returns {prefix_accuracy, prefix_macro_f1}; optionally a confusion PNG."""
+  from sklearn.metrics import accuracy_score, f1_score  # pylint: disable=g-import-not-at-top
+  probe = LinearProbe().fit(train_x, train_labels)
+  predicted = probe.predict(test_x)
+  labels = sorted(set(train_labels) | set(test_labels))
+  metrics = {
+      f"{prefix}_accuracy": float(accuracy_score(test_labels, predicted)),
+      f"{prefix}_macro_f1": float(f1_score(test_labels, predicted, labels=labels, average="macro", zero_division=0)),
+      f"{prefix}_num_test": float(len(test_labels)),
+      f"{prefix}_chance": float(1.0 / len(labels)),
+  }
+  if plot_path:
+    plot_confusion(plot_path, test_labels, predicted, labels, title=f"{prefix}: accuracy {metrics[f'{prefix}_accuracy']:.3f}")
+  if probe_path:
+    probe.save(probe_path)
+  logging.info("%s: %s", prefix, json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+  return metrics
+
+
+def plot_confusion(path: str, true_labels: Sequence[str], predicted: Sequence[str], labels: Sequence[str],
+                   title: str = "") -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix  # pylint: disable=g-import-not-at-top
+  cm = confusion_matrix(true_labels, predicted, labels=list(labels))
+  size = max(4.0, 0.45 * len(labels) + 2)
+  fig, ax = plt.subplots(figsize=(size, size))
+  ConfusionMatrixDisplay(cm, display_labels=list(labels)).plot(ax=ax, colorbar=False, xticks_rotation=90)
+  ax.set_title(title)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

@@ -1,0 +1,86 @@
+"""Retrieval metrics, the language-ID probe and the embedding map on synthetic embeddings."""
+import numpy as np
+import pytest
+
+from mslam_jax.evaluation import embedding_map, langid, retrieval
+
+
+def test_identical_embeddings_retrieve_perfectly():
+  x = np.random.default_rng(0).normal(size=(50, 16))
+  m = retrieval.speech_text_retrieval(x, x.copy())
+  assert m["retrieval_r1_speech_to_text"] == 1.0
+  assert m["retrieval_r1_text_to_speech"] == 1.0
+  assert m["retrieval_mrr_speech_to_text"] == 1.0
+
+
+def test_shuffled_embeddings_retrieve_at_chance():
+  rng = np.random.default_rng(1)
+  n = 400
+  x = rng.normal(size=(n, 32))
+  m = retrieval.speech_text_retrieval(x, x[rng.permutation(n)])
+  assert m["retrieval_r1_speech_to_text"] < 5 / n + 0.01
+  assert m["retrieval_r5_speech_to_text"] < 0.05
+  assert m["retrieval_chance_r1"] == pytest.approx(1 / n)
+
+
+def test_collapsed_encoder_scores_zero_not_one():
+  x = np.ones((10, 4))
+  assert retrieval.retrieval_metrics(x, x, center=False)["r1"] == 0.0
+
+
+def test_noisy_partners_and_per_language_scores():
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=(60, 32))
+  y = x + 0.3 * rng.normal(size=x.shape)
+  langs = ["eng"] * 30 + ["deu"] * 30
+  m = retrieval.speech_text_retrieval(x, y, langs)
+  assert m["retrieval_r1_speech_to_text"] > 0.9
+  assert m["retrieval_r5_speech_to_text"] >= m["retrieval_r1_speech_to_text"]
+  assert set(k for k in m if "/" in k) == {f"retrieval_r1_{d}/{l}" for d in ("speech_to_text", "text_to_speech")
+                                          for l in ("eng", "deu")}
+
+
+def _clusters(rng, n_per, centers, noise):
+  x = np.concatenate([c + noise * rng.normal(size=(n_per, centers.shape[1])) for c in centers])
+  labels = np.repeat([f"l{i}" for i in range(len(centers))], n_per)
+  return x, labels
+
+
+def test_probe_separates_languages_and_reloads(tmp_path):
+  rng = np.random.default_rng(3)
+  centers = rng.normal(size=(4, 8)) * 3
+  train_x, train_y = _clusters(rng, 40, centers, 0.5)
+  test_x, test_y = _clusters(rng, 20, centers, 0.5)
+  png, probe_path = tmp_path / "cm.png", tmp_path / "probe.npz"
+  m = langid.probe_metrics(train_x, train_y, test_x, test_y, "langid_speech", str(png), str(probe_path))
+  assert m["langid_speech_accuracy"] > 0.95
+  assert m["langid_speech_macro_f1"] > 0.95
+  assert png.read_bytes()[:4] == b"\x89PNG"
+  reloaded = langid.LinearProbe.load(str(probe_path))
+  assert (reloaded.predict(test_x) == test_y).mean() > 0.95
+  assert reloaded.predict_proba(test_x).sum(-1) == pytest.approx(np.ones(len(test_x)))
+
+
+def test_probe_on_noise_is_near_chance():
+  rng = np.random.default_rng(4)
+  labels = np.repeat(["a", "b", "c", "d"], 50)
+  m = langid.probe_metrics(rng.normal(size=(200, 8)), labels, rng.normal(size=(200, 8)), labels, "p")
+  assert m["p_accuracy"] < 0.45
+
+
+def test_binary_probe():
+  rng = np.random.default_rng(5)
+  x = np.concatenate([rng.normal(size=(30, 3)) + 4, rng.normal(size=(30, 3)) - 4])
+  y = np.repeat(["eng", "fra"], 30)
+  probe = langid.LinearProbe().fit(x, y)
+  assert (probe.predict(x) == y).all()
+
+
+def test_embedding_map(tmp_path):
+  rng = np.random.default_rng(6)
+  x = rng.normal(size=(40, 8))
+  x[:, 0] *= 10  # one dominant direction
+  path = tmp_path / "map.png"
+  out = embedding_map.plot_embedding_map(str(path), x, ["eng", "deu"] * 20, ["speech"] * 20 + ["text"] * 20)
+  assert path.read_bytes()[:4] == b"\x89PNG"
+  assert out["embedding_map_pc1_variance"] > 0.8
