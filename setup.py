@@ -8,6 +8,7 @@ INSTALL_REQUIRES = [
     "optax>=0.2.5,<0.3",
     "orbax-checkpoint>=0.12.0,<0.13",
     "seqio>=0.0.20,<0.1",
+    "tensorflow-text>=2.21,<2.22",
     "tensorflow-cpu>=2.21,<2.22",
     "tensorflow-datasets>=4.9.9,<5",
     "sentencepiece>=0.2.0,<0.3",
