@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     "sentencepiece>=0.2.0,<0.3",
     "gin-config>=0.5.0,<0.6",
     "clu>=0.0.12,<0.1",
+    "tensorboard>=2.20,<2.22",  # clu's TensorBoard SummaryWriter needs it
     "numpy>=2.0,<3",
     "scipy>=1.13,<2",
     "babel>=2.16,<3",
