@@ -1,0 +1,186 @@
+"""SeqIO Tasks and Mixtures of the built-in corpus (`mslam data build-builtin --out DIR`).
+
+`register_builtin_corpus(DIR)` reads `DIR/manifest.json` and registers
+
+  * one Task per language and stream: `builtin_speech_{lang}`, `builtin_text_{lang}`,
+    `builtin_paired_{lang}` (the splits present on disk; output features of
+    mslam_jax.data.feature_converters.task_output_features), and
+  * one Mixture per stream: `builtin_speech`, `builtin_text`, `builtin_paired`, sampling language l
+    with rate n_l^(1/T) (temperature sampling as in mSLAM/XLM-R; T=1 follows the data, T->inf is
+    uniform), where n_l is the language's training hours (speech, paired) or examples (text).
+    Held-out languages' paired data never enters `builtin_paired`; their Tasks stay registered
+    (for zero-shot evaluation) and are collected in the Mixture `builtin_paired_heldout`.
+
+Gin: `register_builtin_corpus.corpus_dir`, `.temperature`, `.rate_units`, `.shuffle_buffer_sizes`.
+"""
+import json
+import logging
+import math
+import os
+from typing import Dict, Mapping, Optional, Sequence
+
+import gin
+import seqio
+import tensorflow as tf
+
+from mslam_jax.data import feature_converters
+from mslam_jax.data import preprocessors
+from mslam_jax.data import records
+from mslam_jax.data import vocabularies
+
+PREFIX = "builtin"
+DEFAULT_RATE_UNITS = {"speech": "hours", "text": "examples", "paired": "hours"}
+# Per-task shuffle buffers hold decoded items; audio ones are kept small since there is one per language.
+DEFAULT_SHUFFLE_BUFFER_SIZES = {"speech": 64, "text": 1000, "paired": 64}
+
+_registered: Dict[str, tuple] = {}  # prefix -> the arguments it was registered with
+
+
+def task_name(stream: str, lang: str, prefix: str = PREFIX) -> str:
+  return f"{prefix}_{stream}_{lang}"
+
+
+def mixture_name(stream: str, prefix: str = PREFIX) -> str:
+  return f"{prefix}_{stream}"
+
+
+def heldout_mixture_name(prefix: str = PREFIX) -> str:
+  return f"{prefix}_paired_heldout"
+
+
+def load_manifest(corpus_dir: str) -> dict:
+  path = os.path.join(corpus_dir, "manifest.json")
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(f"{path} not found: build the corpus first (mslam data build-builtin --out "
+                            f"{corpus_dir}) or fix the binding register_builtin_corpus.corpus_dir")
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)
+
+
+def _split_stats(manifest: dict, lang: str, stream: str) -> Dict[str, dict]:
+  """{split: {"clips": n, "hours": h, ...}} of one language and stream, {} when absent."""
+  entry = manifest.get("languages", {}).get(lang, {})
+  streams = entry.get("streams", entry)
+  stats = streams.get(stream) or {}
+  return {split: stats[split] for split in records.SPLITS if isinstance(stats.get(split), dict)}
+
+
+def _count(stats: dict, unit: str) -> float:
+  if unit == "hours":
+    return float(stats.get("hours", 0.0))
+  if unit == "examples":
+    return float(stats.get("clips", stats.get("examples", 0)))
+  if unit == "characters":
+    return float(stats.get("characters", 0))
+  raise ValueError(f"rate unit {unit!r} is not hours, examples or characters "
+                   "(binding register_builtin_corpus.rate_units)")
+
+
+def held_out_languages(manifest: dict) -> Sequence[str]:
+  for key in ("held_out_languages", "held_out", "heldout_languages"):
+    if key in manifest:
+      return list(manifest[key])
+  return [code for code, entry in manifest.get("languages", {}).items() if entry.get("held_out")]
+
+
+def temperature_rates(sizes: Mapping[str, float], temperature: float) -> Dict[str, float]:
+  """Sampling probabilities p_l ∝ n_l^(1/T) (languages with n_l = 0 get nothing)."""
+  if temperature <= 0:
+    raise ValueError(f"temperature must be > 0, got {temperature} (binding register_builtin_corpus.temperature)")
+  weights = {k: math.pow(n, 1.0 / temperature) for k, n in sizes.items() if n > 0}
+  total = sum(weights.values())
+  return {k: w / total for k, w in weights.items()}
+
+
+def _remove(prefix: str) -> None:
+  for name in list(seqio.MixtureRegistry.names()):
+    if name.startswith(prefix + "_"):
+      seqio.MixtureRegistry.remove(name)
+  for name in list(seqio.TaskRegistry.names()):
+    if name.startswith(prefix + "_"):
+      seqio.TaskRegistry.remove(name)
+
+
+@gin.configurable
+def register_builtin_corpus(corpus_dir: str = gin.REQUIRED,
+                            temperature: float = 3.0,
+                            rate_units: Optional[Mapping[str, str]] = None,
+                            shuffle_buffer_sizes: Optional[Mapping[str, int]] = None,
+                            prefix: str = PREFIX) -> Dict[str, str]:
+  """Registers the corpus' Tasks and Mixtures (idempotent); returns {stream: mixture name}."""
+  from mslam_jax.data import languages  # pylint: disable=g-import-not-at-top
+  rate_units = {**DEFAULT_RATE_UNITS, **(rate_units or {})}
+  buffers = {**DEFAULT_SHUFFLE_BUFFER_SIZES, **(shuffle_buffer_sizes or {})}
+  key = (os.path.abspath(corpus_dir), float(temperature), tuple(sorted(rate_units.items())),
+         tuple(sorted(buffers.items())))
+  mixtures = {stream: mixture_name(stream, prefix) for stream in records.STREAMS}
+  if _registered.get(prefix) == key:
+    return {s: m for s, m in mixtures.items() if m in seqio.MixtureRegistry.names()}
+  _remove(prefix)
+  _registered.pop(prefix, None)
+
+  manifest = load_manifest(corpus_dir)
+  vocabulary = vocabularies.vocabulary_for_corpus(corpus_dir)
+  held_out = set(held_out_languages(manifest))
+  registered = {}
+  for stream in records.STREAMS:
+    sizes = {}
+    heldout_tasks = []
+    for lang in sorted(manifest.get("languages", {})):
+      stats = _split_stats(manifest, lang, stream)
+      patterns = {}
+      for split, split_stats in stats.items():
+        if not split_stats.get("clips", split_stats.get("examples", 0)):
+          continue
+        pattern = os.path.join(corpus_dir, records.shard_pattern(stream, lang, split))
+        if tf.io.gfile.glob(pattern):
+          patterns[split] = pattern
+        else:
+          logging.warning("manifest lists %s/%s/%s but no shard matches %s; skipped",
+                          stream, lang, split, pattern)
+      if not patterns:
+        continue
+      try:
+        lang_id = languages.lang_id(lang)
+      except (KeyError, ValueError) as e:
+        logging.warning("language %r of the corpus is not in the registry (%s); its %s data is skipped",
+                        lang, e, stream)
+        continue
+      name = task_name(stream, lang, prefix)
+      seqio.TaskRegistry.add(
+          name,
+          source=seqio.TFExampleDataSource(
+              split_to_filepattern=patterns,
+              feature_description=preprocessors.training_feature_description(),
+              reader_cls=tf.data.TFRecordDataset,
+              num_input_examples={s: int(stats[s].get("clips", stats[s].get("examples", 0)))
+                                  for s in patterns}),
+          preprocessors=preprocessors.record_preprocessors(stream, vocabulary, lang_id, name),
+          output_features=feature_converters.task_output_features(stream, vocabulary),
+          shuffle_buffer_size=buffers[stream])
+      if stream == "paired" and lang in held_out:
+        heldout_tasks.append(name)
+      elif "train" in patterns:
+        sizes[name] = _count(stats["train"], rate_units[stream])
+    rates = temperature_rates(sizes, temperature) if sizes else {}
+    if rates:
+      seqio.MixtureRegistry.add(mixtures[stream], sorted(rates.items()))
+      registered[stream] = mixtures[stream]
+      logging.info("Mixture %s: %d languages, T=%g, rates by %s", mixtures[stream], len(rates),
+                   temperature, rate_units[stream])
+    if heldout_tasks:
+      seqio.MixtureRegistry.add(heldout_mixture_name(prefix), heldout_tasks, default_rate=1.0)
+  _registered[prefix] = key
+  return registered
+
+
+def mixture_rates(name: str) -> Dict[int, float]:
+  """{lang id: sampling probability} of a registered per-language Mixture (for tests and reports)."""
+  mixture = seqio.get_mixture_or_task(name)
+  tasks = mixture.tasks
+  total = sum(mixture.get_rate(t) for t in tasks)
+  out = {}
+  for task in tasks:
+    lang_step = [p for p in task.preprocessors if getattr(p, "func", None) is preprocessors.add_lang_id]
+    out[lang_step[0].keywords["lang_id"]] = mixture.get_rate(task) / total
+  return out
