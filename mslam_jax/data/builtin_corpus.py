@@ -1,0 +1,354 @@
+"""The built-in corpus: real multilingual text and eSpeak NG speech, made offline.
+
+For every selected language the builder draws distinct utterances from `text_sources` (a seeded
+order) and hands them out to three disjoint streams:
+- `paired`: synthesized speech + transcript + word timings, for languages with an eSpeak voice;
+- `speech`: synthesized speech of other sentences (unpaired; the text is stored, never trained on);
+- `text`: text only, for every language with text.
+Each stream is split train/validation/test by utterance (80/10/10, at least one each). The
+held-out languages' paired data goes to validation and test only (zero-shot evaluation); their
+scripts occur in training languages, so a CTC head can emit their characters.
+
+The output follows `records.py`; `manifest.json` holds per language, stream and split the clips,
+characters and hours, the held-out languages, the seed and the skipped items by reason. Building
+again with the same arguments is a no-op (a config hash in the manifest).
+"""
+import collections
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from importlib import metadata
+from typing import Iterable, Sequence
+
+import gin
+import numpy as np
+
+from mslam_jax.data import audio as audio_lib
+from mslam_jax.data import espeak
+from mslam_jax.data import languages
+from mslam_jax.data import records
+from mslam_jax.data import text_sources
+
+FORMAT = "mslam_jax.builtin_corpus/1"
+MANIFEST = "manifest.json"
+SMALL_MAX_LANGUAGES = 8
+SMALL_PER_LANGUAGE = 12
+# Zero-shot languages: speech languages whose scripts (Latin, Cyrillic, Devanagari, Arabic) the
+# training languages share. Latin first, so that even a small selection holds one out.
+DEFAULT_HELD_OUT = ("afr", "ukr", "slk", "mar", "swa", "urd")
+# Languages a small selection starts with (after the held-out ones): many scripts, common voices.
+CORE_LANGUAGES = ("eng", "deu", "rus", "cmn", "fra", "hin", "spa", "ara", "jpn", "por", "ita",
+                  "tur", "pol", "kor", "fas", "vie", "ell", "heb", "tha", "ben", "tam", "kat")
+SPLIT_FRACTIONS = {"validation": 0.1, "test": 0.1}
+SHARD_SIZE = 2000
+NO_VOICE = "no_voice_or_text"
+SYNTHESIS_FAILED = "synthesis_failed"
+NO_WORD_TIMINGS = "no_word_timings"
+NOT_ENOUGH_TEXT = "not_enough_text"
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildConfig:
+  """Everything the content of a build depends on (its hash names a build)."""
+  languages: tuple[str, ...]
+  held_out: tuple[str, ...]
+  per_language: int
+  text_per_language: int
+  seed: int
+  max_speech_chars: int
+  max_text_chars: int
+  max_seconds: float
+
+
+def _code_fingerprint() -> str:
+  """Changes with this code and the data packages, so that a stale build is redone."""
+  h = hashlib.sha256()
+  for module in (__file__, text_sources.__file__, espeak.__file__, languages.__file__, audio_lib.__file__):
+    with open(module, "rb") as f:
+      h.update(f.read())
+  for package in ("babel", "pycountry", "num2words", "espeakng-loader", "fonttools", "scipy"):
+    try:
+      h.update(f"{package}={metadata.version(package)}".encode())
+    except metadata.PackageNotFoundError:
+      pass
+  return h.hexdigest()
+
+
+def config_hash(config: BuildConfig) -> str:
+  payload = json.dumps({"format": FORMAT, **dataclasses.asdict(config), "code": _code_fingerprint()},
+                       sort_keys=True)
+  return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def select_languages(max_languages: int | None, seed: int, requested: Sequence[str] | None,
+                     counter: audio_lib.SkipCounter) -> list[str]:
+  """The languages of a build: `requested` (unknown codes skipped and counted) or a selection."""
+  if requested:
+    out = []
+    for code in requested:
+      try:
+        lang = languages.get(code)
+      except KeyError as e:
+        counter.skip(audio_lib.UNKNOWN_LANGUAGE, code, str(e))
+        continue
+      if not lang.streams:
+        counter.skip(NO_VOICE, code, "the registry has no built-in text or speech for it")
+        continue
+      if code not in out:
+        out.append(code)
+    return out
+  rng = np.random.default_rng(seed)
+  paired = [l.code for l in languages.with_stream("paired")]
+  text_only = [l.code for l in languages.with_stream("text") if l.code not in set(paired)]
+  total = len(paired) + len(text_only) if max_languages is None else max_languages
+  num_held_out = min(len(DEFAULT_HELD_OUT), max(1, min(total, len(paired)) // 8))
+  head = [c for c in DEFAULT_HELD_OUT if c in paired][:num_held_out]
+  head += [c for c in CORE_LANGUAGES if c in paired and c not in head]
+  rest = [c for c in paired if c not in head]
+  order = head + [rest[i] for i in rng.permutation(len(rest))]
+  order += [text_only[i] for i in rng.permutation(len(text_only))]
+  return order[:total]
+
+
+def choose_held_out(selected: Sequence[str], requested: Sequence[str] | None) -> list[str]:
+  """Held-out languages among `selected`: speech languages whose script a training language has."""
+  candidates = list(requested) if requested is not None else list(DEFAULT_HELD_OUT)
+  paired = [c for c in selected if "paired" in languages.get(c).streams]
+  held_out = []
+  for code in candidates:
+    if code not in paired:
+      if requested is not None:
+        logging.warning("held-out language %s is not a selected speech language; ignored", code)
+      continue
+    script = languages.get(code).script
+    train_scripts = {languages.get(c).script for c in paired if c != code and c not in held_out + [code]}
+    if script not in train_scripts:
+      logging.warning("held-out language %s (%s) kept for training: no training language writes %s",
+                      code, script, script)
+      continue
+    if len(held_out) + 1 >= len(paired):
+      break  # keep at least one training language
+    held_out.append(code)
+  return held_out
+
+
+def split_sizes(n: int) -> dict[str, int]:
+  """train/validation/test sizes of n utterances: 10 % each for evaluation, at least one."""
+  if n < 3:
+    return {"train": n, "validation": 0, "test": 0}
+  evals = {s: max(1, round(n * f)) for s, f in SPLIT_FRACTIONS.items()}
+  return {"train": n - sum(evals.values()), **evals}
+
+
+def _assign_splits(items: list, held_out: bool) -> dict[str, list]:
+  if held_out:  # never in train
+    half = (len(items) + 1) // 2
+    return {"train": [], "validation": items[:half], "test": items[half:]}
+  sizes = split_sizes(len(items))
+  out, start = {}, 0
+  for split in records.SPLITS:
+    out[split] = items[start:start + sizes[split]]
+    start += sizes[split]
+  return out
+
+
+def _draw_sentences(lang: languages.Language, config: BuildConfig, want_speech: int, want_text: int
+                    ) -> tuple[list[str], list[str], list[str]]:
+  """Disjoint (paired, speech, text) sentences; speech ones are readable by the voice."""
+  speakable = text_sources.scripts_for(lang.script, speech=True)
+  text_scripts = text_sources.scripts_for(lang.script) | speakable
+  paired, speech, text = [], [], []
+  for sentence in text_sources.iter_sentences(lang.code, config.seed, scripts=text_scripts,
+                                              max_chars=config.max_text_chars):
+    if (len(paired) < want_speech or len(speech) < want_speech) and (
+        len(sentence) <= config.max_speech_chars and text_sources.in_scripts(sentence, speakable)):
+      (paired if len(paired) <= len(speech) and len(paired) < want_speech else speech).append(sentence)
+    elif len(text) < want_text:
+      text.append(sentence)
+    if len(paired) >= want_speech and len(speech) >= want_speech and len(text) >= want_text:
+      break
+  return paired, speech, text
+
+
+def _synthesize_items(lang: languages.Language, sentences: Sequence[str], stream: str,
+                      config: BuildConfig, counter: audio_lib.SkipCounter,
+                      synthesize=espeak.synthesize) -> Iterable[audio_lib.RawItem]:
+  rng = np.random.default_rng([config.seed, int(hashlib.sha1(f"{lang.code}/{stream}".encode()).hexdigest()[:8], 16)])
+  for i, sentence in enumerate(sentences):
+    item_id = f"{lang.code}-{stream}-{i:05d}"
+    style = espeak.sample_style(rng, lang.espeak_voices)
+    try:
+      result = synthesize(sentence, style)
+    except espeak.EspeakError as e:
+      counter.skip(SYNTHESIS_FAILED, item_id, str(e))
+      continue
+    if not result.words:
+      counter.skip(NO_WORD_TIMINGS, item_id, f"the voice gave no word events for {sentence[:40]!r}")
+      continue
+    yield audio_lib.RawItem(
+        id=item_id, lang=lang.code, text=sentence, audio=result.audio, sample_rate=espeak.SAMPLE_RATE,
+        extras={"voice": style.describe(), "words": list(result.words),
+                "word_starts_ms": list(result.word_starts_ms), "word_ends_ms": list(result.word_ends_ms)})
+
+
+def _write_shards(out_dir: str, stream: str, lang: str, split: str,
+                  utterances: Sequence[records.Utterance]) -> list[str]:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if not utterances:
+    return []
+  count = max(1, math.ceil(len(utterances) / SHARD_SIZE))
+  names = []
+  for index in range(count):
+    name = records.shard_name(stream, lang, split, index, count)
+    path = os.path.join(out_dir, name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tf.io.TFRecordWriter(path) as writer:
+      for utt in utterances[index::count]:
+        writer.write(records.to_example_bytes(utt))
+    names.append(name)
+  return names
+
+
+def _stats(utterances: Sequence[records.Utterance]) -> dict:
+  samples = sum(len(u.audio) for u in utterances)
+  return {"clips": len(utterances), "characters": sum(len(u.text) for u in utterances),
+          "hours": samples / records.SAMPLE_RATE / 3600.0}
+
+
+def read_manifest(out_dir: str) -> dict | None:
+  try:
+    with open(os.path.join(out_dir, MANIFEST), encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+@gin.configurable(denylist=["out_dir"])
+def build_builtin_corpus(out_dir: str, max_languages: int | None = SMALL_MAX_LANGUAGES,
+                         per_language: int = SMALL_PER_LANGUAGE, seed: int = 0,
+                         languages_: Sequence[str] | None = None,
+                         held_out: Sequence[str] | None = None,
+                         text_per_language: int | None = None, max_speech_chars: int = 160,
+                         max_text_chars: int = 400, max_seconds: float = 20.0,
+                         force: bool = False, progress: bool = True,
+                         synthesize=espeak.synthesize) -> dict:
+  """Builds (or finds up to date) the built-in corpus in `out_dir`; returns its manifest.
+
+  Args:
+    out_dir: the corpus directory (its speech/, text/, paired/, vocab/ and manifest are replaced).
+    max_languages: how many languages (held-out and core languages first); None for all.
+    per_language: utterances per language in each speech stream (paired, speech).
+    seed: every random choice (sentences, speakers, language order) follows from it.
+    languages_: explicit ISO 639-3 codes instead of a selection.
+    held_out: explicit held-out languages (default: DEFAULT_HELD_OUT among the selection).
+    text_per_language: utterances per language in the text stream (default `per_language`).
+    max_speech_chars / max_text_chars: longest sentence for speech / text.
+    max_seconds: longest clip; longer ones are skipped and counted.
+    force: rebuild even when the manifest says the build is up to date.
+    progress: show a tqdm bar.
+    synthesize: the synthesizer (text, SpeakerStyle) -> espeak.Synthesis; tests replace it.
+  """
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  start = time.time()
+  if per_language < 1:
+    raise ValueError(f"per_language must be >= 1, got {per_language} (flag --per-language)")
+  counter = audio_lib.SkipCounter(logging.getLogger(__name__))
+  selected = select_languages(max_languages, seed, languages_, counter)
+  if not selected:
+    raise ValueError("no language to build: check --max-languages / --languages")
+  held = choose_held_out(selected, held_out)
+  config = BuildConfig(languages=tuple(selected), held_out=tuple(held), per_language=per_language,
+                       text_per_language=text_per_language or per_language, seed=seed,
+                       max_speech_chars=max_speech_chars, max_text_chars=max_text_chars,
+                       max_seconds=max_seconds)
+  digest = config_hash(config)
+  existing = read_manifest(out_dir)
+  if not force and existing and existing.get("config_hash") == digest and existing.get("complete"):
+    logging.info("built-in corpus in %s is up to date (config %s); nothing to do", out_dir, digest)
+    return existing
+
+  os.makedirs(out_dir, exist_ok=True)
+  for name in (*records.STREAMS, "vocab", MANIFEST):
+    path = os.path.join(out_dir, name)
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+    elif os.path.exists(path):
+      os.remove(path)
+
+  manifest_languages = {}
+  vocab_texts: list[str] = []
+  totals = collections.defaultdict(lambda: collections.defaultdict(collections.Counter))
+  bar = tqdm(selected, desc="built-in corpus", unit="lang", disable=not progress, dynamic_ncols=True)
+  for code in bar:
+    lang = languages.get(code)
+    bar.set_postfix_str(code)
+    has_speech = "paired" in lang.streams
+    want_speech = per_language if has_speech else 0
+    paired_texts, speech_texts, text_texts = _draw_sentences(lang, config, want_speech,
+                                                             config.text_per_language)
+    if has_speech and (len(paired_texts) < want_speech or len(speech_texts) < want_speech):
+      counter.skip(NOT_ENOUGH_TEXT, code, f"{len(paired_texts)} paired and {len(speech_texts)} speech "
+                   f"sentences of {want_speech} wanted")
+    by_stream = {
+        "paired": list(audio_lib.validate_items(
+            _synthesize_items(lang, paired_texts, "paired", config, counter, synthesize), counter, max_seconds)),
+        "speech": list(audio_lib.validate_items(
+            _synthesize_items(lang, speech_texts, "speech", config, counter, synthesize), counter, max_seconds)),
+        "text": list(audio_lib.validate_items(
+            (audio_lib.RawItem(id=f"{code}-text-{i:05d}", lang=code, text=t) for i, t in enumerate(text_texts)),
+            counter, max_seconds)),
+    }
+    entry = {"lang_id": languages.lang_id(code), "name": lang.name, "script": lang.script,
+             "held_out": code in held, "streams": {}}
+    for stream in records.STREAMS:
+      if not by_stream[stream]:
+        continue
+      splits = _assign_splits(by_stream[stream], held_out=(stream == "paired" and code in held))
+      entry["streams"][stream] = {}
+      for split in records.SPLITS:
+        shard_files = _write_shards(out_dir, stream, code, split, splits[split])
+        stats = _stats(splits[split])
+        entry["streams"][stream][split] = {**stats, "shards": shard_files}
+        totals[stream][split].update(stats)
+        if split == "train" and stream in ("text", "paired"):
+          vocab_texts.extend(u.text for u in splits[split])
+    manifest_languages[code] = entry
+
+  from mslam_jax.data import vocabularies  # pylint: disable=g-import-not-at-top
+  vocab = vocabularies.CharacterVocabulary.build(vocab_texts)
+  vocab.save(os.path.join(out_dir, "vocab"))
+
+  def count_streams(stream):
+    return sorted(c for c, e in manifest_languages.items() if stream in e["streams"])
+
+  manifest = {
+      "format": FORMAT,
+      "config_hash": digest,
+      "config": dataclasses.asdict(config),
+      "seed": seed,
+      "sample_rate": records.SAMPLE_RATE,
+      "held_out_languages": list(held),
+      "held_out_policy": "paired data of held-out languages is only in validation/test",
+      "languages": manifest_languages,
+      "streams": {s: count_streams(s) for s in records.STREAMS},
+      "totals": {s: {split: dict(v) for split, v in by_split.items()} for s, by_split in totals.items()},
+      "skipped": dict(sorted(counter.skipped.items())),
+      "repaired": dict(sorted(counter.repaired.items())),
+      "skipped_examples": counter.as_dict()["examples"],
+      "vocab": {"dir": "vocab", "size": vocab.vocab_size},
+      "build_seconds": round(time.time() - start, 2),
+      "complete": True,
+  }
+  tmp = os.path.join(out_dir, MANIFEST + ".tmp")
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(manifest, f, ensure_ascii=False, indent=1)
+  os.replace(tmp, os.path.join(out_dir, MANIFEST))
+  logging.info("built-in corpus: %d languages (%d paired, %d held out) in %.1f s; %s",
+               len(selected), len(manifest["streams"]["paired"]), len(held), time.time() - start,
+               counter.summary())
+  return manifest

@@ -1,0 +1,88 @@
+"""`mslam data ...`: build and inspect corpora.
+
+Sub-commands are registered in `SUBCOMMANDS` (name -> (add_arguments, run, help)); a new one is a
+pair of functions and one line there.
+"""
+import argparse
+import json
+import logging
+import sys
+from typing import Callable
+
+
+def _add_languages(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--json", action="store_true", help="a JSON list of objects instead of a table")
+  parser.add_argument("--stream", choices=("speech", "text", "paired"), default=None,
+                      help="only languages whose built-in corpus has this stream")
+
+
+def _run_languages(args: argparse.Namespace) -> int:
+  from mslam_jax.data import languages  # pylint: disable=g-import-not-at-top
+  langs = languages.with_stream(args.stream) if args.stream else languages.all_languages()
+  if args.json:
+    json.dump([l.to_json() for l in langs], sys.stdout, ensure_ascii=False, indent=1)
+    sys.stdout.write("\n")
+    return 0
+  print(languages.format_table(langs))
+  counts = {s: len(languages.with_stream(s)) for s in languages.STREAMS}
+  print(f"\n{len(langs)} languages; built-in streams: {counts['text']} text, "
+        f"{counts['speech']} speech, {counts['paired']} paired")
+  return 0
+
+
+def _add_build_builtin(parser: argparse.ArgumentParser) -> None:
+  from mslam_jax import config  # pylint: disable=g-import-not-at-top
+  from mslam_jax.data import builtin_corpus  # pylint: disable=g-import-not-at-top
+  parser.add_argument("--out", required=True, help="corpus directory to write")
+  parser.add_argument("--max-languages", type=int, default=builtin_corpus.SMALL_MAX_LANGUAGES,
+                      help="how many languages (0 = all; held-out and core languages first)")
+  parser.add_argument("--per-language", type=int, default=builtin_corpus.SMALL_PER_LANGUAGE,
+                      help="utterances per language in each of the speech, paired and text streams")
+  parser.add_argument("--text-per-language", type=int, default=None,
+                      help="utterances per language in the text stream (default: --per-language)")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--languages", default=None, help="comma-separated ISO 639-3 codes instead of a selection")
+  parser.add_argument("--held-out", default=None, help="comma-separated held-out languages (default: built-in list)")
+  parser.add_argument("--force", action="store_true", help="rebuild even if the manifest is up to date")
+  config.add_gin_arguments(parser)
+
+
+def _codes(value: str | None):
+  return None if value is None else [c.strip() for c in value.split(",") if c.strip()]
+
+
+def _run_build_builtin(args: argparse.Namespace) -> int:
+  from mslam_jax import config  # pylint: disable=g-import-not-at-top
+  from mslam_jax.data import builtin_corpus  # pylint: disable=g-import-not-at-top
+  config.parse_gin(args.gin_file, getattr(args, "gin_bindings", []), args.gin_search_path)
+  manifest = builtin_corpus.build_builtin_corpus(
+      args.out, max_languages=args.max_languages or None, per_language=args.per_language,
+      seed=args.seed, languages_=_codes(args.languages), held_out=_codes(args.held_out),
+      text_per_language=args.text_per_language, force=args.force)
+  config.log_operative_config(None)
+  streams = manifest["streams"]
+  print(f"{args.out}: {len(manifest['languages'])} languages ({len(streams['text'])} text, "
+        f"{len(streams['speech'])} speech, {len(streams['paired'])} paired); held out: "
+        f"{', '.join(manifest['held_out_languages']) or 'none'}; skipped: {manifest['skipped'] or 'none'}; "
+        f"vocabulary {manifest['vocab']['size']} ids; built in {manifest['build_seconds']} s")
+  return 0
+
+
+# name -> (add_arguments, run, help). `show-batch` (one batch of the step iterator) registers here.
+SUBCOMMANDS: dict[str, tuple[Callable, Callable, str]] = {
+    "languages": (_add_languages, _run_languages, "the language registry (table or --json)"),
+    "build-builtin": (_add_build_builtin, _run_build_builtin,
+                      "build the offline built-in corpus (CLDR text + eSpeak NG speech)"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+  for name, (add, _, help_text) in SUBCOMMANDS.items():
+    add(sub.add_parser(name, help=help_text, description=help_text))
+
+
+def run(args: argparse.Namespace) -> int:
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  _, run_fn, _ = SUBCOMMANDS[args.data_command]
+  return int(run_fn(args) or 0)

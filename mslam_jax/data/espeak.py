@@ -1,0 +1,239 @@
+"""In-process speech synthesis with eSpeak NG through a small ctypes binding.
+
+The library and its voice data come from the `espeakng-loader` wheel, so nothing is installed
+system-wide and no subprocess is spawned. Synthesis runs in AUDIO_OUTPUT_SYNCHRONOUS mode: a
+callback collects the 22.05 kHz samples and the WORD events, which become word timings (the
+ground truth for alignment evaluation). eSpeak keeps global state and is not thread-safe, so every
+call into it holds one process-wide lock.
+"""
+import ctypes
+import dataclasses
+import functools
+import os
+import threading
+from typing import Sequence
+
+import numpy as np
+
+SAMPLE_RATE = 16_000
+
+# speak_lib.h constants.
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+_INITIALIZE_DONT_EXIT = 0x8000  # eSpeak calls exit() on a missing data dir without this.
+_CHARS_UTF8 = 1
+_POS_CHARACTER = 1
+_EVENT_LIST_TERMINATED = 0
+_EVENT_WORD = 1
+_PARAM_RATE = 1
+_PARAM_PITCH = 3
+_PARAM_RANGE = 4
+
+# Voice variants (espeak-ng-data/voices/!v) that change formants and pitch: distinct "speakers".
+VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "f1", "f2", "f3", "f4")
+RATE_RANGE_WPM = (135, 195)  # eSpeak default is 175.
+PITCH_RANGE = (35, 70)  # 0..100, eSpeak default is 50.
+
+_LOCK = threading.RLock()
+
+
+class EspeakError(RuntimeError):
+  """eSpeak NG failed to load, initialize or synthesize."""
+
+
+class _Voice(ctypes.Structure):
+  _fields_ = [("name", ctypes.c_char_p), ("languages", ctypes.c_void_p),
+              ("identifier", ctypes.c_char_p), ("gender", ctypes.c_ubyte), ("age", ctypes.c_ubyte),
+              ("variant", ctypes.c_ubyte), ("xx1", ctypes.c_ubyte), ("score", ctypes.c_int),
+              ("spare", ctypes.c_void_p)]
+
+
+class _EventId(ctypes.Union):
+  _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_char_p), ("string", ctypes.c_char * 8)]
+
+
+class _Event(ctypes.Structure):
+  _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint),
+              ("text_position", ctypes.c_int), ("length", ctypes.c_int),
+              ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
+              ("user_data", ctypes.c_void_p), ("id", _EventId)]
+
+
+_SynthCallback = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
+
+
+@dataclasses.dataclass(frozen=True)
+class Voice:
+  """An eSpeak NG voice: `name` is what espeak_SetVoiceByName takes (e.g. "en-US")."""
+  name: str
+  display_name: str
+  languages: tuple[str, ...]  # BCP-47-like tags, lower case, most specific first
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeakerStyle:
+  """One synthetic speaker: a voice, a variant (formants/pitch), a speaking rate and pitch."""
+  voice: str
+  variant: str = ""
+  rate_wpm: int = 175
+  pitch: int = 50
+
+  def describe(self) -> str:
+    variant = f"+{self.variant}" if self.variant else ""
+    return f"{self.voice}{variant};rate={self.rate_wpm};pitch={self.pitch}"
+
+
+@dataclasses.dataclass
+class Synthesis:
+  audio: np.ndarray  # float32 mono at SAMPLE_RATE
+  words: list[str]
+  word_starts_ms: list[int]
+  word_ends_ms: list[int]
+
+
+def sample_style(rng: np.random.Generator, voices: Sequence[str]) -> SpeakerStyle:
+  """A random speaker for one clip: voice (accent), variant, rate and pitch."""
+  return SpeakerStyle(
+      voice=str(voices[rng.integers(len(voices))]),
+      variant=VARIANTS[rng.integers(len(VARIANTS))],
+      rate_wpm=int(rng.integers(RATE_RANGE_WPM[0], RATE_RANGE_WPM[1] + 1)),
+      pitch=int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1)))
+
+
+class _Engine:
+  """The loaded library; one per process (eSpeak's state is global)."""
+
+  def __init__(self):
+    import espeakng_loader  # pylint: disable=g-import-not-at-top
+    try:
+      self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
+      data_path = espeakng_loader.get_data_path()
+    except (OSError, RuntimeError) as e:
+      raise EspeakError(f"cannot load eSpeak NG from espeakng-loader: {e}") from e
+    lib = self.lib
+    lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    lib.espeak_Initialize.restype = ctypes.c_int
+    lib.espeak_SetSynthCallback.argtypes = [_SynthCallback]
+    lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+    lib.espeak_SetVoiceByName.restype = ctypes.c_int
+    lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    lib.espeak_SetParameter.restype = ctypes.c_int
+    lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
+                                 ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+    lib.espeak_Synth.restype = ctypes.c_int
+    lib.espeak_ListVoices.argtypes = [ctypes.c_void_p]
+    lib.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_Voice))
+    self.native_rate = lib.espeak_Initialize(
+        _AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path.encode(), _INITIALIZE_DONT_EXIT)
+    if self.native_rate <= 0:
+      raise EspeakError(f"espeak_Initialize failed with data at {data_path}")
+    self.chunks: list[np.ndarray] = []
+    self.events: list[tuple[int, int, int]] = []  # (text_position, length, audio_position_ms)
+    # Kept as an attribute: ctypes must hold the trampoline alive while the library may call it.
+    self.callback = _SynthCallback(self._on_synth)
+    lib.espeak_SetSynthCallback(self.callback)
+    self.pid = os.getpid()
+
+  def _on_synth(self, wav, num_samples, events) -> int:
+    if num_samples > 0 and wav:
+      self.chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
+    i = 0
+    while events[i].type != _EVENT_LIST_TERMINATED:
+      event = events[i]
+      if event.type == _EVENT_WORD:
+        self.events.append((event.text_position, event.length, event.audio_position))
+      i += 1
+    return 0  # 0 = continue synthesis
+
+
+_ENGINE: _Engine | None = None
+
+
+def _engine() -> _Engine:
+  global _ENGINE
+  # A forked child inherits a copy of eSpeak's globals but not a working callback context.
+  if _ENGINE is None or _ENGINE.pid != os.getpid():
+    _ENGINE = _Engine()
+  return _ENGINE
+
+
+@functools.cache
+def list_voices() -> tuple[Voice, ...]:
+  """Every voice in the wheel's data, in eSpeak's order."""
+  with _LOCK:
+    lib = _engine().lib
+    voices = lib.espeak_ListVoices(None)
+    out = []
+    i = 0
+    while voices[i]:
+      v = voices[i].contents
+      # `languages` is a run of (priority byte, NUL-terminated tag) pairs, ended by a 0 byte.
+      raw = ctypes.string_at(v.languages, 256)
+      tags, j = [], 0
+      while j < len(raw) and raw[j] != 0:
+        end = raw.index(b"\0", j + 1)
+        tags.append(raw[j + 1:end].decode("ascii", "replace").lower())
+        j = end + 1
+      identifier = v.identifier.decode()
+      out.append(Voice(name=identifier.split("/")[-1], display_name=v.name.decode().strip(),
+                       languages=tuple(tags)))
+      i += 1
+  return tuple(out)
+
+
+def _word_ends(audio: np.ndarray, starts: Sequence[int], rate: int) -> list[int]:
+  """End of each word: the last voiced 10 ms frame before the next word starts (or clip end)."""
+  hop = rate // 100
+  frames = len(audio) // hop
+  if frames == 0:
+    return [int(s) + 1 for s in starts]
+  energy = np.sqrt(np.mean(audio[:frames * hop].reshape(frames, hop) ** 2, axis=1))
+  voiced = energy > max(1e-4, 0.02 * float(energy.max()))
+  total_ms = frames * 10
+  ends = []
+  for i, start in enumerate(starts):
+    limit = starts[i + 1] if i + 1 < len(starts) else total_ms
+    first, last = start // 10, max(start // 10 + 1, limit // 10)
+    idx = np.nonzero(voiced[first:last])[0]
+    end = (first + idx[-1] + 1) * 10 if len(idx) else limit
+    ends.append(int(min(max(end, start + 10), max(limit, start + 10))))
+  return ends
+
+
+def synthesize(text: str, style: SpeakerStyle, sample_rate: int = SAMPLE_RATE) -> Synthesis:
+  """Speaks `text` with `style`; audio at `sample_rate` with the word timings of eSpeak's events."""
+  encoded = text.encode("utf-8") + b"\0"
+  with _LOCK:
+    engine = _engine()
+    lib = engine.lib
+    name = style.voice + (f"+{style.variant}" if style.variant else "")
+    if lib.espeak_SetVoiceByName(name.encode()) != 0:
+      raise EspeakError(f"eSpeak NG has no voice {name!r}")
+    lib.espeak_SetParameter(_PARAM_RATE, int(style.rate_wpm), 0)
+    lib.espeak_SetParameter(_PARAM_PITCH, int(style.pitch), 0)
+    engine.chunks, engine.events = [], []
+    buf = ctypes.create_string_buffer(encoded)
+    err = lib.espeak_Synth(buf, len(encoded), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+    if err != 0:
+      raise EspeakError(f"espeak_Synth failed with code {err} for {text[:40]!r}")
+    chunks, events, native_rate = engine.chunks, engine.events, engine.native_rate
+    engine.chunks, engine.events = [], []
+  pcm = np.concatenate(chunks) if chunks else np.zeros([0], np.int16)
+  audio = pcm.astype(np.float32) / 32768.0
+  if sample_rate != native_rate:
+    from scipy import signal  # pylint: disable=g-import-not-at-top
+    g = np.gcd(sample_rate, native_rate)
+    audio = signal.resample_poly(audio, sample_rate // g, native_rate // g).astype(np.float32)
+    audio = np.clip(audio, -1.0, 32767 / 32768)
+  words, starts = [], []
+  for text_position, length, audio_ms in events:
+    # text_position counts characters from 1.
+    word = text[text_position - 1:text_position - 1 + length].strip()
+    if not word:
+      continue
+    if starts and audio_ms < starts[-1]:
+      audio_ms = starts[-1]
+    words.append(word)
+    starts.append(int(audio_ms))
+  ends = _word_ends(audio, starts, sample_rate)
+  return Synthesis(audio=audio, words=words, word_starts_ms=starts, word_ends_ms=ends)
