@@ -1,0 +1,152 @@
+"""Multi-head self-attention with relative positions, for the Conformer encoder.
+
+Position schemes (`position_type`):
+  * "relative_key": Shaw et al. relative position embeddings on the keys, clipped to
+    [-left_max_position, right_max_position] (w2v-BERT 2.0; HF Wav2Vec2Bert
+    `position_embeddings_type="relative_key"` with left/right_max_position_embeddings). One
+    table of `left + right + 1` vectors of size head_dim, shared by all heads.
+  * "rotary": rotary embeddings (RoFormer) applied to queries and keys.
+  * "none": no positional information inside attention.
+
+Masks are [B, L] with 1 for valid and 0 for padding. Padding keys are never attended; a query row
+whose keys are all padding gets a uniform distribution (finite output), never NaN.
+"""
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+DType = Any
+Initializer = Callable[..., Array]
+
+POSITION_TYPES = ("relative_key", "rotary", "none")
+
+
+def partitioned(init: Initializer, axes: tuple[str | None, ...]) -> Initializer:
+  """Shorthand for an initializer whose parameter carries logical axis names."""
+  return nn.with_logical_partitioning(init, axes)
+
+
+def relative_key_indices(query_length: int, key_length: int, left_max: int, right_max: int) -> Array:
+  """Index into the relative-key table for every (query, key) pair: [Lq, Lk] int32.
+
+  The distance is key position minus query position, clipped to [-left_max, right_max] and
+  shifted by left_max, exactly as HF Wav2Vec2BertSelfAttention does.
+  """
+  distance = jnp.arange(key_length)[None, :] - jnp.arange(query_length)[:, None]
+  return (jnp.clip(distance, -left_max, right_max) + left_max).astype(jnp.int32)
+
+
+def apply_rotary(x: Array, positions: Array, base: float = 10000.0) -> Array:
+  """Rotary position embedding on [B, L, H, D] (half-split layout, D even)."""
+  half = x.shape[-1] // 2
+  inv_freq = 1.0 / (base ** (jnp.arange(half, dtype=jnp.float32) / half))
+  angles = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]  # [L, half]
+  sin = jnp.sin(angles)[None, :, None, :]
+  cos = jnp.cos(angles)[None, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return rotated.astype(x.dtype)
+
+
+class MultiHeadSelfAttention(nn.Module):
+  """Multi-head self-attention over [B, L, D] with a [B, L] padding mask.
+
+  Attributes:
+    num_heads: number of heads.
+    head_dim: size per head; defaults to input dim // num_heads.
+    position_type: one of POSITION_TYPES.
+    left_max_position: clipping distance to the left (past) for "relative_key".
+    right_max_position: clipping distance to the right (future) for "relative_key".
+    rotary_base: base wavelength for "rotary".
+    use_bias: biases on the q/k/v/output projections (HF Wav2Vec2Bert has them).
+    dropout_rate: dropout on the attention probabilities.
+    dtype: compute dtype; logits and softmax are always computed in float32.
+    param_dtype: parameter dtype.
+  """
+  num_heads: int
+  head_dim: int | None = None
+  position_type: str = "relative_key"
+  left_max_position: int = 64
+  right_max_position: int = 64
+  rotary_base: float = 10000.0
+  use_bias: bool = True
+  dropout_rate: float = 0.0
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+
+  def _projection(self, name: str, in_dim: int, head_dim: int) -> tuple[Array, Array | None]:
+    kernel = self.param(
+        f"{name}_kernel",
+        partitioned(nn.initializers.variance_scaling(1.0, "fan_in", "normal", in_axis=0, out_axis=(1, 2)),
+                    ("embed", "heads", "kv")),
+        (in_dim, self.num_heads, head_dim), self.param_dtype)
+    bias = None
+    if self.use_bias:
+      bias = self.param(f"{name}_bias", partitioned(nn.initializers.zeros, ("heads", "kv")),
+                        (self.num_heads, head_dim), self.param_dtype)
+    return kernel, bias
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Array, deterministic: bool = True) -> Array:
+    if self.position_type not in POSITION_TYPES:
+      raise ValueError(f"MultiHeadSelfAttention.position_type={self.position_type!r}; "
+                       f"choose one of {POSITION_TYPES}")
+    batch, length, in_dim = x.shape
+    head_dim = self.head_dim or in_dim // self.num_heads
+    if head_dim * self.num_heads != in_dim and self.head_dim is None:
+      raise ValueError(f"input dim {in_dim} is not divisible by num_heads={self.num_heads}")
+
+    def project(name):
+      kernel, bias = self._projection(name, in_dim, head_dim)
+      xx, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+      y = jnp.einsum("bld,dhk->blhk", xx, kernel)
+      if bias is not None:
+        y = y + jnp.asarray(bias, self.dtype)
+      return nn.with_logical_constraint(y, ("batch", "length", "heads", "kv"))
+
+    query, key, value = project("query"), project("key"), project("value")
+
+    if self.position_type == "rotary":
+      if head_dim % 2:
+        raise ValueError(f"rotary attention needs an even head_dim, got {head_dim}")
+      positions = jnp.arange(length)
+      query = apply_rotary(query, positions, self.rotary_base)
+      key = apply_rotary(key, positions, self.rotary_base)
+
+    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+
+    if self.position_type == "relative_key":
+      num_positions = self.left_max_position + self.right_max_position + 1
+      table = self.param("relative_key_embedding", partitioned(nn.initializers.normal(0.02), (None, "kv")),
+                         (num_positions, head_dim), self.param_dtype)
+      # Score each query against the few distinct clipped distances, then gather per key: memory
+      # O(B H L (L + R)) instead of the O(L^2 D) table a direct einsum would materialise.
+      per_distance = jnp.einsum("bqhd,rd->bhqr", query, jnp.asarray(table, self.dtype),
+                                preferred_element_type=jnp.float32)
+      indices = relative_key_indices(length, length, self.left_max_position, self.right_max_position)
+      indices = jnp.broadcast_to(indices[None, None], (batch, self.num_heads, length, length))
+      logits = logits + jnp.take_along_axis(per_distance, indices, axis=-1)
+
+    logits = logits / math.sqrt(head_dim)
+    key_valid = mask.astype(bool)[:, None, None, :]
+    # A finite large negative (not -inf) keeps rows with no valid key finite (uniform weights).
+    logits = jnp.where(key_valid, logits, jnp.finfo(jnp.float32).min / 2)
+    probs = jax.nn.softmax(logits, axis=-1)
+    probs = nn.Dropout(self.dropout_rate)(probs, deterministic=deterministic)
+
+    context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), value)
+    context = nn.with_logical_constraint(context, ("batch", "length", "heads", "kv"))
+    out_kernel = self.param(
+        "out_kernel",
+        partitioned(nn.initializers.variance_scaling(1.0, "fan_in", "normal", in_axis=(0, 1), out_axis=2),
+                    ("heads", "kv", "embed")),
+        (self.num_heads, head_dim, in_dim), self.param_dtype)
+    out = jnp.einsum("blhk,hkd->bld", context, jnp.asarray(out_kernel, self.dtype))
+    if self.use_bias:
+      out_bias = self.param("out_bias", partitioned(nn.initializers.zeros, ("embed",)), (in_dim,), self.param_dtype)
+      out = out + jnp.asarray(out_bias, self.dtype)
+    return nn.with_logical_constraint(out, ("batch", "length", "embed"))

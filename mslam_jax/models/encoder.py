@@ -1,0 +1,144 @@
+"""The mSLAM encoder: speech frontend, speech-only Conformer layers, shared layers, text input.
+
+  speech: audio -> SpeechFrontend -> features (quantizer input) -> FeatureProjection -> x
+          -> speech_lower (contrastive_layer blocks) -> contrastive_out
+          -> speech_upper (the remaining speech-only blocks) -> speech_out
+          -> shared (num_shared_layers blocks) -> frames -> pooled
+  text:   tokens -> TextEmbedding -> shared -> frames -> pooled
+
+The module is built in setup(), so a parent module (MSLAMModel) can call each stage on its own
+(e.g. mask the projected speech, concatenate speech and text for TLM, then call shared_layers).
+Block hyper-parameters come from gin on ConformerStack; sizes and dtypes from MSLAMEncoder.
+"""
+from typing import Any
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+
+from mslam_jax.layers import attention
+from mslam_jax.layers import conformer
+from mslam_jax.layers import frontend
+from mslam_jax.layers import pooling
+from mslam_jax.layers import text_embedding
+
+Array = jax.Array
+DType = Any
+
+
+@gin.configurable
+class MSLAMEncoder(nn.Module):
+  """Speech-only + shared Conformer stacks with speech and text inputs.
+
+  Attributes:
+    embed_dim: model dimension D.
+    num_speech_layers: N speech-only blocks.
+    num_shared_layers: M shared blocks.
+    contrastive_layer: the speech-only block whose output feeds the contrastive loss (1-based;
+      None means the last speech-only block, N).
+    vocab_size: text vocabulary (4096 characters).
+    dropout_rate: dropout after the speech projection and the text embedding.
+    pooling: "mean" or "attention" (see layers/pooling.py); pooling_heads for "attention".
+    dtype: compute dtype (e.g. jnp.bfloat16); param_dtype: parameter dtype (float32).
+  """
+  embed_dim: int = 1024
+  num_speech_layers: int = 8
+  num_shared_layers: int = 16
+  contrastive_layer: int | None = None
+  vocab_size: int = 4096
+  dropout_rate: float = 0.0
+  pooling: str = "mean"
+  pooling_heads: int = 8
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+
+  @property
+  def num_contrastive_layers(self) -> int:
+    return self.num_speech_layers if self.contrastive_layer is None else self.contrastive_layer
+
+  def setup(self):
+    if not 0 <= self.num_contrastive_layers <= self.num_speech_layers:
+      raise ValueError(f"MSLAMEncoder.contrastive_layer={self.contrastive_layer} must lie in "
+                       f"[0, num_speech_layers={self.num_speech_layers}]")
+    dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    self.frontend = frontend.SpeechFrontend(**dtypes, name="frontend")
+    self.speech_projection = frontend.FeatureProjection(
+        self.embed_dim, dropout_rate=self.dropout_rate, **dtypes, name="speech_projection")
+    self.speech_lower = conformer.ConformerStack(num_layers=self.num_contrastive_layers, **dtypes,
+                                                 name="speech_lower")
+    self.speech_upper = conformer.ConformerStack(
+        num_layers=self.num_speech_layers - self.num_contrastive_layers, **dtypes, name="speech_upper")
+    self.shared = conformer.ConformerStack(num_layers=self.num_shared_layers, **dtypes, name="shared")
+    self.text_embedding = text_embedding.TextEmbedding(
+        vocab_size=self.vocab_size, embed_dim=self.embed_dim, dropout_rate=self.dropout_rate, **dtypes,
+        name="text_embedding")
+    self.pooler = pooling.Pooling(kind=self.pooling, num_heads=self.pooling_heads, **dtypes, name="pooler")
+    self.speech_mask_embedding = self.param(
+        "speech_mask_embedding", attention.partitioned(nn.initializers.uniform(1.0), ("embed",)),
+        (self.embed_dim,), self.param_dtype)
+
+  # ---- stages ----
+
+  def speech_frontend(self, audio: Array, audio_mask: Array,
+                      deterministic: bool = True) -> tuple[Array, Array]:
+    """Audio [B, S] -> (pre-projection features [B, T, F] (the quantizer input), mask [B, T])."""
+    return self.frontend(audio, audio_mask, deterministic)
+
+  def speech_quantizer_input(self, audio: Array, audio_mask: Array) -> tuple[Array, Array]:
+    """Parameter-free log-mels stacked to the frontend's frame rate (input for BEST-RQ)."""
+    return self.frontend.stacked_log_mel(audio, audio_mask)
+
+  def project_speech(self, features: Array, deterministic: bool = True) -> Array:
+    """Frontend features [B, T, F] -> [B, T, D]."""
+    return self.speech_projection(features, deterministic)
+
+  def mask_speech(self, x: Array, masked: Array) -> Array:
+    """Replaces the frames where `masked` [B, T] is true by the learned mask embedding."""
+    emb = jnp.asarray(self.speech_mask_embedding, x.dtype)
+    return jnp.where(masked[..., None] != 0, emb, x)
+
+  def speech_layers(self, x: Array, mask: Array, deterministic: bool = True) -> tuple[Array, Array]:
+    """[B, T, D] -> (contrastive_out, speech_out): after contrastive_layer and after N blocks."""
+    x = jnp.where(mask[..., None] != 0, x, 0.0)
+    contrastive_out = self.speech_lower(x, mask, deterministic)
+    speech_out = self.speech_upper(contrastive_out, mask, deterministic)
+    return contrastive_out, speech_out
+
+  def shared_layers(self, x: Array, mask: Array, deterministic: bool = True) -> Array:
+    """[B, T, D] -> [B, T, D] through the M shared blocks (speech, text or both concatenated)."""
+    x = jnp.where(mask[..., None] != 0, x, 0.0)
+    return self.shared(x, mask, deterministic)
+
+  def embed_text(self, tokens: Array, tokens_mask: Array, deterministic: bool = True) -> Array:
+    """Tokens [B, L] -> [B, L, D]."""
+    return self.text_embedding(tokens, tokens_mask, deterministic)
+
+  def pool(self, x: Array, mask: Array) -> Array:
+    """[B, T, D] -> [B, D]."""
+    return self.pooler(x, mask)
+
+  # ---- inference entry points ----
+
+  def encode_speech(self, audio: Array, audio_mask: Array,
+                    deterministic: bool = True) -> tuple[Array, Array, Array]:
+    """Audio -> (frames [B, T, D], mask [B, T], pooled [B, D]) after the shared stack."""
+    features, mask = self.speech_frontend(audio, audio_mask, deterministic)
+    x = self.project_speech(features, deterministic)
+    _, x = self.speech_layers(x, mask, deterministic)
+    x = self.shared_layers(x, mask, deterministic)
+    return x, mask, self.pool(x, mask)
+
+  def encode_text(self, tokens: Array, tokens_mask: Array,
+                  deterministic: bool = True) -> tuple[Array, Array, Array]:
+    """Tokens -> (frames [B, L, D], mask [B, L], pooled [B, D]); text enters the shared stack."""
+    x = self.embed_text(tokens, tokens_mask, deterministic)
+    x = self.shared_layers(x, tokens_mask, deterministic)
+    mask = tokens_mask.astype(jnp.int32)
+    return x, mask, self.pool(x, mask)
+
+  def __call__(self, audio: Array, audio_mask: Array, tokens: Array, tokens_mask: Array,
+               deterministic: bool = True) -> dict[str, tuple[Array, Array, Array]]:
+    """Both modalities (touches every parameter: use it to init the encoder on its own)."""
+    return {"speech": self.encode_speech(audio, audio_mask, deterministic),
+            "text": self.encode_text(tokens, tokens_mask, deterministic)}
