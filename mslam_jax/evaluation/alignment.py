@@ -9,9 +9,13 @@ shift (10 ms log-mel hop x the frontend's subsampling).
 import dataclasses
 import logging
 import os
+import unicodedata
 from typing import Sequence
 
+import gin
 import numpy as np
+
+from mslam_jax.evaluation import registry
 
 
 @dataclasses.dataclass
@@ -92,7 +96,7 @@ def align_text(log_probs: np.ndarray, text: str, vocab, frame_shift_ms: float,
   Spaces are aligned like any character (the CTC head was trained on them) but are not reported
   as segments; a word spans from its first character's start to its last character's end.
   """
-  chars = list(text)
+  chars = list(unicodedata.normalize("NFC", text))
   ids = [_single_id(vocab, c) for c in chars]
   frame_targets = viterbi_align(log_probs, ids, blank_id)
   spans = token_segments(frame_targets, len(ids))
@@ -200,3 +204,86 @@ def plot_alignment(path: str, audio: np.ndarray, word_segments: Sequence[Segment
   fig.savefig(path, dpi=100)
   plt.close(fig)
   logging.info("Wrote alignment plot %s", path)
+
+
+def frame_shift_ms(num_samples: int, num_encoder_frames: int, hop_ms: float = 10.0,
+                   window_ms: float = 25.0, sample_rate: int = 16_000) -> float:
+  """The encoder's frame shift: the log-mel hop times the frontend's (integer) subsampling."""
+  window, hop = int(sample_rate * window_ms / 1000), int(sample_rate * hop_ms / 1000)
+  feature_frames = 1 + (num_samples - window) // hop if num_samples >= window else 0
+  factor = max(1, round(feature_frames / max(1, num_encoder_frames)))
+  return hop_ms * factor
+
+
+@dataclasses.dataclass
+class Alignment:
+  chars: list[Segment]
+  words: list[Segment]
+  duration_ms: float
+
+  def to_dict(self) -> dict:
+    return {"duration_ms": round(self.duration_ms, 1), "words": [w.to_dict() for w in self.words],
+            "chars": [c.to_dict() for c in self.chars]}
+
+
+def align_utterances(tuned, audios: Sequence[np.ndarray], texts: Sequence[str]) -> list[Alignment | None]:
+  """Forced alignment of each (audio, transcript) with a fine-tuned CTC model; None where impossible."""
+  out = []
+  for audio, text, lp in zip(audios, texts, tuned.log_probs(audios)):
+    shift = frame_shift_ms(len(audio), lp.shape[0])
+    try:
+      chars, words = align_text(lp, text, tuned.vocab, shift)
+    except ValueError as e:
+      logging.warning("Cannot align %r: %s", text[:40], e)
+      out.append(None)
+      continue
+    out.append(Alignment(chars, words, len(audio) / 16.0))
+  return out
+
+
+@registry.register("alignment")
+@gin.configurable
+class AlignmentEvaluator:
+  """Word-boundary error of CTC forced alignment against the synthesizer's word timings.
+
+  The CTC head is the one the "ctc" evaluator fine-tunes (shared per checkpoint, so running both
+  trains it once); its FinetuneConfig comes from gin as well.
+  """
+
+  def __init__(self, corpus_dir: str = gin.REQUIRED, langs: Sequence[str] | None = None,
+               max_per_lang: int | None = 20, max_train_per_lang: int | None = None, num_plots: int = 2):
+    self.corpus_dir, self.langs, self.max_per_lang = corpus_dir, langs, max_per_lang
+    self.max_train_per_lang, self.num_plots = max_train_per_lang, num_plots
+
+  def evaluate(self, model, params, step: int, out_dir: str | None = None) -> dict[str, float]:
+    from mslam_jax.evaluation import data as eval_data  # pylint: disable=g-import-not-at-top
+    from mslam_jax.evaluation import finetune  # pylint: disable=g-import-not-at-top
+    tuned = finetune.cached_finetune_ctc(model, params, step, self.corpus_dir, self.langs,
+                                         self.max_train_per_lang, finetune.FinetuneConfig())
+    langs = self.langs or eval_data.training_languages(self.corpus_dir)
+    utts = [u for u in eval_data.read_utterances(self.corpus_dir, "paired", "test", langs, self.max_per_lang)
+            if len(u.audio) and u.text.strip() and len(u.words)]
+    if not utts:
+      raise ValueError("no paired test utterances with word timings to align")
+    alignments = align_utterances(tuned, [u.audio for u in utts], [u.text for u in utts])
+    errors, per_lang, skipped, plotted = [], {}, 0, 0
+    for utt, al in zip(utts, alignments):
+      error = None if al is None else word_boundary_error_ms(al.words, utt.word_starts_ms, utt.word_ends_ms)
+      if error is None:
+        skipped += 1
+        continue
+      errors.append(error)
+      per_lang.setdefault(utt.lang, []).append(error)
+      if out_dir and plotted < self.num_plots:
+        reference = [Segment(w, s, e) for w, s, e in zip(utt.words, utt.word_starts_ms, utt.word_ends_ms)]
+        stem = os.path.join(out_dir, f"alignment_{plotted}_{utt.lang}")
+        plot_alignment(stem + ".png", utt.audio, al.words, reference,
+                       title=f"{utt.lang}: {utt.text[:60]} (error {error:.0f} ms)")
+        write_textgrid(stem + ".TextGrid", al.chars, al.words, al.duration_ms)
+        plotted += 1
+    if skipped:
+      logging.warning("Alignment: skipped %d of %d utterances (no CTC path or word counts differ)", skipped, len(utts))
+    metrics = {"alignment_word_boundary_error_ms": float(np.mean(errors)) if errors else float("nan"),
+               "alignment_num_scored": float(len(errors)), "alignment_skipped": float(skipped)}
+    metrics.update({f"alignment_word_boundary_error_ms/{lang}": float(np.mean(v)) for lang, v in per_lang.items()})
+    return metrics

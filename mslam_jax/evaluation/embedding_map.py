@@ -2,7 +2,11 @@
 import os
 from typing import Sequence
 
+import gin
 import numpy as np
+
+from mslam_jax.evaluation import data as eval_data
+from mslam_jax.evaluation import registry
 
 _MARKERS = {"speech": "o", "text": "^", "paired_speech": "s", "paired_text": "D"}
 
@@ -49,3 +53,36 @@ def plot_embedding_map(path: str, embeddings: np.ndarray, langs: Sequence[str], 
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return {"embedding_map_pc1_variance": float(ratio[0]), "embedding_map_pc2_variance": float(ratio[1])}
+
+
+@registry.register("embedding_map")
+@gin.configurable
+class EmbeddingMapEvaluator:
+  """PCA map of pooled speech and text embeddings of the paired test split (PNG with an out_dir).
+
+  Scalars: the centroid distance between modalities relative to the spread within them (how far
+  apart speech and text sit), and the explained variance of the two components.
+  """
+
+  def __init__(self, corpus_dir: str = gin.REQUIRED, max_per_lang: int | None = 30, batch_size: int = 16):
+    self.corpus_dir, self.max_per_lang, self.batch_size = corpus_dir, max_per_lang, batch_size
+
+  def evaluate(self, model, params, step: int, out_dir: str | None = None) -> dict[str, float]:
+    utts = [u for u in eval_data.read_utterances(self.corpus_dir, "paired", "test", max_per_lang=self.max_per_lang)
+            if len(u.audio) and u.text.strip()]
+    vocab = eval_data.load_vocabulary(self.corpus_dir)
+    encoder = eval_data.Encoder(model, params, self.batch_size)
+    speech = encoder.speech([u.audio for u in utts])
+    text = encoder.text(eval_data.tokenize(vocab, [u.text for u in utts]))
+    spread = 0.5 * (speech.std(axis=0).mean() + text.std(axis=0).mean())
+    gap = float(np.linalg.norm(speech.mean(axis=0) - text.mean(axis=0)) / max(spread, 1e-12))
+    metrics = {"embedding_modality_gap": gap}
+    if out_dir:
+      langs = [u.lang for u in utts] * 2
+      modalities = ["speech"] * len(utts) + ["text"] * len(utts)
+      metrics.update(plot_embedding_map(os.path.join(out_dir, "embedding_map.png"), np.concatenate([speech, text]),
+                                        langs, modalities, title=f"Pooled embeddings (PCA), step {step}"))
+      plot_embedding_map(os.path.join(out_dir, "embedding_map_centered.png"), np.concatenate([speech, text]),
+                         langs, modalities, title=f"Pooled embeddings, each modality centred (PCA), step {step}",
+                         center_per_modality=True)
+    return metrics

@@ -9,7 +9,11 @@ import logging
 import os
 from typing import Sequence
 
+import gin
 import numpy as np
+
+from mslam_jax.evaluation import data as eval_data
+from mslam_jax.evaluation import registry
 
 
 class LinearProbe:
@@ -65,24 +69,27 @@ class LinearProbe:
 
 
 def probe_metrics(train_x: np.ndarray, train_labels: Sequence[str], test_x: np.ndarray,
-                  test_labels: Sequence[str], prefix: str, plot_path: str | None = None,
+                  test_labels: Sequence[str], modality: str, plot_path: str | None = None,
                   probe_path: str | None = None) -> dict[str, float]:
-  """Trains a probe and returns {prefix_accuracy, prefix_macro_f1}; optionally a confusion PNG."""
+  """Trains a probe; returns langid_{accuracy,macro_f1,...}_{modality}; optionally a confusion PNG."""
   from sklearn.metrics import accuracy_score, f1_score  # pylint: disable=g-import-not-at-top
   probe = LinearProbe().fit(train_x, train_labels)
   predicted = probe.predict(test_x)
   labels = sorted(set(train_labels) | set(test_labels))
+  accuracy = float(accuracy_score(test_labels, predicted))
   metrics = {
-      f"{prefix}_accuracy": float(accuracy_score(test_labels, predicted)),
-      f"{prefix}_macro_f1": float(f1_score(test_labels, predicted, labels=labels, average="macro", zero_division=0)),
-      f"{prefix}_num_test": float(len(test_labels)),
-      f"{prefix}_chance": float(1.0 / len(labels)),
+      f"langid_accuracy_{modality}": accuracy,
+      f"langid_macro_f1_{modality}": float(f1_score(test_labels, predicted, labels=labels, average="macro",
+                                                    zero_division=0)),
+      f"langid_num_test_{modality}": float(len(test_labels)),
+      f"langid_chance_{modality}": float(1.0 / len(labels)),
   }
   if plot_path:
-    plot_confusion(plot_path, test_labels, predicted, labels, title=f"{prefix}: accuracy {metrics[f'{prefix}_accuracy']:.3f}")
+    plot_confusion(plot_path, test_labels, predicted, labels,
+                   title=f"Language ID ({modality}, linear probe): accuracy {accuracy:.3f}")
   if probe_path:
     probe.save(probe_path)
-  logging.info("%s: %s", prefix, json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+  logging.info("Language ID (%s): %s", modality, json.dumps({k: round(v, 4) for k, v in metrics.items()}))
   return metrics
 
 
@@ -101,3 +108,43 @@ def plot_confusion(path: str, true_labels: Sequence[str], predicted: Sequence[st
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+@registry.register("langid")
+@gin.configurable
+class LangIDEvaluator:
+  """Linear probes for speech (speech stream) and text (text stream): train split -> test split.
+
+  With an `out_dir`, writes confusion matrices and the probes (`langid_probe_{modality}.npz`, what
+  `mslam langid` loads).
+  """
+
+  def __init__(self, corpus_dir: str = gin.REQUIRED, modalities: Sequence[str] = ("speech", "text"),
+               max_train_per_lang: int | None = 60, max_test_per_lang: int | None = 30, batch_size: int = 16):
+    for m in modalities:
+      if m not in ("speech", "text"):
+        raise ValueError(f"LangIDEvaluator.modalities holds {m!r}; use 'speech' and/or 'text'")
+    self.corpus_dir, self.modalities = corpus_dir, tuple(modalities)
+    self.max_train_per_lang, self.max_test_per_lang, self.batch_size = max_train_per_lang, max_test_per_lang, batch_size
+
+  def embed(self, encoder: "eval_data.Encoder", modality: str, split: str, max_per_lang: int | None):
+    utts = eval_data.read_utterances(self.corpus_dir, modality, split, max_per_lang=max_per_lang)
+    if modality == "speech":
+      utts = [u for u in utts if len(u.audio)]
+      return encoder.speech([u.audio for u in utts]), [u.lang for u in utts]
+    vocab = eval_data.load_vocabulary(self.corpus_dir)
+    utts = [u for u in utts if u.text.strip()]
+    return encoder.text(eval_data.tokenize(vocab, [u.text for u in utts])), [u.lang for u in utts]
+
+  def evaluate(self, model, params, step: int, out_dir: str | None = None) -> dict[str, float]:
+    del step
+    encoder = eval_data.Encoder(model, params, self.batch_size)
+    metrics = {}
+    for modality in self.modalities:
+      train_x, train_y = self.embed(encoder, modality, "train", self.max_train_per_lang)
+      test_x, test_y = self.embed(encoder, modality, "test", self.max_test_per_lang)
+      metrics.update(probe_metrics(
+          train_x, train_y, test_x, test_y, modality,
+          plot_path=os.path.join(out_dir, f"langid_confusion_{modality}.png") if out_dir else None,
+          probe_path=os.path.join(out_dir, f"langid_probe_{modality}.npz") if out_dir else None))
+    return metrics

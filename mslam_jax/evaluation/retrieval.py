@@ -4,9 +4,14 @@ Row i of the speech and text embedding matrices are the same utterance (a paired
 Scores are cosine similarities; the rank of the true partner counts every other candidate scoring
 at least as high (ties count against the query, so a collapsed encoder scores R@1 = 0, not 1).
 """
+import os
 from typing import Sequence
 
+import gin
 import numpy as np
+
+from mslam_jax.evaluation import data as eval_data
+from mslam_jax.evaluation import registry
 
 
 def normalize(embeddings: np.ndarray, center: bool = False) -> np.ndarray:
@@ -59,3 +64,51 @@ def speech_text_retrieval(speech: np.ndarray, text: np.ndarray, langs: Sequence[
   metrics["retrieval_pool_size"] = float(speech.shape[0])
   metrics["retrieval_chance_r1"] = 1.0 / max(1, speech.shape[0])
   return metrics
+
+
+def plot_similarity(path: str, similarity: np.ndarray, langs: Sequence[str], title: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(5.5, 5))
+  image = ax.imshow(similarity, cmap="viridis", aspect="auto")
+  boundaries = [i for i in range(1, len(langs)) if langs[i] != langs[i - 1]]
+  for b in boundaries:
+    ax.axhline(b - 0.5, color="white", linewidth=0.5)
+    ax.axvline(b - 0.5, color="white", linewidth=0.5)
+  ax.set_xlabel("text (grouped by language)")
+  ax.set_ylabel("speech (grouped by language)")
+  ax.set_title(title)
+  fig.colorbar(image, ax=ax, fraction=0.046)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+@registry.register("retrieval")
+@gin.configurable
+class RetrievalEvaluator:
+  """Speech<->text retrieval over the paired test split of every language, pooled into one set."""
+
+  def __init__(self, corpus_dir: str = gin.REQUIRED, split: str = "test", langs: Sequence[str] | None = None,
+               max_per_lang: int | None = 50, batch_size: int = 16, center: bool = True):
+    self.corpus_dir, self.split, self.langs = corpus_dir, split, langs
+    self.max_per_lang, self.batch_size, self.center = max_per_lang, batch_size, center
+
+  def evaluate(self, model, params, step: int, out_dir: str | None = None) -> dict[str, float]:
+    utts = eval_data.read_utterances(self.corpus_dir, "paired", self.split, self.langs, self.max_per_lang)
+    utts = [u for u in utts if len(u.audio) and u.text.strip()]
+    if len(utts) < 2:
+      raise ValueError(f"retrieval needs at least 2 paired {self.split} utterances in {self.corpus_dir}")
+    vocab = eval_data.load_vocabulary(self.corpus_dir)
+    encoder = eval_data.Encoder(model, params, self.batch_size)
+    speech = encoder.speech([u.audio for u in utts])
+    text = encoder.text(eval_data.tokenize(vocab, [u.text for u in utts]))
+    langs = [u.lang for u in utts]
+    metrics = speech_text_retrieval(speech, text, langs, center=self.center)
+    if out_dir:
+      sim = normalize(speech, self.center) @ normalize(text, self.center).T
+      plot_similarity(os.path.join(out_dir, "retrieval_similarity.png"), sim, langs,
+                      f"speech-text cosine similarity, step {step}")
+    return metrics

@@ -52,9 +52,9 @@ def test_probe_separates_languages_and_reloads(tmp_path):
   train_x, train_y = _clusters(rng, 40, centers, 0.5)
   test_x, test_y = _clusters(rng, 20, centers, 0.5)
   png, probe_path = tmp_path / "cm.png", tmp_path / "probe.npz"
-  m = langid.probe_metrics(train_x, train_y, test_x, test_y, "langid_speech", str(png), str(probe_path))
-  assert m["langid_speech_accuracy"] > 0.95
-  assert m["langid_speech_macro_f1"] > 0.95
+  m = langid.probe_metrics(train_x, train_y, test_x, test_y, "speech", str(png), str(probe_path))
+  assert m["langid_accuracy_speech"] > 0.95
+  assert m["langid_macro_f1_speech"] > 0.95
   assert png.read_bytes()[:4] == b"\x89PNG"
   reloaded = langid.LinearProbe.load(str(probe_path))
   assert (reloaded.predict(test_x) == test_y).mean() > 0.95
@@ -65,7 +65,7 @@ def test_probe_on_noise_is_near_chance():
   rng = np.random.default_rng(4)
   labels = np.repeat(["a", "b", "c", "d"], 50)
   m = langid.probe_metrics(rng.normal(size=(200, 8)), labels, rng.normal(size=(200, 8)), labels, "p")
-  assert m["p_accuracy"] < 0.45
+  assert m["langid_accuracy_p"] < 0.45
 
 
 def test_binary_probe():

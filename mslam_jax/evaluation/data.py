@@ -1,0 +1,175 @@
+"""Evaluation data: utterances read straight from a corpus directory, and batched encoding.
+
+Evaluators see whole utterances (audio, transcript, word timings), not the training pipeline's
+fixed-size packed batches, so they read the records themselves. Reads are cached per process: a
+periodic evaluation every N steps re-reads nothing.
+"""
+import functools
+import glob
+import json
+import logging
+import os
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from mslam_jax.data import records
+
+SAMPLE_RATE = records.SAMPLE_RATE
+
+
+def corpus_languages(corpus_dir: str, stream: str, split: str = "test") -> list[str]:
+  """Languages that have a `split` shard set in `stream` (sorted)."""
+  langs = []
+  for lang_dir in sorted(glob.glob(os.path.join(corpus_dir, stream, "*"))):
+    lang = os.path.basename(lang_dir)
+    if glob.glob(os.path.join(corpus_dir, records.shard_pattern(stream, lang, split))):
+      langs.append(lang)
+  return langs
+
+
+@functools.lru_cache(maxsize=32)
+def _read_cached(corpus_dir: str, stream: str, split: str, langs: tuple[str, ...],
+                 max_per_lang: int | None) -> tuple[records.Utterance, ...]:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  out, bad = [], 0
+  for lang in langs:
+    files = sorted(glob.glob(os.path.join(corpus_dir, records.shard_pattern(stream, lang, split))))
+    if not files:
+      logging.warning("No %s/%s/%s shards in %s", stream, lang, split, corpus_dir)
+      continue
+    count = 0
+    for raw in tf.data.TFRecordDataset(files).as_numpy_iterator():
+      if max_per_lang is not None and count >= max_per_lang:
+        break
+      try:
+        out.append(records.from_example_bytes(raw))
+      except Exception as e:  # pylint: disable=broad-except
+        bad += 1
+        logging.warning("Skipping an unreadable record in %s/%s/%s: %s", stream, lang, split, e)
+        continue
+      count += 1
+  if bad:
+    logging.warning("Skipped %d unreadable records in %s", bad, corpus_dir)
+  return tuple(out)
+
+
+def read_utterances(corpus_dir: str, stream: str, split: str, langs: Sequence[str] | None = None,
+                    max_per_lang: int | None = None) -> list[records.Utterance]:
+  """Utterances of a split, language by language (record order within a language)."""
+  if stream not in records.STREAMS or split not in records.SPLITS:
+    raise ValueError(f"stream must be one of {records.STREAMS} and split one of {records.SPLITS}")
+  if not os.path.isdir(corpus_dir):
+    raise FileNotFoundError(f"corpus directory {corpus_dir!r} does not exist (set the evaluator's corpus_dir in gin)")
+  langs = tuple(corpus_languages(corpus_dir, stream, split) if langs is None else langs)
+  return list(_read_cached(os.path.abspath(corpus_dir), stream, split, langs, max_per_lang))
+
+
+def load_vocabulary(corpus_dir: str):
+  """The corpus' vocabulary (character or SentencePiece, as the corpus was built)."""
+  from mslam_jax.data import vocabularies  # pylint: disable=g-import-not-at-top
+  if hasattr(vocabularies, "vocabulary_for_corpus"):
+    return vocabularies.vocabulary_for_corpus(corpus_dir)
+  return vocabularies.CharacterVocabulary.load(os.path.join(corpus_dir, "vocab"))
+
+
+def load_manifest(corpus_dir: str) -> dict:
+  path = os.path.join(corpus_dir, "manifest.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def held_out_languages(corpus_dir: str) -> list[str]:
+  """Languages whose paired data pre-training never saw (the zero-shot test languages)."""
+  manifest = load_manifest(corpus_dir)
+  for key in ("held_out_languages", "held_out", "heldout_languages"):
+    if key in manifest:
+      return sorted(manifest[key])
+  return sorted(code for code, entry in manifest.get("languages", {}).items()
+                if isinstance(entry, dict) and entry.get("held_out"))
+
+
+def training_languages(corpus_dir: str) -> list[str]:
+  """Languages with paired train data that are not held out (fine-tuning and in-domain tests)."""
+  held_out = set(held_out_languages(corpus_dir))
+  return [l for l in corpus_languages(corpus_dir, "paired", "train") if l not in held_out]
+
+
+def _bucket(length: int, multiple: int) -> int:
+  return max(multiple, -(-length // multiple) * multiple)
+
+
+def _batches(items: Sequence[Any], batch_size: int):
+  for start in range(0, len(items), batch_size):
+    yield start, items[start:start + batch_size]
+
+
+def pad_audio(audios: Sequence[np.ndarray], batch_size: int, multiple: int) -> tuple[np.ndarray, np.ndarray]:
+  """[batch_size, S] audio and mask; S rounded up to `multiple` so that few shapes get compiled.
+
+  Missing rows repeat the first utterance (not silence: an all-padding row can divide by zero in
+  pooling); callers drop them.
+  """
+  length = _bucket(max(len(a) for a in audios), multiple)
+  audio = np.zeros([batch_size, length], np.float32)
+  mask = np.zeros([batch_size, length], np.int32)
+  for i in range(batch_size):
+    a = audios[i] if i < len(audios) else audios[0]
+    audio[i, :len(a)] = a
+    mask[i, :len(a)] = 1
+  return audio, mask
+
+
+def pad_tokens(token_lists: Sequence[Sequence[int]], batch_size: int, multiple: int) -> tuple[np.ndarray, np.ndarray]:
+  length = _bucket(max(len(t) for t in token_lists), multiple)
+  tokens = np.zeros([batch_size, length], np.int32)
+  mask = np.zeros([batch_size, length], np.int32)
+  for i in range(batch_size):
+    t = token_lists[i] if i < len(token_lists) else token_lists[0]
+    tokens[i, :len(t)] = t
+    mask[i, :len(t)] = 1
+  return tokens, mask
+
+
+class Encoder:
+  """Batched, jitted `encode_speech` / `encode_text` of one model and its parameters.
+
+  Shapes are bucketed (audio to whole seconds, text to 32 characters) and the batch size is fixed,
+  so an evaluation compiles a handful of programs however many utterances it encodes.
+  """
+
+  def __init__(self, model: Any, params: Any, batch_size: int = 16, audio_multiple: int = SAMPLE_RATE,
+               text_multiple: int = 32, max_text_length: int = 512):
+    import jax  # pylint: disable=g-import-not-at-top
+    from flax.core import meta  # pylint: disable=g-import-not-at-top
+    self.model, self.params = model, meta.unbox(params)
+    self.batch_size, self.audio_multiple, self.text_multiple = batch_size, audio_multiple, text_multiple
+    self.max_text_length = max_text_length
+    self._speech = jax.jit(model.encode_speech)
+    self._text = jax.jit(model.encode_text)
+
+  def _run(self, fn: Callable, items: Sequence[Any], pad: Callable, multiple: int, frames: bool):
+    pooled, frame_out = [], []
+    for _, chunk in _batches(items, self.batch_size):
+      x, mask = pad(chunk, self.batch_size, multiple)
+      f, f_mask, p = fn(self.params, x, mask)
+      pooled.append(np.asarray(p, np.float32)[:len(chunk)])
+      if frames:
+        f, f_mask = np.asarray(f, np.float32), np.asarray(f_mask)
+        frame_out.extend(f[i, :int(f_mask[i].sum())] for i in range(len(chunk)))
+    pooled_all = np.concatenate(pooled) if pooled else np.zeros([0, 0], np.float32)
+    return (pooled_all, frame_out) if frames else pooled_all
+
+  def speech(self, audios: Sequence[np.ndarray], frames: bool = False):
+    """Pooled embeddings [N, D] (and, with `frames`, each utterance's valid frames [T_i, D])."""
+    return self._run(self._speech, audios, pad_audio, self.audio_multiple, frames)
+
+  def text(self, token_lists: Sequence[Sequence[int]], frames: bool = False):
+    token_lists = [list(t)[:self.max_text_length] or [0] for t in token_lists]
+    return self._run(self._text, token_lists, pad_tokens, self.text_multiple, frames)
+
+
+def tokenize(vocab, texts: Sequence[str]) -> list[list[int]]:
+  return [list(vocab.encode(t)) for t in texts]

@@ -1,0 +1,55 @@
+"""Zero-shot cross-lingual ASR: CTC fine-tuned on the training languages, scored on held-out ones.
+
+The held-out languages are those the corpus manifest marks (their paired data never enters
+pre-training nor fine-tuning). The fine-tuned head is the one the "ctc" evaluator trains on the
+same checkpoint (shared, so a sweep running both trains it once).
+
+The speech-only ablation is the same evaluator run on a model pre-trained without the text and
+paired objectives at the same step budget; `mslam eval --ablation_model_dir` (or
+`evaluate_checkpoints(ablation_model_dir=...)`) reports its figures with the suffix
+`_speech_only_ablation`, so one report shows what joint pre-training buys.
+"""
+from typing import Sequence
+
+import gin
+
+from mslam_jax.evaluation import data as eval_data
+from mslam_jax.evaluation import finetune
+from mslam_jax.evaluation import registry
+
+ABLATION_SUFFIX = "_speech_only_ablation"
+
+
+@registry.register("zero_shot")
+@gin.configurable
+class ZeroShotEvaluator:
+  """CER/WER on the held-out languages' paired test data of a CTC head trained without them."""
+
+  def __init__(self, corpus_dir: str = gin.REQUIRED, held_out_langs: Sequence[str] | None = None,
+               train_langs: Sequence[str] | None = None, max_train_per_lang: int | None = None,
+               max_test_per_lang: int | None = 50, beam_size: int = 8):
+    self.corpus_dir, self.held_out_langs, self.train_langs = corpus_dir, held_out_langs, train_langs
+    self.max_train_per_lang, self.max_test_per_lang, self.beam_size = max_train_per_lang, max_test_per_lang, beam_size
+
+  def evaluate(self, model, params, step: int, out_dir: str | None = None) -> dict[str, float]:
+    del out_dir
+    held_out = list(self.held_out_langs or eval_data.held_out_languages(self.corpus_dir))
+    if not held_out:
+      raise ValueError(f"{self.corpus_dir}/manifest.json names no held-out languages; set "
+                       "ZeroShotEvaluator.held_out_langs in gin")
+    train_langs = self.train_langs or [l for l in eval_data.training_languages(self.corpus_dir) if l not in held_out]
+    tuned = finetune.cached_finetune_ctc(model, params, step, self.corpus_dir, train_langs,
+                                         self.max_train_per_lang, finetune.FinetuneConfig())
+    test = eval_data.read_utterances(self.corpus_dir, "paired", "test", held_out, self.max_test_per_lang)
+    metrics = finetune.ctc_metrics(tuned, test, "zero_shot", self.beam_size)
+    metrics["zero_shot_num_languages"] = float(len(held_out))
+    return metrics
+
+
+def as_ablation(metrics: dict[str, float]) -> dict[str, float]:
+  """Renames an ablation run's metrics: zero_shot_cer -> zero_shot_cer_speech_only_ablation, ..."""
+  out = {}
+  for key, value in metrics.items():
+    head, sep, tail = key.partition("/")
+    out[f"{head}{ABLATION_SUFFIX}{sep}{tail}"] = value
+  return out

@@ -1,0 +1,153 @@
+"""Evaluators end to end on a synthetic corpus whose audio spells its text (see synthetic.py)."""
+import dataclasses
+import math
+import os
+
+import gin
+import jax
+import numpy as np
+import pytest
+
+from mslam_jax.evaluation import alignment, finetune, registry, zero_shot
+from mslam_jax.evaluation import data as eval_data
+from tests.evaluation import synthetic
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+  return synthetic.write_corpus(str(tmp_path_factory.mktemp("synthetic_corpus")))
+
+
+@pytest.fixture(scope="session")
+def model_and_params(corpus):
+  vocab = eval_data.load_vocabulary(corpus)
+  model = synthetic.SpectralModel(dim=64, vocab_size=vocab.vocab_size)
+  return model, model.init(jax.random.PRNGKey(0))
+
+
+FAST = finetune.FinetuneConfig(steps=250, batch_size=8, learning_rate=1e-2, warmup_steps=10)
+
+
+def test_reader_and_languages(corpus):
+  assert eval_data.corpus_languages(corpus, "paired", "train") == ["aaa", "bbb", "ccc"]
+  assert eval_data.held_out_languages(corpus) == ["ccc"]
+  assert eval_data.training_languages(corpus) == ["aaa", "bbb"]
+  utts = eval_data.read_utterances(corpus, "paired", "test", ["aaa"], max_per_lang=3)
+  assert len(utts) == 3 and all(u.lang == "aaa" and len(u.words) == len(u.text.split()) for u in utts)
+
+
+@pytest.mark.parametrize("scanned", [False, True])
+def test_gradient_masks(scanned):
+  model = synthetic.SpectralModel(dim=4, vocab_size=8, num_layers=3, scanned=scanned)
+  params = model.init(jax.random.PRNGKey(0))
+  frozen = finetune.gradient_masks(params, finetune.FinetuneConfig(freeze="frozen"))
+  assert all(m == 0.0 for m in jax.tree.leaves(frozen))
+  everything = finetune.gradient_masks(params, finetune.FinetuneConfig(freeze="all"))
+  assert all(m == 1.0 for m in jax.tree.leaves(everything))
+  top = finetune.gradient_masks(params, finetune.FinetuneConfig(freeze="top_k", top_k=1))
+  assert finetune.count_trainable(params, top) == 16  # one 4x4 layer
+  assert top["frontend"]["kernel"] == 0.0
+  if scanned:
+    np.testing.assert_array_equal(top["shared"]["layers"]["kernel"].ravel(), [0, 0, 1])
+  else:
+    assert [top["shared"][f"layers_{i}"]["kernel"] for i in range(3)] == [0.0, 0.0, 1.0]
+  with pytest.raises(ValueError, match="top_stack"):
+    finetune.gradient_masks(params, finetune.FinetuneConfig(freeze="top_k", top_stack="nothing_like_this"))
+  with pytest.raises(ValueError, match="freeze"):
+    finetune.FinetuneConfig(freeze="some")
+
+
+@pytest.mark.parametrize("scanned", [False, True])
+def test_freezing_choices_change_only_what_they_should(corpus, scanned):
+  model = synthetic.SpectralModel(dim=8, vocab_size=8, scanned=scanned)
+  params = model.init(jax.random.PRNGKey(1))
+  utts = eval_data.read_utterances(corpus, "speech", "train", ["aaa", "bbb"], max_per_lang=4)
+  audios, labels = [u.audio for u in utts], [u.lang for u in utts]
+
+  def changed(config):
+    tuned = finetune.finetune_classifier(model, params, audios, labels, config)
+    assert tuned.classes == ["aaa", "bbb"]
+    return jax.tree.map(lambda a, b: np.abs(np.asarray(a) - np.asarray(b)).reshape(np.shape(a)[0], -1).max(-1)
+                        if scanned and np.ndim(a) == 3 else float(np.abs(np.asarray(a) - np.asarray(b)).max()),
+                        tuned.params["encoder"], params)
+
+  base = dict(steps=2, batch_size=4, warmup_steps=1, learning_rate=1e-2, encoder_learning_rate=1e-2)
+  top = changed(finetune.FinetuneConfig(freeze="top_k", top_k=1, **base))
+  assert top["frontend"]["kernel"] == 0 and top["text_embed"]["embedding"] == 0
+  if scanned:
+    rows = top["shared"]["layers"]["kernel"]
+    assert rows[0] == 0 and rows[1] == 0 and rows[2] > 0
+    return
+  assert top["shared"]["layers_1"]["kernel"] == 0 and top["shared"]["layers_2"]["kernel"] > 0
+  frozen = changed(finetune.FinetuneConfig(freeze="frozen", **base))
+  assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(frozen))
+  everything = changed(finetune.FinetuneConfig(freeze="all", **base))
+  assert everything["frontend"]["kernel"] > 0 and everything["shared"]["layers_0"]["kernel"] > 0
+
+
+def test_ctc_alignment_and_zero_shot_evaluators(corpus, model_and_params, tmp_path):
+  model, params = model_and_params
+  with gin.unlock_config():
+    gin.bind_parameter("FinetuneConfig.steps", FAST.steps)
+    gin.bind_parameter("FinetuneConfig.learning_rate", FAST.learning_rate)
+    gin.bind_parameter("FinetuneConfig.warmup_steps", FAST.warmup_steps)
+  try:
+    ctc = finetune.CTCFinetuneEvaluator(corpus_dir=corpus).evaluate(model, params, 7, out_dir=str(tmp_path))
+    aligned = alignment.AlignmentEvaluator(corpus_dir=corpus).evaluate(model, params, 7, out_dir=str(tmp_path))
+    zs = zero_shot.ZeroShotEvaluator(corpus_dir=corpus).evaluate(model, params, 7)
+  finally:
+    gin.clear_config()
+  # The audio spells the text: a linear CTC head on frozen features must get most characters right.
+  assert ctc["ctc_cer"] < 0.25, ctc
+  assert ctc["ctc_cer_beam"] <= ctc["ctc_cer"] + 0.05
+  assert set(k for k in ctc if k.startswith("ctc_cer/")) == {"ctc_cer/aaa", "ctc_cer/bbb"}
+  assert ctc["ctc_final_train_loss"] < 1.0
+  assert os.path.exists(tmp_path / "ctc_finetune_loss.png")
+  # Characters are 80 ms long and frames 40 ms: boundaries within about a frame.
+  assert aligned["alignment_num_scored"] >= 12
+  assert aligned["alignment_word_boundary_error_ms"] < 60, aligned
+  grids = list(tmp_path.glob("alignment_*.TextGrid"))
+  assert grids and grids[0].read_text().startswith('File type = "ooTextFile"')
+  assert list(tmp_path.glob("alignment_*.png"))
+  # Held-out "ccc" uses letters never seen in fine-tuning ("j"): worse than in-domain, but scored.
+  assert set(k for k in zs if k.startswith("zero_shot_cer/")) == {"zero_shot_cer/ccc"}
+  assert ctc["ctc_cer"] < zs["zero_shot_cer"] <= 1.5
+  renamed = zero_shot.as_ablation(zs)
+  assert "zero_shot_cer_speech_only_ablation" in renamed and "zero_shot_cer_speech_only_ablation/ccc" in renamed
+
+
+def test_embedding_evaluators(corpus, model_and_params, tmp_path):
+  model, params = model_and_params
+  evaluators = [registry.get(n)(corpus_dir=corpus) for n in ("retrieval", "langid", "embedding_map")]
+  metrics = registry.run_evaluators(evaluators, model, params, 3, out_dir=str(tmp_path))
+  assert metrics["eval_failed_evaluators"] == 0
+  for direction in ("speech_to_text", "text_to_speech"):
+    for name in ("r1", "r5", "mrr"):
+      assert 0.0 <= metrics[f"retrieval_{name}_{direction}"] <= 1.0
+  # Each language has its own hum: the speech probe must separate them.
+  assert metrics["langid_accuracy_speech"] > 0.9
+  assert metrics["langid_accuracy_text"] > metrics["langid_chance_text"]
+  assert 0 < metrics["langid_macro_f1_speech"] <= 1
+  for name in ("retrieval_similarity.png", "langid_confusion_speech.png", "langid_confusion_text.png",
+               "embedding_map.png", "langid_probe_speech.npz"):
+    assert (tmp_path / name).exists(), name
+
+
+def test_build_from_gin_and_failures_are_counted(corpus, model_and_params):
+  model, params = model_and_params
+  gin.parse_config(f"""
+      build_evaluators.names = ["retrieval"]
+      RetrievalEvaluator.corpus_dir = "{corpus}"
+      RetrievalEvaluator.max_per_lang = 4
+  """)
+  try:
+    evaluators = registry.build_evaluators()
+  finally:
+    gin.clear_config()
+  assert [e.name for e in evaluators] == ["retrieval"]
+  broken = registry.get("retrieval")(corpus_dir=os.path.join(corpus, "missing"))
+  metrics = registry.run_evaluators(evaluators + [broken], model, params, 0)
+  assert metrics["eval_failed_evaluators"] == 1
+  assert metrics["retrieval_pool_size"] == 12
+  with pytest.raises(KeyError, match="unknown evaluator"):
+    registry.get("bleu")
