@@ -118,3 +118,36 @@ class SpectralModel:
   def encode_text(self, params, tokens, tokens_mask):
     x = self._shared(params, params["text_embed"]["embedding"][tokens])
     return x, tokens_mask, self._pool(x, tokens_mask)
+
+
+import gin  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+gin.external_configurable(SpectralModel, module="synthetic")
+
+
+def write_run(model_dir: str, corpus_dir: str, steps=(2, 4), dim: int = 64) -> None:
+  """A fake pre-training run: checkpoints written by the trainer's Checkpointer + operative config."""
+  import optax  # pylint: disable=g-import-not-at-top
+  from mslam_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from mslam_jax import trainer  # pylint: disable=g-import-not-at-top
+  vocab = vocabularies.CharacterVocabulary.load(os.path.join(corpus_dir, "vocab"))
+  model = SpectralModel(dim=dim, vocab_size=vocab.vocab_size)
+  ckpt = checkpoints.Checkpointer(os.path.join(model_dir, "checkpoints"), save_every=1, async_save=False)
+  for step in steps:
+    params = model.init(jax.random.PRNGKey(step))
+    zero = jnp.zeros((), jnp.int32)
+    state = trainer.TrainState(step=jnp.int32(step), params=params, opt_state=optax.sgd(0.1).init(params),
+                               rng=jax.random.PRNGKey(0), nonfinite_count=zero, nonfinite_streak=zero)
+    ckpt.save(step, state, {"position": step}, force=True)
+  ckpt.close()
+  with open(os.path.join(model_dir, "operative_config.gin"), "w") as f:
+    f.write(f"""import tests.evaluation.synthetic
+import mslam_jax.train
+
+CORPUS_DIR = '{corpus_dir}'
+MODEL_DIR = '{model_dir}'
+train.model = @synthetic.SpectralModel()
+train.model_dir = %MODEL_DIR
+synthetic.SpectralModel.dim = {dim}
+synthetic.SpectralModel.vocab_size = {vocab.vocab_size}
+""")

@@ -1,0 +1,210 @@
+"""gin-configured evaluation sweeps over a run's checkpoints: `mslam eval` or `python -m mslam_jax.eval`.
+
+  mslam eval --gin.MODEL_DIR=/tmp/run [--checkpoint latest|all|STEP] [--ablation_model_dir DIR]
+
+The run's own `operative_config.gin` (written by the trainer into MODEL_DIR) supplies the model and
+the corpus; runs/eval.gin picks the evaluators. Each checkpoint's figures go to
+MODEL_DIR/eval/step_<N>/ (metrics.json, report.md, plots); a checkpoint that already has its
+metrics.json is skipped unless --force, so a sweep can be rerun as training goes on (t5x style).
+"""
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+from typing import Any, Sequence
+
+import gin
+
+from mslam_jax import config
+
+CHECKPOINTS_SUBDIR = "checkpoints"
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+
+def checkpoint_steps(model_dir: str) -> list[int]:
+  """Finished checkpoints of a run (Orbax renames a checkpoint to its bare step once committed)."""
+  directory = os.path.join(model_dir, CHECKPOINTS_SUBDIR)
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory)
+                if re.fullmatch(r"\d+", name) and os.path.isdir(os.path.join(directory, name, "state")))
+
+
+def select_steps(model_dir: str, which: str | int) -> list[int]:
+  """'latest', 'all', or one step number."""
+  steps = checkpoint_steps(model_dir)
+  if not steps:
+    raise FileNotFoundError(f"no checkpoints under {os.path.join(model_dir, CHECKPOINTS_SUBDIR)}")
+  if which == "all":
+    return steps
+  if which == "latest":
+    return steps[-1:]
+  step = int(which)
+  if step not in steps:
+    raise FileNotFoundError(f"no checkpoint for step {step} in {model_dir} (have {steps})")
+  return [step]
+
+
+def restore_params(model_dir: str, step: int) -> Any:
+  """The parameters of one checkpoint (as single-host arrays; the optimizer state is not kept)."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.abspath(model_dir), CHECKPOINTS_SUBDIR, str(step), "state")
+  state = ocp.StandardCheckpointer().restore(path)
+  if "params" not in state:
+    raise ValueError(f"{path} holds no 'params' (keys: {sorted(state)})")
+  return state["params"]
+
+
+# -- the model of a run ------------------------------------------------------------------------
+
+def _import_configurables() -> None:
+  # The operative config names configurables from these modules; each registers on import.
+  import importlib  # pylint: disable=g-import-not-at-top
+  for name in ("mslam_jax.models.mslam", "mslam_jax.train", "mslam_jax.trainer", "mslam_jax.optimizers",
+               "mslam_jax.partitioning", "mslam_jax.data.pipeline", "mslam_jax.tasks.builtin"):
+    try:
+      importlib.import_module(name)
+    except ImportError as e:
+      logging.debug("Not importing %s: %s", name, e)
+
+
+def parse_run_config(model_dir: str, gin_files: Sequence[str] = (), bindings: Sequence[str] = (),
+                     search_paths: Sequence[str] = ()) -> None:
+  """eval gin files first (they declare REQUIRED macros), then the run's operative config, then flags."""
+  _import_configurables()
+  for directory in list(search_paths) + [config.package_gin_dir()]:
+    gin.add_config_file_search_path(directory)
+  files = [config.resolve_gin_file(f, search_paths) for f in gin_files]
+  operative = os.path.join(model_dir, "operative_config.gin")
+  if os.path.exists(operative):
+    files.append(operative)
+  else:
+    logging.warning("%s not found: the model and corpus must come from --gin_file/--gin flags", operative)
+  gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False, skip_unknown=True)
+
+
+def model_from_gin() -> Any:
+  """The run's model: the trainer's `train.model` (bind evaluate_checkpoints.model to override)."""
+  for name in ("train.model",):
+    try:
+      ref = gin.query_parameter(name)
+    except ValueError:
+      continue
+    if isinstance(ref, gin.config.ConfigurableReference):
+      return ref.scoped_configurable_fn() if ref.evaluate else ref.scoped_configurable_fn
+    return ref
+  raise ValueError("no model configured: bind train.model (the run's operative_config.gin does) "
+                   "or evaluate_checkpoints.model")
+
+
+# -- the sweep ---------------------------------------------------------------------------------
+
+@gin.configurable
+def evaluate_checkpoints(model_dir: str = gin.REQUIRED, model: Any = None, checkpoints: str | int = "latest",
+                         output_dir: str | None = None, evaluators: Sequence[Any] | None = None,
+                         ablation_model_dir: str | None = None, force: bool = False) -> dict[int, dict[str, float]]:
+  """Evaluates checkpoints of `model_dir`; returns {step: metrics} (skipped ones read back).
+
+  `ablation_model_dir`: a run pre-trained on speech alone at the same budget; its latest
+  checkpoint's zero-shot figures join every report as `zero_shot_*_speech_only_ablation`.
+  """
+  from mslam_jax.evaluation import registry, report  # pylint: disable=g-import-not-at-top
+  model = model if model is not None else model_from_gin()
+  evaluators = list(evaluators) if evaluators is not None else registry.build_evaluators()
+  if not evaluators:
+    raise ValueError("no evaluators: set build_evaluators.names in gin (runs/eval.gin lists them)")
+  output_dir = output_dir or os.path.join(model_dir, "eval")
+  ablation = _ablation_metrics(model, ablation_model_dir, output_dir, force) if ablation_model_dir else {}
+  results = {}
+  for step in select_steps(model_dir, checkpoints):
+    out_dir = os.path.join(output_dir, f"step_{step}")
+    previous = report.read_checkpoint_metrics(out_dir)
+    if previous is not None and not force:
+      logging.info("Step %d already evaluated (%s); skipping", step, out_dir)
+      results[step] = previous
+      continue
+    logging.info("Evaluating step %d of %s with %s", step, model_dir, [e.name for e in evaluators])
+    params = restore_params(model_dir, step)
+    metrics = registry.run_evaluators(evaluators, model, params, step, out_dir=out_dir)
+    metrics.update(ablation)
+    report.write_checkpoint_report(out_dir, step, metrics, os.path.join(model_dir, CHECKPOINTS_SUBDIR, str(step)))
+    results[step] = metrics
+    del params
+  report.write_sweep_report(output_dir, results)
+  logging.info("Evaluation report: %s", os.path.join(output_dir, report.REPORT_FILE))
+  return results
+
+
+def _ablation_metrics(model: Any, ablation_model_dir: str, output_dir: str, force: bool) -> dict[str, float]:
+  from mslam_jax.evaluation import registry, zero_shot  # pylint: disable=g-import-not-at-top
+  step = select_steps(ablation_model_dir, "latest")[0]
+  cache = os.path.join(output_dir, f"speech_only_ablation_step_{step}.json")
+  if os.path.exists(cache) and not force:
+    with open(cache) as f:
+      return json.load(f)
+  params = restore_params(ablation_model_dir, step)
+  evaluator = registry.get("zero_shot")()
+  metrics = zero_shot.as_ablation(evaluator.evaluate(model, params, step))
+  os.makedirs(output_dir, exist_ok=True)
+  with open(cache, "w") as f:
+    json.dump(metrics, f, indent=1)
+  return metrics
+
+
+# -- command line ------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  config.add_gin_arguments(parser)
+  parser.add_argument("--model_dir", default=None, help="the run to evaluate (same as --gin.MODEL_DIR)")
+  parser.add_argument("--checkpoint", default="latest", help="latest (default), all, or a step number")
+  parser.add_argument("--output_dir", default=None, help="default: MODEL_DIR/eval")
+  parser.add_argument("--ablation_model_dir", default=None,
+                      help="a speech-only pre-trained run: adds zero_shot_*_speech_only_ablation figures")
+  parser.add_argument("--force", action="store_true", help="re-evaluate checkpoints already evaluated")
+
+
+def run(args: argparse.Namespace) -> int:
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  from mslam_jax.evaluation import report  # pylint: disable=g-import-not-at-top
+  bindings = list(args.gin_bindings)
+  if args.model_dir:
+    bindings.append(f"MODEL_DIR = '{args.model_dir}'")
+  model_dir = args.model_dir or _macro_from_bindings(bindings, "MODEL_DIR")
+  if not model_dir:
+    print("mslam eval: pass --model_dir (or --gin.MODEL_DIR=...)", file=sys.stderr)
+    return 2
+  gin_files = args.gin_file or ["runs/eval.gin"]
+  try:
+    parse_run_config(model_dir, gin_files, bindings, args.gin_search_path)
+    from mslam_jax import train  # pylint: disable=g-import-not-at-top
+    train.check_required_macros()
+    results = evaluate_checkpoints(model_dir=model_dir, checkpoints=args.checkpoint, output_dir=args.output_dir,
+                                   ablation_model_dir=args.ablation_model_dir, force=args.force)
+  except (ValueError, FileNotFoundError) as e:
+    logging.error("mslam eval: %s", e)
+    print(f"mslam eval: {e}", file=sys.stderr)
+    return 2
+  config.log_operative_config()
+  for step, metrics in sorted(results.items()):
+    print(json.dumps({"step": step, **report.headline(metrics)}))
+  return 0
+
+
+def _macro_from_bindings(bindings: Sequence[str], name: str) -> str | None:
+  for binding in bindings:
+    key, _, value = binding.partition("=")
+    if key.strip() == name:
+      return value.strip().strip("'\"")
+  return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  from mslam_jax import cli  # pylint: disable=g-import-not-at-top
+  return cli.main(["eval"] + (sys.argv[1:] if argv is None else list(argv)))
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,41 @@
+"""`mslam align`: CTC forced alignment of a transcript to audio: JSON timestamps, TextGrid, PNG."""
+import argparse
+import logging
+import os
+import sys
+
+from mslam_jax import user_commands
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--checkpoint", required=True, help="a `mslam finetune` output directory")
+  parser.add_argument("audio", help="audio file (any rate; resampled to 16 kHz)")
+  parser.add_argument("text", help="the transcript, or @FILE to read it from a file")
+  parser.add_argument("--textgrid", default=None, help="write a Praat TextGrid here")
+  parser.add_argument("--png", default=None, help="write the alignment over the spectrogram here")
+
+
+def run(args: argparse.Namespace) -> int:
+  user_commands.setup_logging()
+  from mslam_jax.evaluation import alignment  # pylint: disable=g-import-not-at-top
+  text = args.text
+  if text.startswith("@"):
+    with open(text[1:], encoding="utf-8") as f:
+      text = f.read().strip()
+  try:
+    tuned = user_commands.load_finetuned(args.checkpoint)
+    audio = user_commands.read_audio(args.audio)
+    result = alignment.align_utterances(tuned, [audio], [text])[0]
+  except (ValueError, FileNotFoundError) as e:
+    logging.error("%s", e)
+    print(f"mslam align: {e}", file=sys.stderr)
+    return 2
+  if result is None:
+    print("mslam align: the audio is too short for this transcript (no CTC path)", file=sys.stderr)
+    return 1
+  if args.textgrid:
+    alignment.write_textgrid(args.textgrid, result.chars, result.words, result.duration_ms)
+  if args.png:
+    alignment.plot_alignment(args.png, audio, result.words, title=os.path.basename(args.audio))
+  user_commands.print_json({"audio": args.audio, "text": text, **result.to_dict()})
+  return 0

@@ -1,0 +1,141 @@
+"""`mslam eval` sweeps over checkpoints, and the user commands, on a fake run (synthetic.py)."""
+import json
+import os
+
+import gin
+import numpy as np
+import pytest
+import soundfile
+
+from mslam_jax import cli
+from mslam_jax import eval as eval_lib
+from mslam_jax.evaluation import report
+from tests.evaluation import synthetic
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  corpus = synthetic.write_corpus(str(tmp_path_factory.mktemp("corpus")), per_split={"train": 12, "test": 6})
+  model_dir = str(tmp_path_factory.mktemp("run"))
+  synthetic.write_run(model_dir, corpus)
+  return model_dir, corpus
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def test_checkpoint_selection(run_dir, tmp_path):
+  model_dir, _ = run_dir
+  assert eval_lib.checkpoint_steps(model_dir) == [2, 4]
+  assert eval_lib.select_steps(model_dir, "latest") == [4]
+  assert eval_lib.select_steps(model_dir, "all") == [2, 4]
+  assert eval_lib.select_steps(model_dir, "2") == [2]
+  with pytest.raises(FileNotFoundError, match="step 3"):
+    eval_lib.select_steps(model_dir, 3)
+  with pytest.raises(FileNotFoundError):
+    eval_lib.select_steps(str(tmp_path), "latest")
+  params = eval_lib.restore_params(model_dir, 2)
+  assert set(params) == {"frontend", "text_embed", "shared"}
+
+
+class _Counting:
+  name = "counting"
+
+  def __init__(self):
+    self.calls = []
+
+  def evaluate(self, model, params, step, out_dir=None):
+    self.calls.append(step)
+    return {"param_sum": float(np.sum(params["frontend"]["kernel"]))}
+
+
+def test_sweep_writes_reports_and_skips_evaluated(run_dir, tmp_path):
+  model_dir, _ = run_dir
+  eval_lib.parse_run_config(model_dir)
+  model = eval_lib.model_from_gin()
+  assert isinstance(model, synthetic.SpectralModel) and model.dim == 64
+  counting = _Counting()
+  out = str(tmp_path / "eval")
+  results = eval_lib.evaluate_checkpoints(model_dir=model_dir, model=model, checkpoints="all", output_dir=out,
+                                          evaluators=[counting])
+  assert counting.calls == [2, 4]
+  assert results[2]["param_sum"] != results[4]["param_sum"]  # each step's own parameters
+  for step in (2, 4):
+    saved = json.load(open(os.path.join(out, f"step_{step}", "metrics.json")))
+    assert saved["step"] == step and saved["metrics"]["param_sum"] == pytest.approx(results[step]["param_sum"])
+    assert os.path.exists(os.path.join(out, f"step_{step}", "report.md"))
+  assert os.path.exists(os.path.join(out, "report.md"))
+  again = eval_lib.evaluate_checkpoints(model_dir=model_dir, model=model, checkpoints="all", output_dir=out,
+                                        evaluators=[counting])
+  assert counting.calls == [2, 4]  # nothing re-evaluated
+  assert again[4]["param_sum"] == pytest.approx(results[4]["param_sum"])
+  eval_lib.evaluate_checkpoints(model_dir=model_dir, model=model, checkpoints="latest", output_dir=out,
+                                evaluators=[counting], force=True)
+  assert counting.calls == [2, 4, 4]
+
+
+def test_report_markdown(tmp_path):
+  metrics = {"ctc_cer": 0.25, "retrieval_r1_speech_to_text": 0.5, "ctc_cer/eng": 0.2, "other": float("nan")}
+  path = report.write_checkpoint_report(str(tmp_path), 10, metrics)
+  text = open(path).read()
+  assert "| ctc_cer | 0.25 |" in text and "| ctc_cer/eng | 0.2 |" in text and "| other | n/a |" in text
+  assert report.headline(metrics) == {"retrieval_r1_speech_to_text": 0.5, "ctc_cer": 0.25}
+  sweep = report.write_sweep_report(str(tmp_path), {10: metrics, 20: dict(metrics, ctc_cer=0.1)})
+  assert "| [20](step_20/report.md) |" in open(sweep).read()
+  assert os.path.exists(tmp_path / "sweep.png")
+
+
+def test_mslam_eval_command(run_dir, tmp_path, capsys):
+  model_dir, _ = run_dir
+  out = str(tmp_path / "cli_eval")
+  rc = cli.main(["eval", "--model_dir", model_dir, "--checkpoint", "all", "--output_dir", out,
+                 "--gin.build_evaluators.names=['retrieval', 'langid']"])
+  assert rc == 0
+  lines = [json.loads(l) for l in capsys.readouterr().out.strip().splitlines()]
+  assert [l["step"] for l in lines] == [2, 4]
+  assert 0 <= lines[-1]["retrieval_r1_speech_to_text"] <= 1 and lines[-1]["langid_accuracy_speech"] > 0.8
+  assert os.path.exists(os.path.join(out, "step_4", "langid_probe_speech.npz"))
+  gin.clear_config()
+  assert cli.main(["eval", "--model_dir", str(tmp_path / "nothing")]) == 2
+
+
+def test_finetune_align_retrieve_langid_commands(run_dir, tmp_path, capsys):
+  model_dir, corpus = run_dir
+  ft = str(tmp_path / "ctc")
+  rc = cli.main(["finetune", "--model_dir", model_dir, "--out", ft, "--freeze", "frozen", "--steps", "150",
+                 "--gin.FinetuneConfig.learning_rate=1e-2", "--gin.finetune_run.max_test_per_lang=3"])
+  assert rc == 0
+  metrics = json.loads(capsys.readouterr().out)
+  assert metrics["ctc_cer"] < 0.5
+  assert os.path.exists(os.path.join(ft, "ctc_params.msgpack")) and os.path.exists(os.path.join(ft, "source.json"))
+
+  audio, words, starts, ends = synthetic.synthesize("abc dea", "aaa")
+  wav = str(tmp_path / "utt.wav")
+  soundfile.write(wav, audio, 16000)
+  gin.clear_config()
+  grid, png = str(tmp_path / "utt.TextGrid"), str(tmp_path / "utt.png")
+  assert cli.main(["align", "--checkpoint", ft, wav, "abc dea", "--textgrid", grid, "--png", png]) == 0
+  result = json.loads(capsys.readouterr().out)
+  assert [w["label"] for w in result["words"]] == ["abc", "dea"]
+  errors = [abs(w["start_ms"] - s) + abs(w["end_ms"] - e) for w, s, e in zip(result["words"], starts, ends)]
+  assert max(errors) < 200, (result["words"], starts, ends)
+  assert open(grid).read().count('class = "IntervalTier"') == 2 and os.path.getsize(png) > 0
+
+  texts = tmp_path / "texts.txt"
+  texts.write_text("abc dea\nfed cab\n")
+  gin.clear_config()
+  assert cli.main(["retrieve", "--checkpoint", model_dir, "--audio", wav, wav, "--texts", str(texts)]) == 0
+  out = json.loads(capsys.readouterr().out)
+  assert len(out["audio_to_text"]) == 2 and len(out["text_to_audio"]) == 2
+  assert {b["text"] for b in out["audio_to_text"][0]["best"]} == {"abc dea", "fed cab"}
+
+  bbb = str(tmp_path / "bbb.wav")
+  soundfile.write(bbb, synthetic.synthesize("ghi def", "bbb")[0], 16000)
+  gin.clear_config()
+  assert cli.main(["langid", "--checkpoint", model_dir, "--corpus_dir", corpus, wav, bbb]) == 0
+  out = json.loads(capsys.readouterr().out)
+  assert [r["language"] for r in out["results"]] == ["aaa", "bbb"]
