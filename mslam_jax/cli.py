@@ -14,6 +14,11 @@ COMMANDS = {
     "train": ("mslam_jax.train", "gin-configured pre-training"),
     "compile": ("mslam_jax.aot", "ahead-of-time compile of the train step for a mesh; memory report"),
     "demo": ("mslam_jax.demo", "build a small corpus, pre-train a tiny model, evaluate, report"),
+    "eval": ("mslam_jax.eval", "evaluation sweep over a run's checkpoints (latest, all or one); reports"),
+    "retrieve": ("mslam_jax.evaluation.retrieve_command", "speech<->text retrieval of your audio files and texts"),
+    "langid": ("mslam_jax.evaluation.langid_command", "spoken language ID of audio files (linear probe)"),
+    "finetune": ("mslam_jax.evaluation.finetune_command", "CTC fine-tuning of a checkpoint (frozen/top-k/all)"),
+    "align": ("mslam_jax.evaluation.align_command", "CTC forced alignment: word/char timestamps, TextGrid, PNG"),
 }
 
 
