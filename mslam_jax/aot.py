@@ -1,0 +1,130 @@
+"""`mslam compile`: ahead-of-time compile of the train step for a mesh, with XLA's memory report.
+
+  mslam compile --gin_file=models/mslam_2b.gin --gin_file=runs/pretrain.gin \
+      --mesh=data:1,fsdp:8,model:1 [--json]
+
+The step is lowered from ShapeDtypeStructs that carry their shardings (nothing is allocated) and
+compiled for the mesh on fake CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=N,
+set here before JAX starts), so a user learns whether a size fits per device before paying for a
+pod. The figures are XLA's for one device's partition of the program: arguments (state + batch
+shard), outputs, temporaries; `total` = arguments + outputs + temporaries - aliased (the donated
+state is reused for the new state). CPU and accelerator compilers fuse differently, so take them as
+an estimate (they leave out, e.g., TPU-specific padding).
+"""
+import argparse
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import time
+
+from mslam_jax import config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  config.add_gin_arguments(parser)
+  parser.add_argument("--mesh", default="data:1,fsdp:1,model:1",
+                      help="mesh sizes as data:D,fsdp:F,model:M (missing axes are 1)")
+  parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _set_fake_devices(count: int) -> bool:
+  """Asks XLA for `count` CPU devices; False when JAX already started with fewer."""
+  if "jax" in sys.modules:
+    import jax  # pylint: disable=g-import-not-at-top
+    return jax.device_count() >= count
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  os.environ["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={count}"])
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  return True
+
+
+def _gin_model():
+  """Builds the model that the run config binds to `train.model`."""
+  import gin  # pylint: disable=g-import-not-at-top
+  try:
+    reference = gin.query_parameter("train.model")
+  except ValueError as e:
+    raise ValueError("no `train.model` binding: pass a run config (e.g. runs/pretrain.gin) and a "
+                     "model size config") from e
+  while isinstance(reference, gin.config.ConfigurableReference):
+    if reference.evaluate:
+      return reference.scoped_configurable_fn()
+    reference = reference.scoped_configurable_fn
+  if isinstance(reference, gin.config.ConfigurableReference) or reference is gin.REQUIRED:
+    raise ValueError("`train.model` is unset")
+  return reference
+
+
+def compile_report(mesh_sizes: dict) -> dict:
+  """Compiles the gin-configured train step on a mesh of fake CPU devices; returns the report."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from mslam_jax import optimizers  # pylint: disable=g-import-not-at-top
+  from mslam_jax import partitioning  # pylint: disable=g-import-not-at-top
+  from mslam_jax import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+
+  count = math.prod(mesh_sizes.values())
+  mesh = partitioning.make_mesh(devices=jax.devices()[:count], **mesh_sizes)
+  model = _gin_model()
+  trainer = trainer_lib.Trainer(model, optimizers.make_optimizer(), mesh,
+                                trainer_lib.contract_batch_spec())
+  start = time.time()
+  lowered = trainer.lower_train_step()
+  compiled = lowered.compile()
+  seconds = time.time() - start
+  memory = compiled.memory_analysis()
+  params = sum(math.prod(x.shape) for x in jax.tree.leaves(trainer.abstract_state.params))
+  fields = {
+      "arguments": memory.argument_size_in_bytes,
+      "outputs": memory.output_size_in_bytes,
+      "temps": memory.temp_size_in_bytes,
+      "aliased": memory.alias_size_in_bytes,
+      "generated_code": memory.generated_code_size_in_bytes,
+  }
+  fields["total"] = fields["arguments"] + fields["outputs"] + fields["temps"] - fields["aliased"]
+  return {"mesh": dict(mesh.shape), "devices": count, "params": int(params),
+          "num_microbatches": trainer.num_microbatches,
+          "per_device_bytes": {k: int(v) for k, v in fields.items()},
+          "compile_seconds": round(seconds, 1)}
+
+
+def _gib(n: int) -> str:
+  return f"{n / 2**30:.3f} GiB"
+
+
+def run(args: argparse.Namespace) -> int:
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  from mslam_jax import partitioning  # pylint: disable=g-import-not-at-top  (no JAX backend yet)
+  try:
+    sizes = partitioning.parse_mesh_spec(args.mesh)
+  except ValueError as e:
+    print(f"mslam compile: {e}", file=sys.stderr)
+    return 2
+  count = math.prod(sizes.values())
+  if not _set_fake_devices(count):
+    # JAX is already running with fewer devices: start a fresh interpreter that can have them.
+    argv = [sys.executable, "-m", "mslam_jax.cli", "compile", f"--mesh={args.mesh}"]
+    argv += [f"--gin_file={f}" for f in args.gin_file]
+    argv += [f"--gin_search_path={p}" for p in args.gin_search_path]
+    argv += [f"--gin.{b}" for b in args.gin_bindings] + (["--json"] if args.json else [])
+    return subprocess.call(argv)
+  try:
+    config.parse_gin(args.gin_file, args.gin_bindings, args.gin_search_path)
+    report = compile_report(sizes)
+  except (ValueError, FileNotFoundError) as e:
+    print(f"mslam compile: {e}", file=sys.stderr)
+    return 2
+  if args.json:
+    print(json.dumps(report))
+  else:
+    mesh = ",".join(f"{k}:{v}" for k, v in report["mesh"].items())
+    print(f"train step on mesh {mesh} ({report['devices']} devices), "
+          f"{report['params'] / 1e6:.1f}M parameters, compiled in {report['compile_seconds']} s")
+    print("per-device memory (XLA memory analysis):")
+    for key in ("arguments", "outputs", "temps", "aliased", "total"):
+      print(f"  {key:<10} {_gib(report['per_device_bytes'][key])}")
+  return 0

@@ -1,0 +1,358 @@
+"""gin-configured pre-training: `mslam train` or `python -m mslam_jax.train`.
+
+  mslam train --gin_file=models/tiny.gin --gin_file=runs/pretrain.gin \
+      --gin.MODEL_DIR=/tmp/run --gin.TRAIN_STEPS=1000
+
+A run on a MODEL_DIR that holds checkpoints resumes from the latest by itself (parameters,
+optimizer state, RNG, step and the data iterator's position), so a restarted job sees exactly the
+batches an uninterrupted one would. SIGTERM (preemption) saves a checkpoint and exits with 0.
+Multi-host: pass --coordinator_address/--num_processes/--process_id (or --distributed_auto on
+TPU pods / SLURM) and start the same command on every host; each feeds its shard of the batch.
+
+Exit codes: 0 done (or preempted and saved), 2 bad configuration, 3 stopped on non-finite losses.
+"""
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any, Callable, Iterator, Sequence
+
+import gin
+
+from mslam_jax import config
+
+if __name__ == "__main__":
+  # `python -m mslam_jax.train`: hand over to the CLI before this file, run as __main__, registers
+  # its configurables under a second module name (gin selectors would become ambiguous).
+  from mslam_jax import cli  # pylint: disable=g-import-not-at-top
+  sys.exit(cli.main(["train"] + sys.argv[1:]))
+
+EXIT_OK, EXIT_BAD_CONFIG, EXIT_NONFINITE = 0, 2, 3
+
+
+class NonFiniteLossError(RuntimeError):
+  """K updates in a row had a non-finite loss or gradient."""
+
+
+class MissingRequiredMacroError(ValueError):
+  pass
+
+
+def required_macros_unset() -> list[str]:
+  """Macros still bound to %gin.REQUIRED (a run config's REQUIRED list) after all bindings."""
+  missing = []
+  for (name, selector), values in gin.config._CONFIG.items():  # pylint: disable=protected-access
+    if selector == "gin.macro":
+      value = values.get("value")
+      if isinstance(value, gin.config.ConfigurableReference) and str(value) == "%gin.REQUIRED":
+        missing.append(name)
+  return sorted(missing)
+
+
+def check_required_macros() -> None:
+  missing = required_macros_unset()
+  if missing:
+    flags = " ".join(f"--gin.{name}=..." for name in missing)
+    raise MissingRequiredMacroError(
+        f"REQUIRED gin macro(s) not set: {', '.join(missing)}. The run config lists them in its "
+        f"header; pass {flags}")
+
+
+# -- metric writers ----------------------------------------------------------------------------
+
+class JsonLinesWriter:
+  """clu MetricWriter that appends one JSON object per step to a file (read by tests and plots)."""
+
+  def __init__(self, path: str):
+    self._path = path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    self._file = open(path, "a")
+
+  def write_scalars(self, step: int, scalars) -> None:
+    record = {"step": int(step)}
+    record.update({k: float(v) for k, v in scalars.items()})
+    self._file.write(json.dumps(record) + "\n")
+    self._file.flush()
+
+  def write_images(self, step, images): pass
+  def write_videos(self, step, videos): pass
+  def write_audios(self, step, audios, *, sample_rate): pass
+  def write_texts(self, step, texts): pass
+  def write_histograms(self, step, arrays, num_buckets=None): pass
+  def write_pointcloud(self, step, point_clouds, *, point_colors=None, configs=None): pass
+  def write_hparams(self, hparams): pass
+  def flush(self): self._file.flush()
+  def close(self): self._file.close()
+
+
+class _Writers:
+  """Fans scalars out to several writers (clu's MultiWriter without importing TensorFlow)."""
+
+  def __init__(self, writers):
+    self._writers = writers
+
+  def write_scalars(self, step, scalars):
+    for w in self._writers:
+      w.write_scalars(step, scalars)
+
+  def flush(self):
+    for w in self._writers:
+      w.flush()
+
+  def close(self):
+    for w in self._writers:
+      w.close()
+
+
+def make_writer(model_dir: str, primary: bool, tensorboard: bool):
+  """TensorBoard (clu SummaryWriter) + MODEL_DIR/metrics.jsonl on process 0; nothing elsewhere."""
+  if not primary:
+    return _Writers([])
+  writers = [JsonLinesWriter(os.path.join(model_dir, "metrics.jsonl"))]
+  if tensorboard:
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+    writers.append(metric_writers.SummaryWriter(os.path.join(model_dir, "tensorboard")))
+  return _Writers(writers)
+
+
+# -- preemption --------------------------------------------------------------------------------
+
+class PreemptionWatcher:
+  """SIGTERM -> save and exit. One process: a Python signal flag. Several: JAX's preemption
+  service (it catches the signal on any host and all agree on the step to stop at)."""
+
+  def __init__(self, multi_process: bool):
+    self._multi = multi_process
+    self._requested = False
+    if not multi_process:
+      signal.signal(signal.SIGTERM, self._on_signal)
+
+  def _on_signal(self, signum, frame):
+    del frame
+    logging.warning("Signal %d received: saving a checkpoint and exiting", signum)
+    self._requested = True
+
+  def should_stop(self, step: int) -> bool:
+    if self._multi:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      try:
+        return multihost_utils.reached_preemption_sync_point(step)
+      except RuntimeError:  # the preemption service is off
+        return False
+    return self._requested
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+def _peek_batch(iterator) -> Any:
+  """One batch's structure without losing its position."""
+  spec = getattr(iterator, "element_spec", None)
+  if spec is not None:
+    return spec
+  position = iterator.get_state()
+  batch = next(iterator)
+  iterator.set_state(position)
+  return batch
+
+
+@gin.configurable(denylist=["stop_after"])
+def train(*,
+          model_dir: str = gin.REQUIRED,
+          train_steps: int = gin.REQUIRED,
+          model: Any = gin.REQUIRED,
+          iterator_fn: Callable[..., Iterator] = gin.REQUIRED,
+          optimizer: Any = None,
+          mesh: Any = None,
+          checkpoint_every: int = 1000,
+          keep_checkpoints: int = 3,
+          async_checkpoints: bool = True,
+          log_every: int = 50,
+          eval_every: int = 0,
+          evaluators: Sequence[Any] = (),
+          max_consecutive_nonfinite: int = 5,
+          progress_bar: bool = True,
+          tensorboard: bool = True,
+          stop_after: int | None = None) -> dict:
+  """Trains `model` on batches from `iterator_fn(shard_index=, num_shards=)` for `train_steps`.
+
+  `optimizer` defaults to optimizers.make_optimizer() and `mesh` to partitioning.make_mesh().
+  Returns a summary dict (final step, non-finite count, why it stopped).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import tqdm  # pylint: disable=g-import-not-at-top
+
+  from mslam_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from mslam_jax import optimizers  # pylint: disable=g-import-not-at-top
+  from mslam_jax import partitioning  # pylint: disable=g-import-not-at-top
+  from mslam_jax import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+
+  if train_steps < 1 or checkpoint_every < 1 or max_consecutive_nonfinite < 1:
+    raise ValueError("train.train_steps, train.checkpoint_every and "
+                     "train.max_consecutive_nonfinite must be >= 1")
+  primary = jax.process_index() == 0
+  multi = jax.process_count() > 1
+  optimizer = optimizer if optimizer is not None else optimizers.make_optimizer()
+  mesh = mesh if mesh is not None else partitioning.make_mesh()
+
+  iterator = iterator_fn(shard_index=jax.process_index(), num_shards=jax.process_count())
+  batch_spec = partitioning.global_batch_spec(
+      jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _peek_batch(iterator)))
+  trainer = trainer_lib.Trainer(model, optimizer, mesh, batch_spec)
+  expected_rows = {}
+  for path, (start, stop) in trainer.process_rows().items():
+    per_process = stop - start
+    expected_rows[path] = (jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
+    if (start, stop) != expected_rows[path]:
+      raise ValueError(f"process {jax.process_index()} owns rows {start}:{stop} of {path}, but the "
+                       "iterator shards by process index; use a mesh in process order")
+  ckpt = checkpoints.Checkpointer(os.path.join(model_dir, "checkpoints"),
+                                  save_every=checkpoint_every, max_to_keep=keep_checkpoints,
+                                  async_save=async_checkpoints)
+  config.log_operative_config(model_dir if primary else None)
+
+  latest = ckpt.latest_step()
+  if latest is not None:
+    state, data_state = ckpt.restore(latest, trainer.abstract_state_sharded)
+    iterator.set_state(data_state)
+    logging.info("Resuming from step %d of %s", latest, model_dir)
+  else:
+    state = trainer.init_state()
+  start = int(jax.device_get(state.step))
+
+  writer = make_writer(model_dir, primary, tensorboard)
+  watcher = PreemptionWatcher(multi)
+  summary = {"start_step": start, "final_step": start, "stopped": "done", "nonfinite_count": 0}
+  bar = tqdm.tqdm(total=train_steps, initial=start, unit="step", dynamic_ncols=True,
+                  disable=not (progress_bar and primary), desc="train")
+  audio_seconds_total, t0 = 0.0, time.time()
+  window = {"t": time.time(), "steps": 0, "audio": 0.0}
+
+  def handle(step: int, metrics, audio_seconds: float) -> None:
+    """Host side of step `step` (run one step late, so that dispatch stays ahead)."""
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    summary["nonfinite_count"] = int(metrics["nonfinite_count"])
+    if metrics["nonfinite"]:
+      logging.warning("Step %d: non-finite loss or gradient (loss=%s); update skipped "
+                      "(%d skipped in all, %d in a row)", step, metrics["loss"],
+                      metrics["nonfinite_count"], metrics["nonfinite_streak"])
+      if metrics["nonfinite_streak"] >= max_consecutive_nonfinite:
+        raise NonFiniteLossError(
+            f"{int(metrics['nonfinite_streak'])} non-finite losses in a row up to step {step} "
+            f"(train.max_consecutive_nonfinite={max_consecutive_nonfinite}); the parameters "
+            f"were not updated by them and the last checkpoint in {ckpt.directory} is intact")
+    window["steps"] += 1
+    window["audio"] += audio_seconds
+    if step % log_every == 0 or step == train_steps:
+      elapsed = max(time.time() - window["t"], 1e-9)
+      metrics["steps_per_sec"] = window["steps"] / elapsed
+      metrics["audio_hours_per_sec"] = window["audio"] / 3600 / elapsed
+      writer.write_scalars(step, metrics)
+      window.update(t=time.time(), steps=0, audio=0.0)
+    bar.set_postfix(loss=f"{metrics['loss']:.4g}",
+                    audio_h_per_s=f"{audio_seconds_total / 3600 / max(time.time() - t0, 1e-9):.3g}",
+                    refresh=False)
+
+  pending = None
+  step = start
+  try:
+    while step < train_steps:
+      if watcher.should_stop(step):
+        summary["stopped"] = "preempted"
+        break
+      if stop_after is not None and step - start >= stop_after:
+        summary["stopped"] = "stop_after"
+        break
+      host_batch = next(iterator)
+      # Every process feeds equal rows, so the global audio is this process's times the count.
+      seconds = trainer_lib.audio_seconds(host_batch) * jax.process_count()
+      state, metrics = trainer.train_step(state, trainer.shard_batch(host_batch))
+      step += 1
+      audio_seconds_total += seconds
+      if pending is not None:
+        handle(*pending)
+      pending = (step, metrics, seconds)
+      bar.update(1)
+      ckpt.save(step, state, iterator.get_state())
+      if eval_every and evaluators and step % eval_every == 0:
+        writer.write_scalars(step, run_evaluators(evaluators, model, state.params, step))
+    if pending is not None:
+      handle(*pending)
+      pending = None
+    summary["final_step"] = step
+    ckpt.save(step, state, iterator.get_state(), force=True)
+  except NonFiniteLossError:
+    summary["stopped"] = "nonfinite"
+    raise
+  finally:
+    bar.close()
+    writer.close()
+    ckpt.close()
+    summary["final_step"] = step
+    summary["nonfinite_count"] = max(summary["nonfinite_count"], 0)
+    logging.info("Training stopped at step %d (%s); %d non-finite updates skipped",
+                 step, summary["stopped"], summary["nonfinite_count"])
+  return summary
+
+
+def run_evaluators(evaluators: Sequence[Any], model: Any, params: Any, step: int) -> dict:
+  """Calls each evaluator's evaluate(model, params, step); one failing evaluator is logged and
+  counted, never fatal to the run."""
+  results = {}
+  for evaluator in evaluators:
+    name = getattr(evaluator, "name", type(evaluator).__name__)
+    try:
+      for key, value in evaluator.evaluate(model, params, step).items():
+        results[f"eval/{name}/{key}"] = float(value)
+    except Exception:  # pylint: disable=broad-except
+      logging.exception("Evaluator %s failed at step %d; training goes on", name, step)
+      results[f"eval/{name}/failed"] = 1.0
+  return results
+
+
+# -- command line ------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  config.add_gin_arguments(parser)
+  group = parser.add_argument_group("multi-host (jax.distributed)")
+  group.add_argument("--coordinator_address", default=None, help="host:port of process 0")
+  group.add_argument("--num_processes", type=int, default=None)
+  group.add_argument("--process_id", type=int, default=None)
+  group.add_argument("--distributed_auto", action="store_true",
+                     help="let JAX detect the cluster (Cloud TPU pods, SLURM, Open MPI)")
+
+
+def run(args: argparse.Namespace) -> int:
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  # Orbax logs every phase of every save at INFO through absl; keep its warnings only.
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  from mslam_jax import partitioning  # pylint: disable=g-import-not-at-top
+  try:
+    config.parse_gin(args.gin_file, args.gin_bindings, args.gin_search_path)
+    check_required_macros()
+  except (MissingRequiredMacroError, ValueError, FileNotFoundError) as e:
+    logging.error("Bad configuration: %s", e)
+    print(f"mslam train: bad configuration: {e}", file=sys.stderr)
+    return EXIT_BAD_CONFIG
+  # jax.distributed must start before any backend is touched (gin parsing does not touch one).
+  partitioning.initialize_distributed(
+      **{k: v for k, v in dict(coordinator_address=args.coordinator_address,
+                               num_processes=args.num_processes, process_id=args.process_id,
+                               auto_detect=args.distributed_auto or None).items()
+         if v is not None})
+  try:
+    summary = train()
+  except NonFiniteLossError as e:
+    logging.error("%s", e)
+    print(f"mslam train: stopped: {e}", file=sys.stderr)
+    return EXIT_NONFINITE
+  logging.info("Run summary: %s", json.dumps(summary))
+  return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  from mslam_jax import cli  # pylint: disable=g-import-not-at-top
+  argv = sys.argv[1:] if argv is None else list(argv)
+  return cli.main(["train"] + argv)

@@ -1,0 +1,244 @@
+"""Train state and the jitted train step, generic over any model with the t5x-like contract:
+
+  model.init(rng, batch) -> params boxed with flax logical partitioning
+  model.loss_fn(params, batch, rng, step) -> (loss, metrics)   (unboxed params, scalar metrics)
+
+The abstract state comes from jax.eval_shape; its logical specs map to NamedShardings through the
+rules of mslam_jax.partitioning; the step is a plain jax.jit with in/out shardings and the state
+donated (MaxText / big_vision style). A non-finite loss or gradient keeps the old parameters and
+optimizer state (decided inside the step, so no host round trip) and is counted.
+"""
+from typing import Any, Protocol, Sequence
+
+import flax
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.core import meta
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from mslam_jax import optimizers
+from mslam_jax import partitioning
+
+
+class Model(Protocol):
+  def init(self, rng: jax.Array, batch: Any) -> Any: ...
+  def loss_fn(self, params: Any, batch: Any, rng: jax.Array, step: jax.Array
+              ) -> tuple[jax.Array, dict[str, jax.Array]]: ...
+
+
+class Evaluator(Protocol):
+  """What the trainer's periodic-evaluation hook calls (evaluators are named in gin)."""
+  name: str
+
+  def evaluate(self, model: Any, params: Any, step: int) -> dict[str, float]: ...
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array              # batches consumed (skipped non-finite ones included)
+  params: Any                  # unboxed parameters
+  opt_state: Any
+  rng: jax.Array               # base key; the step's key is fold_in(rng, step)
+  nonfinite_count: jax.Array   # updates skipped for a non-finite loss or gradient, in total
+  nonfinite_streak: jax.Array  # ... in a row, up to this step
+
+
+def _scalar_specs():
+  return PartitionSpec()
+
+
+@gin.configurable(denylist=["model", "optimizer", "mesh", "batch_spec"])
+class Trainer:
+  """Builds the sharded train state and the jitted step for one model, optimizer, mesh and batch."""
+
+  def __init__(self, model: Model, optimizer: optimizers.Optimizer, mesh: Mesh, batch_spec: Any,
+               *, rules: Sequence[tuple[str, Any]] | None = None, num_microbatches: int = 1,
+               seed: int = 0):
+    """`batch_spec`: the GLOBAL batch as ShapeDtypeStructs (or arrays)."""
+    self.model = model
+    self.optimizer = optimizer
+    self.mesh = mesh
+    self.rules = tuple(partitioning.logical_axis_rules() if rules is None else rules)
+    self.num_microbatches = num_microbatches
+    self.seed = seed
+    self.batch_spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), batch_spec)
+    self._check_batch()
+
+    batch_specs = partitioning.batch_logical_specs(self.batch_spec)
+    self.batch_shardings = partitioning.logical_to_sharding(batch_specs, mesh, self.rules)
+
+    # Abstract boxed params -> logical specs; the state itself holds unboxed params.
+    rng = jax.random.PRNGKey(seed)
+    boxed = jax.eval_shape(model.init, rng, self.batch_spec)
+    param_specs = partitioning.params_logical_specs(boxed)
+    abstract_params = meta.unbox(boxed)
+    abstract_opt = jax.eval_shape(optimizer.tx.init, abstract_params)
+    opt_specs = partitioning.derive_state_specs(abstract_opt, abstract_params, param_specs)
+    self.abstract_state = TrainState(
+        step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params, opt_state=abstract_opt,
+        rng=jax.ShapeDtypeStruct(rng.shape, rng.dtype),
+        nonfinite_count=jax.ShapeDtypeStruct((), jnp.int32),
+        nonfinite_streak=jax.ShapeDtypeStruct((), jnp.int32))
+    self.state_logical_specs = TrainState(
+        step=_scalar_specs(), params=param_specs, opt_state=opt_specs, rng=PartitionSpec(),
+        nonfinite_count=_scalar_specs(), nonfinite_streak=_scalar_specs())
+    self.state_shardings = partitioning.logical_to_sharding(
+        self.state_logical_specs, mesh, self.rules)
+    self.param_shardings = self.state_shardings.params
+    self.abstract_state_sharded = partitioning.abstract_with_shardings(
+        self.abstract_state, self.state_shardings)
+    self.replicated = NamedSharding(mesh, PartitionSpec())
+
+    self._init = jax.jit(self._init_state, out_shardings=self.state_shardings)
+    self._step = jax.jit(
+        self._train_step, in_shardings=(self.state_shardings, self.batch_shardings),
+        out_shardings=(self.state_shardings, self.replicated), donate_argnums=(0,))
+
+  def _check_batch(self):
+    row_shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"] * self.num_microbatches
+    for path, leaf in jax.tree_util.tree_flatten_with_path(self.batch_spec)[0]:
+      if leaf.shape[0] % row_shards:
+        raise ValueError(
+            f"batch leaf {jax.tree_util.keystr(path)} has {leaf.shape[0]} rows, not divisible by "
+            f"data*fsdp*num_microbatches = {row_shards}; change the sub-batch size in gin or "
+            "Trainer.num_microbatches / make_mesh")
+
+  # -- state ---------------------------------------------------------------------------------
+
+  def _init_state(self, rng):
+    init_rng, base_rng = jax.random.split(rng)
+    params = meta.unbox(self.model.init(init_rng, self._dummy_batch()))
+    zero = jnp.zeros((), jnp.int32)
+    return TrainState(step=zero, params=params, opt_state=self.optimizer.tx.init(params),
+                      rng=base_rng, nonfinite_count=zero, nonfinite_streak=zero)
+
+  def _dummy_batch(self):
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self.batch_spec)
+
+  def init_state(self) -> TrainState:
+    """Initializes params and optimizer state directly in their shardings (never unsharded)."""
+    with self.mesh, nn.logical_axis_rules(self.rules):
+      return self._init(jax.random.PRNGKey(self.seed))
+
+  # -- step ----------------------------------------------------------------------------------
+
+  def _loss_and_grads(self, params, batch, rng, step):
+    grad_fn = jax.value_and_grad(
+        lambda p, b, r: self.model.loss_fn(p, b, r, step), has_aux=True)
+    k = self.num_microbatches
+    if k == 1:
+      (loss, metrics), grads = grad_fn(params, batch, rng)
+      return loss, metrics, grads
+
+    def split(x):
+      # Micro-batch i takes rows i, i+k, ...: each one stays spread over every batch shard.
+      x = x.reshape((x.shape[0] // k, k) + x.shape[1:]).swapaxes(0, 1)
+      return nn.with_logical_constraint(x, (None, "batch") + (None,) * (x.ndim - 2))
+
+    micro = jax.tree.map(split, batch)
+
+    def body(carry, inputs):
+      index, mb = inputs
+      (loss, metrics), grads = grad_fn(params, mb, jax.random.fold_in(rng, index))
+      grad_sum, loss_sum, metric_sum = carry
+      return (jax.tree.map(jnp.add, grad_sum, grads), loss_sum + loss,
+              jax.tree.map(jnp.add, metric_sum, metrics)), None
+
+    metric_shapes = jax.eval_shape(
+        lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro), rng)[0][1])
+    zeros = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32),
+             jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes))
+    (grad_sum, loss_sum, metric_sum), _ = jax.lax.scan(body, zeros, (jnp.arange(k), micro))
+    mean = lambda x: x / k
+    return mean(loss_sum), jax.tree.map(mean, metric_sum), jax.tree.map(mean, grad_sum)
+
+  def _train_step(self, state: TrainState, batch):
+    with nn.logical_axis_rules(self.rules):
+      rng = jax.random.fold_in(state.rng, state.step)
+      loss, metrics, grads = self._loss_and_grads(state.params, batch, rng, state.step)
+      grads = jax.lax.with_sharding_constraint(grads, self.param_shardings)
+      grad_norm = optax.global_norm(grads)
+      updates, new_opt_state = self.optimizer.tx.update(grads, state.opt_state, state.params)
+      new_params = optax.apply_updates(state.params, updates)
+
+      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+      keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+      # The optimizer's own count advances only on applied updates.
+      lr_step = state.step - state.nonfinite_count
+      new_state = TrainState(
+          step=state.step + 1,
+          params=keep(new_params, state.params),
+          opt_state=keep(new_opt_state, state.opt_state),
+          rng=state.rng,
+          nonfinite_count=state.nonfinite_count + (~finite).astype(jnp.int32),
+          nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1))
+      out = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+      out.update(
+          loss=jnp.asarray(loss, jnp.float32), grad_norm=grad_norm,
+          param_norm=optax.global_norm(new_state.params),
+          learning_rate=self.optimizer.schedule(lr_step),
+          nonfinite=(~finite).astype(jnp.int32),
+          nonfinite_count=new_state.nonfinite_count,
+          nonfinite_streak=new_state.nonfinite_streak)
+      return new_state, out
+
+  def train_step(self, state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One update; `state` is donated. `batch` must be global arrays in `batch_shardings`."""
+    with self.mesh:
+      return self._step(state, batch)
+
+  def lower_train_step(self):
+    """The step lowered from abstract, sharded inputs (nothing allocated): for AOT compiles."""
+    batch = partitioning.abstract_with_shardings(self.batch_spec, self.batch_shardings)
+    with self.mesh:
+      return self._step.lower(self.abstract_state_sharded, batch)
+
+  # -- host side -----------------------------------------------------------------------------
+
+  def process_rows(self) -> dict[str, tuple[int, int]]:
+    """Rows [start, stop) of each sub-batch that this process must feed."""
+    flat = jax.tree_util.tree_flatten_with_path(self.batch_shardings)[0]
+    specs = jax.tree.leaves(self.batch_spec)
+    return {jax.tree_util.keystr(path): partitioning.process_batch_rows(s, spec.shape[0])
+            for (path, s), spec in zip(flat, specs)}
+
+  def shard_batch(self, local_batch) -> Any:
+    """This process's rows -> global arrays laid out as the step expects."""
+    return partitioning.global_batch_from_process_local(
+        local_batch, self.batch_shardings, self.batch_spec)
+
+
+def audio_seconds(batch, sample_rate: int = 16_000) -> float:
+  """Seconds of (unpadded) audio in a host batch: every `audio_mask` leaf counts."""
+  total = 0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(batch)[0]:
+    if jax.tree_util.keystr(path).endswith("['audio_mask']"):
+      total += int(np.asarray(leaf).sum())
+  return total / sample_rate
+
+
+@gin.configurable
+def contract_batch_spec(speech_batch: int = gin.REQUIRED, speech_samples: int = gin.REQUIRED,
+                        text_batch: int = gin.REQUIRED, text_length: int = gin.REQUIRED,
+                        paired_batch: int = gin.REQUIRED, paired_samples: int = gin.REQUIRED,
+                        paired_length: int = gin.REQUIRED) -> dict:
+  """The global batch of the three-stream contract as ShapeDtypeStructs (for AOT compiles)."""
+  f32, i32 = jnp.float32, jnp.int32
+  s = jax.ShapeDtypeStruct
+  return {
+      "speech": {"audio": s((speech_batch, speech_samples), f32),
+                 "audio_mask": s((speech_batch, speech_samples), i32),
+                 "lang": s((speech_batch,), i32)},
+      "text": {"tokens": s((text_batch, text_length), i32),
+               "tokens_mask": s((text_batch, text_length), i32),
+               "lang": s((text_batch,), i32)},
+      "paired": {"audio": s((paired_batch, paired_samples), f32),
+                 "audio_mask": s((paired_batch, paired_samples), i32),
+                 "tokens": s((paired_batch, paired_length), i32),
+                 "tokens_mask": s((paired_batch, paired_length), i32),
+                 "lang": s((paired_batch,), i32)},
+  }
