@@ -147,17 +147,18 @@ def register_builtin_corpus(corpus_dir: str = gin.REQUIRED,
                         lang, e, stream)
         continue
       name = task_name(stream, lang, prefix)
+      num_examples = {s: int(stats[s].get("clips", stats[s].get("examples", 0))) for s in patterns}
       seqio.TaskRegistry.add(
           name,
           source=seqio.TFExampleDataSource(
               split_to_filepattern=patterns,
-              feature_description=preprocessors.training_feature_description(),
+              feature_description=preprocessors.training_feature_description(stream),
               reader_cls=tf.data.TFRecordDataset,
-              num_input_examples={s: int(stats[s].get("clips", stats[s].get("examples", 0)))
-                                  for s in patterns}),
+              num_input_examples=num_examples),
           preprocessors=preprocessors.record_preprocessors(stream, vocabulary, lang_id, name),
           output_features=feature_converters.task_output_features(stream, vocabulary),
-          shuffle_buffer_size=buffers[stream])
+          # A buffer larger than the language's data only repeats it (and costs start-up time).
+          shuffle_buffer_size=max(1, min(buffers[stream], max(num_examples.values()))))
       if stream == "paired" and lang in held_out:
         heldout_tasks.append(name)
       elif "train" in patterns:
@@ -176,11 +177,8 @@ def register_builtin_corpus(corpus_dir: str = gin.REQUIRED,
 
 def mixture_rates(name: str) -> Dict[int, float]:
   """{lang id: sampling probability} of a registered per-language Mixture (for tests and reports)."""
+  from mslam_jax.data import languages  # pylint: disable=g-import-not-at-top
   mixture = seqio.get_mixture_or_task(name)
-  tasks = mixture.tasks
-  total = sum(mixture.get_rate(t) for t in tasks)
-  out = {}
-  for task in tasks:
-    lang_step = [p for p in task.preprocessors if getattr(p, "func", None) is preprocessors.add_lang_id]
-    out[lang_step[0].keywords["lang_id"]] = mixture.get_rate(task) / total
-  return out
+  total = sum(mixture.get_rate(t) for t in mixture.tasks)
+  # Task names end with the language code: {prefix}_{stream}_{lang}.
+  return {languages.lang_id(t.name.rsplit("_", 1)[1]): mixture.get_rate(t) / total for t in mixture.tasks}

@@ -83,10 +83,16 @@ class _StreamConverter(seqio.FeatureConverter):
   def counter_name(self, what: str) -> str:
     return f"{what}/{self.name}"
 
-  def _keep(self, too_long: tf.Tensor) -> tf.Tensor:
-    if self.over_length == "drop":
-      return tf.logical_not(preprocessors.count_if(too_long, self.counter_name("dropped_over_length")))
-    return tf.constant(True)
+  def _drop_over_length(self, ds: tf.data.Dataset, too_long_fn) -> tf.data.Dataset:
+    """Under the "drop" policy, filters out (and counts) items for which `too_long_fn` holds."""
+    if self.over_length != "drop":
+      return ds
+    name = self.counter_name("dropped_over_length")
+
+    @tf.autograph.experimental.do_not_convert
+    def keep(ex):
+      return tf.logical_not(preprocessors.count_if(too_long_fn(ex), name))
+    return ds.filter(keep)
 
 
 @gin.register
@@ -101,8 +107,9 @@ class SpeechFeatureConverter(_StreamConverter):
 
   def _convert_features(self, ds, task_feature_lengths):
     length = task_feature_lengths["audio"]
-    ds = ds.filter(lambda ex: self._keep(tf.shape(ex["audio"])[0] > length))
+    ds = self._drop_over_length(ds, lambda ex: tf.shape(ex["audio"])[0] > length)
 
+    @tf.autograph.experimental.do_not_convert
     def convert(index, ex):
       audio = ex["audio"]
       if self.over_length == "crop":
@@ -131,8 +138,9 @@ class TextFeatureConverter(_StreamConverter):
 
   def _convert_features(self, ds, task_feature_lengths):
     length = task_feature_lengths["tokens"]
-    ds = ds.filter(lambda ex: self._keep(tf.shape(ex["tokens"])[0] > length))
+    ds = self._drop_over_length(ds, lambda ex: tf.shape(ex["tokens"])[0] > length)
 
+    @tf.autograph.experimental.do_not_convert
     def convert(ex):
       if self.over_length == "truncate":
         preprocessors.count_if(tf.shape(ex["tokens"])[0] > length, self.counter_name("truncated"))
@@ -161,11 +169,13 @@ class PairedFeatureConverter(_StreamConverter):
     audio_length = task_feature_lengths["audio"]
     tokens_length = task_feature_lengths["tokens"]
 
+    @tf.autograph.experimental.do_not_convert
     def too_long(ex):
       return tf.logical_or(tf.shape(ex["audio"])[0] > audio_length,
                            tf.shape(ex["tokens"])[0] > tokens_length)
-    ds = ds.filter(lambda ex: self._keep(too_long(ex)))
+    ds = self._drop_over_length(ds, too_long)
 
+    @tf.autograph.experimental.do_not_convert
     def convert(ex):
       if self.over_length == "truncate":
         preprocessors.count_if(too_long(ex), self.counter_name("truncated"))

@@ -1,0 +1,375 @@
+"""The three-stream step iterator: one dict of fixed-shape numpy arrays per training step.
+
+    {"speech": {"audio": f32[Bs,S], "audio_mask": i32[Bs,S], "lang": i32[Bs]},
+     "text":   {"tokens": i32[Bt,L], "tokens_mask": i32[Bt,L], "lang": i32[Bt]},
+     "paired": {"audio": f32[Bp,Sp], "audio_mask": i32[Bp,Sp], "tokens": i32[Bp,Lp],
+                "tokens_mask": i32[Bp,Lp], "lang": i32[Bp]}}
+
+Each stream is a SeqIO Mixture (temperature-sampled over per-language Tasks), run through its
+feature converter (mslam_jax.data.feature_converters) and batched with drop_remainder; the three
+are zipped. Batch sizes in gin are global; each host reads its own shard of every Task
+(`seqio.ShardInfo(jax.process_index(), jax.process_count())`) and yields `global / num_hosts` rows.
+
+Exact resume. The pipeline is deterministic: every random choice (file order, shuffle buffers,
+mixture sampling, crop windows) is seeded from `seed`, and tf.data runs with
+`deterministic=True`, so the k-th batch depends only on the config and k. The iterator's state is
+therefore just the number of batches it has yielded plus a fingerprint of the config:
+`get_state() -> {"position": k, "fingerprint": ..., ...}` (small, JSON, identical on every host).
+`set_state(state)` rebuilds the pipeline and skips k * B items per stream before batching, so the
+next batch is the one an uninterrupted run would have produced. The cost of a resume is reading
+the skipped items once (no model work); checkpointing tf.data's own iterator instead would store
+every per-language shuffle buffer of decoded audio in each checkpoint, a far worse trade.
+"""
+import collections
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from typing import Any, Callable, Dict, Mapping, Optional
+
+import gin
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from mslam_jax.data import feature_converters
+from mslam_jax.data import preprocessors
+from mslam_jax.data import records
+
+STREAMS = records.STREAMS
+STATE_FORMAT = "mslam_jax.step_iterator"
+STATE_FILE = "data_iterator.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamConfig:
+  """One stream of a step: which Mixture, its global batch size, lengths and over-length policy."""
+  mixture: str
+  batch_size: int  # global, over all hosts
+  lengths: Mapping[str, int]  # task feature -> fixed length ("audio" samples, "tokens")
+  over_length: str
+
+  def model_lengths(self) -> Dict[str, int]:
+    out = {}
+    for key, n in self.lengths.items():
+      out[key] = n
+      out[f"{key}_mask"] = n
+    return out
+
+
+def _stream_seed(seed: int, stream: str) -> int:
+  # Streams get unrelated seeds so that the same seed does not correlate e.g. speech and paired order.
+  digest = hashlib.sha256(f"{seed}:{stream}".encode()).digest()
+  return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def default_shard_info() -> seqio.ShardInfo:
+  import jax  # pylint: disable=g-import-not-at-top
+  return seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
+
+
+def _rates(provider) -> Dict[str, float]:
+  if isinstance(provider, seqio.Task):
+    return {provider.name: 1.0}
+  total = sum(provider.get_rate(t) for t in provider.tasks)
+  return {t.name: provider.get_rate(t) / total for t in provider.tasks}
+
+
+class StepIterator:
+  """Iterator over training steps; see the module docstring for the batch layout and resume."""
+
+  def __init__(self, streams: Mapping[str, StreamConfig], split: str = "train", seed: int = 0,
+               shuffle: bool = True, repeat: bool = True,
+               shard_info: Optional[seqio.ShardInfo] = None,
+               setup: Optional[Callable[[], Any]] = None, prefetch: int = 2,
+               strict_resume: bool = True):
+    unknown = set(streams) - set(STREAMS)
+    if unknown:
+      raise ValueError(f"unknown streams {sorted(unknown)}; streams are {STREAMS}")
+    if not streams:
+      raise ValueError("no stream has a positive batch size (make_step_iterator.*_batch_size)")
+    self.shard_info = shard_info or default_shard_info()
+    for stream, config in streams.items():
+      if config.batch_size % self.shard_info.num_shards:
+        raise ValueError(
+            f"make_step_iterator.{stream}_batch_size={config.batch_size} (global) is not divisible "
+            f"by the number of hosts ({self.shard_info.num_shards})")
+    self.streams = {s: streams[s] for s in STREAMS if s in streams}
+    self.split = split
+    self.seed = int(seed)
+    self.shuffle = shuffle
+    self.repeat = repeat
+    self.prefetch = prefetch
+    self.strict_resume = strict_resume
+    self._setup = setup
+    self._setup_done = setup is None
+    self._position = 0
+    self._iterator = None
+    self.converters = {
+        s: feature_converters.CONVERTERS[s](over_length=c.over_length, seed=_stream_seed(self.seed, s),
+                                            name=f"{c.mixture}@{split}")
+        for s, c in self.streams.items()}
+
+  # -- shapes, without reading data -----------------------------------------------------------
+  def local_batch_size(self, stream: str) -> int:
+    return self.streams[stream].batch_size // self.shard_info.num_shards
+
+  def _spec(self, global_shapes: bool):
+    import jax  # pylint: disable=g-import-not-at-top
+    spec = {}
+    for stream, config in self.streams.items():
+      b = config.batch_size if global_shapes else self.local_batch_size(stream)
+      out = {}
+      for key, n in config.model_lengths().items():
+        dtype = np.float32 if key == "audio" else np.int32
+        out[key] = jax.ShapeDtypeStruct((b, n), dtype)
+      out["lang"] = jax.ShapeDtypeStruct((b,), np.int32)
+      spec[stream] = dict(sorted(out.items()))
+    return spec
+
+  @property
+  def element_spec(self) -> Dict[str, Dict[str, Any]]:
+    """{stream: {key: jax.ShapeDtypeStruct}} of the batches this host yields."""
+    return self._spec(global_shapes=False)
+
+  @property
+  def global_element_spec(self) -> Dict[str, Dict[str, Any]]:
+    """The same over all hosts (global batch sizes), e.g. for jax.eval_shape of model.init."""
+    return self._spec(global_shapes=True)
+
+  def dummy_batch(self, global_shapes: bool = False) -> Dict[str, Dict[str, np.ndarray]]:
+    """Zeros of the batch's shapes with all-valid masks (for init and compilation)."""
+    spec = self._spec(global_shapes)
+    batch = {s: {k: np.zeros(v.shape, v.dtype) for k, v in d.items()} for s, d in spec.items()}
+    for d in batch.values():
+      for key in d:
+        if key.endswith("_mask"):
+          d[key][:] = 1
+    return batch
+
+  # -- the tf.data pipeline -------------------------------------------------------------------
+  def ensure_setup(self) -> None:
+    if not self._setup_done:
+      self._setup()
+      self._setup_done = True
+
+  def _provider(self, stream: str):
+    """The stream's Mixture, minus Tasks too small to give every host one item of the split."""
+    self.ensure_setup()
+    name = self.streams[stream].mixture
+    try:
+      provider = seqio.get_mixture_or_task(name)
+    except ValueError as e:
+      raise ValueError(f"{e} Register the corpus first (e.g. make_step_iterator.setup = "
+                       f"@register_builtin_corpus) or fix make_step_iterator.{stream}_mixture") from None
+    if isinstance(provider, seqio.Task):
+      return provider
+    num_shards = self.shard_info.num_shards
+    keep, dropped = [], []
+    for task in provider.tasks:
+      if self.split not in task.splits:
+        continue
+      n = task.num_input_examples(self.split)
+      (keep if n is None or n >= num_shards else dropped).append(task)
+    if dropped:
+      logging.warning("%s: %d task(s) with fewer %s examples than hosts (%d) left out: %s", name,
+                      len(dropped), self.split, num_shards, [t.name for t in dropped])
+    if not keep:
+      raise ValueError(f"mixture {name} has no task with a {self.split!r} split for {num_shards} host(s)")
+    if len(keep) == len(provider.tasks):
+      return provider
+    return seqio.Mixture(f"{name}_{self.split}_shardable", [(t, provider.get_rate(t)) for t in keep])
+
+  def _stream_dataset(self, stream: str, skip_batches: int) -> tf.data.Dataset:
+    config = self.streams[stream]
+    provider = self._provider(stream)
+    kwargs = dict(sequence_length=None, split=self.split, shuffle=self.shuffle,
+                  seed=_stream_seed(self.seed, stream), shard_info=self.shard_info,
+                  num_epochs=None if self.repeat else 1, trim_output_features=False,
+                  try_in_mem_cache=False)
+    if isinstance(provider, seqio.Mixture):
+      kwargs["log_mixing_proportions"] = False
+    ds = provider.get_dataset(**kwargs)
+    lengths = dict(config.lengths, lang=0)
+    ds = self.converters[stream](ds, lengths)
+    b = self.local_batch_size(stream)
+    if skip_batches:
+      ds = ds.skip(skip_batches * b)
+    return ds.batch(b, drop_remainder=True)
+
+  def dataset(self, skip_batches: int = 0) -> tf.data.Dataset:
+    """The zipped tf.data pipeline, starting after `skip_batches` steps."""
+    ds = tf.data.Dataset.zip({s: self._stream_dataset(s, skip_batches) for s in self.streams})
+    options = tf.data.Options()
+    options.deterministic = True  # the exact-resume guarantee rests on this
+    ds = ds.with_options(options)
+    return ds.prefetch(self.prefetch) if self.prefetch else ds
+
+  # -- iteration --------------------------------------------------------------------------------
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> Dict[str, Dict[str, np.ndarray]]:
+    if self._iterator is None:
+      self._iterator = self.dataset(skip_batches=self._position).as_numpy_iterator()
+    batch = next(self._iterator)
+    self._position += 1
+    return batch
+
+  @property
+  def position(self) -> int:
+    """Batches yielded since the start of the run (survives set_state)."""
+    return self._position
+
+  def counters(self) -> Dict[str, int]:
+    """Items cropped/truncated/dropped so far in this process (includes items skipped on resume)."""
+    return preprocessors.drop_counts()
+
+  # -- state ------------------------------------------------------------------------------------
+  def config_dict(self) -> Dict[str, Any]:
+    """What determines the batch sequence (besides the data): the fingerprint's input."""
+    streams = {}
+    for stream, config in self.streams.items():
+      rates = _rates(seqio.get_mixture_or_task(config.mixture)) if self._setup_done else None
+      streams[stream] = {
+          "mixture": config.mixture, "batch_size": config.batch_size, "lengths": dict(config.lengths),
+          "over_length": config.over_length,
+          "rates": {k: round(v, 12) for k, v in sorted(rates.items())} if rates is not None else None}
+    return {"split": self.split, "seed": self.seed, "shuffle": self.shuffle, "repeat": self.repeat,
+            "num_shards": self.shard_info.num_shards, "streams": streams}
+
+  def fingerprint(self) -> str:
+    self.ensure_setup()
+    text = json.dumps(self.config_dict(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+  def get_state(self, position: Optional[int] = None) -> Dict[str, Any]:
+    """JSON-able position; the same on every host (each host resumes its own shard).
+
+    `position` defaults to the batches yielded so far; a trainer that pulls batches ahead of the
+    step it checkpoints passes the number of batches its train state has consumed.
+    """
+    position = self._position if position is None else int(position)
+    if not 0 <= position <= self._position:
+      raise ValueError(f"position {position} is not in [0, {self._position}] (batches yielded)")
+    return {"format": STATE_FORMAT, "version": 1, "position": position,
+            "fingerprint": self.fingerprint(), "config": self.config_dict()}
+
+  def set_state(self, state: Mapping[str, Any]) -> None:
+    """Continues after `state["position"]` batches; the next batch equals the uninterrupted run's."""
+    if state.get("format") != STATE_FORMAT:
+      raise ValueError(f"not a step-iterator state: format={state.get('format')!r}")
+    if state["fingerprint"] != self.fingerprint():
+      old, new = state.get("config", {}), self.config_dict()
+      changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+      message = (f"data config changed since the state was saved (fields {changed}); the batches after "
+                 f"resume will differ from an uninterrupted run")
+      if self.strict_resume:
+        raise ValueError(message + ". Restore the old config, or set "
+                         "make_step_iterator.strict_resume = False to go on from the same position.")
+      logging.warning(message)
+    self._position = int(state["position"])
+    self._iterator = None  # rebuilt on the next __next__, skipping what was already consumed
+    logging.info("Data iterator resumes after %d batches (skipping them on first read).", self._position)
+
+  def save(self, directory: str) -> str:
+    tf.io.gfile.makedirs(directory)
+    path = os.path.join(directory, STATE_FILE)
+    with tf.io.gfile.GFile(path, "w") as f:
+      json.dump(self.get_state(), f, indent=1)
+    return path
+
+  def restore(self, directory: str) -> None:
+    with tf.io.gfile.GFile(os.path.join(directory, STATE_FILE)) as f:
+      self.set_state(json.load(f))
+
+
+@gin.configurable
+def make_step_iterator(
+    speech_batch_size: int = gin.REQUIRED,
+    text_batch_size: int = gin.REQUIRED,
+    paired_batch_size: int = gin.REQUIRED,
+    speech_samples: int = gin.REQUIRED,
+    text_length: int = gin.REQUIRED,
+    paired_samples: int = gin.REQUIRED,
+    paired_text_length: int = gin.REQUIRED,
+    speech_mixture: str = "builtin_speech",
+    text_mixture: str = "builtin_text",
+    paired_mixture: str = "builtin_paired",
+    speech_over_length: str = "crop",
+    text_over_length: str = "truncate",
+    paired_over_length: str = "drop",
+    split: str = "train",
+    seed: int = 0,
+    shuffle: bool = True,
+    repeat: bool = True,
+    shard_info: Optional[seqio.ShardInfo] = None,
+    setup: Optional[Callable[[], Any]] = None,
+    prefetch: int = 2,
+    strict_resume: bool = True,
+) -> StepIterator:
+  """Builds the step iterator. Batch sizes are global; a stream with batch size 0 is left out.
+
+  `setup` is called once before the Mixtures are looked up (gin: `@register_builtin_corpus`).
+  Nothing is read until the first `next()`, so `element_spec` is free.
+  """
+  for name, value in (("speech_samples", speech_samples), ("text_length", text_length),
+                      ("paired_samples", paired_samples), ("paired_text_length", paired_text_length)):
+    if value <= 0:
+      raise ValueError(f"make_step_iterator.{name} must be positive, got {value}")
+  streams = {}
+  if speech_batch_size:
+    streams["speech"] = StreamConfig(speech_mixture, speech_batch_size, {"audio": speech_samples},
+                                     speech_over_length)
+  if text_batch_size:
+    streams["text"] = StreamConfig(text_mixture, text_batch_size, {"tokens": text_length},
+                                   text_over_length)
+  if paired_batch_size:
+    streams["paired"] = StreamConfig(paired_mixture, paired_batch_size,
+                                     {"audio": paired_samples, "tokens": paired_text_length},
+                                     paired_over_length)
+  for stream, config in streams.items():
+    if config.batch_size < 0:
+      raise ValueError(f"make_step_iterator.{stream}_batch_size must be >= 0, got {config.batch_size}")
+  return StepIterator(streams, split=split, seed=seed, shuffle=shuffle, repeat=repeat,
+                      shard_info=shard_info, setup=setup, prefetch=prefetch, strict_resume=strict_resume)
+
+
+# -- per-batch helpers for the trainer and the CLI -----------------------------------------------
+def audio_seconds(batch: Mapping[str, Mapping[str, Any]]) -> float:
+  """Seconds of real (unpadded) audio in a batch, over the speech and paired streams."""
+  total = 0
+  for stream in ("speech", "paired"):
+    if stream in batch and "audio_mask" in batch[stream]:
+      total += int(np.asarray(batch[stream]["audio_mask"]).sum())
+  return total / records.SAMPLE_RATE
+
+
+def _lang_code(lang_id: int) -> str:
+  try:
+    from mslam_jax.data import languages  # pylint: disable=g-import-not-at-top
+    return languages.codes()[lang_id]
+  except (ImportError, IndexError):
+    return f"#{lang_id}"
+
+
+def describe_batch(batch: Mapping[str, Mapping[str, Any]]) -> str:
+  """A human-readable summary: keys, shapes, dtypes, fill of each mask, languages, audio seconds."""
+  lines = []
+  for stream, features in batch.items():
+    lines.append(f"{stream}:")
+    for key, value in sorted(features.items()):
+      value = np.asarray(value)
+      extra = ""
+      if key.endswith("_mask"):
+        extra = f"  valid {value.mean():.1%}"
+      elif key == "audio":
+        extra = f"  range [{value.min():.3f}, {value.max():.3f}]"
+      lines.append(f"  {key:<12} {str(value.dtype):<8} {list(value.shape)}{extra}")
+    if "lang" in features:
+      counts = collections.Counter(_lang_code(int(i)) for i in np.asarray(features["lang"]).ravel())
+      langs = ", ".join(f"{code}×{n}" for code, n in counts.most_common())
+      lines.append(f"  languages    {len(counts)}: {langs}")
+  lines.append(f"audio: {audio_seconds(batch):.2f} s")
+  return "\n".join(lines)
