@@ -283,3 +283,22 @@ def test_normalize_per_utterance_uses_valid_frames_only():
     np.testing.assert_allclose(normalized[row, :length].std(0, ddof=1), 1.0, atol=1e-3)
   assert np.all(normalized[:, :][mask == 0] == 0.0)
   assert np.all(np.isfinite(normalized[2]))  # one valid frame: no NaN
+
+
+def test_w2v_bert_frontend_matches_transformers_seamless_m4t_feature_extractor():
+  # Runs where the optional interop extra (transformers) is installed.
+  transformers = pytest.importorskip("transformers")
+  extractor = transformers.SeamlessM4TFeatureExtractor()
+  clips = [speech_like(1.5, seed=18), speech_like(1.0, seed=19)[:12345], speech_like(0.5, seed=20)]
+  expected = extractor(clips, sampling_rate=SR, return_tensors="np")
+  audio, mask = pad_batch(clips)
+
+  @jax.jit
+  def frontend(audio, mask):
+    feats, feats_mask = logmel.log_mel_fbank(audio, mask)
+    return logmel.stack_frames(logmel.normalize_per_utterance(feats, feats_mask), feats_mask)
+
+  feats, feats_mask = frontend(audio, mask)
+  np.testing.assert_array_equal(feats_mask, expected["attention_mask"])
+  # transformers computes in float64; ours (float32) agrees to ~3e-5 after normalization.
+  np.testing.assert_allclose(feats, expected["input_features"], rtol=0, atol=1e-4)
