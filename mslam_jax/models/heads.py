@@ -1,0 +1,112 @@
+"""Output heads of the pre-training objectives, with logical-axis annotated parameters.
+
+- `CodebookPredictionHead`: masked prediction of codebook ids (speech MLM and the speech half of
+  TLM): [B, T, D] -> logits [B, T, G, V].
+- `TextLMHead`: span-masked LM over the character vocabulary, tied to the token embedding
+  (logits = x @ E^T + b) or a separate projection.
+- `CTCHead`: frame logits over the character vocabulary (its CTC blank included).
+- `ContrastiveProjection`: the linear map of context vectors / quantized targets into the space
+  where InfoNCE takes cosine similarities (wav2vec 2.0's final_proj / project_q).
+"""
+from typing import Any, Optional
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+DType = Any
+
+# Output heads start with logits near 0 (std ~0.1 for unit-scale inputs), so that every
+# cross-entropy starts at log(classes): no class is preferred before training says so.
+OUTPUT_INIT_SCALE = 0.01
+
+
+def _kernel_init(axes: tuple[str, str], scale: float = 1.0):
+  return nn.with_logical_partitioning(nn.initializers.variance_scaling(scale, "fan_in", "truncated_normal"), axes)
+
+
+def _bias_init(axes: tuple[str]):
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
+
+
+class _Dense(nn.Module):
+  """A Dense whose kernel and bias carry logical axis names."""
+  features: int
+  axes: tuple[str, str]
+  use_bias: bool = True
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+  init_scale: float = 1.0
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    return nn.Dense(
+        self.features, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=_kernel_init(self.axes, self.init_scale), bias_init=_bias_init(self.axes[1:]), name="dense")(x)
+
+
+class CodebookPredictionHead(nn.Module):
+  """Logits over the entries of each codebook group: [B, T, D] -> [B, T, G, V]."""
+  num_groups: int
+  num_entries: int
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    logits = _Dense(self.num_groups * self.num_entries, ("embed", "codebook"), True, self.dtype,
+                    self.param_dtype, OUTPUT_INIT_SCALE, name="proj")(x)
+    logits = logits.reshape(x.shape[:-1] + (self.num_groups, self.num_entries))
+    return logits
+
+
+@gin.configurable
+class TextLMHead(nn.Module):
+  """Logits over the vocabulary for masked characters.
+
+  Attributes:
+    vocab_size: output classes (ignored for the tied head, which takes the table's rows).
+    tied: share the token embedding table (passed to __call__) instead of a separate kernel.
+  """
+  vocab_size: int
+  tied: bool = True
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, embedding: Optional[Array] = None) -> Array:
+    if not self.tied:
+      return _Dense(self.vocab_size, ("embed", "vocab"), True, self.dtype, self.param_dtype, OUTPUT_INIT_SCALE,
+                    name="proj")(x)
+    if embedding is None:
+      raise ValueError("TextLMHead.tied=True needs the token embedding table")
+    bias = self.param("bias", _bias_init(("vocab",)), (embedding.shape[0],), self.param_dtype)
+    # Unit-scale embeddings against unit-scale (layer-normed) states: 1/sqrt(D) keeps the logits
+    # at unit scale, as T5 does for its tied head.
+    logits = jnp.einsum("...d,vd->...v", x.astype(self.dtype), embedding.astype(self.dtype))
+    return logits * (embedding.shape[-1] ** -0.5) + bias.astype(self.dtype)
+
+
+class CTCHead(nn.Module):
+  """Frame logits over the character vocabulary (the blank is one of its ids)."""
+  vocab_size: int
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    return _Dense(self.vocab_size, ("embed", "vocab"), True, self.dtype, self.param_dtype, OUTPUT_INIT_SCALE,
+                  name="proj")(x)
+
+
+class ContrastiveProjection(nn.Module):
+  """Linear map into the InfoNCE space ([..., D_in] -> [..., features])."""
+  features: int
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    return _Dense(self.features, ("embed", "mlp"), True, self.dtype, self.param_dtype, name="proj")(x)

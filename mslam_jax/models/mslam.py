@@ -1,0 +1,391 @@
+"""MSLAMModel: the mSLAM network with every pre-training objective, behind a t5x-like interface.
+
+One training step sees three sub-batches (DESIGN.md's batch contract) and computes:
+
+  speech  audio -> frontend features -> quantizer (unmasked; targets: ids and codevectors)
+          projected features, w2v-BERT span-masked (learned mask embedding)
+          -> speech layers up to `contrastive_layer` -> InfoNCE against the quantized targets
+             (+ codebook diversity)
+          -> remaining speech layers -> shared layers -> masked prediction of codebook ids
+  text    span masking -> embedding -> shared layers -> span-masked LM over the vocabulary
+  paired  TLM: masked speech frames (after the speech-only layers) ++ masked transcript characters
+            -> shared layers -> codebook ids of masked frames, characters of masked characters
+          CTC: unmasked speech through the whole encoder -> character logits (mSLAM-CTC)
+          cross-modal (beyond the paper): symmetric InfoNCE between pooled speech and pooled
+            transcript encodings, learned temperature
+
+Every objective has a weight in `ObjectiveWeights` (gin); every term and health figure (codebook
+perplexity and usage, masked prediction and contrastive accuracy) is in the metrics.
+
+Interface (t5x-like; the optimizer lives outside):
+  model = MSLAMModel()                          # everything from gin
+  params = model.init(rng, batch)               # boxed (nn.LogicallyPartitioned) params
+  loss, metrics = model.loss_fn(unboxed_params, batch, rng, step)
+  frames, mask, pooled = model.encode_speech(params, audio, audio_mask)
+  frames, mask, pooled = model.encode_text(params, tokens, tokens_mask)
+"""
+import dataclasses
+from typing import Any, Mapping, Optional
+
+import flax
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+
+from mslam_jax.layers import quantizers as quantizers_lib
+from mslam_jax.models import encoder as encoder_lib
+from mslam_jax.models import heads
+from mslam_jax.models import losses
+from mslam_jax.models import masking
+
+try:
+  from mslam_jax.data.vocabularies import BLANK_ID, MASK_ID
+except ImportError:  # the team contract fixes these ids
+  MASK_ID, BLANK_ID = 3, 4
+
+Array = jax.Array
+Batch = Mapping[str, Mapping[str, Array]]
+
+QUANTIZERS = ("gumbel", "best_rq")
+# rng streams the network draws from (besides "params" at init).
+RNG_STREAMS = ("dropout", "masking", "negatives")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class ObjectiveWeights:
+  """The weight of every objective in the total loss (0 switches an objective off).
+
+  Paper figures: speech 1.0 (contrastive and masked prediction alike), diversity 0.1, text 0.3,
+  paired 0.03 (unconfirmed), for TLM and CTC alike; the cross-modal loss is not in the paper.
+  """
+  speech_contrastive: float = 1.0
+  diversity: float = 0.1
+  speech_mlm: float = 1.0
+  text_mlm: float = 0.3
+  tlm: float = 0.03
+  ctc: float = 0.03
+  cross_modal: float = 0.0
+
+  def validate(self) -> None:
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      if not value >= 0.0:
+        raise ValueError(f"ObjectiveWeights.{field.name} must be >= 0, got {value}")
+    if sum(getattr(self, f.name) for f in dataclasses.fields(self)) <= 0.0:
+      raise ValueError("every ObjectiveWeights.* is 0: nothing to train")
+
+
+class MSLAMNetwork(nn.Module):
+  """The Flax network behind MSLAMModel (see the module docstring). Built by MSLAMModel."""
+  encoder: encoder_lib.MSLAMEncoder
+  quantizer: nn.Module
+  weights: ObjectiveWeights
+  masks: masking.MaskingConfig
+  quantize_log_mel: bool = False
+  num_negatives: int = 100
+  contrastive_temperature: float = 0.1
+  contrastive_dim: int = 256
+  tie_text_head: bool = False
+  cross_modal_init_temperature: float = 0.07
+  cross_modal_min_temperature: float = 0.01
+  cross_modal_max_temperature: float = 1.0
+
+  def setup(self):
+    enc, dtypes = self.encoder, dict(dtype=self.encoder.dtype, param_dtype=self.encoder.param_dtype)
+    self.codebook_head = heads.CodebookPredictionHead(
+        self.quantizer.num_groups, self.quantizer.num_entries, **dtypes, name="codebook_head")
+    self.text_head = heads.TextLMHead(enc.vocab_size, tied=self.tie_text_head, **dtypes, name="text_head")
+    self.ctc_head = heads.CTCHead(enc.vocab_size, **dtypes, name="ctc_head")
+    if self.weights.speech_contrastive > 0:
+      self.context_projection = heads.ContrastiveProjection(self.contrastive_dim, **dtypes,
+                                                            name="context_projection")
+      self.target_projection = heads.ContrastiveProjection(self.contrastive_dim, **dtypes,
+                                                           name="target_projection")
+    if self.weights.cross_modal > 0:
+      self.cross_modal_log_temperature = self.param(
+          "cross_modal_log_temperature",
+          nn.with_logical_partitioning(
+              nn.initializers.constant(jnp.log(self.cross_modal_init_temperature)), ()),
+          (), jnp.float32)
+
+  # ---- pieces ----
+
+  def _text_logits(self, x: Array) -> Array:
+    if not self.tie_text_head:
+      return self.text_head(x)
+    table = self.encoder.variables["params"]["text_embedding"]["token_embedding"]["embedding"]
+    return self.text_head(x, flax.core.meta.unbox(table))
+
+  def _quantize(self, audio: Array, audio_mask: Array, features: Array, mask: Array, step: Array,
+                deterministic: bool) -> quantizers_lib.QuantizerOutput:
+    if self.quantize_log_mel:
+      features, _ = self.encoder.speech_quantizer_input(audio, audio_mask)
+    temperature = quantizers_lib.gumbel_temperature(step)
+    return self.quantizer(features, mask, temperature, deterministic)
+
+  # ---- objectives ----
+
+  def speech_objectives(self, speech: Mapping[str, Array], step: Array, deterministic: bool):
+    enc = self.encoder
+    features, mask = enc.speech_frontend(speech["audio"], speech["audio_mask"], deterministic)
+    quantized = self._quantize(speech["audio"], speech["audio_mask"], features, mask, step, deterministic)
+    masked = masking.start_prob_span_mask(
+        self.make_rng("masking"), mask, self.masks.speech_start_prob, self.masks.speech_span_length,
+        self.masks.min_spans)
+    x = enc.mask_speech(enc.project_speech(features, deterministic), masked)
+    contrastive_out, speech_out = enc.speech_layers(x, mask, deterministic)
+    metrics = {}
+    if self.weights.speech_contrastive > 0:
+      metrics["speech/contrastive_loss"], metrics["speech/contrastive_accuracy"] = losses.contrastive_loss(
+          self.make_rng("negatives"), self.context_projection(contrastive_out),
+          self.target_projection(quantized.quantized), masked, num_negatives=self.num_negatives,
+          temperature=self.contrastive_temperature, target_codes=quantized.ids)
+    shared_out = enc.shared_layers(speech_out, mask, deterministic)
+    metrics["speech/mlm_loss"], metrics["speech/mlm_accuracy"] = losses.masked_cross_entropy(
+        self.codebook_head(shared_out), quantized.ids, masked)
+    metrics["speech/diversity_loss"] = quantized.diversity_loss
+    metrics["speech/masked_share"] = jnp.sum(masked) / jnp.maximum(jnp.sum(mask), 1)
+    metrics["codebook/perplexity"] = quantized.perplexity
+    metrics["codebook/code_perplexity"] = quantized.code_perplexity
+    metrics["codebook/usage"] = quantized.usage
+    return metrics
+
+  def text_objectives(self, text: Mapping[str, Array], deterministic: bool):
+    tokens, tokens_mask = text["tokens"], text["tokens_mask"]
+    masked = masking.rate_span_mask(
+        self.make_rng("masking"), tokens_mask, self.masks.text_rate, self.masks.text_span_length,
+        self.masks.min_spans)
+    x = self.encoder.embed_text(masking.apply_token_mask(tokens, masked, MASK_ID), tokens_mask, deterministic)
+    x = self.encoder.shared_layers(x, tokens_mask, deterministic)
+    metrics = {}
+    metrics["text/mlm_loss"], metrics["text/mlm_accuracy"] = losses.masked_cross_entropy(
+        self._text_logits(x), tokens, masked)
+    metrics["text/masked_share"] = jnp.sum(masked) / jnp.maximum(jnp.sum(tokens_mask), 1)
+    return metrics
+
+  def paired_objectives(self, paired: Mapping[str, Array], step: Array, deterministic: bool):
+    enc = self.encoder
+    audio, audio_mask = paired["audio"], paired["audio_mask"]
+    tokens, tokens_mask = paired["tokens"], paired["tokens_mask"]
+    features, mask = enc.speech_frontend(audio, audio_mask, deterministic)
+    projected = enc.project_speech(features, deterministic)
+    metrics = {}
+
+    if self.weights.tlm > 0:
+      quantized = self._quantize(audio, audio_mask, features, mask, step, deterministic)
+      frames_masked = masking.rate_span_mask(
+          self.make_rng("masking"), mask, self.masks.tlm_speech_rate, self.masks.tlm_speech_span_length,
+          self.masks.min_spans)
+      chars_masked = masking.rate_span_mask(
+          self.make_rng("masking"), tokens_mask, self.masks.tlm_text_rate, self.masks.tlm_text_span_length,
+          self.masks.min_spans)
+      _, speech = enc.speech_layers(enc.mask_speech(projected, frames_masked), mask, deterministic)
+      text = enc.embed_text(masking.apply_token_mask(tokens, chars_masked, MASK_ID), tokens_mask, deterministic)
+      # Padding sits between the two parts; attention never sees it (joint mask).
+      joint_mask = jnp.concatenate([mask, tokens_mask.astype(mask.dtype)], axis=1)
+      joint = enc.shared_layers(jnp.concatenate([speech, text.astype(speech.dtype)], axis=1), joint_mask,
+                                deterministic)
+      num_frames = speech.shape[1]
+      speech_loss, speech_acc = losses.masked_cross_entropy(
+          self.codebook_head(joint[:, :num_frames]), quantized.ids, frames_masked)
+      text_loss, text_acc = losses.masked_cross_entropy(
+          self._text_logits(joint[:, num_frames:]), tokens, chars_masked)
+      metrics.update({
+          "paired/tlm_loss": speech_loss + text_loss,
+          "paired/tlm_speech_loss": speech_loss, "paired/tlm_speech_accuracy": speech_acc,
+          "paired/tlm_text_loss": text_loss, "paired/tlm_text_accuracy": text_acc,
+          "paired/tlm_speech_masked_share": jnp.sum(frames_masked) / jnp.maximum(jnp.sum(mask), 1),
+          "paired/tlm_text_masked_share": jnp.sum(chars_masked) / jnp.maximum(jnp.sum(tokens_mask), 1),
+      })
+
+    if self.weights.ctc > 0 or self.weights.cross_modal > 0:
+      _, speech = enc.speech_layers(projected, mask, deterministic)
+      speech = enc.shared_layers(speech, mask, deterministic)
+      if self.weights.ctc > 0:
+        metrics["paired/ctc_loss"], metrics["paired/ctc_infeasible"] = losses.ctc_loss(
+            self.ctc_head(speech), mask, tokens, tokens_mask, blank_id=BLANK_ID)
+      if self.weights.cross_modal > 0:
+        _, _, text_pooled = enc.encode_text(tokens, tokens_mask, deterministic)
+        valid = (jnp.sum(mask, axis=-1) > 0) & (jnp.sum(tokens_mask, axis=-1) > 0)
+        temperature = losses.clipped_temperature(
+            self.cross_modal_log_temperature, self.cross_modal_min_temperature,
+            self.cross_modal_max_temperature)
+        metrics["paired/cross_modal_loss"], metrics["paired/cross_modal_accuracy"] = losses.symmetric_infonce(
+            enc.pool(speech, mask), text_pooled, valid, temperature)
+        metrics["paired/cross_modal_temperature"] = temperature
+    return metrics
+
+  def __call__(self, batch: Batch, step: Array, deterministic: bool = False) -> tuple[Array, dict[str, Array]]:
+    metrics: dict[str, Array] = {}
+    if "speech" in batch:
+      metrics.update(self.speech_objectives(batch["speech"], step, deterministic))
+    if "text" in batch:
+      metrics.update(self.text_objectives(batch["text"], deterministic))
+    if "paired" in batch:
+      metrics.update(self.paired_objectives(batch["paired"], step, deterministic))
+    w = self.weights
+    terms = {
+        "speech/contrastive_loss": w.speech_contrastive, "speech/diversity_loss": w.diversity,
+        "speech/mlm_loss": w.speech_mlm, "text/mlm_loss": w.text_mlm, "paired/tlm_loss": w.tlm,
+        "paired/ctc_loss": w.ctc, "paired/cross_modal_loss": w.cross_modal,
+    }
+    loss = jnp.zeros((), jnp.float32)
+    for name, weight in terms.items():
+      if weight > 0 and name in metrics:
+        loss = loss + weight * metrics[name].astype(jnp.float32)
+    metrics["loss"] = loss
+    if not self.quantize_log_mel:
+      metrics["codebook/gumbel_temperature"] = quantizers_lib.gumbel_temperature(step)
+    return loss, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+  # ---- inference ----
+
+  def encode_speech(self, audio: Array, audio_mask: Array):
+    return self.encoder.encode_speech(audio, audio_mask, True)
+
+  def encode_text(self, tokens: Array, tokens_mask: Array):
+    return self.encoder.encode_text(tokens, tokens_mask, True)
+
+
+@gin.configurable
+class MSLAMModel:
+  """The mSLAM pre-training model (t5x's BaseModel shape). Every argument can come from gin.
+
+  Args:
+    encoder: the MSLAMEncoder (default: `MSLAMEncoder()` as gin configures it).
+    quantizer: "gumbel" (w2v-BERT; GumbelVectorQuantizer's gin bindings) or "best_rq"
+      (RandomProjectionQuantizer's; quantizes the stacked log-mels, parameter-free).
+    weights / masks: ObjectiveWeights / MaskingConfig (gin-configured when not given).
+    num_negatives / contrastive_temperature / contrastive_dim: InfoNCE settings (100, 0.1, and the
+      dimension both sides are projected to).
+    tie_text_head: the text LM head reuses the token embedding table (scaled by 1/sqrt(D));
+      separate by default (4M parameters at 1024 x 4096, and a cross-entropy at init of log V).
+    cross_modal_*_temperature: the learned temperature's start and clipping range.
+    dummy_audio_samples / dummy_text_length: shapes of `dummy_batch()` (init-time shapes only).
+  """
+
+  def __init__(
+      self,
+      encoder: Optional[encoder_lib.MSLAMEncoder] = None,
+      quantizer: str = "gumbel",
+      weights: Optional[ObjectiveWeights] = None,
+      masks: Optional[masking.MaskingConfig] = None,
+      num_negatives: int = 100,
+      contrastive_temperature: float = 0.1,
+      contrastive_dim: int = 256,
+      tie_text_head: bool = False,
+      cross_modal_init_temperature: float = 0.07,
+      cross_modal_min_temperature: float = 0.01,
+      cross_modal_max_temperature: float = 1.0,
+      dummy_audio_samples: int = 16000,
+      dummy_text_length: int = 16,
+  ):
+    if quantizer not in QUANTIZERS:
+      raise ValueError(f"MSLAMModel.quantizer={quantizer!r}; choose one of {QUANTIZERS}")
+    self.encoder = encoder if encoder is not None else encoder_lib.MSLAMEncoder()
+    self.quantizer_name = quantizer
+    quantizer_module = (quantizers_lib.GumbelVectorQuantizer(dtype=self.encoder.dtype,
+                                                             param_dtype=self.encoder.param_dtype)
+                        if quantizer == "gumbel" else quantizers_lib.RandomProjectionQuantizer())
+    self.weights = weights if weights is not None else ObjectiveWeights()
+    self.masks = masks if masks is not None else masking.MaskingConfig()
+    self.dummy_audio_samples = dummy_audio_samples
+    self.dummy_text_length = dummy_text_length
+    self.network = MSLAMNetwork(
+        encoder=self.encoder, quantizer=quantizer_module, weights=self.weights, masks=self.masks,
+        quantize_log_mel=quantizer == "best_rq", num_negatives=num_negatives,
+        contrastive_temperature=contrastive_temperature, contrastive_dim=contrastive_dim,
+        tie_text_head=tie_text_head, cross_modal_init_temperature=cross_modal_init_temperature,
+        cross_modal_min_temperature=cross_modal_min_temperature,
+        cross_modal_max_temperature=cross_modal_max_temperature)
+    self.validate()
+
+  def validate(self) -> None:
+    """Rejects impossible settings before anything is traced, naming the gin binding to fix."""
+    enc, net, q = self.encoder, self.network, self.network.quantizer
+    self.weights.validate()
+    self.masks.validate()
+    for name in ("embed_dim", "num_shared_layers", "vocab_size"):
+      if getattr(enc, name) <= 0:
+        raise ValueError(f"MSLAMEncoder.{name} must be > 0, got {getattr(enc, name)}")
+    if enc.num_speech_layers < 0:
+      raise ValueError(f"MSLAMEncoder.num_speech_layers must be >= 0, got {enc.num_speech_layers}")
+    if enc.contrastive_layer is not None and not 1 <= enc.contrastive_layer <= enc.num_speech_layers:
+      raise ValueError(
+          f"MSLAMEncoder.contrastive_layer={enc.contrastive_layer} lies outside the speech-only stack "
+          f"[1, MSLAMEncoder.num_speech_layers={enc.num_speech_layers}] (None: its last layer)")
+    if enc.vocab_size <= max(MASK_ID, BLANK_ID):
+      raise ValueError(f"MSLAMEncoder.vocab_size={enc.vocab_size} must exceed the reserved ids "
+                       f"(MASK={MASK_ID}, BLANK={BLANK_ID})")
+    qname = type(q).__name__
+    for name in ("num_groups", "num_entries"):
+      if getattr(q, name) <= 0:
+        raise ValueError(f"{qname}.{name} must be > 0, got {getattr(q, name)}")
+    if self.quantizer_name == "gumbel" and q.codevector_dim % q.num_groups:
+      raise ValueError(f"GumbelVectorQuantizer.codevector_dim={q.codevector_dim} is not divisible by "
+                       f"GumbelVectorQuantizer.num_groups={q.num_groups}")
+    if self.quantizer_name == "best_rq" and (self.weights.speech_contrastive > 0 or self.weights.diversity > 0):
+      raise ValueError("MSLAMModel.quantizer='best_rq' has no learned codevectors: set "
+                       "ObjectiveWeights.speech_contrastive = 0.0 and ObjectiveWeights.diversity = 0.0")
+    if net.num_negatives < 1:
+      raise ValueError(f"MSLAMModel.num_negatives must be >= 1, got {net.num_negatives}")
+    if net.contrastive_dim < 1:
+      raise ValueError(f"MSLAMModel.contrastive_dim must be >= 1, got {net.contrastive_dim}")
+    if not net.contrastive_temperature > 0:
+      raise ValueError(f"MSLAMModel.contrastive_temperature must be > 0, got {net.contrastive_temperature}")
+    if not 0 < net.cross_modal_min_temperature <= net.cross_modal_init_temperature <= net.cross_modal_max_temperature:
+      raise ValueError(
+          "need 0 < MSLAMModel.cross_modal_min_temperature <= cross_modal_init_temperature <= "
+          f"cross_modal_max_temperature, got {net.cross_modal_min_temperature}, "
+          f"{net.cross_modal_init_temperature}, {net.cross_modal_max_temperature}")
+
+  # ---- t5x-like interface ----
+
+  def _rngs(self, rng: Array, with_params: bool) -> dict[str, Array]:
+    names = (("params",) if with_params else ()) + RNG_STREAMS
+    return dict(zip(names, jax.random.split(rng, len(names))))
+
+  def init(self, rng: Array, batch: Batch) -> Any:
+    """Boxed parameters (nn.LogicallyPartitioned leaves) for batches shaped like `batch`."""
+    # Jitted: op-by-op initialisation of a Conformer stack is minutes on CPU, one compile is seconds.
+    init = jax.jit(lambda rngs, batch: self.network.init(rngs, batch, jnp.zeros((), jnp.int32),
+                                                         deterministic=False)["params"])
+    return init(self._rngs(rng, True), batch)
+
+  def loss_fn(self, params: Any, batch: Batch, rng: Array, step: Any = 0,
+              deterministic: bool = False) -> tuple[Array, dict[str, Array]]:
+    """(weighted total loss, flat dict of every loss term and health figure); params unboxed.
+
+    `deterministic=True` turns dropout and Gumbel noise off (evaluation); masking stays random.
+    """
+    return self.network.apply({"params": params}, batch, jnp.asarray(step, jnp.int32),
+                              deterministic=deterministic, rngs=self._rngs(rng, False))
+
+  def encode_speech(self, params: Any, audio: Array, audio_mask: Array) -> tuple[Array, Array, Array]:
+    """(frames [B, T, D], mask [B, T], pooled [B, D]) of the full encoder, no masking, no dropout."""
+    return self.network.apply({"params": flax.core.meta.unbox(params)}, audio, audio_mask,
+                              method=MSLAMNetwork.encode_speech)
+
+  def encode_text(self, params: Any, tokens: Array, tokens_mask: Array) -> tuple[Array, Array, Array]:
+    """(frames [B, L, D], mask [B, L], pooled [B, D]) of text through the shared stack."""
+    return self.network.apply({"params": flax.core.meta.unbox(params)}, tokens, tokens_mask,
+                              method=MSLAMNetwork.encode_text)
+
+  def dummy_batch(self, batch_size: int = 1, audio_samples: Optional[int] = None,
+                  text_length: Optional[int] = None) -> dict[str, dict[str, Array]]:
+    """A zero batch of the contract's structure (for init / eval_shape; all items valid)."""
+    samples = audio_samples or self.dummy_audio_samples
+    length = text_length or self.dummy_text_length
+    audio = jnp.zeros((batch_size, samples), jnp.float32)
+    audio_mask = jnp.ones((batch_size, samples), jnp.int32)
+    tokens = jnp.full((batch_size, length), MASK_ID + 2, jnp.int32)
+    tokens_mask = jnp.ones((batch_size, length), jnp.int32)
+    lang = jnp.zeros((batch_size,), jnp.int32)
+    return {
+        "speech": {"audio": audio, "audio_mask": audio_mask, "lang": lang},
+        "text": {"tokens": tokens, "tokens_mask": tokens_mask, "lang": lang},
+        "paired": {"audio": audio, "audio_mask": audio_mask, "tokens": tokens, "tokens_mask": tokens_mask,
+                   "lang": lang},
+    }
