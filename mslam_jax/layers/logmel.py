@@ -19,7 +19,10 @@ Conventions:
   (its length or its values); invalid frames are set to `padding_value`.
 - Shapes are static: T = num_frames(S) for audio of S samples.
 - The FFT (jnp.fft.rfft) and the mel matmul run in float32; the matmul asks for HIGHEST precision
-  because the default on TPU (bf16 passes) and GPU (TF32) loses ~1e-2 in log-mel.
+  because the default precision rounds its operands to bfloat16 on TPU (up to ~7e-3 in log-mel)
+  and to TF32 on recent GPUs (~1e-3). float32 itself limits a frame's dynamic range: bins ~80 dB
+  and more below the frame's loudest carry rounding noise, here as in Kaldi's float32 code
+  (dither, Kaldi's default, hides it).
 
 The filterbank and window are computed once in numpy (float64, then float32) and are constants of
 the traced function. `stack_frames` and `normalize_per_utterance` give the w2v-BERT 2.0 frontend
@@ -41,7 +44,8 @@ ArrayLike = Any
 # Kaldi floors energies at FLT_EPSILON before the log (std::numeric_limits<float>::epsilon()).
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
 WINDOWS = ("povey", "hanning", "hamming", "rectangular", "sine", "blackman")
-# Above this many pieces per frame, a gather frames the signal faster than strided slices.
+# Above this many pieces per frame (gcd(frame, shift) small), a gather replaces the strided slices,
+# whose count would bloat the program.
 _MAX_FRAMING_PIECES = 32
 
 
