@@ -30,11 +30,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+MESH_AXES = ("data", "fsdp", "model")  # as mslam_jax.partitioning (not imported: it starts JAX)
+_CHILD_ENV = "MSLAM_COMPILE_CHILD"
+
+
+def parse_mesh_spec(spec: str) -> dict[str, int]:
+  """`data:2,fsdp:4,model:1` -> {"data": 2, "fsdp": 4, "model": 1} (missing axes are 1)."""
+  sizes = {axis: 1 for axis in MESH_AXES}
+  for part in filter(None, (p.strip() for p in spec.split(","))):
+    name, sep, value = part.partition(":")
+    if not sep or name not in sizes or not value.isdigit() or int(value) < 1:
+      raise ValueError(f"bad --mesh {spec!r}: expected AXIS:SIZE pairs, AXIS in {MESH_AXES}, SIZE >= 1")
+    sizes[name] = int(value)
+  return sizes
+
+
 def _set_fake_devices(count: int) -> bool:
   """Asks XLA for `count` CPU devices; False when JAX already started with fewer."""
   if "jax" in sys.modules:
-    import jax  # pylint: disable=g-import-not-at-top
-    return jax.device_count() >= count
+    try:
+      from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+      started = bool(xla_bridge._backends)  # pylint: disable=protected-access
+    except (ImportError, AttributeError):
+      started = True
+    if started:
+      import jax  # pylint: disable=g-import-not-at-top
+      return jax.device_count() >= count
   flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
            if not f.startswith("--xla_force_host_platform_device_count")]
   os.environ["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={count}"])
@@ -91,27 +112,29 @@ def compile_report(mesh_sizes: dict) -> dict:
           "compile_seconds": round(seconds, 1)}
 
 
-def _gib(n: int) -> str:
-  return f"{n / 2**30:.3f} GiB"
+def _human(n: int) -> str:
+  return f"{n / 2**30:.3f} GiB" if n >= 2**30 else f"{n / 2**20:.2f} MiB"
 
 
 def run(args: argparse.Namespace) -> int:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)
-  from mslam_jax import partitioning  # pylint: disable=g-import-not-at-top  (no JAX backend yet)
   try:
-    sizes = partitioning.parse_mesh_spec(args.mesh)
+    sizes = parse_mesh_spec(args.mesh)
   except ValueError as e:
     print(f"mslam compile: {e}", file=sys.stderr)
     return 2
   count = math.prod(sizes.values())
   if not _set_fake_devices(count):
+    if os.environ.get(_CHILD_ENV):
+      print(f"mslam compile: could not get {count} CPU devices", file=sys.stderr)
+      return 2
     # JAX is already running with fewer devices: start a fresh interpreter that can have them.
     argv = [sys.executable, "-m", "mslam_jax.cli", "compile", f"--mesh={args.mesh}"]
     argv += [f"--gin_file={f}" for f in args.gin_file]
     argv += [f"--gin_search_path={p}" for p in args.gin_search_path]
     argv += [f"--gin.{b}" for b in args.gin_bindings] + (["--json"] if args.json else [])
-    return subprocess.call(argv)
+    return subprocess.call(argv, env=dict(os.environ, **{_CHILD_ENV: "1"}))
   try:
     config.parse_gin(args.gin_file, args.gin_bindings, args.gin_search_path)
     report = compile_report(sizes)
@@ -126,5 +149,5 @@ def run(args: argparse.Namespace) -> int:
           f"{report['params'] / 1e6:.1f}M parameters, compiled in {report['compile_seconds']} s")
     print("per-device memory (XLA memory analysis):")
     for key in ("arguments", "outputs", "temps", "aliased", "total"):
-      print(f"  {key:<10} {_gib(report['per_device_bytes'][key])}")
+      print(f"  {key:<10} {_human(report['per_device_bytes'][key])}")
   return 0

@@ -87,17 +87,6 @@ def make_mesh(data: int = 1, fsdp: int = -1, model: int = 1,
   return mesh
 
 
-def parse_mesh_spec(spec: str) -> dict[str, int]:
-  """`data:2,fsdp:4,model:1` -> {"data": 2, "fsdp": 4, "model": 1} (missing axes are 1)."""
-  sizes = {axis: 1 for axis in MESH_AXES}
-  for part in filter(None, (p.strip() for p in spec.split(","))):
-    name, sep, value = part.partition(":")
-    if not sep or name not in sizes:
-      raise ValueError(f"bad mesh spec {spec!r}: expected AXIS:SIZE pairs with AXIS in {MESH_AXES}")
-    sizes[name] = int(value)
-  return sizes
-
-
 def _is_spec(x) -> bool:
   return isinstance(x, PartitionSpec)
 

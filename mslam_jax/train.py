@@ -147,6 +147,20 @@ class PreemptionWatcher:
 
 # -- the run -----------------------------------------------------------------------------------
 
+def make_iterator(iterator_fn: Callable[..., Iterator], shard_index: int, num_shards: int):
+  """Calls the gin-named iterator factory for this process's shard: SeqIO-style factories take
+  `shard_info`, others `shard_index` / `num_shards`."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  try:
+    parameters = inspect.signature(iterator_fn).parameters
+  except (TypeError, ValueError):
+    parameters = {}
+  if "shard_info" in parameters:
+    import seqio  # pylint: disable=g-import-not-at-top
+    return iterator_fn(shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards))
+  return iterator_fn(shard_index=shard_index, num_shards=num_shards)
+
+
 def _peek_batch(iterator) -> Any:
   """One batch's structure without losing its position."""
   spec = getattr(iterator, "element_spec", None)
@@ -197,7 +211,7 @@ def train(*,
   optimizer = optimizer if optimizer is not None else optimizers.make_optimizer()
   mesh = mesh if mesh is not None else partitioning.make_mesh()
 
-  iterator = iterator_fn(shard_index=jax.process_index(), num_shards=jax.process_count())
+  iterator = make_iterator(iterator_fn, jax.process_index(), jax.process_count())
   batch_spec = partitioning.global_batch_spec(
       jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _peek_batch(iterator)))
   trainer = trainer_lib.Trainer(model, optimizer, mesh, batch_spec)

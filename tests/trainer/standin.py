@@ -6,6 +6,7 @@ uses the rng (random frame masking) so that RNG handling is exercised too.
 SyntheticIterator: deterministic batches of the three-stream contract; each process gets its rows
 of the global batch; get_state()/set_state() hold the position.
 """
+import time
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -133,12 +134,13 @@ class SyntheticIterator:
   def __init__(self, shard_index: int = 0, num_shards: int = 1, *, speech_batch: int = 8,
                speech_samples: int = 256, text_batch: int = 8, text_length: int = 12,
                paired_batch: int = 8, paired_samples: int = 128, paired_length: int = 8,
-               vocab: int = 32, seed: int = 0, nan_at: Sequence[int] = ()):
+               vocab: int = 32, seed: int = 0, nan_at: Sequence[int] = (), delay_s: float = 0.0):
     self.shard_index, self.num_shards = shard_index, num_shards
     self.sizes = dict(speech_batch=speech_batch, speech_samples=speech_samples,
                       text_batch=text_batch, text_length=text_length, paired_batch=paired_batch,
                       paired_samples=paired_samples, paired_length=paired_length)
     self.vocab, self.seed, self.nan_at = vocab, seed, set(nan_at)
+    self.delay_s = delay_s  # slows steps down so that tests can signal a run mid-training
     self.position = 0
 
   def get_state(self) -> dict:
@@ -177,6 +179,8 @@ class SyntheticIterator:
                        "lang": lang(z["paired_batch"])}}
 
   def __next__(self) -> dict[str, Any]:
+    if self.delay_s:
+      time.sleep(self.delay_s)
     batch = self.global_batch(self.position)
     self.position += 1
 

@@ -1,0 +1,92 @@
+"""Subprocess plumbing for trainer tests: fake CPU devices must be set before JAX starts."""
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Sequence
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+STANDIN_GIN = os.path.join(REPO, "tests", "trainer", "standin_run.gin")
+# Cheaper XLA CPU compiles (the programs are tiny; LLVM optimization dominates their compile time).
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def env(devices: int = 1, cache_dir: str | None = None) -> dict:
+  e = dict(os.environ)
+  e["XLA_FLAGS"] = f"{FAST_COMPILE_FLAGS} --xla_force_host_platform_device_count={devices}"
+  e["JAX_PLATFORMS"] = "cpu"
+  e["PYTHONPATH"] = REPO + os.pathsep + e.get("PYTHONPATH", "")
+  e["TF_CPP_MIN_LOG_LEVEL"] = "2"
+  if cache_dir:
+    # Runs of the same program (a restart, the same config twice) reuse its compiled executable.
+    e["JAX_COMPILATION_CACHE_DIR"] = cache_dir
+    e["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  return e
+
+
+def train_command(model_dir: str, steps: int, bindings: Sequence[str] = (),
+                  gin_file: str = STANDIN_GIN) -> list[str]:
+  return ([sys.executable, "-m", "mslam_jax.train", f"--gin_file={gin_file}",
+           f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={steps}"]
+          + [f"--gin.{b}" for b in bindings])
+
+
+def run_training(model_dir: str, steps: int, bindings: Sequence[str] = (), devices: int = 1,
+                 cache_dir: str | None = None, timeout: float = 180,
+                 extra_args: Sequence[str] = ()) -> subprocess.CompletedProcess:
+  return subprocess.run(train_command(model_dir, steps, bindings) + list(extra_args), cwd=REPO,
+                        env=env(devices, cache_dir), capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def start_training(model_dir: str, steps: int, bindings: Sequence[str] = (), devices: int = 1,
+                   cache_dir: str | None = None, log_path: str | None = None) -> subprocess.Popen:
+  log = open(log_path or os.path.join(model_dir + ".log"), "w")
+  return subprocess.Popen(train_command(model_dir, steps, bindings), cwd=REPO,
+                          env=env(devices, cache_dir), stdout=log, stderr=subprocess.STDOUT)
+
+
+def read_metrics(model_dir: str) -> dict[int, dict]:
+  """metrics.jsonl by step; a restarted run rewrites the steps after its checkpoint (last wins)."""
+  path = os.path.join(model_dir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return {}
+  by_step = {}
+  with open(path) as f:
+    for line in f:
+      if line.strip():
+        record = json.loads(line)
+        by_step[record["step"]] = record
+  return by_step
+
+
+def wait_for_step(model_dir: str, step: int, proc: subprocess.Popen, timeout: float = 180) -> None:
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if max(read_metrics(model_dir), default=0) >= step:
+      return
+    if proc.poll() is not None:
+      raise AssertionError(f"run ended (rc={proc.returncode}) before step {step}")
+    time.sleep(0.05)
+  raise AssertionError(f"step {step} not reached in {timeout} s")
+
+
+def checkpoint_state(model_dir: str, step: int) -> dict:
+  """The saved train state of one checkpoint as numpy (nested dicts, as Orbax stores it)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  path = os.path.join(model_dir, "checkpoints", str(step), "state")
+  return jax.tree.map(np.asarray, ocp.StandardCheckpointer().restore(path))
+
+
+def data_state(model_dir: str, step: int, process: int = 0):
+  with open(os.path.join(model_dir, "checkpoints", str(step), "data_state",
+                         f"process_{process}.json")) as f:
+    return json.load(f)["value"]
+
+
+def checkpoint_steps(model_dir: str) -> list[int]:
+  directory = os.path.join(model_dir, "checkpoints")
+  return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
