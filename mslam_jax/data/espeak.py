@@ -101,16 +101,41 @@ def sample_style(rng: np.random.Generator, voices: Sequence[str]) -> SpeakerStyl
 
 
 class _Engine:
-  """The loaded library; one per process (eSpeak's state is global)."""
+  """The loaded library (eSpeak's state is global: one engine per process)."""
 
   def __init__(self):
     import espeakng_loader  # pylint: disable=g-import-not-at-top
     try:
-      self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
-      data_path = espeakng_loader.get_data_path()
-    except (OSError, RuntimeError) as e:
-      raise EspeakError(f"cannot load eSpeak NG from espeakng-loader: {e}") from e
-    lib = self.lib
+      self.library_path = espeakng_loader.get_library_path()
+      self.data_path = espeakng_loader.get_data_path()
+    except RuntimeError as e:
+      raise EspeakError(f"cannot find eSpeak NG in espeakng-loader: {e}") from e
+    self.lib = None
+    self.native_rate = 0
+    self.chunks: list[np.ndarray] = []
+    self.events: list[tuple[int, int, int]] = []  # (text_position, length, audio_position_ms)
+    # Kept as an attribute: ctypes must hold the trampoline alive while the library may call it.
+    self.callback = _SynthCallback(self._on_synth)
+    self.pid = os.getpid()
+    self.reload()
+
+  def reload(self) -> None:
+    """Loads the library afresh.
+
+    eSpeak keeps synthesis state in static variables that neither espeak_Terminate nor
+    espeak_Initialize resets (e.g. the pitch-flutter phase), so a clip would depend on every clip
+    spoken before it in the process. Unloading the library (its only user) and loading it again
+    makes each clip a function of its text and style alone; it costs about a millisecond.
+    """
+    if self.lib is not None:
+      self.lib.espeak_Terminate()
+      import _ctypes  # pylint: disable=g-import-not-at-top
+      _ctypes.dlclose(self.lib._handle)  # pylint: disable=protected-access
+      self.lib = None
+    try:
+      lib = ctypes.CDLL(self.library_path)
+    except OSError as e:
+      raise EspeakError(f"cannot load eSpeak NG from {self.library_path}: {e}") from e
     lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
     lib.espeak_Initialize.restype = ctypes.c_int
     lib.espeak_SetSynthCallback.argtypes = [_SynthCallback]
@@ -124,15 +149,16 @@ class _Engine:
     lib.espeak_ListVoices.argtypes = [ctypes.c_void_p]
     lib.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_Voice))
     self.native_rate = lib.espeak_Initialize(
-        _AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path.encode(), _INITIALIZE_DONT_EXIT)
+        _AUDIO_OUTPUT_SYNCHRONOUS, 0, self.data_path.encode(), _INITIALIZE_DONT_EXIT)
     if self.native_rate <= 0:
-      raise EspeakError(f"espeak_Initialize failed with data at {data_path}")
-    self.chunks: list[np.ndarray] = []
-    self.events: list[tuple[int, int, int]] = []  # (text_position, length, audio_position_ms)
-    # Kept as an attribute: ctypes must hold the trampoline alive while the library may call it.
-    self.callback = _SynthCallback(self._on_synth)
+      raise EspeakError(f"espeak_Initialize failed with data at {self.data_path}")
     lib.espeak_SetSynthCallback(self.callback)
-    self.pid = os.getpid()
+    # Noise and jitter come from eSpeak's own generator; seeded per clip too.
+    self.set_seed = getattr(lib, "espeak_ng_SetRandSeed", None)
+    if self.set_seed is not None:
+      self.set_seed.argtypes = [ctypes.c_long]
+      self.set_seed.restype = None
+    self.lib = lib
 
   def _on_synth(self, wav, num_samples, events) -> int:
     if num_samples > 0 and wav:
@@ -200,11 +226,15 @@ def _word_ends(audio: np.ndarray, starts: Sequence[int], rate: int) -> list[int]
   return ends
 
 
-def synthesize(text: str, style: SpeakerStyle, sample_rate: int = SAMPLE_RATE) -> Synthesis:
-  """Speaks `text` with `style`; audio at `sample_rate` with the word timings of eSpeak's events."""
+def synthesize(text: str, style: SpeakerStyle, sample_rate: int = SAMPLE_RATE, seed: int = 0) -> Synthesis:
+  """Speaks `text` with `style`; audio at `sample_rate` with the word timings of eSpeak's events.
+
+  The same (text, style, seed) gives the same samples, whatever was synthesized before.
+  """
   encoded = text.encode("utf-8") + b"\0"
   with _LOCK:
     engine = _engine()
+    engine.reload()
     lib = engine.lib
     name = style.voice + (f"+{style.variant}" if style.variant else "")
     if lib.espeak_SetVoiceByName(name.encode()) != 0:
@@ -212,6 +242,8 @@ def synthesize(text: str, style: SpeakerStyle, sample_rate: int = SAMPLE_RATE) -
     lib.espeak_SetParameter(_PARAM_RATE, int(style.rate_wpm), 0)
     lib.espeak_SetParameter(_PARAM_PITCH, int(style.pitch), 0)
     engine.chunks, engine.events = [], []
+    if engine.set_seed is not None:
+      engine.set_seed(seed)
     buf = ctypes.create_string_buffer(encoded)
     err = lib.espeak_Synth(buf, len(encoded), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
     if err != 0:

@@ -188,13 +188,21 @@ def _compute_registry() -> tuple[Language, ...]:
     tag = tags[code].replace("_", "-").split("-")[0]
     name = english.languages.get(tag) or english.languages.get(code) or iso_names.get(code, code)
     items = text_sources.item_counts(code)
-    script = _likely_script(tag) or _likely_script(code) or text_sources.dominant_script(code) or "Zzzz"
+    dominant = text_sources.dominant_script(code)
+    script = _likely_script(tag) or _likely_script(code) or dominant or "Zzzz"
+
+    def count_in(script, speech=False):
+      return text_sources.item_count_in_scripts(code, text_sources.scripts_for(script, speech))
+
+    # Some translations are written in another script than CLDR expects (Pali, Sinhala script
+    # expected, Latin shipped): the language's script is then the one its text is in.
+    if dominant and dominant != script and count_in(script) < MIN_TEXT_ITEMS <= count_in(dominant):
+      script = dominant
     sources = tuple(s for s in text_sources.SOURCES if items.get(s, 0) > 0)
     streams = []
-    if sum(items.values()) >= MIN_TEXT_ITEMS:
+    if count_in(script) >= MIN_TEXT_ITEMS:
       streams.append("text")
-      code_voices = voices.get(code, ())
-      if code_voices and text_sources.speakable_item_count(code, script) >= MIN_SPEECH_ITEMS:
+      if voices.get(code) and count_in(script, speech=True) >= MIN_SPEECH_ITEMS:
         streams = ["speech", "text", "paired"]
     languages.append(Language(code=code, bcp47=tag, name=name, script=script, text_sources=sources,
                               espeak_voices=voices.get(code, ()), streams=tuple(streams)))

@@ -221,9 +221,8 @@ def item_counts(code: str) -> dict[str, int]:
   return {k: v for k, v in counts.items() if v}
 
 
-def speakable_item_count(code: str, script: str) -> int:
-  """How many base strings of `code` are in the scripts eSpeak reads for `script`."""
-  scripts = scripts_for(script, speech=True)
+def item_count_in_scripts(code: str, scripts: frozenset[str]) -> int:
+  """How many distinct base strings of `code` are written in `scripts` (see `scripts_for`)."""
   return len({s for values in _base_items(code).values() for s in values if in_scripts(s, scripts)})
 
 
@@ -289,7 +288,8 @@ def _generators(code: str) -> list[Callable[[np.random.Generator], str]]:
   if lang is not None and len(_num2words_items(code)) >= _MIN_CATEGORY_ITEMS:
     def spelled(rng):
       kind = ("cardinal", "cardinal", "ordinal", "year")[int(rng.integers(4))]
-      number = int(rng.integers(1900, 2100)) if kind == "year" else int(10 ** rng.uniform(0, 6.5))
+      # Below a million: num2words' Amharic converter never returns for some larger numbers.
+      number = int(rng.integers(1900, 2100)) if kind == "year" else int(10 ** rng.uniform(0, 6))
       return _spell(lang, number, kind) or _spell(lang, number)
     gens.append(spelled)
   return gens

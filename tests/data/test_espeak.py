@@ -1,0 +1,90 @@
+"""The in-process eSpeak NG binding."""
+import threading
+
+import numpy as np
+import pytest
+
+from mslam_jax.data import espeak
+
+
+def _voiced_ms(audio: np.ndarray) -> np.ndarray:
+  """Per 10 ms frame: whether it carries sound."""
+  hop = espeak.SAMPLE_RATE // 100
+  frames = audio[:len(audio) // hop * hop].reshape(-1, hop)
+  energy = np.sqrt((frames ** 2).mean(axis=1))
+  return energy > 0.02 * energy.max()
+
+
+def test_lists_voices_of_many_languages():
+  names = {v.name for v in espeak.list_voices()}
+  assert {"en", "en-US", "de", "ru", "cmn", "ja"} <= names
+  assert len(names) > 100
+
+
+def test_synthesizes_16khz_audio_with_word_timings():
+  text = "Monday, Tuesday and Wednesday"
+  result = espeak.synthesize(text, espeak.SpeakerStyle("en-US"))
+  assert result.audio.dtype == np.float32 and result.audio.ndim == 1
+  assert np.all(np.abs(result.audio) <= 1.0) and np.abs(result.audio).max() > 0.05
+  seconds = len(result.audio) / espeak.SAMPLE_RATE
+  assert 1.0 < seconds < 4.0
+  assert result.words == ["Monday", "Tuesday", "and", "Wednesday"]
+  starts, ends = np.array(result.word_starts_ms), np.array(result.word_ends_ms)
+  assert np.all(np.diff(starts) > 0) and np.all(ends > starts) and np.all(ends[:-1] <= starts[1:])
+  assert ends[-1] <= seconds * 1000 + 10
+  # The words are where the sound is: most of each word's span is voiced, the comma pause is not.
+  voiced = _voiced_ms(result.audio)
+  for s, e in zip(starts, ends):
+    assert voiced[s // 10:e // 10].mean() > 0.6
+  assert not voiced[ends[0] // 10 + 2:starts[1] // 10 - 1].any()
+
+
+def test_word_positions_count_characters_not_bytes():
+  result = espeak.synthesize("Январь и февраль", espeak.SpeakerStyle("ru"))
+  assert result.words == ["Январь", "и", "февраль"]
+
+
+def test_rate_variant_and_pitch_change_the_speaker():
+  text = "eins zwei drei vier fünf"
+  base = espeak.synthesize(text, espeak.SpeakerStyle("de", "", 175, 50))
+  fast = espeak.synthesize(text, espeak.SpeakerStyle("de", "", 260, 50))
+  female = espeak.synthesize(text, espeak.SpeakerStyle("de", "f2", 175, 50))
+  assert len(fast.audio) < 0.85 * len(base.audio)
+  assert not np.array_equal(base.audio[:4000], female.audio[:4000])
+  assert base.words == fast.words == female.words
+  again = espeak.synthesize(text, espeak.SpeakerStyle("de", "", 175, 50))
+  np.testing.assert_array_equal(base.audio, again.audio)  # deterministic
+
+
+def test_sample_style_is_seeded():
+  voices = ("en", "en-US", "en-GB-scotland")
+  a = [espeak.sample_style(np.random.default_rng(3), voices) for _ in range(2)]
+  assert a[0] == a[1]
+  styles = {espeak.sample_style(np.random.default_rng(i), voices) for i in range(20)}
+  assert len({s.variant for s in styles}) > 3 and len({s.voice for s in styles}) == 3
+  assert all(espeak.RATE_RANGE_WPM[0] <= s.rate_wpm <= espeak.RATE_RANGE_WPM[1] for s in styles)
+  assert a[0].describe().startswith(a[0].voice)
+
+
+def test_unknown_voice_is_an_error():
+  with pytest.raises(espeak.EspeakError, match="no-such-voice"):
+    espeak.synthesize("hello", espeak.SpeakerStyle("no-such-voice"))
+
+
+def test_concurrent_calls_are_serialized():
+  texts = ["one two three", "quatre cinq six", "sieben acht neun", "diez once doce"]
+  voices = ["en", "fr", "de", "es"]
+  expected = [espeak.synthesize(t, espeak.SpeakerStyle(v)) for t, v in zip(texts, voices)]
+  results = [None] * len(texts)
+
+  def work(i):
+    results[i] = espeak.synthesize(texts[i], espeak.SpeakerStyle(voices[i]))
+
+  threads = [threading.Thread(target=work, args=(i,)) for i in range(len(texts))]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  for got, want in zip(results, expected):
+    np.testing.assert_array_equal(got.audio, want.audio)
+    assert got.words == want.words
