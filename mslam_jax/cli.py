@@ -5,6 +5,7 @@ imported only when their command runs, so `mslam data languages` does not pay fo
 """
 import argparse
 import importlib
+import signal
 import sys
 
 # command -> (module, one-line help)
@@ -35,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+  # `mslam data languages | head` should end quietly, as any Unix filter does.
+  signal.signal(signal.SIGPIPE, signal.SIG_DFL)
   argv = sys.argv[1:] if argv is None else list(argv)
   saved, sys.argv = sys.argv, [sys.argv[0]] + argv
   try:
