@@ -89,13 +89,10 @@ class StepIterator:
       raise ValueError(f"unknown streams {sorted(unknown)}; streams are {STREAMS}")
     if not streams:
       raise ValueError("no stream has a positive batch size (make_step_iterator.*_batch_size)")
-    self.shard_info = shard_info or default_shard_info()
-    for stream, config in streams.items():
-      if config.batch_size % self.shard_info.num_shards:
-        raise ValueError(
-            f"make_step_iterator.{stream}_batch_size={config.batch_size} (global) is not divisible "
-            f"by the number of hosts ({self.shard_info.num_shards})")
     self.streams = {s: streams[s] for s in STREAMS if s in streams}
+    self._shard_info = None
+    if shard_info is not None:
+      self._set_shard_info(shard_info)
     self.split = split
     self.seed = int(seed)
     self.shuffle = shuffle
@@ -110,6 +107,22 @@ class StepIterator:
         s: feature_converters.CONVERTERS[s](over_length=c.over_length, seed=_stream_seed(self.seed, s),
                                             name=f"{c.mixture}@{split}")
         for s, c in self.streams.items()}
+
+  def _set_shard_info(self, shard_info: seqio.ShardInfo) -> None:
+    for stream, config in self.streams.items():
+      if config.batch_size % shard_info.num_shards:
+        raise ValueError(
+            f"make_step_iterator.{stream}_batch_size={config.batch_size} (global) is not divisible "
+            f"by the number of hosts ({shard_info.num_shards})")
+    self._shard_info = shard_info
+
+  @property
+  def shard_info(self) -> seqio.ShardInfo:
+    """This host's shard; resolved from JAX on first use, so that building the iterator before
+    jax.distributed.initialize() does not fix a wrong process index."""
+    if self._shard_info is None:
+      self._set_shard_info(default_shard_info())
+    return self._shard_info
 
   # -- shapes, without reading data -----------------------------------------------------------
   def local_batch_size(self, stream: str) -> int:

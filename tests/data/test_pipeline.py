@@ -215,30 +215,24 @@ def test_resume_refuses_a_changed_config(mixtures, tmp_path):
   assert lenient.position == 3
 
 
-def test_builtin_gin_config_builds_the_iterator(mixtures, tmp_path):
+def test_end_to_end_on_the_built_in_corpus(builtin_corpus_dir):
+  """The real built-in corpus (tests/conftest.py) through data/builtin.gin: contract, held-out language."""
   import gin  # pylint: disable=g-import-not-at-top
   from mslam_jax import config  # pylint: disable=g-import-not-at-top
+  from mslam_jax.data import vocabularies  # pylint: disable=g-import-not-at-top
   with gin.unlock_config():
     gin.clear_config()
     config.parse_gin(["data/builtin.gin"], [
-        f"CORPUS_DIR = '{tmp_path}'", f"make_step_iterator.speech_mixture = '{mixtures['speech']}'"])
+        f"CORPUS_DIR = '{builtin_corpus_dir}'", "SPEECH_BATCH = 2", "TEXT_BATCH = 4", "PAIRED_BATCH = 2",
+        "SPEECH_SAMPLES = 16000", "PAIRED_SAMPLES = 128000", "PAIRED_TEXT_LENGTH = 256"])
     it = pipeline.make_step_iterator(shard_info=seqio.ShardInfo(0, 1))
+    batches = take(it, 3)  # the first next() runs register_builtin_corpus with its gin bindings
     gin.clear_config()
-  assert it.streams["speech"].mixture == mixtures["speech"]
-  assert set(it.element_spec) == set(records.STREAMS)
-  assert it.element_spec["speech"]["audio"].shape[1] == 16000 * 4
-
-
-def test_end_to_end_on_the_built_in_corpus(builtin_corpus_dir):
-  """The real built-in corpus (tests/conftest.py): registration, contract shapes, held-out language."""
-  from mslam_jax.data import vocabularies  # pylint: disable=g-import-not-at-top
+  assert it.element_spec["speech"]["audio"].shape == (2, 16000)
   manifest = builtin.load_manifest(builtin_corpus_dir)
-  names = builtin.register_builtin_corpus(builtin_corpus_dir, prefix="te2e")
-  it = make(names, speech=2, text=4, paired=2, speech_samples=16000, paired_samples=16000 * 8,
-            paired_text_length=256)
   vocab = vocabularies.vocabulary_for_corpus(builtin_corpus_dir)
   seen = collections.defaultdict(set)
-  for batch in take(it, 3):
+  for batch in batches:
     for stream, spec in it.element_spec.items():
       for key, s in spec.items():
         assert batch[stream][key].shape == s.shape and batch[stream][key].dtype == s.dtype
@@ -250,4 +244,4 @@ def test_end_to_end_on_the_built_in_corpus(builtin_corpus_dir):
     assert seen[stream] and seen[stream] <= codes[stream]
   held_out = {languages.lang_id(c) for c in manifest["held_out_languages"]}
   assert held_out and not seen["paired"] & held_out
-  assert not set(builtin.mixture_rates(names["paired"])) & held_out
+  assert not set(builtin.mixture_rates("builtin_paired")) & held_out
