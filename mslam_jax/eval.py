@@ -154,6 +154,26 @@ def _ablation_metrics(model: Any, ablation_model_dir: str, output_dir: str, forc
   return metrics
 
 
+def evaluate_run(model_dir: str, corpus_dir: str | None = None, evaluators: Sequence[str] | None = None,
+                 ablation_model_dir: str | None = None, bindings: Sequence[str] = (),
+                 output_dir: str | None = None, force: bool = False) -> dict[str, float]:
+  """The latest checkpoint's figures, for programs (`mslam demo`): runs/eval.gin on a finished run.
+
+  Replaces the process' gin config by the run's operative config + runs/eval.gin + `bindings`
+  (call it after training is done). `evaluators`: names (default: those of runs/eval.gin).
+  """
+  extra = list(bindings)
+  if corpus_dir:
+    extra.append(f"CORPUS_DIR = '{corpus_dir}'")
+  if evaluators is not None:
+    extra.append(f"build_evaluators.names = {list(evaluators)!r}")
+  gin.clear_config()
+  parse_run_config(model_dir, ["runs/eval.gin"], [f"MODEL_DIR = '{model_dir}'"] + extra)
+  results = evaluate_checkpoints(model_dir=model_dir, checkpoints="latest", output_dir=output_dir,
+                                 ablation_model_dir=ablation_model_dir, force=force)
+  return results[max(results)]
+
+
 # -- command line ------------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

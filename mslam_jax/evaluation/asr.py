@@ -68,8 +68,9 @@ def beam_decode(log_probs: np.ndarray, beam_size: int = 8, blank_id: int = BLANK
 
 
 def ids_to_text(vocab, ids: Iterable[int]) -> str:
-  """Decodes ids to text, dropping reserved ids (a CTC output may contain none but UNK is dropped too)."""
-  kept = [int(i) for i in ids if int(i) not in _RESERVED_IDS]
+  """Decodes ids to text, dropping reserved ids and ids beyond the vocabulary."""
+  size = getattr(vocab, "vocab_size", None)
+  kept = [int(i) for i in ids if int(i) not in _RESERVED_IDS and (size is None or int(i) < size)]
   return vocab.decode(kept) if kept else ""
 
 

@@ -97,8 +97,10 @@ def training_languages(corpus_dir: str) -> list[str]:
   return [l for l in corpus_languages(corpus_dir, "paired", "train") if l not in held_out]
 
 
-def _bucket(length: int, multiple: int) -> int:
-  return max(multiple, -(-length // multiple) * multiple)
+def _bucket(length: int, unit: int) -> int:
+  """`unit` times the next power of two: few distinct shapes, so few compiles, at most 2x padding."""
+  units = max(1, -(-length // unit))
+  return unit * (1 << (units - 1).bit_length())
 
 
 def _batches(items: Sequence[Any], batch_size: int):
@@ -107,7 +109,7 @@ def _batches(items: Sequence[Any], batch_size: int):
 
 
 def pad_audio(audios: Sequence[np.ndarray], batch_size: int, multiple: int) -> tuple[np.ndarray, np.ndarray]:
-  """[batch_size, S] audio and mask; S rounded up to `multiple` so that few shapes get compiled.
+  """[batch_size, S] audio and mask; S bucketed (see _bucket) so that few shapes get compiled.
 
   Missing rows repeat the first utterance (not silence: an all-padding row can divide by zero in
   pooling); callers drop them.
@@ -133,33 +135,56 @@ def pad_tokens(token_lists: Sequence[Sequence[int]], batch_size: int, multiple: 
   return tokens, mask
 
 
+_JITTED: dict[int, tuple[Any, Any, Any]] = {}
+
+
+def jitted_encoders(model: Any) -> tuple[Callable, Callable]:
+  """jit(encode_speech), jit(encode_text) of a model, made once per model object.
+
+  Every evaluator (and every periodic evaluation) builds its own Encoder; sharing the jitted
+  functions means each shape compiles once per process, not once per evaluator.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  entry = _JITTED.get(id(model))
+  if entry is None or entry[0] is not model:
+    if len(_JITTED) > 8:
+      _JITTED.clear()
+    entry = (model, jax.jit(model.encode_speech), jax.jit(model.encode_text))
+    _JITTED[id(model)] = entry
+  return entry[1], entry[2]
+
+
 class Encoder:
   """Batched, jitted `encode_speech` / `encode_text` of one model and its parameters.
 
-  Shapes are bucketed (audio to whole seconds, text to 32 characters) and the batch size is fixed,
-  so an evaluation compiles a handful of programs however many utterances it encodes.
+  Shapes are bucketed (audio to 1, 2, 4, ... seconds, text to 32, 64, ... tokens) and the batch
+  size is fixed, so an evaluation compiles a handful of programs however many utterances it encodes.
   """
 
   def __init__(self, model: Any, params: Any, batch_size: int = 16, audio_multiple: int = SAMPLE_RATE,
                text_multiple: int = 32, max_text_length: int = 512):
-    import jax  # pylint: disable=g-import-not-at-top
     from flax.core import meta  # pylint: disable=g-import-not-at-top
     self.model, self.params = model, meta.unbox(params)
     self.batch_size, self.audio_multiple, self.text_multiple = batch_size, audio_multiple, text_multiple
     self.max_text_length = max_text_length
-    self._speech = jax.jit(model.encode_speech)
-    self._text = jax.jit(model.encode_text)
+    self._speech, self._text = jitted_encoders(model)
 
   def _run(self, fn: Callable, items: Sequence[Any], pad: Callable, multiple: int, frames: bool):
-    pooled, frame_out = [], []
-    for _, chunk in _batches(items, self.batch_size):
-      x, mask = pad(chunk, self.batch_size, multiple)
+    # Batches of similar lengths pad (and compile) less; results go back to the input order.
+    order = sorted(range(len(items)), key=lambda i: len(items[i]))
+    pooled, frame_out = [None] * len(items), [None] * len(items)
+    for start, _ in _batches(order, self.batch_size):
+      index = order[start:start + self.batch_size]
+      x, mask = pad([items[i] for i in index], self.batch_size, multiple)
       f, f_mask, p = fn(self.params, x, mask)
-      pooled.append(np.asarray(p, np.float32)[:len(chunk)])
+      p = np.asarray(p, np.float32)
       if frames:
         f, f_mask = np.asarray(f, np.float32), np.asarray(f_mask)
-        frame_out.extend(f[i, :int(f_mask[i].sum())] for i in range(len(chunk)))
-    pooled_all = np.concatenate(pooled) if pooled else np.zeros([0, 0], np.float32)
+      for row, i in enumerate(index):
+        pooled[i] = p[row]
+        if frames:
+          frame_out[i] = f[row, :int(f_mask[row].sum())]
+    pooled_all = np.stack(pooled) if pooled else np.zeros([0, 0], np.float32)
     return (pooled_all, frame_out) if frames else pooled_all
 
   def speech(self, audios: Sequence[np.ndarray], frames: bool = False):

@@ -49,6 +49,9 @@ class FinetuneConfig:
   clip_norm: float = 1.0
   max_audio_seconds: float = 20.0
   seed: int = 0
+  # Start the CTC head from the pre-trained one under this top-level parameter name when there is
+  # one (mSLAM-CTC pre-trains a CTC head on paired data); None: a fresh head.
+  pretrained_head: str | None = "ctc_head"
 
   def __post_init__(self):
     if self.freeze not in FREEZE_MODES:
@@ -176,10 +179,7 @@ class FinetunedCTC:
   batch_size: int = 8
 
   def __post_init__(self):
-    def log_probs(params, audio, mask):
-      frames, frame_mask, _ = self.model.encode_speech(params["encoder"], audio, mask)
-      return jax.nn.log_softmax(_head_logits(params["head"], frames)), frame_mask
-    self._log_probs = jax.jit(log_probs)
+    self._log_probs = _ctc_log_probs_fn(self.model)
 
   def log_probs(self, audios: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Per utterance, the [T_i, V] log-probabilities of its valid frames."""
@@ -219,6 +219,22 @@ class FinetunedCTC:
     return cls(model, params, vocab)
 
 
+_LOG_PROBS_FNS: dict[int, tuple[Any, Any]] = {}
+
+
+def _ctc_log_probs_fn(model):
+  """One jitted CTC forward per model object (so each audio shape compiles once per process)."""
+  entry = _LOG_PROBS_FNS.get(id(model))
+  if entry is None or entry[0] is not model:
+    def log_probs(params, audio, mask):
+      frames, frame_mask, _ = model.encode_speech(params["encoder"], audio, mask)
+      return jax.nn.log_softmax(_head_logits(params["head"], frames.astype(jnp.float32))), frame_mask
+    if len(_LOG_PROBS_FNS) > 8:
+      _LOG_PROBS_FNS.clear()
+    entry = _LOG_PROBS_FNS[id(model)] = (model, jax.jit(log_probs))
+  return entry[1]
+
+
 def _head_logits(head, frames):
   return frames @ head["kernel"] + head["bias"]
 
@@ -226,6 +242,20 @@ def _head_logits(head, frames):
 def _init_head(rng, dim: int, num_classes: int):
   return {"kernel": jax.random.normal(rng, (dim, num_classes), jnp.float32) * (1.0 / np.sqrt(dim)),
           "bias": jnp.zeros((num_classes,), jnp.float32)}
+
+
+def pretrained_head(params: Any, name: str | None, dim: int, num_classes: int) -> dict | None:
+  """The [dim, V>=num_classes] kernel and bias under params[name], cut to the first num_classes."""
+  if not name or not isinstance(params, dict) or name not in params:
+    return None
+  leaves = {_keys(path)[-1]: leaf for path, leaf in jax.tree_util.tree_flatten_with_path(params[name])[0]}
+  kernel, bias = leaves.get("kernel"), leaves.get("bias")
+  if kernel is None or np.ndim(kernel) != 2 or kernel.shape[0] != dim or kernel.shape[1] < num_classes:
+    logging.warning("params[%r] holds no [%d, >=%d] kernel; the CTC head starts fresh", name, dim, num_classes)
+    return None
+  bias = jnp.zeros((num_classes,), jnp.float32) if bias is None else jnp.asarray(bias, jnp.float32)[:num_classes]
+  logging.info("CTC head starts from the pre-trained params[%r]", name)
+  return {"kernel": jnp.asarray(kernel, jnp.float32)[:, :num_classes], "bias": bias}
 
 
 def _embed_dim(model, encoder_params) -> int:
@@ -263,7 +293,9 @@ def finetune_ctc(model: Any, params: Any, utterances: Sequence[Any], vocab: Any,
   audio_len = -(-max(len(a) for a in audios) // eval_data.SAMPLE_RATE) * eval_data.SAMPLE_RATE
   label_len = -(-max(len(l) for l in labels) // 32) * 32
   encoder_params = meta.unbox(params)
-  head = _init_head(jax.random.PRNGKey(config.seed), _embed_dim(model, encoder_params), vocab.vocab_size)
+  dim = _embed_dim(model, encoder_params)
+  head = (pretrained_head(encoder_params, config.pretrained_head, dim, vocab.vocab_size)
+          or _init_head(jax.random.PRNGKey(config.seed), dim, vocab.vocab_size))
 
   def sample_batch(rng):
     idx = rng.choice(len(audios), size=config.batch_size, replace=len(audios) < config.batch_size)

