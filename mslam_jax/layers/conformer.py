@@ -22,6 +22,7 @@ nn.remat with a policy named in REMAT_POLICIES. Both layouts compute the same fu
 """
 from typing import Any, Callable, Mapping
 
+from flax.core import meta
 import flax.linen as nn
 import gin
 import jax
@@ -330,12 +331,20 @@ class ConformerStack(nn.Module):
 
 
 def stack_layer_params(unrolled: Mapping[str, Any], num_layers: int) -> dict[str, Any]:
-  """Params of an unrolled stack ({"layers_i": ...}) -> those of a scanned one ({"layers": ...})."""
+  """Params of an unrolled stack ({"layers_i": ...}) -> those of a scanned one ({"layers": ...}).
+
+  Works on unboxed arrays (partitioning boxes are dropped; flax.core.meta.unbox first).
+  """
+  unrolled = meta.unbox(unrolled)
   per_layer = [unrolled[f"layers_{i}"] for i in range(num_layers)]
   return {"layers": jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *per_layer)}
 
 
 def unstack_layer_params(scanned: Mapping[str, Any], num_layers: int) -> dict[str, Any]:
-  """Params of a scanned stack ({"layers": ...}) -> those of an unrolled one ({"layers_i": ...})."""
+  """Params of a scanned stack ({"layers": ...}) -> those of an unrolled one ({"layers_i": ...}).
+
+  Works on unboxed arrays (partitioning boxes are dropped; flax.core.meta.unbox first).
+  """
+  scanned = meta.unbox(scanned)
   return {f"layers_{i}": jax.tree_util.tree_map(lambda x, i=i: x[i], scanned["layers"])
           for i in range(num_layers)}

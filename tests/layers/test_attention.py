@@ -1,0 +1,76 @@
+"""Self-attention: relative-key clipping against a direct reference, masks, finite padded rows."""
+import math
+
+from flax.core import meta
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mslam_jax.layers import attention
+
+DIM, HEADS, LENGTH = 16, 2, 9
+
+
+def random_variables(module, *args, seed=0):
+  """Variables of the right structure filled from numpy (jitted init compiles slowly on CPU)."""
+  abstract = meta.unbox(jax.eval_shape(module.init, jax.random.key(0), *args))
+  rng = np.random.default_rng(seed)
+  return jax.tree_util.tree_map(lambda s: jnp.asarray(0.3 * rng.standard_normal(s.shape), s.dtype), abstract)
+
+
+def test_relative_key_indices_clip_left_and_right():
+  indices = np.asarray(attention.relative_key_indices(6, 6, left_max=2, right_max=1))
+  for q in range(6):
+    for k in range(6):
+      # Table row 0 is distance -left_max (keys far in the past), the last row +right_max.
+      assert indices[q, k] == min(max(k - q, -2), 1) + 2
+  assert indices.min() == 0 and indices.max() == 3
+
+
+def _reference_relative_key(params, x, mask, left, right):
+  """HF Wav2Vec2BertSelfAttention (relative_key) written directly with an [L, L, D] table."""
+  p = jax.tree_util.tree_map(np.asarray, params)
+  proj = lambda n: np.einsum("bld,dhk->blhk", x, p[f"{n}_kernel"]) + p[f"{n}_bias"]
+  q, k, v = proj("query"), proj("key"), proj("value")
+  head_dim = q.shape[-1]
+  scores = np.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(head_dim)
+  length = x.shape[1]
+  distance = np.clip(np.arange(length)[None, :] - np.arange(length)[:, None], -left, right)
+  table = p["relative_key_embedding"][distance + left]  # [Lq, Lk, D]
+  scores = scores + np.einsum("bqhd,qkd->bhqk", q, table) / math.sqrt(head_dim)
+  scores = np.where(mask[:, None, None, :] != 0, scores, -1e30)
+  probs = np.exp(scores - scores.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  out = np.einsum("bhqk,bkhd->bqhd", probs, v)
+  return np.einsum("bqhd,hdo->bqo", out, p["out_kernel"]) + p["out_bias"]
+
+
+def test_relative_key_matches_direct_reference_with_clipping():
+  # Clipping distances well below the length, and asymmetric, so that clipping matters.
+  layer = attention.MultiHeadSelfAttention(HEADS, position_type="relative_key", left_max_position=3,
+                                           right_max_position=1)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, LENGTH, DIM))
+  mask = jnp.array([[1] * LENGTH, [1] * 6 + [0] * 3])
+  params = random_variables(layer, x, mask)["params"]
+  # Large table entries, so that the relative term dominates and a wrong index shows.
+  params["relative_key_embedding"] = params["relative_key_embedding"] * 10
+  out = jax.jit(layer.apply)({"params": params}, x, mask)
+  expected = _reference_relative_key(params, np.asarray(x), np.asarray(mask), 3, 1)
+  np.testing.assert_allclose(np.asarray(out), expected, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("position_type", attention.POSITION_TYPES)
+def test_padding_keys_never_attended_and_padded_rows_finite(position_type):
+  layer = attention.MultiHeadSelfAttention(HEADS, position_type=position_type, left_max_position=4,
+                                           right_max_position=4)
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, LENGTH, DIM))
+  mask = jnp.array([[1] * LENGTH, [1] * 5 + [0] * 4, [0] * LENGTH])  # last row: nothing valid
+  variables = random_variables(layer, x, mask)
+  apply = jax.jit(layer.apply)
+  out = apply(variables, x, mask)
+  garbage = jnp.where(mask[..., None] != 0, x, 1e3 * jax.random.normal(jax.random.PRNGKey(2), x.shape))
+  out_garbage = apply(variables, garbage, mask)
+  assert np.all(np.isfinite(np.asarray(out_garbage)))
+  np.testing.assert_allclose(out[:2, :5], out_garbage[:2, :5], atol=1e-5)
+  np.testing.assert_allclose(out[0], out_garbage[0], atol=1e-5)

@@ -1,0 +1,59 @@
+"""Speech frontend: subsampled lengths and masks, stacked frames, batch-padding invariance."""
+from flax.core import meta
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mslam_jax.layers import frontend
+from mslam_jax.layers import logmel
+
+
+def random_variables(module, *args, seed=0):
+  """Variables of the right structure filled from numpy (jitted init compiles slowly on CPU)."""
+  abstract = meta.unbox(jax.eval_shape(module.init, jax.random.key(0), *args))
+  rng = np.random.default_rng(seed)
+  return jax.tree_util.tree_map(lambda s: jnp.asarray(0.3 * rng.standard_normal(s.shape), s.dtype), abstract)
+
+
+def _batch(lengths, samples, seed=0):
+  rng = np.random.default_rng(seed)
+  audio = np.zeros((len(lengths), samples), np.float32)
+  for i, n in enumerate(lengths):
+    audio[i, :n] = 0.3 * rng.standard_normal(n)
+  mask = (np.arange(samples)[None] < np.asarray(lengths)[:, None]).astype(np.int32)
+  return jnp.asarray(audio), jnp.asarray(mask)
+
+
+def test_conv2d_subsamples_4x_with_consistent_masks_and_ignores_batch_padding():
+  module = frontend.SpeechFrontend(mode="conv2d", conv_channels=4)
+  lengths = [8000, 5000, 1234]
+  audio, mask = _batch(lengths, 8000)
+  variables = random_variables(module, audio, mask)
+  apply = jax.jit(module.apply)
+  feats, feats_mask = apply(variables, audio, mask)
+  frames = logmel.num_frames(8000)
+  assert feats.shape == (3, frontend.conv_output_length(frames), 4 * 20) == (3, (frames + 3) // 4, 80)
+  assert module.output_dim == feats.shape[-1]
+  valid = [frontend.conv_output_length(int(logmel.num_frames(n))) for n in lengths]
+  np.testing.assert_array_equal(np.asarray(feats_mask).sum(1), valid)
+  assert np.all(np.asarray(feats)[~np.asarray(feats_mask, bool)] == 0)
+  # The second clip alone, in a batch padded to its own length: the same features.
+  alone, alone_mask = apply(variables, audio[1:2, :5000], mask[1:2, :5000])
+  assert int(alone_mask.sum()) == valid[1]
+  np.testing.assert_allclose(alone[0, :valid[1]], feats[1, :valid[1]], atol=1e-4, rtol=1e-4)
+
+
+def test_stacked_mode_gives_160_dim_normalized_frame_pairs():
+  module = frontend.SpeechFrontend(mode="stacked")
+  audio, mask = _batch([6400, 3300], 6400)
+  feats, feats_mask = jax.jit(module.apply)({}, audio, mask)
+  frames = int(logmel.num_frames(6400))
+  assert feats.shape == (2, -(-frames // 2), 160) and module.output_dim == 160
+  short = int(logmel.num_frames(3300))
+  np.testing.assert_array_equal(np.asarray(feats_mask).sum(1), [frames // 2, short // 2])
+  # Frame pairs of per-utterance-normalized log-mels, in order.
+  mel, mel_mask = logmel.log_mel_fbank(audio, mask)
+  normed = np.asarray(logmel.normalize_per_utterance(mel, mel_mask))
+  np.testing.assert_allclose(feats[1, 3], np.concatenate([normed[1, 6], normed[1, 7]]), atol=1e-4)
+  pairs = np.asarray(feats[0, :frames // 2]).reshape(-1, 80)
+  np.testing.assert_allclose(pairs, normed[0, :2 * (frames // 2)], atol=1e-4)

@@ -1,0 +1,100 @@
+"""Quantizers: shapes, diversity loss bounds, straight-through gradients, BEST-RQ frozen and exact."""
+from flax.core import meta
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mslam_jax.layers import quantizers
+
+GROUPS, ENTRIES, DIM = 2, 8, 12
+
+
+def random_variables(module, *args, seed=0):
+  """Variables of the right structure filled from numpy (jitted init compiles slowly on CPU)."""
+  abstract = meta.unbox(jax.eval_shape(module.init, jax.random.key(0), *args))
+  rng = np.random.default_rng(seed)
+  return jax.tree_util.tree_map(lambda s: jnp.asarray(rng.standard_normal(s.shape), s.dtype), abstract)
+
+
+def _features(batch=3, length=10):
+  x = jax.random.normal(jax.random.PRNGKey(0), (batch, length, DIM))
+  mask = (jnp.arange(length)[None] < jnp.array([[10], [6], [3]])[:batch]).astype(jnp.int32)
+  return x, mask
+
+
+def test_gumbel_shapes_and_straight_through_gradient():
+  q = quantizers.GumbelVectorQuantizer(num_groups=GROUPS, num_entries=ENTRIES, codevector_dim=16)
+  x, mask = _features()
+  variables = random_variables(q, x, mask)
+  rngs = {"dropout": jax.random.PRNGKey(5)}
+
+  def loss(params):
+    out = q.apply({"params": params}, x, mask, 0.5, False, rngs=rngs)
+    return jnp.sum(out.quantized ** 2) + out.diversity_loss, out
+
+  grads, out = jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
+  assert out.quantized.shape == (3, 10, 16)
+  assert out.ids.shape == (3, 10, GROUPS) and out.ids.dtype == jnp.int32
+  assert 0 <= int(out.ids.min()) and int(out.ids.max()) < ENTRIES
+  # Straight-through: the quantized vectors equal the selected entries, yet the logits get gradient.
+  codebook = np.asarray(variables["params"]["codebook"])
+  expected = np.concatenate([codebook[g][np.asarray(out.ids[..., g])] for g in range(GROUPS)], -1)
+  np.testing.assert_allclose(out.quantized, expected, atol=1e-5)
+  assert np.abs(np.asarray(grads["logits"]["kernel"])).sum() > 0
+  assert 0 < float(out.usage) <= 1 and 1 <= float(out.code_perplexity) <= GROUPS * ENTRIES
+
+
+def test_gumbel_diversity_loss_zero_for_uniform_and_near_one_for_collapse():
+  q = quantizers.GumbelVectorQuantizer(num_groups=GROUPS, num_entries=ENTRIES, codevector_dim=16)
+  x, mask = _features()
+  params = random_variables(q, x, mask)["params"]
+  apply = jax.jit(lambda p: q.apply({"params": p}, x, mask))
+  uniform = dict(params, logits={"kernel": jnp.zeros_like(params["logits"]["kernel"]),
+                                 "bias": jnp.zeros_like(params["logits"]["bias"])})
+  out = apply(uniform)
+  np.testing.assert_allclose(out.diversity_loss, 0.0, atol=1e-5)
+  np.testing.assert_allclose(out.perplexity, GROUPS * ENTRIES, rtol=1e-5)
+  collapsed_bias = np.zeros(GROUPS * ENTRIES, np.float32)
+  collapsed_bias[::ENTRIES] = 100.0  # entry 0 of every group wins everywhere
+  out = apply(dict(uniform, logits={"kernel": uniform["logits"]["kernel"], "bias": jnp.asarray(collapsed_bias)}))
+  np.testing.assert_allclose(out.perplexity, GROUPS, rtol=1e-3)
+  np.testing.assert_allclose(out.diversity_loss, 1 - 1 / ENTRIES, rtol=1e-3)
+  np.testing.assert_allclose(out.usage, 1 / ENTRIES)
+  assert np.all(np.asarray(out.ids) == 0)
+
+
+def test_gumbel_temperature_anneals_to_floor():
+  assert float(quantizers.gumbel_temperature(0)) == pytest.approx(2.0)
+  assert float(quantizers.gumbel_temperature(100_000)) == pytest.approx(2.0 * 0.999995 ** 100_000, rel=1e-5)
+  assert float(quantizers.gumbel_temperature(10_000_000)) == pytest.approx(0.5)
+
+
+def test_best_rq_is_frozen_deterministic_and_nearest_neighbour():
+  q = quantizers.RandomProjectionQuantizer(num_groups=GROUPS, num_entries=ENTRIES, entry_dim=4)
+  x, mask = _features()
+  params = random_variables(q, x, mask)["params"]
+  assert set(params) == {"frozen_projection", "frozen_codebook"}
+  assert not any(jax.tree_util.tree_leaves(quantizers.trainable_mask({"q": params, "w": 1.0})["q"]))
+  assert quantizers.trainable_mask({"q": params, "w": 1.0})["w"]
+
+  def loss(params, x):
+    out = q.apply({"params": params}, x, mask, None, False)
+    return jnp.sum(out.quantized * jnp.arange(out.quantized.shape[-1])), out
+
+  (grads, grad_x), out = jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))(params, x)
+  for g in jax.tree_util.tree_leaves(grads) + [grad_x]:
+    assert np.all(np.asarray(g) == 0)
+  again = jax.jit(lambda p, x: q.apply({"params": p}, x, mask, None, True))(params, x)
+  np.testing.assert_array_equal(out.ids, again.ids)
+  assert float(out.diversity_loss) == 0.0
+  # Nearest neighbour of the l2-normalized projection of the normalized input, in numpy.
+  xn = np.asarray(x, np.float64)
+  xn = (xn - xn.mean(-1, keepdims=True)) / np.sqrt(xn.var(-1, keepdims=True) + 1e-5)
+  proj = np.einsum("btd,dge->btge", xn, np.asarray(params["frozen_projection"], np.float64))
+  proj /= np.linalg.norm(proj, axis=-1, keepdims=True)
+  book = np.asarray(params["frozen_codebook"], np.float64)
+  book /= np.linalg.norm(book, axis=-1, keepdims=True)
+  dist = ((proj[:, :, :, None, :] - book[None, None]) ** 2).sum(-1)
+  np.testing.assert_array_equal(out.ids, dist.argmin(-1))
+  assert out.quantized.shape == (3, 10, GROUPS * 4)
