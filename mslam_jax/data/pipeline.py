@@ -7,8 +7,11 @@
 
 Each stream is a SeqIO Mixture (temperature-sampled over per-language Tasks), run through its
 feature converter (mslam_jax.data.feature_converters) and batched with drop_remainder; the three
-are zipped. Batch sizes in gin are global; each host reads its own shard of every Task
-(`seqio.ShardInfo(jax.process_index(), jax.process_count())`) and yields `global / num_hosts` rows.
+are zipped. Batch sizes in gin are global; each host yields `global / num_hosts` rows. By default
+(`host_split="shard"`) each host reads only its shard of every Task
+(`seqio.ShardInfo(jax.process_index(), jax.process_count())`); `host_split="slice"` makes every
+host read all data and keep its rows of the global batch, so that the global batches are the same
+for any number of hosts (for equivalence tests, or to resume on a different host count).
 
 Exact resume. The pipeline is deterministic: every random choice (file order, shuffle buffers,
 mixture sampling, crop windows) is seeded from `seed`, and tf.data runs with
@@ -26,7 +29,7 @@ import hashlib
 import json
 import logging
 import os
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import gin
 import numpy as np
@@ -40,6 +43,10 @@ from mslam_jax.data import records
 STREAMS = records.STREAMS
 STATE_FORMAT = "mslam_jax.step_iterator"
 STATE_FILE = "data_iterator.json"
+# "shard": each host reads 1/num_hosts of every Task (scales). "slice": each host reads everything
+# and keeps its rows of the global batch, so the global batches do not depend on the number of
+# hosts (multi-process equivalence tests; resuming on another host count).
+HOST_SPLITS = ("shard", "slice")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +90,7 @@ class StepIterator:
                shuffle: bool = True, repeat: bool = True,
                shard_info: Optional[seqio.ShardInfo] = None,
                setup: Optional[Callable[[], Any]] = None, prefetch: int = 2,
-               strict_resume: bool = True):
+               strict_resume: bool = True, log_every: int = 1000, host_split: str = "shard"):
     unknown = set(streams) - set(STREAMS)
     if unknown:
       raise ValueError(f"unknown streams {sorted(unknown)}; streams are {STREAMS}")
@@ -93,6 +100,9 @@ class StepIterator:
     self._shard_info = None
     if shard_info is not None:
       self._set_shard_info(shard_info)
+    if host_split not in HOST_SPLITS:
+      raise ValueError(f"make_step_iterator.host_split={host_split!r} is not one of {HOST_SPLITS}")
+    self.host_split = host_split
     self.split = split
     self.seed = int(seed)
     self.shuffle = shuffle
@@ -103,6 +113,8 @@ class StepIterator:
     self._setup_done = setup is None
     self._position = 0
     self._iterator = None
+    self.log_every = log_every
+    self._logged_counts = {}
     self.converters = {
         s: feature_converters.CONVERTERS[s](over_length=c.over_length, seed=_stream_seed(self.seed, s),
                                             name=f"{c.mixture}@{split}")
@@ -178,7 +190,7 @@ class StepIterator:
                        f"@register_builtin_corpus) or fix make_step_iterator.{stream}_mixture") from None
     if isinstance(provider, seqio.Task):
       return provider
-    num_shards = self.shard_info.num_shards
+    num_shards = self._read_shard_info().num_shards if self._read_shard_info() else 1
     keep, dropped = [], []
     for task in provider.tasks:
       if self.split not in task.splits:
@@ -194,11 +206,15 @@ class StepIterator:
       return provider
     return seqio.Mixture(f"{name}_{self.split}_shardable", [(t, provider.get_rate(t)) for t in keep])
 
+  def _read_shard_info(self) -> Optional[seqio.ShardInfo]:
+    """The shard_info the Tasks read with: this host's under "shard", none (all data) under "slice"."""
+    return self.shard_info if self.host_split == "shard" else None
+
   def _stream_dataset(self, stream: str, skip_batches: int) -> tf.data.Dataset:
     config = self.streams[stream]
     provider = self._provider(stream)
     kwargs = dict(sequence_length=None, split=self.split, shuffle=self.shuffle,
-                  seed=_stream_seed(self.seed, stream), shard_info=self.shard_info,
+                  seed=_stream_seed(self.seed, stream), shard_info=self._read_shard_info(),
                   num_epochs=None if self.repeat else 1, trim_output_features=False,
                   try_in_mem_cache=False)
     if isinstance(provider, seqio.Mixture):
@@ -207,9 +223,12 @@ class StepIterator:
     lengths = dict(config.lengths, lang=0)
     ds = self.converters[stream](ds, lengths)
     b = self.local_batch_size(stream)
-    if skip_batches:
-      ds = ds.skip(skip_batches * b)
-    return ds.batch(b, drop_remainder=True)
+    if self.host_split == "shard":
+      return ds.skip(skip_batches * b).batch(b, drop_remainder=True)
+    # "slice": every host makes the global batch and keeps its rows.
+    start = self.shard_info.index * b
+    ds = ds.skip(skip_batches * config.batch_size).batch(config.batch_size, drop_remainder=True)
+    return ds.map(lambda batch: {k: v[start:start + b] for k, v in batch.items()})
 
   def dataset(self, skip_batches: int = 0) -> tf.data.Dataset:
     """The zipped tf.data pipeline, starting after `skip_batches` steps."""
@@ -225,9 +244,24 @@ class StepIterator:
 
   def __next__(self) -> Dict[str, Dict[str, np.ndarray]]:
     if self._iterator is None:
+      if self._position:
+        logging.info("Data iterator: skipping %d batches to resume where the run left off", self._position)
       self._iterator = self.dataset(skip_batches=self._position).as_numpy_iterator()
-    batch = next(self._iterator)
+    try:
+      batch = next(self._iterator)
+    except StopIteration:
+      if self.repeat:
+        raise RuntimeError(
+            f"the {self.split} data ended after {self._position} batches although it repeats: a Task of "
+            f"{[c.mixture for c in self.streams.values()]} yields no items on this host "
+            f"(counters: {self.counters()})") from None
+      raise
     self._position += 1
+    if self.log_every and self._position % self.log_every == 0:
+      counts = self.counters()
+      if counts != self._logged_counts:
+        logging.info("Data after %d batches: items skipped or altered %s", self._position, counts)
+        self._logged_counts = counts
     return batch
 
   @property
@@ -249,8 +283,10 @@ class StepIterator:
           "mixture": config.mixture, "batch_size": config.batch_size, "lengths": dict(config.lengths),
           "over_length": config.over_length,
           "rates": {k: round(v, 12) for k, v in sorted(rates.items())} if rates is not None else None}
+    # Under "slice" the global batches are the same on any number of hosts: not part of the config.
+    num_shards = self.shard_info.num_shards if self.host_split == "shard" else None
     return {"split": self.split, "seed": self.seed, "shuffle": self.shuffle, "repeat": self.repeat,
-            "num_shards": self.shard_info.num_shards, "streams": streams}
+            "host_split": self.host_split, "num_shards": num_shards, "streams": streams}
 
   def fingerprint(self) -> str:
     self.ensure_setup()
@@ -321,6 +357,8 @@ def make_step_iterator(
     setup: Optional[Callable[[], Any]] = None,
     prefetch: int = 2,
     strict_resume: bool = True,
+    log_every: int = 1000,
+    host_split: str = "shard",
 ) -> StepIterator:
   """Builds the step iterator. Batch sizes are global; a stream with batch size 0 is left out.
 
@@ -346,7 +384,22 @@ def make_step_iterator(
     if config.batch_size < 0:
       raise ValueError(f"make_step_iterator.{stream}_batch_size must be >= 0, got {config.batch_size}")
   return StepIterator(streams, split=split, seed=seed, shuffle=shuffle, repeat=repeat,
-                      shard_info=shard_info, setup=setup, prefetch=prefetch, strict_resume=strict_resume)
+                      shard_info=shard_info, setup=setup, prefetch=prefetch, strict_resume=strict_resume,
+                      log_every=log_every, host_split=host_split)
+
+
+BUILTIN_GIN = "data/builtin.gin"
+
+
+def builtin_step_iterator(corpus_dir: str, gin_bindings: Sequence[str] = (),
+                          shard_info: Optional[seqio.ShardInfo] = None) -> StepIterator:
+  """The step iterator of data/builtin.gin over `corpus_dir` (for `mslam data show-batch`).
+
+  Parses the gin file into the global gin config (plus `gin_bindings`, e.g. "SPEECH_BATCH = 2").
+  """
+  from mslam_jax import config  # pylint: disable=g-import-not-at-top
+  config.parse_gin([BUILTIN_GIN], [f"CORPUS_DIR = {os.path.abspath(corpus_dir)!r}", *gin_bindings])
+  return make_step_iterator(shard_info=shard_info)
 
 
 # -- per-batch helpers for the trainer and the CLI -----------------------------------------------
