@@ -248,23 +248,24 @@ def train(*,
     """Host side of step `step` (run one step late, so that dispatch stays ahead)."""
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     summary["nonfinite_count"] = int(metrics["nonfinite_count"])
+    window["steps"] += 1
+    window["audio"] += audio_seconds
     if metrics["nonfinite"]:
       logging.warning("Step %d: non-finite loss or gradient (loss=%s); update skipped "
                       "(%d skipped in all, %d in a row)", step, metrics["loss"],
                       metrics["nonfinite_count"], metrics["nonfinite_streak"])
-      if metrics["nonfinite_streak"] >= max_consecutive_nonfinite:
-        raise NonFiniteLossError(
-            f"{int(metrics['nonfinite_streak'])} non-finite losses in a row up to step {step} "
-            f"(train.max_consecutive_nonfinite={max_consecutive_nonfinite}); the parameters "
-            f"were not updated by them and the last checkpoint in {ckpt.directory} is intact")
-    window["steps"] += 1
-    window["audio"] += audio_seconds
-    if step % log_every == 0 or step == train_steps:
+    # Skipped steps are always written, so that the metrics show every one of them.
+    if step % log_every == 0 or step == train_steps or metrics["nonfinite"]:
       elapsed = max(time.time() - window["t"], 1e-9)
       metrics["steps_per_sec"] = window["steps"] / elapsed
       metrics["audio_hours_per_sec"] = window["audio"] / 3600 / elapsed
       writer.write_scalars(step, metrics)
       window.update(t=time.time(), steps=0, audio=0.0)
+    if metrics["nonfinite_streak"] >= max_consecutive_nonfinite:
+      raise NonFiniteLossError(
+          f"{int(metrics['nonfinite_streak'])} non-finite losses in a row up to step {step} "
+          f"(train.max_consecutive_nonfinite={max_consecutive_nonfinite}); the parameters "
+          f"were not updated by them and the last checkpoint in {ckpt.directory} is intact")
     bar.set_postfix(loss=f"{metrics['loss']:.4g}",
                     audio_h_per_s=f"{audio_seconds_total / 3600 / max(time.time() - t0, 1e-9):.3g}",
                     refresh=False)

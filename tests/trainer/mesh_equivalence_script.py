@@ -17,12 +17,32 @@ from mslam_jax import trainer as trainer_lib
 from tests.trainer import standin
 
 
-def build(mesh, num_microbatches=1):
-  iterator = standin.SyntheticIterator()
+class PairedRows(standin.SyntheticIterator):
+  """Rows 2j and 2j+1 equal: with 2 micro-batches (rows i, i+2, ...) each one is the same as the
+  de-duplicated batch, so accumulation must reproduce the full-batch step."""
+
+  def __next__(self):
+    return jax.tree.map(lambda x: np.repeat(x[::2], 2, axis=0), super().__next__())
+
+
+def build(mesh, num_microbatches=1, iterator=None, model=None):
+  iterator = iterator or standin.SyntheticIterator()
   spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), iterator.global_batch(0))
   optimizer = optimizers.make_optimizer(peak_learning_rate=1e-2, warmup_steps=3)
-  return trainer_lib.Trainer(standin.StandInModel(), optimizer, mesh, spec,
+  return trainer_lib.Trainer(model or standin.StandInModel(), optimizer, mesh, spec,
                              num_microbatches=num_microbatches), iterator
+
+
+def train_accumulated(mesh, steps, num_microbatches):
+  # No random frame masking, so that micro-batches with their own keys see the same inputs.
+  trainer, iterator = build(mesh, num_microbatches, PairedRows(),
+                            standin.StandInModel(mask_prob=0.0))
+  state = trainer.init_state()
+  losses = []
+  for _ in range(steps):
+    state, metrics = trainer.train_step(state, trainer.shard_batch(next(iterator)))
+    losses.append(float(metrics["loss"]))
+  return losses, jax.tree.map(np.asarray, state.params)
 
 
 def train(mesh, steps):
@@ -75,7 +95,11 @@ def main():
       restore_diffs[name] = max_diff(final8, restored.params)
     ckpt.close()
 
+  accumulated = {k: train_accumulated(eight, 3, k) for k in (1, 2)}
+
   print("RESULT " + json.dumps({
+      "accum_losses_1": accumulated[1][0], "accum_losses_2": accumulated[2][0],
+      "accum_param_diff": max_diff(accumulated[1][1], accumulated[2][1]),
       "losses_1": losses1, "losses_8": losses8,
       "init_param_diff": max_diff(init1, init8),
       "final_param_diff": max_diff(state1.params, final8),
