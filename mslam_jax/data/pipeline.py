@@ -90,7 +90,8 @@ class StepIterator:
                shuffle: bool = True, repeat: bool = True,
                shard_info: Optional[seqio.ShardInfo] = None,
                setup: Optional[Callable[[], Any]] = None, prefetch: int = 2,
-               strict_resume: bool = True, log_every: int = 1000, host_split: str = "shard"):
+               strict_resume: bool = True, log_every: int = 1000, host_split: str = "shard",
+               num_threads: int = 0):
     unknown = set(streams) - set(STREAMS)
     if unknown:
       raise ValueError(f"unknown streams {sorted(unknown)}; streams are {STREAMS}")
@@ -103,6 +104,7 @@ class StepIterator:
     if host_split not in HOST_SPLITS:
       raise ValueError(f"make_step_iterator.host_split={host_split!r} is not one of {HOST_SPLITS}")
     self.host_split = host_split
+    self.num_threads = num_threads
     self.split = split
     self.seed = int(seed)
     self.shuffle = shuffle
@@ -235,6 +237,8 @@ class StepIterator:
     ds = tf.data.Dataset.zip({s: self._stream_dataset(s, skip_batches) for s in self.streams})
     options = tf.data.Options()
     options.deterministic = True  # the exact-resume guarantee rests on this
+    if self.num_threads:
+      options.threading.private_threadpool_size = self.num_threads
     ds = ds.with_options(options)
     return ds.prefetch(self.prefetch) if self.prefetch else ds
 
@@ -359,11 +363,27 @@ def make_step_iterator(
     strict_resume: bool = True,
     log_every: int = 1000,
     host_split: str = "shard",
+    num_threads: int = 0,
 ) -> StepIterator:
-  """Builds the step iterator. Batch sizes are global; a stream with batch size 0 is left out.
+  """Builds the step iterator (gin: `train.iterator_fn = @make_step_iterator`).
 
-  `setup` is called once before the Mixtures are looked up (gin: `@register_builtin_corpus`).
-  Nothing is read until the first `next()`, so `element_spec` is free.
+  Args:
+    speech_batch_size, text_batch_size, paired_batch_size: global sub-batch sizes (Bs, Bt, Bp);
+      0 leaves a stream out (e.g. a speech-only run).
+    speech_samples, text_length, paired_samples, paired_text_length: S, L, Sp, Lp.
+    speech_mixture, text_mixture, paired_mixture: registered SeqIO Mixture (or Task) names.
+    speech_over_length, text_over_length, paired_over_length: see feature_converters.
+    split, seed, shuffle, repeat: what to read; `repeat=False` ends after one pass (evaluation).
+    shard_info: this host's shard; default from jax.process_index()/process_count().
+    setup: called once before the Mixtures are looked up (gin: `@register_builtin_corpus`).
+    prefetch: batches tf.data prepares ahead.
+    strict_resume: set_state refuses a state saved under another data config.
+    log_every: log the skip/crop counters every this many batches (0: never).
+    host_split: "shard" (each host reads its shard) or "slice" (see the module docstring).
+    num_threads: size of tf.data's private thread pool (0: TensorFlow's default, one per core);
+      small values leave the cores to the JAX step on a CPU-only machine.
+
+  Nothing is read until the first `next()`, so `element_spec` costs nothing.
   """
   for name, value in (("speech_samples", speech_samples), ("text_length", text_length),
                       ("paired_samples", paired_samples), ("paired_text_length", paired_text_length)):
@@ -385,7 +405,7 @@ def make_step_iterator(
       raise ValueError(f"make_step_iterator.{stream}_batch_size must be >= 0, got {config.batch_size}")
   return StepIterator(streams, split=split, seed=seed, shuffle=shuffle, repeat=repeat,
                       shard_info=shard_info, setup=setup, prefetch=prefetch, strict_resume=strict_resume,
-                      log_every=log_every, host_split=host_split)
+                      log_every=log_every, host_split=host_split, num_threads=num_threads)
 
 
 BUILTIN_GIN = "data/builtin.gin"

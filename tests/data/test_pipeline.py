@@ -97,7 +97,7 @@ def test_bad_policy_names_the_binding():
 
 # -- the step iterator --------------------------------------------------------------------------------
 def test_batches_follow_the_contract(mixtures):
-  it = make(mixtures)
+  it = make(mixtures, num_threads=2)
   spec = it.element_spec
   batch = next(it)
   expected = {
