@@ -76,3 +76,64 @@ def test_bf16_compute_is_close_to_fp32():
   err = np.abs(np.asarray(got, np.float32) - np.asarray(ref))[np.asarray(mask, bool)]
   # Outputs leave a layer norm (O(1) values); bf16 keeps about 3 significant digits.
   assert err.mean() < 0.03 and err.max() < 0.3, (err.mean(), err.max())
+
+
+# ---- HF transformers Wav2Vec2BertEncoderLayer options, against a direct numpy transcription ----
+
+HF_OPTIONS = dict(mlp_dim=48, num_heads=4, position_type="relative_key", left_max_position=3,
+                  right_max_position=1, conv_kernel_size=5, conv_causal=True, conv_norm="layer_norm",
+                  conv_use_bias=False, attention_use_bias=True, ffn_use_bias=True, activation="swish",
+                  layer_norm_epsilon=1e-5)
+
+
+def _np_layer_norm(x, p, eps=1e-5):
+  mu = x.mean(-1, keepdims=True)
+  return (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + eps) * p["scale"] + p["bias"]
+
+
+def _np_swish(x):
+  return x / (1 + np.exp(-x))
+
+
+def _np_ffn(x, p):
+  h = _np_swish(x @ p["intermediate"]["kernel"] + p["intermediate"]["bias"])
+  return h @ p["output"]["kernel"] + p["output"]["bias"]
+
+
+def _np_attention(x, mask, p, left, right):
+  proj = lambda n: np.einsum("bld,dhk->bhlk", x, p[f"{n}_kernel"]) + p[f"{n}_bias"][None, :, None]
+  q, k, v = proj("query"), proj("key"), proj("value")
+  length, head_dim = x.shape[1], q.shape[-1]
+  distance = np.clip(np.arange(length)[None, :] - np.arange(length)[:, None], -left, right)
+  table = p["relative_key_embedding"][distance + left]
+  scores = (q @ k.transpose(0, 1, 3, 2) + np.einsum("bhld,lrd->bhlr", q, table)) / np.sqrt(head_dim)
+  scores = scores + np.where(mask[:, None, None, :] != 0, 0.0, np.finfo(np.float32).min)
+  probs = np.exp(scores - scores.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  return np.einsum("bhqk,bhkd,hdo->bqo", probs, v, p["out_kernel"]) + p["out_bias"]
+
+
+def _np_conv_module(x, mask, p, kernel_size):
+  h = _np_layer_norm(x, p["layer_norm"]) * (mask[..., None] != 0)
+  h = h @ p["pointwise_in"]["kernel"]
+  half = h.shape[-1] // 2
+  h = h[..., :half] / (1 + np.exp(-h[..., half:]))  # torch GLU: first half * sigmoid(second)
+  h = np.pad(h, ((0, 0), (kernel_size - 1, 0), (0, 0)))  # causal: all padding on the left
+  w = p["depthwise"]["kernel"][:, 0, :]  # [K, C]
+  h = sum(h[:, i:i + x.shape[1]] * w[i] for i in range(kernel_size))
+  h = _np_swish(_np_layer_norm(h, p["depthwise_norm"]))
+  return h @ p["pointwise_out"]["kernel"]
+
+
+def test_hf_wav2vec2bert_options_match_a_direct_transcription_of_the_hf_layer():
+  block = conformer.ConformerBlock(**HF_OPTIONS)
+  x, mask = _inputs()
+  params = random_variables(block, x, mask)["params"]
+  got = jax.jit(block.apply)({"params": params}, x, mask)
+  p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
+  xx, mm = np.asarray(x, np.float64), np.asarray(mask)
+  h = xx + 0.5 * _np_ffn(_np_layer_norm(xx, p["ffn1_norm"]), p["ffn1"])
+  h = h + _np_attention(_np_layer_norm(h, p["self_attention_norm"]), mm, p["self_attention"], 3, 1)
+  h = h + _np_conv_module(h, mm, p["conv"], 5)
+  h = _np_layer_norm(h + 0.5 * _np_ffn(_np_layer_norm(h, p["ffn2_norm"]), p["ffn2"]), p["final_norm"])
+  np.testing.assert_allclose(np.asarray(got), h, atol=1e-4, rtol=1e-4)
