@@ -111,15 +111,16 @@ def register_builtin_corpus(corpus_dir: str = gin.REQUIRED,
   from mslam_jax.data import languages  # pylint: disable=g-import-not-at-top
   rate_units = {**DEFAULT_RATE_UNITS, **(rate_units or {})}
   buffers = {**DEFAULT_SHUFFLE_BUFFER_SIZES, **(shuffle_buffer_sizes or {})}
-  key = (os.path.abspath(corpus_dir), float(temperature), tuple(sorted(rate_units.items())),
-         tuple(sorted(buffers.items())))
+  manifest = load_manifest(corpus_dir)
+  # A corpus rebuilt in place (another config hash) is registered afresh.
+  key = (os.path.abspath(corpus_dir), manifest.get("config_hash"), manifest.get("build_seconds"),
+         float(temperature), tuple(sorted(rate_units.items())), tuple(sorted(buffers.items())))
   mixtures = {stream: mixture_name(stream, prefix) for stream in records.STREAMS}
   if _registered.get(prefix) == key:
     return {s: m for s, m in mixtures.items() if m in seqio.MixtureRegistry.names()}
   _remove(prefix)
   _registered.pop(prefix, None)
 
-  manifest = load_manifest(corpus_dir)
   vocabulary = vocabularies.vocabulary_for_corpus(corpus_dir)
   held_out = set(held_out_languages(manifest))
   registered = {}
