@@ -139,3 +139,18 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def load_state_dict(step_dir: str, item: str = STATE_ITEM) -> Any:
+  """A checkpoint's train state as nested dicts of arrays on this process's first device.
+
+  For tools (evaluation, export) that run on one device whatever mesh wrote the checkpoint: Orbax
+  restores onto the shardings we give it, so a checkpoint from a 256-chip mesh loads here too.
+  """
+  path = epath.Path(step_dir) / item
+  checkpointer = ocp.StandardCheckpointer()
+  metadata = checkpointer.metadata(path)
+  tree = getattr(metadata, "item_metadata", metadata)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+  return checkpointer.restore(path, target)

@@ -76,9 +76,9 @@ def checkpoint_state(model_dir: str, step: int) -> dict:
   """The saved train state of one checkpoint as numpy (nested dicts, as Orbax stores it)."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  path = os.path.join(model_dir, "checkpoints", str(step), "state")
-  return jax.tree.map(np.asarray, ocp.StandardCheckpointer().restore(path))
+  from mslam_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  step_dir = os.path.join(model_dir, "checkpoints", str(step))
+  return jax.tree.map(np.asarray, checkpoints.load_state_dict(step_dir))
 
 
 def data_state(model_dir: str, step: int, process: int = 0):

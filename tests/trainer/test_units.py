@@ -1,0 +1,116 @@
+"""In-process checks of the trainer's parts: schedule, decay mask, sharding specs, mesh, config."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from mslam_jax import cli
+from mslam_jax import optimizers
+from mslam_jax import partitioning
+from tests.trainer import helpers
+
+
+def test_transformer_schedule_warms_up_linearly_then_decays_as_inverse_sqrt():
+  schedule = optimizers.transformer_schedule(peak_learning_rate=6e-4, warmup_steps=100)
+  lr = lambda count: float(schedule(count))
+  assert lr(0) == pytest.approx(6e-6)          # t = 1
+  assert lr(49) == pytest.approx(3e-4)         # half-way up
+  assert lr(99) == pytest.approx(6e-4)         # the peak, at the end of warm-up
+  assert lr(399) == pytest.approx(3e-4)        # 4x the warm-up: peak / 2
+  assert lr(9999) == pytest.approx(6e-5)       # 100x: peak / 10
+
+
+def _params():
+  return {"encoder": {"layer": {"kernel": jnp.ones((4, 4)), "bias": jnp.ones((4,))},
+                      "LayerNorm_0": {"scale": jnp.ones((4,))}},
+          "token_embed": {"embedding": jnp.ones((8, 4))}}
+
+
+def test_weight_decay_skips_biases_norms_and_embeddings():
+  mask = optimizers.weight_decay_mask(_params())
+  assert mask == {"encoder": {"layer": {"kernel": True, "bias": False},
+                              "LayerNorm_0": {"scale": False}},
+                  "token_embed": {"embedding": False}}
+  # With zero gradients only weight decay moves parameters: kernels shrink, the rest stays.
+  opt = optimizers.make_optimizer(peak_learning_rate=0.1, warmup_steps=1, weight_decay=0.5)
+  params = _params()
+  updates, _ = opt.tx.update(jax.tree.map(jnp.zeros_like, params), opt.tx.init(params), params)
+  new = optax.apply_updates(params, updates)
+  assert float(new["encoder"]["layer"]["kernel"][0, 0]) == pytest.approx(1 - 0.1 * 0.5)
+  for path in (("encoder", "layer", "bias"), ("encoder", "LayerNorm_0", "scale"),
+               ("token_embed", "embedding")):
+    leaf = new
+    for key in path:
+      leaf = leaf[key]
+    np.testing.assert_array_equal(leaf, 1.0)
+
+
+def test_gradient_clipping_bounds_the_update_direction():
+  opt = optimizers.make_optimizer(name="adafactor", peak_learning_rate=1.0, warmup_steps=1,
+                                  clip_grad_norm=1.0)
+  params = {"w": jnp.ones((3, 5))}
+  state = opt.tx.init(params)
+  updates, _ = opt.tx.update({"w": jnp.full((3, 5), 1e6)}, state, params)
+  assert np.all(np.isfinite(updates["w"]))
+  with pytest.raises(ValueError, match="make_optimizer.name"):
+    optimizers.make_optimizer(name="sgd")
+
+
+def test_optimizer_state_inherits_parameter_shardings():
+  params = {"dense": {"kernel": jnp.ones((4, 8)), "bias": jnp.ones((8,))}}
+  specs = {"dense": {"kernel": P("embed", "mlp"), "bias": P("mlp")}}
+  adam = optimizers.make_optimizer()
+  opt_specs = partitioning.derive_state_specs(adam.tx.init(params), params, specs)
+  leaves = jax.tree.leaves(opt_specs, is_leaf=lambda x: isinstance(x, P))
+  # Adam's mu and nu shadow the params; its step count is replicated.
+  assert leaves.count(P("embed", "mlp")) == 2 and leaves.count(P("mlp")) == 2
+  assert P() in leaves
+  # Adafactor factors kernels from 128 x 128 on: its row/column statistics do not have the
+  # kernel's shape and are replicated; the unfactored bias statistics follow the bias.
+  big = {"dense": {"kernel": jnp.ones((128, 256)), "bias": jnp.ones((256,))}}
+  ada = optimizers.make_optimizer(name="adafactor")
+  ada_leaves = jax.tree.leaves(
+      partitioning.derive_state_specs(jax.eval_shape(ada.tx.init, big), big, specs),
+      is_leaf=lambda x: isinstance(x, P))
+  assert P("embed", "mlp") not in ada_leaves and P("mlp") in ada_leaves
+
+
+def test_logical_rules_map_parameters_and_activations():
+  rules = partitioning.logical_axis_rules()
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  assert nn.logical_to_mesh_axes(("embed", "mlp"), rules) == P("fsdp", "model")
+  assert nn.logical_to_mesh_axes(("vocab", "embed"), rules) == P("model", "fsdp")
+  # An activation's batch takes data and fsdp, so its embed dimension stays whole.
+  assert nn.logical_to_mesh_axes(("batch", "length", "embed"), rules) == P(("data", "fsdp"), None, None)
+  overridden = partitioning.logical_axis_rules(overrides=(("embed", None),))
+  assert nn.logical_to_mesh_axes(("embed", "mlp"), overridden) == P(None, "model")
+
+
+def test_mesh_shape_fills_minus_one_and_names_the_binding_when_impossible():
+  assert partitioning.resolve_mesh_shape(2, -1, 2, 16) == (2, 4, 2)
+  assert partitioning.resolve_mesh_shape(1, 1, 1, 1) == (1, 1, 1)
+  with pytest.raises(ValueError, match="make_mesh"):
+    partitioning.resolve_mesh_shape(3, -1, 1, 8)
+  with pytest.raises(ValueError, match="at most one"):
+    partitioning.resolve_mesh_shape(-1, -1, 1, 8)
+  with pytest.raises(ValueError, match="make_mesh"):
+    partitioning.resolve_mesh_shape(2, 2, 1, 8)
+
+
+@pytest.mark.parametrize("given, missing", [
+    (["--gin.TRAIN_STEPS=3"], ["MODEL_DIR"]),
+    ([], ["MODEL_DIR", "TRAIN_STEPS"]),
+])
+def test_a_missing_required_macro_fails_at_start_naming_it(capsys, given, missing):
+  import gin  # pylint: disable=g-import-not-at-top
+  try:
+    rc = cli.main(["train", f"--gin_file={helpers.STANDIN_GIN}"] + given)
+  finally:
+    gin.clear_config()
+  err = capsys.readouterr().err
+  assert rc == 2
+  assert f"REQUIRED gin macro(s) not set: {', '.join(missing)}" in err
+  for name in missing:
+    assert f"--gin.{name}=" in err
