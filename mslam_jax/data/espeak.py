@@ -185,7 +185,7 @@ def _engine() -> _Engine:
 
 @functools.cache
 def list_voices() -> tuple[Voice, ...]:
-  """Every voice in the wheel's data, in eSpeak's order."""
+  """Every voice in the wheel's data that can speak (its dictionary is there), in eSpeak's order."""
   with _LOCK:
     lib = _engine().lib
     voices = lib.espeak_ListVoices(None)
@@ -201,10 +201,28 @@ def list_voices() -> tuple[Voice, ...]:
         tags.append(raw[j + 1:end].decode("ascii", "replace").lower())
         j = end + 1
       identifier = v.identifier.decode()
-      out.append(Voice(name=identifier.split("/")[-1], display_name=v.name.decode().strip(),
-                       languages=tuple(tags)))
+      voice = Voice(name=identifier.split("/")[-1], display_name=v.name.decode().strip(),
+                    languages=tuple(tags))
+      if _has_dictionary(identifier, voice):
+        out.append(voice)
       i += 1
   return tuple(out)
+
+
+def _has_dictionary(identifier: str, voice: Voice) -> bool:
+  """Whether the voice's pronunciation dictionary is in the data (the wheel lacks a few, e.g.
+  Faroese: such a voice makes a click and no words)."""
+  data = _engine().data_path
+  name = (voice.languages[0] if voice.languages else voice.name).split("-")[0]
+  try:
+    with open(os.path.join(data, "lang", identifier), encoding="utf-8", errors="replace") as f:
+      for line in f:
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "dictionary":
+          name = parts[1]
+  except OSError:
+    pass
+  return os.path.exists(os.path.join(data, f"{name}_dict"))
 
 
 def _word_ends(audio: np.ndarray, starts: Sequence[int], rate: int) -> list[int]:

@@ -26,8 +26,8 @@ _SKIPPED_TAGS = frozenset({"no", "root", "und"})
 STREAMS = ("speech", "text", "paired")
 # A language gets a built-in stream only when its sources give at least this many distinct items
 # (names, months, ...) from which utterances are composed.
-MIN_TEXT_ITEMS = 24
-MIN_SPEECH_ITEMS = 24
+MIN_TEXT_ITEMS = 16
+MIN_SPEECH_ITEMS = 16
 
 
 class UnknownLanguageError(KeyError):
@@ -130,6 +130,7 @@ def _likely_script(tag: str) -> str | None:
 def _cache_path() -> str:
   """A registry cache file whose name changes with the data packages and this code."""
   from importlib import metadata  # pylint: disable=g-import-not-at-top
+  from mslam_jax.data import espeak  # pylint: disable=g-import-not-at-top
   from mslam_jax.data import text_sources  # pylint: disable=g-import-not-at-top
   key = hashlib.sha256()
   for package in ("babel", "pycountry", "num2words", "espeakng-loader", "fonttools"):
@@ -137,7 +138,7 @@ def _cache_path() -> str:
       key.update(f"{package}={metadata.version(package)};".encode())
     except metadata.PackageNotFoundError:
       key.update(f"{package}=none;".encode())
-  for module_file in (__file__, text_sources.__file__):
+  for module_file in (__file__, text_sources.__file__, espeak.__file__):
     with open(module_file, "rb") as f:
       key.update(f.read())
   base = os.environ.get("MSLAM_CACHE_DIR") or os.path.join(
