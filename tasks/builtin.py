@@ -109,6 +109,10 @@ def register_builtin_corpus(corpus_dir: str = gin.REQUIRED,
                             prefix: str = PREFIX) -> Dict[str, str]:
   """Registers the corpus' Tasks and Mixtures (idempotent); returns {stream: mixture name}."""
   from mslam_jax.data import languages  # pylint: disable=g-import-not-at-top
+  if not isinstance(corpus_dir, (str, os.PathLike)):
+    raise ValueError("register_builtin_corpus.corpus_dir is not set: bind the gin macro CORPUS_DIR "
+                     "(e.g. --gin.CORPUS_DIR=\"'/path/to/corpus'\") to a built-in corpus directory")
+  corpus_dir = os.fspath(corpus_dir)
   rate_units = {**DEFAULT_RATE_UNITS, **(rate_units or {})}
   buffers = {**DEFAULT_SHUFFLE_BUFFER_SIZES, **(shuffle_buffer_sizes or {})}
   manifest = load_manifest(corpus_dir)

@@ -146,6 +146,8 @@ def test_empty_items_are_dropped_and_counted(tmp_path):
     assert preprocessors.drop_counts()[f"empty_{key}/tempty_{stream}_eng"] == 1
 
 
-def test_missing_manifest_names_the_binding(tmp_path):
+def test_missing_corpus_names_the_binding(tmp_path):
   with pytest.raises(FileNotFoundError, match="register_builtin_corpus.corpus_dir"):
     builtin.register_builtin_corpus(str(tmp_path), prefix="tmissing")
+  with pytest.raises(ValueError, match="CORPUS_DIR"):  # an unbound %gin.REQUIRED macro arrives as an object
+    builtin.register_builtin_corpus(object(), prefix="tmissing")
