@@ -40,6 +40,39 @@ def relative_key_indices(query_length: int, key_length: int, left_max: int, righ
   return (jnp.clip(distance, -left_max, right_max) + left_max).astype(jnp.int32)
 
 
+def relative_key_logits_gather(query: Array, table: Array, left_max: int, right_max: int) -> Array:
+  """q . E[clip(k - q)] for every (q, k): [B, L, H, D], [R, D] -> [B, H, L, L] (float32).
+
+  Scores each query against the R = left + right + 1 distinct distances, then gathers per key:
+  memory O(B H L (L + R)), never the [L, L, D] table a direct einsum would build. The backward
+  pass scatter-adds into [B, H, L, R].
+  """
+  length = query.shape[1]
+  per_distance = jnp.einsum("bqhd,rd->bhqr", query, table, preferred_element_type=jnp.float32)
+  indices = relative_key_indices(length, length, left_max, right_max)[None, None]
+  return jnp.take_along_axis(per_distance, indices, axis=-1)
+
+
+def relative_key_logits_skew(query: Array, table: Array, left_max: int, right_max: int) -> Array:
+  """Same result as relative_key_logits_gather, with dense ops only (no gather/scatter on [L, L]).
+
+  Scores each query against all 2L - 1 distances (table rows gathered once, clipped), then shifts
+  row i left by L - 1 - i with a pad-free reshape (the Transformer-XL / Music Transformer skew).
+  Twice the QK^T flops and memory, but only matmuls and reshapes, which suit TPUs.
+  """
+  length = query.shape[1]
+  distances = jnp.clip(jnp.arange(-(length - 1), length), -left_max, right_max) + left_max
+  all_distances = jnp.einsum("bqhd,md->bhqm", query, table[distances], preferred_element_type=jnp.float32)
+  if length == 1:
+    return all_distances
+  batch, heads = all_distances.shape[:2]
+  # Row i of the result is all_distances[i, L-1-i : 2L-1-i]; in the row-major flattening of
+  # [L, 2L-1] that is offset (L-1) + i*(2L-2) + j, i.e. rows of 2L-2 starting at L-1.
+  flat = all_distances.reshape(batch, heads, length * (2 * length - 1))
+  flat = flat[..., length - 1:length - 1 + length * (2 * length - 2)]
+  return flat.reshape(batch, heads, length, 2 * length - 2)[..., :length]
+
+
 def apply_rotary(x: Array, positions: Array, base: float = 10000.0) -> Array:
   """Rotary position embedding on [B, L, H, D] (half-split layout, D even)."""
   half = x.shape[-1] // 2
@@ -52,6 +85,9 @@ def apply_rotary(x: Array, positions: Array, base: float = 10000.0) -> Array:
   return rotated.astype(x.dtype)
 
 
+RELATIVE_KEY_IMPLS = {"gather": relative_key_logits_gather, "skew": relative_key_logits_skew}
+
+
 class MultiHeadSelfAttention(nn.Module):
   """Multi-head self-attention over [B, L, D] with a [B, L] padding mask.
 
@@ -61,6 +97,7 @@ class MultiHeadSelfAttention(nn.Module):
     position_type: one of POSITION_TYPES.
     left_max_position: clipping distance to the left (past) for "relative_key".
     right_max_position: clipping distance to the right (future) for "relative_key".
+    relative_key_impl: "gather" (memory O(L (L + R))) or "skew" (dense ops only); same result.
     rotary_base: base wavelength for "rotary".
     use_bias: biases on the q/k/v/output projections (HF Wav2Vec2Bert has them).
     dropout_rate: dropout on the attention probabilities.
@@ -72,6 +109,7 @@ class MultiHeadSelfAttention(nn.Module):
   position_type: str = "relative_key"
   left_max_position: int = 64
   right_max_position: int = 64
+  relative_key_impl: str = "gather"
   rotary_base: float = 10000.0
   use_bias: bool = True
   dropout_rate: float = 0.0
@@ -95,7 +133,7 @@ class MultiHeadSelfAttention(nn.Module):
     if self.position_type not in POSITION_TYPES:
       raise ValueError(f"MultiHeadSelfAttention.position_type={self.position_type!r}; "
                        f"choose one of {POSITION_TYPES}")
-    batch, length, in_dim = x.shape
+    _, length, in_dim = x.shape
     head_dim = self.head_dim or in_dim // self.num_heads
     if head_dim * self.num_heads != in_dim and self.head_dim is None:
       raise ValueError(f"input dim {in_dim} is not divisible by num_heads={self.num_heads}")
@@ -123,13 +161,11 @@ class MultiHeadSelfAttention(nn.Module):
       num_positions = self.left_max_position + self.right_max_position + 1
       table = self.param("relative_key_embedding", partitioned(nn.initializers.normal(0.02), (None, "kv")),
                          (num_positions, head_dim), self.param_dtype)
-      # Score each query against the few distinct clipped distances, then gather per key: memory
-      # O(B H L (L + R)) instead of the O(L^2 D) table a direct einsum would materialise.
-      per_distance = jnp.einsum("bqhd,rd->bhqr", query, jnp.asarray(table, self.dtype),
-                                preferred_element_type=jnp.float32)
-      indices = relative_key_indices(length, length, self.left_max_position, self.right_max_position)
-      indices = jnp.broadcast_to(indices[None, None], (batch, self.num_heads, length, length))
-      logits = logits + jnp.take_along_axis(per_distance, indices, axis=-1)
+      if self.relative_key_impl not in RELATIVE_KEY_IMPLS:
+        raise ValueError(f"relative_key_impl={self.relative_key_impl!r}; choose one of "
+                         f"{tuple(RELATIVE_KEY_IMPLS)}")
+      logits = logits + RELATIVE_KEY_IMPLS[self.relative_key_impl](
+          query, jnp.asarray(table, self.dtype), self.left_max_position, self.right_max_position)
 
     logits = logits / math.sqrt(head_dim)
     key_valid = mask.astype(bool)[:, None, None, :]

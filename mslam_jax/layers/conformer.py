@@ -177,7 +177,8 @@ class ConformerBlock(nn.Module):
   Attributes:
     mlp_dim: hidden size of both macaron FFNs.
     num_heads / head_dim: attention heads (head_dim defaults to dim // num_heads).
-    position_type / left_max_position / right_max_position / rotary_base: see attention.py.
+    position_type / left_max_position / right_max_position / relative_key_impl / rotary_base:
+      see attention.py.
     attention_use_bias: biases on q/k/v/out.
     conv_kernel_size / conv_causal / conv_norm / conv_norm_groups / conv_use_bias: conv module.
     activation: FFN and conv activation (swish).
@@ -194,6 +195,7 @@ class ConformerBlock(nn.Module):
   position_type: str = "relative_key"
   left_max_position: int = 64
   right_max_position: int = 64
+  relative_key_impl: str = "gather"
   rotary_base: float = 10000.0
   attention_use_bias: bool = True
   conv_kernel_size: int = 5
@@ -225,7 +227,7 @@ class ConformerBlock(nn.Module):
     h = attention.MultiHeadSelfAttention(
         num_heads=self.num_heads, head_dim=self.head_dim, position_type=self.position_type,
         left_max_position=self.left_max_position, right_max_position=self.right_max_position,
-        rotary_base=self.rotary_base, use_bias=self.attention_use_bias,
+        relative_key_impl=self.relative_key_impl, rotary_base=self.rotary_base, use_bias=self.attention_use_bias,
         dropout_rate=self.attention_dropout_rate, dtype=self.dtype, param_dtype=self.param_dtype,
         name="self_attention")(self._ln("self_attention_norm")(x), mask, deterministic)
     x = x + nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
@@ -273,6 +275,7 @@ class ConformerStack(nn.Module):
   position_type: str = "relative_key"
   left_max_position: int = 64
   right_max_position: int = 64
+  relative_key_impl: str = "gather"
   rotary_base: float = 10000.0
   attention_use_bias: bool = True
   conv_kernel_size: int = 5

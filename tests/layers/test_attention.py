@@ -60,6 +60,17 @@ def test_relative_key_matches_direct_reference_with_clipping():
   np.testing.assert_allclose(np.asarray(out), expected, atol=2e-5, rtol=1e-5)
 
 
+def test_skew_and_gather_relative_logits_agree():
+  rng = np.random.default_rng(0)
+  table = rng.standard_normal((3 + 2 + 1, 4)).astype(np.float32)
+  for length in (1, 7):
+    query = rng.standard_normal((2, length, HEADS, 4)).astype(np.float32)
+    indices = np.asarray(attention.relative_key_indices(length, length, 3, 2))
+    direct = np.einsum("bqhd,qkd->bhqk", query, table[indices])
+    np.testing.assert_allclose(attention.relative_key_logits_gather(query, table, 3, 2), direct, atol=1e-5)
+    np.testing.assert_allclose(attention.relative_key_logits_skew(query, table, 3, 2), direct, atol=1e-5)
+
+
 @pytest.mark.parametrize("position_type", attention.POSITION_TYPES)
 def test_padding_keys_never_attended_and_padded_rows_finite(position_type):
   layer = attention.MultiHeadSelfAttention(HEADS, position_type=position_type, left_max_position=4,
