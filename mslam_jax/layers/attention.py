@@ -136,7 +136,8 @@ class MultiHeadSelfAttention(nn.Module):
     _, length, in_dim = x.shape
     head_dim = self.head_dim or in_dim // self.num_heads
     if head_dim * self.num_heads != in_dim and self.head_dim is None:
-      raise ValueError(f"input dim {in_dim} is not divisible by num_heads={self.num_heads}")
+      raise ValueError(f"num_heads={self.num_heads} does not divide the model dim {in_dim}: set "
+                       "ConformerStack.num_heads (or head_dim) to fit MSLAMEncoder.embed_dim")
 
     def project(name):
       kernel, bias = self._projection(name, in_dim, head_dim)

@@ -89,7 +89,8 @@ class MaskedGroupNorm(nn.Module):
   def __call__(self, x: Array, mask: Array) -> Array:
     batch, length, channels = x.shape
     if channels % self.num_groups:
-      raise ValueError(f"conv_norm_groups={self.num_groups} does not divide the {channels} channels")
+      raise ValueError(f"ConformerStack.conv_norm_groups={self.num_groups} does not divide the model "
+                       f"dim {channels}")
     grouped = x.astype(jnp.float32).reshape(batch, length, self.num_groups, channels // self.num_groups)
     valid = mask.astype(bool)[:, :, None, None]
     count = jnp.maximum(jnp.sum(valid, axis=(1,), keepdims=True) * grouped.shape[-1], 1)
