@@ -228,6 +228,53 @@ def read_manifest(out_dir: str) -> dict | None:
     return None
 
 
+def _build_languages(out_dir, selected, held, config, counter, synthesize, progress):
+  """Draws, synthesizes, validates, splits and writes every language; returns what the manifest needs."""
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  manifest_languages = {}
+  vocab_texts: list[str] = []
+  totals = collections.defaultdict(lambda: collections.defaultdict(collections.Counter))
+  bar = tqdm(selected, desc="built-in corpus", unit="lang", disable=not progress, dynamic_ncols=True)
+  for code in bar:
+    lang = languages.get(code)
+    bar.set_postfix_str(code)
+    has_speech = "paired" in lang.streams
+    want_speech = config.per_language if has_speech else 0
+    paired_texts, speech_texts, text_texts = _draw_sentences(lang, config, want_speech,
+                                                             config.text_per_language)
+    if has_speech and (len(paired_texts) < want_speech or len(speech_texts) < want_speech):
+      counter.skip(NOT_ENOUGH_TEXT, code, f"{len(paired_texts)} paired and {len(speech_texts)} speech "
+                   f"sentences of {want_speech} wanted")
+    by_stream = {
+        "paired": list(audio_lib.validate_items(
+            _synthesize_items(lang, paired_texts, "paired", config, counter, synthesize), counter,
+            config.max_seconds)),
+        "speech": list(audio_lib.validate_items(
+            _synthesize_items(lang, speech_texts, "speech", config, counter, synthesize), counter,
+            config.max_seconds)),
+        "text": list(audio_lib.validate_items(
+            (audio_lib.RawItem(id=f"{code}-text-{i:05d}", lang=code, text=t) for i, t in enumerate(text_texts)),
+            counter, config.max_seconds)),
+    }
+    entry = {"lang_id": languages.lang_id(code), "name": lang.name, "script": lang.script,
+             "held_out": code in held, "streams": {}}
+    for stream in records.STREAMS:
+      if not by_stream[stream]:
+        continue
+      splits = _assign_splits(by_stream[stream], held_out=(stream == "paired" and code in held))
+      entry["streams"][stream] = {}
+      for split in records.SPLITS:
+        shard_files = _write_shards(out_dir, stream, code, split, splits[split])
+        stats = _stats(splits[split])
+        entry["streams"][stream][split] = {**stats, "shards": shard_files}
+        totals[stream][split].update(stats)
+        if split == "train" and stream in ("text", "paired"):
+          vocab_texts.extend(u.text for u in splits[split])
+    manifest_languages[code] = entry
+
+  return manifest_languages, vocab_texts, totals
+
+
 @gin.configurable(denylist=["out_dir"])
 def build_builtin_corpus(out_dir: str, max_languages: int | None = SMALL_MAX_LANGUAGES,
                          per_language: int = SMALL_PER_LANGUAGE, seed: int = 0,
@@ -236,7 +283,7 @@ def build_builtin_corpus(out_dir: str, max_languages: int | None = SMALL_MAX_LAN
                          text_per_language: int | None = None, max_speech_chars: int = 160,
                          max_text_chars: int = 400, max_seconds: float = 20.0,
                          force: bool = False, progress: bool = True,
-                         synthesize=espeak.synthesize) -> dict:
+                         synthesize=None) -> dict:
   """Builds (or finds up to date) the built-in corpus in `out_dir`; returns its manifest.
 
   Args:
@@ -251,9 +298,9 @@ def build_builtin_corpus(out_dir: str, max_languages: int | None = SMALL_MAX_LAN
     max_seconds: longest clip; longer ones are skipped and counted.
     force: rebuild even when the manifest says the build is up to date.
     progress: show a tqdm bar.
-    synthesize: the synthesizer (text, SpeakerStyle) -> espeak.Synthesis; tests replace it.
+    synthesize: the synthesizer (text, SpeakerStyle) -> espeak.Synthesis; default: an
+      espeak.SynthesisWorker (a crash of eSpeak costs one clip, counted, not the build).
   """
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   start = time.time()
   if per_language < 1:
     raise ValueError(f"per_language must be >= 1, got {per_language} (flag --per-language)")
@@ -280,44 +327,17 @@ def build_builtin_corpus(out_dir: str, max_languages: int | None = SMALL_MAX_LAN
     elif os.path.exists(path):
       os.remove(path)
 
-  manifest_languages = {}
-  vocab_texts: list[str] = []
-  totals = collections.defaultdict(lambda: collections.defaultdict(collections.Counter))
-  bar = tqdm(selected, desc="built-in corpus", unit="lang", disable=not progress, dynamic_ncols=True)
-  for code in bar:
-    lang = languages.get(code)
-    bar.set_postfix_str(code)
-    has_speech = "paired" in lang.streams
-    want_speech = per_language if has_speech else 0
-    paired_texts, speech_texts, text_texts = _draw_sentences(lang, config, want_speech,
-                                                             config.text_per_language)
-    if has_speech and (len(paired_texts) < want_speech or len(speech_texts) < want_speech):
-      counter.skip(NOT_ENOUGH_TEXT, code, f"{len(paired_texts)} paired and {len(speech_texts)} speech "
-                   f"sentences of {want_speech} wanted")
-    by_stream = {
-        "paired": list(audio_lib.validate_items(
-            _synthesize_items(lang, paired_texts, "paired", config, counter, synthesize), counter, max_seconds)),
-        "speech": list(audio_lib.validate_items(
-            _synthesize_items(lang, speech_texts, "speech", config, counter, synthesize), counter, max_seconds)),
-        "text": list(audio_lib.validate_items(
-            (audio_lib.RawItem(id=f"{code}-text-{i:05d}", lang=code, text=t) for i, t in enumerate(text_texts)),
-            counter, max_seconds)),
-    }
-    entry = {"lang_id": languages.lang_id(code), "name": lang.name, "script": lang.script,
-             "held_out": code in held, "streams": {}}
-    for stream in records.STREAMS:
-      if not by_stream[stream]:
-        continue
-      splits = _assign_splits(by_stream[stream], held_out=(stream == "paired" and code in held))
-      entry["streams"][stream] = {}
-      for split in records.SPLITS:
-        shard_files = _write_shards(out_dir, stream, code, split, splits[split])
-        stats = _stats(splits[split])
-        entry["streams"][stream][split] = {**stats, "shards": shard_files}
-        totals[stream][split].update(stats)
-        if split == "train" and stream in ("text", "paired"):
-          vocab_texts.extend(u.text for u in splits[split])
-    manifest_languages[code] = entry
+  worker = None
+  if synthesize is None:
+    synthesize = worker = espeak.SynthesisWorker()
+  try:
+    manifest_languages, vocab_texts, totals = _build_languages(
+        out_dir, selected, held, config, counter, synthesize, progress)
+  finally:
+    if worker is not None:
+      worker.close()
+      if worker.restarts:
+        logging.warning("the synthesizer process was restarted %d times", worker.restarts)
 
   from mslam_jax.data import vocabularies  # pylint: disable=g-import-not-at-top
   vocab = vocabularies.CharacterVocabulary.build(vocab_texts)

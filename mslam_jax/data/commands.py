@@ -40,7 +40,7 @@ def _add_build_builtin(parser: argparse.ArgumentParser) -> None:
                       help="utterances per language in each of the speech, paired and text streams")
   parser.add_argument("--text-per-language", type=int, default=None,
                       help="utterances per language in the text stream (default: --per-language)")
-  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--seed", type=int, default=0, help="every random choice of the build follows from it")
   parser.add_argument("--languages", default=None, help="comma-separated ISO 639-3 codes instead of a selection")
   parser.add_argument("--held-out", default=None, help="comma-separated held-out languages (default: built-in list)")
   parser.add_argument("--force", action="store_true", help="rebuild even if the manifest is up to date")

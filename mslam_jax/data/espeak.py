@@ -276,14 +276,108 @@ def synthesize(text: str, style: SpeakerStyle, sample_rate: int = SAMPLE_RATE, s
     audio = signal.resample_poly(audio, sample_rate // g, native_rate // g).astype(np.float32)
     audio = np.clip(audio, -1.0, 32767 / 32768)
   words, starts = [], []
+  covered = 0  # characters of `text` that earlier words span
   for text_position, length, audio_ms in events:
-    # text_position counts characters from 1.
-    word = text[text_position - 1:text_position - 1 + length].strip()
-    if not word:
+    # text_position counts characters from 1. A number spoken as several words ("2040") gives
+    # one event per spoken word, all inside the written one: the written word is what counts.
+    begin = text_position - 1
+    word = text[begin:begin + length].strip()
+    if not word or begin < covered:
       continue
+    covered = begin + length
     if starts and audio_ms < starts[-1]:
       audio_ms = starts[-1]
     words.append(word)
     starts.append(int(audio_ms))
   ends = _word_ends(audio, starts, sample_rate)
   return Synthesis(audio=audio, words=words, word_starts_ms=starts, word_ends_ms=ends)
+
+
+def _worker_main(conn) -> None:
+  """The loop of a SynthesisWorker's child process."""
+  while True:
+    try:
+      request = conn.recv()
+    except (EOFError, OSError):
+      return
+    if request is None:
+      return
+    try:
+      conn.send(("ok", synthesize(*request)))
+    except EspeakError as e:
+      conn.send(("error", str(e)))
+
+
+class SynthesisWorker:
+  """`synthesize` in a child process, so that a crash of the library costs one clip, not the job.
+
+  eSpeak NG crashes (SIGSEGV) on some inputs, e.g. digits with the Greenlandic voice. A dead or
+  hung child raises EspeakError for that clip; the next call starts a fresh child. Clips are the
+  same as in-process ones (each depends only on its text, style and seed).
+  """
+
+  def __init__(self, timeout_s: float = 60.0):
+    self.timeout_s = timeout_s
+    self._process = None
+    self._conn = None
+    self.restarts = 0
+
+  @property
+  def pid(self) -> int | None:
+    return self._process.pid if self._process is not None else None
+
+  def _start(self) -> None:
+    import multiprocessing  # pylint: disable=g-import-not-at-top
+    # spawn: a fork of a process holding TensorFlow's threads may deadlock.
+    ctx = multiprocessing.get_context("spawn")
+    self._conn, child = ctx.Pipe()
+    self._process = ctx.Process(target=_worker_main, args=(child,), daemon=True, name="espeak-worker")
+    self._process.start()
+    child.close()
+
+  def _stop(self, kill: bool) -> int | None:
+    if self._process is None:
+      return None
+    process, conn = self._process, self._conn
+    self._process = self._conn = None
+    try:
+      if not kill:
+        conn.send(None)
+    except OSError:
+      pass
+    process.join(timeout=0 if kill else 5)
+    if process.is_alive():
+      process.kill()
+      process.join()
+    conn.close()
+    return process.exitcode
+
+  def __call__(self, text: str, style: SpeakerStyle, sample_rate: int = SAMPLE_RATE, seed: int = 0
+               ) -> Synthesis:
+    if self._process is None or not self._process.is_alive():
+      if self._process is not None:
+        self._stop(kill=True)
+        self.restarts += 1
+      self._start()
+    try:
+      self._conn.send((text, style, sample_rate, seed))
+      if not self._conn.poll(self.timeout_s):
+        raise TimeoutError(f"no answer in {self.timeout_s:.0f} s")
+      status, payload = self._conn.recv()
+    except (EOFError, OSError, TimeoutError) as e:
+      code = self._stop(kill=True)
+      self.restarts += 1
+      raise EspeakError(f"the synthesizer process died (exit code {code}; {e or type(e).__name__}) "
+                        f"on {text[:40]!r} with {style.describe()}") from e
+    if status == "error":
+      raise EspeakError(payload)
+    return payload
+
+  def close(self) -> None:
+    self._stop(kill=False)
+
+  def __enter__(self) -> "SynthesisWorker":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()

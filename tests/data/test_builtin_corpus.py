@@ -105,7 +105,8 @@ def test_rebuild_with_the_same_arguments_is_a_no_op(builtin_corpus_dir, manifest
 def test_deterministic_for_a_seed(tmp_path):
   small = dict(languages_=("eng", "rus"), held_out=(), per_language=2, text_per_language=3)
   one = conftest.build_tiny_corpus(str(tmp_path / "one"), seed=1, **small)
-  # The same arguments through the CLI, in another directory: the same bytes.
+  # The same arguments through the CLI (synthesis in a worker process), in another directory: the
+  # same bytes.
   assert cli.main(["data", "build-builtin", "--out", str(tmp_path / "cli"), "--languages", "eng,rus",
                    "--held-out", "", "--per-language", "2", "--text-per-language", "3", "--seed", "1"]) == 0
   for stream, lang, split in (("paired", "rus", "train"), ("speech", "eng", "train"), ("text", "rus", "train")):

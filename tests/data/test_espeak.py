@@ -1,4 +1,6 @@
 """The in-process eSpeak NG binding."""
+import os
+import signal
 import threading
 
 import numpy as np
@@ -88,3 +90,22 @@ def test_concurrent_calls_are_serialized():
   for got, want in zip(results, expected):
     np.testing.assert_array_equal(got.audio, want.audio)
     assert got.words == want.words
+
+
+def test_worker_gives_the_same_clips_and_survives_a_dead_process():
+  text, style = "dos tres cuatro", espeak.SpeakerStyle("es", "m3", 160, 45)
+  expected = espeak.synthesize(text, style)
+  with espeak.SynthesisWorker(timeout_s=60) as worker:
+    got = worker(text, style)
+    np.testing.assert_array_equal(got.audio, expected.audio)
+    assert got.words == expected.words
+    with pytest.raises(espeak.EspeakError, match="no-such-voice"):
+      worker("hola", espeak.SpeakerStyle("no-such-voice"))
+    # The child dies (as eSpeak does on some inputs): that clip fails, the next one works.
+    pid = worker.pid
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(espeak.EspeakError, match="died"):
+      worker(text, style)
+    again = worker(text, style)
+    assert worker.pid != pid and worker.restarts == 1
+    np.testing.assert_array_equal(again.audio, expected.audio)
