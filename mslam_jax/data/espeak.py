@@ -367,7 +367,7 @@ class SynthesisWorker:
     except (EOFError, OSError, TimeoutError) as e:
       code = self._stop(kill=True)
       self.restarts += 1
-      raise EspeakError(f"the synthesizer process died (exit code {code}; {e or type(e).__name__}) "
+      raise EspeakError(f"the synthesizer process died (exit code {code}; {str(e) or type(e).__name__}) "
                         f"on {text[:40]!r} with {style.describe()}") from e
     if status == "error":
       raise EspeakError(payload)
