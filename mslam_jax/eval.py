@@ -71,19 +71,40 @@ def _import_configurables() -> None:
       logging.debug("Not importing %s: %s", name, e)
 
 
+def _macro_values() -> dict[str, Any]:
+  """Macros bound to a value (not %gin.REQUIRED) in the current config."""
+  values = {}
+  for (name, selector), params in gin.config._CONFIG.items():  # pylint: disable=protected-access
+    if selector == "gin.macro" and "value" in params:
+      value = params["value"]
+      if not (isinstance(value, gin.config.ConfigurableReference) and str(value) == "%gin.REQUIRED"):
+        values[name] = value
+  return values
+
+
 def parse_run_config(model_dir: str, gin_files: Sequence[str] = (), bindings: Sequence[str] = (),
                      search_paths: Sequence[str] = ()) -> None:
-  """eval gin files first (they declare REQUIRED macros), then the run's operative config, then flags."""
+  """The run's operative config, then the eval gin files, then flag bindings (later wins).
+
+  The eval files come after the run's config so that they choose the evaluators (a pre-training
+  config names none); the macros the run set (CORPUS_DIR, MODEL_DIR, ...) survive the eval
+  files' `= %gin.REQUIRED` declarations.
+  """
   _import_configurables()
   for directory in list(search_paths) + [config.package_gin_dir()]:
     gin.add_config_file_search_path(directory)
-  files = [config.resolve_gin_file(f, search_paths) for f in gin_files]
   operative = os.path.join(model_dir, "operative_config.gin")
+  run_macros = {}
   if os.path.exists(operative):
-    files.append(operative)
+    gin.parse_config_files_and_bindings([operative], [], finalize_config=False, skip_unknown=True)
+    run_macros = _macro_values()
   else:
     logging.warning("%s not found: the model and corpus must come from --gin_file/--gin flags", operative)
-  gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False, skip_unknown=True)
+  files = [config.resolve_gin_file(f, search_paths) for f in gin_files]
+  gin.parse_config_files_and_bindings(files, [], finalize_config=False, skip_unknown=True)
+  restored = [f"{name} = {value!r}" for name, value in run_macros.items()
+              if name not in _macro_values() and not isinstance(value, gin.config.ConfigurableReference)]
+  gin.parse_config_files_and_bindings([], restored + list(bindings), finalize_config=False, skip_unknown=True)
 
 
 def model_from_gin() -> Any:
@@ -105,11 +126,13 @@ def model_from_gin() -> Any:
 @gin.configurable
 def evaluate_checkpoints(model_dir: str = gin.REQUIRED, model: Any = None, checkpoints: str | int = "latest",
                          output_dir: str | None = None, evaluators: Sequence[Any] | None = None,
-                         ablation_model_dir: str | None = None, force: bool = False) -> dict[int, dict[str, float]]:
+                         ablation_model_dir: str | None = None, ablation_evaluator: str = "zero_shot",
+                         force: bool = False) -> dict[int, dict[str, float]]:
   """Evaluates checkpoints of `model_dir`; returns {step: metrics} (skipped ones read back).
 
   `ablation_model_dir`: a run pre-trained on speech alone at the same budget; its latest
-  checkpoint's zero-shot figures join every report as `zero_shot_*_speech_only_ablation`.
+  checkpoint's figures from `ablation_evaluator` join every report as
+  `zero_shot_*_speech_only_ablation`.
   """
   from mslam_jax.evaluation import registry, report  # pylint: disable=g-import-not-at-top
   model = model if model is not None else model_from_gin()
@@ -117,7 +140,8 @@ def evaluate_checkpoints(model_dir: str = gin.REQUIRED, model: Any = None, check
   if not evaluators:
     raise ValueError("no evaluators: set build_evaluators.names in gin (runs/eval.gin lists them)")
   output_dir = output_dir or os.path.join(model_dir, "eval")
-  ablation = _ablation_metrics(model, ablation_model_dir, output_dir, force) if ablation_model_dir else {}
+  ablation = (_ablation_metrics(model, ablation_model_dir, ablation_evaluator, output_dir, force)
+              if ablation_model_dir else {})
   results = {}
   for step in select_steps(model_dir, checkpoints):
     out_dir = os.path.join(output_dir, f"step_{step}")
@@ -138,7 +162,8 @@ def evaluate_checkpoints(model_dir: str = gin.REQUIRED, model: Any = None, check
   return results
 
 
-def _ablation_metrics(model: Any, ablation_model_dir: str, output_dir: str, force: bool) -> dict[str, float]:
+def _ablation_metrics(model: Any, ablation_model_dir: str, evaluator_name: str, output_dir: str,
+                      force: bool) -> dict[str, float]:
   from mslam_jax.evaluation import registry, zero_shot  # pylint: disable=g-import-not-at-top
   step = select_steps(ablation_model_dir, "latest")[0]
   cache = os.path.join(output_dir, f"speech_only_ablation_step_{step}.json")
@@ -146,7 +171,7 @@ def _ablation_metrics(model: Any, ablation_model_dir: str, output_dir: str, forc
     with open(cache) as f:
       return json.load(f)
   params = restore_params(ablation_model_dir, step)
-  evaluator = registry.get("zero_shot")()
+  evaluator = registry.get(evaluator_name)()
   metrics = zero_shot.as_ablation(evaluator.evaluate(model, params, step))
   os.makedirs(output_dir, exist_ok=True)
   with open(cache, "w") as f:
@@ -179,6 +204,7 @@ def evaluate_run(model_dir: str, corpus_dir: str | None = None, evaluators: Sequ
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   config.add_gin_arguments(parser)
   parser.add_argument("--model_dir", default=None, help="the run to evaluate (same as --gin.MODEL_DIR)")
+  parser.add_argument("--corpus_dir", default=None, help="the corpus to evaluate on (default: the run's CORPUS_DIR)")
   parser.add_argument("--checkpoint", default="latest", help="latest (default), all, or a step number")
   parser.add_argument("--output_dir", default=None, help="default: MODEL_DIR/eval")
   parser.add_argument("--ablation_model_dir", default=None,
@@ -192,6 +218,8 @@ def run(args: argparse.Namespace) -> int:
   bindings = list(args.gin_bindings)
   if args.model_dir:
     bindings.append(f"MODEL_DIR = '{args.model_dir}'")
+  if args.corpus_dir:
+    bindings.append(f"CORPUS_DIR = '{args.corpus_dir}'")
   model_dir = args.model_dir or _macro_from_bindings(bindings, "MODEL_DIR")
   if not model_dir:
     print("mslam eval: pass --model_dir (or --gin.MODEL_DIR=...)", file=sys.stderr)

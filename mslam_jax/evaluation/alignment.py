@@ -119,6 +119,21 @@ def align_text(log_probs: np.ndarray, text: str, vocab, frame_shift_ms: float,
   return char_segments, word_segments
 
 
+def uniform_word_segments(text: str, duration_ms: float) -> list[Segment]:
+  """The baseline a forced aligner must beat: every character gets an equal share of the audio."""
+  chars = list(unicodedata.normalize("NFC", text))
+  step = duration_ms / max(1, len(chars))
+  words, start = [], None
+  for i, char in enumerate(chars + [" "]):
+    if char.isspace():
+      if start is not None:
+        words.append(Segment("".join(chars[start:i]), start * step, i * step))
+        start = None
+    elif start is None:
+      start = i
+  return words
+
+
 def _single_id(vocab, char: str) -> int:
   ids = list(vocab.encode(char))
   if len(ids) != 1:
@@ -266,13 +281,15 @@ class AlignmentEvaluator:
     if not utts:
       raise ValueError("no paired test utterances with word timings to align")
     alignments = align_utterances(tuned, [u.audio for u in utts], [u.text for u in utts])
-    errors, per_lang, skipped, plotted = [], {}, 0, 0
+    errors, baseline, per_lang, skipped, plotted = [], [], {}, 0, 0
     for utt, al in zip(utts, alignments):
       error = None if al is None else word_boundary_error_ms(al.words, utt.word_starts_ms, utt.word_ends_ms)
       if error is None:
         skipped += 1
         continue
       errors.append(error)
+      baseline.append(word_boundary_error_ms(uniform_word_segments(utt.text, al.duration_ms),
+                                             utt.word_starts_ms, utt.word_ends_ms))
       per_lang.setdefault(utt.lang, []).append(error)
       if out_dir and plotted < self.num_plots:
         reference = [Segment(w, s, e) for w, s, e in zip(utt.words, utt.word_starts_ms, utt.word_ends_ms)]
@@ -284,6 +301,10 @@ class AlignmentEvaluator:
     if skipped:
       logging.warning("Alignment: skipped %d of %d utterances (no CTC path or word counts differ)", skipped, len(utts))
     metrics = {"alignment_word_boundary_error_ms": float(np.mean(errors)) if errors else float("nan"),
+               # The same utterances aligned by spreading characters evenly over the audio.
+               "alignment_word_boundary_error_ms_uniform_baseline":
+                   float(np.mean([b for b in baseline if b is not None])) if any(b is not None for b in baseline)
+                   else float("nan"),
                "alignment_num_scored": float(len(errors)), "alignment_skipped": float(skipped)}
     metrics.update({f"alignment_word_boundary_error_ms/{lang}": float(np.mean(v)) for lang, v in per_lang.items()})
     return metrics

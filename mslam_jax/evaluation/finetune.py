@@ -131,8 +131,17 @@ def count_trainable(encoder_params: Any, masks: Any) -> int:
 
 # -- generic fine-tuning loop ---------------------------------------------------------------------
 
-def _train(loss_fn, encoder_params, head, config: FinetuneConfig, sample_batch, desc: str):
-  """Adam over {"encoder", "head"} with the config's freezing; returns params and loss curve."""
+# Jitted update steps by (model, task, config, shapes): evaluating checkpoint after checkpoint (or
+# the periodic evaluation) compiles the fine-tuning step once, not once per checkpoint.
+_STEP_CACHE: dict[tuple, Any] = {}
+
+
+def _train(loss_fn, encoder_params, head, config: FinetuneConfig, sample_batch, desc: str,
+           cache_key: tuple | None = None):
+  """Adam over {"encoder", "head"} with the config's freezing; returns params and loss curve.
+
+  `cache_key` = (model, ...) must determine `loss_fn` (the compiled step is reused for it).
+  """
   masks = gradient_masks(encoder_params, config)
   logging.info("%s: freeze=%s, %d of %d encoder parameters train", desc, config.freeze,
                count_trainable(encoder_params, masks), sum(np.size(x) for x in jax.tree.leaves(encoder_params)))
@@ -141,7 +150,6 @@ def _train(loss_fn, encoder_params, head, config: FinetuneConfig, sample_batch, 
   opt_state = tx.init(params)
   frozen_encoder = config.freeze == "frozen"
 
-  @jax.jit
   def step(params, opt_state, batch):
     def wrapped(p):
       enc = jax.lax.stop_gradient(p["encoder"]) if frozen_encoder else p["encoder"]
@@ -151,6 +159,17 @@ def _train(loss_fn, encoder_params, head, config: FinetuneConfig, sample_batch, 
              "head": grads["head"]}
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
+
+  if cache_key is None:
+    step = jax.jit(step)
+  else:
+    owner, rest = cache_key[0], cache_key[1:]
+    key = (id(owner),) + rest + (config, jax.tree.structure(params))
+    if key not in _STEP_CACHE or _STEP_CACHE[key][0] is not owner:
+      if len(_STEP_CACHE) >= 4:
+        _STEP_CACHE.clear()
+      _STEP_CACHE[key] = (owner, jax.jit(step))
+    step = _STEP_CACHE[key][1]
 
   rng = np.random.default_rng(config.seed)
   losses, skipped = [], 0
@@ -312,7 +331,8 @@ def finetune_ctc(model: Any, params: Any, utterances: Sequence[Any], vocab: Any,
     ok = per_seq < _INFEASIBLE
     return jnp.sum(jnp.where(ok, per_seq, 0.0)) / jnp.maximum(jnp.sum(tokens_mask.sum(-1) * ok), 1)
 
-  tuned, losses = _train(loss_fn, encoder_params, head, config, sample_batch, "finetune-ctc")
+  tuned, losses = _train(loss_fn, encoder_params, head, config, sample_batch, "finetune-ctc",
+                         cache_key=(model, "ctc", audio_len, label_len, vocab.vocab_size))
   logging.info("CTC fine-tuning: loss per character %.3f -> %.3f over %d steps",
                losses[0] if losses else float("nan"), losses[-1] if losses else float("nan"), len(losses))
   return FinetunedCTC(model, tuned, vocab, losses, config.batch_size)
@@ -451,7 +471,8 @@ def finetune_classifier(model: Any, params: Any, audios: Sequence[np.ndarray], l
     logits = _head_logits(p["head"], pooled.astype(jnp.float32))
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-  tuned, losses = _train(loss_fn, encoder_params, head, config, sample_batch, "finetune-classifier")
+  tuned, losses = _train(loss_fn, encoder_params, head, config, sample_batch, "finetune-classifier",
+                         cache_key=(model, "classifier", audio_len, len(classes)))
   return FinetunedClassifier(model, tuned, classes, losses, config.batch_size)
 
 

@@ -1,6 +1,6 @@
 """A synthetic corpus whose audio spells its text, and a tiny encoder with the model contract.
 
-Every character is 80 ms of a sine at its own frequency (space: 40 ms of near-silence), and each
+Every character is 80 ms of a sine at its own frequency (a space: 160 ms of silence), and each
 language adds its own low hum, so CTC can be learned by a linear head, word timings are exact
 and speech language ID is possible: evaluators must then reach known-good figures.
 """
@@ -31,7 +31,7 @@ def synthesize(text: str, lang: str) -> tuple[np.ndarray, list[str], list[int], 
   pieces, words, starts, ends = [], [], [], []
   for word_index, word in enumerate(text.split(" ")):
     if word_index:
-      pieces.append(np.zeros(CHAR_SAMPLES))
+      pieces.append(np.zeros(2 * CHAR_SAMPLES))  # pauses are longer than letters
     starts.append(sum(len(p) for p in pieces) // 16)
     for char in word:
       pieces.append(0.5 * np.sin(2 * np.pi * _char_hz(char) * t))
@@ -142,12 +142,15 @@ def write_run(model_dir: str, corpus_dir: str, steps=(2, 4), dim: int = 64) -> N
   ckpt.close()
   with open(os.path.join(model_dir, "operative_config.gin"), "w") as f:
     f.write(f"""import tests.evaluation.synthetic
+import mslam_jax.evaluation.registry
 import mslam_jax.train
 
 CORPUS_DIR = '{corpus_dir}'
 MODEL_DIR = '{model_dir}'
 train.model = @synthetic.SpectralModel()
 train.model_dir = %MODEL_DIR
+train.evaluators = @build_evaluators()
+build_evaluators.names = []
 synthetic.SpectralModel.dim = {dim}
 synthetic.SpectralModel.vocab_size = {vocab.vocab_size}
 """)

@@ -90,3 +90,8 @@ def test_plot_alignment_writes_png(tmp_path):
   alignment.plot_alignment(str(path), audio, [alignment.Segment("ab", 40, 160)],
                            reference=[alignment.Segment("ab", 50, 150)])
   assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_uniform_baseline_segments():
+  words = alignment.uniform_word_segments("ab cd", 500.0)  # 5 characters of 100 ms
+  assert [(w.label, w.start_ms, w.end_ms) for w in words] == [("ab", 0, 200), ("cd", 300, 500)]

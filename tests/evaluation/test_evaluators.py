@@ -106,6 +106,7 @@ def test_ctc_alignment_and_zero_shot_evaluators(corpus, model_and_params, tmp_pa
   # Characters are 80 ms long and frames 40 ms: boundaries within about a frame.
   assert aligned["alignment_num_scored"] >= 12
   assert aligned["alignment_word_boundary_error_ms"] < 60, aligned
+  assert aligned["alignment_word_boundary_error_ms"] < aligned["alignment_word_boundary_error_ms_uniform_baseline"]
   grids = list(tmp_path.glob("alignment_*.TextGrid"))
   assert grids and grids[0].read_text().startswith('File type = "ooTextFile"')
   assert list(tmp_path.glob("alignment_*.png"))

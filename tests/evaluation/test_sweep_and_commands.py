@@ -9,7 +9,7 @@ import soundfile
 
 from mslam_jax import cli
 from mslam_jax import eval as eval_lib
-from mslam_jax.evaluation import report
+from mslam_jax.evaluation import registry, report
 from tests.evaluation import synthetic
 
 
@@ -40,6 +40,19 @@ def test_checkpoint_selection(run_dir, tmp_path):
     eval_lib.select_steps(str(tmp_path), "latest")
   params = eval_lib.restore_params(model_dir, 2)
   assert set(params) == {"frontend", "text_embed", "shared"}
+
+
+def test_eval_gin_over_the_run_config(run_dir):
+  model_dir, corpus = run_dir
+  eval_lib.parse_run_config(model_dir, ["runs/eval.gin"], ["FinetuneConfig.steps = 7"])
+  # The run's config names no evaluators and binds CORPUS_DIR; eval.gin must win for the first and
+  # must not reset the second to REQUIRED.
+  assert gin.query_parameter("build_evaluators.names") == [
+      "retrieval", "langid", "ctc", "zero_shot", "alignment", "embedding_map"]
+  assert gin.query_parameter("%CORPUS_DIR") == corpus
+  assert gin.query_parameter("FinetuneConfig.steps") == 7
+  from mslam_jax import train  # pylint: disable=g-import-not-at-top
+  assert train.required_macros_unset() == []
 
 
 class _Counting:
@@ -76,6 +89,32 @@ def test_sweep_writes_reports_and_skips_evaluated(run_dir, tmp_path):
   eval_lib.evaluate_checkpoints(model_dir=model_dir, model=model, checkpoints="latest", output_dir=out,
                                 evaluators=[counting], force=True)
   assert counting.calls == [2, 4, 4]
+
+
+@registry.register("fake_zero_shot")
+class _FakeZeroShot:
+  """Stands in for the zero-shot evaluator (whose own test is in test_evaluators.py)."""
+  runs = []
+
+  def evaluate(self, model, params, step, out_dir=None):
+    self.runs.append(step)
+    return {"zero_shot_cer": 0.5 + float(np.sum(params["frontend"]["kernel"])) * 0.0, "zero_shot_cer/ccc": 0.5}
+
+
+def test_speech_only_ablation_joins_the_report(run_dir, tmp_path):
+  model_dir, _ = run_dir
+  eval_lib.parse_run_config(model_dir)
+  model = eval_lib.model_from_gin()
+  for _ in range(2):
+    results = eval_lib.evaluate_checkpoints(
+        model_dir=model_dir, model=model, checkpoints="all", output_dir=str(tmp_path), evaluators=[_Counting()],
+        ablation_model_dir=model_dir, ablation_evaluator="fake_zero_shot")
+  assert _FakeZeroShot.runs == [4]  # the ablation's latest checkpoint, once: later sweeps read it back
+  for step in (2, 4):
+    metrics = results[step]
+    assert metrics["zero_shot_cer_speech_only_ablation"] == 0.5 and "zero_shot_cer" not in metrics
+    assert "zero_shot_cer_speech_only_ablation/ccc" in metrics
+  assert "zero_shot_cer_speech_only_ablation" in open(tmp_path / "step_4" / "report.md").read()
 
 
 def test_report_markdown(tmp_path):
