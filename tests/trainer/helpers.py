@@ -48,7 +48,8 @@ def start_training(model_dir: str, steps: int, bindings: Sequence[str] = (), dev
 
 
 def read_metrics(model_dir: str) -> dict[int, dict]:
-  """metrics.jsonl by step; a restarted run rewrites the steps after its checkpoint (last wins)."""
+  """metrics.jsonl merged by step (training and evaluation records of a step are separate lines;
+  a restarted run rewrites the steps after its checkpoint, and the later value wins)."""
   path = os.path.join(model_dir, "metrics.jsonl")
   if not os.path.exists(path):
     return {}
@@ -57,7 +58,7 @@ def read_metrics(model_dir: str) -> dict[int, dict]:
     for line in f:
       if line.strip():
         record = json.loads(line)
-        by_step[record["step"]] = record
+        by_step.setdefault(record["step"], {}).update(record)
   return by_step
 
 

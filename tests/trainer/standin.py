@@ -189,3 +189,24 @@ class SyntheticIterator:
       return x[self.shard_index * per:(self.shard_index + 1) * per]
 
     return jax.tree.map(rows, batch)
+
+
+@gin.configurable
+class ParamNormEvaluator:
+  """A trainer-hook evaluator: the global norm of the parameters it is handed."""
+  name = "param_norm_probe"
+
+  def evaluate(self, model, params, step, out_dir=None):
+    del model, out_dir
+    return {"param_norm": float(jnp.sqrt(sum(jnp.sum(jnp.square(x))
+                                             for x in jax.tree.leaves(params)))),
+            "step": step}
+
+
+@gin.configurable
+class BrokenEvaluator:
+  """An evaluator that always fails: the run must log it and go on."""
+  name = "broken"
+
+  def evaluate(self, model, params, step, out_dir=None):
+    raise RuntimeError("this evaluator always fails")

@@ -70,13 +70,14 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(tmp_path, cache
   assert max(helpers.read_metrics(model_dir)) == last
 
 
-def test_nonfinite_loss_is_skipped_counted_and_k_in_a_row_stop_the_run(tmp_path, cache_dir):
+def test_nonfinite_skipped_and_counted_k_in_a_row_stop_the_run_evaluators_run(tmp_path, cache_dir):
   model_dir = str(tmp_path / "nan")
   # Batches 2 and 4, 5, 6 (0-based) carry a NaN sample: step 3 is skipped alone, steps 5-7 in a row.
   run = helpers.run_training(
       model_dir, 20, ["SyntheticIterator.nan_at = [2, 4, 5, 6]",
                       "train.max_consecutive_nonfinite = 3", "train.checkpoint_every = 1",
-                      "train.keep_checkpoints = 10"],
+                      "train.keep_checkpoints = 10", "train.eval_every = 2",
+                      "train.evaluators = [@ParamNormEvaluator(), @BrokenEvaluator()]"],
       cache_dir=cache_dir)
   assert run.returncode == 3, run.stderr[-3000:]
   assert "3 non-finite losses in a row up to step 7" in run.stderr
@@ -91,3 +92,11 @@ def test_nonfinite_loss_is_skipped_counted_and_k_in_a_row_stop_the_run(tmp_path,
   assert max(metrics) == 7
   last = max(helpers.checkpoint_steps(model_dir))
   np.testing.assert_equal(_params(model_dir, last), _params(model_dir, 4))
+  # The evaluator hook ran every 2 steps on the current parameters; a failing evaluator is
+  # recorded and does not stop the run.
+  for step in (2, 4, 6):
+    assert metrics[step]["eval/param_norm_probe/step"] == step
+    assert metrics[step]["eval/param_norm_probe/param_norm"] == pytest.approx(
+        metrics[step]["param_norm"], rel=1e-5)
+    assert metrics[step]["eval/broken/failed"] == 1.0
+  assert "eval/param_norm_probe/step" not in metrics[3]
