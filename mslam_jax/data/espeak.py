@@ -244,11 +244,9 @@ def _word_ends(audio: np.ndarray, starts: Sequence[int], rate: int) -> list[int]
   return ends
 
 
-def synthesize(text: str, style: SpeakerStyle, sample_rate: int = SAMPLE_RATE, seed: int = 0) -> Synthesis:
-  """Speaks `text` with `style`; audio at `sample_rate` with the word timings of eSpeak's events.
-
-  The same (text, style, seed) gives the same samples, whatever was synthesized before.
-  """
+def _synthesize_native(text: str, style: SpeakerStyle, seed: int = 0
+                       ) -> tuple[np.ndarray, list[tuple[int, int, int]], int]:
+  """eSpeak's own output: (int16 samples, WORD events, sample rate)."""
   encoded = text.encode("utf-8") + b"\0"
   with _LOCK:
     engine = _engine()
@@ -269,6 +267,20 @@ def synthesize(text: str, style: SpeakerStyle, sample_rate: int = SAMPLE_RATE, s
     chunks, events, native_rate = engine.chunks, engine.events, engine.native_rate
     engine.chunks, engine.events = [], []
   pcm = np.concatenate(chunks) if chunks else np.zeros([0], np.int16)
+  return pcm, events, native_rate
+
+
+def synthesize(text: str, style: SpeakerStyle, sample_rate: int = SAMPLE_RATE, seed: int = 0) -> Synthesis:
+  """Speaks `text` with `style`; audio at `sample_rate` with the word timings of eSpeak's events.
+
+  The same (text, style, seed) gives the same samples, whatever was synthesized before.
+  """
+  return _finish(text, *_synthesize_native(text, style, seed), sample_rate)
+
+
+def _finish(text: str, pcm: np.ndarray, events: Sequence[tuple[int, int, int]], native_rate: int,
+            sample_rate: int) -> Synthesis:
+  """Resampled audio and one (word, start, end) per written word."""
   audio = pcm.astype(np.float32) / 32768.0
   if sample_rate != native_rate:
     from scipy import signal  # pylint: disable=g-import-not-at-top
@@ -303,7 +315,7 @@ def _worker_main(conn) -> None:
     if request is None:
       return
     try:
-      conn.send(("ok", synthesize(*request)))
+      conn.send(("ok", _synthesize_native(*request)))
     except EspeakError as e:
       conn.send(("error", str(e)))
 
@@ -360,7 +372,7 @@ class SynthesisWorker:
         self.restarts += 1
       self._start()
     try:
-      self._conn.send((text, style, sample_rate, seed))
+      self._conn.send((text, style, seed))
       if not self._conn.poll(self.timeout_s):
         raise TimeoutError(f"no answer in {self.timeout_s:.0f} s")
       status, payload = self._conn.recv()
@@ -371,7 +383,8 @@ class SynthesisWorker:
                         f"on {text[:40]!r} with {style.describe()}") from e
     if status == "error":
       raise EspeakError(payload)
-    return payload
+    # Resampling happens here: the child stays small (no SciPy) and starts fast.
+    return _finish(text, *payload, sample_rate)
 
   def close(self) -> None:
     self._stop(kill=False)

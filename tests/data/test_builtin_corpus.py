@@ -18,9 +18,20 @@ from tests import conftest
 
 
 @functools.lru_cache(maxsize=None)
+def _read_all(corpus_dir):
+  """{(stream, lang, split): [Utterance]} of every shard, read through one tf.data pipeline."""
+  files = sorted(glob.glob(os.path.join(corpus_dir, "*", "*", "*.tfrecord-*")))
+  dataset = tf.data.Dataset.from_tensor_slices(files).flat_map(
+      lambda f: tf.data.TFRecordDataset(f).map(lambda r: (f, r)))
+  out = {}
+  for path, record in dataset.as_numpy_iterator():
+    stream, lang, name = os.path.relpath(path.decode(), corpus_dir).split(os.sep)
+    out.setdefault((stream, lang, name.split(".")[0]), []).append(records.from_example_bytes(record))
+  return out
+
+
 def _read(corpus_dir, stream, lang, split):
-  files = sorted(glob.glob(os.path.join(corpus_dir, records.shard_pattern(stream, lang, split))))
-  return [records.from_example_bytes(r.numpy()) for r in tf.data.TFRecordDataset(files)]
+  return _read_all(corpus_dir).get((stream, lang, split), [])
 
 
 @pytest.fixture(scope="module")
