@@ -52,6 +52,38 @@ QUANTIZERS = ("gumbel", "best_rq")
 RNG_STREAMS = ("dropout", "masking", "negatives")
 
 
+def _int(mask: Array) -> Array:
+  return mask.astype(jnp.int32)
+
+
+def _share(selected: Array, mask: Array) -> Array:
+  return jnp.sum(selected) / jnp.maximum(jnp.sum(mask), 1)
+
+
+def _grouped(fn, inputs: Mapping[str, tuple[Array, ...]]) -> dict[str, Any]:
+  """fn(*arrays) for each entry of `inputs`, called once per group of entries whose arrays share
+  shapes (but the leading batch axis) and dtypes: the group is concatenated along the batch and
+  the outputs (any pytree of batch-major arrays) split back. Valid because every stage treats
+  batch items independently (mask-aware layers, per-item norms)."""
+  groups: dict[Any, list[str]] = {}
+  for name, arrays in inputs.items():
+    key = tuple((a.shape[1:], a.dtype) for a in arrays)
+    groups.setdefault(key, []).append(name)
+  outputs = {}
+  for names in groups.values():
+    if len(names) == 1:
+      outputs[names[0]] = fn(*inputs[names[0]])
+      continue
+    arrays = [jnp.concatenate(parts, axis=0) for parts in zip(*(inputs[n] for n in names))]
+    merged = fn(*arrays)
+    start = 0
+    for name in names:
+      size = inputs[name][0].shape[0]
+      outputs[name] = jax.tree_util.tree_map(lambda o, s=start, e=start + size: o[s:e], merged)
+      start += size
+  return outputs
+
+
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class ObjectiveWeights:
@@ -125,107 +157,119 @@ class MSLAMNetwork(nn.Module):
     temperature = quantizers_lib.gumbel_temperature(step)
     return self.quantizer(features, mask, temperature, deterministic)
 
-  # ---- objectives ----
+  def __call__(self, batch: Batch, step: Array, deterministic: bool = False) -> tuple[Array, dict[str, Array]]:
+    """(weighted total loss, metrics) of whichever streams `batch` holds.
 
-  def speech_objectives(self, speech: Mapping[str, Array], step: Array, deterministic: bool):
-    enc = self.encoder
-    features, mask = enc.speech_frontend(speech["audio"], speech["audio_mask"], deterministic)
-    quantized = self._quantize(speech["audio"], speech["audio_mask"], features, mask, step, deterministic)
-    masked = masking.start_prob_span_mask(
-        self.make_rng("masking"), mask, self.masks.speech_start_prob, self.masks.speech_span_length,
-        self.masks.min_spans)
-    x = enc.mask_speech(enc.project_speech(features, deterministic), masked)
-    contrastive_out, speech_out = enc.speech_layers(x, mask, deterministic)
-    metrics = {}
-    if self.weights.speech_contrastive > 0:
-      metrics["speech/contrastive_loss"], metrics["speech/contrastive_accuracy"] = losses.contrastive_loss(
-          self.make_rng("negatives"), self.context_projection(contrastive_out),
-          self.target_projection(quantized.quantized), masked, num_negatives=self.num_negatives,
-          temperature=self.contrastive_temperature, target_codes=quantized.ids)
-    shared_out = enc.shared_layers(speech_out, mask, deterministic)
-    metrics["speech/mlm_loss"], metrics["speech/mlm_accuracy"] = losses.masked_cross_entropy(
-        self.codebook_head(shared_out), quantized.ids, masked)
-    metrics["speech/diversity_loss"] = quantized.diversity_loss
-    metrics["speech/masked_share"] = jnp.sum(masked) / jnp.maximum(jnp.sum(mask), 1)
-    metrics["codebook/perplexity"] = quantized.perplexity
-    metrics["codebook/code_perplexity"] = quantized.code_perplexity
-    metrics["codebook/usage"] = quantized.usage
-    return metrics
+    Runs in stages so that every Conformer stack runs once per group of same-shaped inputs
+    (`_grouped`): the speech-only stack sees the masked speech stream, the masked paired speech
+    (TLM) and the unmasked paired speech (CTC) in one batch when their lengths agree; the shared
+    stack likewise. Fewer, larger calls: better accelerator use and a far smaller program.
+    """
+    enc, w, mc = self.encoder, self.weights, self.masks
+    speech, text, paired = batch.get("speech"), batch.get("text"), batch.get("paired")
+    want_tlm = paired is not None and w.tlm > 0
+    want_full = paired is not None and (w.ctc > 0 or w.cross_modal > 0)
+    metrics: dict[str, Array] = {}
 
-  def text_objectives(self, text: Mapping[str, Array], deterministic: bool):
-    tokens, tokens_mask = text["tokens"], text["tokens_mask"]
-    masked = masking.rate_span_mask(
-        self.make_rng("masking"), tokens_mask, self.masks.text_rate, self.masks.text_span_length,
-        self.masks.min_spans)
-    x = self.encoder.embed_text(masking.apply_token_mask(tokens, masked, MASK_ID), tokens_mask, deterministic)
-    x = self.encoder.shared_layers(x, tokens_mask, deterministic)
-    metrics = {}
-    metrics["text/mlm_loss"], metrics["text/mlm_accuracy"] = losses.masked_cross_entropy(
-        self._text_logits(x), tokens, masked)
-    metrics["text/masked_share"] = jnp.sum(masked) / jnp.maximum(jnp.sum(tokens_mask), 1)
-    return metrics
+    # 1. Frontend features of the speech stream and of the paired speech.
+    audio = {}
+    if speech is not None:
+      audio["speech"] = (speech["audio"], _int(speech["audio_mask"]))
+    if want_tlm or want_full:
+      audio["paired"] = (paired["audio"], _int(paired["audio_mask"]))
+    feats = _grouped(lambda a, m: enc.speech_frontend(a, m, deterministic), audio)
 
-  def paired_objectives(self, paired: Mapping[str, Array], step: Array, deterministic: bool):
-    enc = self.encoder
-    audio, audio_mask = paired["audio"], paired["audio_mask"]
-    tokens, tokens_mask = paired["tokens"], paired["tokens_mask"]
-    features, mask = enc.speech_frontend(audio, audio_mask, deterministic)
-    projected = enc.project_speech(features, deterministic)
-    metrics = {}
+    # 2. Quantized targets (unmasked features), masking, projection -> speech-only stack.
+    lower_in = {}
+    if speech is not None:
+      features, mask = feats["speech"]
+      speech_q = self._quantize(*audio["speech"], features, mask, step, deterministic)
+      speech_masked = masking.start_prob_span_mask(
+          self.make_rng("masking"), mask, mc.speech_start_prob, mc.speech_span_length, mc.min_spans)
+      lower_in["speech"] = (enc.mask_speech(enc.project_speech(features, deterministic), speech_masked), mask)
+    if want_tlm or want_full:
+      features, paired_mask = feats["paired"]
+      projected = enc.project_speech(features, deterministic)
+      if want_tlm:
+        paired_q = self._quantize(*audio["paired"], features, paired_mask, step, deterministic)
+        frames_masked = masking.rate_span_mask(
+            self.make_rng("masking"), paired_mask, mc.tlm_speech_rate, mc.tlm_speech_span_length, mc.min_spans)
+        lower_in["tlm"] = (enc.mask_speech(projected, frames_masked), paired_mask)
+      if want_full:
+        lower_in["full"] = (projected, paired_mask)
+    lower_out = _grouped(lambda x, m: enc.speech_layers(x, m, deterministic), lower_in)
 
-    if self.weights.tlm > 0:
-      quantized = self._quantize(audio, audio_mask, features, mask, step, deterministic)
-      frames_masked = masking.rate_span_mask(
-          self.make_rng("masking"), mask, self.masks.tlm_speech_rate, self.masks.tlm_speech_span_length,
-          self.masks.min_spans)
+    # 3. Text inputs, then the shared stack.
+    shared_in = {}
+    if speech is not None:
+      shared_in["speech"] = (lower_out["speech"][1], lower_in["speech"][1])
+    if text is not None:
+      tokens, tokens_mask = text["tokens"], _int(text["tokens_mask"])
+      text_masked = masking.rate_span_mask(
+          self.make_rng("masking"), tokens_mask, mc.text_rate, mc.text_span_length, mc.min_spans)
+      shared_in["text"] = (enc.embed_text(masking.apply_token_mask(tokens, text_masked, MASK_ID), tokens_mask,
+                                          deterministic), tokens_mask)
+    if paired is not None:
+      paired_tokens, paired_tokens_mask = paired["tokens"], _int(paired["tokens_mask"])
+    if want_tlm:
       chars_masked = masking.rate_span_mask(
-          self.make_rng("masking"), tokens_mask, self.masks.tlm_text_rate, self.masks.tlm_text_span_length,
-          self.masks.min_spans)
-      _, speech = enc.speech_layers(enc.mask_speech(projected, frames_masked), mask, deterministic)
-      text = enc.embed_text(masking.apply_token_mask(tokens, chars_masked, MASK_ID), tokens_mask, deterministic)
+          self.make_rng("masking"), paired_tokens_mask, mc.tlm_text_rate, mc.tlm_text_span_length, mc.min_spans)
+      chars = enc.embed_text(masking.apply_token_mask(paired_tokens, chars_masked, MASK_ID), paired_tokens_mask,
+                             deterministic)
+      frames = lower_out["tlm"][1]
       # Padding sits between the two parts; attention never sees it (joint mask).
-      joint_mask = jnp.concatenate([mask, tokens_mask.astype(mask.dtype)], axis=1)
-      joint = enc.shared_layers(jnp.concatenate([speech, text.astype(speech.dtype)], axis=1), joint_mask,
-                                deterministic)
-      num_frames = speech.shape[1]
+      shared_in["tlm"] = (jnp.concatenate([frames, chars.astype(frames.dtype)], axis=1),
+                          jnp.concatenate([paired_mask, paired_tokens_mask], axis=1))
+    if want_full:
+      shared_in["full"] = (lower_out["full"][1], paired_mask)
+    if paired is not None and w.cross_modal > 0:
+      shared_in["transcript"] = (enc.embed_text(paired_tokens, paired_tokens_mask, deterministic), paired_tokens_mask)
+    shared_out = _grouped(lambda x, m: enc.shared_layers(x, m, deterministic), shared_in)
+
+    # 4. Heads and losses.
+    if speech is not None:
+      mask = lower_in["speech"][1]
+      if w.speech_contrastive > 0:
+        metrics["speech/contrastive_loss"], metrics["speech/contrastive_accuracy"] = losses.contrastive_loss(
+            self.make_rng("negatives"), self.context_projection(lower_out["speech"][0]),
+            self.target_projection(speech_q.quantized), speech_masked, num_negatives=self.num_negatives,
+            temperature=self.contrastive_temperature, target_codes=speech_q.ids)
+      metrics["speech/mlm_loss"], metrics["speech/mlm_accuracy"] = losses.masked_cross_entropy(
+          self.codebook_head(shared_out["speech"]), speech_q.ids, speech_masked)
+      metrics["speech/diversity_loss"] = speech_q.diversity_loss
+      metrics["speech/masked_share"] = _share(speech_masked, mask)
+      metrics["codebook/perplexity"] = speech_q.perplexity
+      metrics["codebook/code_perplexity"] = speech_q.code_perplexity
+      metrics["codebook/usage"] = speech_q.usage
+    if text is not None:
+      metrics["text/mlm_loss"], metrics["text/mlm_accuracy"] = losses.masked_cross_entropy(
+          self._text_logits(shared_out["text"]), tokens, text_masked)
+      metrics["text/masked_share"] = _share(text_masked, tokens_mask)
+    if want_tlm:
+      joint, num_frames = shared_out["tlm"], frames.shape[1]
       speech_loss, speech_acc = losses.masked_cross_entropy(
-          self.codebook_head(joint[:, :num_frames]), quantized.ids, frames_masked)
+          self.codebook_head(joint[:, :num_frames]), paired_q.ids, frames_masked)
       text_loss, text_acc = losses.masked_cross_entropy(
-          self._text_logits(joint[:, num_frames:]), tokens, chars_masked)
+          self._text_logits(joint[:, num_frames:]), paired_tokens, chars_masked)
       metrics.update({
           "paired/tlm_loss": speech_loss + text_loss,
           "paired/tlm_speech_loss": speech_loss, "paired/tlm_speech_accuracy": speech_acc,
           "paired/tlm_text_loss": text_loss, "paired/tlm_text_accuracy": text_acc,
-          "paired/tlm_speech_masked_share": jnp.sum(frames_masked) / jnp.maximum(jnp.sum(mask), 1),
-          "paired/tlm_text_masked_share": jnp.sum(chars_masked) / jnp.maximum(jnp.sum(tokens_mask), 1),
+          "paired/tlm_speech_masked_share": _share(frames_masked, paired_mask),
+          "paired/tlm_text_masked_share": _share(chars_masked, paired_tokens_mask),
       })
+    if want_full and w.ctc > 0:
+      metrics["paired/ctc_loss"], metrics["paired/ctc_infeasible"] = losses.ctc_loss(
+          self.ctc_head(shared_out["full"]), paired_mask, paired_tokens, paired_tokens_mask, blank_id=BLANK_ID)
+    if paired is not None and w.cross_modal > 0:
+      valid = (jnp.sum(paired_mask, axis=-1) > 0) & (jnp.sum(paired_tokens_mask, axis=-1) > 0)
+      temperature = losses.clipped_temperature(
+          self.cross_modal_log_temperature, self.cross_modal_min_temperature, self.cross_modal_max_temperature)
+      metrics["paired/cross_modal_loss"], metrics["paired/cross_modal_accuracy"] = losses.symmetric_infonce(
+          enc.pool(shared_out["full"], paired_mask), enc.pool(shared_out["transcript"], paired_tokens_mask),
+          valid, temperature)
+      metrics["paired/cross_modal_temperature"] = temperature
 
-    if self.weights.ctc > 0 or self.weights.cross_modal > 0:
-      _, speech = enc.speech_layers(projected, mask, deterministic)
-      speech = enc.shared_layers(speech, mask, deterministic)
-      if self.weights.ctc > 0:
-        metrics["paired/ctc_loss"], metrics["paired/ctc_infeasible"] = losses.ctc_loss(
-            self.ctc_head(speech), mask, tokens, tokens_mask, blank_id=BLANK_ID)
-      if self.weights.cross_modal > 0:
-        _, _, text_pooled = enc.encode_text(tokens, tokens_mask, deterministic)
-        valid = (jnp.sum(mask, axis=-1) > 0) & (jnp.sum(tokens_mask, axis=-1) > 0)
-        temperature = losses.clipped_temperature(
-            self.cross_modal_log_temperature, self.cross_modal_min_temperature,
-            self.cross_modal_max_temperature)
-        metrics["paired/cross_modal_loss"], metrics["paired/cross_modal_accuracy"] = losses.symmetric_infonce(
-            enc.pool(speech, mask), text_pooled, valid, temperature)
-        metrics["paired/cross_modal_temperature"] = temperature
-    return metrics
-
-  def __call__(self, batch: Batch, step: Array, deterministic: bool = False) -> tuple[Array, dict[str, Array]]:
-    metrics: dict[str, Array] = {}
-    if "speech" in batch:
-      metrics.update(self.speech_objectives(batch["speech"], step, deterministic))
-    if "text" in batch:
-      metrics.update(self.text_objectives(batch["text"], deterministic))
-    if "paired" in batch:
-      metrics.update(self.paired_objectives(batch["paired"], step, deterministic))
-    w = self.weights
     terms = {
         "speech/contrastive_loss": w.speech_contrastive, "speech/diversity_loss": w.diversity,
         "speech/mlm_loss": w.speech_mlm, "text/mlm_loss": w.text_mlm, "paired/tlm_loss": w.tlm,
@@ -239,6 +283,24 @@ class MSLAMNetwork(nn.Module):
     if not self.quantize_log_mel:
       metrics["codebook/gumbel_temperature"] = quantizers_lib.gumbel_temperature(step)
     return loss, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+  def init_params(self, batch: Batch) -> None:
+    """Touches every parameter once at the cost of one speech and one text pass (cheaper to
+    compile than the full objective graph); creates what __call__ uses, nothing more."""
+    enc = self.encoder
+    speech = batch.get("speech") or batch["paired"]
+    text = batch.get("text") or batch["paired"]
+    outputs = enc(speech["audio"], _int(speech["audio_mask"]), text["tokens"], _int(text["tokens_mask"]))
+    frames = outputs["speech"][0]
+    features, mask = enc.speech_frontend(speech["audio"], _int(speech["audio_mask"]))
+    quantized = self._quantize(speech["audio"], _int(speech["audio_mask"]), features, mask,
+                               jnp.zeros((), jnp.int32), True)
+    self.codebook_head(frames)
+    self._text_logits(outputs["text"][0])
+    self.ctc_head(frames)
+    if self.weights.speech_contrastive > 0:
+      self.context_projection(frames)
+      self.target_projection(quantized.quantized)
 
   # ---- inference ----
 
@@ -350,8 +412,7 @@ class MSLAMModel:
   def init(self, rng: Array, batch: Batch) -> Any:
     """Boxed parameters (nn.LogicallyPartitioned leaves) for batches shaped like `batch`."""
     # Jitted: op-by-op initialisation of a Conformer stack is minutes on CPU, one compile is seconds.
-    init = jax.jit(lambda rngs, batch: self.network.init(rngs, batch, jnp.zeros((), jnp.int32),
-                                                         deterministic=False)["params"])
+    init = jax.jit(lambda rngs, batch: self.network.init(rngs, batch, method=MSLAMNetwork.init_params)["params"])
     return init(self._rngs(rng, True), batch)
 
   def loss_fn(self, params: Any, batch: Batch, rng: Array, step: Any = 0,

@@ -1,0 +1,221 @@
+"""MSLAMModel on a tiny configuration: losses at init, padding independence, training, bf16, config
+validation. One jitted train step serves the init, finiteness and training checks (compiles are
+the expensive part on CPU)."""
+import math
+
+import flax
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mslam_jax import config
+from mslam_jax.models import mslam
+
+VOCAB = 40
+CODEBOOK = 64
+NEGATIVES = 100
+TRAIN_STEPS = 100
+# Compile the big test programs with LLVM's cheap settings: they run ~2x slower but compile ~2x
+# faster, and compiling is what a CPU test pays for.
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+TINY_BINDINGS = [
+    "NUM_SPEECH_LAYERS = 1", "NUM_SHARED_LAYERS = 1", "EMBED_DIM = 32", "MLP_DIM = 64",
+    "NUM_HEADS = 2", f"VOCAB_SIZE = {VOCAB}", f"CODEBOOK_SIZE = {CODEBOOK}", "CONV_NORM_GROUPS = 4",
+    "FRONTEND_CHANNELS = 4", "MSLAMModel.contrastive_dim = 32", "MaskingConfig.text_span_length = 4",
+]
+
+
+@pytest.fixture(scope="module")
+def gin_tiny():
+  config.parse_gin(["models/tiny.gin", "experiments/mslam_ctc_xmodal.gin"], TINY_BINDINGS)
+  yield
+  gin.clear_config()
+
+
+def _audio(rng, length):
+  t = np.arange(length) / 16000.0
+  tone = 0.3 * np.sin(2 * np.pi * rng.uniform(150, 900) * t)
+  return (tone + 0.05 * rng.standard_normal(length)).astype(np.float32)
+
+
+def _fixed_batch():
+  """The batch contract at toy sizes, one padded item per stream."""
+  rng = np.random.default_rng(0)
+  samples, text_len, paired_len = 12000, 16, 16  # equal text widths share one shared-stack call
+
+  def audio_rows(lengths):
+    audio = np.zeros((len(lengths), samples), np.float32)
+    mask = np.zeros((len(lengths), samples), np.int32)
+    for i, n in enumerate(lengths):
+      audio[i, :n], mask[i, :n] = _audio(rng, n), 1
+    return jnp.asarray(audio), jnp.asarray(mask)
+
+  def token_rows(lengths, width):
+    tokens = np.zeros((len(lengths), width), np.int32)
+    for i, n in enumerate(lengths):
+      tokens[i, :n] = rng.integers(5, VOCAB, n)
+    return jnp.asarray(tokens), jnp.asarray((tokens > 0).astype(np.int32))
+
+  speech_audio, speech_mask = audio_rows([12000, 9000])
+  paired_audio, paired_mask = audio_rows([12000, 10000])
+  text, text_mask = token_rows([16, 11], text_len)
+  paired_tokens, paired_tokens_mask = token_rows([12, 9], paired_len)
+  lang = jnp.array([0, 1], jnp.int32)
+  return {
+      "speech": {"audio": speech_audio, "audio_mask": speech_mask, "lang": lang},
+      "text": {"tokens": text, "tokens_mask": text_mask, "lang": lang},
+      "paired": {"audio": paired_audio, "audio_mask": paired_mask, "tokens": paired_tokens,
+                 "tokens_mask": paired_tokens_mask, "lang": lang},
+  }
+
+
+@pytest.fixture(scope="module")
+def model(gin_tiny):
+  return mslam.MSLAMModel()
+
+
+@pytest.fixture(scope="module")
+def batch():
+  return _fixed_batch()
+
+
+@pytest.fixture(scope="module")
+def boxed_params(model, batch):
+  rng = jax.random.key(0)
+  return jax.jit(model.init).lower(rng, batch).compile(FAST_COMPILE)(rng, batch)
+
+
+def _fast_jit(fn, *args):
+  return jax.jit(fn).lower(*args).compile(FAST_COMPILE)
+
+
+def test_params_carry_logical_axes(model, batch):
+  specs = nn.get_partition_spec(jax.eval_shape(model.init, jax.random.key(0), batch))
+  flat = flax.traverse_util.flatten_dict(specs)
+  assert flat[("text_head", "proj", "dense", "kernel")] == jax.sharding.PartitionSpec("embed", "vocab")
+  assert flat[("codebook_head", "proj", "dense", "kernel")] == jax.sharding.PartitionSpec("embed", "codebook")
+  assert any(spec and spec[0] == "layers" for key, spec in flat.items() if key[:2] == ("encoder", "shared"))
+
+
+def test_training_drives_fixed_batch_loss_down(model, batch, boxed_params):
+  """Init losses sit where theory puts them; adam drives the total loss of one batch far down with
+  finite gradients all along."""
+  params = flax.core.meta.unbox(boxed_params)
+  optimizer = optax.adam(3e-3)
+  rng = jax.random.key(1)  # the same masks and distractors every step: a memorization task
+
+  def train_step(params, opt_state, step):
+    (loss, metrics), grads = jax.value_and_grad(model.loss_fn, has_aux=True)(params, batch, rng, step)
+    finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, metrics, finite
+
+  opt_state = optimizer.init(params)
+  train_step = _fast_jit(train_step, params, opt_state, 0)
+  curve = {}
+  for step in range(TRAIN_STEPS + 1):
+    params, opt_state, metrics, finite = train_step(params, opt_state, step)
+    assert bool(finite), f"non-finite gradient at step {step}"
+    if step == 0:
+      init_metrics = {k: float(v) for k, v in metrics.items()}
+    if step % 25 == 0:
+      curve[step] = float(metrics["loss"])
+  print("loss curve:", curve)
+  print("init metrics:", init_metrics)
+  print("final metrics:", {k: round(float(v), 4) for k, v in metrics.items()})
+
+  m = init_metrics
+  # Untrained context and target projections are not random directions: their cosines spread
+  # more than 1/sqrt(D), which lifts InfoNCE above log(K + 1) (test_losses checks the exact case).
+  assert math.log(NEGATIVES + 1) - 0.2 < m["speech/contrastive_loss"] < math.log(NEGATIVES + 1) + 1.0
+  for name in ("speech/mlm_loss", "paired/tlm_speech_loss"):
+    assert abs(m[name] - math.log(CODEBOOK)) < 0.05, (name, m[name])
+  for name in ("text/mlm_loss", "paired/tlm_text_loss"):
+    assert abs(m[name] - math.log(VOCAB)) < 0.05, (name, m[name])
+  # (Its value at init depends on how alike two untrained pooled encodings happen to be.)
+  assert np.isfinite(m["paired/cross_modal_loss"]) and m["paired/cross_modal_loss"] > 0
+  np.testing.assert_allclose(m["paired/cross_modal_temperature"], 0.07, rtol=1e-5)
+  w = model.weights
+  expected_total = (w.speech_contrastive * m["speech/contrastive_loss"] + w.diversity * m["speech/diversity_loss"]
+                    + w.speech_mlm * m["speech/mlm_loss"] + w.text_mlm * m["text/mlm_loss"]
+                    + w.tlm * m["paired/tlm_loss"] + w.ctc * m["paired/ctc_loss"]
+                    + w.cross_modal * m["paired/cross_modal_loss"])
+  np.testing.assert_allclose(m["loss"], expected_total, rtol=1e-5)
+  assert m["paired/ctc_infeasible"] == 0 and m["paired/ctc_loss"] > 0
+  assert 0 < m["codebook/usage"] <= 1 and 1 <= m["codebook/perplexity"] <= CODEBOOK
+  assert curve[TRAIN_STEPS] < 0.1 * curve[0], curve
+  assert float(metrics["speech/contrastive_accuracy"]) > 0.9 and float(metrics["text/mlm_accuracy"]) > 0.9
+
+
+def test_encodings_do_not_depend_on_batch_padding(model, boxed_params):
+  rng = np.random.default_rng(3)
+  clip = _audio(rng, 7000)
+  other = _audio(rng, 15000)
+  short = np.zeros((1, 8000), np.float32)
+  short[0, :7000] = clip
+  long = np.zeros((2, 16000), np.float32)
+  long[0, :7000], long[1, :15000] = clip, other
+  params = flax.core.meta.unbox(boxed_params)
+  short_mask = jnp.asarray(np.arange(8000)[None] < 7000, jnp.int32)
+  long_mask = jnp.asarray(np.arange(16000)[None] < np.array([[7000], [15000]]), jnp.int32)
+  frames_a, mask_a, pooled_a = _fast_jit(model.encode_speech, params, short, short_mask)(params, short, short_mask)
+  frames_b, mask_b, pooled_b = _fast_jit(model.encode_speech, params, long, long_mask)(params, long, long_mask)
+  num = int(mask_a[0].sum())
+  assert num > 0 and int(mask_b[0].sum()) == num
+  np.testing.assert_allclose(frames_a[0, :num], frames_b[0, :num], atol=2e-4, rtol=1e-4)
+  np.testing.assert_allclose(pooled_a[0], pooled_b[0], atol=2e-4, rtol=1e-4)
+
+  tokens = jnp.array([[7, 8, 9, 10, 11, 0, 0, 0, 0, 0, 0, 0]])
+  encode_text = jax.jit(model.encode_text)
+  text_a = encode_text(params, tokens[:, :6], (tokens[:, :6] > 0).astype(jnp.int32))
+  text_b = encode_text(params, tokens, (tokens > 0).astype(jnp.int32))
+  np.testing.assert_allclose(text_a[0][0, :5], text_b[0][0, :5], atol=2e-4, rtol=1e-4)
+  np.testing.assert_allclose(text_a[2], text_b[2], atol=2e-4, rtol=1e-4)
+
+
+def test_bfloat16_path_runs_end_to_end(gin_tiny, batch, boxed_params):
+  """bf16 compute with fp32 parameters: the same parameters, every objective finite and sane."""
+  bf16_model = mslam.MSLAMModel(encoder=mslam.encoder_lib.MSLAMEncoder(dtype=jnp.bfloat16))
+  params = flax.core.meta.unbox(boxed_params)
+  loss_fn = _fast_jit(bf16_model.loss_fn, params, batch, jax.random.key(1), 0)
+  loss, metrics = loss_fn(params, batch, jax.random.key(1), 0)
+  assert all(np.isfinite(float(v)) for v in metrics.values()), metrics
+  assert abs(float(metrics["speech/mlm_loss"]) - math.log(CODEBOOK)) < 0.1
+  assert abs(float(metrics["text/mlm_loss"]) - math.log(VOCAB)) < 0.1
+  assert float(loss) > 0
+
+
+def test_best_rq_quantizer_traces(gin_tiny, batch):
+  """The BEST-RQ alternative builds and every objective traces (shapes only, nothing compiled)."""
+  weights = mslam.ObjectiveWeights(speech_contrastive=0.0, diversity=0.0)
+  model = mslam.MSLAMModel(quantizer="best_rq", weights=weights)
+  params = flax.core.meta.unbox(jax.eval_shape(model.init, jax.random.key(0), batch))
+  assert not any("context_projection" in k for k in params)
+  assert any(k.startswith("frozen_") for k in params["quantizer"])
+  loss, metrics = jax.eval_shape(model.loss_fn, params, batch, jax.random.key(1), 0)
+  assert loss.shape == () and "speech/mlm_loss" in metrics and "speech/contrastive_loss" not in metrics
+
+
+@pytest.mark.parametrize("overrides,binding", [
+    (dict(encoder=dict(contrastive_layer=5)), "MSLAMEncoder.contrastive_layer"),
+    (dict(encoder=dict(num_shared_layers=0)), "MSLAMEncoder.num_shared_layers"),
+    (dict(encoder=dict(embed_dim=0)), "MSLAMEncoder.embed_dim"),
+    (dict(encoder=dict(vocab_size=4)), "MSLAMEncoder.vocab_size"),
+    (dict(num_negatives=0), "MSLAMModel.num_negatives"),
+    (dict(quantizer="vq"), "MSLAMModel.quantizer"),
+    (dict(quantizer="best_rq"), "ObjectiveWeights.speech_contrastive"),
+    (dict(weights=mslam.ObjectiveWeights(text_mlm=-1.0)), "ObjectiveWeights.text_mlm"),
+    (dict(masks=mslam.masking.MaskingConfig(speech_start_prob=0.0)), "MaskingConfig.speech_start_prob"),
+    (dict(cross_modal_init_temperature=5.0), "MSLAMModel.cross_modal_min_temperature"),
+])
+def test_misconfiguration_fails_at_construction_naming_the_binding(gin_tiny, overrides, binding):
+  overrides = dict(overrides)
+  if "encoder" in overrides:
+    overrides["encoder"] = mslam.encoder_lib.MSLAMEncoder(**overrides["encoder"])
+  with pytest.raises(ValueError, match=binding.replace(".", r"\.")):
+    mslam.MSLAMModel(**overrides)
