@@ -68,11 +68,28 @@ def _run_build_builtin(args: argparse.Namespace) -> int:
   return 0
 
 
-# name -> (add_arguments, run, help). `show-batch` (one batch of the step iterator) registers here.
+def _add_show_batch(parser: argparse.ArgumentParser) -> None:
+  from mslam_jax import config  # pylint: disable=g-import-not-at-top
+  parser.add_argument("--corpus", required=True, help="a corpus directory written by `mslam data build-builtin`")
+  parser.add_argument("--steps", type=int, default=1, help="how many step batches to describe")
+  config.add_gin_arguments(parser)
+
+
+def _run_show_batch(args: argparse.Namespace) -> int:
+  from mslam_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  iterator = pipeline.builtin_step_iterator(args.corpus, getattr(args, "gin_bindings", []))
+  for step in range(args.steps):
+    print(f"step {step}\n{pipeline.describe_batch(next(iterator))}")
+  return 0
+
+
+# name -> (add_arguments, run, help)
 SUBCOMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "languages": (_add_languages, _run_languages, "the language registry (table or --json)"),
     "build-builtin": (_add_build_builtin, _run_build_builtin,
                       "build the offline built-in corpus (CLDR text + eSpeak NG speech)"),
+    "show-batch": (_add_show_batch, _run_show_batch,
+                   "one training step's batch of the built-in corpus: keys, shapes, dtypes, languages"),
 }
 
 
