@@ -16,6 +16,9 @@ import numpy as np
 from mslam_jax.data import records
 
 SAMPLE_RATE = records.SAMPLE_RATE
+# Shape buckets: on CPU a compile costs more than encoding a few padded seconds, so they are coarse.
+AUDIO_BUCKET = 4 * SAMPLE_RATE
+TEXT_BUCKET = 64
 
 
 def corpus_languages(corpus_dir: str, stream: str, split: str = "test") -> list[str]:
@@ -157,12 +160,12 @@ def jitted_encoders(model: Any) -> tuple[Callable, Callable]:
 class Encoder:
   """Batched, jitted `encode_speech` / `encode_text` of one model and its parameters.
 
-  Shapes are bucketed (audio to 1, 2, 4, ... seconds, text to 32, 64, ... tokens) and the batch
+  Shapes are bucketed (audio to 4, 8, 16, ... seconds, text to 64, 128, ... tokens) and the batch
   size is fixed, so an evaluation compiles a handful of programs however many utterances it encodes.
   """
 
-  def __init__(self, model: Any, params: Any, batch_size: int = 16, audio_multiple: int = SAMPLE_RATE,
-               text_multiple: int = 32, max_text_length: int = 512):
+  def __init__(self, model: Any, params: Any, batch_size: int = 16, audio_multiple: int = AUDIO_BUCKET,
+               text_multiple: int = TEXT_BUCKET, max_text_length: int = 512):
     from flax.core import meta  # pylint: disable=g-import-not-at-top
     self.model, self.params = model, meta.unbox(params)
     self.batch_size, self.audio_multiple, self.text_multiple = batch_size, audio_multiple, text_multiple

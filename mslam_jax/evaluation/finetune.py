@@ -205,7 +205,7 @@ class FinetunedCTC:
     out = []
     for start in range(0, len(audios), self.batch_size):
       chunk = audios[start:start + self.batch_size]
-      audio, mask = eval_data.pad_audio(chunk, self.batch_size, eval_data.SAMPLE_RATE)
+      audio, mask = eval_data.pad_audio(chunk, self.batch_size, eval_data.AUDIO_BUCKET)
       lp, fmask = self._log_probs(self.params, audio, mask)
       lp, fmask = np.asarray(lp), np.asarray(fmask)
       out.extend(lp[i, :int(fmask[i].sum())] for i in range(len(chunk)))
@@ -443,7 +443,7 @@ class FinetunedClassifier:
     out = []
     for start in range(0, len(audios), self.batch_size):
       chunk = audios[start:start + self.batch_size]
-      audio, mask = eval_data.pad_audio(chunk, self.batch_size, eval_data.SAMPLE_RATE)
+      audio, mask = eval_data.pad_audio(chunk, self.batch_size, eval_data.AUDIO_BUCKET)
       out.extend(np.asarray(self._logits(self.params, audio, mask)).argmax(-1)[:len(chunk)].tolist())
     return [self.classes[i] for i in out]
 
