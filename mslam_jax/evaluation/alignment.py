@@ -265,9 +265,11 @@ class AlignmentEvaluator:
   trains it once); its FinetuneConfig comes from gin as well.
   """
 
-  def __init__(self, corpus_dir: str = gin.REQUIRED, langs: Sequence[str] | None = None,
+  def __init__(self, corpus_dir: str | None = None, langs: Sequence[str] | None = None,
                max_per_lang: int | None = 20, max_train_per_lang: int | None = None, num_plots: int = 2):
-    self.corpus_dir, self.langs, self.max_per_lang = corpus_dir, langs, max_per_lang
+    from mslam_jax.evaluation import data as eval_data  # pylint: disable=g-import-not-at-top
+    self.corpus_dir = eval_data.resolve_corpus_dir(corpus_dir, type(self).__name__)
+    self.langs, self.max_per_lang = langs, max_per_lang
     self.max_train_per_lang, self.num_plots = max_train_per_lang, num_plots
 
   def evaluate(self, model, params, step: int, out_dir: str | None = None) -> dict[str, float]:

@@ -21,6 +21,24 @@ AUDIO_BUCKET = 4 * SAMPLE_RATE
 TEXT_BUCKET = 64
 
 
+def resolve_corpus_dir(corpus_dir: str | None, owner: str) -> str:
+  """`corpus_dir`, or else the gin macro CORPUS_DIR (what a run config binds), or a clear error.
+
+  So that a pre-training run evaluates periodically with nothing more than
+  `build_evaluators.names = [...]` and `train.eval_every = N`.
+  """
+  if corpus_dir:
+    return corpus_dir
+  import gin  # pylint: disable=g-import-not-at-top
+  try:
+    value = gin.query_parameter("%CORPUS_DIR")
+  except ValueError:
+    value = None
+  if isinstance(value, str) and value:
+    return value
+  raise ValueError(f"no corpus for {owner}: bind {owner}.corpus_dir (or the CORPUS_DIR macro) in gin")
+
+
 def corpus_languages(corpus_dir: str, stream: str, split: str = "test") -> list[str]:
   """Languages that have a `split` shard set in `stream` (sorted)."""
   langs = []

@@ -64,8 +64,9 @@ class EmbeddingMapEvaluator:
   apart speech and text sit), and the explained variance of the two components.
   """
 
-  def __init__(self, corpus_dir: str = gin.REQUIRED, max_per_lang: int | None = 30, batch_size: int = 16):
-    self.corpus_dir, self.max_per_lang, self.batch_size = corpus_dir, max_per_lang, batch_size
+  def __init__(self, corpus_dir: str | None = None, max_per_lang: int | None = 30, batch_size: int = 16):
+    self.corpus_dir = eval_data.resolve_corpus_dir(corpus_dir, type(self).__name__)
+    self.max_per_lang, self.batch_size = max_per_lang, batch_size
 
   def evaluate(self, model, params, step: int, out_dir: str | None = None) -> dict[str, float]:
     utts = [u for u in eval_data.read_utterances(self.corpus_dir, "paired", "test", max_per_lang=self.max_per_lang)

@@ -404,10 +404,11 @@ class CTCFinetuneEvaluator:
   `langs` defaults to the corpus' training languages (paired train data, not held out).
   """
 
-  def __init__(self, corpus_dir: str = gin.REQUIRED, langs: Sequence[str] | None = None,
+  def __init__(self, corpus_dir: str | None = None, langs: Sequence[str] | None = None,
                max_train_per_lang: int | None = None, max_test_per_lang: int | None = 50,
                beam_size: int = 8, config: FinetuneConfig | None = None):
-    self.corpus_dir, self.langs = corpus_dir, langs
+    self.corpus_dir = eval_data.resolve_corpus_dir(corpus_dir, type(self).__name__)
+    self.langs = langs
     self.max_train_per_lang, self.max_test_per_lang = max_train_per_lang, max_test_per_lang
     self.beam_size = beam_size
     self.config = config or FinetuneConfig()
@@ -481,9 +482,10 @@ def finetune_classifier(model: Any, params: Any, audios: Sequence[np.ndarray], l
 class LangIDFinetuneEvaluator:
   """Spoken language ID by a fine-tuned classification head (vs. the frozen linear probe)."""
 
-  def __init__(self, corpus_dir: str = gin.REQUIRED, stream: str = "speech", max_train_per_lang: int | None = 40,
+  def __init__(self, corpus_dir: str | None = None, stream: str = "speech", max_train_per_lang: int | None = 40,
                max_test_per_lang: int | None = 20, config: FinetuneConfig | None = None):
-    self.corpus_dir, self.stream = corpus_dir, stream
+    self.corpus_dir = eval_data.resolve_corpus_dir(corpus_dir, type(self).__name__)
+    self.stream = stream
     self.max_train_per_lang, self.max_test_per_lang = max_train_per_lang, max_test_per_lang
     self.config = config or FinetuneConfig()
 

@@ -119,12 +119,13 @@ class LangIDEvaluator:
   `mslam langid` loads).
   """
 
-  def __init__(self, corpus_dir: str = gin.REQUIRED, modalities: Sequence[str] = ("speech", "text"),
+  def __init__(self, corpus_dir: str | None = None, modalities: Sequence[str] = ("speech", "text"),
                max_train_per_lang: int | None = 60, max_test_per_lang: int | None = 30, batch_size: int = 16):
     for m in modalities:
       if m not in ("speech", "text"):
         raise ValueError(f"LangIDEvaluator.modalities holds {m!r}; use 'speech' and/or 'text'")
-    self.corpus_dir, self.modalities = corpus_dir, tuple(modalities)
+    self.corpus_dir = eval_data.resolve_corpus_dir(corpus_dir, type(self).__name__)
+    self.modalities = tuple(modalities)
     self.max_train_per_lang, self.max_test_per_lang, self.batch_size = max_train_per_lang, max_test_per_lang, batch_size
 
   def embed(self, encoder: "eval_data.Encoder", modality: str, split: str, max_per_lang: int | None):

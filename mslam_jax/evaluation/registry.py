@@ -83,3 +83,8 @@ def run_evaluators(evaluators: Sequence[Evaluator], model: Any, params: Any, ste
     metrics.update({k: float(v) for k, v in result.items()})
   metrics["eval_failed_evaluators"] = float(len(failed))
   return metrics
+
+
+# Importing the registry registers the built-in evaluators, so that a run config importing only
+# this module can bind their parameters (e.g. RetrievalEvaluator.max_per_lang) by name.
+_ensure_builtin_registered()

@@ -91,9 +91,10 @@ def plot_similarity(path: str, similarity: np.ndarray, langs: Sequence[str], tit
 class RetrievalEvaluator:
   """Speech<->text retrieval over the paired test split of every language, pooled into one set."""
 
-  def __init__(self, corpus_dir: str = gin.REQUIRED, split: str = "test", langs: Sequence[str] | None = None,
+  def __init__(self, corpus_dir: str | None = None, split: str = "test", langs: Sequence[str] | None = None,
                max_per_lang: int | None = 50, batch_size: int = 16, center: bool = True):
-    self.corpus_dir, self.split, self.langs = corpus_dir, split, langs
+    self.corpus_dir = eval_data.resolve_corpus_dir(corpus_dir, type(self).__name__)
+    self.split, self.langs = split, langs
     self.max_per_lang, self.batch_size, self.center = max_per_lang, batch_size, center
 
   def evaluate(self, model, params, step: int, out_dir: str | None = None) -> dict[str, float]:

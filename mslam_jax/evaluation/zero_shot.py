@@ -35,10 +35,11 @@ SPEECH_ONLY_BINDINGS = (
 class ZeroShotEvaluator:
   """CER/WER on the held-out languages' paired test data of a CTC head trained without them."""
 
-  def __init__(self, corpus_dir: str = gin.REQUIRED, held_out_langs: Sequence[str] | None = None,
+  def __init__(self, corpus_dir: str | None = None, held_out_langs: Sequence[str] | None = None,
                train_langs: Sequence[str] | None = None, max_train_per_lang: int | None = None,
                max_test_per_lang: int | None = 50, beam_size: int = 8):
-    self.corpus_dir, self.held_out_langs, self.train_langs = corpus_dir, held_out_langs, train_langs
+    self.corpus_dir = eval_data.resolve_corpus_dir(corpus_dir, type(self).__name__)
+    self.held_out_langs, self.train_langs = held_out_langs, train_langs
     self.max_train_per_lang, self.max_test_per_lang, self.beam_size = max_train_per_lang, max_test_per_lang, beam_size
 
   def evaluate(self, model, params, step: int, out_dir: str | None = None) -> dict[str, float]:

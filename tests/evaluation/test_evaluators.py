@@ -152,3 +152,14 @@ def test_build_from_gin_and_failures_are_counted(corpus, model_and_params):
   assert metrics["retrieval_pool_size"] == 12
   with pytest.raises(KeyError, match="unknown evaluator"):
     registry.get("bleu")
+
+
+def test_corpus_dir_defaults_to_the_run_macro(corpus):
+  gin.clear_config()
+  with pytest.raises(ValueError, match="RetrievalEvaluator.corpus_dir"):
+    registry.get("retrieval")()
+  gin.parse_config(f"CORPUS_DIR = '{corpus}'")
+  try:
+    assert all(registry.get(n)().corpus_dir == corpus for n in ("retrieval", "ctc", "alignment", "zero_shot"))
+  finally:
+    gin.clear_config()
