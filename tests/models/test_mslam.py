@@ -181,11 +181,13 @@ def test_encodings_do_not_depend_on_batch_padding(model, boxed_params):
 
 
 def test_best_rq_quantizer_traces(gin_tiny, batch):
-  """The BEST-RQ alternative builds and every objective traces (shapes only, nothing compiled)."""
+  """The BEST-RQ alternative (here with the tied text head) builds and every objective traces
+  (shapes only, nothing compiled)."""
   weights = mslam.ObjectiveWeights(speech_contrastive=0.0, diversity=0.0)
-  model = mslam.MSLAMModel(quantizer="best_rq", weights=weights)
+  model = mslam.MSLAMModel(quantizer="best_rq", weights=weights, tie_text_head=True)
   params = flax.core.meta.unbox(jax.eval_shape(model.init, jax.random.key(0), batch))
   assert not any("context_projection" in k for k in params)
+  assert set(params["text_head"]) == {"bias"} and params["text_head"]["bias"].shape == (VOCAB,)
   assert any(k.startswith("frozen_") for k in params["quantizer"])
   loss, metrics = jax.eval_shape(model.loss_fn, params, batch, jax.random.key(1), 0)
   assert loss.shape == () and "speech/mlm_loss" in metrics and "speech/contrastive_loss" not in metrics
