@@ -92,6 +92,27 @@ def temperature_rates(sizes: Mapping[str, float], temperature: float) -> Dict[st
   return {k: w / total for k, w in weights.items()}
 
 
+class LeanMixture(seqio.Mixture):
+  """A seqio.Mixture that adds no per-Task map of its own.
+
+  seqio's Mixture maps every Task's dataset through a parallel feature filter; the built-in Tasks
+  already emit exactly their output features, and with hundreds of Tasks those parallel maps
+  (a worker thread each) cost most of the host's time.
+  """
+
+  def get_task_dataset(self, task, output_feature_keys, sequence_length=None, split="train",
+                       use_cached=False, shuffle=True, seed=None, shard_info=None, num_epochs=None,
+                       trim_output_features=True, try_in_mem_cache=True):
+    ds = task.get_dataset(sequence_length=sequence_length, split=split, use_cached=use_cached,
+                          shuffle=shuffle, seed=seed, shard_info=shard_info, num_epochs=num_epochs,
+                          trim_output_features=trim_output_features, try_in_mem_cache=try_in_mem_cache)
+    extra = set(ds.element_spec) - set(output_feature_keys)
+    if extra:
+      raise ValueError(f"Task {task.name} emits features {sorted(extra)} outside the mixture's "
+                       f"{sorted(output_feature_keys)}")
+    return ds
+
+
 def _remove(prefix: str) -> None:
   for name in list(seqio.MixtureRegistry.names()):
     if name.startswith(prefix + "_"):
@@ -106,7 +127,8 @@ def register_builtin_corpus(corpus_dir: str = gin.REQUIRED,
                             temperature: float = 3.0,
                             rate_units: Optional[Mapping[str, str]] = None,
                             shuffle_buffer_sizes: Optional[Mapping[str, int]] = None,
-                            prefix: str = PREFIX) -> Dict[str, str]:
+                            prefix: str = PREFIX,
+                            cycle_length: int = 1) -> Dict[str, str]:
   """Registers the corpus' Tasks and Mixtures (idempotent); returns {stream: mixture name}."""
   from mslam_jax.data import languages  # pylint: disable=g-import-not-at-top
   if not isinstance(corpus_dir, (str, os.PathLike)):
@@ -118,7 +140,8 @@ def register_builtin_corpus(corpus_dir: str = gin.REQUIRED,
   manifest = load_manifest(corpus_dir)
   # A corpus rebuilt in place (another config hash) is registered afresh.
   key = (os.path.abspath(corpus_dir), manifest.get("config_hash"), manifest.get("build_seconds"),
-         float(temperature), tuple(sorted(rate_units.items())), tuple(sorted(buffers.items())))
+         float(temperature), tuple(sorted(rate_units.items())), tuple(sorted(buffers.items())),
+         cycle_length)
   mixtures = {stream: mixture_name(stream, prefix) for stream in records.STREAMS}
   if _registered.get(prefix) == key:
     return {s: m for s, m in mixtures.items() if m in seqio.MixtureRegistry.names()}
@@ -159,7 +182,10 @@ def register_builtin_corpus(corpus_dir: str = gin.REQUIRED,
               split_to_filepattern=patterns,
               feature_description=preprocessors.training_feature_description(stream),
               reader_cls=tf.data.TFRecordDataset,
-              num_input_examples=num_examples),
+              num_input_examples=num_examples,
+              # One parallel interleave per Task: wide ones (seqio's default 16) start threads per
+              # open file, which swamps the host when a Mixture holds hundreds of Tasks.
+              cycle_length=cycle_length, block_length=1),
           preprocessors=preprocessors.record_preprocessors(stream, vocabulary, lang_id, name),
           output_features=feature_converters.task_output_features(stream, vocabulary),
           # A buffer larger than the language's data only repeats it (and costs start-up time).
@@ -170,12 +196,13 @@ def register_builtin_corpus(corpus_dir: str = gin.REQUIRED,
         sizes[name] = _count(stats["train"], rate_units[stream])
     rates = temperature_rates(sizes, temperature) if sizes else {}
     if rates:
-      seqio.MixtureRegistry.add(mixtures[stream], sorted(rates.items()))
+      seqio.MixtureRegistry.add(mixtures[stream], sorted(rates.items()), mixture_cls=LeanMixture)
       registered[stream] = mixtures[stream]
       logging.info("Mixture %s: %d languages, T=%g, rates by %s", mixtures[stream], len(rates),
                    temperature, rate_units[stream])
     if heldout_tasks:
-      seqio.MixtureRegistry.add(heldout_mixture_name(prefix), heldout_tasks, default_rate=1.0)
+      seqio.MixtureRegistry.add(heldout_mixture_name(prefix), heldout_tasks, default_rate=1.0,
+                                mixture_cls=LeanMixture)
   _registered[prefix] = key
   return registered
 

@@ -90,7 +90,9 @@ def prepare_records(dataset: tf.data.Dataset, stream: str, vocabulary: Optional[
       ok = tf.logical_and(ok, tf.logical_not(count_if(empty, f"empty_{key}/{counter_prefix}")))
     return ok
 
-  return dataset.map(convert, num_parallel_calls=tf.data.AUTOTUNE).filter(keep)
+  # Sequential on purpose: a Mixture pulls from one of its (hundreds of) Tasks at a time, and a
+  # parallel map per Task would start its own worker thread each (see LeanMixture).
+  return dataset.map(convert).filter(keep)
 
 
 def record_preprocessors(stream: str, vocabulary: Optional[seqio.Vocabulary], lang_id: int,
