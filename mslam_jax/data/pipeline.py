@@ -22,6 +22,12 @@ therefore just the number of batches it has yielded plus a fingerprint of the co
 next batch is the one an uninterrupted run would have produced. The cost of a resume is reading
 the skipped items once (no model work); checkpointing tf.data's own iterator instead would store
 every per-language shuffle buffer of decoded audio in each checkpoint, a far worse trade.
+
+Start-up grows with the number of Tasks: tf.data traces a few functions per Task when the
+pipeline is built, and each Task opens its files and fills its shuffle buffer the first time the
+Mixture samples it. On 2 busy CPU cores a few dozen Tasks start in seconds; ~300 Tasks take
+about 1.5 minutes to build and another minute until every Task has been touched, after which the
+step rate is close to that of a few Tasks (benchmarks/input_pipeline_benchmark.py).
 """
 import collections
 import dataclasses
