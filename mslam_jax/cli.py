@@ -20,6 +20,7 @@ COMMANDS = {
     "langid": ("mslam_jax.evaluation.langid_command", "spoken language ID of audio files (linear probe)"),
     "finetune": ("mslam_jax.evaluation.finetune_command", "CTC fine-tuning of a checkpoint (frozen/top-k/all)"),
     "align": ("mslam_jax.evaluation.align_command", "CTC forced alignment: word/char timestamps, TextGrid, PNG"),
+    "convert": ("mslam_jax.interop.commands", "weights from/to transformers' Wav2Vec2BertModel (w2v-BERT 2.0)"),
 }
 
 
