@@ -31,6 +31,12 @@ def _bias_init(axes: tuple[str]):
   return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
 
 
+def _constrain(x: Array, axes: tuple) -> Array:
+  """Logical sharding constraint of head outputs (vocab / codebook logits are the largest
+  activations of the step); a no-op outside a mesh."""
+  return nn.with_logical_constraint(x, axes) if x.ndim == len(axes) else x
+
+
 class _Dense(nn.Module):
   """A Dense whose kernel and bias carry logical axis names."""
   features: int
@@ -59,7 +65,7 @@ class CodebookPredictionHead(nn.Module):
     logits = _Dense(self.num_groups * self.num_entries, ("embed", "codebook"), True, self.dtype,
                     self.param_dtype, OUTPUT_INIT_SCALE, name="proj")(x)
     logits = logits.reshape(x.shape[:-1] + (self.num_groups, self.num_entries))
-    return logits
+    return _constrain(logits, ("batch", "length", None, "codebook"))
 
 
 @gin.configurable
@@ -78,15 +84,16 @@ class TextLMHead(nn.Module):
   @nn.compact
   def __call__(self, x: Array, embedding: Optional[Array] = None) -> Array:
     if not self.tied:
-      return _Dense(self.vocab_size, ("embed", "vocab"), True, self.dtype, self.param_dtype, OUTPUT_INIT_SCALE,
-                    name="proj")(x)
+      return _constrain(_Dense(self.vocab_size, ("embed", "vocab"), True, self.dtype, self.param_dtype,
+                               OUTPUT_INIT_SCALE, name="proj")(x), ("batch", "length", "vocab"))
     if embedding is None:
       raise ValueError("TextLMHead.tied=True needs the token embedding table")
     bias = self.param("bias", _bias_init(("vocab",)), (embedding.shape[0],), self.param_dtype)
     # Unit-scale embeddings against unit-scale (layer-normed) states: 1/sqrt(D) keeps the logits
     # at unit scale, as T5 does for its tied head.
     logits = jnp.einsum("...d,vd->...v", x.astype(self.dtype), embedding.astype(self.dtype))
-    return logits * (embedding.shape[-1] ** -0.5) + bias.astype(self.dtype)
+    logits = logits * (embedding.shape[-1] ** -0.5) + bias.astype(self.dtype)
+    return _constrain(logits, ("batch", "length", "vocab"))
 
 
 class CTCHead(nn.Module):
@@ -97,8 +104,9 @@ class CTCHead(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    return _Dense(self.vocab_size, ("embed", "vocab"), True, self.dtype, self.param_dtype, OUTPUT_INIT_SCALE,
-                  name="proj")(x)
+    logits = _Dense(self.vocab_size, ("embed", "vocab"), True, self.dtype, self.param_dtype, OUTPUT_INIT_SCALE,
+                    name="proj")(x)
+    return _constrain(logits, ("batch", "length", "vocab"))
 
 
 class ContrastiveProjection(nn.Module):
