@@ -34,6 +34,9 @@ EXTRAS_REQUIRE = {
         "pytest>=8,<10",
         "kaldi-native-fbank>=1.20,<2",
     ],
+    # w2v-BERT 2.0 interop (mslam convert, tests/interop): torch's CPU wheel; safetensors alone
+    # suffices to convert.
+    "hf": ["torch==2.13.0", "transformers>=5.0,<6", "safetensors>=0.4,<1"],
 }
 
 setuptools.setup(
