@@ -35,8 +35,17 @@ def resolve_gin_file(name: str, search_paths: Sequence[str] = ()) -> str:
       f"gin file {name!r} not found as a path nor under {list(search_paths) + [package_gin_dir()]}")
 
 
+def _drop_package_resource_reader() -> None:
+  """Includes resolve through the search paths above; gin's reader that treats an include's
+  directory as a Python package only logs a spurious 'Path not found' error for each one."""
+  from gin import resource_reader  # pylint: disable=g-import-not-at-top
+  readers = gin.config._FILE_READERS  # pylint: disable=protected-access
+  readers[:] = [r for r in readers if r[0] is not resource_reader.system_path_reader]
+
+
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = (), search_paths: Sequence[str] = ()) -> None:
   """Parses gin files and NAME=VALUE bindings; includes resolve against the packaged configs."""
+  _drop_package_resource_reader()
   for directory in list(search_paths) + [package_gin_dir()]:
     gin.add_config_file_search_path(directory)
   files = [resolve_gin_file(f, search_paths) for f in gin_files]
