@@ -583,6 +583,26 @@ def save_params_checkpoint(model_dir: str, params: Any, step: int = CONVERTED_ST
   return os.path.join(directory, str(step))
 
 
+def load_params(step_dir: str) -> Any:
+  """The "params" of a checkpoint's state (a training run's or a converted one) on this process'
+  first device; the optimizer state and the rest are never read (Orbax partial restore)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.abspath(step_dir), "state")
+  checkpointer = ocp.PyTreeCheckpointer()
+  metadata = checkpointer.metadata(path)
+  tree = getattr(metadata, "item_metadata", metadata)
+  tree = getattr(tree, "tree", tree)
+  if "params" not in tree:
+    raise ValueError(f"{path} holds no params (keys: {sorted(tree)})")
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                                   tree["params"])}
+  args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                partial_restore=True)
+  return checkpointer.restore(path, args=args)["params"]
+
+
 def from_hf(hf_dir: str, out_dir: str, *, gin_files: Sequence[str] = (DEFAULT_SIZE_GIN,),
             bindings: Sequence[str] = (), num_shared_layers: int | None = None,
             search_paths: Sequence[str] = (), seed: int = 0) -> dict[str, Any]:
@@ -674,7 +694,6 @@ def to_hf(checkpoint: str, out_dir: str, *, step: int | None = None, gin_files: 
   """
   import gin  # pylint: disable=g-import-not-at-top
 
-  from mslam_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from mslam_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
 
   run_dir, step_dir = resolve_checkpoint(checkpoint, step)
@@ -684,10 +703,10 @@ def to_hf(checkpoint: str, out_dir: str, *, step: int | None = None, gin_files: 
     if not gin_files:
       raise FileNotFoundError(f"no {OPERATIVE_CONFIG} for {step_dir}: pass the model's size file (--gin_file)")
   eval_lib.parse_run_config(run_dir or step_dir, gin_files, bindings, search_paths)
-  state = checkpoints.load_state_dict(step_dir)
-  if "params" not in state or "encoder" not in state["params"]:
-    raise ValueError(f"{step_dir} holds no params/encoder (keys: {sorted(state)})")
-  encoder_params = _copy_tree(state["params"]["encoder"])
+  params = load_params(step_dir)
+  if "encoder" not in params:
+    raise ValueError(f"{step_dir} holds no params/encoder (keys: {sorted(params)})")
+  encoder_params = _copy_tree(params["encoder"])
   embed_dim = int(np.shape(_get(encoder_params, "speech_projection/projection/kernel"))[-1])
   arch = architecture_from_gin(embed_dim)
 

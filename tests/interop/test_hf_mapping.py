@@ -216,3 +216,15 @@ def test_initialize_from_checkpoint_takes_the_speech_encoder(tmp_path):
   gin.clear_config()
   with pytest.raises(ValueError, match="no parameter 'encoder/shared/layers_0"):
     init_from.merge_params(unrolled, source)
+
+
+def test_load_params_reads_only_the_params_of_a_training_state(tmp_path):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  params = {"encoder": {"speech_mask_embedding": np.arange(4, dtype=np.float32)}}
+  state = {"params": params, "opt_state": {"mu": np.ones(4, np.float32)}, "step": np.int32(7)}
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(str(tmp_path / "checkpoints" / "7" / "state"), state)
+    checkpointer.wait_until_finished()
+  loaded = hw.load_params(hw.resolve_checkpoint(str(tmp_path / "checkpoints" / "7"))[1])
+  assert set(loaded) == {"encoder"}
+  np.testing.assert_array_equal(loaded["encoder"]["speech_mask_embedding"], np.arange(4))
