@@ -1,8 +1,13 @@
 """Shared pytest fixtures: a tiny built-in corpus, built once per test session."""
 import os
 
-# Set before any test imports TensorFlow.
+# Set before any test imports TensorFlow or JAX (subprocesses inherit them).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Tests check behaviour, not speed: skipping LLVM's expensive passes makes XLA's CPU compiles of the
+# train step several times faster and computes the same functions.
+_FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = f"{_FAST_COMPILE_FLAGS} {os.environ.get('XLA_FLAGS', '')}".strip()
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
