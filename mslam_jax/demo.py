@@ -1,0 +1,348 @@
+"""`mslam demo`: the whole system at toy scale on a CPU, in about ten minutes on two idle cores.
+
+  mslam demo [--out ./mslam_demo] [--steps 120] [--finetune-steps 100] [--gin.NAME=VALUE ...]
+
+1. builds the built-in corpus (13 languages, 2 held out for zero-shot ASR) into OUT/corpus;
+2. pre-trains the tiny model with mSLAM-CTC + the cross-modal loss into OUT/pretrain;
+3. pre-trains the speech-only ablation (no text nor paired objectives) at the same step budget
+   into OUT/pretrain_speech_only;
+4. runs the evaluation sweep (retrieval, language ID, CTC fine-tuning, zero-shot ASR, alignment,
+   embedding map) into OUT/eval;
+5. prints the results table and writes OUT/report.json and the training-curve PNGs.
+
+Sizes live in gin_configs/runs/demo.gin. Re-running on the same OUT skips what is done: the corpus
+is rebuilt only when its config changed, training resumes from the last checkpoint (or is skipped
+when it reached its steps), evaluated checkpoints are read back, and compiled programs come from
+OUT/jax_cache.
+"""
+import argparse
+import json
+import logging
+import math
+import os
+import resource
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import gin
+
+from mslam_jax import config
+
+DEFAULT_OUT = "./mslam_demo"
+RUN_GIN_FILES = ("models/tiny.gin", "experiments/mslam_ctc_xmodal.gin", "runs/pretrain.gin", "runs/demo.gin")
+REPORT_FILE = "report.json"
+# The figures every demo report holds (null when an evaluator could not produce one), in table order.
+REQUIRED_METRICS = (
+    "retrieval_r1_speech_to_text",
+    "retrieval_r1_text_to_speech",
+    "langid_accuracy_speech",
+    "langid_accuracy_text",
+    "ctc_cer",
+    "zero_shot_cer",
+    "zero_shot_cer_speech_only_ablation",
+    "alignment_word_boundary_error_ms",
+)
+TABLE_ROWS = (
+    # (metric, label, reference figure shown next to it)
+    ("retrieval_r1_speech_to_text", "retrieval R@1 speech->text", "retrieval_chance_r1"),
+    ("retrieval_r1_text_to_speech", "retrieval R@1 text->speech", "retrieval_chance_r1"),
+    ("retrieval_r5_speech_to_text", "retrieval R@5 speech->text", None),
+    ("retrieval_mrr_speech_to_text", "retrieval MRR speech->text", None),
+    ("langid_accuracy_speech", "language ID accuracy, speech", "langid_chance_speech"),
+    ("langid_accuracy_text", "language ID accuracy, text", "langid_chance_text"),
+    ("ctc_cer", "CTC CER, training languages", None),
+    ("ctc_wer", "CTC WER, training languages", None),
+    ("zero_shot_cer", "zero-shot CER, held-out languages", None),
+    ("zero_shot_cer_speech_only_ablation", "zero-shot CER, speech-only ablation", None),
+    ("alignment_word_boundary_error_ms", "word-boundary error (ms)",
+     "alignment_word_boundary_error_ms_uniform_baseline"),
+)
+REFERENCE_NAMES = {"retrieval_chance_r1": "chance", "langid_chance_speech": "chance", "langid_chance_text": "chance",
+                   "alignment_word_boundary_error_ms_uniform_baseline": "uniform"}
+COMPARED_TERMS = ("speech/contrastive_loss", "speech/mlm_loss", "codebook/perplexity")
+
+
+class Stage:
+  """Times one stage of the demo: wall seconds and CPU seconds of this process and its children
+  (on a busy machine the CPU time says what an idle one would take)."""
+
+  def __init__(self, timings: dict, name: str, description: str):
+    self._timings, self._name, self._description = timings, name, description
+
+  def __enter__(self):
+    print(f"\n== {self._description}", flush=True)
+    self._wall, self._cpu = time.time(), _cpu_seconds()
+    self.skipped = False
+    return self
+
+  def __exit__(self, *exc):
+    wall, cpu = time.time() - self._wall, _cpu_seconds() - self._cpu
+    self._timings[self._name] = {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "skipped": self.skipped}
+    print(f"   {self._name}: {wall:.0f} s wall, {cpu:.0f} s CPU{' (already done)' if self.skipped else ''}",
+          flush=True)
+    return False
+
+
+def _cpu_seconds() -> float:
+  children = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def _parse(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str]) -> None:
+  gin.clear_config()
+  config.parse_gin(list(gin_files), list(bindings), search_paths)
+
+
+def _macro(name: str) -> Any:
+  return gin.query_parameter(f"%{name}")
+
+
+# -- stages ------------------------------------------------------------------------------------
+
+def build_corpus(corpus_dir: str) -> dict:
+  """The built-in corpus per runs/demo.gin (build_builtin_corpus.*); a no-op when up to date."""
+  from mslam_jax.data import builtin_corpus  # pylint: disable=g-import-not-at-top
+  return builtin_corpus.build_builtin_corpus(corpus_dir, progress=True)
+
+
+def pretrain(model_dir: str) -> tuple[dict, bool]:
+  """Runs the parsed pre-training config; (summary, skipped) where skipped means the run had
+  already reached its steps. An interrupted run resumes from its latest checkpoint by itself."""
+  from mslam_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
+  from mslam_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  train_lib.check_required_macros()
+  train_steps = int(_macro("TRAIN_STEPS"))
+  done = eval_lib.checkpoint_steps(model_dir)
+  if done and done[-1] >= train_steps:
+    logging.info("%s already has a checkpoint at step %d (>= %d steps): not training", model_dir, done[-1],
+                 train_steps)
+    return {"final_step": done[-1], "stopped": "already done"}, True
+  return train_lib.train(), False
+
+
+def ablation_metrics(ablation_dir: str, corpus_dir: str, bindings: Sequence[str], output_dir: str) -> dict:
+  """Zero-shot figures of the speech-only run, renamed `*_speech_only_ablation`.
+
+  The ablation is evaluated with its own run's model config (its operative_config.gin): without
+  the cross-modal objective its parameters lack that loss's temperature, so the joint run's model
+  cannot apply them. Cached in output_dir like the sweep's own results.
+  """
+  from mslam_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
+  from mslam_jax.evaluation import zero_shot  # pylint: disable=g-import-not-at-top
+  step = eval_lib.select_steps(ablation_dir, "latest")[0]
+  cache = os.path.join(output_dir, f"speech_only_ablation_step_{step}.json")
+  if os.path.exists(cache):
+    with open(cache) as f:
+      return json.load(f)
+  metrics = eval_lib.evaluate_run(ablation_dir, corpus_dir=corpus_dir, evaluators=["zero_shot"],
+                                  bindings=bindings, output_dir=os.path.join(output_dir, "speech_only_ablation"))
+  renamed = zero_shot.as_ablation({k: v for k, v in metrics.items() if k.startswith("zero_shot")})
+  with open(cache, "w") as f:
+    json.dump(renamed, f, indent=1)
+  return renamed
+
+
+def _finite_or_none(value: Any) -> float | None:
+  try:
+    value = float(value)
+  except (TypeError, ValueError):
+    return None
+  return value if math.isfinite(value) else None
+
+
+def results_table(metrics: dict[str, float]) -> str:
+  """The demo's results as a plain-text table (metric, value, reference figure)."""
+  rows = [("figure", "value", "reference")]
+  for key, label, reference in TABLE_ROWS:
+    if key not in metrics and key not in REQUIRED_METRICS:
+      continue
+    value = _finite_or_none(metrics.get(key))
+    ref = _finite_or_none(metrics.get(reference)) if reference else None
+    rows.append((label, "n/a" if value is None else f"{value:.4g}",
+                 "" if ref is None else f"{REFERENCE_NAMES[reference]} {ref:.4g}"))
+  widths = [max(len(r[i]) for r in rows) for i in range(3)]
+  lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+  lines.insert(1, "-+-".join("-" * w for w in widths))
+  return "\n".join(lines)
+
+
+def _curves(model_dir: str, out_png: str, title: str) -> tuple[dict, Any]:
+  from mslam_jax import training_curves  # pylint: disable=g-import-not-at-top
+  records = training_curves.read_metrics(os.path.join(model_dir, "metrics.jsonl"))
+  training_curves.plot_training_curves(records, out_png, title=title)
+  return training_curves.summarize(records), records
+
+
+# -- the command -------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
+  parser.add_argument("--steps", type=int, default=None,
+                      help="pre-training steps of each run (default: TRAIN_STEPS in runs/demo.gin)")
+  parser.add_argument("--finetune-steps", type=int, default=None,
+                      help="CTC fine-tuning steps of the evaluation (default: FinetuneConfig.steps in runs/demo.gin)")
+  parser.add_argument("--languages", default=None,
+                      help="comma-separated ISO 639-3 codes of the corpus (default: runs/demo.gin)")
+  parser.add_argument("--held-out", default=None, help="comma-separated held-out (zero-shot) languages")
+  parser.add_argument("--per-language", type=int, default=None,
+                      help="utterances per language in each speech stream (text: twice as many)")
+  parser.add_argument("--no-ablation", action="store_true",
+                      help="skip the speech-only ablation (its zero-shot figure is then null)")
+  config.add_gin_arguments(parser)
+
+
+def _flag_bindings(args: argparse.Namespace) -> list[str]:
+  """The convenience flags as gin bindings (they come before --gin flags, which win)."""
+  out = []
+  if args.steps is not None:
+    out.append(f"TRAIN_STEPS = {int(args.steps)}")
+  if args.finetune_steps is not None:
+    out.append(f"FinetuneConfig.steps = {int(args.finetune_steps)}")
+  if args.languages:
+    out.append(f"build_builtin_corpus.languages_ = {[c.strip() for c in args.languages.split(',') if c.strip()]!r}")
+  if args.held_out is not None:
+    out.append(f"build_builtin_corpus.held_out = {[c.strip() for c in args.held_out.split(',') if c.strip()]!r}")
+  if args.per_language is not None:
+    out.append(f"build_builtin_corpus.per_language = {int(args.per_language)}")
+    out.append(f"build_builtin_corpus.text_per_language = {2 * int(args.per_language)}")
+  return out
+
+
+def _enable_compilation_cache(directory: str) -> None:
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def run(args: argparse.Namespace) -> int:
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  start_wall, start_cpu = time.time(), _cpu_seconds()
+  out = os.path.abspath(args.out)
+  corpus_dir = os.path.join(out, "corpus")
+  model_dir = os.path.join(out, "pretrain")
+  ablation_dir = os.path.join(out, "pretrain_speech_only")
+  os.makedirs(out, exist_ok=True)
+  _enable_compilation_cache(os.path.join(out, "jax_cache"))
+
+  gin_files = list(RUN_GIN_FILES) + list(args.gin_file)
+  user = _flag_bindings(args) + list(getattr(args, "gin_bindings", []))
+  paths = {"CORPUS_DIR": corpus_dir}
+  search = args.gin_search_path
+  timings: dict[str, dict] = {}
+  try:
+    with Stage(timings, "corpus", f"1/5 built-in corpus -> {corpus_dir}") as stage:
+      _parse(gin_files, [f"CORPUS_DIR = '{corpus_dir}'", f"MODEL_DIR = '{model_dir}'"] + user, search)
+      before = dict(time=os.path.getmtime(os.path.join(corpus_dir, "manifest.json"))
+                    if os.path.exists(os.path.join(corpus_dir, "manifest.json")) else None)
+      manifest = build_corpus(corpus_dir)
+      stage.skipped = before["time"] is not None and before["time"] == os.path.getmtime(
+          os.path.join(corpus_dir, "manifest.json"))
+    runs = [("pretrain", model_dir, (), "2/5 pre-training: mSLAM-CTC + cross-modal")]
+    if not args.no_ablation:
+      from mslam_jax.evaluation import zero_shot  # pylint: disable=g-import-not-at-top
+      runs.append(("pretrain_speech_only", ablation_dir, zero_shot.SPEECH_ONLY_BINDINGS,
+                   "3/5 pre-training: speech-only ablation (same steps, no text nor paired objectives)"))
+    summaries = {}
+    for name, directory, extra, description in runs:
+      with Stage(timings, name, f"{description} -> {directory}") as stage:
+        _parse(gin_files, [f"CORPUS_DIR = '{corpus_dir}'", f"MODEL_DIR = '{directory}'"] + list(extra) + user,
+               search)
+        train_steps = int(_macro("TRAIN_STEPS"))
+        summaries[name], stage.skipped = pretrain(directory)
+        if summaries[name].get("stopped") not in ("done", "already done"):
+          print(f"mslam demo: {name} stopped early ({summaries[name].get('stopped')})", file=sys.stderr)
+          return 1
+
+    with Stage(timings, "eval", f"4/5 evaluation sweep -> {os.path.join(out, 'eval')}") as stage:
+      from mslam_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
+      includes = [f"include '{config.resolve_gin_file(f, search)}'" for f in gin_files[3:]]
+      steps_before = os.path.exists(os.path.join(out, "eval", f"step_{summaries['pretrain']['final_step']}",
+                                                 "metrics.json"))
+      metrics = eval_lib.evaluate_run(model_dir, corpus_dir=corpus_dir, bindings=includes + user,
+                                      output_dir=os.path.join(out, "eval"))
+      if not args.no_ablation:
+        metrics.update(ablation_metrics(ablation_dir, corpus_dir, includes + user, os.path.join(out, "eval")))
+      stage.skipped = steps_before
+
+    with Stage(timings, "report", f"5/5 report -> {os.path.join(out, REPORT_FILE)}"):
+      report = _write_report(out, manifest, metrics, summaries, timings, train_steps, args,
+                             start_wall, start_cpu, model_dir, ablation_dir)
+    _save_report(out, report, timings, start_wall, start_cpu)
+  finally:
+    gin.clear_config()
+  print("\n" + _format_summary(report), flush=True)
+  return 0
+
+
+def _write_report(out: str, manifest: dict, metrics: dict, summaries: dict, timings: dict, train_steps: int,
+                  args: argparse.Namespace, start_wall: float, start_cpu: float, model_dir: str,
+                  ablation_dir: str) -> dict:
+  from mslam_jax import training_curves  # pylint: disable=g-import-not-at-top
+  from mslam_jax.evaluation import report as report_lib  # pylint: disable=g-import-not-at-top
+  figures, curves, records = [], {}, {}
+  titles = {"pretrain": "mSLAM-CTC + cross-modal pre-training (tiny model, built-in corpus)",
+            "pretrain_speech_only": "speech-only ablation (same steps)"}
+  for name, directory in (("pretrain", model_dir), ("pretrain_speech_only", ablation_dir)):
+    if name not in summaries:
+      continue
+    png = os.path.join(out, f"training_curves_{name}.png")
+    curves[name], records[name] = _curves(directory, png, titles[name])
+    figures.append(png)
+  if len(records) == 2:
+    png = os.path.join(out, "training_curves_joint_vs_speech_only.png")
+    training_curves.plot_comparison({"joint (mSLAM-CTC + cross-modal)": records["pretrain"],
+                                     "speech-only ablation": records["pretrain_speech_only"]},
+                                    COMPARED_TERMS, png, title="speech objectives: joint vs speech-only pre-training")
+    figures.append(png)
+  eval_dir = os.path.join(out, "eval", f"step_{summaries['pretrain']['final_step']}")
+  if os.path.isdir(eval_dir):
+    figures += sorted(os.path.join(eval_dir, f) for f in os.listdir(eval_dir) if f.endswith(".png"))
+
+  missing = [k for k in REQUIRED_METRICS if _finite_or_none(metrics.get(k)) is None]
+  if missing:
+    logging.warning("No finite value for %s (see the evaluation log above)", missing)
+  report = {k: _finite_or_none(metrics.get(k)) for k in REQUIRED_METRICS}
+  report.update({
+      "headline": {k: _finite_or_none(v) for k, v in report_lib.headline(metrics).items()},
+      "metrics": {k: _finite_or_none(v) for k, v in sorted(metrics.items())},
+      "evaluated_step": summaries["pretrain"]["final_step"],
+      "train_steps": train_steps,
+      "timings": timings,
+      "loss_curves": curves,
+      "corpus": {"dir": os.path.join(out, "corpus"), "languages": sorted(manifest["languages"]),
+                 "held_out_languages": manifest["held_out_languages"], "streams": manifest["streams"],
+                 "hours": {s: round(sum(v.get("hours", 0.0) for v in by_split.values()), 4)
+                           for s, by_split in manifest["totals"].items()}},
+      "runs": {"pretrain": model_dir, "pretrain_speech_only": None if args.no_ablation else ablation_dir,
+               "eval": os.path.join(out, "eval")},
+      "figures": figures,
+      "command": " ".join(["mslam", "demo"] + sys.argv[2:]) if sys.argv[1:2] == ["demo"] else None,
+  })
+  return report
+
+
+def _save_report(out: str, report: dict, timings: dict, start_wall: float, start_cpu: float) -> None:
+  timings["total"] = {"wall_s": round(time.time() - start_wall, 1), "cpu_s": round(_cpu_seconds() - start_cpu, 1)}
+  # What the run would take on an otherwise idle machine of this many cores (CPU time spread over
+  # them; compiles are single-threaded, so this is a lower bound).
+  timings["total"]["idle_machine_estimate_s"] = round(timings["total"]["cpu_s"] / (os.cpu_count() or 1), 1)
+  with open(os.path.join(out, REPORT_FILE), "w") as f:
+    json.dump(report, f, indent=1)
+
+
+def _format_summary(report: dict) -> str:
+  lines = [f"Results at pre-training step {report['evaluated_step']} "
+           f"(held-out languages: {', '.join(report['corpus']['held_out_languages']) or 'none'})", "",
+           results_table(report["metrics"] | {k: v for k, v in report.items() if k in REQUIRED_METRICS}), ""]
+  for name, summary in report["loss_curves"].items():
+    terms = summary["terms"]
+    parts = [f"{k} {v['first']:.4g} -> {v['last']:.4g}" for k, v in terms.items()]
+    lines.append(f"{name} (steps {summary['first_step']}..{summary['last_step']}): " + "; ".join(parts))
+  t = report["timings"]
+  lines += ["", "timings: " + ", ".join(f"{k} {v['wall_s']:.0f} s wall / {v['cpu_s']:.0f} s CPU" for k, v in t.items())
+            + f" (idle-machine estimate {t['total']['idle_machine_estimate_s']:.0f} s)",
+            f"report: {os.path.join(os.path.dirname(report['runs']['eval']), REPORT_FILE)}",
+            "figures: " + ", ".join(os.path.basename(p) for p in report["figures"])]
+  return "\n".join(lines)

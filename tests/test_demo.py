@@ -1,0 +1,112 @@
+"""`mslam demo` end to end with a toy budget: every report figure, the PNGs, and a re-run that redoes
+nothing. The full-size demo is run by hand (its figures are in the project notes), never here."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mslam_jax import demo, training_curves
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Cheaper XLA CPU compiles: at these sizes compiling, not running, is what the demo spends.
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+SMOKE_ARGS = [
+    "--steps", "2", "--finetune-steps", "2", "--languages", "eng,rus,ukr,zul", "--held-out", "ukr",
+    "--per-language", "5",
+    "--gin.SPEECH_BATCH=2", "--gin.TEXT_BATCH=2", "--gin.PAIRED_BATCH=2", "--gin.SPEECH_SAMPLES=16000",
+    "--gin.PAIRED_SAMPLES=32000", "--gin.TEXT_LENGTH=32", "--gin.PAIRED_TEXT_LENGTH=32",
+    "--gin.train.log_every=1", "--gin.train.tensorboard=False", "--gin.RetrievalEvaluator.max_per_lang=4",
+]
+
+
+def _demo(out: str) -> subprocess.CompletedProcess:
+  env = dict(os.environ, XLA_FLAGS=FAST_COMPILE_FLAGS, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
+             PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  command = [sys.executable, "-c", "import sys; from mslam_jax import cli; sys.exit(cli.main(sys.argv[1:]))",
+             "demo", "--out", out] + SMOKE_ARGS
+  return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _assert_png(path: str) -> None:
+  import matplotlib.image  # pylint: disable=g-import-not-at-top
+  with open(path, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n", path
+  image = matplotlib.image.imread(path)
+  assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 200, (path, image.shape)
+  # A plot, not a blank canvas.
+  assert float(np.std(image[..., :3])) > 0.01, path
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("demo"))
+  proc = _demo(out)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+  return out, proc
+
+
+def test_demo_reports_every_figure_and_draws_the_curves(demo_run):
+  out, proc = demo_run
+  with open(os.path.join(out, "report.json")) as f:
+    report = json.load(f)
+  for key in demo.REQUIRED_METRICS:
+    assert isinstance(report[key], float) and math.isfinite(report[key]), (key, report[key])
+  for key in ("retrieval_r1_speech_to_text", "retrieval_r1_text_to_speech", "langid_accuracy_speech",
+              "langid_accuracy_text"):
+    assert 0.0 <= report[key] <= 1.0, key
+  assert report["ctc_cer"] >= 0.0 and report["alignment_word_boundary_error_ms"] >= 0.0
+  # The two pre-training runs: every step logged, the speech-only one without paired/text losses in
+  # its total, so the two totals differ while their speech terms start from the same init.
+  curves = report["loss_curves"]
+  assert set(curves) == {"pretrain", "pretrain_speech_only"}
+  for summary in curves.values():
+    assert summary["first_step"] == 1 and summary["last_step"] == 2
+  joint, speech_only = curves["pretrain"]["terms"], curves["pretrain_speech_only"]["terms"]
+  assert {"loss", "speech/mlm_loss", "text/mlm_loss", "paired/ctc_loss", "paired/cross_modal_loss"} <= set(joint)
+  assert "paired/ctc_loss" not in speech_only and "paired/cross_modal_loss" not in speech_only
+  assert speech_only["loss"]["first"] < joint["loss"]["first"]
+  assert report["corpus"]["held_out_languages"] == ["ukr"]
+  for stage in ("corpus", "pretrain", "pretrain_speech_only", "eval", "total"):
+    assert report["timings"][stage]["cpu_s"] > 0, stage
+  for name in ("training_curves_pretrain.png", "training_curves_pretrain_speech_only.png",
+               "training_curves_joint_vs_speech_only.png"):
+    assert os.path.join(out, name) in report["figures"]
+  for path in report["figures"]:
+    _assert_png(path)
+  # The table is printed with the zero-shot ablation next to the joint model's figure.
+  assert "zero-shot CER, speech-only ablation" in proc.stdout and "retrieval R@1 speech->text" in proc.stdout
+
+
+def test_demo_rerun_on_the_same_directory_redoes_nothing(demo_run):
+  out, _ = demo_run
+  with open(os.path.join(out, "report.json")) as f:
+    first = json.load(f)
+  proc = _demo(out)
+  assert proc.returncode == 0, proc.stderr[-5000:]
+  with open(os.path.join(out, "report.json")) as f:
+    second = json.load(f)
+  for stage in ("corpus", "pretrain", "pretrain_speech_only", "eval"):
+    assert second["timings"][stage]["skipped"], stage
+  for key in demo.REQUIRED_METRICS:
+    assert second[key] == first[key], key
+
+
+def test_training_curves_merge_a_resumed_run_and_skip_torn_lines(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text("\n".join([
+      json.dumps({"step": 1, "loss": 5.0, "speech/mlm_loss": 4.0}),
+      json.dumps({"step": 2, "loss": 4.0, "speech/mlm_loss": 3.5}),
+      json.dumps({"step": 2, "loss": 3.0, "speech/mlm_loss": 3.0}),  # the resumed run redid step 2
+      '{"step": 3, "loss": 2.',  # a write cut off by a kill
+  ]) + "\n")
+  records = training_curves.read_metrics(str(path))
+  assert sorted(records) == [1, 2] and records[2]["loss"] == 3.0
+  summary = training_curves.summarize(records)
+  assert summary["terms"]["loss"]["first"] == 5.0 and summary["terms"]["loss"]["last"] == 3.0
+  assert training_curves.loss_terms(records) == ["loss", "speech/mlm_loss"]
+  png = training_curves.plot_training_curves(records, str(tmp_path / "curves.png"))
+  _assert_png(png)
