@@ -186,6 +186,7 @@ def train(*,
           log_every: int = 50,
           eval_every: int = 0,
           evaluators: Sequence[Any] = (),
+          initialize_params: Callable[[Any], Any] | None = None,
           max_consecutive_nonfinite: int = 5,
           progress_bar: bool = True,
           tensorboard: bool = True,
@@ -193,6 +194,8 @@ def train(*,
   """Trains `model` on batches from `iterator_fn(shard_index=, num_shards=)` for `train_steps`.
 
   `optimizer` defaults to optimizers.make_optimizer() and `mesh` to partitioning.make_mesh().
+  `initialize_params(params) -> params` runs once, on a fresh start only (never on resume): e.g.
+  `@initialize_from_checkpoint` to start the encoder from a converted w2v-BERT 2.0 checkpoint.
   Returns a summary dict (final step, non-finite count, why it stopped).
   """
   import jax  # pylint: disable=g-import-not-at-top
@@ -234,6 +237,8 @@ def train(*,
     logging.info("Resuming from step %d of %s", latest, model_dir)
   else:
     state = trainer.init_state()
+    if initialize_params is not None:
+      state = state.replace(params=initialize_params(state.params))
   start = int(jax.device_get(state.step))
 
   writer = make_writer(model_dir, primary, tensorboard)

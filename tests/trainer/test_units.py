@@ -1,4 +1,6 @@
 """In-process checks of the trainer's parts: schedule, decay mask, sharding specs, mesh, config."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -114,3 +116,31 @@ def test_a_missing_required_macro_fails_at_start_naming_it(capsys, given, missin
   assert f"REQUIRED gin macro(s) not set: {', '.join(missing)}" in err
   for name in missing:
     assert f"--gin.{name}=" in err
+
+
+def test_initialize_params_runs_on_a_fresh_start_only(tmp_path):
+  import gin  # pylint: disable=g-import-not-at-top
+  from mslam_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from mslam_jax import config  # pylint: disable=g-import-not-at-top
+  from mslam_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+
+  calls = []
+
+  def fill_with_ones(params):
+    calls.append(1)
+    return jax.tree.map(lambda x: x * 0 + 1, params)
+
+  model_dir = str(tmp_path / "run")
+  for steps in (2, 4):  # a fresh run, then a resumed one
+    gin.clear_config()
+    try:
+      config.parse_gin([helpers.STANDIN_GIN], [
+          f"MODEL_DIR = {model_dir!r}", f"TRAIN_STEPS = {steps}",
+          "make_optimizer.peak_learning_rate = 1e-30"])  # the updates leave the ones visible
+      train_lib.train(initialize_params=fill_with_ones)
+    finally:
+      gin.clear_config()
+  assert len(calls) == 1
+  params = checkpoints.load_state_dict(os.path.join(model_dir, "checkpoints", "4"))["params"]
+  for leaf in jax.tree.leaves(params):
+    np.testing.assert_allclose(np.asarray(leaf), 1.0, atol=1e-6)
