@@ -55,7 +55,10 @@ def restore_params(model_dir: str, step: int) -> Any:
   state = ocp.StandardCheckpointer().restore(path)
   if "params" not in state:
     raise ValueError(f"{path} holds no 'params' (keys: {sorted(state)})")
-  return state["params"]
+  import jax  # pylint: disable=g-import-not-at-top
+  # Orbax restores onto a one-device NamedSharding; jitted outputs come back on a plain device,
+  # and that difference alone would recompile every evaluation step once more.
+  return jax.device_put(state["params"], jax.devices()[0])
 
 
 # -- the model of a run ------------------------------------------------------------------------
