@@ -172,8 +172,9 @@ class ConvolutionModule(nn.Module):
     return nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
 
 
-class ConformerBlock(nn.Module):
-  """One Conformer block; see the module docstring for the layout and the HF-parity options.
+class ConformerBlockOptions(nn.Module):
+  """The options of a Conformer block, shared by ConformerBlock and ConformerStack (which forwards
+  them to each of its blocks); see the module docstring for the layout and the HF-parity options.
 
   Attributes:
     mlp_dim: hidden size of both macaron FFNs.
@@ -214,6 +215,10 @@ class ConformerBlock(nn.Module):
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
 
+
+class ConformerBlock(ConformerBlockOptions):
+  """One Conformer block (options: ConformerBlockOptions)."""
+
   def _ffn(self, name: str) -> FeedForward:
     return FeedForward(self.mlp_dim, self.activation, self.ffn_use_bias, self.activation_dropout_rate,
                        self.dropout_rate, self.dtype, self.param_dtype, name=name)
@@ -250,15 +255,15 @@ class _ScannedConformerBlock(ConformerBlock):
 
 
 # Block attributes a stack forwards to each of its blocks.
-_BLOCK_FIELDS = tuple(f for f in ConformerBlock.__dataclass_fields__ if f not in ("parent", "name"))
+_BLOCK_FIELDS = tuple(f for f in ConformerBlockOptions.__dataclass_fields__ if f not in ("parent", "name"))
 
 
 @gin.configurable
-class ConformerStack(nn.Module):
+class ConformerStack(ConformerBlockOptions):
   """`num_layers` Conformer blocks, scanned or unrolled, optionally rematerialised.
 
-  Every ConformerBlock attribute is an attribute here too (forwarded to each block), so that gin
-  configures blocks through this class (`ConformerStack.mlp_dim = ...`); lifted block classes
+  Every ConformerBlockOptions attribute is an attribute here too (forwarded to each block), so that
+  gin configures blocks through this class (`ConformerStack.mlp_dim = ...`); lifted block classes
   cannot be gin-configured directly.
 
   Attributes:
@@ -269,30 +274,6 @@ class ConformerStack(nn.Module):
   num_layers: int = 1
   scan_layers: bool = True
   remat_policy: str = "none"
-  # ConformerBlock attributes (see there).
-  mlp_dim: int = 4096
-  num_heads: int = 8
-  head_dim: int | None = None
-  position_type: str = "relative_key"
-  left_max_position: int = 64
-  right_max_position: int = 64
-  relative_key_impl: str = "gather"
-  rotary_base: float = 10000.0
-  attention_use_bias: bool = True
-  conv_kernel_size: int = 5
-  conv_causal: bool = False
-  conv_norm: str = "group_norm"
-  conv_norm_groups: int = 32
-  conv_use_bias: bool = False
-  activation: str = "swish"
-  ffn_residual_factor: float = 0.5
-  ffn_use_bias: bool = True
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  activation_dropout_rate: float = 0.0
-  layer_norm_epsilon: float = 1e-5
-  dtype: DType = jnp.float32
-  param_dtype: DType = jnp.float32
 
   def block_kwargs(self) -> dict[str, Any]:
     return {f: getattr(self, f) for f in _BLOCK_FIELDS}
