@@ -228,6 +228,9 @@ def train(*,
   ckpt = checkpoints.Checkpointer(os.path.join(model_dir, "checkpoints"),
                                   save_every=checkpoint_every, max_to_keep=keep_checkpoints,
                                   async_save=async_checkpoints)
+  # The iterator's setup (e.g. register_builtin_corpus) runs lazily; run it now so that the
+  # operative config records it (CORPUS_DIR among others) for `mslam eval` to read back.
+  getattr(iterator, "ensure_setup", lambda: None)()
   config.log_operative_config(model_dir if primary else None)
 
   latest = ckpt.latest_step()
