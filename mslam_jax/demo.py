@@ -1,4 +1,4 @@
-"""`mslam demo`: the whole system at toy scale on a CPU, in about ten minutes on two idle cores.
+"""`mslam demo`: the whole system at toy scale on a CPU (about 830 CPU-seconds; 7-14 min on 2 idle cores).
 
   mslam demo [--out ./mslam_demo] [--steps 120] [--finetune-steps 100] [--gin.NAME=VALUE ...]
 
