@@ -23,7 +23,7 @@ import os
 import resource
 import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import gin
 
@@ -228,7 +228,6 @@ def run(args: argparse.Namespace) -> int:
 
   gin_files = list(RUN_GIN_FILES) + list(args.gin_file)
   user = _flag_bindings(args) + list(getattr(args, "gin_bindings", []))
-  paths = {"CORPUS_DIR": corpus_dir}
   search = args.gin_search_path
   timings: dict[str, dict] = {}
   try:
