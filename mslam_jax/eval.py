@@ -49,16 +49,13 @@ def select_steps(model_dir: str, which: str | int) -> list[int]:
 
 
 def restore_params(model_dir: str, step: int) -> Any:
-  """The parameters of one checkpoint (as single-host arrays; the optimizer state is not kept)."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  path = os.path.join(os.path.abspath(model_dir), CHECKPOINTS_SUBDIR, str(step), "state")
-  state = ocp.StandardCheckpointer().restore(path)
+  """The parameters of one checkpoint on this process' first device, whatever mesh wrote it."""
+  from mslam_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  step_dir = os.path.join(os.path.abspath(model_dir), CHECKPOINTS_SUBDIR, str(step))
+  state = checkpoints.load_state_dict(step_dir)
   if "params" not in state:
-    raise ValueError(f"{path} holds no 'params' (keys: {sorted(state)})")
-  import jax  # pylint: disable=g-import-not-at-top
-  # Orbax restores onto a one-device NamedSharding; jitted outputs come back on a plain device,
-  # and that difference alone would recompile every evaluation step once more.
-  return jax.device_put(state["params"], jax.devices()[0])
+    raise ValueError(f"{step_dir} holds no 'params' (keys: {sorted(state)})")
+  return state["params"]
 
 
 # -- the model of a run ------------------------------------------------------------------------
