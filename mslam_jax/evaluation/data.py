@@ -129,31 +129,30 @@ def _batches(items: Sequence[Any], batch_size: int):
     yield start, items[start:start + batch_size]
 
 
-def pad_audio(audios: Sequence[np.ndarray], batch_size: int, multiple: int) -> tuple[np.ndarray, np.ndarray]:
-  """[batch_size, S] audio and mask; S bucketed (see _bucket) so that few shapes get compiled.
+def _pad_rows(rows: Sequence[Sequence[Any]], batch_size: int, multiple: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+  """[batch_size, N] rows and their mask; N bucketed (see _bucket) so that few shapes get compiled.
 
   Missing rows repeat the first utterance (not silence: an all-padding row can divide by zero in
   pooling); callers drop them.
   """
-  length = _bucket(max(len(a) for a in audios), multiple)
-  audio = np.zeros([batch_size, length], np.float32)
+  length = _bucket(max(len(r) for r in rows), multiple)
+  values = np.zeros([batch_size, length], dtype)
   mask = np.zeros([batch_size, length], np.int32)
   for i in range(batch_size):
-    a = audios[i] if i < len(audios) else audios[0]
-    audio[i, :len(a)] = a
-    mask[i, :len(a)] = 1
-  return audio, mask
+    row = rows[i] if i < len(rows) else rows[0]
+    values[i, :len(row)] = row
+    mask[i, :len(row)] = 1
+  return values, mask
+
+
+def pad_audio(audios: Sequence[np.ndarray], batch_size: int, multiple: int) -> tuple[np.ndarray, np.ndarray]:
+  """[batch_size, S] float32 audio and mask (see _pad_rows)."""
+  return _pad_rows(audios, batch_size, multiple, np.float32)
 
 
 def pad_tokens(token_lists: Sequence[Sequence[int]], batch_size: int, multiple: int) -> tuple[np.ndarray, np.ndarray]:
-  length = _bucket(max(len(t) for t in token_lists), multiple)
-  tokens = np.zeros([batch_size, length], np.int32)
-  mask = np.zeros([batch_size, length], np.int32)
-  for i in range(batch_size):
-    t = token_lists[i] if i < len(token_lists) else token_lists[0]
-    tokens[i, :len(t)] = t
-    mask[i, :len(t)] = 1
-  return tokens, mask
+  """[batch_size, L] int32 tokens and mask (see _pad_rows)."""
+  return _pad_rows(token_lists, batch_size, multiple, np.int32)
 
 
 _JITTED: dict[int, tuple[Any, Any, Any]] = {}
