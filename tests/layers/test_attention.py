@@ -1,22 +1,18 @@
 """Self-attention: relative-key clipping against a direct reference, masks, finite padded rows."""
 import math
 
-from flax.core import meta
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from mslam_jax.layers import attention
+from tests import layer_inputs
 
 DIM, HEADS, LENGTH = 16, 2, 9
 
 
-def random_variables(module, *args, seed=0):
-  """Variables of the right structure filled from numpy (jitted init compiles slowly on CPU)."""
-  abstract = meta.unbox(jax.eval_shape(module.init, jax.random.key(0), *args))
-  rng = np.random.default_rng(seed)
-  return jax.tree_util.tree_map(lambda s: jnp.asarray(0.3 * rng.standard_normal(s.shape), s.dtype), abstract)
+random_variables = layer_inputs.random_variables
 
 
 def test_relative_key_indices_clip_left_and_right():

@@ -5,17 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from mslam_jax.layers import conformer
+from tests import layer_inputs
 
 DIM = 32
 TINY = dict(mlp_dim=48, num_heads=4, conv_kernel_size=5, conv_norm_groups=4, left_max_position=4,
             right_max_position=4)
 
 
-def random_variables(module, *args, seed=0):
-  """Variables of the right structure filled from numpy (jitted init compiles slowly on CPU)."""
-  abstract = meta.unbox(jax.eval_shape(module.init, jax.random.key(0), *args))
-  rng = np.random.default_rng(seed)
-  return jax.tree_util.tree_map(lambda s: jnp.asarray(0.3 * rng.standard_normal(s.shape), s.dtype), abstract)
+random_variables = layer_inputs.random_variables
 
 
 def _inputs(batch=2, length=12):

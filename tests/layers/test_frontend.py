@@ -1,27 +1,16 @@
 """Speech frontend: subsampled lengths and masks, stacked frames, batch-padding invariance."""
-from flax.core import meta
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from mslam_jax.layers import frontend
 from mslam_jax.layers import logmel
+from tests import layer_inputs
 
 
-def random_variables(module, *args, seed=0):
-  """Variables of the right structure filled from numpy (jitted init compiles slowly on CPU)."""
-  abstract = meta.unbox(jax.eval_shape(module.init, jax.random.key(0), *args))
-  rng = np.random.default_rng(seed)
-  return jax.tree_util.tree_map(lambda s: jnp.asarray(0.3 * rng.standard_normal(s.shape), s.dtype), abstract)
+random_variables = layer_inputs.random_variables
 
 
-def _batch(lengths, samples, seed=0):
-  rng = np.random.default_rng(seed)
-  audio = np.zeros((len(lengths), samples), np.float32)
-  for i, n in enumerate(lengths):
-    audio[i, :n] = 0.3 * rng.standard_normal(n)
-  mask = (np.arange(samples)[None] < np.asarray(lengths)[:, None]).astype(np.int32)
-  return jnp.asarray(audio), jnp.asarray(mask)
+_batch = layer_inputs.padded_noise
 
 
 def test_conv2d_subsamples_4x_with_consistent_masks_and_ignores_batch_padding():

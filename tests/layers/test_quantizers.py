@@ -1,20 +1,17 @@
 """Quantizers: shapes, diversity loss bounds, straight-through gradients, BEST-RQ frozen and exact."""
-from flax.core import meta
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from mslam_jax.layers import quantizers
+from tests import layer_inputs
 
 GROUPS, ENTRIES, DIM = 2, 8, 12
 
 
 def random_variables(module, *args, seed=0):
-  """Variables of the right structure filled from numpy (jitted init compiles slowly on CPU)."""
-  abstract = meta.unbox(jax.eval_shape(module.init, jax.random.key(0), *args))
-  rng = np.random.default_rng(seed)
-  return jax.tree_util.tree_map(lambda s: jnp.asarray(rng.standard_normal(s.shape), s.dtype), abstract)
+  return layer_inputs.random_variables(module, *args, seed=seed, scale=1.0)
 
 
 def _features(batch=3, length=10):

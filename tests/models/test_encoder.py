@@ -11,6 +11,7 @@ import pytest
 from mslam_jax import config
 from mslam_jax.layers import pooling
 from mslam_jax.models import encoder
+from tests import layer_inputs
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +32,7 @@ def tiny():
   gin.clear_config()
 
 
-def _audio(lengths, samples, seed=0):
-  rng = np.random.default_rng(seed)
-  audio = np.zeros((len(lengths), samples), np.float32)
-  for i, n in enumerate(lengths):
-    audio[i, :n] = 0.3 * rng.standard_normal(n)
-  mask = (np.arange(samples)[None] < np.asarray(lengths)[:, None]).astype(np.int32)
-  return jnp.asarray(audio), jnp.asarray(mask)
+_audio = layer_inputs.padded_noise
 
 
 def test_encode_speech_does_not_depend_on_batch_padding(tiny):
