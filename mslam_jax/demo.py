@@ -121,28 +121,6 @@ def pretrain(model_dir: str) -> tuple[dict, bool]:
   return train_lib.train(), False
 
 
-def ablation_metrics(ablation_dir: str, corpus_dir: str, bindings: Sequence[str], output_dir: str) -> dict:
-  """Zero-shot figures of the speech-only run, renamed `*_speech_only_ablation`.
-
-  The ablation is evaluated with its own run's model config (its operative_config.gin): without
-  the cross-modal objective its parameters lack that loss's temperature, so the joint run's model
-  cannot apply them. Cached in output_dir like the sweep's own results.
-  """
-  from mslam_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
-  from mslam_jax.evaluation import zero_shot  # pylint: disable=g-import-not-at-top
-  step = eval_lib.select_steps(ablation_dir, "latest")[0]
-  cache = os.path.join(output_dir, f"speech_only_ablation_step_{step}.json")
-  if os.path.exists(cache):
-    with open(cache) as f:
-      return json.load(f)
-  metrics = eval_lib.evaluate_run(ablation_dir, corpus_dir=corpus_dir, evaluators=["zero_shot"],
-                                  bindings=bindings, output_dir=os.path.join(output_dir, "speech_only_ablation"))
-  renamed = zero_shot.as_ablation({k: v for k, v in metrics.items() if k.startswith("zero_shot")})
-  with open(cache, "w") as f:
-    json.dump(renamed, f, indent=1)
-  return renamed
-
-
 def _finite_or_none(value: Any) -> float | None:
   try:
     value = float(value)
@@ -260,9 +238,8 @@ def run(args: argparse.Namespace) -> int:
       steps_before = os.path.exists(os.path.join(out, "eval", f"step_{summaries['pretrain']['final_step']}",
                                                  "metrics.json"))
       metrics = eval_lib.evaluate_run(model_dir, corpus_dir=corpus_dir, bindings=includes + user,
-                                      output_dir=os.path.join(out, "eval"))
-      if not args.no_ablation:
-        metrics.update(ablation_metrics(ablation_dir, corpus_dir, includes + user, os.path.join(out, "eval")))
+                                      ablation_model_dir=None if args.no_ablation else ablation_dir,
+                                      search_paths=search, output_dir=os.path.join(out, "eval"))
       stage.skipped = steps_before
 
     with Stage(timings, "report", f"5/5 report -> {os.path.join(out, REPORT_FILE)}"):

@@ -126,13 +126,12 @@ def model_from_gin() -> Any:
 @gin.configurable
 def evaluate_checkpoints(model_dir: str = gin.REQUIRED, model: Any = None, checkpoints: str | int = "latest",
                          output_dir: str | None = None, evaluators: Sequence[Any] | None = None,
-                         ablation_model_dir: str | None = None, ablation_evaluator: str = "zero_shot",
+                         extra_metrics: dict[str, float] | None = None,
                          force: bool = False) -> dict[int, dict[str, float]]:
   """Evaluates checkpoints of `model_dir`; returns {step: metrics} (skipped ones read back).
 
-  `ablation_model_dir`: a run pre-trained on speech alone at the same budget; its latest
-  checkpoint's figures from `ablation_evaluator` join every report as
-  `zero_shot_*_speech_only_ablation`.
+  `extra_metrics` join every checkpoint's report (the speech-only ablation's figures, which
+  `evaluate_ablation` computes under the ablation run's own config).
   """
   from mslam_jax.evaluation import registry, report  # pylint: disable=g-import-not-at-top
   model = model if model is not None else model_from_gin()
@@ -140,21 +139,24 @@ def evaluate_checkpoints(model_dir: str = gin.REQUIRED, model: Any = None, check
   if not evaluators:
     raise ValueError("no evaluators: set build_evaluators.names in gin (runs/eval.gin lists them)")
   output_dir = output_dir or os.path.join(model_dir, "eval")
-  ablation = (_ablation_metrics(model, ablation_model_dir, ablation_evaluator, output_dir, force)
-              if ablation_model_dir else {})
+  extra = dict(extra_metrics or {})
   results = {}
   for step in select_steps(model_dir, checkpoints):
     out_dir = os.path.join(output_dir, f"step_{step}")
+    checkpoint_dir = os.path.join(model_dir, CHECKPOINTS_SUBDIR, str(step))
     previous = report.read_checkpoint_metrics(out_dir)
     if previous is not None and not force:
       logging.info("Step %d already evaluated (%s); skipping", step, out_dir)
+      if any(previous.get(k) != v for k, v in extra.items()):  # e.g. an ablation added later
+        previous.update(extra)
+        report.write_checkpoint_report(out_dir, step, previous, checkpoint_dir)
       results[step] = previous
       continue
     logging.info("Evaluating step %d of %s with %s", step, model_dir, [e.name for e in evaluators])
     params = restore_params(model_dir, step)
     metrics = registry.run_evaluators(evaluators, model, params, step, out_dir=out_dir)
-    metrics.update(ablation)
-    report.write_checkpoint_report(out_dir, step, metrics, os.path.join(model_dir, CHECKPOINTS_SUBDIR, str(step)))
+    metrics.update(extra)
+    report.write_checkpoint_report(out_dir, step, metrics, checkpoint_dir)
     results[step] = metrics
     del params
   report.write_sweep_report(output_dir, results)
@@ -162,40 +164,64 @@ def evaluate_checkpoints(model_dir: str = gin.REQUIRED, model: Any = None, check
   return results
 
 
-def _ablation_metrics(model: Any, ablation_model_dir: str, evaluator_name: str, output_dir: str,
-                      force: bool) -> dict[str, float]:
-  from mslam_jax.evaluation import registry, zero_shot  # pylint: disable=g-import-not-at-top
-  step = select_steps(ablation_model_dir, "latest")[0]
-  cache = os.path.join(output_dir, f"speech_only_ablation_step_{step}.json")
-  if os.path.exists(cache) and not force:
-    with open(cache) as f:
-      return json.load(f)
-  params = restore_params(ablation_model_dir, step)
-  evaluator = registry.get(evaluator_name)()
-  metrics = zero_shot.as_ablation(evaluator.evaluate(model, params, step))
-  os.makedirs(output_dir, exist_ok=True)
-  with open(cache, "w") as f:
-    json.dump(metrics, f, indent=1)
-  return metrics
+def sweep(model_dir: str, checkpoints: str | int = "latest", corpus_dir: str | None = None,
+          evaluators: Sequence[str] | None = None, ablation_model_dir: str | None = None,
+          gin_files: Sequence[str] = ("runs/eval.gin",), bindings: Sequence[str] = (),
+          search_paths: Sequence[str] = (), output_dir: str | None = None,
+          force: bool = False) -> dict[int, dict[str, float]]:
+  """`mslam eval` for programs: the run's operative config + `gin_files` + `bindings`, then the sweep.
 
-
-def evaluate_run(model_dir: str, corpus_dir: str | None = None, evaluators: Sequence[str] | None = None,
-                 ablation_model_dir: str | None = None, bindings: Sequence[str] = (),
-                 output_dir: str | None = None, force: bool = False) -> dict[str, float]:
-  """The latest checkpoint's figures, for programs (`mslam demo`): runs/eval.gin on a finished run.
-
-  Replaces the process' gin config by the run's operative config + runs/eval.gin + `bindings`
-  (call it after training is done). `evaluators`: names (default: those of runs/eval.gin).
+  Replaces the process' gin config (call it after training is done). `evaluators`: names (default:
+  those of the gin files). `corpus_dir`: default, the run's CORPUS_DIR. `ablation_model_dir`: a
+  speech-only pre-trained run, evaluated first under its own config (`evaluate_ablation`).
   """
-  extra = list(bindings)
-  if corpus_dir:
-    extra.append(f"CORPUS_DIR = '{corpus_dir}'")
+  output_dir = output_dir or os.path.join(model_dir, "eval")
+  extra = [f"CORPUS_DIR = '{corpus_dir}'"] if corpus_dir else []
   if evaluators is not None:
     extra.append(f"build_evaluators.names = {list(evaluators)!r}")
-  gin.clear_config()
-  parse_run_config(model_dir, ["runs/eval.gin"], [f"MODEL_DIR = '{model_dir}'"] + extra)
-  results = evaluate_checkpoints(model_dir=model_dir, checkpoints="latest", output_dir=output_dir,
-                                 ablation_model_dir=ablation_model_dir, force=force)
+  run_bindings = [f"MODEL_DIR = '{model_dir}'"] + list(bindings) + extra
+
+  def parse_main_run():
+    from mslam_jax import train  # pylint: disable=g-import-not-at-top
+    gin.clear_config()
+    parse_run_config(model_dir, gin_files, run_bindings, search_paths)
+    train.check_required_macros()
+
+  ablation = {}
+  if ablation_model_dir:
+    parse_main_run()  # for its CORPUS_DIR: the ablation is scored on the same corpus
+    ablation = evaluate_ablation(ablation_model_dir, gin.query_parameter("%CORPUS_DIR"), gin_files=gin_files,
+                                 bindings=[b for b in bindings if _binding_name(b) != "MODEL_DIR"],
+                                 search_paths=search_paths, output_dir=output_dir, force=force)
+  parse_main_run()
+  return evaluate_checkpoints(model_dir=model_dir, checkpoints=checkpoints, output_dir=output_dir,
+                              extra_metrics=ablation, force=force)
+
+
+@gin.configurable(denylist=["ablation_model_dir", "corpus_dir", "gin_files", "bindings", "search_paths",
+                             "output_dir", "force"])
+def evaluate_ablation(ablation_model_dir: str, corpus_dir: str, evaluator: str = "zero_shot",
+                      gin_files: Sequence[str] = ("runs/eval.gin",), bindings: Sequence[str] = (),
+                      search_paths: Sequence[str] = (), output_dir: str = ".",
+                      force: bool = False) -> dict[str, float]:
+  """The latest checkpoint of a speech-only run, scored by `evaluator`, renamed `*_speech_only_ablation`.
+
+  It is evaluated under its own run's operative config: a model pre-trained without the text and
+  paired objectives has a different parameter tree (no cross-modal temperature, no CTC head), so
+  the joint run's model cannot apply its parameters. Its reports go to OUTPUT_DIR/speech_only_ablation/
+  (and are read back by later sweeps). Replaces the process' gin config.
+  """
+  from mslam_jax.evaluation import zero_shot  # pylint: disable=g-import-not-at-top
+  results = sweep(ablation_model_dir, "latest", corpus_dir=corpus_dir, evaluators=[evaluator], gin_files=gin_files,
+                  bindings=bindings, search_paths=search_paths,
+                  output_dir=os.path.join(output_dir, "speech_only_ablation"), force=force)
+  metrics = results[max(results)]
+  return zero_shot.as_ablation({k: v for k, v in metrics.items() if k.startswith("zero_shot")})
+
+
+def evaluate_run(model_dir: str, **kwargs) -> dict[str, float]:
+  """The latest checkpoint's figures (`sweep` keyword arguments), e.g. for `mslam demo`."""
+  results = sweep(model_dir, "latest", **kwargs)
   return results[max(results)]
 
 
@@ -224,13 +250,10 @@ def run(args: argparse.Namespace) -> int:
   if not model_dir:
     print("mslam eval: pass --model_dir (or --gin.MODEL_DIR=...)", file=sys.stderr)
     return 2
-  gin_files = args.gin_file or ["runs/eval.gin"]
   try:
-    parse_run_config(model_dir, gin_files, bindings, args.gin_search_path)
-    from mslam_jax import train  # pylint: disable=g-import-not-at-top
-    train.check_required_macros()
-    results = evaluate_checkpoints(model_dir=model_dir, checkpoints=args.checkpoint, output_dir=args.output_dir,
-                                   ablation_model_dir=args.ablation_model_dir, force=args.force)
+    results = sweep(model_dir, args.checkpoint, ablation_model_dir=args.ablation_model_dir,
+                    gin_files=args.gin_file or ["runs/eval.gin"], bindings=bindings,
+                    search_paths=args.gin_search_path, output_dir=args.output_dir, force=args.force)
   except (ValueError, FileNotFoundError) as e:
     logging.error("mslam eval: %s", e)
     print(f"mslam eval: {e}", file=sys.stderr)
@@ -241,11 +264,14 @@ def run(args: argparse.Namespace) -> int:
   return 0
 
 
+def _binding_name(binding: str) -> str:
+  return binding.partition("=")[0].strip()
+
+
 def _macro_from_bindings(bindings: Sequence[str], name: str) -> str | None:
   for binding in bindings:
-    key, _, value = binding.partition("=")
-    if key.strip() == name:
-      return value.strip().strip("'\"")
+    if _binding_name(binding) == name:
+      return binding.partition("=")[2].strip().strip("'\"")
   return None
 
 

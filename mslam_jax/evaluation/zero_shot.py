@@ -6,8 +6,8 @@ same checkpoint (shared, so a sweep running both trains it once).
 
 The speech-only ablation is the same evaluator run on a model pre-trained without the text and
 paired objectives at the same step budget; `mslam eval --ablation_model_dir` (or
-`evaluate_checkpoints(ablation_model_dir=...)`) reports its figures with the suffix
-`_speech_only_ablation`, so one report shows what joint pre-training buys.
+`eval.sweep(..., ablation_model_dir=...)`) scores it under its own run config and reports its
+figures with the suffix `_speech_only_ablation`, so one report shows what joint pre-training buys.
 """
 from typing import Sequence
 

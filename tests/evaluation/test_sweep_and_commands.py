@@ -48,7 +48,7 @@ def test_eval_gin_over_the_run_config(run_dir):
   # The run's config names no evaluators and binds CORPUS_DIR; eval.gin must win for the first and
   # must not reset the second to REQUIRED.
   assert gin.query_parameter("build_evaluators.names") == [
-      "retrieval", "langid", "ctc", "zero_shot", "alignment", "embedding_map"]
+      "retrieval", "langid", "langid_finetune", "ctc", "zero_shot", "alignment", "embedding_map"]
   assert gin.query_parameter("%CORPUS_DIR") == corpus
   assert gin.query_parameter("FinetuneConfig.steps") == 7
   from mslam_jax import train  # pylint: disable=g-import-not-at-top
@@ -97,24 +97,44 @@ class _FakeZeroShot:
   runs = []
 
   def evaluate(self, model, params, step, out_dir=None):
-    self.runs.append(step)
-    return {"zero_shot_cer": 0.5 + float(np.sum(params["frontend"]["kernel"])) * 0.0, "zero_shot_cer/ccc": 0.5}
+    self.runs.append((step, model.dim))
+    # The parameters must fit the model they are applied to.
+    assert params["frontend"]["kernel"].shape[-1] == model.dim
+    return {"zero_shot_cer": 0.5, "zero_shot_cer/ccc": 0.5, "other_figure": 1.0}
 
 
 def test_speech_only_ablation_joins_the_report(run_dir, tmp_path):
-  model_dir, _ = run_dir
-  eval_lib.parse_run_config(model_dir)
-  model = eval_lib.model_from_gin()
+  model_dir, corpus = run_dir
+  # The ablation run has a model of its own (here another width; in mSLAM, no cross-modal nor CTC
+  # parameters): it must be evaluated under its own operative config, not the joint run's.
+  ablation_dir = str(tmp_path / "speech_only")
+  synthetic.write_run(ablation_dir, corpus, steps=(3,), dim=32)
+  out = str(tmp_path / "eval")
+  _FakeZeroShot.runs.clear()
   for _ in range(2):
-    results = eval_lib.evaluate_checkpoints(
-        model_dir=model_dir, model=model, checkpoints="all", output_dir=str(tmp_path), evaluators=[_Counting()],
-        ablation_model_dir=model_dir, ablation_evaluator="fake_zero_shot")
-  assert _FakeZeroShot.runs == [4]  # the ablation's latest checkpoint, once: later sweeps read it back
+    results = eval_lib.sweep(model_dir, "all", evaluators=["fake_zero_shot"], ablation_model_dir=ablation_dir,
+                             bindings=["evaluate_ablation.evaluator = 'fake_zero_shot'"], output_dir=out)
+  # The ablation's latest checkpoint on its own model, then the run's two steps; a second sweep
+  # reads everything back.
+  assert _FakeZeroShot.runs == [(3, 32), (2, 64), (4, 64)]
   for step in (2, 4):
     metrics = results[step]
-    assert metrics["zero_shot_cer_speech_only_ablation"] == 0.5 and "zero_shot_cer" not in metrics
-    assert "zero_shot_cer_speech_only_ablation/ccc" in metrics
-  assert "zero_shot_cer_speech_only_ablation" in open(tmp_path / "step_4" / "report.md").read()
+    assert metrics["zero_shot_cer_speech_only_ablation"] == 0.5 and metrics["zero_shot_cer"] == 0.5
+    assert "zero_shot_cer_speech_only_ablation/ccc" in metrics and "other_figure_speech_only_ablation" not in metrics
+  assert "zero_shot_cer_speech_only_ablation" in open(os.path.join(out, "step_4", "report.md")).read()
+  assert os.path.exists(os.path.join(out, "speech_only_ablation", "step_3", "metrics.json"))
+
+
+def test_mslam_eval_command_with_ablation(run_dir, tmp_path, capsys):
+  model_dir, corpus = run_dir
+  ablation_dir = str(tmp_path / "speech_only")
+  synthetic.write_run(ablation_dir, corpus, steps=(5,), dim=16)
+  rc = cli.main(["eval", "--model_dir", model_dir, "--output_dir", str(tmp_path / "eval"),
+                 "--ablation_model_dir", ablation_dir, "--gin.build_evaluators.names=['fake_zero_shot']",
+                 "--gin.evaluate_ablation.evaluator='fake_zero_shot'"])
+  assert rc == 0
+  line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert line["step"] == 4 and line["zero_shot_cer_speech_only_ablation"] == 0.5
 
 
 def test_report_markdown(tmp_path):
