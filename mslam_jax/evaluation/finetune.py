@@ -283,15 +283,6 @@ def _embed_dim(model, encoder_params) -> int:
   return jax.eval_shape(model.encode_speech, meta.unbox(encoder_params), audio, mask)[2].shape[-1]
 
 
-def _pad_rows(rows: Sequence[np.ndarray], length: int, dtype) -> tuple[np.ndarray, np.ndarray]:
-  out = np.zeros([len(rows), length], dtype)
-  mask = np.zeros([len(rows), length], np.int32)
-  for i, r in enumerate(rows):
-    out[i, :len(r)] = r
-    mask[i, :len(r)] = 1
-  return out, mask
-
-
 def finetune_ctc(model: Any, params: Any, utterances: Sequence[Any], vocab: Any,
                  config: FinetuneConfig = FinetuneConfig()) -> FinetunedCTC:
   """Trains a CTC head (and, per `config.freeze`, encoder layers) on paired utterances."""
@@ -318,8 +309,9 @@ def finetune_ctc(model: Any, params: Any, utterances: Sequence[Any], vocab: Any,
 
   def sample_batch(rng):
     idx = rng.choice(len(audios), size=config.batch_size, replace=len(audios) < config.batch_size)
-    audio, audio_mask = _pad_rows([audios[i] for i in idx], audio_len, np.float32)
-    tokens, tokens_mask = _pad_rows([labels[i] for i in idx], label_len, np.int32)
+    # One shape for every batch (a bucket of exactly the longest clip): one compile.
+    audio, audio_mask = eval_data.pad_audio([audios[i] for i in idx], len(idx), audio_len)
+    tokens, tokens_mask = eval_data.pad_tokens([labels[i] for i in idx], len(idx), label_len)
     return audio, audio_mask, tokens, tokens_mask
 
   def loss_fn(p, batch):
@@ -452,18 +444,23 @@ class FinetunedClassifier:
 def finetune_classifier(model: Any, params: Any, audios: Sequence[np.ndarray], labels: Sequence[str],
                         config: FinetuneConfig = FinetuneConfig()) -> FinetunedClassifier:
   """A linear head on the pooled speech embedding (e.g. language or intent), with `config.freeze`."""
+  max_samples = int(config.max_audio_seconds * eval_data.SAMPLE_RATE)
+  kept = [(np.asarray(a, np.float32), l) for a, l in zip(audios, labels) if 0 < len(a) <= max_samples]
+  if len(kept) < len(audios):
+    logging.warning("Classifier fine-tuning: skipped %d clips (empty or longer than "
+                    "FinetuneConfig.max_audio_seconds)", len(audios) - len(kept))
+  audios, labels = [a for a, _ in kept], [l for _, l in kept]
   classes = sorted(set(labels))
   if len(classes) < 2:
     raise ValueError("a classifier needs at least two classes")
   targets = np.array([classes.index(l) for l in labels], np.int32)
-  audios = [np.asarray(a, np.float32) for a in audios]
   audio_len = -(-max(len(a) for a in audios) // eval_data.SAMPLE_RATE) * eval_data.SAMPLE_RATE
   encoder_params = meta.unbox(params)
   head = _init_head(jax.random.PRNGKey(config.seed), _embed_dim(model, encoder_params), len(classes))
 
   def sample_batch(rng):
     idx = rng.choice(len(audios), size=config.batch_size, replace=len(audios) < config.batch_size)
-    audio, mask = _pad_rows([audios[i] for i in idx], audio_len, np.float32)
+    audio, mask = eval_data.pad_audio([audios[i] for i in idx], len(idx), audio_len)
     return audio, mask, targets[idx]
 
   def loss_fn(p, batch):

@@ -9,7 +9,7 @@ import pytest
 from mslam_jax import cli
 from mslam_jax.evaluation import registry, report
 
-ALL_EVALUATORS = ["retrieval", "langid", "ctc", "zero_shot", "alignment", "embedding_map"]
+ALL_EVALUATORS = ["retrieval", "langid", "langid_finetune", "ctc", "zero_shot", "alignment", "embedding_map"]
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +34,8 @@ def test_every_evaluator_on_a_tiny_checkpoint(tiny_run, builtin_corpus_dir):
   try:
     rc = cli.main(["eval", "--model_dir", tiny_run, "--corpus_dir", builtin_corpus_dir,
                    f"--gin.build_evaluators.names={ALL_EVALUATORS!r}",
-                   "--gin.FinetuneConfig.steps=3", "--gin.FinetuneConfig.freeze='frozen'"])
+                   "--gin.FinetuneConfig.steps=3", "--gin.FinetuneConfig.freeze='frozen'",
+                   "--gin.langid_head/FinetuneConfig.steps=3"])
   finally:
     gin.clear_config()
   assert rc == 0
@@ -45,7 +46,8 @@ def test_every_evaluator_on_a_tiny_checkpoint(tiny_run, builtin_corpus_dir):
   assert saved["step"] == 1
   assert metrics["eval_failed_evaluators"] == 0
   for key in ("retrieval_r1_speech_to_text", "retrieval_r1_text_to_speech", "retrieval_mrr_speech_to_text",
-              "langid_accuracy_speech", "langid_accuracy_text", "langid_macro_f1_speech"):
+              "langid_accuracy_speech", "langid_accuracy_text", "langid_macro_f1_speech",
+              "langid_finetune_accuracy_speech", "langid_finetune_macro_f1_speech"):
     assert 0.0 <= metrics[key] <= 1.0, key
   assert metrics["retrieval_r5_speech_to_text"] >= metrics["retrieval_r1_speech_to_text"]
   for key in ("ctc_cer", "zero_shot_cer"):
