@@ -289,7 +289,10 @@ class MSLAMNetwork(nn.Module):
     compile than the full objective graph); creates what __call__ uses, nothing more."""
     enc = self.encoder
     speech = batch.get("speech") or batch["paired"]
-    text = batch.get("text") or batch["paired"]
+    text = batch.get("text") or batch.get("paired")
+    if text is None:  # a speech-only run still gets the whole parameter tree (same init as a joint run)
+      tokens = jnp.full((speech["audio"].shape[0], 8), MASK_ID, jnp.int32)
+      text = {"tokens": tokens, "tokens_mask": jnp.ones_like(tokens)}
     outputs = enc(speech["audio"], _int(speech["audio_mask"]), text["tokens"], _int(text["tokens_mask"]))
     frames = outputs["speech"][0]
     features, mask = enc.speech_frontend(speech["audio"], _int(speech["audio_mask"]))

@@ -193,6 +193,21 @@ def test_best_rq_quantizer_traces(gin_tiny, batch):
   assert loss.shape == () and "speech/mlm_loss" in metrics and "speech/contrastive_loss" not in metrics
 
 
+def test_speech_only_batches_get_the_joint_parameter_tree(gin_tiny, batch):
+  """The speech-only ablation reads no text nor paired stream; its parameters still match a joint
+  run's (the same tree), so the two runs load alike."""
+  weights = mslam.ObjectiveWeights(text_mlm=0.0, tlm=0.0, ctc=0.0, cross_modal=0.0)
+  model = mslam.MSLAMModel(weights=weights)
+  speech_only = {"speech": batch["speech"]}
+  rng = jax.random.key(0)
+  joint_params = jax.eval_shape(model.init, rng, batch)
+  params = jax.eval_shape(model.init, rng, speech_only)
+  assert jax.tree.structure(params) == jax.tree.structure(joint_params)
+  loss, metrics = jax.eval_shape(model.loss_fn, flax.core.meta.unbox(params), speech_only, jax.random.key(1), 0)
+  assert loss.shape == () and "speech/mlm_loss" in metrics
+  assert not any(k.startswith(("text/", "paired/")) for k in metrics)
+
+
 @pytest.mark.parametrize("overrides,binding", [
     (dict(encoder=dict(contrastive_layer=5)), "MSLAMEncoder.contrastive_layer"),
     (dict(encoder=dict(num_shared_layers=0)), "MSLAMEncoder.num_shared_layers"),
