@@ -224,7 +224,8 @@ def run(args: argparse.Namespace) -> int:
     summaries = {}
     for name, directory, extra, description in runs:
       with Stage(timings, name, f"{description} -> {directory}") as stage:
-        _parse(gin_files, [f"CORPUS_DIR = '{corpus_dir}'", f"MODEL_DIR = '{directory}'"] + list(extra) + user,
+        # The ablation's bindings come last: a --gin flag (a weight, a batch size) must not undo them.
+        _parse(gin_files, [f"CORPUS_DIR = '{corpus_dir}'", f"MODEL_DIR = '{directory}'"] + user + list(extra),
                search)
         train_steps = int(_macro("TRAIN_STEPS"))
         summaries[name], stage.skipped = pretrain(directory)

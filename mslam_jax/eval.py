@@ -212,6 +212,8 @@ def evaluate_ablation(ablation_model_dir: str, corpus_dir: str, evaluator: str =
   (and are read back by later sweeps). Replaces the process' gin config.
   """
   from mslam_jax.evaluation import zero_shot  # pylint: disable=g-import-not-at-top
+  # Last, so that model bindings meant for the joint run (objective weights) cannot reach it.
+  bindings = list(bindings) + list(zero_shot.SPEECH_ONLY_BINDINGS)
   results = sweep(ablation_model_dir, "latest", corpus_dir=corpus_dir, evaluators=[evaluator], gin_files=gin_files,
                   bindings=bindings, search_paths=search_paths,
                   output_dir=os.path.join(output_dir, "speech_only_ablation"), force=force)
