@@ -50,7 +50,8 @@ class FinetuneConfig:
   max_audio_seconds: float = 20.0
   seed: int = 0
   # Start the CTC head from the pre-trained one under this top-level parameter name when there is
-  # one (mSLAM-CTC pre-trains a CTC head on paired data); None: a fresh head.
+  # one (mSLAM-CTC pre-trains a CTC head on paired data); None: a fresh head. A head still on CTC's
+  # all-blank plateau is a worse start than a fresh one (so the demo, after 120 steps, uses None).
   pretrained_head: str | None = "ctc_head"
 
   def __post_init__(self):
@@ -258,6 +259,12 @@ def _head_logits(head, frames):
   return frames @ head["kernel"] + head["bias"]
 
 
+def _classifier_logits(head, pooled):
+  # The standardization is fixed (a zero gradient is a zero Adam update); only kernel and bias learn.
+  mean, inv_std = jax.lax.stop_gradient(head["mean"]), jax.lax.stop_gradient(head["inv_std"])
+  return _head_logits(head, (pooled.astype(jnp.float32) - mean) * inv_std)
+
+
 def _init_head(rng, dim: int, num_classes: int):
   return {"kernel": jax.random.normal(rng, (dim, num_classes), jnp.float32) * (1.0 / np.sqrt(dim)),
           "bias": jnp.zeros((num_classes,), jnp.float32)}
@@ -429,7 +436,7 @@ class FinetunedClassifier:
   def __post_init__(self):
     def logits(params, audio, mask):
       _, _, pooled = self.model.encode_speech(params["encoder"], audio, mask)
-      return _head_logits(params["head"], pooled.astype(jnp.float32))
+      return _classifier_logits(params["head"], pooled)
     self._logits = jax.jit(logits)
 
   def predict(self, audios: Sequence[np.ndarray]) -> list[str]:
@@ -444,11 +451,11 @@ class FinetunedClassifier:
 def finetune_classifier(model: Any, params: Any, audios: Sequence[np.ndarray], labels: Sequence[str],
                         config: FinetuneConfig = FinetuneConfig()) -> FinetunedClassifier:
   """A linear head on the pooled speech embedding (e.g. language or intent), with `config.freeze`."""
+  # A label holds for the whole clip, so a long clip is cropped (its first max_audio_seconds), not dropped.
   max_samples = int(config.max_audio_seconds * eval_data.SAMPLE_RATE)
-  kept = [(np.asarray(a, np.float32), l) for a, l in zip(audios, labels) if 0 < len(a) <= max_samples]
+  kept = [(np.asarray(a[:max_samples], np.float32), l) for a, l in zip(audios, labels) if len(a)]
   if len(kept) < len(audios):
-    logging.warning("Classifier fine-tuning: skipped %d clips (empty or longer than "
-                    "FinetuneConfig.max_audio_seconds)", len(audios) - len(kept))
+    logging.warning("Classifier fine-tuning: skipped %d empty clips", len(audios) - len(kept))
   audios, labels = [a for a, _ in kept], [l for _, l in kept]
   classes = sorted(set(labels))
   if len(classes) < 2:
@@ -457,6 +464,13 @@ def finetune_classifier(model: Any, params: Any, audios: Sequence[np.ndarray], l
   audio_len = -(-max(len(a) for a in audios) // eval_data.SAMPLE_RATE) * eval_data.SAMPLE_RATE
   encoder_params = meta.unbox(params)
   head = _init_head(jax.random.PRNGKey(config.seed), _embed_dim(model, encoder_params), len(classes))
+  # Pooled embeddings can differ between clips by a small fraction of their norm (a lightly trained
+  # encoder); the head standardizes them as the linear probe does, with statistics of the training
+  # clips under the starting encoder.
+  pooled = eval_data.Encoder(model, encoder_params, batch_size=config.batch_size).speech(audios)
+  head["kernel"] = jnp.zeros_like(head["kernel"])  # logistic regression's start: every class alike
+  head["mean"] = jnp.asarray(pooled.mean(0), jnp.float32)
+  head["inv_std"] = jnp.asarray(1.0 / (pooled.std(0) + 1e-6), jnp.float32)
 
   def sample_batch(rng):
     idx = rng.choice(len(audios), size=config.batch_size, replace=len(audios) < config.batch_size)
@@ -466,8 +480,7 @@ def finetune_classifier(model: Any, params: Any, audios: Sequence[np.ndarray], l
   def loss_fn(p, batch):
     audio, mask, y = batch
     _, _, pooled = model.encode_speech(p["encoder"], audio, mask)
-    logits = _head_logits(p["head"], pooled.astype(jnp.float32))
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return optax.softmax_cross_entropy_with_integer_labels(_classifier_logits(p["head"], pooled), y).mean()
 
   tuned, losses = _train(loss_fn, encoder_params, head, config, sample_batch, "finetune-classifier",
                          cache_key=(model, "classifier", audio_len, len(classes)))

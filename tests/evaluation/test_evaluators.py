@@ -5,6 +5,7 @@ import os
 
 import gin
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -71,7 +72,9 @@ def test_freezing_choices_change_only_what_they_should(corpus, scanned):
                         if scanned and np.ndim(a) == 3 else float(np.abs(np.asarray(a) - np.asarray(b)).max()),
                         tuned.params["encoder"], params)
 
-  base = dict(steps=2, batch_size=4, warmup_steps=1, learning_rate=1e-2, encoder_learning_rate=1e-2)
+  # 3 steps: the classifier head starts at zero (logistic regression), so the encoder first gets a
+  # gradient once the head has moved.
+  base = dict(steps=3, batch_size=4, warmup_steps=1, learning_rate=1e-2, encoder_learning_rate=1e-2)
   top = changed(finetune.FinetuneConfig(freeze="top_k", top_k=1, **base))
   assert top["frontend"]["kernel"] == 0 and top["text_embed"]["embedding"] == 0
   if scanned:
@@ -83,6 +86,32 @@ def test_freezing_choices_change_only_what_they_should(corpus, scanned):
   # checked in test_gradient_masks.)
   frozen = changed(finetune.FinetuneConfig(freeze="frozen", **base))
   assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(frozen))
+
+
+class _OffsetModel:
+  """Pooled embedding = a large constant + 1e-3 x the clip's mean level: two languages of different
+  loudness differ by a tiny fraction of the norm, as a lightly trained encoder's clips do."""
+
+  def init(self, rng):
+    return {"offset": 100.0 * jax.random.normal(rng, (8,)), "direction": jnp.ones((8,))}
+
+  def encode_speech(self, params, audio, mask):
+    level = jnp.sum(jnp.abs(audio) * mask, -1) / jnp.maximum(jnp.sum(mask, -1), 1)
+    pooled = params["offset"] + 1e-3 * level[:, None] * params["direction"]
+    return pooled[:, None, :], jnp.ones(audio.shape[:1] + (1,), jnp.int32), pooled
+
+  def encode_text(self, params, tokens, mask):
+    raise NotImplementedError("speech only")
+
+
+def test_classifier_head_separates_embeddings_that_differ_by_a_small_fraction():
+  rng = np.random.default_rng(0)
+  audios = [rng.standard_normal(4000).astype(np.float32) * (0.1 if i % 2 else 1.0) for i in range(32)]
+  labels = ["quiet" if i % 2 else "loud" for i in range(32)]
+  model = _OffsetModel()
+  config = finetune.FinetuneConfig(freeze="frozen", steps=40, batch_size=8, warmup_steps=5, learning_rate=1e-2)
+  tuned = finetune.finetune_classifier(model, model.init(jax.random.PRNGKey(0)), audios, labels, config)
+  assert tuned.predict(audios) == labels
 
 
 def test_ctc_alignment_and_zero_shot_evaluators(corpus, model_and_params, tmp_path):
