@@ -1,13 +1,14 @@
-"""`mslam demo`: the whole system at toy scale on a CPU (about 830 CPU-seconds; 7-14 min on 2 idle cores).
+"""`mslam demo`: the whole system at toy scale on a CPU (about 9 minutes on 2 idle cores).
 
-  mslam demo [--out ./mslam_demo] [--steps 120] [--finetune-steps 100] [--gin.NAME=VALUE ...]
+  mslam demo [--out ./mslam_demo] [--steps 120] [--finetune-steps 300] [--gin.NAME=VALUE ...]
 
-1. builds the built-in corpus (13 languages, 2 held out for zero-shot ASR) into OUT/corpus;
+1. builds the built-in corpus (10 languages, 2 held out for zero-shot ASR) into OUT/corpus;
 2. pre-trains the tiny model with mSLAM-CTC + the cross-modal loss into OUT/pretrain;
 3. pre-trains the speech-only ablation (no text nor paired objectives) at the same step budget
    into OUT/pretrain_speech_only;
-4. runs the evaluation sweep (retrieval, language ID, CTC fine-tuning, zero-shot ASR, alignment,
-   embedding map) into OUT/eval;
+4. runs the evaluation sweep (retrieval, language ID by probe and by fine-tuning, CTC fine-tuning,
+   zero-shot ASR, alignment, embedding map) into OUT/eval, and the zero-shot evaluation of the
+   ablation under its own config;
 5. prints the results table and writes OUT/report.json and the training-curve PNGs.
 
 Sizes live in gin_configs/runs/demo.gin. Re-running on the same OUT skips what is done: the corpus
