@@ -207,7 +207,7 @@ def evaluate_ablation(ablation_model_dir: str, corpus_dir: str, evaluator: str =
   """The latest checkpoint of a speech-only run, scored by `evaluator`, renamed `*_speech_only_ablation`.
 
   It is evaluated under its own run's operative config: a model pre-trained without the text and
-  paired objectives has a different parameter tree (no cross-modal temperature, no CTC head), so
+  paired objectives has a different parameter tree (no cross-modal temperature), so
   the joint run's model cannot apply its parameters. Its reports go to OUTPUT_DIR/speech_only_ablation/
   (and are read back by later sweeps). Replaces the process' gin config.
   """
