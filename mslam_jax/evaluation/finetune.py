@@ -463,14 +463,14 @@ def finetune_classifier(model: Any, params: Any, audios: Sequence[np.ndarray], l
   targets = np.array([classes.index(l) for l in labels], np.int32)
   audio_len = -(-max(len(a) for a in audios) // eval_data.SAMPLE_RATE) * eval_data.SAMPLE_RATE
   encoder_params = meta.unbox(params)
-  head = _init_head(jax.random.PRNGKey(config.seed), _embed_dim(model, encoder_params), len(classes))
   # Pooled embeddings can differ between clips by a small fraction of their norm (a lightly trained
   # encoder); the head standardizes them as the linear probe does, with statistics of the training
-  # clips under the starting encoder.
+  # clips under the starting encoder, and starts as logistic regression does: every class alike.
   pooled = eval_data.Encoder(model, encoder_params, batch_size=config.batch_size).speech(audios)
-  head["kernel"] = jnp.zeros_like(head["kernel"])  # logistic regression's start: every class alike
-  head["mean"] = jnp.asarray(pooled.mean(0), jnp.float32)
-  head["inv_std"] = jnp.asarray(1.0 / (pooled.std(0) + 1e-6), jnp.float32)
+  head = {"kernel": jnp.zeros((pooled.shape[-1], len(classes)), jnp.float32),
+          "bias": jnp.zeros((len(classes),), jnp.float32),
+          "mean": jnp.asarray(pooled.mean(0), jnp.float32),
+          "inv_std": jnp.asarray(1.0 / (pooled.std(0) + 1e-6), jnp.float32)}
 
   def sample_batch(rng):
     idx = rng.choice(len(audios), size=config.batch_size, replace=len(audios) < config.batch_size)
