@@ -113,22 +113,31 @@ class SpeechFrontend(nn.Module):
 
 @gin.configurable
 class FeatureProjection(nn.Module):
-  """LayerNorm over the frontend features, Dense to the model dim, dropout (HF's feature_projection)."""
+  """LayerNorm over the frontend features, Dense to the model dim, dropout (HF's feature_projection).
+
+  `normalize` alone gives the layer-normed features: what wav2vec 2.0 / w2v-BERT quantize (fairseq
+  and HF both feed the quantizer the post-extract layer norm's output, not the raw features).
+  """
   embed_dim: int
   dropout_rate: float = 0.0
   layer_norm_epsilon: float = 1e-5
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
 
-  @nn.compact
-  def __call__(self, features: Array, deterministic: bool = True) -> Array:
-    x = nn.LayerNorm(
+  def setup(self):
+    self.layer_norm = nn.LayerNorm(
         epsilon=self.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
         use_fast_variance=False, scale_init=attention.partitioned(nn.initializers.ones, (None,)),
-        bias_init=attention.partitioned(nn.initializers.zeros, (None,)), name="layer_norm")(features)
-    x = nn.Dense(
+        bias_init=attention.partitioned(nn.initializers.zeros, (None,)))
+    self.projection = nn.Dense(
         self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=attention.partitioned(nn.initializers.lecun_normal(), (None, "embed")),
-        bias_init=attention.partitioned(nn.initializers.zeros, ("embed",)), name="projection")(x)
-    x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+        bias_init=attention.partitioned(nn.initializers.zeros, ("embed",)))
+    self.dropout = nn.Dropout(self.dropout_rate)
+
+  def normalize(self, features: Array) -> Array:
+    return self.layer_norm(features)
+
+  def __call__(self, features: Array, deterministic: bool = True) -> Array:
+    x = self.dropout(self.projection(self.layer_norm(features)), deterministic=deterministic)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))

@@ -94,8 +94,11 @@ class GumbelVectorQuantizer(nn.Module):
       codevector_dim // num_groups dims.
     rng_collection: rng stream for the Gumbel noise in training.
 
-  The logit projection starts at lecun-normal scale (fairseq uses N(0, 1), which on wide inputs
-  starts every softmax almost one-hot) so that initial usage is spread.
+  Feed it layer-normed features (MSLAMEncoder.normalize_speech_features). Its logit projection
+  starts at N(0, 1) with a zero bias, as in fairseq2 and HF transformers: on unit-scale inputs the
+  logits then differ by O(sqrt(F)), so each frame starts with a confident, input-determined code
+  (two Gumbel draws of a frame agree) while different frames pick different codes. At
+  lecun-normal scale the logits are O(1), Gumbel noise dominates and the targets are noise.
   """
   num_groups: int = 1
   num_entries: int = 1024
@@ -114,7 +117,7 @@ class GumbelVectorQuantizer(nn.Module):
     groups, entries = self.num_groups, self.num_entries
     logits = nn.Dense(
         groups * entries, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=attention.partitioned(nn.initializers.lecun_normal(), (None, "codebook")),
+        kernel_init=attention.partitioned(nn.initializers.normal(1.0), (None, "codebook")),
         bias_init=attention.partitioned(nn.initializers.zeros, ("codebook",)), name="logits")(features)
     logits = logits.astype(jnp.float32).reshape(batch, length, groups, entries)
     codebook = self.param(

@@ -1,6 +1,7 @@
 """The mSLAM encoder: speech frontend, speech-only Conformer layers, shared layers, text input.
 
-  speech: audio -> SpeechFrontend -> features (quantizer input) -> FeatureProjection -> x
+  speech: audio -> SpeechFrontend -> features -> FeatureProjection (layer norm: the Gumbel quantizer's
+          input; Dense) -> x
           -> speech_lower (contrastive_layer blocks) -> contrastive_out
           -> speech_upper (the remaining speech-only blocks) -> speech_out
           -> shared (num_shared_layers blocks) -> frames -> pooled
@@ -82,12 +83,16 @@ class MSLAMEncoder(nn.Module):
 
   def speech_frontend(self, audio: Array, audio_mask: Array,
                       deterministic: bool = True) -> tuple[Array, Array]:
-    """Audio [B, S] -> (pre-projection features [B, T, F] (the quantizer input), mask [B, T])."""
+    """Audio [B, S] -> (pre-projection features [B, T, F], mask [B, T])."""
     return self.frontend(audio, audio_mask, deterministic)
 
   def speech_quantizer_input(self, audio: Array, audio_mask: Array) -> tuple[Array, Array]:
     """Parameter-free log-mels stacked to the frontend's frame rate (input for BEST-RQ)."""
     return self.frontend.stacked_log_mel(audio, audio_mask)
+
+  def normalize_speech_features(self, features: Array) -> Array:
+    """Frontend features [B, T, F] -> layer-normed [B, T, F] (the learned quantizer's input)."""
+    return self.speech_projection.normalize(features)
 
   def project_speech(self, features: Array, deterministic: bool = True) -> Array:
     """Frontend features [B, T, F] -> [B, T, D]."""

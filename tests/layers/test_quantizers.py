@@ -95,3 +95,20 @@ def test_best_rq_is_frozen_deterministic_and_nearest_neighbour():
   dist = ((proj[:, :, :, None, :] - book[None, None]) ** 2).sum(-1)
   np.testing.assert_array_equal(out.ids, dist.argmin(-1))
   assert out.quantized.shape == (3, 10, GROUPS * 4)
+
+
+def test_gumbel_targets_are_a_function_of_the_input_at_init():
+  """Two Gumbel draws of the same layer-normed frames pick the same code far above chance, and
+  different frames pick different codes: the targets carry information from step 0. (At
+  lecun-normal scale the logits are O(1), the noise wins, and draws agree a few % of the time.)"""
+  entries, dim = 64, 160
+  frames = jax.random.normal(jax.random.PRNGKey(1), (4, 50, dim))
+  frames = (frames - frames.mean(-1, keepdims=True)) / frames.std(-1, keepdims=True)  # layer-normed
+  mask = jnp.ones((4, 50), jnp.int32)
+  q = quantizers.GumbelVectorQuantizer(num_groups=1, num_entries=entries, codevector_dim=32)
+  variables = q.init({"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}, frames, mask, 2.0, False)
+  draw = lambda seed: q.apply(variables, frames, mask, 2.0, False, rngs={"dropout": jax.random.PRNGKey(seed)}).ids
+  agreement = float(jnp.mean(draw(2) == draw(3)))
+  assert agreement > 0.6, agreement  # chance is ~1/64
+  out = q.apply(variables, frames, mask, 2.0, True)
+  assert float(out.code_perplexity) > entries / 4  # the frames spread over the codebook
