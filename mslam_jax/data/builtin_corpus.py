@@ -175,13 +175,17 @@ def _draw_sentences(lang: languages.Language, config: BuildConfig, want_speech: 
   return paired, speech, text
 
 
-def _synthesize_items(lang: languages.Language, sentences: Sequence[str], stream: str,
+def _synthesize_items(lang: languages.Language, sentences: Sequence[tuple[int, str]], stream: str, split: str,
                       config: BuildConfig, counter: audio_lib.SkipCounter,
                       synthesize=espeak.synthesize) -> Iterable[audio_lib.RawItem]:
-  rng = np.random.default_rng([config.seed, int(hashlib.sha1(f"{lang.code}/{stream}".encode()).hexdigest()[:8], 16)])
-  for i, sentence in enumerate(sentences):
+  """Speech for (index, sentence) pairs of one split: training voices for train, held-out voice
+  variants (espeak.EVAL_VARIANTS) for validation and test."""
+  rng = np.random.default_rng(
+      [config.seed, int(hashlib.sha1(f"{lang.code}/{stream}/{split}".encode()).hexdigest()[:8], 16)])
+  variants = espeak.TRAIN_VARIANTS if split == "train" else espeak.EVAL_VARIANTS
+  for i, sentence in sentences:
     item_id = f"{lang.code}-{stream}-{i:05d}"
-    style = espeak.sample_style(rng, lang.espeak_voices)
+    style = espeak.sample_style(rng, lang.espeak_voices, variants)
     try:
       result = synthesize(sentence, style)
     except espeak.EspeakError as e:
@@ -194,6 +198,14 @@ def _synthesize_items(lang: languages.Language, sentences: Sequence[str], stream
         id=item_id, lang=lang.code, text=sentence, audio=result.audio, sample_rate=espeak.SAMPLE_RATE,
         extras={"voice": style.describe(), "words": list(result.words),
                 "word_starts_ms": list(result.word_starts_ms), "word_ends_ms": list(result.word_ends_ms)})
+
+
+def _speech_splits(lang, sentences, stream, held_out, config, counter, synthesize) -> dict[str, list]:
+  """Sentences split first (so each split is spoken by its own voices), then synthesized and validated."""
+  by_split = _assign_splits(list(enumerate(sentences)), held_out)
+  return {split: list(audio_lib.validate_items(
+              _synthesize_items(lang, items, stream, split, config, counter, synthesize), counter, config.max_seconds))
+          for split, items in by_split.items()}
 
 
 def _write_shards(out_dir: str, stream: str, lang: str, split: str,
@@ -246,22 +258,20 @@ def _build_languages(out_dir, selected, held, config, counter, synthesize, progr
       counter.skip(NOT_ENOUGH_TEXT, code, f"{len(paired_texts)} paired and {len(speech_texts)} speech "
                    f"sentences of {want_speech} wanted")
     by_stream = {
-        "paired": list(audio_lib.validate_items(
-            _synthesize_items(lang, paired_texts, "paired", config, counter, synthesize), counter,
-            config.max_seconds)),
-        "speech": list(audio_lib.validate_items(
-            _synthesize_items(lang, speech_texts, "speech", config, counter, synthesize), counter,
-            config.max_seconds)),
-        "text": list(audio_lib.validate_items(
-            (audio_lib.RawItem(id=f"{code}-text-{i:05d}", lang=code, text=t) for i, t in enumerate(text_texts)),
-            counter, config.max_seconds)),
-    }
+        stream: _speech_splits(lang, texts, stream, stream == "paired" and code in held, config, counter,
+                               synthesize)
+        for stream, texts in (("paired", paired_texts), ("speech", speech_texts)) if texts}
+    text_items = list(audio_lib.validate_items(
+        (audio_lib.RawItem(id=f"{code}-text-{i:05d}", lang=code, text=t) for i, t in enumerate(text_texts)),
+        counter, config.max_seconds))
+    if text_items:
+      by_stream["text"] = _assign_splits(text_items, held_out=False)
     entry = {"lang_id": languages.lang_id(code), "name": lang.name, "script": lang.script,
              "held_out": code in held, "streams": {}}
     for stream in records.STREAMS:
-      if not by_stream[stream]:
+      if not any(by_stream.get(stream, {}).values()):
         continue
-      splits = _assign_splits(by_stream[stream], held_out=(stream == "paired" and code in held))
+      splits = by_stream[stream]
       entry["streams"][stream] = {}
       for split in records.SPLITS:
         shard_files = _write_shards(out_dir, stream, code, split, splits[split])

@@ -147,3 +147,18 @@ def test_held_out_needs_its_script_in_training():
   # Japanese is the only Jpan language: holding it out would leave CTC without its symbols.
   assert builtin_corpus.choose_held_out(["eng", "jpn", "deu"], ["jpn", "deu"]) == ["deu"]
   assert builtin_corpus.choose_held_out(["eng", "deu"], ["deu", "eng"]) == ["deu"]  # one stays
+
+
+def test_evaluation_splits_are_spoken_by_voices_training_never_hears(builtin_corpus_dir):
+  from mslam_jax.data import espeak  # pylint: disable=g-import-not-at-top
+  seen = {}
+  for (stream, _, split), utts in _read_all(builtin_corpus_dir).items():
+    if stream == "text":
+      continue
+    for utt in utts:
+      name = utt.voice.split(";")[0]
+      seen.setdefault(split, set()).add(name.split("+")[1] if "+" in name else "")
+  assert seen["train"] and seen["train"] <= set(espeak.TRAIN_VARIANTS)
+  assert seen["test"] and seen["test"] <= set(espeak.EVAL_VARIANTS)
+  assert seen.get("validation", set()) <= set(espeak.EVAL_VARIANTS)
+  assert not set(espeak.TRAIN_VARIANTS) & set(espeak.EVAL_VARIANTS)
