@@ -188,6 +188,9 @@ def train(*,
           evaluators: Sequence[Any] = (),
           initialize_params: Callable[[Any], Any] | None = None,
           max_consecutive_nonfinite: int = 5,
+          health_every: int = 0,
+          health_params: str = "encoder/shared",
+          collapse_cosine: float = 0.99,
           progress_bar: bool = True,
           tensorboard: bool = True,
           stop_after: int | None = None) -> dict:
@@ -197,6 +200,11 @@ def train(*,
   `initialize_params(params) -> params` runs once, on a fresh start only (never on resume): e.g.
   `@initialize_from_checkpoint` to start the encoder from a converted w2v-BERT 2.0 checkpoint.
   Returns a summary dict (final step, non-finite count, why it stopped).
+
+  Health: every `health_every` steps (0: never) the step's batch is differentiated objective by
+  objective and each one's gradient norm over the parameters under `health_params` is logged
+  (`grad_norm/<objective>`). Whenever the model's `health/frame_cosine` or
+  `health/utterance_cosine` exceeds `collapse_cosine`, the log says that the encoder is collapsing.
   """
   import jax  # pylint: disable=g-import-not-at-top
   import tqdm  # pylint: disable=g-import-not-at-top
@@ -269,13 +277,14 @@ def train(*,
       metrics["audio_hours_per_sec"] = window["audio"] / 3600 / elapsed
       writer.write_scalars(step, metrics)
       window.update(t=time.time(), steps=0, audio=0.0)
+      _warn_on_collapse(step, metrics, collapse_cosine)
     if metrics["nonfinite_streak"] >= max_consecutive_nonfinite:
       raise NonFiniteLossError(
           f"{int(metrics['nonfinite_streak'])} non-finite losses in a row up to step {step} "
           f"(train.max_consecutive_nonfinite={max_consecutive_nonfinite}); the parameters "
           f"were not updated by them and the last checkpoint in {ckpt.directory} is intact")
     bar.set_postfix(loss=f"{metrics['loss']:.4g}",
-                    audio_h_per_s=f"{audio_seconds_total / 3600 / max(time.time() - t0, 1e-9):.3g}",
+                    audio_s_per_s=f"{audio_seconds_total / max(time.time() - t0, 1e-9):.3g}",
                     refresh=False)
 
   pending = None
@@ -291,8 +300,11 @@ def train(*,
       host_batch = next(iterator)
       # Every process feeds equal rows, so the global audio is this process's times the count.
       seconds = trainer_lib.audio_seconds(host_batch) * jax.process_count()
-      state, metrics = trainer.train_step(state, trainer.shard_batch(host_batch))
+      batch = trainer.shard_batch(host_batch)
+      state, metrics = trainer.train_step(state, batch)
       step += 1
+      if health_every and step % health_every == 0:
+        metrics = {**metrics, **trainer.objective_grad_norms(state, batch, params_under=health_params)}
       audio_seconds_total += seconds
       if pending is not None:
         handle(*pending)
@@ -318,6 +330,14 @@ def train(*,
     logging.info("Training stopped at step %d (%s); %d non-finite updates skipped",
                  step, summary["stopped"], summary["nonfinite_count"])
   return summary
+
+
+def _warn_on_collapse(step: int, metrics: dict, threshold: float) -> None:
+  for key, what in (("health/frame_cosine", "frames within an utterance"),
+                    ("health/utterance_cosine", "pooled utterances of the batch")):
+    if metrics.get(key, 0.0) > threshold:
+      logging.warning("Step %d: the encoder is collapsing: mean cosine %.3f between %s (%s > %.2f)",
+                      step, metrics[key], what, key, threshold)
 
 
 def run_evaluators(evaluators: Sequence[Any], model: Any, params: Any, step: int) -> dict:

@@ -8,6 +8,7 @@ rules of mslam_jax.partitioning; the step is a plain jax.jit with in/out shardin
 donated (MaxText / big_vision style). A non-finite loss or gradient keeps the old parameters and
 optimizer state (decided inside the step, so no host round trip) and is counted.
 """
+import functools
 from typing import Any, Protocol, Sequence
 
 import flax
@@ -45,6 +46,11 @@ class TrainState:
   rng: jax.Array               # base key; the step's key is fold_in(rng, step)
   nonfinite_count: jax.Array   # updates skipped for a non-finite loss or gradient, in total
   nonfinite_streak: jax.Array  # ... in a row, up to this step
+
+
+def _path_name(path) -> str:
+  """"encoder/shared/layers/..." of a pytree key path."""
+  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 
 
 def _scalar_specs():
@@ -94,6 +100,7 @@ class Trainer:
     self.replicated = NamedSharding(mesh, PartitionSpec())
 
     self._init = jax.jit(self._init_state, out_shardings=self.state_shardings)
+    self._objective_grad_fns: dict[tuple[str, str], Any] = {}
     self._step = jax.jit(
         self._train_step, in_shardings=(self.state_shardings, self.batch_shardings),
         out_shardings=(self.state_shardings, self.replicated), donate_argnums=(0,))
@@ -185,6 +192,37 @@ class Trainer:
           nonfinite_count=new_state.nonfinite_count,
           nonfinite_streak=new_state.nonfinite_streak)
       return new_state, out
+
+  def objective_grad_norms(self, state: TrainState, batch, prefix: str = "objective/",
+                           params_under: str = "") -> dict[str, jax.Array]:
+    """Gradient norm of each objective alone (metrics named `prefix`<name>, which sum to the loss)
+    over the parameters whose path starts with `params_under` (e.g. "encoder/shared": who is
+    shaping the shared layers?). Not part of the step: one forward and a backward per objective
+    (jacrev), for a periodic health check. Keys: "grad_norm/<name>"."""
+    key = (prefix, params_under)
+    if key not in self._objective_grad_fns:
+      self._objective_grad_fns[key] = jax.jit(functools.partial(
+          self._objective_grad_norms, prefix=prefix, params_under=params_under),
+          in_shardings=(self.state_shardings, self.batch_shardings), out_shardings=self.replicated)
+    with self.mesh:
+      return self._objective_grad_fns[key](state, batch)
+
+  def _objective_grad_norms(self, state: TrainState, batch, prefix: str, params_under: str):
+    with nn.logical_axis_rules(self.rules):
+      rng = jax.random.fold_in(state.rng, state.step)
+      metric_shapes = jax.eval_shape(lambda: self.model.loss_fn(state.params, batch, rng, state.step)[1])
+      names = sorted(k for k in metric_shapes if k.startswith(prefix))
+      if not names:
+        return {}
+      terms = lambda p: jnp.stack([self.model.loss_fn(p, batch, rng, state.step)[1][k] for k in names])
+      jacobian = jax.jacrev(terms)(state.params)
+      leaves = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(jacobian)[0]
+                if _path_name(path).startswith(params_under)]
+      if not leaves:
+        raise ValueError(f"no parameter path starts with {params_under!r}")
+      squares = sum(jnp.sum(jnp.square(leaf.astype(jnp.float32)).reshape(len(names), -1), axis=1)
+                    for leaf in leaves)
+      return {f"grad_norm/{name[len(prefix):]}": jnp.sqrt(squares[i]) for i, name in enumerate(names)}
 
   def train_step(self, state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
     """One update; `state` is donated. `batch` must be global arrays in `batch_shardings`."""

@@ -155,39 +155,45 @@ def pad_tokens(token_lists: Sequence[Sequence[int]], batch_size: int, multiple: 
   return _pad_rows(token_lists, batch_size, multiple, np.int32)
 
 
-_JITTED: dict[int, tuple[Any, Any, Any]] = {}
+_JITTED: dict[tuple[int, bool], tuple[Any, Any, Any]] = {}
 
 
-def jitted_encoders(model: Any) -> tuple[Callable, Callable]:
-  """jit(encode_speech), jit(encode_text) of a model, made once per model object.
+def jitted_encoders(model: Any, cross_modal: bool = False) -> tuple[Callable, Callable]:
+  """jit(encode_speech), jit(encode_text) of a model (embed_speech / embed_text, the cross-modal
+  space, with `cross_modal` where the model has them), made once per model object.
 
   Every evaluator (and every periodic evaluation) builds its own Encoder; sharing the jitted
   functions means each shape compiles once per process, not once per evaluator.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  entry = _JITTED.get(id(model))
+  cross_modal = cross_modal and hasattr(model, "embed_speech")
+  key = (id(model), cross_modal)
+  entry = _JITTED.get(key)
   if entry is None or entry[0] is not model:
     if len(_JITTED) > 8:
       _JITTED.clear()
-    entry = (model, jax.jit(model.encode_speech), jax.jit(model.encode_text))
-    _JITTED[id(model)] = entry
+    speech, text = ((model.embed_speech, model.embed_text) if cross_modal
+                    else (model.encode_speech, model.encode_text))
+    entry = (model, jax.jit(speech), jax.jit(text))
+    _JITTED[key] = entry
   return entry[1], entry[2]
 
 
 class Encoder:
-  """Batched, jitted `encode_speech` / `encode_text` of one model and its parameters.
+  """Batched, jitted `encode_speech` / `encode_text` of one model and its parameters (with
+  `cross_modal`, pooled vectors come from the model's cross-modal embedding heads).
 
   Shapes are bucketed (audio to 4, 8, 16, ... seconds, text to 64, 128, ... tokens) and the batch
   size is fixed, so an evaluation compiles a handful of programs however many utterances it encodes.
   """
 
   def __init__(self, model: Any, params: Any, batch_size: int = 16, audio_multiple: int = AUDIO_BUCKET,
-               text_multiple: int = TEXT_BUCKET, max_text_length: int = 512):
+               text_multiple: int = TEXT_BUCKET, max_text_length: int = 512, cross_modal: bool = False):
     from flax.core import meta  # pylint: disable=g-import-not-at-top
     self.model, self.params = model, meta.unbox(params)
     self.batch_size, self.audio_multiple, self.text_multiple = batch_size, audio_multiple, text_multiple
     self.max_text_length = max_text_length
-    self._speech, self._text = jitted_encoders(model)
+    self._speech, self._text = jitted_encoders(model, cross_modal)
 
   def _run(self, fn: Callable, items: Sequence[Any], pad: Callable, multiple: int, frames: bool):
     # Batches of similar lengths pad (and compile) less; results go back to the input order.

@@ -103,7 +103,7 @@ class RetrievalEvaluator:
     if len(utts) < 2:
       raise ValueError(f"retrieval needs at least 2 paired {self.split} utterances in {self.corpus_dir}")
     vocab = eval_data.load_vocabulary(self.corpus_dir)
-    encoder = eval_data.Encoder(model, params, self.batch_size)
+    encoder = eval_data.Encoder(model, params, self.batch_size, cross_modal=True)
     speech = encoder.speech([u.audio for u in utts])
     text = encoder.text(eval_data.tokenize(vocab, [u.text for u in utts]))
     langs = [u.lang for u in utts]

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     logging.error("%s", e)
     print(f"mslam retrieve: {e}", file=sys.stderr)
     return 2
-  encoder = eval_data.Encoder(model, params)
+  encoder = eval_data.Encoder(model, params, cross_modal=True)
   speech = encoder.speech(audios)
   text = encoder.text(eval_data.tokenize(vocab, texts))
   center = not args.no_center and len(texts) > 1 and len(audios) > 1

@@ -7,6 +7,8 @@
 - `CTCHead`: frame logits over the character vocabulary (its CTC blank included).
 - `ContrastiveProjection`: the linear map of context vectors / quantized targets into the space
   where InfoNCE takes cosine similarities (wav2vec 2.0's final_proj / project_q).
+- `EmbeddingHead`: a pooled utterance -> the cross-modal embedding space (one per modality, as
+  CLIP has one projection per tower).
 """
 from typing import Any, Optional
 
@@ -118,3 +120,27 @@ class ContrastiveProjection(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     return _Dense(self.features, ("embed", "mlp"), True, self.dtype, self.param_dtype, name="proj")(x)
+
+
+class EmbeddingHead(nn.Module):
+  """Pooled encoder output [B, D] -> cross-modal embedding [B, features] (cosine space).
+
+  One per modality: mean-pooled speech and text encodings share a large modality-specific offset
+  that dominates their cosine similarity; a head of its own per modality can remove it, where a
+  loss on the raw pooled vectors must reshape the whole encoder to do so. `hidden` > 0 adds a
+  GELU hidden layer (SimCLR's projection MLP); 0 is CLIP's linear projection.
+  """
+  features: int
+  hidden: int = 0
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    if self.hidden:
+      x = _Dense(self.hidden, ("embed", "mlp"), True, self.dtype, self.param_dtype, name="hidden")(x)
+      x = nn.gelu(x)
+      axes = ("mlp", None)
+    else:
+      axes = ("embed", None)
+    return _Dense(self.features, axes, False, self.dtype, self.param_dtype, name="proj")(x)

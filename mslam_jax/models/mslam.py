@@ -12,10 +12,11 @@ One training step sees three sub-batches (DESIGN.md's batch contract) and comput
             -> shared layers -> codebook ids of masked frames, characters of masked characters
           CTC: unmasked speech through the whole encoder -> character logits (mSLAM-CTC)
           cross-modal (beyond the paper): symmetric InfoNCE between pooled speech and pooled
-            transcript encodings, learned temperature
+            transcript encodings, each through its modality's embedding head, learned temperature
 
-Every objective has a weight in `ObjectiveWeights` (gin); every term and health figure (codebook
-perplexity and usage, masked prediction and contrastive accuracy) is in the metrics.
+Every objective has a weight in `ObjectiveWeights` and optionally a start and ramp in
+`ObjectiveSchedule` (gin); every term and health figure (codebook perplexity and usage, masked
+prediction and contrastive accuracy, frame and utterance cosine, CTC blank share) is in the metrics.
 
 Interface (t5x-like; the optimizer lives outside):
   model = MSLAMModel()                          # everything from gin
@@ -23,6 +24,7 @@ Interface (t5x-like; the optimizer lives outside):
   loss, metrics = model.loss_fn(unboxed_params, batch, rng, step)
   frames, mask, pooled = model.encode_speech(params, audio, audio_mask)
   frames, mask, pooled = model.encode_text(params, tokens, tokens_mask)
+  ... = model.embed_speech / embed_text(...)   # pooled -> the cross-modal (retrieval) space
 """
 import dataclasses
 from typing import Any, Mapping, Optional
@@ -48,6 +50,15 @@ Array = jax.Array
 Batch = Mapping[str, Mapping[str, Array]]
 
 QUANTIZERS = ("gumbel", "best_rq")
+# Metrics "objective/<field>" hold each objective's weighted share of the loss (they sum to it):
+# what the trainer differentiates one by one for per-objective gradient norms.
+OBJECTIVE_PREFIX = "objective/"
+# The metric of each loss term -> its ObjectiveWeights field.
+OBJECTIVE_OF_TERM = {
+    "speech/contrastive_loss": "speech_contrastive", "speech/diversity_loss": "diversity",
+    "speech/mlm_loss": "speech_mlm", "text/mlm_loss": "text_mlm", "paired/tlm_loss": "tlm",
+    "paired/ctc_loss": "ctc", "paired/cross_modal_loss": "cross_modal",
+}
 # rng streams the network draws from (besides "params" at init).
 RNG_STREAMS = ("dropout", "masking", "negatives")
 
@@ -109,12 +120,56 @@ class ObjectiveWeights:
       raise ValueError("every ObjectiveWeights.* is 0: nothing to train")
 
 
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class ObjectiveSchedule:
+  """When each objective joins the loss: its weight times clip((step - start) / ramp, 0, 1).
+
+  Objectives that need a non-collapsed encoder (CTC, the cross-modal term) can wait until the
+  speech objectives have shaped it, then fade in; `ramp` 0 switches at `start`. Keys are
+  ObjectiveWeights fields; an objective named nowhere has full weight from step 0.
+  """
+  start: Mapping[str, int] = dataclasses.field(default_factory=dict)
+  ramp: Mapping[str, int] = dataclasses.field(default_factory=dict)
+
+  def validate(self) -> None:
+    names = {f.name for f in dataclasses.fields(ObjectiveWeights)}
+    for table in ("start", "ramp"):
+      for key, value in getattr(self, table).items():
+        if key not in names:
+          raise ValueError(f"ObjectiveSchedule.{table} names {key!r}, not an objective; choose from {sorted(names)}")
+        if not int(value) >= 0:
+          raise ValueError(f"ObjectiveSchedule.{table}[{key!r}] must be >= 0, got {value}")
+
+  def factor(self, name: str, step: Array) -> Array:
+    start, ramp = self.start.get(name, 0), self.ramp.get(name, 0)
+    step = jnp.asarray(step, jnp.float32)
+    if ramp <= 0:
+      return (step >= start).astype(jnp.float32)
+    return jnp.clip((step - start) / ramp, 0.0, 1.0)
+
+
+def mean_pairwise_cosine(x: Array, mask: Array) -> Array:
+  """Mean cosine between distinct valid rows of x [..., N, D] (mask [..., N]), averaged over the
+  leading axes that have two or more valid rows. Near 1: the rows have collapsed onto one vector."""
+  x = x.astype(jnp.float32)
+  valid = mask.astype(jnp.float32)
+  unit = x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12)) * valid[..., None]
+  n = jnp.sum(valid, axis=-1)
+  total = jnp.sum(jnp.square(jnp.sum(unit, axis=-2)), axis=-1)  # |sum u|^2 = n + sum_{i != j} u_i.u_j
+  pairs = n * (n - 1)
+  per_set = (total - n) / jnp.maximum(pairs, 1.0)
+  has_pairs = (pairs > 0).astype(jnp.float32)
+  return jnp.sum(per_set * has_pairs) / jnp.maximum(jnp.sum(has_pairs), 1.0)
+
+
 class MSLAMNetwork(nn.Module):
   """The Flax network behind MSLAMModel (see the module docstring). Built by MSLAMModel."""
   encoder: encoder_lib.MSLAMEncoder
   quantizer: nn.Module
   weights: ObjectiveWeights
   masks: masking.MaskingConfig
+  schedule: ObjectiveSchedule = ObjectiveSchedule()
   quantize_log_mel: bool = False
   num_negatives: int = 100
   contrastive_temperature: float = 0.1
@@ -123,6 +178,8 @@ class MSLAMNetwork(nn.Module):
   cross_modal_init_temperature: float = 0.07
   cross_modal_min_temperature: float = 0.01
   cross_modal_max_temperature: float = 1.0
+  cross_modal_dim: int = 256
+  cross_modal_hidden: int = 0
 
   def setup(self):
     enc, dtypes = self.encoder, dict(dtype=self.encoder.dtype, param_dtype=self.encoder.param_dtype)
@@ -136,6 +193,10 @@ class MSLAMNetwork(nn.Module):
       self.target_projection = heads.ContrastiveProjection(self.contrastive_dim, **dtypes,
                                                            name="target_projection")
     if self.weights.cross_modal > 0:
+      self.speech_embedding_head = heads.EmbeddingHead(self.cross_modal_dim, self.cross_modal_hidden, **dtypes,
+                                                       name="speech_embedding_head")
+      self.text_embedding_head = heads.EmbeddingHead(self.cross_modal_dim, self.cross_modal_hidden, **dtypes,
+                                                     name="text_embedding_head")
       self.cross_modal_log_temperature = self.param(
           "cross_modal_log_temperature",
           nn.with_logical_partitioning(
@@ -154,6 +215,8 @@ class MSLAMNetwork(nn.Module):
                 deterministic: bool) -> quantizers_lib.QuantizerOutput:
     if self.quantize_log_mel:
       features, _ = self.encoder.speech_quantizer_input(audio, audio_mask)
+    else:
+      features = self.encoder.normalize_speech_features(features)
     temperature = quantizers_lib.gumbel_temperature(step)
     return self.quantizer(features, mask, temperature, deterministic)
 
@@ -241,6 +304,12 @@ class MSLAMNetwork(nn.Module):
       metrics["codebook/perplexity"] = speech_q.perplexity
       metrics["codebook/code_perplexity"] = speech_q.code_perplexity
       metrics["codebook/usage"] = speech_q.usage
+      # Collapse watch: frames of one utterance (near 1: every frame the same vector) and pooled
+      # utterances of the batch (near 1: every clip the same vector).
+      final = shared_out["speech"]
+      metrics["health/frame_cosine"] = mean_pairwise_cosine(final, mask)
+      metrics["health/utterance_cosine"] = mean_pairwise_cosine(
+          enc.pool(final, mask)[None], (jnp.sum(mask, axis=-1) > 0)[None])
     if text is not None:
       metrics["text/mlm_loss"], metrics["text/mlm_accuracy"] = losses.masked_cross_entropy(
           self._text_logits(shared_out["text"]), tokens, text_masked)
@@ -259,26 +328,30 @@ class MSLAMNetwork(nn.Module):
           "paired/tlm_text_masked_share": _share(chars_masked, paired_tokens_mask),
       })
     if want_full and w.ctc > 0:
+      ctc_logits = self.ctc_head(shared_out["full"])
       metrics["paired/ctc_loss"], metrics["paired/ctc_infeasible"] = losses.ctc_loss(
-          self.ctc_head(shared_out["full"]), paired_mask, paired_tokens, paired_tokens_mask, blank_id=BLANK_ID)
+          ctc_logits, paired_mask, paired_tokens, paired_tokens_mask, blank_id=BLANK_ID)
+      metrics["health/ctc_blank_share"] = _share((jnp.argmax(ctc_logits, axis=-1) == BLANK_ID) & (paired_mask != 0),
+                                                 paired_mask)
     if paired is not None and w.cross_modal > 0:
       valid = (jnp.sum(paired_mask, axis=-1) > 0) & (jnp.sum(paired_tokens_mask, axis=-1) > 0)
       temperature = losses.clipped_temperature(
           self.cross_modal_log_temperature, self.cross_modal_min_temperature, self.cross_modal_max_temperature)
       metrics["paired/cross_modal_loss"], metrics["paired/cross_modal_accuracy"] = losses.symmetric_infonce(
-          enc.pool(shared_out["full"], paired_mask), enc.pool(shared_out["transcript"], paired_tokens_mask),
-          valid, temperature)
+          self.speech_embedding_head(enc.pool(shared_out["full"], paired_mask)),
+          self.text_embedding_head(enc.pool(shared_out["transcript"], paired_tokens_mask)), valid, temperature)
       metrics["paired/cross_modal_temperature"] = temperature
 
-    terms = {
-        "speech/contrastive_loss": w.speech_contrastive, "speech/diversity_loss": w.diversity,
-        "speech/mlm_loss": w.speech_mlm, "text/mlm_loss": w.text_mlm, "paired/tlm_loss": w.tlm,
-        "paired/ctc_loss": w.ctc, "paired/cross_modal_loss": w.cross_modal,
-    }
+    terms = {name: getattr(w, objective) for name, objective in OBJECTIVE_OF_TERM.items()}
     loss = jnp.zeros((), jnp.float32)
     for name, weight in terms.items():
       if weight > 0 and name in metrics:
-        loss = loss + weight * metrics[name].astype(jnp.float32)
+        objective = OBJECTIVE_OF_TERM[name]
+        if objective in self.schedule.start or objective in self.schedule.ramp:
+          weight = weight * self.schedule.factor(objective, step)
+          metrics[f"weight/{objective}"] = weight
+        metrics[f"{OBJECTIVE_PREFIX}{objective}"] = weight * metrics[name].astype(jnp.float32)
+        loss = loss + metrics[f"{OBJECTIVE_PREFIX}{objective}"]
     metrics["loss"] = loss
     if not self.quantize_log_mel:
       metrics["codebook/gumbel_temperature"] = quantizers_lib.gumbel_temperature(step)
@@ -304,6 +377,9 @@ class MSLAMNetwork(nn.Module):
     if self.weights.speech_contrastive > 0:
       self.context_projection(frames)
       self.target_projection(quantized.quantized)
+    if self.weights.cross_modal > 0:
+      self.speech_embedding_head(outputs["speech"][2])
+      self.text_embedding_head(outputs["text"][2])
 
   # ---- inference ----
 
@@ -312,6 +388,14 @@ class MSLAMNetwork(nn.Module):
 
   def encode_text(self, tokens: Array, tokens_mask: Array):
     return self.encoder.encode_text(tokens, tokens_mask, True)
+
+  def embed_speech(self, audio: Array, audio_mask: Array):
+    frames, mask, pooled = self.encoder.encode_speech(audio, audio_mask, True)
+    return frames, mask, self.speech_embedding_head(pooled) if self.weights.cross_modal > 0 else pooled
+
+  def embed_text(self, tokens: Array, tokens_mask: Array):
+    frames, mask, pooled = self.encoder.encode_text(tokens, tokens_mask, True)
+    return frames, mask, self.text_embedding_head(pooled) if self.weights.cross_modal > 0 else pooled
 
 
 @gin.configurable
@@ -328,6 +412,9 @@ class MSLAMModel:
     tie_text_head: the text LM head reuses the token embedding table (scaled by 1/sqrt(D));
       separate by default (4M parameters at 1024 x 4096, and a cross-entropy at init of log V).
     cross_modal_*_temperature: the learned temperature's start and clipping range.
+    cross_modal_dim / cross_modal_hidden: the embedding heads of the cross-modal loss (one per
+      modality): output size, and the size of a GELU hidden layer (0: linear, as CLIP).
+    schedule: ObjectiveSchedule, when each objective joins the loss (gin-configured when not given).
     dummy_audio_samples / dummy_text_length: shapes of `dummy_batch()` (init-time shapes only).
   """
 
@@ -336,6 +423,7 @@ class MSLAMModel:
       encoder: Optional[encoder_lib.MSLAMEncoder] = None,
       quantizer: str = "gumbel",
       weights: Optional[ObjectiveWeights] = None,
+      schedule: Optional[ObjectiveSchedule] = None,
       masks: Optional[masking.MaskingConfig] = None,
       num_negatives: int = 100,
       contrastive_temperature: float = 0.1,
@@ -344,6 +432,8 @@ class MSLAMModel:
       cross_modal_init_temperature: float = 0.07,
       cross_modal_min_temperature: float = 0.01,
       cross_modal_max_temperature: float = 1.0,
+      cross_modal_dim: int = 256,
+      cross_modal_hidden: int = 0,
       dummy_audio_samples: int = 16000,
       dummy_text_length: int = 16,
   ):
@@ -355,11 +445,13 @@ class MSLAMModel:
                                                              param_dtype=self.encoder.param_dtype)
                         if quantizer == "gumbel" else quantizers_lib.RandomProjectionQuantizer())
     self.weights = weights if weights is not None else ObjectiveWeights()
+    self.schedule = schedule if schedule is not None else ObjectiveSchedule()
     self.masks = masks if masks is not None else masking.MaskingConfig()
     self.dummy_audio_samples = dummy_audio_samples
     self.dummy_text_length = dummy_text_length
     self.network = MSLAMNetwork(
-        encoder=self.encoder, quantizer=quantizer_module, weights=self.weights, masks=self.masks,
+        encoder=self.encoder, quantizer=quantizer_module, weights=self.weights, schedule=self.schedule,
+        masks=self.masks, cross_modal_dim=cross_modal_dim, cross_modal_hidden=cross_modal_hidden,
         quantize_log_mel=quantizer == "best_rq", num_negatives=num_negatives,
         contrastive_temperature=contrastive_temperature, contrastive_dim=contrastive_dim,
         tie_text_head=tie_text_head, cross_modal_init_temperature=cross_modal_init_temperature,
@@ -371,6 +463,7 @@ class MSLAMModel:
     """Rejects impossible settings before anything is traced, naming the gin binding to fix."""
     enc, net, q = self.encoder, self.network, self.network.quantizer
     self.weights.validate()
+    self.schedule.validate()
     self.masks.validate()
     for name in ("embed_dim", "num_shared_layers", "vocab_size"):
       if getattr(enc, name) <= 0:
@@ -436,6 +529,17 @@ class MSLAMModel:
     """(frames [B, L, D], mask [B, L], pooled [B, D]) of text through the shared stack."""
     return self.network.apply({"params": flax.core.meta.unbox(params)}, tokens, tokens_mask,
                               method=MSLAMNetwork.encode_text)
+
+  def embed_speech(self, params: Any, audio: Array, audio_mask: Array) -> tuple[Array, Array, Array]:
+    """encode_speech with the pooled vector mapped into the cross-modal space (retrieval), when the
+    model has that objective; else encode_speech."""
+    return self.network.apply({"params": flax.core.meta.unbox(params)}, audio, audio_mask,
+                              method=MSLAMNetwork.embed_speech)
+
+  def embed_text(self, params: Any, tokens: Array, tokens_mask: Array) -> tuple[Array, Array, Array]:
+    """encode_text's counterpart of embed_speech."""
+    return self.network.apply({"params": flax.core.meta.unbox(params)}, tokens, tokens_mask,
+                              method=MSLAMNetwork.embed_text)
 
   def dummy_batch(self, batch_size: int = 1, audio_samples: Optional[int] = None,
                   text_length: Optional[int] = None) -> dict[str, dict[str, Array]]:

@@ -1,0 +1,85 @@
+"""What makes pre-training learn and what shows it: objective schedules, collapse measures, the
+cross-modal embedding heads, per-objective gradient norms, the corpus-sized vocabulary."""
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mslam_jax import config
+from mslam_jax import optimizers
+from mslam_jax import partitioning
+from mslam_jax import trainer as trainer_lib
+from mslam_jax.data import vocabularies
+from mslam_jax.models import mslam
+from tests.models import test_mslam
+
+
+def test_schedule_ramps_each_named_objective_and_leaves_the_others_on():
+  schedule = mslam.ObjectiveSchedule(start={"ctc": 100, "cross_modal": 50}, ramp={"ctc": 100})
+  ctc = [float(schedule.factor("ctc", s)) for s in (0, 100, 150, 200, 500)]
+  assert ctc == [0.0, 0.0, 0.5, 1.0, 1.0]
+  assert [float(schedule.factor("cross_modal", s)) for s in (49, 50)] == [0.0, 1.0]
+  assert float(schedule.factor("speech_mlm", 0)) == 1.0
+  with pytest.raises(ValueError, match="ObjectiveSchedule.start names 'ctcc'"):
+    mslam.ObjectiveSchedule(start={"ctcc": 1}).validate()
+
+
+def test_mean_pairwise_cosine_sees_collapse_and_ignores_padding():
+  same = jnp.ones((2, 5, 8))
+  mask = jnp.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+  assert float(mslam.mean_pairwise_cosine(same, mask)) == pytest.approx(1.0, abs=1e-5)
+  eye = jnp.broadcast_to(jnp.eye(5, 8), (2, 5, 8))
+  assert float(mslam.mean_pairwise_cosine(eye, mask)) == pytest.approx(0.0, abs=1e-6)
+  # Padding rows that would collapse the figure are not counted.
+  padded = jnp.concatenate([jnp.eye(3, 8), jnp.ones((2, 8))], axis=0)[None]
+  assert float(mslam.mean_pairwise_cosine(padded, mask[:1])) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_corpus_vocab_size_rounds_up_and_caps(tmp_path):
+  vocabularies.CharacterVocabulary.build(["abcdefghij"]).save(str(tmp_path / "vocab"))
+  assert vocabularies.corpus_vocab_size(str(tmp_path)) == 128
+  assert vocabularies.corpus_vocab_size(str(tmp_path), multiple=8) == 16
+  assert vocabularies.corpus_vocab_size(None) == vocabularies.MAX_SIZE
+  with pytest.raises(ValueError, match="more than corpus_vocab_size.max_size"):
+    vocabularies.corpus_vocab_size(str(tmp_path), max_size=8)
+
+
+@pytest.fixture(scope="module")
+def scheduled_model():
+  config.parse_gin(["models/tiny.gin", "experiments/mslam_ctc_xmodal.gin"],
+                   test_mslam.TINY_BINDINGS + ["MSLAMModel.cross_modal_dim = 16",
+                                               "ObjectiveSchedule.start = {'ctc': 10}"])
+  yield mslam.MSLAMModel()
+  gin.clear_config()
+
+
+def test_health_metrics_embedding_heads_and_objective_gradients(scheduled_model):
+  model, batch = scheduled_model, test_mslam._fixed_batch()
+  mesh = partitioning.make_mesh(devices=jax.devices()[:1])
+  trainer = trainer_lib.Trainer(model, optimizers.make_optimizer(peak_learning_rate=1e-3, warmup_steps=1),
+                                mesh, batch)
+  state = trainer.init_state()
+  _, metrics = trainer.train_step(state, batch)
+  metrics = jax.device_get(metrics)
+  for key in ("health/frame_cosine", "health/utterance_cosine", "health/ctc_blank_share"):
+    assert 0.0 <= metrics[key] <= 1.0, key
+  assert metrics["weight/ctc"] == 0.0  # not started yet
+  objectives = {k: v for k, v in metrics.items() if k.startswith("objective/")}
+  assert metrics["loss"] == pytest.approx(sum(objectives.values()), rel=1e-5)
+
+  params = trainer.init_state().params
+  _, _, embedding = model.embed_speech(params, batch["speech"]["audio"], batch["speech"]["audio_mask"])
+  _, _, pooled = model.encode_speech(params, batch["speech"]["audio"], batch["speech"]["audio_mask"])
+  assert embedding.shape == (2, 16) and pooled.shape == (2, 32)
+
+  norms = jax.device_get(trainer.objective_grad_norms(trainer.init_state(), batch, params_under="encoder/shared"))
+  # The contrastive loss sits on the speech-only layers: nothing of it reaches the shared ones;
+  # masked prediction, text MLM and the cross-modal term do. CTC is scheduled off at step 0.
+  assert norms["grad_norm/speech_contrastive"] == 0.0
+  assert norms["grad_norm/ctc"] == 0.0
+  for name in ("speech_mlm", "text_mlm", "cross_modal", "tlm"):
+    assert norms[f"grad_norm/{name}"] > 0.0, name
+  lower = jax.device_get(trainer.objective_grad_norms(trainer.init_state(), batch,
+                                                      params_under="encoder/speech_lower"))
+  assert lower["grad_norm/speech_contrastive"] > 0.0
