@@ -17,6 +17,9 @@ TOTAL_LOSS = "loss"
 HEALTH_FIGURES = ("codebook/perplexity", "codebook/usage", "speech/contrastive_accuracy", "speech/mlm_accuracy",
                   "text/mlm_accuracy", "paired/tlm_text_accuracy", "paired/cross_modal_accuracy")
 OPTIMIZER_FIGURES = ("learning_rate", "grad_norm")
+# Collapse watch (near 1: frames or utterances have become one vector; every frame blank).
+COLLAPSE_FIGURES = ("health/frame_cosine", "health/utterance_cosine", "health/ctc_blank_share")
+OBJECTIVE_GRAD_PREFIX = "grad_norm/"  # train.health_every: each objective's gradient norm
 
 
 def read_metrics(path: str) -> Records:
@@ -77,14 +80,15 @@ def summarize(records: Records, names: Sequence[str] | None = None) -> dict:
 
 
 def plot_training_curves(records: Records, path: str, title: str = "training curves") -> str:
-  """A 2x2 PNG: total loss; every loss term (log scale); health figures; learning rate and grad norm."""
+  """A 2x3 PNG: total loss; every loss term (log scale); health figures; learning rate and grad
+  norm; the collapse watch; each objective's gradient norm on the watched layers."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   if not records:
     raise ValueError(f"no training metrics to plot for {path}")
-  fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
+  fig, axes = plt.subplots(2, 3, figsize=(19, 8.5))
   ax = axes[0, 0]
   ax.plot(*_series(records, TOTAL_LOSS), color="black", lw=1.5)
   ax.set_title("total (weighted) loss")
@@ -115,6 +119,23 @@ def plot_training_curves(records: Records, path: str, title: str = "training cur
     target.plot(steps, values, lw=1.2, color=color, label=name)
     target.set_ylabel(name, color=color)
   ax.set_title("optimizer")
+  ax = axes[0, 2]
+  for name in COLLAPSE_FIGURES:
+    steps, values = _series(records, name)
+    if values:
+      ax.plot(steps, values, lw=1.2, label=name)
+  ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+  ax.set_ylim(-0.05, 1.05)
+  ax.set_title("collapse watch: cosine within / across utterances, CTC blanks")
+  ax = axes[1, 2]
+  names = sorted({k for m in records.values() for k in m if k.startswith(OBJECTIVE_GRAD_PREFIX)})
+  for name in names:
+    steps, values = _series(records, name)
+    if any(v > 0 for v in values):
+      ax.plot(steps, values, lw=1.2, marker=".", label=name[len(OBJECTIVE_GRAD_PREFIX):])
+  if ax.lines:
+    ax.set_yscale("log")
+  ax.set_title("gradient norm of each objective (watched layers)")
   for a in axes.flat:
     a.set_xlabel("step")
     a.grid(alpha=0.3)
