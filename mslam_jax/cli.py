@@ -8,6 +8,8 @@ import importlib
 import signal
 import sys
 
+from mslam_jax import compilation_cache
+
 # command -> (module, one-line help)
 COMMANDS = {
     "data": ("mslam_jax.data.commands", "build and inspect corpora: languages, build-builtin, show-batch"),
@@ -52,6 +54,8 @@ def main(argv=None) -> int:
   if others:
     parser.error(f"unrecognized arguments: {' '.join(others)}")
   args.gin_bindings = [flag[len("--gin."):] for flag in gin_flags]
+  # Every command: compiled programs are reused across processes (it imports no JAX itself).
+  compilation_cache.enable()
   module = importlib.import_module(args._module)
   return int(module.run(args) or 0)
 

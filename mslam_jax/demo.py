@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 import gin
 
+from mslam_jax import compilation_cache
 from mslam_jax import config
 
 DEFAULT_OUT = "./mslam_demo"
@@ -188,12 +189,6 @@ def _flag_bindings(args: argparse.Namespace) -> list[str]:
   return out
 
 
-def _enable_compilation_cache(directory: str) -> None:
-  import jax  # pylint: disable=g-import-not-at-top
-  jax.config.update("jax_compilation_cache_dir", directory)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-
-
 def run(args: argparse.Namespace) -> int:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)
@@ -203,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
   model_dir = os.path.join(out, "pretrain")
   ablation_dir = os.path.join(out, "pretrain_speech_only")
   os.makedirs(out, exist_ok=True)
-  _enable_compilation_cache(os.path.join(out, "jax_cache"))
+  compilation_cache.enable(os.path.join(out, "jax_cache"))
 
   gin_files = list(RUN_GIN_FILES) + list(args.gin_file)
   user = _flag_bindings(args) + list(getattr(args, "gin_bindings", []))

@@ -11,6 +11,15 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from mslam_jax import compilation_cache  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# One persistent compilation cache for the whole session, its subprocesses included (they inherit
+# the environment it sets): $MSLAM_JAX_CACHE if set, else its own directory, apart from the
+# commands' cache since the flags above give different executables. MSLAM_JAX_CACHE=off: none.
+TEST_CACHE_DIR = compilation_cache.enable(
+    os.environ.get(compilation_cache.ENV_VAR,
+                   os.path.join(os.path.expanduser("~"), ".cache", "mslam_jax", "jax_cache_tests")))
+
 # A handful of languages: Latin, Cyrillic and Han script speech languages, one held out (Ukrainian,
 # whose Cyrillic the Russian training data carries) and one text-only language (Zulu).
 TINY_LANGUAGES = ("cmn", "deu", "eng", "rus", "ukr", "zul")

@@ -1,5 +1,6 @@
 """Conformer stack: scan == unrolled, padding invariance, causal conv, bf16 near fp32."""
 from flax.core import meta
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -134,3 +135,46 @@ def test_hf_wav2vec2bert_options_match_a_direct_transcription_of_the_hf_layer():
   h = h + _np_conv_module(h, mm, p["conv"], 5)
   h = _np_layer_norm(h + 0.5 * _np_ffn(_np_layer_norm(h, p["ffn2_norm"]), p["ffn2"]), p["final_norm"])
   np.testing.assert_allclose(np.asarray(got), h, atol=1e-4, rtol=1e-4)
+
+
+def _depthwise_inputs(channels=6, kernel_size=5):
+  x, mask = _inputs()
+  x = jax.random.normal(jax.random.PRNGKey(3), x.shape[:2] + (channels,))
+  x = jnp.where(mask[..., None] != 0, x, 0.0)  # the conv module zeroes padded frames first
+  kernel = jax.random.normal(jax.random.PRNGKey(4), (kernel_size, 1, channels))
+  return x, mask, kernel
+
+
+def test_cpu_depthwise_path_equals_grouped_conv_causal_and_centred_with_padding():
+  x, mask, kernel = _depthwise_inputs()
+  valid = mask[..., None] != 0
+  for padding in ((4, 0), (2, 2)):  # causal, centred
+    def run(impl, x, kernel, padding=padding):
+      return conformer.depthwise_conv1d(x, kernel, padding, impl)
+    grouped, shifts = (jax.jit(lambda x, k, impl=impl: run(impl, x, k))(x, kernel) for impl in ("grouped", "shifts"))
+    np.testing.assert_allclose(jnp.where(valid, shifts, 0), jnp.where(valid, grouped, 0), atol=1e-5, rtol=1e-5)
+    # Gradients too (the backward of the shifted sum is what the train step runs on CPU).
+    loss = lambda impl: (lambda x, k: jnp.sum(jnp.where(valid, jnp.sin(run(impl, x, k)), 0.0)))
+    g_grouped = jax.jit(jax.grad(loss("grouped"), argnums=(0, 1)))(x, kernel)
+    g_shifts = jax.jit(jax.grad(loss("shifts"), argnums=(0, 1)))(x, kernel)
+    for a, b in zip(g_shifts, g_grouped):
+      np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_depthwise_module_keeps_nn_conv_parameters_and_matches_it():
+  x, mask, _ = _depthwise_inputs()
+  channels = x.shape[-1]
+  for padding, use_bias in (((4, 0), False), ((2, 2), True)):
+    reference = nn.Conv(channels, kernel_size=(5,), padding=[padding], feature_group_count=channels,
+                        use_bias=use_bias)
+    ours = conformer.DepthwiseConv1D(5, padding, use_bias, impl="shifts")
+    ref_params = reference.init(jax.random.PRNGKey(7), x)["params"]
+    our_params = meta.unbox(ours.init(jax.random.PRNGKey(7), x)["params"])
+    # Same names, shapes and initial values: checkpoints and the HF mapping see no change.
+    jax.tree_util.tree_map(np.testing.assert_array_equal, our_params, ref_params)
+    if use_bias:
+      ref_params = dict(ref_params, bias=jnp.linspace(-1, 1, channels))
+    expected = reference.apply({"params": ref_params}, x)
+    got = ours.apply({"params": ref_params}, x)
+    valid = mask[..., None] != 0
+    np.testing.assert_allclose(jnp.where(valid, got, 0), jnp.where(valid, expected, 0), atol=1e-5, rtol=1e-5)
