@@ -194,11 +194,12 @@ class Trainer:
       return new_state, out
 
   def objective_grad_norms(self, state: TrainState, batch, prefix: str = "objective/",
-                           params_under: str = "") -> dict[str, jax.Array]:
+                           params_under: str | tuple[str, ...] = "") -> dict[str, jax.Array]:
     """Gradient norm of each objective alone (metrics named `prefix`<name>, which sum to the loss)
     over the parameters whose path starts with `params_under` (e.g. "encoder/shared": who is
     shaping the shared layers?). Not part of the step: one forward and a backward per objective
-    (jacrev), for a periodic health check. Keys: "grad_norm/<name>"."""
+    (jacrev), for a periodic health check. Keys: "grad_norm/<name>", or with a tuple of prefixes
+    (one pass for all), "grad_norm/<prefix>/<name>"."""
     key = (prefix, params_under)
     if key not in self._objective_grad_fns:
       self._objective_grad_fns[key] = jax.jit(functools.partial(
@@ -207,7 +208,7 @@ class Trainer:
     with self.mesh:
       return self._objective_grad_fns[key](state, batch)
 
-  def _objective_grad_norms(self, state: TrainState, batch, prefix: str, params_under: str):
+  def _objective_grad_norms(self, state: TrainState, batch, prefix: str, params_under):
     with nn.logical_axis_rules(self.rules):
       rng = jax.random.fold_in(state.rng, state.step)
       metric_shapes = jax.eval_shape(lambda: self.model.loss_fn(state.params, batch, rng, state.step)[1])
@@ -215,14 +216,18 @@ class Trainer:
       if not names:
         return {}
       terms = lambda p: jnp.stack([self.model.loss_fn(p, batch, rng, state.step)[1][k] for k in names])
-      jacobian = jax.jacrev(terms)(state.params)
-      leaves = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(jacobian)[0]
-                if _path_name(path).startswith(params_under)]
-      if not leaves:
-        raise ValueError(f"no parameter path starts with {params_under!r}")
-      squares = sum(jnp.sum(jnp.square(leaf.astype(jnp.float32)).reshape(len(names), -1), axis=1)
-                    for leaf in leaves)
-      return {f"grad_norm/{name[len(prefix):]}": jnp.sqrt(squares[i]) for i, name in enumerate(names)}
+      jacobian = jax.tree_util.tree_flatten_with_path(jax.jacrev(terms)(state.params))[0]
+      groups = (params_under,) if isinstance(params_under, str) else tuple(params_under)
+      out = {}
+      for group in groups:
+        leaves = [leaf for path, leaf in jacobian if _path_name(path).startswith(group)]
+        if not leaves:
+          raise ValueError(f"no parameter path starts with {group!r}")
+        squares = sum(jnp.sum(jnp.square(leaf.astype(jnp.float32)).reshape(len(names), -1), axis=1)
+                      for leaf in leaves)
+        label = "grad_norm/" if isinstance(params_under, str) else f"grad_norm/{group}/"
+        out.update({label + name[len(prefix):]: jnp.sqrt(squares[i]) for i, name in enumerate(names)})
+      return out
 
   def train_step(self, state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
     """One update; `state` is donated. `batch` must be global arrays in `batch_shardings`."""
