@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from mslam_jax import demo, training_curves
+from mslam_jax import training_curves
+from mslam_jax.commands import demo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Cheaper XLA CPU compiles: at these sizes compiling, not running, is what the demo spends.
