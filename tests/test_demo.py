@@ -12,6 +12,8 @@ import pytest
 from mslam_jax import training_curves
 from mslam_jax.commands import demo
 
+pytestmark = pytest.mark.slow  # end-to-end: subprocesses that compile and train
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Cheaper XLA CPU compiles: at these sizes compiling, not running, is what the demo spends.
 FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"

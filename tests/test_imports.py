@@ -10,7 +10,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE_DIR = os.path.join(REPO, "mslam_jax")
 # Directories installed inside the package (setup.py's package_dir).
 MAPPED = {"mslam_jax.tasks": os.path.join(REPO, "tasks")}
-ENTRY_POINTS = {"mslam_jax.cli"}
+ENTRY_POINTS = {"mslam_jax.cli", "mslam_jax.__main__"}
 COMMANDS_PACKAGE = "mslam_jax.commands"
 COMMAND_HELPERS = {"mslam_jax.commands", "mslam_jax.commands.common"}
 
@@ -67,7 +67,8 @@ def test_the_parser_sees_the_known_edges(graph):
 def test_nothing_imports_a_command_or_an_entry_point(graph):
   commands = {m for m in graph if m.startswith(COMMANDS_PACKAGE + ".") and m not in COMMAND_HELPERS}
   assert commands, "no command modules found"
-  bad = sorted(f"{m} imports {d}" for m, deps in graph.items() for d in deps if d in commands | ENTRY_POINTS)
+  bad = sorted(f"{m} imports {d}" for m, deps in graph.items() for d in deps
+               if d in commands | ENTRY_POINTS and m not in ENTRY_POINTS)
   assert not bad, bad
   # The library does not reach into the commands' helpers either.
   library = [m for m in graph if not m.startswith(COMMANDS_PACKAGE) and m not in ENTRY_POINTS]
