@@ -1,0 +1,165 @@
+"""Does pre-training learn? The demo's recipe, longer, over several seeds, with the w2v-BERT
+quantizer's health beside it (at most ~45 minutes on 2 CPU cores at the defaults).
+
+  python benchmarks/learning_benchmark.py [--out ./learning_benchmark] [--steps 600]
+      [--finetune-steps 400] [--seeds 0 1] [--w2v-steps 1500] [--json]
+
+1. `mslam demo` once per seed (same corpus; the seed changes initialisation, masking and the data
+   order): joint mSLAM-CTC + cross-modal pre-training, the speech-only ablation at the same steps,
+   and the full evaluation sweep, on test clips spoken by voice variants that training never hears.
+2. One speech-only w2v-BERT run (learned Gumbel codebook, contrastive + diversity + masked
+   prediction) on the same corpus: contrastive accuracy and codebook perplexity at every logged
+   step, so that "the codebook stayed healthy throughout" is a figure, not a hope.
+3. A table of every report.json figure: mean over seeds and the seed-to-seed spread (max - min),
+   next to chance or the trivial baseline and the issue's target; the joint-vs-speech-only
+   zero-shot comparison; curves PNG and `learning_benchmark.json` under --out.
+
+Re-running on the same --out resumes (finished demo stages and runs are skipped).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+# figure -> (target, "min" | "max": the target is a floor or a ceiling, reference key or None)
+TARGETS = {
+    "retrieval_r1_speech_to_text": (0.8, "min", "retrieval_chance_r1"),
+    "retrieval_r1_text_to_speech": (None, "min", "retrieval_chance_r1"),
+    "langid_accuracy_speech": (0.9, "min", "langid_chance_speech"),
+    "langid_accuracy_text": (None, "min", "langid_chance_text"),
+    "ctc_cer": (0.15, "max", None),
+    "zero_shot_cer": (None, "max", None),
+    "zero_shot_cer_speech_only_ablation": (None, "max", None),
+    "alignment_word_boundary_error_ms": (40.0, "max", "alignment_word_boundary_error_ms_uniform_baseline"),
+    "langid_finetune_accuracy_speech": (None, "min", "langid_chance_speech"),
+}
+ZERO_SHOT_GAIN_TARGET = 0.2  # joint at least 20 % (relative) below the ablation
+CONTRASTIVE_ACCURACY_TARGET = 0.3
+TINY_CODEBOOK_SIZE = 64  # models/tiny.gin: perplexity must stay above half of it throughout
+
+
+def _run(cmd: list[str], log_path: str) -> None:
+  print("$ " + " ".join(cmd), flush=True)
+  with open(log_path, "a", encoding="utf-8") as log:
+    subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+
+
+def run_demo(out: str, seed: int, steps: int, finetune_steps: int, extra: list[str]) -> dict:
+  directory = os.path.join(out, f"seed_{seed}")
+  report = os.path.join(directory, "report.json")
+  if not os.path.exists(report):
+    os.makedirs(directory, exist_ok=True)
+    # The corpus is shared: every seed trains on the same data (its seed is the corpus's own).
+    corpus = os.path.join(out, "corpus")
+    if os.path.isdir(corpus) and not os.path.exists(os.path.join(directory, "corpus")):
+      os.symlink(corpus, os.path.join(directory, "corpus"))
+    _run([sys.executable, "-m", "mslam_jax.cli", "demo", "--out", directory, "--steps", str(steps),
+          "--finetune-steps", str(finetune_steps), f"--gin.Trainer.seed={seed}", f"--gin.DATA_SEED={seed}"]
+         + extra, os.path.join(out, f"seed_{seed}.log"))
+    if not os.path.isdir(corpus) and os.path.isdir(os.path.join(directory, "corpus")):
+      os.rename(os.path.join(directory, "corpus"), corpus)
+      os.symlink(corpus, os.path.join(directory, "corpus"))
+  with open(report, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def run_w2v_bert(out: str, steps: int) -> list[dict]:
+  """Speech-only w2v-BERT pre-training on the benchmark's corpus; its metrics.jsonl records."""
+  model_dir = os.path.join(out, "w2v_bert_speech_only")
+  metrics = os.path.join(model_dir, "metrics.jsonl")
+  bindings = ["MSLAMModel.quantizer = 'gumbel'", "ObjectiveWeights.speech_contrastive = 1.0",
+              "ObjectiveWeights.diversity = 0.1", "ObjectiveWeights.text_mlm = 0.0", "ObjectiveWeights.tlm = 0.0",
+              "ObjectiveWeights.ctc = 0.0", "ObjectiveWeights.cross_modal = 0.0", "TEXT_BATCH = 0",
+              "PAIRED_BATCH = 0", f"TRAIN_STEPS = {steps}", f"MODEL_DIR = '{model_dir}'",
+              f"CORPUS_DIR = '{os.path.join(out, 'corpus')}'", "train.log_every = 10",
+              "train.checkpoint_every = 500"]
+  _run([sys.executable, "-m", "mslam_jax.cli", "train", "--gin_file=models/tiny.gin",
+        "--gin_file=experiments/mslam_ctc_xmodal.gin", "--gin_file=runs/pretrain.gin", "--gin_file=runs/demo.gin"]
+       + [f"--gin.{b}" for b in bindings], os.path.join(out, "w2v_bert.log"))
+  with open(metrics, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def summarize(reports: list[dict], w2v: list[dict] | None) -> dict:
+  out = {"seeds": len(reports), "figures": {}}
+  for key, (target, kind, reference) in TARGETS.items():
+    values = [r["metrics"].get(key) for r in reports]
+    values = [v for v in values if v is not None]
+    if not values:
+      continue
+    mean = float(np.mean(values))
+    ref = reports[0]["metrics"].get(reference) if reference else None
+    met = None if target is None else (mean >= target if kind == "min" else mean <= target)
+    out["figures"][key] = {"mean": mean, "spread": float(np.max(values) - np.min(values)), "values": values,
+                           "reference": ref, "target": target, "met": met}
+  joint = out["figures"].get("zero_shot_cer", {}).get("mean")
+  ablation = out["figures"].get("zero_shot_cer_speech_only_ablation", {}).get("mean")
+  if joint is not None and ablation:
+    gain = (ablation - joint) / ablation
+    out["zero_shot_relative_gain"] = {"value": gain, "target": ZERO_SHOT_GAIN_TARGET,
+                                      "met": gain >= ZERO_SHOT_GAIN_TARGET}
+  if w2v:
+    rows = [r for r in w2v if "speech/contrastive_accuracy" in r]
+    late = rows[len(rows) // 2:]  # the second half of the run: learned, not the first steps
+    out["w2v_bert"] = {
+        "steps": rows[-1]["step"] if rows else 0,
+        "contrastive_accuracy_final": float(np.mean([r["speech/contrastive_accuracy"] for r in late])),
+        "contrastive_accuracy_target": CONTRASTIVE_ACCURACY_TARGET,
+        "perplexity_min": float(min(r["codebook/perplexity"] for r in rows)),
+        "perplexity_target": TINY_CODEBOOK_SIZE / 2,
+        "perplexity_final": float(rows[-1]["codebook/perplexity"]),
+        "frame_cosine_final": float(rows[-1].get("health/frame_cosine", float("nan"))),
+    }
+  return out
+
+
+def format_table(summary: dict) -> str:
+  lines = ["| figure | mean | spread | reference | target | met |", "|---|---|---|---|---|---|"]
+  for key, f in summary["figures"].items():
+    ref = "" if f["reference"] is None else f"{f['reference']:.4g}"
+    target = "" if f["target"] is None else f"{f['target']:.4g}"
+    met = "" if f["met"] is None else ("yes" if f["met"] else "no")
+    lines.append(f"| {key} | {f['mean']:.4g} | {f['spread']:.3g} | {ref} | {target} | {met} |")
+  if "zero_shot_relative_gain" in summary:
+    g = summary["zero_shot_relative_gain"]
+    lines.append(f"| zero-shot CER gain of joint over speech-only | {g['value']:.3g} | | | {g['target']} | "
+                 f"{'yes' if g['met'] else 'no'} |")
+  if "w2v_bert" in summary:
+    w = summary["w2v_bert"]
+    lines.append(f"| w2v-BERT contrastive accuracy (2nd half, {w['steps']} steps) | "
+                 f"{w['contrastive_accuracy_final']:.3g} | | chance ~0.01 | {w['contrastive_accuracy_target']} | "
+                 f"{'yes' if w['contrastive_accuracy_final'] >= w['contrastive_accuracy_target'] else 'no'} |")
+    lines.append(f"| w2v-BERT codebook perplexity (lowest logged) | {w['perplexity_min']:.4g} | | | "
+                 f"{w['perplexity_target']:.4g} | {'yes' if w['perplexity_min'] > w['perplexity_target'] else 'no'} |")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--out", default="./learning_benchmark")
+  parser.add_argument("--steps", type=int, default=600, help="pre-training steps of every run")
+  parser.add_argument("--finetune-steps", type=int, default=400)
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+  parser.add_argument("--w2v-steps", type=int, default=1500, help="0 skips the w2v-BERT run")
+  parser.add_argument("--json", action="store_true")
+  args, extra = parser.parse_known_args(argv)
+  out = os.path.abspath(args.out)
+  os.makedirs(out, exist_ok=True)
+  start = time.time()
+  reports = [run_demo(out, seed, args.steps, args.finetune_steps, extra) for seed in args.seeds]
+  w2v = run_w2v_bert(out, args.w2v_steps) if args.w2v_steps else None
+  summary = summarize(reports, w2v)
+  summary["wall_s"] = round(time.time() - start, 1)
+  summary["command"] = " ".join(["python", "benchmarks/learning_benchmark.py"] + (argv or sys.argv[1:]))
+  with open(os.path.join(out, "learning_benchmark.json"), "w", encoding="utf-8") as f:
+    json.dump(summary, f, indent=1)
+  print(json.dumps(summary, indent=1) if args.json else format_table(summary))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

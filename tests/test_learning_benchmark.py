@@ -1,0 +1,33 @@
+"""benchmarks/learning_benchmark.py's summary: means, seed spreads, targets and the zero-shot gain."""
+import importlib.util
+import os
+
+import pytest
+
+_PATH = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "learning_benchmark.py")
+spec = importlib.util.spec_from_file_location("learning_benchmark", _PATH)
+learning_benchmark = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(learning_benchmark)
+
+
+def _report(r1, cer, zero_shot, ablation):
+  return {"metrics": {"retrieval_r1_speech_to_text": r1, "retrieval_chance_r1": 0.01, "ctc_cer": cer,
+                      "zero_shot_cer": zero_shot, "zero_shot_cer_speech_only_ablation": ablation}}
+
+
+def test_summary_reports_mean_spread_targets_and_zero_shot_gain():
+  w2v = [{"step": s, "speech/contrastive_accuracy": a, "codebook/perplexity": p}
+         for s, a, p in ((10, 0.05, 40.0), (20, 0.2, 30.0), (30, 0.35, 50.0), (40, 0.45, 52.0))]
+  summary = learning_benchmark.summarize([_report(0.7, 0.1, 0.5, 0.7), _report(0.9, 0.15, 0.5, 0.7)], w2v)
+  r1 = summary["figures"]["retrieval_r1_speech_to_text"]
+  assert r1["mean"] == pytest.approx(0.8) and r1["spread"] == pytest.approx(0.2)
+  assert r1["met"] and r1["reference"] == 0.01
+  cer = summary["figures"]["ctc_cer"]
+  assert cer["mean"] == pytest.approx(0.125) and cer["met"]  # a ceiling
+  gain = summary["zero_shot_relative_gain"]
+  assert gain["value"] == pytest.approx(2 / 7) and gain["met"]
+  w = summary["w2v_bert"]
+  assert w["contrastive_accuracy_final"] == pytest.approx(0.4)
+  assert w["perplexity_min"] == 30.0 and w["perplexity_min"] < w["perplexity_target"]
+  table = learning_benchmark.format_table(summary)
+  assert "| ctc_cer | 0.125 | 0.05 |" in table and "codebook perplexity (lowest logged) | 30 | | | 32 | no |" in table
