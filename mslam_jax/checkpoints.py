@@ -1,7 +1,15 @@
-"""Orbax checkpoints of the whole run: train state (params, optimizer state, step, RNG, non-finite
-counters) and the data iterator's position, saved asynchronously, keeping the last N.
+"""The run directory and its Orbax checkpoints: the one module every command goes through to list,
+select and restore them.
 
-Layout of MODEL_DIR/checkpoints/<step>/:
+A run directory (MODEL_DIR) is what `mslam train` writes, what `mslam convert from-hf` writes (a
+converted w2v-BERT 2.0 model: one checkpoint, step 0, holding only "params") and what a
+fine-tuning run starts from:
+
+  MODEL_DIR/operative_config.gin    the run's gin config (config.parse_run_config reads it back)
+  MODEL_DIR/checkpoints/<step>/     one checkpoint per saved step (latest N kept)
+
+The train state (params, optimizer state, step, RNG, non-finite counters) and the data
+iterator's position are saved asynchronously. Layout of MODEL_DIR/checkpoints/<step>/:
   state/              the train state (Orbax PyTree, sharded arrays written by all processes)
   data_state/         process_<i>.json: each process's iterator position (every process reads its
                       own shard of the data, so each keeps its own position)
@@ -13,6 +21,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 from typing import Any
 
 import flax.serialization
@@ -25,6 +34,7 @@ from orbax.checkpoint._src.handlers import async_checkpoint_handler
 
 STATE_ITEM = "state"
 DATA_ITEM = "data_state"
+CHECKPOINTS_SUBDIR = "checkpoints"
 
 
 def _encode_data_state(value: Any) -> dict:
@@ -154,3 +164,94 @@ def load_state_dict(step_dir: str, item: str = STATE_ITEM) -> Any:
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
   return checkpointer.restore(path, target)
+
+
+# -- the run directory -----------------------------------------------------------------------------
+
+def checkpoints_dir(model_dir: str) -> str:
+  return os.path.join(model_dir, CHECKPOINTS_SUBDIR)
+
+
+def step_dir(model_dir: str, step: int) -> str:
+  """MODEL_DIR/checkpoints/<step>."""
+  return os.path.join(os.path.abspath(model_dir), CHECKPOINTS_SUBDIR, str(step))
+
+
+def checkpoint_steps(model_dir: str) -> list[int]:
+  """Finished checkpoints of a run (Orbax renames a checkpoint to its bare step once committed)."""
+  directory = checkpoints_dir(model_dir)
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory)
+                if re.fullmatch(r"\d+", name) and os.path.isdir(os.path.join(directory, name, STATE_ITEM)))
+
+
+def select_steps(model_dir: str, which: str | int | None = "latest") -> list[int]:
+  """'latest' (or None), 'all', or one step number; FileNotFoundError when there is none."""
+  steps = checkpoint_steps(model_dir)
+  if not steps:
+    raise FileNotFoundError(f"no checkpoints under {checkpoints_dir(model_dir)}")
+  if which is None or which == "latest":
+    return steps[-1:]
+  if which == "all":
+    return steps
+  try:
+    step = int(which)
+  except ValueError:
+    raise ValueError(f"bad checkpoint step {which!r}: expected latest, all or a step number") from None
+  if step not in steps:
+    raise FileNotFoundError(f"no checkpoint for step {step} in {model_dir} (have {steps})")
+  return [step]
+
+
+def resolve_checkpoint(path: str, step: int | None = None) -> tuple[str | None, str]:
+  """(run directory or None, step directory) of a run directory (its latest step, or `step`) or of
+  one checkpoint's directory."""
+  path = os.path.abspath(path)
+  if os.path.isdir(checkpoints_dir(path)):
+    return path, step_dir(path, select_steps(path, step)[0])
+  if os.path.isdir(os.path.join(path, STATE_ITEM)):
+    parent = os.path.dirname(path)
+    run_dir = os.path.dirname(parent) if os.path.basename(parent) == CHECKPOINTS_SUBDIR else None
+    return run_dir, path
+  raise FileNotFoundError(f"{path} is neither a run directory (with {CHECKPOINTS_SUBDIR}/) nor a checkpoint "
+                          f"directory (with {STATE_ITEM}/)")
+
+
+def load_params(checkpoint_dir: str) -> Any:
+  """The "params" of one checkpoint's state (a training run's or a converted one) on this process'
+  first device, whatever mesh wrote it; the optimizer state and the rest are never read (Orbax
+  partial restore)."""
+  path = os.path.join(os.path.abspath(checkpoint_dir), STATE_ITEM)
+  checkpointer = ocp.PyTreeCheckpointer()
+  metadata = checkpointer.metadata(path)
+  tree = getattr(metadata, "item_metadata", metadata)
+  tree = getattr(tree, "tree", tree)
+  if "params" not in tree:
+    raise ValueError(f"{path} holds no params (keys: {sorted(tree)})")
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                                   tree["params"])}
+  args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                partial_restore=True)
+  return checkpointer.restore(path, args=args)["params"]
+
+
+def restore_params(model_dir: str, step: int | str | None = "latest") -> tuple[Any, int]:
+  """(params, step) of a run's checkpoint (`select_steps` vocabulary; 'all' is not one step)."""
+  chosen = select_steps(model_dir, step)[-1]
+  logging.info("Restoring the parameters of step %d of %s", chosen, model_dir)
+  return load_params(step_dir(model_dir, chosen)), chosen
+
+
+def save_params_checkpoint(model_dir: str, params: Any, step: int = 0) -> str:
+  """Writes {"params": params} as MODEL_DIR/checkpoints/<step>/state (an Orbax PyTree), the layout
+  `load_params` reads (e.g. a converted w2v-BERT 2.0 model). Returns the step directory."""
+  directory = os.path.join(os.path.abspath(model_dir), CHECKPOINTS_SUBDIR)
+  options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
+  with ocp.CheckpointManager(directory, item_names=(STATE_ITEM,), options=options) as manager:
+    if step in manager.all_steps():
+      raise FileExistsError(f"{directory} already holds step {step}; choose an empty --out directory")
+    manager.save(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave({"params": params})}))
+    manager.wait_until_finished()
+  return os.path.join(directory, str(step))

@@ -1,29 +1,90 @@
-"""The `mslam` command: one entry point that dispatches to the module owning each sub-command.
+"""The `mslam` command: one entry point that dispatches to mslam_jax/commands/<command>.py.
 
-Each sub-command module exposes `add_arguments(parser)` and `run(args) -> int`; modules are
-imported only when their command runs, so `mslam data languages` does not pay for JAX or TF.
+Each command module exposes `add_arguments(parser)` and `run(args) -> int`; modules are imported
+only when their command runs, so `mslam data languages` does not pay for JAX or TF. A command's
+configuration or input mistake (ValueError, FileNotFoundError, ... raised anywhere below it)
+becomes one line, `mslam COMMAND: message`, and exit code 2, here and nowhere else.
 """
 import argparse
 import importlib
+import logging
+import os
+import re
 import signal
 import sys
+import tempfile
 
 from mslam_jax import compilation_cache
 
 # command -> (module, one-line help)
 COMMANDS = {
-    "data": ("mslam_jax.data.commands", "build and inspect corpora: languages, build-builtin, show-batch"),
-    "model-info": ("mslam_jax.models.model_info", "parameter counts of a gin-configured model"),
-    "train": ("mslam_jax.train", "gin-configured pre-training"),
-    "compile": ("mslam_jax.aot", "ahead-of-time compile of the train step for a mesh; memory report"),
-    "demo": ("mslam_jax.demo", "build a small corpus, pre-train a tiny model, evaluate, report"),
-    "eval": ("mslam_jax.eval", "evaluation sweep over a run's checkpoints (latest, all or one); reports"),
-    "retrieve": ("mslam_jax.evaluation.retrieve_command", "speech<->text retrieval of your audio files and texts"),
-    "langid": ("mslam_jax.evaluation.langid_command", "spoken language ID of audio files (linear probe)"),
-    "finetune": ("mslam_jax.evaluation.finetune_command", "CTC fine-tuning of a checkpoint (frozen/top-k/all)"),
-    "align": ("mslam_jax.evaluation.align_command", "CTC forced alignment: word/char timestamps, TextGrid, PNG"),
-    "convert": ("mslam_jax.interop.commands", "weights from/to transformers' Wav2Vec2BertModel (w2v-BERT 2.0)"),
+    "data": ("mslam_jax.commands.data", "build and inspect corpora: languages, build-builtin, show-batch"),
+    "model-info": ("mslam_jax.commands.model_info", "parameter counts of a gin-configured model"),
+    "train": ("mslam_jax.commands.train", "gin-configured pre-training"),
+    "compile": ("mslam_jax.commands.compile", "ahead-of-time compile of the train step for a mesh; memory report"),
+    "demo": ("mslam_jax.commands.demo", "build a small corpus, pre-train a tiny model, evaluate, report"),
+    "eval": ("mslam_jax.commands.eval", "evaluation sweep over a run's checkpoints (latest, all or one); reports"),
+    "retrieve": ("mslam_jax.commands.retrieve", "speech<->text retrieval of your audio files and texts"),
+    "langid": ("mslam_jax.commands.langid", "spoken language ID of audio files (linear probe)"),
+    "finetune": ("mslam_jax.commands.finetune", "CTC fine-tuning of a checkpoint (frozen/top-k/all)"),
+    "align": ("mslam_jax.commands.align", "CTC forced alignment: word/char timestamps, TextGrid, PNG"),
+    "convert": ("mslam_jax.commands.convert", "weights from/to transformers' Wav2Vec2BertModel (w2v-BERT 2.0)"),
 }
+
+# What a command's mistake raises (bad flag values, gin errors, missing files): a message, exit 2.
+# ImportError: an optional dependency a command needs is not installed (e.g. safetensors).
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError)
+EXIT_USER_ERROR = 2
+
+
+def quiet_accelerator_probe() -> None:
+  """On a machine without an accelerator plugin, JAX's probe of CUDA prints a `cuInit` error
+  line per process, and TensorFlow's CPU build warns about CUDA stubs: a healthy CPU run would
+  look broken. Pick the CPU platform when no plugin is installed (a user's own JAX_PLATFORMS
+  wins) and quiet TF's C++ logging below warnings; real errors still show."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  if "JAX_PLATFORMS" in os.environ:
+    return
+  try:
+    from importlib import metadata  # pylint: disable=g-import-not-at-top
+    plugins = [d.metadata["Name"] for d in metadata.distributions()
+               if (d.metadata["Name"] or "").lower().startswith(("jax-cuda", "jax_cuda", "libtpu", "jax-rocm",
+                                                                  "jax_rocm", "jax-tpu"))]
+  except Exception:  # pylint: disable=broad-except
+    return
+  if not plugins:
+    os.environ["JAX_PLATFORMS"] = "cpu"
+
+
+# What TensorFlow's CPU wheel prints to stderr when it loads on a healthy CPU-only machine.
+_BENIGN_TF_LINES = re.compile(
+    r"All log messages before absl::InitializeLog\(\) is called|\] oneDNN custom operations are on"
+    r"|cudart_stub\.cc:\d+\] Could not find cuda drivers|Unable to register cu(DNN|FFT|BLAS) factory"
+    r"|failed call to cuInit|TF-TRT Warning")
+
+
+def import_tensorflow_quietly() -> None:
+  """Imports TensorFlow (SeqIO's data pipeline needs it) with its load-time notices about oneDNN
+  and absent CUDA drivers dropped; any other line it prints still reaches stderr. Its C++ logging
+  ignores TF_CPP_MIN_LOG_LEVEL, hence the file-descriptor redirect around the import."""
+  if "tensorflow" in sys.modules:
+    return
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+    except ImportError:
+      pass
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+    captured.seek(0)
+    for line in captured.read().decode("utf-8", errors="replace").splitlines(keepends=True):
+      if not _BENIGN_TF_LINES.search(line):
+        sys.stderr.write(line)
+  sys.stderr.flush()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
   # `mslam data languages | head` should end quietly, as any Unix filter does.
   signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+  quiet_accelerator_probe()
   argv = sys.argv[1:] if argv is None else list(argv)
   saved, sys.argv = sys.argv, [sys.argv[0]] + argv
   try:
@@ -56,8 +118,15 @@ def main(argv=None) -> int:
   args.gin_bindings = [flag[len("--gin."):] for flag in gin_flags]
   # Every command: compiled programs are reused across processes (it imports no JAX itself).
   compilation_cache.enable()
+  if not (args.command == "data" and getattr(args, "data_command", None) == "languages"):
+    import_tensorflow_quietly()
   module = importlib.import_module(args._module)
-  return int(module.run(args) or 0)
+  try:
+    return int(module.run(args) or 0)
+  except USER_ERRORS as e:
+    logging.getLogger(__name__).debug("mslam %s failed", args.command, exc_info=True)
+    print(f"mslam {args.command}: {e}", file=sys.stderr)
+    return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

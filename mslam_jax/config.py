@@ -1,11 +1,28 @@
-"""Gin plumbing shared by every entry point: flags, config lookup, and the operative-config log."""
+"""gin, owned in one place: flags, config lookup, parsing (one-line errors), a run's operative config
+read back under its own scope, REQUIRED macros, and the model built from the config (one way).
+"""
 import argparse
+import importlib
 import logging
 import os
-from typing import Sequence
+import re
+from typing import Any, Sequence
 
 import gin
 
+OPERATIVE_CONFIG = "operative_config.gin"  # as checkpoints.OPERATIVE_CONFIG (not imported: it starts JAX)
+
+# Modules whose configurables an operative config may name; each registers them on import.
+CONFIGURABLE_MODULES = ("mslam_jax.models.mslam", "mslam_jax.train", "mslam_jax.trainer", "mslam_jax.optimizers",
+                        "mslam_jax.partitioning", "mslam_jax.data.pipeline", "mslam_jax.tasks.builtin")
+
+
+class ConfigError(ValueError):
+  """A gin file or binding that cannot be parsed or applied; the message names it."""
+
+
+class MissingRequiredMacroError(ConfigError):
+  """A REQUIRED macro of a run config is still unset."""
 
 
 def package_gin_dir() -> str:
@@ -43,13 +60,139 @@ def _drop_package_resource_reader() -> None:
   readers[:] = [r for r in readers if r[0] is not resource_reader.system_path_reader]
 
 
+def _parse(files: Sequence[str], bindings: Sequence[str], **kwargs) -> None:
+  """gin's parse, with its errors as one-line ConfigErrors that name the binding or file."""
+  try:
+    gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=False, **kwargs)
+  except SyntaxError as e:
+    where = " ".join(str(e).split())
+    hint = ""
+    for binding in bindings:
+      name, _, value = binding.partition("=")
+      value = value.strip()
+      if value and not re.match(r"""^(['"\[({@%]|-?\d|True$|False$|None$)""", value):
+        hint = (f"; `{binding.strip()}`: a string value needs quotes, e.g. "
+                f"--gin.{name.strip()}=\"'{value}'\"")
+        break
+    raise ConfigError(f"gin cannot parse the configuration ({where}){hint}") from None
+  except ValueError as e:
+    if isinstance(e, ConfigError):
+      raise
+    raise ConfigError("gin: " + " ".join(str(e).split())) from None
+
+
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = (), search_paths: Sequence[str] = ()) -> None:
   """Parses gin files and NAME=VALUE bindings; includes resolve against the packaged configs."""
   _drop_package_resource_reader()
   for directory in list(search_paths) + [package_gin_dir()]:
     gin.add_config_file_search_path(directory)
   files = [resolve_gin_file(f, search_paths) for f in gin_files]
-  gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
+  _parse(files, bindings)
+
+
+# -- macros ----------------------------------------------------------------------------------------
+
+def _is_required(value: Any) -> bool:
+  return isinstance(value, gin.config.ConfigurableReference) and str(value) == "%gin.REQUIRED"
+
+
+def bound_macros() -> dict[str, Any]:
+  """Every macro of the current config -> its value (REQUIRED ones as gin's reference).
+
+  gin has no public way to list macros; this is the one place that reads its table.
+  """
+  values = {}
+  for (name, selector), params in gin.config._CONFIG.items():  # pylint: disable=protected-access
+    if selector == "gin.macro" and "value" in params:
+      values[name] = params["value"]
+  return values
+
+
+def macro(name: str, default: Any = None) -> Any:
+  """A macro's value, `default` when it is unbound or REQUIRED."""
+  value = bound_macros().get(name, default)
+  return default if _is_required(value) else value
+
+
+def required_macros_unset() -> list[str]:
+  """Macros still bound to %gin.REQUIRED (a run config's REQUIRED list) after all bindings."""
+  return sorted(name for name, value in bound_macros().items() if _is_required(value))
+
+
+def check_required_macros() -> None:
+  missing = required_macros_unset()
+  if missing:
+    flags = " ".join(f"--gin.{name}=..." for name in missing)
+    raise MissingRequiredMacroError(
+        f"REQUIRED gin macro(s) not set: {', '.join(missing)}. The run config lists them in its "
+        f"header; pass {flags}")
+
+
+# -- a run's config read back ----------------------------------------------------------------------
+
+def import_configurables() -> None:
+  """Imports the modules an operative config names (each registers its configurables)."""
+  for name in CONFIGURABLE_MODULES:
+    try:
+      importlib.import_module(name)
+    except ImportError as e:
+      logging.debug("Not importing %s: %s", name, e)
+
+
+def parse_run_config(model_dir: str | None, gin_files: Sequence[str] = (), bindings: Sequence[str] = (),
+                     search_paths: Sequence[str] = ()) -> None:
+  """Replaces the process' config by a run's: its operative config, then `gin_files`, then
+  `bindings` (later wins).
+
+  The files come after the run's config so that they choose, e.g., the evaluators (a
+  pre-training config names none); the macros the run set (CORPUS_DIR, MODEL_DIR, ...) survive
+  the files' `= %gin.REQUIRED` declarations.
+  """
+  import_configurables()
+  _drop_package_resource_reader()
+  gin.clear_config()
+  for directory in list(search_paths) + [package_gin_dir()]:
+    gin.add_config_file_search_path(directory)
+  operative = os.path.join(model_dir, OPERATIVE_CONFIG) if model_dir else ""
+  run_macros = {}
+  if operative and os.path.exists(operative):
+    _parse([operative], [], skip_unknown=True)
+    run_macros = {k: v for k, v in bound_macros().items() if not _is_required(v)}
+  else:
+    logging.warning("%s not found: the model and corpus must come from --gin_file/--gin flags",
+                    operative or "no run directory")
+  _parse([resolve_gin_file(f, search_paths) for f in gin_files], [], skip_unknown=True)
+  now = bound_macros()
+  restored = [f"{name} = {value!r}" for name, value in run_macros.items()
+              if _is_required(now.get(name)) and not isinstance(value, gin.config.ConfigurableReference)]
+  _parse([], restored + list(bindings), skip_unknown=True)
+
+
+def build_model() -> Any:
+  """The configured model: what `train.model` names (a run config binds it), else MSLAMModel
+  as the size file configures it. The one way every command builds the model from gin."""
+  from mslam_jax.models import mslam  # pylint: disable=g-import-not-at-top
+  import_configurables()
+  try:
+    reference = gin.query_parameter("train.model")
+  except ValueError:
+    return mslam.MSLAMModel()
+  if _is_required(reference) or reference is gin.REQUIRED or reference is None:
+    return mslam.MSLAMModel()
+  if isinstance(reference, gin.config.ConfigurableReference):
+    return reference.scoped_configurable_fn() if reference.evaluate else reference.scoped_configurable_fn
+  return reference
+
+
+def load_run(model_dir: str, step: int | str | None = None, gin_files: Sequence[str] = (),
+             bindings: Sequence[str] = (), search_paths: Sequence[str] = ()) -> tuple[Any, Any, int]:
+  """(model, params, step) of a run directory's checkpoint (latest when `step` is None): its
+  config parsed (`parse_run_config`), the model built, the parameters restored."""
+  from mslam_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  parse_run_config(model_dir, gin_files, bindings, search_paths)
+  model = build_model()
+  params, step = checkpoints.restore_params(model_dir, step)
+  return model, params, step
 
 
 def log_operative_config(model_dir: str | None = None) -> str:
@@ -58,6 +201,6 @@ def log_operative_config(model_dir: str | None = None) -> str:
   logging.info("Operative gin config:\n%s", text)
   if model_dir:
     os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, "operative_config.gin"), "w") as f:
+    with open(os.path.join(model_dir, OPERATIVE_CONFIG), "w") as f:
       f.write(text)
   return text

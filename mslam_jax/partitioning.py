@@ -191,10 +191,3 @@ def initialize_distributed(coordinator_address: str | None = None,
                jax.device_count())
   return jax.process_count() > 1
 
-
-def format_rules(rules: Iterable[tuple[str, Any]]) -> str:
-  return ", ".join(f"{name}->{mesh_axes}" for name, mesh_axes in rules)
-
-
-def mesh_sizes(mesh: Mesh) -> Mapping[str, int]:
-  return dict(mesh.shape)

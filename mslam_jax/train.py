@@ -1,4 +1,4 @@
-"""gin-configured pre-training: `mslam train` or `python -m mslam_jax.train`.
+"""gin-configured pre-training: the `train` configurable that `mslam train` calls.
 
   mslam train --gin_file=models/tiny.gin --gin_file=runs/pretrain.gin \
       --gin.MODEL_DIR=/tmp/run --gin.TRAIN_STEPS=1000
@@ -11,12 +11,10 @@ TPU pods / SLURM) and start the same command on every host; each feeds its shard
 
 Exit codes: 0 done (or preempted and saved), 2 bad configuration, 3 stopped on non-finite losses.
 """
-import argparse
 import json
 import logging
 import os
 import signal
-import sys
 import time
 from typing import Any, Callable, Iterator, Sequence
 
@@ -24,41 +22,8 @@ import gin
 
 from mslam_jax import config
 
-if __name__ == "__main__":
-  # `python -m mslam_jax.train`: hand over to the CLI before this file, run as __main__, registers
-  # its configurables under a second module name (gin selectors would become ambiguous).
-  from mslam_jax import cli  # pylint: disable=g-import-not-at-top
-  sys.exit(cli.main(["train"] + sys.argv[1:]))
-
-EXIT_OK, EXIT_BAD_CONFIG, EXIT_NONFINITE = 0, 2, 3
-
-
 class NonFiniteLossError(RuntimeError):
   """K updates in a row had a non-finite loss or gradient."""
-
-
-class MissingRequiredMacroError(ValueError):
-  pass
-
-
-def required_macros_unset() -> list[str]:
-  """Macros still bound to %gin.REQUIRED (a run config's REQUIRED list) after all bindings."""
-  missing = []
-  for (name, selector), values in gin.config._CONFIG.items():  # pylint: disable=protected-access
-    if selector == "gin.macro":
-      value = values.get("value")
-      if isinstance(value, gin.config.ConfigurableReference) and str(value) == "%gin.REQUIRED":
-        missing.append(name)
-  return sorted(missing)
-
-
-def check_required_macros() -> None:
-  missing = required_macros_unset()
-  if missing:
-    flags = " ".join(f"--gin.{name}=..." for name in missing)
-    raise MissingRequiredMacroError(
-        f"REQUIRED gin macro(s) not set: {', '.join(missing)}. The run config lists them in its "
-        f"header; pass {flags}")
 
 
 # -- metric writers ----------------------------------------------------------------------------
@@ -353,49 +318,3 @@ def run_evaluators(evaluators: Sequence[Any], model: Any, params: Any, step: int
       logging.exception("Evaluator %s failed at step %d; training goes on", name, step)
       results[f"eval/{name}/failed"] = 1.0
   return results
-
-
-# -- command line ------------------------------------------------------------------------------
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-  config.add_gin_arguments(parser)
-  group = parser.add_argument_group("multi-host (jax.distributed)")
-  group.add_argument("--coordinator_address", default=None, help="host:port of process 0")
-  group.add_argument("--num_processes", type=int, default=None)
-  group.add_argument("--process_id", type=int, default=None)
-  group.add_argument("--distributed_auto", action="store_true",
-                     help="let JAX detect the cluster (Cloud TPU pods, SLURM, Open MPI)")
-
-
-def run(args: argparse.Namespace) -> int:
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-  # Orbax logs every phase of every save at INFO through absl; keep its warnings only.
-  logging.getLogger("absl").setLevel(logging.WARNING)
-  from mslam_jax import partitioning  # pylint: disable=g-import-not-at-top
-  try:
-    config.parse_gin(args.gin_file, args.gin_bindings, args.gin_search_path)
-    check_required_macros()
-  except (MissingRequiredMacroError, ValueError, FileNotFoundError) as e:
-    logging.error("Bad configuration: %s", e)
-    print(f"mslam train: bad configuration: {e}", file=sys.stderr)
-    return EXIT_BAD_CONFIG
-  # jax.distributed must start before any backend is touched (gin parsing does not touch one).
-  partitioning.initialize_distributed(
-      **{k: v for k, v in dict(coordinator_address=args.coordinator_address,
-                               num_processes=args.num_processes, process_id=args.process_id,
-                               auto_detect=args.distributed_auto or None).items()
-         if v is not None})
-  try:
-    summary = train()
-  except NonFiniteLossError as e:
-    logging.error("%s", e)
-    print(f"mslam train: stopped: {e}", file=sys.stderr)
-    return EXIT_NONFINITE
-  logging.info("Run summary: %s", json.dumps(summary))
-  return EXIT_OK
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  from mslam_jax import cli  # pylint: disable=g-import-not-at-top
-  argv = sys.argv[1:] if argv is None else list(argv)
-  return cli.main(["train"] + argv)

@@ -23,6 +23,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mslam_jax import optimizers
 from mslam_jax import partitioning
+# The batch contract's AOT spec and audio count, here for the Trainer's callers (one definition each).
+from mslam_jax.data.contract import audio_seconds, contract_batch_spec  # pylint: disable=unused-import
 
 
 class Model(Protocol):
@@ -255,33 +257,3 @@ class Trainer:
         local_batch, self.batch_shardings, self.batch_spec)
 
 
-def audio_seconds(batch, sample_rate: int = 16_000) -> float:
-  """Seconds of (unpadded) audio in a host batch: every `audio_mask` leaf counts."""
-  total = 0
-  for path, leaf in jax.tree_util.tree_flatten_with_path(batch)[0]:
-    if jax.tree_util.keystr(path).endswith("['audio_mask']"):
-      total += int(np.asarray(leaf).sum())
-  return total / sample_rate
-
-
-@gin.configurable
-def contract_batch_spec(speech_batch: int = gin.REQUIRED, speech_samples: int = gin.REQUIRED,
-                        text_batch: int = gin.REQUIRED, text_length: int = gin.REQUIRED,
-                        paired_batch: int = gin.REQUIRED, paired_samples: int = gin.REQUIRED,
-                        paired_length: int = gin.REQUIRED) -> dict:
-  """The global batch of the three-stream contract as ShapeDtypeStructs (for AOT compiles)."""
-  f32, i32 = jnp.float32, jnp.int32
-  s = jax.ShapeDtypeStruct
-  return {
-      "speech": {"audio": s((speech_batch, speech_samples), f32),
-                 "audio_mask": s((speech_batch, speech_samples), i32),
-                 "lang": s((speech_batch,), i32)},
-      "text": {"tokens": s((text_batch, text_length), i32),
-               "tokens_mask": s((text_batch, text_length), i32),
-               "lang": s((text_batch,), i32)},
-      "paired": {"audio": s((paired_batch, paired_samples), f32),
-                 "audio_mask": s((paired_batch, paired_samples), i32),
-                 "tokens": s((paired_batch, paired_length), i32),
-                 "tokens_mask": s((paired_batch, paired_length), i32),
-                 "lang": s((paired_batch,), i32)},
-  }

@@ -76,13 +76,6 @@ def _count(stats: dict, unit: str) -> float:
                    "(binding register_builtin_corpus.rate_units)")
 
 
-def held_out_languages(manifest: dict) -> Sequence[str]:
-  for key in ("held_out_languages", "held_out", "heldout_languages"):
-    if key in manifest:
-      return list(manifest[key])
-  return [code for code, entry in manifest.get("languages", {}).items() if entry.get("held_out")]
-
-
 def temperature_rates(sizes: Mapping[str, float], temperature: float) -> Dict[str, float]:
   """Sampling probabilities p_l ∝ n_l^(1/T) (languages with n_l = 0 get nothing)."""
   if temperature <= 0:
@@ -149,7 +142,7 @@ def register_builtin_corpus(corpus_dir: str = gin.REQUIRED,
   _registered.pop(prefix, None)
 
   vocabulary = vocabularies.vocabulary_for_corpus(corpus_dir)
-  held_out = set(held_out_languages(manifest))
+  held_out = set(records.held_out_languages(manifest))
   registered = {}
   for stream in records.STREAMS:
     sizes = {}

@@ -1,4 +1,9 @@
-"""Shared pytest fixtures: a tiny built-in corpus, built once per test session."""
+"""Shared pytest fixtures: a tiny built-in corpus and a tiny pre-trained, evaluated run, each made
+once per test session; one persistent JAX compilation cache for the suite and its subprocesses.
+
+Tiers: `pytest -m "not slow"` skips the end-to-end runs (subprocess training, the demo); `pytest`
+runs everything.
+"""
 import os
 
 # Set before any test imports TensorFlow or JAX (subprocesses inherit them).
@@ -8,6 +13,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = f"{_FAST_COMPILE_FLAGS} {os.environ.get('XLA_FLAGS', '')}".strip()
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -51,3 +58,47 @@ def builtin_corpus_dir(tmp_path_factory) -> str:
   out = str(tmp_path_factory.mktemp("builtin_corpus"))
   build_tiny_corpus(out)
   return out
+
+
+# Small enough to compile fast on 2 cores; a checkpoint and a metrics line at every step.
+TINY_RUN_BINDINGS = (
+    "SPEECH_BATCH=2", "TEXT_BATCH=2", "PAIRED_BATCH=2", "SPEECH_SAMPLES=16000",
+    "PAIRED_SAMPLES=32000", "TEXT_LENGTH=32", "PAIRED_TEXT_LENGTH=32",
+    "train.log_every=1", "train.checkpoint_every=1", "train.progress_bar=False",
+    "train.async_checkpoints=False",
+    "make_optimizer.peak_learning_rate=1e-3", "make_optimizer.warmup_steps=10",
+)
+TINY_RUN_STEPS = 3
+
+
+def tiny_train_args(model_dir: str, corpus_dir: str, steps: int = TINY_RUN_STEPS) -> list[str]:
+  """`mslam train` of the tiny run (models/tiny.gin + runs/pretrain.gin)."""
+  return (["train", "--gin_file=models/tiny.gin", "--gin_file=runs/pretrain.gin", f"--gin.MODEL_DIR='{model_dir}'",
+           f"--gin.TRAIN_STEPS={steps}", f"--gin.CORPUS_DIR='{corpus_dir}'"]
+          + [f"--gin.{b}" for b in TINY_RUN_BINDINGS])
+
+
+ALL_EVALUATORS = ("retrieval", "langid", "langid_finetune", "ctc", "zero_shot", "alignment", "embedding_map")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(builtin_corpus_dir, tmp_path_factory) -> str:
+  """models/tiny.gin + runs/pretrain.gin trained 3 steps on the tiny corpus (a checkpoint at every
+  step), then `mslam eval` of the latest with every evaluator (MODEL_DIR/eval/step_3/), once per
+  session, through the commands a user runs. Read-only for the tests that use it."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from mslam_jax import cli  # pylint: disable=g-import-not-at-top
+  model_dir = str(tmp_path_factory.mktemp("tiny_run"))
+  gin.clear_config()
+  try:
+    rc = cli.main(tiny_train_args(model_dir, builtin_corpus_dir))
+    assert rc == 0, "training the tiny run failed"
+    gin.clear_config()
+    rc = cli.main(["eval", "--model_dir", model_dir, "--corpus_dir", builtin_corpus_dir,
+                   f"--gin.build_evaluators.names={list(ALL_EVALUATORS)!r}",
+                   "--gin.FinetuneConfig.steps=3", "--gin.FinetuneConfig.freeze='frozen'",
+                   "--gin.langid_head/FinetuneConfig.steps=3"])
+    assert rc == 0, "evaluating the tiny run failed"
+  finally:
+    gin.clear_config()
+  return model_dir

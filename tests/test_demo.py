@@ -9,7 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from mslam_jax import demo, training_curves
+from mslam_jax import training_curves
+from mslam_jax.commands import demo
+
+pytestmark = pytest.mark.slow  # end-to-end: subprocesses that compile and train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Cheaper XLA CPU compiles: at these sizes compiling, not running, is what the demo spends.

@@ -217,3 +217,9 @@ def validate_items(items: Iterable[RawItem], counter: SkipCounter,
     utterance = validate_item(item, counter, max_seconds)
     if utterance is not None:
       yield utterance
+
+
+def read_audio_16k(path: str, max_seconds: float = 3600.0) -> np.ndarray:
+  """Mono float32 16 kHz audio of any file soundfile reads (resampled and down-mixed as needed)."""
+  samples, rate = read_audio_file(path)
+  return validate_audio(samples, rate, item_id=path, max_seconds=max_seconds)

@@ -362,7 +362,7 @@ def build_builtin_corpus(out_dir: str, max_languages: int | None = SMALL_MAX_LAN
       "config": dataclasses.asdict(config),
       "seed": seed,
       "sample_rate": records.SAMPLE_RATE,
-      "held_out_languages": list(held),
+      records.HELD_OUT_KEY: list(held),
       "held_out_policy": "paired data of held-out languages is only in validation/test",
       "languages": manifest_languages,
       "streams": {s: count_streams(s) for s in records.STREAMS},

@@ -16,12 +16,8 @@ import logging
 import os
 from typing import Sequence
 
-# CLDR/eSpeak tags whose plain ISO 639-1 -> 639-3 mapping would name a macrolanguage while the
-# data is a specific member: CLDR `zh` is Mandarin (eSpeak's voice is `cmn`), CLDR and eSpeak `ku`
-# are Northern Kurdish (Kurmanji, which the ISO-codes translations call `kmr`).
-_CODE_OVERRIDES = {"zh": "cmn", "ku": "kmr", "hbs": "hrv"}
-# Tags that duplicate another entry: CLDR `no` is the parent of `nb`.
-_SKIPPED_TAGS = frozenset({"no", "root", "und"})
+from mslam_jax.data.iso639 import iso639_tables as _iso639_tables
+from mslam_jax.data.iso639 import to_iso639_3  # pylint: disable=unused-import  (part of this API)
 
 STREAMS = ("speech", "text", "paired")
 # A language gets a built-in stream only when its sources give at least this many distinct items
@@ -61,31 +57,6 @@ class Language:
             "script": self.script, "text_sources": list(self.text_sources),
             "espeak_voice": self.espeak_voice, "espeak_voices": list(self.espeak_voices),
             "streams": list(self.streams), "corpora": {"builtin": list(self.streams)}}
-
-
-@functools.cache
-def _iso639_tables() -> tuple[dict[str, str], set[str], dict[str, str]]:
-  import pycountry  # pylint: disable=g-import-not-at-top
-  two_to_three, threes, names = {}, set(), {}
-  for lang in pycountry.languages:
-    threes.add(lang.alpha_3)
-    names[lang.alpha_3] = lang.name
-    if hasattr(lang, "alpha_2"):
-      two_to_three[lang.alpha_2] = lang.alpha_3
-  return two_to_three, threes, names
-
-
-def to_iso639_3(tag: str) -> str | None:
-  """ISO 639-3 code for a BCP-47 / CLDR / eSpeak tag (`pt-BR`, `sr_Latn`, `cmn`), None if none."""
-  primary = tag.replace("_", "-").split("-")[0].lower()
-  if primary in _SKIPPED_TAGS:
-    return None
-  if primary in _CODE_OVERRIDES:
-    return _CODE_OVERRIDES[primary]
-  two_to_three, threes, _ = _iso639_tables()
-  if len(primary) == 2:
-    return two_to_three.get(primary)
-  return primary if primary in threes else None
 
 
 def _has_script_subtag(tag: str) -> bool:
@@ -131,6 +102,7 @@ def _cache_path() -> str:
   """A registry cache file whose name changes with the data packages and this code."""
   from importlib import metadata  # pylint: disable=g-import-not-at-top
   from mslam_jax.data import espeak  # pylint: disable=g-import-not-at-top
+  from mslam_jax.data import iso639  # pylint: disable=g-import-not-at-top
   from mslam_jax.data import text_sources  # pylint: disable=g-import-not-at-top
   key = hashlib.sha256()
   for package in ("babel", "pycountry", "num2words", "espeakng-loader", "fonttools"):
@@ -138,7 +110,7 @@ def _cache_path() -> str:
       key.update(f"{package}={metadata.version(package)};".encode())
     except metadata.PackageNotFoundError:
       key.update(f"{package}=none;".encode())
-  for module_file in (__file__, text_sources.__file__, espeak.__file__):
+  for module_file in (__file__, iso639.__file__, text_sources.__file__, espeak.__file__):
     with open(module_file, "rb") as f:
       key.update(f.read())
   base = os.environ.get("MSLAM_CACHE_DIR") or os.path.join(

@@ -1,9 +1,5 @@
-"""The three-stream step iterator: one dict of fixed-shape numpy arrays per training step.
-
-    {"speech": {"audio": f32[Bs,S], "audio_mask": i32[Bs,S], "lang": i32[Bs]},
-     "text":   {"tokens": i32[Bt,L], "tokens_mask": i32[Bt,L], "lang": i32[Bt]},
-     "paired": {"audio": f32[Bp,Sp], "audio_mask": i32[Bp,Sp], "tokens": i32[Bp,Lp],
-                "tokens_mask": i32[Bp,Lp], "lang": i32[Bp]}}
+"""The three-stream step iterator: one dict of fixed-shape numpy arrays per training step, of the
+batch contract's structure (mslam_jax/data/contract.py).
 
 Each stream is a SeqIO Mixture (temperature-sampled over per-language Tasks), run through its
 feature converter (mslam_jax.data.feature_converters) and batched with drop_remainder; the three
@@ -42,6 +38,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from mslam_jax.data import contract
+from mslam_jax.data.contract import audio_seconds  # pylint: disable=unused-import  (one definition)
 from mslam_jax.data import feature_converters
 from mslam_jax.data import preprocessors
 from mslam_jax.data import records
@@ -149,17 +147,9 @@ class StepIterator:
     return self.streams[stream].batch_size // self.shard_info.num_shards
 
   def _spec(self, global_shapes: bool):
-    import jax  # pylint: disable=g-import-not-at-top
-    spec = {}
-    for stream, config in self.streams.items():
-      b = config.batch_size if global_shapes else self.local_batch_size(stream)
-      out = {}
-      for key, n in config.model_lengths().items():
-        dtype = np.float32 if key == "audio" else np.int32
-        out[key] = jax.ShapeDtypeStruct((b, n), dtype)
-      out["lang"] = jax.ShapeDtypeStruct((b,), np.int32)
-      spec[stream] = dict(sorted(out.items()))
-    return spec
+    return contract.batch_spec({
+        stream: (config.batch_size if global_shapes else self.local_batch_size(stream), config.lengths)
+        for stream, config in self.streams.items()})
 
   @property
   def element_spec(self) -> Dict[str, Dict[str, Any]]:
@@ -173,13 +163,7 @@ class StepIterator:
 
   def dummy_batch(self, global_shapes: bool = False) -> Dict[str, Dict[str, np.ndarray]]:
     """Zeros of the batch's shapes with all-valid masks (for init and compilation)."""
-    spec = self._spec(global_shapes)
-    batch = {s: {k: np.zeros(v.shape, v.dtype) for k, v in d.items()} for s, d in spec.items()}
-    for d in batch.values():
-      for key in d:
-        if key.endswith("_mask"):
-          d[key][:] = 1
-    return batch
+    return contract.zeros_batch(self._spec(global_shapes))
 
   # -- the tf.data pipeline -------------------------------------------------------------------
   def ensure_setup(self) -> None:
@@ -429,15 +413,6 @@ def builtin_step_iterator(corpus_dir: str, gin_bindings: Sequence[str] = (),
 
 
 # -- per-batch helpers for the trainer and the CLI -----------------------------------------------
-def audio_seconds(batch: Mapping[str, Mapping[str, Any]]) -> float:
-  """Seconds of real (unpadded) audio in a batch, over the speech and paired streams."""
-  total = 0
-  for stream in ("speech", "paired"):
-    if stream in batch and "audio_mask" in batch[stream]:
-      total += int(np.asarray(batch[stream]["audio_mask"]).sum())
-  return total / records.SAMPLE_RATE
-
-
 def _lang_code(lang_id: int) -> str:
   try:
     from mslam_jax.data import languages  # pylint: disable=g-import-not-at-top

@@ -103,3 +103,13 @@ def from_example_bytes(data: bytes) -> Utterance:
       word_starts_ms=list(f["word_starts_ms"].int64_list.value),
       word_ends_ms=list(f["word_ends_ms"].int64_list.value),
   )
+
+
+# The manifest key (manifest.json of a corpus) listing the held-out languages: those whose paired
+# data pre-training never sees (the zero-shot test languages).
+HELD_OUT_KEY = "held_out_languages"
+
+
+def held_out_languages(manifest: dict) -> list[str]:
+  """A corpus manifest's held-out languages (sorted); none when the manifest lists none."""
+  return sorted(manifest.get(HELD_OUT_KEY, ()))

@@ -25,7 +25,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from mslam_jax.data import languages
+from mslam_jax.data import iso639
 
 SOURCES = ("cldr", "iso_codes", "num2words")
 _CLDR_LIST_CATEGORIES = ("territories", "languages", "scripts", "currency_names")
@@ -84,7 +84,7 @@ def cldr_locales() -> dict[str, str]:
   for locale_id in sorted(localedata.locale_identifiers()):
     if "_" in locale_id:
       continue
-    code = languages.to_iso639_3(locale_id)
+    code = iso639.to_iso639_3(locale_id)
     if code is not None:
       out.setdefault(code, locale_id)
   return out
@@ -100,7 +100,7 @@ def iso_codes_locales() -> dict[str, str]:
   for name in sorted(names, key=lambda n: ("_" in n, n)):
     if "@" in name:
       continue
-    code = languages.to_iso639_3(name)
+    code = iso639.to_iso639_3(name)
     if code is not None:
       out.setdefault(code, name)
   return out
@@ -113,7 +113,7 @@ def num2words_languages() -> dict[str, str]:
   for lang in sorted(num2words.CONVERTER_CLASSES):
     if "_" in lang:
       continue
-    code = languages.to_iso639_3({"kz": "kk", "no": "nb"}.get(lang, lang))
+    code = iso639.to_iso639_3({"kz": "kk", "no": "nb"}.get(lang, lang))
     if code is not None:
       out[code] = lang
   return out

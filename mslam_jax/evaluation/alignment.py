@@ -15,7 +15,7 @@ from typing import Sequence
 import gin
 import numpy as np
 
-from mslam_jax.evaluation import registry
+from mslam_jax.evaluation import base
 
 
 @dataclasses.dataclass
@@ -256,7 +256,7 @@ def align_utterances(tuned, audios: Sequence[np.ndarray], texts: Sequence[str]) 
   return out
 
 
-@registry.register("alignment")
+@base.register("alignment")
 @gin.configurable
 class AlignmentEvaluator:
   """Word-boundary error of CTC forced alignment against the synthesizer's word timings.

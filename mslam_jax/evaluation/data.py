@@ -104,12 +104,7 @@ def load_manifest(corpus_dir: str) -> dict:
 
 def held_out_languages(corpus_dir: str) -> list[str]:
   """Languages whose paired data pre-training never saw (the zero-shot test languages)."""
-  manifest = load_manifest(corpus_dir)
-  for key in ("held_out_languages", "held_out", "heldout_languages"):
-    if key in manifest:
-      return sorted(manifest[key])
-  return sorted(code for code, entry in manifest.get("languages", {}).items()
-                if isinstance(entry, dict) and entry.get("held_out"))
+  return records.held_out_languages(load_manifest(corpus_dir))
 
 
 def training_languages(corpus_dir: str) -> list[str]:

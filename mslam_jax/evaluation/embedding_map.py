@@ -6,7 +6,7 @@ import gin
 import numpy as np
 
 from mslam_jax.evaluation import data as eval_data
-from mslam_jax.evaluation import registry
+from mslam_jax.evaluation import base
 
 _MARKERS = {"speech": "o", "text": "^", "paired_speech": "s", "paired_text": "D"}
 
@@ -55,7 +55,7 @@ def plot_embedding_map(path: str, embeddings: np.ndarray, langs: Sequence[str], 
   return {"embedding_map_pc1_variance": float(ratio[0]), "embedding_map_pc2_variance": float(ratio[1])}
 
 
-@registry.register("embedding_map")
+@base.register("embedding_map")
 @gin.configurable
 class EmbeddingMapEvaluator:
   """PCA map of pooled speech and text embeddings of the paired test split (PNG with an out_dir).

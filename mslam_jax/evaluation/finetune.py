@@ -28,7 +28,7 @@ from flax.core import meta
 
 from mslam_jax.evaluation import asr
 from mslam_jax.evaluation import data as eval_data
-from mslam_jax.evaluation import registry
+from mslam_jax.evaluation import base
 
 FREEZE_MODES = ("frozen", "top_k", "all")
 _INFEASIBLE = 1e4  # optax.ctc_loss gives ~1e5 when the frames cannot hold the labels
@@ -395,7 +395,7 @@ def _plot_losses(path: str, losses: Sequence[float], title: str) -> None:
   plt.close(fig)
 
 
-@registry.register("ctc")
+@base.register("ctc")
 @gin.configurable
 class CTCFinetuneEvaluator:
   """CTC fine-tuning on paired train data, CER/WER on paired test data of the same languages.
@@ -487,7 +487,7 @@ def finetune_classifier(model: Any, params: Any, audios: Sequence[np.ndarray], l
   return FinetunedClassifier(model, tuned, classes, losses, config.batch_size)
 
 
-@registry.register("langid_finetune")
+@base.register("langid_finetune")
 @gin.configurable
 class LangIDFinetuneEvaluator:
   """Spoken language ID by a fine-tuned classification head (vs. the frozen linear probe)."""

@@ -13,7 +13,7 @@ import gin
 import numpy as np
 
 from mslam_jax.evaluation import data as eval_data
-from mslam_jax.evaluation import registry
+from mslam_jax.evaluation import base
 
 
 class LinearProbe:
@@ -110,7 +110,7 @@ def plot_confusion(path: str, true_labels: Sequence[str], predicted: Sequence[st
   plt.close(fig)
 
 
-@registry.register("langid")
+@base.register("langid")
 @gin.configurable
 class LangIDEvaluator:
   """Linear probes for speech (speech stream) and text (text stream): train split -> test split.

@@ -11,46 +11,23 @@ under its own name, so a run config selects evaluators with
   RetrievalEvaluator.corpus_dir = %CORPUS_DIR
 """
 import logging
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 import gin
 
-_REGISTRY: dict[str, Callable[..., "Evaluator"]] = {}
-
-
-class Evaluator(Protocol):
-  name: str
-
-  def evaluate(self, model: Any, params: Any, step: int, out_dir: str | None = None) -> dict[str, float]:
-    ...
-
-
-def register(name: str):
-  """Class decorator: makes the evaluator buildable as `name` and gin-configurable."""
-
-  def wrap(cls):
-    if name in _REGISTRY and _REGISTRY[name] is not cls:
-      raise ValueError(f"evaluator name {name!r} is already registered to {_REGISTRY[name]}")
-    cls.name = name
-    _REGISTRY[name] = cls
-    return cls
-
-  return wrap
-
-
-def _ensure_builtin_registered() -> None:
-  # Importing the modules runs their @register decorators.
-  # pylint: disable=g-import-not-at-top,unused-import
-  from mslam_jax.evaluation import alignment, embedding_map, finetune, langid, retrieval, zero_shot
+# Importing the evaluator modules runs their @register decorators, so that a run config importing
+# only this module can bind their parameters (e.g. RetrievalEvaluator.max_per_lang) by name.
+# pylint: disable=unused-import
+from mslam_jax.evaluation import alignment, embedding_map, finetune, langid, retrieval, zero_shot
+# pylint: enable=unused-import
+from mslam_jax.evaluation.base import _REGISTRY, Evaluator, register  # pylint: disable=unused-import
 
 
 def names() -> list[str]:
-  _ensure_builtin_registered()
   return sorted(_REGISTRY)
 
 
 def get(name: str) -> Callable[..., Evaluator]:
-  _ensure_builtin_registered()
   if name not in _REGISTRY:
     raise KeyError(f"unknown evaluator {name!r}; known: {sorted(_REGISTRY)} "
                    "(fix build_evaluators.names in gin)")
@@ -83,8 +60,3 @@ def run_evaluators(evaluators: Sequence[Evaluator], model: Any, params: Any, ste
     metrics.update({k: float(v) for k, v in result.items()})
   metrics["eval_failed_evaluators"] = float(len(failed))
   return metrics
-
-
-# Importing the registry registers the built-in evaluators, so that a run config importing only
-# this module can bind their parameters (e.g. RetrievalEvaluator.max_per_lang) by name.
-_ensure_builtin_registered()

@@ -11,7 +11,7 @@ import gin
 import numpy as np
 
 from mslam_jax.evaluation import data as eval_data
-from mslam_jax.evaluation import registry
+from mslam_jax.evaluation import base
 
 
 def normalize(embeddings: np.ndarray, center: bool = False) -> np.ndarray:
@@ -86,7 +86,7 @@ def plot_similarity(path: str, similarity: np.ndarray, langs: Sequence[str], tit
   plt.close(fig)
 
 
-@registry.register("retrieval")
+@base.register("retrieval")
 @gin.configurable
 class RetrievalEvaluator:
   """Speech<->text retrieval over the paired test split of every language, pooled into one set."""

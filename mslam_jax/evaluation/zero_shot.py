@@ -15,7 +15,7 @@ import gin
 
 from mslam_jax.evaluation import data as eval_data
 from mslam_jax.evaluation import finetune
-from mslam_jax.evaluation import registry
+from mslam_jax.evaluation import base
 
 ABLATION_SUFFIX = "_speech_only_ablation"
 
@@ -33,7 +33,7 @@ SPEECH_ONLY_BINDINGS = (
 )
 
 
-@registry.register("zero_shot")
+@base.register("zero_shot")
 @gin.configurable
 class ZeroShotEvaluator:
   """CER/WER on the held-out languages' paired test data of a CTC head trained without them."""

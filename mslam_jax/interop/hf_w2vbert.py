@@ -543,9 +543,8 @@ def architecture_from_gin(embed_dim: int) -> Architecture:
 # -- whole checkpoints -----------------------------------------------------------------------------
 
 DEFAULT_SIZE_GIN = "models/w2vbert2_600m.gin"
-CHECKPOINTS_SUBDIR = "checkpoints"
 CONVERTED_STEP = 0
-OPERATIVE_CONFIG = "operative_config.gin"
+OPERATIVE_CONFIG = "operative_config.gin"  # config.OPERATIVE_CONFIG
 # The source's config files, kept beside the converted checkpoint: to-hf starts from them, so that
 # the settings we do not model (dropouts, SpecAugment, ...) survive a round trip.
 HF_CONFIG_COPY = "hf_config.json"
@@ -567,40 +566,6 @@ def _register_configurables() -> None:
   # The MSLAMModel and `train` configurables (train.model names the model for eval/finetune).
   import mslam_jax.models.mslam  # pylint: disable=g-import-not-at-top,unused-import
   import mslam_jax.train  # pylint: disable=g-import-not-at-top,unused-import
-
-
-def save_params_checkpoint(model_dir: str, params: Any, step: int = CONVERTED_STEP) -> str:
-  """Writes {"params": params} as MODEL_DIR/checkpoints/<step>/state (an Orbax PyTree), the layout
-  `mslam eval` / `mslam finetune` restore parameters from. Returns the step directory."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  directory = os.path.join(os.path.abspath(model_dir), CHECKPOINTS_SUBDIR)
-  options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
-  with ocp.CheckpointManager(directory, item_names=("state",), options=options) as manager:
-    if step in manager.all_steps():
-      raise FileExistsError(f"{directory} already holds step {step}; choose an empty --out directory")
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params})))
-    manager.wait_until_finished()
-  return os.path.join(directory, str(step))
-
-
-def load_params(step_dir: str) -> Any:
-  """The "params" of a checkpoint's state (a training run's or a converted one) on this process'
-  first device; the optimizer state and the rest are never read (Orbax partial restore)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  path = os.path.join(os.path.abspath(step_dir), "state")
-  checkpointer = ocp.PyTreeCheckpointer()
-  metadata = checkpointer.metadata(path)
-  tree = getattr(metadata, "item_metadata", metadata)
-  tree = getattr(tree, "tree", tree)
-  if "params" not in tree:
-    raise ValueError(f"{path} holds no params (keys: {sorted(tree)})")
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                                   tree["params"])}
-  args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                                partial_restore=True)
-  return checkpointer.restore(path, args=args)["params"]
 
 
 def from_hf(hf_dir: str, out_dir: str, *, gin_files: Sequence[str] = (DEFAULT_SIZE_GIN,),
@@ -627,9 +592,9 @@ def from_hf(hf_dir: str, out_dir: str, *, gin_files: Sequence[str] = (DEFAULT_SI
   import jax  # pylint: disable=g-import-not-at-top
   from flax.core import meta  # pylint: disable=g-import-not-at-top
 
+  from mslam_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from mslam_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from mslam_jax.models import encoder as encoder_lib  # pylint: disable=g-import-not-at-top
-  from mslam_jax.models import mslam  # pylint: disable=g-import-not-at-top
 
   hf_config, state, preprocessor = read_hf_dir(hf_dir)
   num_layers = int(hf_config.get("num_hidden_layers", 24))
@@ -641,7 +606,7 @@ def from_hf(hf_dir: str, out_dir: str, *, gin_files: Sequence[str] = (DEFAULT_SI
   gin.parse_config_files_and_bindings(
       [], speech_layer_bindings(num_layers, shared) + ["train.model = @MSLAMModel()"], finalize_config=False)
 
-  model = mslam.MSLAMModel()
+  model = config_lib.build_model()
   enc = model.encoder
   logging.info("Converting %s: %d layers -> speech_lower %d, speech_upper %d, shared %d", hf_dir, num_layers,
                enc.num_contrastive_layers, enc.num_speech_layers - enc.num_contrastive_layers, enc.num_shared_layers)
@@ -652,7 +617,7 @@ def from_hf(hf_dir: str, out_dir: str, *, gin_files: Sequence[str] = (DEFAULT_SI
   params["encoder"] = encoder_from_hf(params["encoder"], state)
 
   os.makedirs(out_dir, exist_ok=True)
-  step_dir = save_params_checkpoint(out_dir, params)
+  step_dir = checkpoints.save_params_checkpoint(out_dir, params, CONVERTED_STEP)
   with open(os.path.join(out_dir, OPERATIVE_CONFIG), "w", encoding="utf-8") as f:
     f.write(_OPERATIVE_HEADER.format(source=os.path.abspath(hf_dir), step=CONVERTED_STEP,
                                      out=os.path.abspath(out_dir)))
@@ -669,21 +634,6 @@ def from_hf(hf_dir: str, out_dir: str, *, gin_files: Sequence[str] = (DEFAULT_SI
   return info
 
 
-def resolve_checkpoint(path: str, step: int | None = None) -> tuple[str | None, str]:
-  """(run directory or None, step directory) of a run directory or one checkpoint's directory."""
-  from mslam_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
-  path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, CHECKPOINTS_SUBDIR)):
-    chosen = eval_lib.select_steps(path, "latest" if step is None else step)[0]
-    return path, os.path.join(path, CHECKPOINTS_SUBDIR, str(chosen))
-  if os.path.isdir(os.path.join(path, "state")):
-    parent = os.path.dirname(path)
-    run_dir = os.path.dirname(parent) if os.path.basename(parent) == CHECKPOINTS_SUBDIR else None
-    return run_dir, path
-  raise FileNotFoundError(f"{path} is neither a run directory (with {CHECKPOINTS_SUBDIR}/) nor a checkpoint "
-                          "directory (with state/)")
-
-
 def to_hf(checkpoint: str, out_dir: str, *, step: int | None = None, gin_files: Sequence[str] = (),
           bindings: Sequence[str] = (), search_paths: Sequence[str] = ()) -> dict[str, Any]:
   """The speech encoder of a checkpoint (frontend, speech-only and shared stacks) -> an HF
@@ -694,16 +644,16 @@ def to_hf(checkpoint: str, out_dir: str, *, step: int | None = None, gin_files: 
   """
   import gin  # pylint: disable=g-import-not-at-top
 
-  from mslam_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
+  from mslam_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from mslam_jax import config as config_lib  # pylint: disable=g-import-not-at-top
 
-  run_dir, step_dir = resolve_checkpoint(checkpoint, step)
+  run_dir, step_dir = checkpoints.resolve_checkpoint(checkpoint, step)
   _register_configurables()
-  gin.clear_config()
   if run_dir is None or not os.path.exists(os.path.join(run_dir, OPERATIVE_CONFIG)):
     if not gin_files:
       raise FileNotFoundError(f"no {OPERATIVE_CONFIG} for {step_dir}: pass the model's size file (--gin_file)")
-  eval_lib.parse_run_config(run_dir or step_dir, gin_files, bindings, search_paths)
-  params = load_params(step_dir)
+  config_lib.parse_run_config(run_dir or step_dir, gin_files, bindings, search_paths)
+  params = checkpoints.load_params(step_dir)
   if "encoder" not in params:
     raise ValueError(f"{step_dir} holds no params/encoder (keys: {sorted(params)})")
   encoder_params = _copy_tree(params["encoder"])

@@ -73,8 +73,8 @@ def initialize_from_checkpoint(params: Any, checkpoint: str = gin.REQUIRED, incl
   `checkpoint`: a run directory (its latest step, or `step`) or one checkpoint's directory, whose
   state holds "params" (a training run's or `mslam convert from-hf`'s).
   """
-  from mslam_jax.interop import hf_w2vbert  # pylint: disable=g-import-not-at-top
-  _, step_dir = hf_w2vbert.resolve_checkpoint(checkpoint, step)
-  merged, taken = merge_params(params, hf_w2vbert.load_params(step_dir), include)
+  from mslam_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  _, step_dir = checkpoints.resolve_checkpoint(checkpoint, step)
+  merged, taken = merge_params(params, checkpoints.load_params(step_dir), include)
   logging.info("Initialized %d parameter arrays from %s (e.g. %s)", len(taken), step_dir, ", ".join(taken[:3]))
   return merged

@@ -10,10 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-try:
-  from mslam_jax.data.vocabularies import BLANK_ID
-except ImportError:  # the vocabulary module fixes BLANK_ID = 4 (team contract)
-  BLANK_ID = 4
+from mslam_jax.data.vocabularies import BLANK_ID
 
 # Stands in for log(0) in masked logits; finite so that masked rows never produce NaN gradients.
 _NEG_INF = -1e9

@@ -5,7 +5,6 @@ a one-item dummy batch (parameter shapes do not depend on batch or sequence size
 
   mslam model-info --gin_file=models/mslam_600m.gin [--json] [--depth=2] [--gin.NAME=VALUE ...]
 """
-import argparse
 import json
 import logging
 from typing import Any, Mapping
@@ -14,7 +13,6 @@ import flax
 import jax
 import numpy as np
 
-from mslam_jax import config
 
 
 def count_params(tree: Any) -> int:
@@ -62,19 +60,3 @@ def format_table(info: Mapping[str, Any]) -> str:
     lines.append(f"{name:<{width}}  {count:>15,}  {count / max(total, 1):>6.1%}")
   lines.append(f"{'total':<{width}}  {total:>15,}  ({total / 1e9:.3f}B)")
   return "\n".join(lines)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-  config.add_gin_arguments(parser)
-  parser.add_argument("--json", action="store_true", help="print a JSON object (total_params, components)")
-  parser.add_argument("--depth", type=int, default=2, help="levels of the parameter tree to break down")
-
-
-def run(args: argparse.Namespace) -> int:
-  from mslam_jax.models import mslam  # pylint: disable=g-import-not-at-top  (registers configurables)
-  config.parse_gin(args.gin_file, getattr(args, "gin_bindings", []), args.gin_search_path)
-  model = mslam.MSLAMModel()
-  info = model_info(model, depth=args.depth)
-  logging.info("model-info: %s parameters", f"{info['total_params']:,}")
-  print(json.dumps(info, indent=2) if args.json else format_table(info))
-  return 0

@@ -1,6 +1,6 @@
 """MSLAMModel: the mSLAM network with every pre-training objective, behind a t5x-like interface.
 
-One training step sees three sub-batches (DESIGN.md's batch contract) and computes:
+One training step sees three sub-batches (the batch contract, mslam_jax/data/pipeline.py) and computes:
 
   speech  audio -> frontend features -> quantizer (unmasked; targets: ids and codevectors)
           projected features, w2v-BERT span-masked (learned mask embedding)
@@ -41,10 +41,7 @@ from mslam_jax.models import heads
 from mslam_jax.models import losses
 from mslam_jax.models import masking
 
-try:
-  from mslam_jax.data.vocabularies import BLANK_ID, MASK_ID
-except ImportError:  # the team contract fixes these ids
-  MASK_ID, BLANK_ID = 3, 4
+from mslam_jax.data.vocabularies import BLANK_ID, MASK_ID
 
 Array = jax.Array
 Batch = Mapping[str, Mapping[str, Array]]

@@ -23,7 +23,7 @@ def test_languages_json_meets_the_coverage_the_corpus_promises(capsys):
 
 
 def test_show_batch_prints_the_three_streams_of_the_contract(builtin_corpus_dir, capsys):
-  assert cli.main(["data", "show-batch", "--corpus", builtin_corpus_dir,
+  assert cli.main(["data", "show-batch", "--corpus_dir", builtin_corpus_dir,
                    "--gin.SPEECH_BATCH=2", "--gin.TEXT_BATCH=3", "--gin.PAIRED_BATCH=2"]) == 0
   out = capsys.readouterr().out
   assert "speech:" in out and "text:" in out and "paired:" in out

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import soundfile
 
+from mslam_jax import checkpoints
 from mslam_jax import cli
-from mslam_jax import eval as eval_lib
+from mslam_jax import config
+from mslam_jax.evaluation import sweep
 from mslam_jax.evaluation import registry, report
 from tests.evaluation import synthetic
 
@@ -30,29 +32,29 @@ def clean_gin():
 
 def test_checkpoint_selection(run_dir, tmp_path):
   model_dir, _ = run_dir
-  assert eval_lib.checkpoint_steps(model_dir) == [2, 4]
-  assert eval_lib.select_steps(model_dir, "latest") == [4]
-  assert eval_lib.select_steps(model_dir, "all") == [2, 4]
-  assert eval_lib.select_steps(model_dir, "2") == [2]
+  assert checkpoints.checkpoint_steps(model_dir) == [2, 4]
+  assert checkpoints.select_steps(model_dir, "latest") == [4]
+  assert checkpoints.select_steps(model_dir, "all") == [2, 4]
+  assert checkpoints.select_steps(model_dir, "2") == [2]
   with pytest.raises(FileNotFoundError, match="step 3"):
-    eval_lib.select_steps(model_dir, 3)
+    checkpoints.select_steps(model_dir, 3)
   with pytest.raises(FileNotFoundError):
-    eval_lib.select_steps(str(tmp_path), "latest")
-  params = eval_lib.restore_params(model_dir, 2)
+    checkpoints.select_steps(str(tmp_path), "latest")
+  params, step = checkpoints.restore_params(model_dir, 2)
+  assert step == 2
   assert set(params) == {"frontend", "text_embed", "shared"}
 
 
 def test_eval_gin_over_the_run_config(run_dir):
   model_dir, corpus = run_dir
-  eval_lib.parse_run_config(model_dir, ["runs/eval.gin"], ["FinetuneConfig.steps = 7"])
+  config.parse_run_config(model_dir, ["runs/eval.gin"], ["FinetuneConfig.steps = 7"])
   # The run's config names no evaluators and binds CORPUS_DIR; eval.gin must win for the first and
   # must not reset the second to REQUIRED.
   assert gin.query_parameter("build_evaluators.names") == [
       "retrieval", "langid", "langid_finetune", "ctc", "zero_shot", "alignment", "embedding_map"]
   assert gin.query_parameter("%CORPUS_DIR") == corpus
   assert gin.query_parameter("FinetuneConfig.steps") == 7
-  from mslam_jax import train  # pylint: disable=g-import-not-at-top
-  assert train.required_macros_unset() == []
+  assert config.required_macros_unset() == []
 
 
 class _Counting:
@@ -68,12 +70,12 @@ class _Counting:
 
 def test_sweep_writes_reports_and_skips_evaluated(run_dir, tmp_path):
   model_dir, _ = run_dir
-  eval_lib.parse_run_config(model_dir)
-  model = eval_lib.model_from_gin()
+  config.parse_run_config(model_dir)
+  model = config.build_model()
   assert isinstance(model, synthetic.SpectralModel) and model.dim == 64
   counting = _Counting()
   out = str(tmp_path / "eval")
-  results = eval_lib.evaluate_checkpoints(model_dir=model_dir, model=model, checkpoints="all", output_dir=out,
+  results = sweep.evaluate_checkpoints(model_dir=model_dir, model=model, checkpoints="all", output_dir=out,
                                           evaluators=[counting])
   assert counting.calls == [2, 4]
   assert results[2]["param_sum"] != results[4]["param_sum"]  # each step's own parameters
@@ -82,11 +84,11 @@ def test_sweep_writes_reports_and_skips_evaluated(run_dir, tmp_path):
     assert saved["step"] == step and saved["metrics"]["param_sum"] == pytest.approx(results[step]["param_sum"])
     assert os.path.exists(os.path.join(out, f"step_{step}", "report.md"))
   assert os.path.exists(os.path.join(out, "report.md"))
-  again = eval_lib.evaluate_checkpoints(model_dir=model_dir, model=model, checkpoints="all", output_dir=out,
+  again = sweep.evaluate_checkpoints(model_dir=model_dir, model=model, checkpoints="all", output_dir=out,
                                         evaluators=[counting])
   assert counting.calls == [2, 4]  # nothing re-evaluated
   assert again[4]["param_sum"] == pytest.approx(results[4]["param_sum"])
-  eval_lib.evaluate_checkpoints(model_dir=model_dir, model=model, checkpoints="latest", output_dir=out,
+  sweep.evaluate_checkpoints(model_dir=model_dir, model=model, checkpoints="latest", output_dir=out,
                                 evaluators=[counting], force=True)
   assert counting.calls == [2, 4, 4]
 
@@ -112,7 +114,7 @@ def test_speech_only_ablation_joins_the_report(run_dir, tmp_path):
   out = str(tmp_path / "eval")
   _FakeZeroShot.runs.clear()
   for _ in range(2):
-    results = eval_lib.sweep(model_dir, "all", evaluators=["fake_zero_shot"], ablation_model_dir=ablation_dir,
+    results = sweep.sweep(model_dir, "all", evaluators=["fake_zero_shot"], ablation_model_dir=ablation_dir,
                              bindings=["evaluate_ablation.evaluator = 'fake_zero_shot'"], output_dir=out)
   # The ablation's latest checkpoint on its own model, then the run's two steps; a second sweep
   # reads everything back.
@@ -129,7 +131,7 @@ def test_mslam_eval_command_with_ablation(run_dir, tmp_path, capsys):
   model_dir, corpus = run_dir
   ablation_dir = str(tmp_path / "speech_only")
   synthetic.write_run(ablation_dir, corpus, steps=(5,), dim=16)
-  rc = cli.main(["eval", "--model_dir", model_dir, "--output_dir", str(tmp_path / "eval"),
+  rc = cli.main(["eval", "--model_dir", model_dir, "--out", str(tmp_path / "eval"),
                  "--ablation_model_dir", ablation_dir, "--gin.build_evaluators.names=['fake_zero_shot']",
                  "--gin.evaluate_ablation.evaluator='fake_zero_shot'"])
   assert rc == 0
@@ -151,7 +153,7 @@ def test_report_markdown(tmp_path):
 def test_mslam_eval_command(run_dir, tmp_path, capsys):
   model_dir, _ = run_dir
   out = str(tmp_path / "cli_eval")
-  rc = cli.main(["eval", "--model_dir", model_dir, "--checkpoint", "all", "--output_dir", out,
+  rc = cli.main(["eval", "--model_dir", model_dir, "--step", "all", "--out", out,
                  "--gin.build_evaluators.names=['retrieval', 'langid']"])
   assert rc == 0
   lines = [json.loads(l) for l in capsys.readouterr().out.strip().splitlines()]
@@ -177,7 +179,7 @@ def test_finetune_align_retrieve_langid_commands(run_dir, tmp_path, capsys):
   soundfile.write(wav, audio, 16000)
   gin.clear_config()
   grid, png = str(tmp_path / "utt.TextGrid"), str(tmp_path / "utt.png")
-  assert cli.main(["align", "--checkpoint", ft, wav, "abc dea", "--textgrid", grid, "--png", png]) == 0
+  assert cli.main(["align", "--model_dir", ft, wav, "abc dea", "--textgrid", grid, "--png", png]) == 0
   result = json.loads(capsys.readouterr().out)
   assert [w["label"] for w in result["words"]] == ["abc", "dea"]
   errors = [abs(w["start_ms"] - s) + abs(w["end_ms"] - e) for w, s, e in zip(result["words"], starts, ends)]
@@ -187,7 +189,7 @@ def test_finetune_align_retrieve_langid_commands(run_dir, tmp_path, capsys):
   texts = tmp_path / "texts.txt"
   texts.write_text("abc dea\nfed cab\n")
   gin.clear_config()
-  assert cli.main(["retrieve", "--checkpoint", model_dir, "--audio", wav, wav, "--texts", str(texts)]) == 0
+  assert cli.main(["retrieve", "--model_dir", model_dir, "--audio", wav, wav, "--texts", str(texts)]) == 0
   out = json.loads(capsys.readouterr().out)
   assert len(out["audio_to_text"]) == 2 and len(out["text_to_audio"]) == 2
   assert {b["text"] for b in out["audio_to_text"][0]["best"]} == {"abc dea", "fed cab"}
@@ -195,6 +197,9 @@ def test_finetune_align_retrieve_langid_commands(run_dir, tmp_path, capsys):
   bbb = str(tmp_path / "bbb.wav")
   soundfile.write(bbb, synthetic.synthesize("ghi def", "bbb")[0], 16000)
   gin.clear_config()
+  # The spelling of earlier releases still works, with a warning.
   assert cli.main(["langid", "--checkpoint", model_dir, "--corpus_dir", corpus, wav, bbb]) == 0
-  out = json.loads(capsys.readouterr().out)
+  captured = capsys.readouterr()
+  out = json.loads(captured.out)
+  assert "--checkpoint is deprecated" in captured.err and "use --model_dir" in captured.err
   assert [r["language"] for r in out["results"]] == ["aaa", "bbb"]

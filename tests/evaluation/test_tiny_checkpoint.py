@@ -1,49 +1,23 @@
-"""Every evaluator through `mslam eval` on a tiny mSLAM checkpoint trained inside the test suite."""
+"""Every evaluator through `mslam eval` on the tiny mSLAM checkpoint the session trains (conftest.tiny_run)."""
 import json
 import math
 import os
 
-import gin
 import pytest
 
-from mslam_jax import cli
 from mslam_jax.evaluation import registry, report
 
-ALL_EVALUATORS = ["retrieval", "langid", "langid_finetune", "ctc", "zero_shot", "alignment", "embedding_map"]
+from tests.conftest import ALL_EVALUATORS
+
+pytestmark = pytest.mark.slow  # trains and evaluates the tiny model (the session's `tiny_run`)
 
 
-@pytest.fixture(scope="session")
-def tiny_run(builtin_corpus_dir, tmp_path_factory):
-  """One pre-training step of models/tiny.gin on the built-in corpus (checkpoint at step 1)."""
-  model_dir = str(tmp_path_factory.mktemp("tiny_run"))
-  gin.clear_config()
-  try:
-    rc = cli.main(["train", "--gin_file=models/tiny.gin", "--gin_file=runs/pretrain.gin",
-                   f"--gin.MODEL_DIR='{model_dir}'", "--gin.TRAIN_STEPS=1", f"--gin.CORPUS_DIR='{builtin_corpus_dir}'",
-                   "--gin.train.checkpoint_every=1", "--gin.train.progress_bar=False",
-                   "--gin.train.async_checkpoints=False", "--gin.make_optimizer.warmup_steps=1",
-                   "--gin.SPEECH_BATCH=2", "--gin.TEXT_BATCH=2", "--gin.PAIRED_BATCH=2"])
-  finally:
-    gin.clear_config()
-  assert rc == 0
-  return model_dir
-
-
-def test_every_evaluator_on_a_tiny_checkpoint(tiny_run, builtin_corpus_dir):
-  gin.clear_config()
-  try:
-    rc = cli.main(["eval", "--model_dir", tiny_run, "--corpus_dir", builtin_corpus_dir,
-                   f"--gin.build_evaluators.names={ALL_EVALUATORS!r}",
-                   "--gin.FinetuneConfig.steps=3", "--gin.FinetuneConfig.freeze='frozen'",
-                   "--gin.langid_head/FinetuneConfig.steps=3"])
-  finally:
-    gin.clear_config()
-  assert rc == 0
-  out = os.path.join(tiny_run, "eval", "step_1")
+def test_every_evaluator_on_a_tiny_checkpoint(tiny_run):
+  out = os.path.join(tiny_run, "eval", "step_3")
   with open(os.path.join(out, "metrics.json")) as f:
     saved = json.load(f)
   metrics = saved["metrics"]
-  assert saved["step"] == 1
+  assert saved["step"] == 3
   assert metrics["eval_failed_evaluators"] == 0
   for key in ("retrieval_r1_speech_to_text", "retrieval_r1_text_to_speech", "retrieval_mrr_speech_to_text",
               "langid_accuracy_speech", "langid_accuracy_text", "langid_macro_f1_speech",

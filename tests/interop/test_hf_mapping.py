@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax.core import meta
 
+from mslam_jax import checkpoints
 from mslam_jax import cli
 from mslam_jax import config as config_lib
 from mslam_jax.interop import hf_w2vbert as hw
@@ -197,7 +198,7 @@ def test_size_config_is_w2v_bert_2_architecture():
 
 def test_initialize_from_checkpoint_takes_the_speech_encoder(tmp_path):
   source = {"encoder": random_encoder_params(scan_layers=True, seed=3), "ctc_head": {"kernel": np.ones((16, 5))}}
-  hw.save_params_checkpoint(str(tmp_path / "run"), source)
+  checkpoints.save_params_checkpoint(str(tmp_path / "run"), source)
   fresh = {"encoder": random_encoder_params(scan_layers=True, seed=4), "ctc_head": {"kernel": np.zeros((16, 5))}}
   fresh = jax.tree.map(jnp.asarray, fresh)
   merged = init_from.initialize_from_checkpoint(fresh, checkpoint=str(tmp_path / "run"))
@@ -225,6 +226,6 @@ def test_load_params_reads_only_the_params_of_a_training_state(tmp_path):
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(str(tmp_path / "checkpoints" / "7" / "state"), state)
     checkpointer.wait_until_finished()
-  loaded = hw.load_params(hw.resolve_checkpoint(str(tmp_path / "checkpoints" / "7"))[1])
+  loaded = checkpoints.load_params(checkpoints.resolve_checkpoint(str(tmp_path / "checkpoints" / "7"))[1])
   assert set(loaded) == {"encoder"}
   np.testing.assert_array_equal(loaded["encoder"]["speech_mask_embedding"], np.arange(4))

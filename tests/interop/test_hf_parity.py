@@ -17,7 +17,8 @@ torch = pytest.importorskip("torch", reason="parity with transformers needs the 
 transformers = pytest.importorskip("transformers", reason="needs the hf extra: pip install 'mslam_jax[hf]'")
 
 from mslam_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
-from mslam_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mslam_jax import checkpoints  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mslam_jax import config as run_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mslam_jax.interop import hf_w2vbert as hw  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mslam_jax.interop import init_from  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -101,9 +102,7 @@ def test_encoder_and_featurizer_match_transformers(hf_dir, converted):
   expected = hf_forward(load_hf(hf_dir), features)
 
   # The converted directory as `mslam finetune --model_dir` / `mslam eval` load a run.
-  eval_lib.parse_run_config(converted)
-  model = eval_lib.model_from_gin()
-  params = eval_lib.restore_params(converted, 0)
+  model, params, _ = run_config.load_run(converted, 0)
   assert sorted(hw.stack_sizes(params["encoder"]).values()) == [1, 1, 1]
 
   def stages(net, audio, audio_mask, hf_features, hf_mask):
@@ -139,7 +138,7 @@ def test_encoder_and_featurizer_match_transformers(hf_dir, converted):
 
 def test_round_trip_to_hf_is_bitwise_and_loads_in_transformers(hf_dir, converted, tmp_path):
   out = str(tmp_path / "hf_again")
-  assert cli.main(["convert", "to-hf", "--checkpoint", converted, "--out", out]) == 0
+  assert cli.main(["convert", "to-hf", "--model_dir", converted, "--out", out]) == 0
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
   original, again = load_file(os.path.join(hf_dir, hw.WEIGHTS_FILE)), load_file(os.path.join(out, hw.WEIGHTS_FILE))
   assert again.keys() == original.keys() and len(again) == 3 * 32 + 5
@@ -161,7 +160,7 @@ def test_round_trip_to_hf_is_bitwise_and_loads_in_transformers(hf_dir, converted
 def test_checkpoint_step_dir_exports_and_size_matches_transformers(converted, tmp_path):
   """to-hf from one checkpoint's directory; the 600M size config has HF's parameter count."""
   out = str(tmp_path / "hf_from_step")
-  assert cli.main(["convert", "to-hf", "--checkpoint", os.path.join(converted, "checkpoints", "0"),
+  assert cli.main(["convert", "to-hf", "--model_dir", os.path.join(converted, "checkpoints", "0"),
                    "--out", out]) == 0
   assert transformers.Wav2Vec2BertConfig.from_pretrained(out).num_hidden_layers == 3
   gin.clear_config()
@@ -178,15 +177,15 @@ def test_checkpoint_step_dir_exports_and_size_matches_transformers(converted, tm
 
 def test_finetune_config_starts_from_the_converted_checkpoint(converted, tmp_path):
   # The bindings `mslam finetune --model_dir=CONVERTED --gin_file=runs/finetune_from_w2vbert2.gin` makes.
-  eval_lib.parse_run_config(converted, ["runs/finetune_from_w2vbert2.gin"],
-                            [f"MODEL_DIR = '{converted}'", f"CORPUS_DIR = '{tmp_path}'",
-                             f"OUTPUT_DIR = '{tmp_path / 'ctc'}'"])
+  run_config.parse_run_config(converted, ["runs/finetune_from_w2vbert2.gin"],
+                              [f"MODEL_DIR = '{converted}'", f"CORPUS_DIR = '{tmp_path}'",
+                               f"OUTPUT_DIR = '{tmp_path / 'ctc'}'"])
   from mslam_jax.evaluation import finetune  # pylint: disable=g-import-not-at-top
   config = finetune.FinetuneConfig()
   assert config.freeze == "all" and config.pretrained_head is None
-  model = eval_lib.model_from_gin()
+  model = run_config.build_model()
   assert model.encoder.num_shared_layers == 1 and model.encoder.embed_dim == TINY["hidden_size"]
-  params = eval_lib.restore_params(converted, 0)
+  params, _ = checkpoints.restore_params(converted, 0)
   # What the fine-tuning would train with --freeze=top_k --top_k=1: the shared stack only.
   masks = finetune.gradient_masks(params["encoder"], finetune.FinetuneConfig(freeze="top_k", top_k=1))
   assert np.all(np.asarray(masks["shared"]["layers"]["final_norm"]["scale"]) == 1.0)

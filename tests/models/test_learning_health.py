@@ -54,6 +54,7 @@ def scheduled_model():
   gin.clear_config()
 
 
+@pytest.mark.slow  # differentiates every objective of the tiny model (minutes on 2 cores)
 def test_health_metrics_embedding_heads_and_objective_gradients(scheduled_model):
   model, batch = scheduled_model, test_mslam._fixed_batch()
   mesh = partitioning.make_mesh(devices=jax.devices()[:1])

@@ -102,6 +102,7 @@ def test_params_carry_logical_axes(model, batch):
   assert any(spec and spec[0] == "layers" for key, spec in flat.items() if key[:2] == ("encoder", "shared"))
 
 
+@pytest.mark.slow  # trains the tiny model for many steps
 def test_bf16_training_drives_fixed_batch_loss_down(gin_tiny, batch, boxed_params):
   """The bf16 path end to end (bf16 compute, fp32 parameters, as on accelerators): init losses sit
   where theory puts them; adam drives the total loss of one batch far down with finite gradients

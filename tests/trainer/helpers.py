@@ -27,7 +27,7 @@ def env(devices: int = 1, cache_dir: str | None = None) -> dict:
 
 def train_command(model_dir: str, steps: int, bindings: Sequence[str] = (),
                   gin_file: str = STANDIN_GIN) -> list[str]:
-  return ([sys.executable, "-m", "mslam_jax.train", f"--gin_file={gin_file}",
+  return ([sys.executable, "-m", "mslam_jax.cli", "train", f"--gin_file={gin_file}",
            f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={steps}"]
           + [f"--gin.{b}" for b in bindings])
 

@@ -4,7 +4,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.trainer import helpers
+
+pytestmark = pytest.mark.slow  # end-to-end: subprocesses that compile and train
 
 BATCH_BYTES = 4 * (8 * 256 * 2 + 8 + 8 * 12 * 2 + 8 + 8 * 128 * 2 + 8 * 8 * 2 + 8)  # standin_run.gin
 

@@ -6,8 +6,11 @@ import subprocess
 
 import jax
 import numpy as np
+import pytest
 
 from tests.trainer import helpers
+
+pytestmark = pytest.mark.slow  # end-to-end: subprocesses that compile and train
 
 STEPS = 4
 MESH = ["make_mesh.data = 2", "make_mesh.fsdp = 2", "make_mesh.model = 2"]

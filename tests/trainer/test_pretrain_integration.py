@@ -4,32 +4,19 @@ import glob
 import os
 import shutil
 
+import gin
 import numpy as np
+import pytest
 
+from mslam_jax import cli
+from tests import conftest
 from tests.trainer import helpers
 
-TINY = [
-    "SPEECH_BATCH=2", "TEXT_BATCH=2", "PAIRED_BATCH=2", "SPEECH_SAMPLES=16000",
-    "PAIRED_SAMPLES=32000", "TEXT_LENGTH=32", "PAIRED_TEXT_LENGTH=32",
-    "train.log_every=1", "train.checkpoint_every=1", "train.progress_bar=False",
-    "make_optimizer.peak_learning_rate=1e-3", "make_optimizer.warmup_steps=10",
-]
 
-
-def _run(model_dir, steps, corpus, cache_dir):
-  command = ([helpers.sys.executable, "-m", "mslam_jax.train", "--gin_file=models/tiny.gin",
-              "--gin_file=runs/pretrain.gin", f"--gin.MODEL_DIR='{model_dir}'",
-              f"--gin.TRAIN_STEPS={steps}", f"--gin.CORPUS_DIR='{corpus}'"]
-             + [f"--gin.{b}" for b in TINY])
-  return helpers.subprocess.run(command, cwd=helpers.REPO, env=helpers.env(1, cache_dir),
-                                capture_output=True, text=True, timeout=600)
-
-
-def test_pretrain_gin_trains_the_real_model_and_resumes_exactly(tmp_path, builtin_corpus_dir):
-  cache = str(tmp_path / "jax_cache")
-  straight, restarted = str(tmp_path / "straight"), str(tmp_path / "restarted")
-  proc = _run(straight, 3, builtin_corpus_dir, cache)
-  assert proc.returncode == 0, proc.stderr[-4000:]
+@pytest.mark.slow
+def test_pretrain_gin_trains_the_real_model_and_resumes_exactly(tiny_run, tmp_path, builtin_corpus_dir, caplog):
+  # The session's tiny run (conftest.tiny_run: runs/pretrain.gin, 3 steps) is the straight run.
+  straight, restarted = tiny_run, str(tmp_path / "restarted")
   want = helpers.read_metrics(straight)
   assert sorted(want) == [1, 2, 3]
   for step in want:
@@ -43,12 +30,16 @@ def test_pretrain_gin_trains_the_real_model_and_resumes_exactly(tmp_path, builti
 
   # A copy of the run as it stood at step 2 (the later checkpoint gone, as after a crash):
   # restarting it must redo step 3 on the same batch with the same numbers.
-  shutil.copytree(straight, restarted)
+  shutil.copytree(straight, restarted, ignore=shutil.ignore_patterns("eval"))
   shutil.rmtree(os.path.join(restarted, "checkpoints", "3"))
   os.remove(os.path.join(restarted, "metrics.jsonl"))
-  proc = _run(restarted, 3, builtin_corpus_dir, cache)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  assert "Resuming from step 2" in proc.stderr
+  gin.clear_config()
+  try:
+    with caplog.at_level("INFO"):
+      assert cli.main(conftest.tiny_train_args(restarted, builtin_corpus_dir)) == 0
+  finally:
+    gin.clear_config()
+  assert "Resuming from step 2" in caplog.text
   redone = helpers.read_metrics(restarted)
   assert sorted(redone) == [3] and redone[3]["loss"] == want[3]["loss"]
   assert helpers.data_state(restarted, 3) == helpers.data_state(straight, 3)
@@ -59,8 +50,6 @@ def test_pretrain_gin_trains_the_real_model_and_resumes_exactly(tmp_path, builti
 
 def test_pretrain_gin_names_the_missing_required_macros(capsys):
   # In-process: parsing stops before JAX or the corpus is touched.
-  import gin  # pylint: disable=g-import-not-at-top
-  from mslam_jax import cli  # pylint: disable=g-import-not-at-top
   try:
     rc = cli.main(["train", "--gin_file=models/tiny.gin", "--gin_file=runs/pretrain.gin",
                    "--gin.TRAIN_STEPS=1"])

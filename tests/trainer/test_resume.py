@@ -1,6 +1,6 @@
 """Exact resume after SIGKILL, checkpoint on SIGTERM, non-finite losses skipped and counted.
 
-Each run is a `python -m mslam_jax.train` subprocess on the stand-in config; they share one
+Each run is a `mslam train` subprocess on the stand-in config; they share one
 persistent compilation cache, so only the first run of each program pays for its compile.
 """
 import os
@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from tests.trainer import helpers
+
+pytestmark = pytest.mark.slow  # end-to-end: subprocesses that compile and train
 
 STEPS = 8
 SLOW = ["SyntheticIterator.delay_s = 0.25", "train.checkpoint_every = 2"]

@@ -4,8 +4,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from tests.trainer import helpers
+
+pytestmark = pytest.mark.slow  # end-to-end: subprocesses that compile and train
 
 STEPS = 5
 # Sharded reductions sum in a different order than one device does: float32 rounding only.

@@ -1,14 +1,17 @@
-"""`mslam align`: CTC forced alignment of a transcript to audio: JSON timestamps, TextGrid, PNG."""
+"""`mslam align`: CTC forced alignment of a transcript to audio: JSON timestamps, TextGrid, PNG.
+
+  mslam align --model_dir=/tmp/run/ctc AUDIO TEXT     (a `mslam finetune --out` directory)
+"""
 import argparse
-import logging
 import os
 import sys
 
-from mslam_jax import user_commands
+from mslam_jax.commands import common
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--checkpoint", required=True, help="a `mslam finetune` output directory")
+  common.add_flag(parser, "--model_dir", old=("--checkpoint",), required=True,
+                  help="a `mslam finetune` output directory")
   parser.add_argument("audio", help="audio file (any rate; resampled to 16 kHz)")
   parser.add_argument("text", help="the transcript, or @FILE to read it from a file")
   parser.add_argument("--textgrid", default=None, help="write a Praat TextGrid here")
@@ -16,20 +19,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-  user_commands.setup_logging()
+  common.setup_logging()
+  from mslam_jax.data import audio as audio_lib  # pylint: disable=g-import-not-at-top
   from mslam_jax.evaluation import alignment  # pylint: disable=g-import-not-at-top
+  from mslam_jax.evaluation import finetune_job  # pylint: disable=g-import-not-at-top
   text = args.text
   if text.startswith("@"):
     with open(text[1:], encoding="utf-8") as f:
       text = f.read().strip()
-  try:
-    tuned = user_commands.load_finetuned(args.checkpoint)
-    audio = user_commands.read_audio(args.audio)
-    result = alignment.align_utterances(tuned, [audio], [text])[0]
-  except (ValueError, FileNotFoundError) as e:
-    logging.error("%s", e)
-    print(f"mslam align: {e}", file=sys.stderr)
-    return 2
+  tuned = finetune_job.load_finetuned(args.model_dir)
+  audio = audio_lib.read_audio_16k(args.audio)
+  result = alignment.align_utterances(tuned, [audio], [text])[0]
   if result is None:
     print("mslam align: the audio is too short for this transcript (no CTC path)", file=sys.stderr)
     return 1
@@ -37,5 +37,5 @@ def run(args: argparse.Namespace) -> int:
     alignment.write_textgrid(args.textgrid, result.chars, result.words, result.duration_ms)
   if args.png:
     alignment.plot_alignment(args.png, audio, result.words, title=os.path.basename(args.audio))
-  user_commands.print_json({"audio": args.audio, "text": text, **result.to_dict()})
+  common.print_json({"audio": args.audio, "text": text, **result.to_dict()})
   return 0

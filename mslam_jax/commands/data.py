@@ -70,14 +70,16 @@ def _run_build_builtin(args: argparse.Namespace) -> int:
 
 def _add_show_batch(parser: argparse.ArgumentParser) -> None:
   from mslam_jax import config  # pylint: disable=g-import-not-at-top
-  parser.add_argument("--corpus", required=True, help="a corpus directory written by `mslam data build-builtin`")
+  from mslam_jax.commands import common  # pylint: disable=g-import-not-at-top
+  common.add_flag(parser, "--corpus_dir", old=("--corpus",), required=True,
+                  help="a corpus directory written by `mslam data build-builtin`")
   parser.add_argument("--steps", type=int, default=1, help="how many step batches to describe")
   config.add_gin_arguments(parser)
 
 
 def _run_show_batch(args: argparse.Namespace) -> int:
   from mslam_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  iterator = pipeline.builtin_step_iterator(args.corpus, getattr(args, "gin_bindings", []))
+  iterator = pipeline.builtin_step_iterator(args.corpus_dir, getattr(args, "gin_bindings", []))
   for step in range(args.steps):
     print(f"step {step}\n{pipeline.describe_batch(next(iterator))}")
   return 0

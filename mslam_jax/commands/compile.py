@@ -13,7 +13,6 @@ an estimate (they leave out, e.g., TPU-specific padding).
 """
 import argparse
 import json
-import logging
 import math
 import os
 import subprocess
@@ -21,6 +20,7 @@ import sys
 import time
 
 from mslam_jax import config
+from mslam_jax.commands import common
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,23 +72,6 @@ def _set_fake_devices(count: int, fast_compile: bool = False) -> bool:
   return True
 
 
-def _gin_model():
-  """Builds the model that the run config binds to `train.model`."""
-  import gin  # pylint: disable=g-import-not-at-top
-  try:
-    reference = gin.query_parameter("train.model")
-  except ValueError as e:
-    raise ValueError("no `train.model` binding: pass a run config (e.g. runs/pretrain.gin) and a "
-                     "model size config") from e
-  while isinstance(reference, gin.config.ConfigurableReference):
-    if reference.evaluate:
-      return reference.scoped_configurable_fn()
-    reference = reference.scoped_configurable_fn
-  if isinstance(reference, gin.config.ConfigurableReference) or reference is gin.REQUIRED:
-    raise ValueError("`train.model` is unset")
-  return reference
-
-
 def compile_report(mesh_sizes: dict) -> dict:
   """Compiles the gin-configured train step on a mesh of fake CPU devices; returns the report."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -98,7 +81,7 @@ def compile_report(mesh_sizes: dict) -> dict:
 
   count = math.prod(mesh_sizes.values())
   mesh = partitioning.make_mesh(devices=jax.devices()[:count], **mesh_sizes)
-  model = _gin_model()
+  model = config.build_model()
   trainer = trainer_lib.Trainer(model, optimizers.make_optimizer(), mesh,
                                 trainer_lib.contract_batch_spec())
   start = time.time()
@@ -126,18 +109,12 @@ def _human(n: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-  logging.getLogger("absl").setLevel(logging.WARNING)
-  try:
-    sizes = parse_mesh_spec(args.mesh)
-  except ValueError as e:
-    print(f"mslam compile: {e}", file=sys.stderr)
-    return 2
+  common.setup_logging()
+  sizes = parse_mesh_spec(args.mesh)
   count = math.prod(sizes.values())
   if not _set_fake_devices(count, args.fast_compile):
     if os.environ.get(_CHILD_ENV):
-      print(f"mslam compile: could not get {count} CPU devices", file=sys.stderr)
-      return 2
+      raise ValueError(f"could not get {count} CPU devices")
     # JAX is already running with fewer devices: start a fresh interpreter that can have them.
     argv = [sys.executable, "-m", "mslam_jax.cli", "compile", f"--mesh={args.mesh}"]
     argv += [f"--gin_file={f}" for f in args.gin_file]
@@ -145,12 +122,8 @@ def run(args: argparse.Namespace) -> int:
     argv += [f"--gin.{b}" for b in args.gin_bindings] + (["--json"] if args.json else [])
     argv += ["--fast_compile"] if args.fast_compile else []
     return subprocess.call(argv, env=dict(os.environ, **{_CHILD_ENV: "1"}))
-  try:
-    config.parse_gin(args.gin_file, args.gin_bindings, args.gin_search_path)
-    report = compile_report(sizes)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"mslam compile: {e}", file=sys.stderr)
-    return 2
+  config.parse_gin(args.gin_file, args.gin_bindings, args.gin_search_path)
+  report = compile_report(sizes)
   if args.json:
     print(json.dumps(report))
   else:

@@ -1,15 +1,18 @@
-"""`mslam retrieve`: rank texts for each audio file (and audio files for each text) by the encoder."""
+"""`mslam retrieve`: rank texts for each audio file (and audio files for each text) by the encoder.
+
+  mslam retrieve --model_dir=/tmp/run [--step=STEP] --audio A.wav B.wav --texts texts.txt
+"""
 import argparse
-import logging
-import sys
 
 import numpy as np
 
-from mslam_jax import user_commands
+from mslam_jax import config
+from mslam_jax.commands import common
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--checkpoint", required=True, help="a pre-training run directory (MODEL_DIR)")
+  common.add_flag(parser, "--model_dir", old=("--checkpoint",), required=True,
+                  help="a pre-training run directory (MODEL_DIR)")
   parser.add_argument("--step", type=int, default=None, help="default: latest checkpoint")
   parser.add_argument("--audio", nargs="+", required=True, help="audio files")
   parser.add_argument("--texts", required=True, help="a UTF-8 file with one candidate text per line")
@@ -20,25 +23,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-  user_commands.setup_logging()
+  common.setup_logging()
+  from mslam_jax.data import audio as audio_lib  # pylint: disable=g-import-not-at-top
   from mslam_jax.evaluation import data as eval_data  # pylint: disable=g-import-not-at-top
   from mslam_jax.evaluation import retrieval  # pylint: disable=g-import-not-at-top
   with open(args.texts, encoding="utf-8") as f:
     texts = [line.strip() for line in f if line.strip()]
   if not texts:
-    print(f"mslam retrieve: no texts in {args.texts}", file=sys.stderr)
-    return 2
-  try:
-    model, params, step = user_commands.load_run(args.checkpoint, args.step)
-    corpus_dir = args.corpus_dir or user_commands.corpus_dir_from_gin()
-    if not corpus_dir:
-      raise ValueError("no vocabulary: pass --corpus_dir")
-    vocab = eval_data.load_vocabulary(corpus_dir)
-    audios = [user_commands.read_audio(p) for p in args.audio]
-  except (ValueError, FileNotFoundError) as e:
-    logging.error("%s", e)
-    print(f"mslam retrieve: {e}", file=sys.stderr)
-    return 2
+    raise ValueError(f"no texts in {args.texts}")
+  model, params, step = config.load_run(args.model_dir, args.step)
+  corpus_dir = args.corpus_dir or config.macro("CORPUS_DIR")
+  if not corpus_dir:
+    raise ValueError("no vocabulary: pass --corpus_dir")
+  vocab = eval_data.load_vocabulary(corpus_dir)
+  audios = [audio_lib.read_audio_16k(p) for p in args.audio]
   encoder = eval_data.Encoder(model, params, cross_modal=True)
   speech = encoder.speech(audios)
   text = encoder.text(eval_data.tokenize(vocab, texts))
@@ -53,5 +51,5 @@ def run(args: argparse.Namespace) -> int:
   for j, t in enumerate(texts):
     i = int(np.argmax(sim[:, j]))
     result["text_to_audio"].append({"text": t, "audio": args.audio[i], "score": round(float(sim[i, j]), 4)})
-  user_commands.print_json(result)
+  common.print_json(result)
   return 0

@@ -30,6 +30,7 @@ import gin
 
 from mslam_jax import compilation_cache
 from mslam_jax import config
+from mslam_jax.commands import common
 
 DEFAULT_OUT = "./mslam_demo"
 RUN_GIN_FILES = ("models/tiny.gin", "experiments/mslam_ctc_xmodal.gin", "runs/pretrain.gin", "runs/demo.gin")
@@ -111,11 +112,11 @@ def build_corpus(corpus_dir: str) -> dict:
 def pretrain(model_dir: str) -> tuple[dict, bool]:
   """Runs the parsed pre-training config; (summary, skipped) where skipped means the run had
   already reached its steps. An interrupted run resumes from its latest checkpoint by itself."""
-  from mslam_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
+  from mslam_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from mslam_jax import train as train_lib  # pylint: disable=g-import-not-at-top
-  train_lib.check_required_macros()
+  config.check_required_macros()
   train_steps = int(_macro("TRAIN_STEPS"))
-  done = eval_lib.checkpoint_steps(model_dir)
+  done = checkpoints.checkpoint_steps(model_dir)
   if done and done[-1] >= train_steps:
     logging.info("%s already has a checkpoint at step %d (>= %d steps): not training", model_dir, done[-1],
                  train_steps)
@@ -190,8 +191,7 @@ def _flag_bindings(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-  logging.getLogger("absl").setLevel(logging.WARNING)
+  common.setup_logging()
   start_wall, start_cpu = time.time(), _cpu_seconds()
   out = os.path.abspath(args.out)
   corpus_dir = os.path.join(out, "corpus")
@@ -230,11 +230,11 @@ def run(args: argparse.Namespace) -> int:
           return 1
 
     with Stage(timings, "eval", f"4/5 evaluation sweep -> {os.path.join(out, 'eval')}") as stage:
-      from mslam_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
+      from mslam_jax.evaluation import sweep  # pylint: disable=g-import-not-at-top
       includes = [f"include '{config.resolve_gin_file(f, search)}'" for f in gin_files[3:]]
       steps_before = os.path.exists(os.path.join(out, "eval", f"step_{summaries['pretrain']['final_step']}",
                                                  "metrics.json"))
-      metrics = eval_lib.evaluate_run(model_dir, corpus_dir=corpus_dir, bindings=includes + user,
+      metrics = sweep.evaluate_run(model_dir, corpus_dir=corpus_dir, bindings=includes + user,
                                       ablation_model_dir=None if args.no_ablation else ablation_dir,
                                       search_paths=search, output_dir=os.path.join(out, "eval"))
       stage.skipped = steps_before

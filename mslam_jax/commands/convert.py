@@ -6,7 +6,7 @@
       and runs/finetune_from_w2vbert2.gin start from. The size file (default
       models/w2vbert2_600m.gin) gives what HF does not have (text embedding, quantizer, heads); the
       HF config gives the architecture; the top N layers become the shared stack.
-  mslam convert to-hf --checkpoint RUN_OR_STEP_DIR --out DIR [--step N]
+  mslam convert to-hf --model_dir RUN_OR_STEP_DIR --out DIR [--step N]
       The speech encoder of a checkpoint -> config.json, model.safetensors, preprocessor_config.json
       that transformers' Wav2Vec2BertModel / SeamlessM4TFeatureExtractor load.
 
@@ -14,10 +14,9 @@ Exit codes: 0 done, 2 unsupported or missing input (the message says which setti
 """
 import argparse
 import json
-import logging
-import sys
 
 from mslam_jax import config
+from mslam_jax.commands import common
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,27 +32,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   from_hf.add_argument("--seed", type=int, default=0, help="initialization of the parameters HF does not have")
   to_hf = sub.add_parser("to-hf", help="checkpoint's speech encoder -> HF Wav2Vec2BertModel directory")
   config.add_gin_arguments(to_hf)
-  to_hf.add_argument("--checkpoint", required=True, help="a run directory (latest step) or one checkpoint's directory")
+  common.add_flag(to_hf, "--model_dir", old=("--checkpoint",), required=True,
+                  help="a run directory (latest step) or one checkpoint's directory")
   to_hf.add_argument("--step", type=int, default=None, help="checkpoint step of a run directory (default: latest)")
   to_hf.add_argument("--out", required=True, help="output directory for config.json + model.safetensors")
 
 
 def run(args: argparse.Namespace) -> int:
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                      stream=sys.stderr)
+  common.setup_logging()
   from mslam_jax.interop import hf_w2vbert  # pylint: disable=g-import-not-at-top
   bindings = list(getattr(args, "gin_bindings", []))
-  try:
-    if args.direction == "from-hf":
-      info = hf_w2vbert.from_hf(args.hf_dir, args.out, gin_files=args.gin_file or [hf_w2vbert.DEFAULT_SIZE_GIN],
-                                bindings=bindings, num_shared_layers=args.shared_layers,
-                                search_paths=args.gin_search_path, seed=args.seed)
-    else:
-      info = hf_w2vbert.to_hf(args.checkpoint, args.out, step=args.step, gin_files=args.gin_file,
-                              bindings=bindings, search_paths=args.gin_search_path)
-  except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
-    logging.error("%s", e)
-    print(f"mslam convert {args.direction}: {e}", file=sys.stderr)
-    return 2
+  if args.direction == "from-hf":
+    info = hf_w2vbert.from_hf(args.hf_dir, args.out, gin_files=args.gin_file or [hf_w2vbert.DEFAULT_SIZE_GIN],
+                              bindings=bindings, num_shared_layers=args.shared_layers,
+                              search_paths=args.gin_search_path, seed=args.seed)
+  else:
+    info = hf_w2vbert.to_hf(args.model_dir, args.out, step=args.step, gin_files=args.gin_file,
+                            bindings=bindings, search_paths=args.gin_search_path)
   print(json.dumps(info, indent=1))
   return 0

@@ -1,20 +1,21 @@
 """`mslam langid`: spoken language ID of audio files by the linear probe of an evaluated checkpoint.
 
+  mslam langid --model_dir=/tmp/run [--step=STEP] [--corpus_dir=DIR] FILE...
+
 The probe is the one `mslam eval` trained (MODEL_DIR/eval/step_<N>/langid_probe_speech.npz); with
 --corpus_dir and no saved probe, one is trained on the spot from the corpus' speech train split.
 """
 import argparse
-import glob
 import logging
 import os
-import re
-import sys
 
-from mslam_jax import user_commands
+from mslam_jax import config
+from mslam_jax.commands import common
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--checkpoint", required=True, help="a pre-training run directory (MODEL_DIR)")
+  common.add_flag(parser, "--model_dir", old=("--checkpoint",), required=True,
+                  help="a pre-training run directory (MODEL_DIR)")
   parser.add_argument("--step", type=int, default=None, help="default: latest checkpoint")
   parser.add_argument("--corpus_dir", default=None, help="train a probe here if none was saved by `mslam eval`")
   parser.add_argument("--top", type=int, default=3)
@@ -27,33 +28,29 @@ def _saved_probe(model_dir: str, step: int) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-  user_commands.setup_logging()
+  common.setup_logging()
+  from mslam_jax.data import audio as audio_lib  # pylint: disable=g-import-not-at-top
   from mslam_jax.evaluation import data as eval_data  # pylint: disable=g-import-not-at-top
   from mslam_jax.evaluation import langid  # pylint: disable=g-import-not-at-top
-  try:
-    model, params, step = user_commands.load_run(args.checkpoint, args.step)
-    encoder = eval_data.Encoder(model, params)
-    probe_path = _saved_probe(args.checkpoint, step)
-    if probe_path:
-      probe = langid.LinearProbe.load(probe_path)
-    else:
-      corpus_dir = args.corpus_dir or user_commands.corpus_dir_from_gin()
-      if not corpus_dir:
-        raise ValueError(f"no saved probe for step {step}: run `mslam eval` first or pass --corpus_dir")
-      logging.info("No saved probe for step %d: training one on %s", step, corpus_dir)
-      evaluator = langid.LangIDEvaluator(corpus_dir=corpus_dir, modalities=("speech",))
-      x, y = evaluator.embed(encoder, "speech", "train", evaluator.max_train_per_lang)
-      probe = langid.LinearProbe().fit(x, y)
-    audios = [user_commands.read_audio(p) for p in args.files]
-  except (ValueError, FileNotFoundError) as e:
-    logging.error("%s", e)
-    print(f"mslam langid: {e}", file=sys.stderr)
-    return 2
+  model, params, step = config.load_run(args.model_dir, args.step)
+  encoder = eval_data.Encoder(model, params)
+  probe_path = _saved_probe(args.model_dir, step)
+  if probe_path:
+    probe = langid.LinearProbe.load(probe_path)
+  else:
+    corpus_dir = args.corpus_dir or config.macro("CORPUS_DIR")
+    if not corpus_dir:
+      raise ValueError(f"no saved probe for step {step}: run `mslam eval` first or pass --corpus_dir")
+    logging.info("No saved probe for step %d: training one on %s", step, corpus_dir)
+    evaluator = langid.LangIDEvaluator(corpus_dir=corpus_dir, modalities=("speech",))
+    x, y = evaluator.embed(encoder, "speech", "train", evaluator.max_train_per_lang)
+    probe = langid.LinearProbe().fit(x, y)
+  audios = [audio_lib.read_audio_16k(p) for p in args.files]
   probs = probe.predict_proba(encoder.speech(audios))
   results = []
   for path, p in zip(args.files, probs):
     order = p.argsort()[::-1][:args.top]
     results.append({"file": path, "language": str(probe.classes_[order[0]]),
                     "top": [{"language": str(probe.classes_[k]), "probability": round(float(p[k]), 4)} for k in order]})
-  user_commands.print_json({"step": step, "results": results})
+  common.print_json({"step": step, "results": results})
   return 0

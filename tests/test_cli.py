@@ -1,0 +1,42 @@
+"""What a new user sees: quiet healthy runs, one-line messages for configuration mistakes."""
+import os
+import subprocess
+import sys
+
+import gin
+import pytest
+
+from mslam_jax import cli
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def _clean_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def test_a_healthy_cpu_run_prints_no_error_looking_lines():
+  env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL")}
+  proc = subprocess.run([sys.executable, "-m", "mslam_jax.cli", "model-info", "--gin_file=models/tiny.gin"],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  assert "total" in proc.stdout
+  for noise in ("cuInit", "cuda", "CUDA", "oneDNN", "absl::InitializeLog", "Traceback"):
+    assert noise not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--gin.MODEL_DIR=/tmp/run"], "a string value needs quotes, e.g. --gin.MODEL_DIR=\"'/tmp/run'\""),
+    (["--gin.NoSuchThing.x=3"], "No configurable matching 'NoSuchThing'"),
+    (["--gin_file=no/such.gin"], "gin file 'no/such.gin' not found"),
+])
+def test_configuration_mistakes_are_one_line_with_exit_2(capsys, flags, expected):
+  rc = cli.main(["train", "--gin_file=models/tiny.gin", "--gin_file=runs/pretrain.gin"] + flags)
+  err = capsys.readouterr().err
+  assert rc == 2
+  lines = [l for l in err.splitlines() if l.startswith("mslam train:")]
+  assert len(lines) == 1 and expected in lines[0], err
+  assert "Traceback" not in err
