@@ -27,6 +27,7 @@ def clean_gin():
   gin.clear_config()
 
 
+@pytest.mark.slow
 def test_tiny_step_runs_and_analytic_flops_match_xla():
   mfu = _load()
   shapes = mfu.Shapes(speech_batch=2, speech_samples=8000, text_batch=2, text_length=16, paired_batch=2,
