@@ -40,10 +40,11 @@ def add_flag(parser: argparse.ArgumentParser, flag: str, *, old: tuple[str, ...]
 
 
 def setup_logging(quiet_absl: bool = True) -> None:
-  # force: a logging.warning() before this point (an import, a deprecated flag) has already given
-  # the root logger a WARNING-level handler, which would swallow every INFO line of the run.
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                      stream=sys.stderr, force=True)
+                      stream=sys.stderr)
+  # A logging.warning() before this point (an import, a deprecated flag) has already configured the
+  # root logger at WARNING, which makes basicConfig a no-op and would swallow every INFO line.
+  logging.getLogger().setLevel(logging.INFO)
   if quiet_absl:
     # Orbax logs every phase of every save at INFO through absl; keep its warnings only.
     logging.getLogger("absl").setLevel(logging.WARNING)

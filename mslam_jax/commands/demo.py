@@ -1,6 +1,6 @@
 """`mslam demo`: the whole system at toy scale on a CPU (about 9 minutes on 2 idle cores).
 
-  mslam demo [--out ./mslam_demo] [--steps 120] [--finetune-steps 300] [--gin.NAME=VALUE ...]
+  mslam demo [--out ./mslam_demo] [--steps 600] [--finetune-steps 300] [--gin.NAME=VALUE ...]
 
 1. builds the built-in corpus (10 languages, 2 held out for zero-shot ASR) into OUT/corpus;
 2. pre-trains the tiny model with mSLAM-CTC + the cross-modal loss into OUT/pretrain;
