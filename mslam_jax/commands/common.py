@@ -39,12 +39,19 @@ def add_flag(parser: argparse.ArgumentParser, flag: str, *, old: tuple[str, ...]
     parser.add_argument(flag, **kwargs)
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
 def setup_logging(quiet_absl: bool = True) -> None:
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                      stream=sys.stderr)
+  logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
   # A logging.warning() before this point (an import, a deprecated flag) has already configured the
   # root logger at WARNING, which makes basicConfig a no-op and would swallow every INFO line.
-  logging.getLogger().setLevel(logging.INFO)
+  # Its stderr handler gets our format too; other handlers (pytest's log capture) are left alone.
+  root = logging.getLogger()
+  root.setLevel(logging.INFO)
+  for handler in root.handlers:
+    if getattr(handler, "stream", None) is sys.stderr:
+      handler.setFormatter(logging.Formatter(LOG_FORMAT))
   if quiet_absl:
     # Orbax logs every phase of every save at INFO through absl; keep its warnings only.
     logging.getLogger("absl").setLevel(logging.WARNING)

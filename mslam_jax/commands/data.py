@@ -5,9 +5,10 @@ pair of functions and one line there.
 """
 import argparse
 import json
-import logging
 import sys
 from typing import Callable
+
+from mslam_jax.commands import common
 
 
 def _add_languages(parser: argparse.ArgumentParser) -> None:
@@ -102,7 +103,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-  logging.getLogger().setLevel(logging.INFO)
+  common.setup_logging(quiet_absl=False)
   _, run_fn, _ = SUBCOMMANDS[args.data_command]
   return int(run_fn(args) or 0)
