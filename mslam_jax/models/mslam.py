@@ -1,6 +1,6 @@
 """MSLAMModel: the mSLAM network with every pre-training objective, behind a t5x-like interface.
 
-One training step sees three sub-batches (the batch contract, mslam_jax/data/pipeline.py) and computes:
+One training step sees three sub-batches (the batch contract, mslam_jax/data/contract.py) and computes:
 
   speech  audio -> frontend features -> quantizer (unmasked; targets: ids and codevectors)
           projected features, w2v-BERT span-masked (learned mask embedding)
