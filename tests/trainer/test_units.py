@@ -144,3 +144,15 @@ def test_initialize_params_runs_on_a_fresh_start_only(tmp_path):
   params = checkpoints.load_state_dict(os.path.join(model_dir, "checkpoints", "4"))["params"]
   for leaf in jax.tree.leaves(params):
     np.testing.assert_allclose(np.asarray(leaf), 1.0, atol=1e-6)
+
+
+def test_a_collapsing_encoder_is_named_in_the_log(caplog):
+  from mslam_jax import train  # pylint: disable=g-import-not-at-top
+  with caplog.at_level("WARNING"):
+    train._warn_on_collapse(7, {"health/frame_cosine": 0.5, "health/utterance_cosine": 0.999}, 0.99)
+  assert "Step 7: the encoder is collapsing: mean cosine 0.999 between pooled utterances" in caplog.text
+  assert "frames within an utterance" not in caplog.text
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    train._warn_on_collapse(8, {"health/frame_cosine": 0.5}, 0.99)
+  assert not caplog.text
