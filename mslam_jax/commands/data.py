@@ -86,11 +86,54 @@ def _run_show_batch(args: argparse.Namespace) -> int:
   return 0
 
 
+def _add_prepare(parser: argparse.ArgumentParser) -> None:
+  from mslam_jax.data import corpora  # pylint: disable=g-import-not-at-top
+  parser.add_argument("--corpus", required=True, choices=corpora.names(), help="which corpus's release layout")
+  parser.add_argument("--root", required=True, help="the corpus's directory as released (extracted)")
+  parser.add_argument("--out", required=True, help="prepared corpus directory to write (or resume)")
+  parser.add_argument("--languages", nargs="+", default=None,
+                      help="only these languages (the corpus's own codes or ISO 639-3; commas work too)")
+  parser.add_argument("--streams", nargs="+", default=None, choices=("speech", "text", "paired"),
+                      help="which streams to write (default: the corpus's own)")
+  parser.add_argument("--max-hours-per-language", type=float, default=None,
+                      help="cap of training hours per language and stream (a fixed pseudo-random subset)")
+  parser.add_argument("--max-clip-seconds", type=float, default=30.0,
+                      help="longer unlabeled audio is cut into clips of at most this; longer labeled clips are skipped")
+  parser.add_argument("--shard-size", type=int, default=1000, help="records per shard (the unit of work and resume)")
+  parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                      help="a reader option, e.g. subset=9hr (mls), cv_root=DIR (covost2), language=fr (hf_parquet)")
+  parser.add_argument("--runner", default="DirectRunner", help="Apache Beam runner (DataflowRunner, FlinkRunner, ...)")
+  parser.add_argument("--pipeline_option", action="append", default=[], metavar="--FLAG=VALUE",
+                      help="passed to Beam's PipelineOptions, e.g. --pipeline_option=--direct_num_workers=2")
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+  from mslam_jax.data.corpora import prepare  # pylint: disable=g-import-not-at-top
+  options = {}
+  for item in args.option:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+      raise ValueError(f"--option {item!r} is not KEY=VALUE")
+    options[key] = value
+  languages = [c for v in args.languages or () for c in _codes(v)] or None
+  manifest = prepare.prepare(args.corpus, args.root, args.out, languages=languages, streams=args.streams,
+                             max_hours_per_language=args.max_hours_per_language, runner=args.runner,
+                             pipeline_options=args.pipeline_option, options=options, shard_size=args.shard_size,
+                             max_clip_seconds=args.max_clip_seconds)
+  totals = "; ".join(f"{s}: " + ", ".join(f"{sp} {v['clips']} clips {v['hours']:.2f} h" for sp, v in by.items())
+                     for s, by in manifest["totals"].items())
+  print(f"{args.out}: {len(manifest['languages'])} languages; {totals}; skipped: {manifest['skipped'] or 'none'}; "
+        f"vocabulary {manifest['vocab']['size']} ids; {manifest['prepare_seconds']} s")
+  return 0
+
+
 # name -> (add_arguments, run, help)
 SUBCOMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "languages": (_add_languages, _run_languages, "the language registry (table or --json)"),
     "build-builtin": (_add_build_builtin, _run_build_builtin,
                       "build the offline built-in corpus (CLDR text + eSpeak NG speech)"),
+    "prepare": (_add_prepare, _run_prepare,
+                "prepare an outside corpus (FLEURS, Common Voice, MLS, ...) into training shards, on Apache Beam"),
     "show-batch": (_add_show_batch, _run_show_batch,
                    "one training step's batch of the built-in corpus: keys, shapes, dtypes, languages"),
 }
