@@ -1,0 +1,94 @@
+"""`mslam data prepare`: each corpus's tree -> a prepared corpus whose batches keep the batch contract;
+resume, determinism and the skip counts of the manifest."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from mslam_jax.data import contract
+from mslam_jax.models import encoder  # pylint: disable=unused-import  (data/builtin.gin binds MSLAMEncoder)
+from mslam_jax.data import inventory
+from mslam_jax.data import pipeline
+from mslam_jax.data import records
+from mslam_jax.data.corpora import prepare
+from tests.data.corpora import trees
+
+# Lengths small enough that every test clip fits the paired stream (up to 2 s of audio).
+_BINDINGS = ["SPEECH_SAMPLES = 16000", "PAIRED_SAMPLES = 48000", "TEXT_LENGTH = 32", "PAIRED_TEXT_LENGTH = 48"]
+_SIZES = {"speech": "SPEECH_BATCH", "text": "TEXT_BATCH", "paired": "PAIRED_BATCH"}
+
+
+def _prepared(name, tmp_path, **kwargs):
+  root = trees.WRITERS[name](str(tmp_path / "src"))
+  out = str(tmp_path / "out")
+  return out, prepare.prepare(name, root, out, shard_size=2, **kwargs)
+
+
+@pytest.mark.parametrize("name", sorted(trees.WRITERS))
+def test_prepared_corpus_batches_keep_the_contract(name, tmp_path):
+  out, manifest = _prepared(name, tmp_path)
+  inventory.check_manifest(manifest, out)
+  with_train = {s for s, by in manifest["totals"].items() if by.get("train", {}).get("clips")}
+  assert with_train
+  bindings = _BINDINGS + [f"{_SIZES[s]} = {2 if s in with_train else 0}" for s in records.STREAMS]
+  iterator = pipeline.builtin_step_iterator(out, bindings)
+  batch = next(iterator)
+  spec = iterator.element_spec
+  assert set(batch) == with_train == set(spec)
+  for stream, features in batch.items():
+    for key, value in features.items():
+      assert value.shape == spec[stream][key].shape and value.dtype == spec[stream][key].dtype, (stream, key)
+    for key in contract.SEQUENCES[stream]:
+      assert (features[f"{key}_mask"].sum(axis=1) > 0).all()
+  if "speech" in batch:
+    assert np.abs(batch["speech"]["audio"]).max() > 0.05  # real audio, not silence
+
+
+def test_manifest_counts_bad_input_and_resume_keeps_finished_shards(tmp_path):
+  out, manifest = _prepared("fleurs", tmp_path)
+  assert manifest["skipped"] == {"empty_text": 2, "malformed_row": 2, "missing_audio": 2, "unknown_language": 1}
+  assert manifest["repaired"] == {"downmixed": 1, "resampled": 1}
+  afr = manifest["languages"]["afr"]
+  assert afr["inventory_id"] == inventory.get("afr").id
+  assert afr["streams"]["paired"]["train"]["clips"] == 3 and afr["streams"]["paired"]["train"]["hours"] > 0
+  shard = os.path.join(out, afr["streams"]["paired"]["train"]["shards"][0])
+  before = open(shard, "rb").read()
+  os.remove(os.path.join(out, afr["streams"]["paired"]["test"]["shards"][0]))  # an unfinished shard
+  mtime = os.path.getmtime(shard)
+  again = prepare.prepare("fleurs", str(tmp_path / "src"), out, shard_size=2)
+  assert os.path.getmtime(shard) == mtime  # kept
+  assert again["totals"] == manifest["totals"]
+  other = str(tmp_path / "other")
+  prepare.prepare("fleurs", str(tmp_path / "src"), other, shard_size=2)
+  assert open(os.path.join(other, os.path.relpath(shard, out)), "rb").read() == before  # deterministic
+
+
+def test_languages_streams_and_hour_cap(tmp_path):
+  out, manifest = _prepared("voxpopuli", tmp_path, streams=["speech"], languages=["de"],
+                            max_hours_per_language=4.0 / 3600)
+  assert set(manifest["totals"]) == {"speech"}
+  # Only the 3.5 s segment fits the 4 s budget of the training split; evaluation splits are whole.
+  assert manifest["languages"]["deu"]["streams"]["speech"]["train"]["clips"] == 1
+  with pytest.raises(ValueError, match="neither a voxpopuli code"):
+    prepare.prepare("voxpopuli", str(tmp_path / "src"), out, languages=["klingon"])
+
+
+def test_manifest_that_disagrees_with_the_inventory_is_rejected(tmp_path):
+  out, manifest = _prepared("mc4", tmp_path)
+  manifest["languages"]["heb"]["inventory_id"] += 1
+  with pytest.raises(inventory.InventoryError, match="heb has id"):
+    inventory.check_manifest(manifest, out)
+
+
+def test_prepare_command(tmp_path, capsys):
+  from mslam_jax import cli  # pylint: disable=g-import-not-at-top
+  root = trees.mls(str(tmp_path / "src"))
+  out = str(tmp_path / "out")
+  code = cli.main(["data", "prepare", "--corpus", "mls", "--root", root, "--out", out, "--option", "subset=9hr",
+                   "--streams", "paired", "--pipeline_option=--direct_num_workers=1"])
+  assert code == 0
+  manifest = json.load(open(os.path.join(out, "manifest.json"), encoding="utf-8"))
+  assert manifest["totals"]["paired"]["train"]["clips"] == 2
+  assert "1 languages" in capsys.readouterr().out
+  assert cli.main(["data", "prepare", "--corpus", "mls", "--root", root, "--out", out, "--option", "subset"]) == 2
