@@ -29,11 +29,15 @@ INSTALL_REQUIRES = [
     "scikit-learn>=1.5,<2",
 ]
 
+# `mslam data prepare` runs on Apache Beam (DirectRunner here; Dataflow, Flink or Spark at scale).
+PREPARE_REQUIRES = ["apache-beam>=2.60,<3", "pyarrow>=14"]
+
 EXTRAS_REQUIRE = {
+    "prepare": PREPARE_REQUIRES,
     "test": [
         "pytest>=8,<10",
         "kaldi-native-fbank>=1.20,<2",
-    ],
+    ] + PREPARE_REQUIRES,
     # w2v-BERT 2.0 interop (mslam convert, tests/interop): torch's CPU wheel; safetensors alone
     # suffices to convert.
     "hf": ["torch==2.13.0", "transformers>=5.0,<6", "safetensors>=0.4,<1"],
@@ -49,7 +53,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["mslam_jax", "mslam_jax.*"])
     + ["mslam_jax.tasks", "mslam_jax.gin_configs"],
     package_dir={"mslam_jax.tasks": "tasks", "mslam_jax.gin_configs": "gin_configs"},
-    package_data={"mslam_jax.gin_configs": ["*.gin", "*/*.gin"]},
+    package_data={"mslam_jax.gin_configs": ["*.gin", "*/*.gin"], "mslam_jax": ["data/language_inventory.tsv"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     entry_points={"console_scripts": ["mslam=mslam_jax.cli:main"]},

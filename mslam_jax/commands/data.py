@@ -15,13 +15,38 @@ def _add_languages(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--json", action="store_true", help="a JSON list of objects instead of a table")
   parser.add_argument("--stream", choices=("speech", "text", "paired"), default=None,
                       help="only languages whose built-in corpus has this stream")
+  parser.add_argument("--inventory", action="store_true",
+                      help="the pinned inventory of outside corpora (FLEURS, mC4, Common Voice, MLS, VoxPopuli, "
+                           "BABEL, SeamlessM4T) instead of the registry")
+
+
+def _with_inventory(entry: dict) -> dict:
+  """A registry entry plus the outside corpora that have the language (from the pinned inventory)."""
+  from mslam_jax.data import inventory  # pylint: disable=g-import-not-at-top
+  try:
+    pinned = inventory.get(entry["code"])
+  except inventory.InventoryError:
+    return {**entry, "inventory_id": None}
+  return {**entry, "inventory_id": pinned.id, "corpora": {**entry.get("corpora", {}), **pinned.to_json()["corpora"]}}
 
 
 def _run_languages(args: argparse.Namespace) -> int:
+  from mslam_jax.data import inventory  # pylint: disable=g-import-not-at-top
   from mslam_jax.data import languages  # pylint: disable=g-import-not-at-top
+  if args.inventory:
+    entries = [e.to_json() for e in inventory.entries()]
+    if args.json:
+      json.dump(entries, sys.stdout, ensure_ascii=False, indent=1)
+      sys.stdout.write("\n")
+      return 0
+    for e in entries:
+      corpora = " ".join(c + ":" + ",".join(v) for c, v in e["corpora"].items())
+      print(f"{e['id']:>4}  {e['code']}  {e['bcp47']:<4} {e['script']}  {e['name']:<28} {corpora}")
+    print(f"\n{len(entries)} languages, {sum(e['speech'] for e in entries)} with speech ({inventory.TABLE})")
+    return 0
   langs = languages.with_stream(args.stream) if args.stream else languages.all_languages()
   if args.json:
-    json.dump([l.to_json() for l in langs], sys.stdout, ensure_ascii=False, indent=1)
+    json.dump([_with_inventory(l.to_json()) for l in langs], sys.stdout, ensure_ascii=False, indent=1)
     sys.stdout.write("\n")
     return 0
   print(languages.format_table(langs))

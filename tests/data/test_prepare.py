@@ -92,3 +92,19 @@ def test_prepare_command(tmp_path, capsys):
   assert manifest["totals"]["paired"]["train"]["clips"] == 2
   assert "1 languages" in capsys.readouterr().out
   assert cli.main(["data", "prepare", "--corpus", "mls", "--root", root, "--out", out, "--option", "subset"]) == 2
+
+
+def test_languages_json_reports_the_inventory_with_corpora(capsys):
+  from mslam_jax import cli  # pylint: disable=g-import-not-at-top
+  assert cli.main(["data", "languages", "--inventory", "--json"]) == 0
+  entries = json.loads(capsys.readouterr().out)
+  assert sum(e["speech"] for e in entries) >= 143
+  by_code = {e["code"]: e for e in entries}
+  assert by_code["cmn"]["corpora"]["fleurs"] == ["cmn_hans_cn"] and "zh-CN" in by_code["cmn"]["corpora"]["common_voice"]
+  assert by_code["heb"]["corpora"]["mc4"] == ["iw"] and by_code["yue"]["corpora"]["babel"] == ["101"]
+  assert [e["id"] for e in entries] == list(range(len(entries)))
+  assert len(by_code["eng"]["corpora"]) == 6  # all but BABEL
+  assert cli.main(["data", "languages", "--json"]) == 0
+  registry = {e["code"]: e for e in json.loads(capsys.readouterr().out)}
+  assert registry["deu"]["corpora"]["builtin"] and registry["deu"]["corpora"]["mls"] == ["german"]
+  assert sum(any(c in e["corpora"] for c in inventory.SPEECH_CORPORA) for e in registry.values()) >= 143
