@@ -89,9 +89,9 @@ def _read_audio(record: Record) -> tuple[np.ndarray, int]:
   if record.audio_path is not None and record.audio_bytes is None and not os.path.exists(record.audio_path):
     raise audio_lib.BadItem(MISSING_AUDIO, f"{record.audio_path} does not exist")
   if "parquet_row" in record.labels:  # a row of a parquet shard: its audio column's encoded bytes
-    from mslam_jax.data.corpora import hf_parquet  # pylint: disable=g-import-not-at-top
+    from mslam_jax.data.corpora import parquet_audio  # pylint: disable=g-import-not-at-top
     group, row = map(int, record.labels["parquet_row"].split(":"))
-    source = io.BytesIO(hf_parquet.audio_bytes(record.audio_path, group, row))
+    source = io.BytesIO(parquet_audio.audio_bytes(record.audio_path, group, row))
   try:
     with soundfile.SoundFile(source) as f:
       rate = f.samplerate

@@ -8,7 +8,6 @@ found by name unless `text_column` is given; the language is a column (`locale`,
 `lang_id`) in the codes of `codes_from` (a corpus of the inventory, default common_voice) or fixed by
 `language`. Only the row's position is listed; a worker reads the row group when it decodes.
 """
-import functools
 import os
 import re
 from typing import Iterator
@@ -26,19 +25,6 @@ _SPLIT = re.compile(r"(?:^|[-_/])(train|dev|validation|test)(?:[-_./]|$)")
 def _split_of(rel: str) -> str | None:
   found = _SPLIT.findall(rel.lower())
   return base.split_name(found[-1]) if found else None
-
-
-@functools.lru_cache(maxsize=4)
-def _row_group(path: str, index: int):
-  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
-  return pq.ParquetFile(path).read_row_group(index, columns=["audio"]).column("audio").to_pylist()
-
-
-def audio_bytes(path: str, row_group: int, row: int) -> bytes:
-  value = _row_group(path, row_group)[row]
-  if not value or not value.get("bytes"):
-    raise audio_lib.BadItem(base.MISSING_AUDIO, f"{path} row group {row_group} row {row} has no audio bytes")
-  return value["bytes"]
 
 
 def read(root: str, counter: audio_lib.SkipCounter, languages=None, language: str | None = None,
