@@ -108,3 +108,35 @@ def test_languages_json_reports_the_inventory_with_corpora(capsys):
   registry = {e["code"]: e for e in json.loads(capsys.readouterr().out)}
   assert registry["deu"]["corpora"]["builtin"] and registry["deu"]["corpora"]["mls"] == ["german"]
   assert sum(any(c in e["corpora"] for c in inventory.SPEECH_CORPORA) for e in registry.values()) >= 143
+
+
+def test_prepared_corpora_combine_into_one_mixture_per_stream(tmp_path):
+  import math  # pylint: disable=g-import-not-at-top
+  import seqio  # pylint: disable=g-import-not-at-top
+  from mslam_jax.data.corpora import tasks  # pylint: disable=g-import-not-at-top
+  dirs = {}
+  for name in ("fleurs", "common_voice"):
+    dirs[name] = str(tmp_path / name / "out")
+    prepare.prepare(name, trees.WRITERS[name](str(tmp_path / name / "src")), dirs[name], shard_size=2)
+  mixtures = tasks.register_prepared_corpora(dirs, streams={"paired": ["fleurs", "common_voice"],
+                                                            "speech": ["common_voice"]}, prefix="t")
+  assert mixtures == {"paired": "t_paired", "speech": "t_speech"}
+  mixture = seqio.get_mixture_or_task("t_paired")
+  rates = {t.name: mixture.get_rate(t) for t in mixture.tasks}
+  hours = {}
+  for name, d in dirs.items():
+    for lang, entry in json.load(open(os.path.join(d, "manifest.json"), encoding="utf-8"))["languages"].items():
+      hours[lang] = hours.get(lang, 0) + entry["streams"]["paired"]["train"]["hours"]
+  weights = {lang: h ** (1 / 3) for lang, h in hours.items()}
+  expected = {lang: w / sum(weights.values()) for lang, w in weights.items()}
+  assert set(rates) == {"t_fleurs_paired_afr", "t_fleurs_paired_cmn", "t_common_voice_paired_fra",
+                        "t_common_voice_paired_swe"}
+  for task, rate in rates.items():
+    assert math.isclose(rate / sum(rates.values()), expected[task.rsplit("_", 1)[1]], rel_tol=1e-9)
+  vocab = tasks.shared_vocabulary(dirs)  # one vocabulary for both: Chinese and French characters
+  assert vocab.unk_id not in vocab.encode("今天 à") and tasks.prepared_vocab_size(dirs) % 128 == 0
+  broken = json.load(open(os.path.join(dirs["fleurs"], "manifest.json"), encoding="utf-8"))
+  broken["languages"]["afr"]["inventory_id"] = 999
+  json.dump(broken, open(os.path.join(dirs["fleurs"], "manifest.json"), "w", encoding="utf-8"))
+  with pytest.raises(inventory.InventoryError, match="afr has id 999"):
+    tasks.register_prepared_corpora(dirs, prefix="t2")
