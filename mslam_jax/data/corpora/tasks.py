@@ -65,10 +65,14 @@ def shared_vocabulary(corpus_dirs: Mapping[str, str]):
 def prepared_vocab_size(corpus_dirs: Optional[Mapping[str, str]] = None, max_size: int = 4096,
                         multiple: int = 128) -> int:
   """The model's vocabulary size over the prepared corpora: the shared vocabulary rounded up to
-  `multiple`, at most `max_size` (`max_size` when no corpus is given)."""
+  `multiple`, at most `max_size` (`max_size` when no corpus is given; ValueError when the
+  vocabulary itself is larger)."""
   if not isinstance(corpus_dirs, Mapping) or not corpus_dirs:
     return max_size
   size = shared_vocabulary(corpus_dirs).vocab_size
+  if size > max_size:
+    raise ValueError(f"the prepared corpora's shared vocabulary has {size} ids, more than "
+                     f"prepared_vocab_size.max_size={max_size} (raise VOCAB_SIZE)")
   return min(max_size, -(-size // multiple) * multiple)
 
 
