@@ -89,12 +89,19 @@ class DataStateRestore(checkpoint_args.CheckpointArgs):
   pass
 
 
+def absolute(path) -> str:
+  """A local path made absolute; a URI (gs://bucket/run, any etils.epath scheme) kept as it is
+  (os.path.abspath would turn it into a local path under the working directory)."""
+  path = os.fspath(path)
+  return path if "://" in path else os.path.abspath(path)
+
+
 class Checkpointer:
   """An Orbax CheckpointManager for train state + data position, keeping the last `max_to_keep`."""
 
   def __init__(self, directory: str, *, save_every: int, max_to_keep: int = 3,
                async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+    self.directory = absolute(directory)
     self.save_every = save_every
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, save_interval_steps=max(1, save_every), create=True,
@@ -174,16 +181,16 @@ def checkpoints_dir(model_dir: str) -> str:
 
 def step_dir(model_dir: str, step: int) -> str:
   """MODEL_DIR/checkpoints/<step>."""
-  return os.path.join(os.path.abspath(model_dir), CHECKPOINTS_SUBDIR, str(step))
+  return os.path.join(absolute(model_dir), CHECKPOINTS_SUBDIR, str(step))
 
 
 def checkpoint_steps(model_dir: str) -> list[int]:
   """Finished checkpoints of a run (Orbax renames a checkpoint to its bare step once committed)."""
-  directory = checkpoints_dir(model_dir)
-  if not os.path.isdir(directory):
+  directory = epath.Path(checkpoints_dir(model_dir))
+  if not directory.is_dir():
     return []
-  return sorted(int(name) for name in os.listdir(directory)
-                if re.fullmatch(r"\d+", name) and os.path.isdir(os.path.join(directory, name, STATE_ITEM)))
+  return sorted(int(p.name) for p in directory.iterdir()
+                if re.fullmatch(r"\d+", p.name) and (p / STATE_ITEM).is_dir())
 
 
 def select_steps(model_dir: str, which: str | int | None = "latest") -> list[int]:
@@ -207,10 +214,10 @@ def select_steps(model_dir: str, which: str | int | None = "latest") -> list[int
 def resolve_checkpoint(path: str, step: int | None = None) -> tuple[str | None, str]:
   """(run directory or None, step directory) of a run directory (its latest step, or `step`) or of
   one checkpoint's directory."""
-  path = os.path.abspath(path)
-  if os.path.isdir(checkpoints_dir(path)):
+  path = absolute(path)
+  if epath.Path(checkpoints_dir(path)).is_dir():
     return path, step_dir(path, select_steps(path, step)[0])
-  if os.path.isdir(os.path.join(path, STATE_ITEM)):
+  if epath.Path(path, STATE_ITEM).is_dir():
     parent = os.path.dirname(path)
     run_dir = os.path.dirname(parent) if os.path.basename(parent) == CHECKPOINTS_SUBDIR else None
     return run_dir, path
@@ -222,7 +229,7 @@ def load_params(checkpoint_dir: str) -> Any:
   """The "params" of one checkpoint's state (a training run's or a converted one) on this process'
   first device, whatever mesh wrote it; the optimizer state and the rest are never read (Orbax
   partial restore)."""
-  path = os.path.join(os.path.abspath(checkpoint_dir), STATE_ITEM)
+  path = os.path.join(absolute(checkpoint_dir), STATE_ITEM)
   checkpointer = ocp.PyTreeCheckpointer()
   metadata = checkpointer.metadata(path)
   tree = getattr(metadata, "item_metadata", metadata)
@@ -247,7 +254,7 @@ def restore_params(model_dir: str, step: int | str | None = "latest") -> tuple[A
 def save_params_checkpoint(model_dir: str, params: Any, step: int = 0) -> str:
   """Writes {"params": params} as MODEL_DIR/checkpoints/<step>/state (an Orbax PyTree), the layout
   `load_params` reads (e.g. a converted w2v-BERT 2.0 model). Returns the step directory."""
-  directory = os.path.join(os.path.abspath(model_dir), CHECKPOINTS_SUBDIR)
+  directory = os.path.join(absolute(model_dir), CHECKPOINTS_SUBDIR)
   options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
   with ocp.CheckpointManager(directory, item_names=(STATE_ITEM,), options=options) as manager:
     if step in manager.all_steps():

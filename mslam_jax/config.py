@@ -40,13 +40,33 @@ def add_gin_arguments(parser: argparse.ArgumentParser) -> None:
   # --gin.NAME=VALUE bindings are collected by mslam_jax.cli into args.gin_bindings.
 
 
+def _exists(path: str) -> bool:
+  if "://" not in path:
+    return os.path.exists(path)
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  return epath.Path(path).exists()
+
+
+def _register_uri_reader() -> None:
+  """gin reads local files itself; files and includes on gs:// (any etils.epath scheme) go through epath."""
+  if getattr(_register_uri_reader, "done", False):
+    return
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  gin.config.register_file_reader(lambda path: epath.Path(path).open("r"),
+                                  lambda path: "://" in path and epath.Path(path).exists())
+  _register_uri_reader.done = True
+
+
 def resolve_gin_file(name: str, search_paths: Sequence[str] = ()) -> str:
-  """Finds a gin file given as a path, or relative to a search path or the packaged configs."""
-  if os.path.exists(name):
+  """Finds a gin file given as a path (local or a URI such as gs://), or relative to a search path
+  or the packaged configs."""
+  if _exists(name):
     return name
+  if "://" in name:
+    raise FileNotFoundError(f"gin file {name!r} not found")
   for directory in list(search_paths) + [package_gin_dir()]:
     candidate = os.path.join(directory, name)
-    if os.path.exists(candidate):
+    if _exists(candidate):
       return candidate
   raise FileNotFoundError(
       f"gin file {name!r} not found as a path nor under {list(search_paths) + [package_gin_dir()]}")
@@ -62,6 +82,7 @@ def _drop_package_resource_reader() -> None:
 
 def _parse(files: Sequence[str], bindings: Sequence[str], **kwargs) -> None:
   """gin's parse, with its errors as one-line ConfigErrors that name the binding or file."""
+  _register_uri_reader()
   try:
     gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=False, **kwargs)
   except SyntaxError as e:
@@ -199,8 +220,8 @@ def log_operative_config(model_dir: str | None = None) -> str:
   """Logs the operative config (call after the configurables ran) and writes it to model_dir."""
   text = gin.operative_config_str()
   logging.info("Operative gin config:\n%s", text)
-  if model_dir:
-    os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, OPERATIVE_CONFIG), "w") as f:
-      f.write(text)
+  if model_dir:  # local or remote (gs://...): written through etils.epath
+    from etils import epath  # pylint: disable=g-import-not-at-top
+    epath.Path(model_dir).mkdir(parents=True, exist_ok=True)
+    (epath.Path(model_dir) / OPERATIVE_CONFIG).write_text(text)
   return text

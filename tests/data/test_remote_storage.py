@@ -1,0 +1,73 @@
+"""Run directories, checkpoints and gin files on gs:// (any etils.epath scheme), against an in-memory
+fsspec filesystem standing in for Cloud Storage."""
+import importlib
+
+import gin
+import pytest
+from etils import epath
+from etils.epath import gpath
+from fsspec.implementations.memory import MemoryFileSystem
+
+from mslam_jax import checkpoints
+from mslam_jax import config
+
+
+class FakeGCS(MemoryFileSystem):
+  """fsspec's in-memory filesystem under the gs:// protocol, with a store of its own."""
+  protocol = ("gs", "gcs")
+  store = {}
+  pseudo_dirs = [""]
+
+  def __init__(self, *args, finalize_on_close=False, **kwargs):  # gcsfs's option, meaningless here
+    del finalize_on_close
+    super().__init__(*args, **kwargs)
+
+  @classmethod
+  def _strip_protocol(cls, path):
+    return super()._strip_protocol(str(path).replace("gs://", "memory://", 1))
+
+
+@pytest.fixture
+def fake_gcs(monkeypatch):
+  """gs:// served from memory: epath's fsspec backend (instead of TensorFlow's) over FakeGCS."""
+  for name in ("gs", "gcs"):
+    monkeypatch.setitem(importlib.import_module("fsspec.registry")._registry, name, FakeGCS)  # pylint: disable=protected-access
+  monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
+  epath.backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
+  FakeGCS.store.clear()
+  yield
+  FakeGCS.store.clear()
+  FakeGCS.pseudo_dirs[:] = [""]
+  epath.backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
+  gin.clear_config()
+
+
+def test_run_directory_paths_stay_remote(fake_gcs):
+  run = "gs://bucket/runs/mslam"
+  assert checkpoints.absolute(run) == run and checkpoints.step_dir(run, 5) == f"{run}/checkpoints/5"
+  assert checkpoints.absolute("rel/run").startswith("/")
+  for step in (100, 300):
+    (epath.Path(run) / "checkpoints" / str(step) / "state").mkdir(parents=True)
+  (epath.Path(run) / "checkpoints" / "200.orbax-checkpoint-tmp-1").mkdir(parents=True)  # unfinished
+  assert checkpoints.checkpoint_steps(run) == [100, 300]
+  assert checkpoints.resolve_checkpoint(run) == (run, f"{run}/checkpoints/300")
+  assert checkpoints.resolve_checkpoint(f"{run}/checkpoints/100") == (run, f"{run}/checkpoints/100")
+  with pytest.raises(FileNotFoundError, match="gs://bucket/nothing"):
+    checkpoints.resolve_checkpoint("gs://bucket/nothing")
+
+
+def test_operative_config_and_gin_files_on_gs(fake_gcs):
+  (epath.Path("gs://bucket/configs")).mkdir(parents=True)
+  epath.Path("gs://bucket/configs/base.gin").write_text("import mslam_jax.data.contract\ncontract_batch_spec.speech_batch = 7\n")
+  epath.Path("gs://bucket/configs/run.gin").write_text("include 'gs://bucket/configs/base.gin'\n"
+                                                       "contract_batch_spec.text_batch = 3\n")
+  path = config.resolve_gin_file("gs://bucket/configs/run.gin")
+  assert path == "gs://bucket/configs/run.gin"
+  config.parse_gin([path])
+  assert gin.query_parameter("contract_batch_spec.speech_batch") == 7
+  assert gin.query_parameter("contract_batch_spec.text_batch") == 3
+  text = config.log_operative_config("gs://bucket/runs/a")
+  assert "mslam_jax.data.contract" in text
+  assert epath.Path("gs://bucket/runs/a/operative_config.gin").read_text() == text
+  with pytest.raises(FileNotFoundError, match="gs://bucket/configs/missing.gin"):
+    config.resolve_gin_file("gs://bucket/configs/missing.gin")
