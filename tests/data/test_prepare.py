@@ -140,3 +140,19 @@ def test_prepared_corpora_combine_into_one_mixture_per_stream(tmp_path):
   json.dump(broken, open(os.path.join(dirs["fleurs"], "manifest.json"), "w", encoding="utf-8"))
   with pytest.raises(inventory.InventoryError, match="afr has id 999"):
     tasks.register_prepared_corpora(dirs, prefix="t2")
+
+
+def test_prepare_writes_to_a_remote_filesystem(tmp_path):
+  """The output on a non-local tf.io.gfile filesystem (TensorFlow's ram://, as Dataflow writes gs://)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from mslam_jax.data.corpora import tasks  # pylint: disable=g-import-not-at-top
+  root = trees.mls(str(tmp_path / "src"))
+  out = f"ram://prepared-{os.getpid()}/mls"
+  manifest = prepare.prepare("mls", root, out, shard_size=2, streams=["paired"])
+  assert tasks.load_manifest(out)["totals"] == manifest["totals"]
+  shard = os.path.join(out, manifest["languages"]["deu"]["streams"]["paired"]["train"]["shards"][0])
+  record = records.from_example_bytes(next(iter(tf.data.TFRecordDataset(shard))).numpy())
+  assert record.lang == "deu" and record.text == "guten tag nummer 0" and len(record.audio) == 16000  # 1 s
+  assert tf.io.gfile.exists(os.path.join(out, "vocab", "characters.json"))
+  again = prepare.prepare("mls", root, out, shard_size=2, streams=["paired"])  # resumes: nothing to do
+  assert again["totals"] == manifest["totals"]

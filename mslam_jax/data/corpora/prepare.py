@@ -8,6 +8,8 @@ renamed) and a small stats file under `.prepare/`. The manifest is assembled fro
 
 Deterministic: the same tree and arguments give the same shards, byte for byte. Resumable: a
 shard whose stats file matches its plan is kept, so a stopped run redoes only unfinished shards.
+The output directory may be remote (gs://..., anything tf.io.gfile writes), so that Dataflow
+workers write straight to Cloud Storage; the corpus itself is read from a local or mounted path.
 Bad input (missing or unreadable clip, empty or markup-only transcript, unknown locale, malformed
 row) is skipped and counted per reason in the manifest. Any Beam runner works
 (`--runner DataflowRunner --pipeline_option=--project=...`); DirectRunner is the default.
@@ -19,6 +21,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 import time
 from typing import Mapping, Sequence
 
@@ -106,15 +109,34 @@ def _stats_path(out_dir: str, shard: str) -> str:
   return os.path.join(out_dir, STATE_DIR, shard + ".json")
 
 
+def _gfile():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.io.gfile
+
+
+def _write_json(path: str, payload: dict, indent: int | None = None) -> None:
+  """Written to a temporary name and renamed, so a reader never sees half a file."""
+  gfile = _gfile()
+  with gfile.GFile(path + ".tmp", "w") as f:
+    f.write(json.dumps(payload, ensure_ascii=False, indent=indent))
+  gfile.rename(path + ".tmp", path, overwrite=True)
+
+
 def read_stats(out_dir: str, plan: ShardPlan) -> dict | None:
+  gfile = _gfile()
   try:
-    with open(_stats_path(out_dir, plan.name), encoding="utf-8") as f:
+    with gfile.GFile(_stats_path(out_dir, plan.name)) as f:
       stats = json.load(f)
-  except (OSError, ValueError):
+  except (OSError, ValueError, tf_errors()):
     return None
-  if stats.get("fingerprint") != plan.fingerprint or not os.path.exists(os.path.join(out_dir, plan.name)):
+  if stats.get("fingerprint") != plan.fingerprint or not gfile.exists(os.path.join(out_dir, plan.name)):
     return None
   return stats
+
+
+def tf_errors():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.errors.OpError
 
 
 def write_shard(plan: ShardPlan, out_dir: str, max_clip_seconds: float) -> dict:
@@ -123,7 +145,7 @@ def write_shard(plan: ShardPlan, out_dir: str, max_clip_seconds: float) -> dict:
   start = time.time()
   counter = audio_lib.SkipCounter(logging.getLogger(__name__))
   path = os.path.join(out_dir, plan.name)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tf.io.gfile.makedirs(os.path.dirname(path))
   tmp = f"{path}.tmp-{os.getpid()}"
   clips, samples, characters = 0, 0, 0
   chars = collections.Counter()
@@ -138,15 +160,13 @@ def write_shard(plan: ShardPlan, out_dir: str, max_clip_seconds: float) -> dict:
         characters += len(utt.text)
         if plan.stream in _VOCAB_STREAMS and plan.split == "train":
           chars.update(utt.text)
-  os.replace(tmp, path)
+  tf.io.gfile.rename(tmp, path, overwrite=True)
   stats = {"fingerprint": plan.fingerprint, "clips": clips, "hours": samples / records.SAMPLE_RATE / 3600.0,
            "characters": characters, "character_counts": dict(sorted(chars.items())),
            **counter.as_dict(), "seconds": round(time.time() - start, 3)}
   stats_path = _stats_path(out_dir, plan.name)
-  os.makedirs(os.path.dirname(stats_path), exist_ok=True)
-  with open(stats_path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(stats, f, ensure_ascii=False)
-  os.replace(stats_path + ".tmp", stats_path)
+  tf.io.gfile.makedirs(os.path.dirname(stats_path))
+  _write_json(stats_path, stats)
   logging.info("prepared %s: %d clips, %.3f h, %s", plan.name, clips, stats["hours"], counter.summary())
   return stats
 
@@ -154,17 +174,20 @@ def write_shard(plan: ShardPlan, out_dir: str, max_clip_seconds: float) -> dict:
 def _remove_stale(out_dir: str, plans: Sequence[ShardPlan]) -> None:
   """Shards of an earlier run that this plan no longer has (another shard count); only files this
   command wrote (those with a stats file) are removed."""
+  gfile = _gfile()
   planned = {p.name for p in plans}
   state = os.path.join(out_dir, STATE_DIR)
-  for dirpath, _, names in os.walk(state):
+  if not gfile.isdir(state):
+    return
+  for dirpath, _, names in gfile.walk(state):
     for n in names:
       if not n.endswith(".json"):
         continue
-      shard = os.path.relpath(os.path.join(dirpath, n), state)[:-len(".json")]
+      shard = os.path.join(dirpath, n)[len(state) + 1:-len(".json")]
       if shard not in planned:
         for p in (os.path.join(out_dir, shard), os.path.join(dirpath, n)):
-          if os.path.exists(p):
-            os.remove(p)
+          if gfile.exists(p):
+            gfile.remove(p)
 
 
 def run_beam(plans: Sequence[ShardPlan], out_dir: str, max_clip_seconds: float, runner: str,
@@ -229,7 +252,7 @@ def prepare(corpus: str, root: str, out_dir: str, languages: Sequence[str] | Non
   if not plans:
     raise ValueError(f"no {'/'.join(streams)} record of {corpus} found under {root} "
                      f"({counter.summary()}); check --root, --languages and --streams")
-  os.makedirs(out_dir, exist_ok=True)
+  _gfile().makedirs(out_dir)
   _remove_stale(out_dir, plans)
   todo = [p for p in plans if read_stats(out_dir, p) is None]
   logging.info("%s: %d records in %d shards; %d to write, %d kept from an earlier run", corpus, len(recs),
@@ -268,7 +291,11 @@ def assemble_manifest(out_dir, plans, counter, settings, corpus, root, streams, 
     if stats["clips"]:
       split["shards"].append(plan.name)
   vocab = vocabulary_from_counts(char_counts)
-  vocab.save(os.path.join(out_dir, "vocab"))
+  gfile = _gfile()
+  with tempfile.TemporaryDirectory() as local:  # the vocabulary saves locally; copied to out_dir
+    saved = vocab.save(local)
+    gfile.makedirs(os.path.join(out_dir, "vocab"))
+    gfile.copy(saved, os.path.join(out_dir, "vocab", os.path.basename(saved)), overwrite=True)
   config_hash = hashlib.sha256(json.dumps([settings, [p.fingerprint for p in plans]]).encode()).hexdigest()[:20]
   manifest = {
       "format": FORMAT, "corpus": corpus, "root": os.path.abspath(root), "config_hash": config_hash,
@@ -283,8 +310,5 @@ def assemble_manifest(out_dir, plans, counter, settings, corpus, root, streams, 
       "build_seconds": round(time.time() - start, 2), "prepare_seconds": round(time.time() - start, 2),
       "complete": True,
   }
-  tmp = os.path.join(out_dir, MANIFEST + ".tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(manifest, f, ensure_ascii=False, indent=1)
-  os.replace(tmp, os.path.join(out_dir, MANIFEST))
+  _write_json(os.path.join(out_dir, MANIFEST), manifest, indent=1)
   return manifest
