@@ -126,3 +126,16 @@ def test_hf_parquet_decodes_audio_bytes(tmp_path):
 def test_unknown_corpus_is_named():
   with pytest.raises(ValueError, match="unknown corpus 'timit'"):
     corpora.reader("timit")
+
+
+def test_mc4_from_a_tfds_data_dir_through_seqio(tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  counter = audio_lib.SkipCounter(logging.getLogger("test"))
+  # TFDS's own mock of a prepared c4/multilingual (its splits `iw` and `iw-validation`).
+  with tfds.testing.mock_data(num_examples=3, policy=tfds.testing.MockPolicy.USE_CODE):
+    recs = list(corpora.reader("mc4").read(str(tmp_path), counter, None, tfds_data_dir=str(tmp_path),
+                                           tfds_languages="iw,und", min_chars=1))
+  assert collections.Counter(r.split for r in recs) == {"train": 3, "validation": 3}
+  assert {r.lang for r in recs} == {"heb"} and counter.skipped == {"unknown_language": 1}
+  with pytest.raises(ValueError, match="tfds_languages"):
+    list(corpora.reader("mc4").read(str(tmp_path), counter, None, tfds_data_dir=str(tmp_path)))
