@@ -55,7 +55,9 @@ MODEL_GIN = ["models/w2vbert2_600m.gin", "experiments/mslam_ctc.gin"]
 BEST_RQ_BINDINGS = ["MSLAMModel.quantizer = 'best_rq'", "ObjectiveWeights.speech_contrastive = 0.0",
                     "ObjectiveWeights.diversity = 0.0"]
 JOINT_GIN = ["models/tiny.gin", "experiments/mslam_ctc_xmodal.gin", "runs/pretrain.gin", "runs/demo.gin"]
-JOINT_BINDINGS = ["MODEL_DIR = '/tmp/unused'", "CORPUS_DIR = '/tmp/unused'"]
+# No corpus: the vocabulary takes the demo corpus' size (120 characters, rounded to 128).
+JOINT_BINDINGS = ["MODEL_DIR = '/tmp/unused'", "CORPUS_DIR = '/tmp/unused'", "corpus_vocab_size.corpus_dir = None",
+                  "VOCAB_SIZE = 128"]
 
 
 def random_audio(batch: int, seconds: float, seed: int = 0) -> np.ndarray:
@@ -245,6 +247,9 @@ def _worker(side: str, args, profile: str | None = None) -> dict:
   if profile:
     command += ["--profile", profile]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  if side != "peer":  # ours runs with the compiler settings every `mslam` command uses
+    from mslam_jax import compilation_cache  # pylint: disable=g-import-not-at-top
+    env["XLA_FLAGS"] = compilation_cache.cpu_compiler_flags(env.get("XLA_FLAGS"))
   proc = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
   lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
   if proc.returncode or not lines:

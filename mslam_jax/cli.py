@@ -118,6 +118,7 @@ def main(argv=None) -> int:
   args.gin_bindings = [flag[len("--gin."):] for flag in gin_flags]
   # Every command: compiled programs are reused across processes (it imports no JAX itself).
   compilation_cache.enable()
+  compilation_cache.tune_cpu_compiler()
   if not (args.command == "data" and getattr(args, "data_command", None) == "languages"):
     import_tensorflow_quietly()
   module = importlib.import_module(args._module)
