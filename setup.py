@@ -11,7 +11,9 @@ INSTALL_REQUIRES = [
     "tensorflow-text>=2.21,<2.22",
     "tensorflow-cpu>=2.21,<2.22",
     "tensorflow-datasets>=4.9.9,<5",
-    "sentencepiece>=0.2.0,<0.3",
+    # 0.2.3's generated protobuf code needs protobuf >= 7.36 at run time without saying so, and
+    # apache-beam (the prepare extra) caps protobuf below 7: seqio would fail to import.
+    "sentencepiece>=0.2.0,<0.2.3",
     "gin-config>=0.5.0,<0.6",
     "clu>=0.0.12,<0.1",
     "tensorboard>=2.20,<2.22",  # clu's TensorBoard SummaryWriter needs it
