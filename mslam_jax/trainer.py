@@ -217,16 +217,29 @@ class Trainer:
       names = sorted(k for k in metric_shapes if k.startswith(prefix))
       if not names:
         return {}
-      terms = lambda p: jnp.stack([self.model.loss_fn(p, batch, rng, state.step)[1][k] for k in names])
-      jacobian = jax.tree_util.tree_flatten_with_path(jax.jacrev(terms)(state.params))[0]
       groups = (params_under,) if isinstance(params_under, str) else tuple(params_under)
+      flat, treedef = jax.tree_util.tree_flatten_with_path(state.params)
+      paths = [_path_name(path) for path, _ in flat]
+      for group in groups:
+        if not any(path.startswith(group) for path in paths):
+          raise ValueError(f"no parameter path starts with {group!r}")
+      # Differentiate only the parameters asked about: the rest enter as constants, so XLA drops
+      # the backward pass below them (e.g. the speech-only stack for "encoder/shared").
+      chosen = [i for i, path in enumerate(paths) if any(path.startswith(g) for g in groups)]
+      leaves = [leaf for _, leaf in flat]
+
+      def terms(selected):
+        full = list(leaves)
+        for i, leaf in zip(chosen, selected):
+          full[i] = leaf
+        metrics = self.model.loss_fn(jax.tree_util.tree_unflatten(treedef, full), batch, rng, state.step)[1]
+        return jnp.stack([metrics[k] for k in names])
+
+      jacobian = jax.jacrev(terms)([leaves[i] for i in chosen])
       out = {}
       for group in groups:
-        leaves = [leaf for path, leaf in jacobian if _path_name(path).startswith(group)]
-        if not leaves:
-          raise ValueError(f"no parameter path starts with {group!r}")
         squares = sum(jnp.sum(jnp.square(leaf.astype(jnp.float32)).reshape(len(names), -1), axis=1)
-                      for leaf in leaves)
+                      for i, leaf in zip(chosen, jacobian) if paths[i].startswith(group))
         label = "grad_norm/" if isinstance(params_under, str) else f"grad_norm/{group}/"
         out.update({label + name[len(prefix):]: jnp.sqrt(squares[i]) for i, name in enumerate(names)})
       return out
