@@ -132,17 +132,8 @@ def count_trainable(encoder_params: Any, masks: Any) -> int:
 
 # -- generic fine-tuning loop ---------------------------------------------------------------------
 
-# Jitted update steps by (model, task, config, shapes): evaluating checkpoint after checkpoint (or
-# the periodic evaluation) compiles the fine-tuning step once, not once per checkpoint.
-_STEP_CACHE: dict[tuple, Any] = {}
-
-
-def _train(loss_fn, encoder_params, head, config: FinetuneConfig, sample_batch, desc: str,
-           cache_key: tuple | None = None):
-  """Adam over {"encoder", "head"} with the config's freezing; returns params and loss curve.
-
-  `cache_key` = (model, ...) must determine `loss_fn` (the compiled step is reused for it).
-  """
+def _train(loss_fn, encoder_params, head, config: FinetuneConfig, sample_batch, desc: str):
+  """Adam over {"encoder", "head"} with the config's freezing; returns params and loss curve."""
   masks = gradient_masks(encoder_params, config)
   logging.info("%s: freeze=%s, %d of %d encoder parameters train", desc, config.freeze,
                count_trainable(encoder_params, masks), sum(np.size(x) for x in jax.tree.leaves(encoder_params)))
@@ -161,16 +152,7 @@ def _train(loss_fn, encoder_params, head, config: FinetuneConfig, sample_batch, 
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
-  if cache_key is None:
-    step = jax.jit(step)
-  else:
-    owner, rest = cache_key[0], cache_key[1:]
-    key = (id(owner),) + rest + (config, jax.tree.structure(params))
-    if key not in _STEP_CACHE or _STEP_CACHE[key][0] is not owner:
-      if len(_STEP_CACHE) >= 4:
-        _STEP_CACHE.clear()
-      _STEP_CACHE[key] = (owner, jax.jit(step))
-    step = _STEP_CACHE[key][1]
+  step = jax.jit(step)
 
   rng = np.random.default_rng(config.seed)
   losses, skipped = [], 0
@@ -239,20 +221,12 @@ class FinetunedCTC:
     return cls(model, params, vocab)
 
 
-_LOG_PROBS_FNS: dict[int, tuple[Any, Any]] = {}
-
-
 def _ctc_log_probs_fn(model):
-  """One jitted CTC forward per model object (so each audio shape compiles once per process)."""
-  entry = _LOG_PROBS_FNS.get(id(model))
-  if entry is None or entry[0] is not model:
-    def log_probs(params, audio, mask):
-      frames, frame_mask, _ = model.encode_speech(params["encoder"], audio, mask)
-      return jax.nn.log_softmax(_head_logits(params["head"], frames.astype(jnp.float32))), frame_mask
-    if len(_LOG_PROBS_FNS) > 8:
-      _LOG_PROBS_FNS.clear()
-    entry = _LOG_PROBS_FNS[id(model)] = (model, jax.jit(log_probs))
-  return entry[1]
+  """The jitted CTC forward of one fine-tuned model (each audio shape compiles once for it)."""
+  def log_probs(params, audio, mask):
+    frames, frame_mask, _ = model.encode_speech(params["encoder"], audio, mask)
+    return jax.nn.log_softmax(_head_logits(params["head"], frames.astype(jnp.float32))), frame_mask
+  return jax.jit(log_probs)
 
 
 def _head_logits(head, frames):
@@ -330,8 +304,7 @@ def finetune_ctc(model: Any, params: Any, utterances: Sequence[Any], vocab: Any,
     ok = per_seq < _INFEASIBLE
     return jnp.sum(jnp.where(ok, per_seq, 0.0)) / jnp.maximum(jnp.sum(tokens_mask.sum(-1) * ok), 1)
 
-  tuned, losses = _train(loss_fn, encoder_params, head, config, sample_batch, "finetune-ctc",
-                         cache_key=(model, "ctc", audio_len, label_len, vocab.vocab_size))
+  tuned, losses = _train(loss_fn, encoder_params, head, config, sample_batch, "finetune-ctc")
   logging.info("CTC fine-tuning: loss per character %.3f -> %.3f over %d steps",
                losses[0] if losses else float("nan"), losses[-1] if losses else float("nan"), len(losses))
   return FinetunedCTC(model, tuned, vocab, losses, config.batch_size)
@@ -365,19 +338,16 @@ def ctc_metrics(tuned: FinetunedCTC, utterances: Sequence[Any], prefix: str, bea
   return metrics
 
 
-# The CTC evaluator and the alignment evaluator share one fine-tuned head per checkpoint.
-_CTC_CACHE: dict[tuple, FinetunedCTC] = {}
-
-
-def cached_finetune_ctc(model, params, step: int, corpus_dir: str, train_langs: Sequence[str] | None,
+def checkpoint_ctc_head(ctx: base.EvalContext, corpus_dir: str, train_langs: Sequence[str] | None,
                         max_per_lang: int | None, config: FinetuneConfig) -> FinetunedCTC:
+  """The CTC head fine-tuned on this checkpoint; the ctc, zero_shot and alignment evaluators share
+  it through the checkpoint's context (trained once when their settings agree)."""
   langs = tuple(eval_data.training_languages(corpus_dir) if train_langs is None else train_langs)
-  key = (id(model), id(params), int(step), os.path.abspath(corpus_dir), langs, max_per_lang, config)
-  if key not in _CTC_CACHE:
-    _CTC_CACHE.clear()  # one checkpoint at a time: do not hold old parameters alive
+  key = ("ctc_head", os.path.abspath(corpus_dir), langs, max_per_lang, config)
+  if key not in ctx.shared:
     utts = eval_data.read_utterances(corpus_dir, "paired", "train", langs, max_per_lang)
-    _CTC_CACHE[key] = finetune_ctc(model, params, utts, eval_data.load_vocabulary(corpus_dir), config)
-  return _CTC_CACHE[key]
+    ctx.shared[key] = finetune_ctc(ctx.model, ctx.params, utts, eval_data.load_vocabulary(corpus_dir), config)
+  return ctx.shared[key]
 
 
 def _plot_losses(path: str, losses: Sequence[float], title: str) -> None:
@@ -406,20 +376,21 @@ class CTCFinetuneEvaluator:
   def __init__(self, corpus_dir: str | None = None, langs: Sequence[str] | None = None,
                max_train_per_lang: int | None = None, max_test_per_lang: int | None = 50,
                beam_size: int = 8, config: FinetuneConfig | None = None):
-    self.corpus_dir = eval_data.resolve_corpus_dir(corpus_dir, type(self).__name__)
+    self.corpus_dir = corpus_dir
     self.langs = langs
     self.max_train_per_lang, self.max_test_per_lang = max_train_per_lang, max_test_per_lang
     self.beam_size = beam_size
     self.config = config or FinetuneConfig()
 
-  def evaluate(self, model, params, step: int, out_dir: str | None = None) -> dict[str, float]:
-    tuned = cached_finetune_ctc(model, params, step, self.corpus_dir, self.langs, self.max_train_per_lang, self.config)
-    langs = self.langs or eval_data.training_languages(self.corpus_dir)
-    test = eval_data.read_utterances(self.corpus_dir, "paired", "test", langs, self.max_test_per_lang)
+  def evaluate(self, ctx: base.EvalContext) -> dict[str, float]:
+    corpus_dir = ctx.corpus(self.corpus_dir, type(self).__name__)
+    tuned = checkpoint_ctc_head(ctx, corpus_dir, self.langs, self.max_train_per_lang, self.config)
+    langs = self.langs or eval_data.training_languages(corpus_dir)
+    test = eval_data.read_utterances(corpus_dir, "paired", "test", langs, self.max_test_per_lang)
     metrics = ctc_metrics(tuned, test, "ctc", self.beam_size)
-    if out_dir:
-      _plot_losses(os.path.join(out_dir, "ctc_finetune_loss.png"), tuned.losses,
-                   f"CTC fine-tuning ({self.config.freeze}), step {step}")
+    if ctx.out_dir:
+      _plot_losses(os.path.join(ctx.out_dir, "ctc_finetune_loss.png"), tuned.losses,
+                   f"CTC fine-tuning ({self.config.freeze}), step {ctx.step}")
     return metrics
 
 
@@ -482,8 +453,7 @@ def finetune_classifier(model: Any, params: Any, audios: Sequence[np.ndarray], l
     _, _, pooled = model.encode_speech(p["encoder"], audio, mask)
     return optax.softmax_cross_entropy_with_integer_labels(_classifier_logits(p["head"], pooled), y).mean()
 
-  tuned, losses = _train(loss_fn, encoder_params, head, config, sample_batch, "finetune-classifier",
-                         cache_key=(model, "classifier", audio_len, len(classes)))
+  tuned, losses = _train(loss_fn, encoder_params, head, config, sample_batch, "finetune-classifier")
   return FinetunedClassifier(model, tuned, classes, losses, config.batch_size)
 
 
@@ -494,19 +464,19 @@ class LangIDFinetuneEvaluator:
 
   def __init__(self, corpus_dir: str | None = None, stream: str = "speech", max_train_per_lang: int | None = 40,
                max_test_per_lang: int | None = 20, config: FinetuneConfig | None = None):
-    self.corpus_dir = eval_data.resolve_corpus_dir(corpus_dir, type(self).__name__)
+    self.corpus_dir = corpus_dir
     self.stream = stream
     self.max_train_per_lang, self.max_test_per_lang = max_train_per_lang, max_test_per_lang
     self.config = config or FinetuneConfig()
 
-  def evaluate(self, model, params, step: int, out_dir: str | None = None) -> dict[str, float]:
-    del step, out_dir
+  def evaluate(self, ctx: base.EvalContext) -> dict[str, float]:
     from sklearn.metrics import f1_score  # pylint: disable=g-import-not-at-top
-    train = eval_data.read_utterances(self.corpus_dir, self.stream, "train", max_per_lang=self.max_train_per_lang)
-    test = eval_data.read_utterances(self.corpus_dir, self.stream, "test", max_per_lang=self.max_test_per_lang)
+    corpus_dir = ctx.corpus(self.corpus_dir, type(self).__name__)
+    train = eval_data.read_utterances(corpus_dir, self.stream, "train", max_per_lang=self.max_train_per_lang)
+    test = eval_data.read_utterances(corpus_dir, self.stream, "test", max_per_lang=self.max_test_per_lang)
     train = [u for u in train if len(u.audio)]
     test = [u for u in test if len(u.audio)]
-    clf = finetune_classifier(model, params, [u.audio for u in train], [u.lang for u in train], self.config)
+    clf = finetune_classifier(ctx.model, ctx.params, [u.audio for u in train], [u.lang for u in train], self.config)
     predicted = clf.predict([u.audio for u in test])
     truth = [u.lang for u in test]
     return {"langid_finetune_accuracy_speech": float(np.mean(np.array(predicted) == np.array(truth))),

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mslam_jax.evaluation import alignment, finetune, registry, zero_shot
+from mslam_jax.evaluation import alignment, base, finetune, registry, zero_shot
 from mslam_jax.evaluation import data as eval_data
 from tests.evaluation import synthetic
 
@@ -121,11 +121,15 @@ def test_ctc_alignment_and_zero_shot_evaluators(corpus, model_and_params, tmp_pa
     gin.bind_parameter("FinetuneConfig.learning_rate", FAST.learning_rate)
     gin.bind_parameter("FinetuneConfig.warmup_steps", FAST.warmup_steps)
   try:
-    ctc = finetune.CTCFinetuneEvaluator(corpus_dir=corpus).evaluate(model, params, 7, out_dir=str(tmp_path))
-    aligned = alignment.AlignmentEvaluator(corpus_dir=corpus).evaluate(model, params, 7, out_dir=str(tmp_path))
-    zs = zero_shot.ZeroShotEvaluator(corpus_dir=corpus).evaluate(model, params, 7)
+    ctx = base.EvalContext(model, params, 7, corpus_dir=corpus, out_dir=str(tmp_path))
+    ctc = finetune.CTCFinetuneEvaluator().evaluate(ctx)
+    aligned = alignment.AlignmentEvaluator().evaluate(ctx)
+    zs = zero_shot.ZeroShotEvaluator().evaluate(ctx)
   finally:
     gin.clear_config()
+  # ctc and alignment share one fine-tuned head through the checkpoint's context; zero_shot trains
+  # its own (its training languages leave the held-out ones out).
+  assert len([k for k in ctx.shared if k[0] == "ctc_head"]) == 1
   # The audio spells the text: a linear CTC head on frozen features must get most characters right.
   assert ctc["ctc_cer"] < 0.25, ctc
   assert ctc["ctc_cer_beam"] <= ctc["ctc_cer"] + 0.05
@@ -148,9 +152,11 @@ def test_ctc_alignment_and_zero_shot_evaluators(corpus, model_and_params, tmp_pa
 
 def test_embedding_evaluators(corpus, model_and_params, tmp_path):
   model, params = model_and_params
-  evaluators = [registry.get(n)(corpus_dir=corpus) for n in ("retrieval", "langid", "embedding_map")]
-  metrics = registry.run_evaluators(evaluators, model, params, 3, out_dir=str(tmp_path))
-  assert metrics["eval_failed_evaluators"] == 0
+  evaluators = [registry.get(n)() for n in ("retrieval", "langid", "embedding_map")]
+  result = registry.run_evaluators(evaluators, base.EvalContext(model, params, 3, corpus_dir=corpus,
+                                                                out_dir=str(tmp_path)))
+  metrics = result.metrics
+  assert metrics["eval_failed_evaluators"] == 0 and result.complete
   for direction in ("speech_to_text", "text_to_speech"):
     for name in ("r1", "r5", "mrr"):
       assert 0.0 <= metrics[f"retrieval_{name}_{direction}"] <= 1.0
@@ -165,9 +171,8 @@ def test_embedding_evaluators(corpus, model_and_params, tmp_path):
 
 def test_build_from_gin_and_failures_are_counted(corpus, model_and_params):
   model, params = model_and_params
-  gin.parse_config(f"""
+  gin.parse_config("""
       build_evaluators.names = ["retrieval"]
-      RetrievalEvaluator.corpus_dir = "{corpus}"
       RetrievalEvaluator.max_per_lang = 4
   """)
   try:
@@ -176,19 +181,22 @@ def test_build_from_gin_and_failures_are_counted(corpus, model_and_params):
     gin.clear_config()
   assert [e.name for e in evaluators] == ["retrieval"]
   broken = registry.get("retrieval")(corpus_dir=os.path.join(corpus, "missing"))
-  metrics = registry.run_evaluators(evaluators + [broken], model, params, 0)
-  assert metrics["eval_failed_evaluators"] == 1
-  assert metrics["retrieval_pool_size"] == 12
+  broken.name = "retrieval_elsewhere"
+  result = registry.run_evaluators(evaluators + [broken], base.EvalContext(model, params, 0, corpus_dir=corpus))
+  assert result.metrics["eval_failed_evaluators"] == 1 and result.failed == ["retrieval_elsewhere"]
+  assert result.metrics["retrieval_pool_size"] == 12
   with pytest.raises(KeyError, match="unknown evaluator"):
     registry.get("bleu")
 
 
-def test_corpus_dir_defaults_to_the_run_macro(corpus):
-  gin.clear_config()
-  with pytest.raises(ValueError, match="RetrievalEvaluator.corpus_dir"):
-    registry.get("retrieval")()
-  gin.parse_config(f"CORPUS_DIR = '{corpus}'")
+def test_the_corpus_comes_with_the_context_not_from_gin(corpus, model_and_params):
+  model, params = model_and_params
+  gin.parse_config(f"CORPUS_DIR = '{corpus}'")  # a global macro is never read by an evaluator
   try:
-    assert all(registry.get(n)().corpus_dir == corpus for n in ("retrieval", "ctc", "alignment", "zero_shot"))
+    with pytest.raises(ValueError, match="no corpus for RetrievalEvaluator"):
+      registry.get("retrieval")().evaluate(base.EvalContext(model, params, 0))
   finally:
     gin.clear_config()
+  # An evaluator's own corpus_dir overrides the context's.
+  ctx = base.EvalContext(model, params, 0, corpus_dir=os.path.join(corpus, "missing"))
+  assert registry.get("retrieval")(corpus_dir=corpus, max_per_lang=2).evaluate(ctx)["retrieval_pool_size"] == 6

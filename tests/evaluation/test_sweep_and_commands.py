@@ -63,9 +63,9 @@ class _Counting:
   def __init__(self):
     self.calls = []
 
-  def evaluate(self, model, params, step, out_dir=None):
-    self.calls.append(step)
-    return {"param_sum": float(np.sum(params["frontend"]["kernel"]))}
+  def evaluate(self, ctx):
+    self.calls.append(ctx.step)
+    return {"param_sum": float(np.sum(ctx.params["frontend"]["kernel"]))}
 
 
 def test_sweep_writes_reports_and_skips_evaluated(run_dir, tmp_path):
@@ -98,10 +98,10 @@ class _FakeZeroShot:
   """Stands in for the zero-shot evaluator (whose own test is in test_evaluators.py)."""
   runs = []
 
-  def evaluate(self, model, params, step, out_dir=None):
-    self.runs.append((step, model.dim))
+  def evaluate(self, ctx):
+    self.runs.append((ctx.step, ctx.model.dim))
     # The parameters must fit the model they are applied to.
-    assert params["frontend"]["kernel"].shape[-1] == model.dim
+    assert ctx.params["frontend"]["kernel"].shape[-1] == ctx.model.dim
     return {"zero_shot_cer": 0.5, "zero_shot_cer/ccc": 0.5, "other_figure": 1.0}
 
 
