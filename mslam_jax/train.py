@@ -92,8 +92,15 @@ class PreemptionWatcher:
   def __init__(self, multi_process: bool):
     self._multi = multi_process
     self._requested = False
+    self._previous = None
     if not multi_process:
-      signal.signal(signal.SIGTERM, self._on_signal)
+      self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+
+  def close(self) -> None:
+    """Gives SIGTERM back to whoever had it (a fine-tuning job inside a run's evaluation)."""
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
 
   def _on_signal(self, signum, frame):
     del frame
@@ -305,6 +312,7 @@ def train(*,
     summary["stopped"] = "nonfinite"
     raise
   finally:
+    watcher.close()
     bar.close()
     writer.close()
     ckpt.close()

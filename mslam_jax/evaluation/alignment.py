@@ -274,9 +274,10 @@ class AlignmentEvaluator:
   def evaluate(self, ctx: base.EvalContext) -> dict[str, float]:
     from mslam_jax.evaluation import data as eval_data  # pylint: disable=g-import-not-at-top
     from mslam_jax.evaluation import finetune  # pylint: disable=g-import-not-at-top
+    from mslam_jax.evaluation import finetune_job  # pylint: disable=g-import-not-at-top
     corpus_dir, out_dir = ctx.corpus(self.corpus_dir, type(self).__name__), ctx.out_dir
-    tuned = finetune.checkpoint_ctc_head(ctx, corpus_dir, self.langs, self.max_train_per_lang,
-                                         finetune.FinetuneConfig())
+    tuned = finetune_job.checkpoint_ctc_head(ctx, corpus_dir, self.langs, self.max_train_per_lang,
+                                             finetune.FinetuneConfig())
     langs = self.langs or eval_data.training_languages(corpus_dir)
     utts = [u for u in eval_data.read_utterances(corpus_dir, "paired", "test", langs, self.max_per_lang)
             if len(u.audio) and u.text.strip() and len(u.words)]

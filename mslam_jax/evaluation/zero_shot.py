@@ -15,6 +15,7 @@ import gin
 
 from mslam_jax.evaluation import data as eval_data
 from mslam_jax.evaluation import finetune
+from mslam_jax.evaluation import finetune_job
 from mslam_jax.evaluation import base
 
 ABLATION_SUFFIX = "_speech_only_ablation"
@@ -52,8 +53,8 @@ class ZeroShotEvaluator:
       raise ValueError(f"{corpus_dir}/manifest.json names no held-out languages; set "
                        "ZeroShotEvaluator.held_out_langs in gin")
     train_langs = self.train_langs or [l for l in eval_data.training_languages(corpus_dir) if l not in held_out]
-    tuned = finetune.checkpoint_ctc_head(ctx, corpus_dir, train_langs, self.max_train_per_lang,
-                                         finetune.FinetuneConfig())
+    tuned = finetune_job.checkpoint_ctc_head(ctx, corpus_dir, train_langs, self.max_train_per_lang,
+                                             finetune.FinetuneConfig())
     test = eval_data.read_utterances(corpus_dir, "paired", "test", held_out, self.max_test_per_lang)
     metrics = finetune.ctc_metrics(tuned, test, "zero_shot", self.beam_size)
     metrics["zero_shot_num_languages"] = float(len(held_out))

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mslam_jax.evaluation import alignment, base, finetune, registry, zero_shot
+from mslam_jax.evaluation import alignment, base, downstream, finetune, finetune_job, registry, zero_shot
 from mslam_jax.evaluation import data as eval_data
 from tests.evaluation import synthetic
 
@@ -59,14 +59,15 @@ def test_gradient_masks(scanned):
 
 
 @pytest.mark.parametrize("scanned", [False, True])
-def test_freezing_choices_change_only_what_they_should(corpus, scanned):
+def test_freezing_choices_change_only_what_they_should(corpus, scanned, tmp_path):
   model = synthetic.SpectralModel(dim=8, vocab_size=8, scanned=scanned)
   params = model.init(jax.random.PRNGKey(1))
   utts = eval_data.read_utterances(corpus, "speech", "train", ["aaa", "bbb"], max_per_lang=4)
   audios, labels = [u.audio for u in utts], [u.lang for u in utts]
 
   def changed(config):
-    tuned = finetune.finetune_classifier(model, params, audios, labels, config)
+    ctx = base.EvalContext(model, params, 0, model_dir=str(tmp_path))
+    tuned = finetune_job.checkpoint_classifier(ctx, "clf", audios, labels, config, {})
     assert tuned.classes == ["aaa", "bbb"]
     return jax.tree.map(lambda a, b: np.abs(np.asarray(a) - np.asarray(b)).reshape(np.shape(a)[0], -1).max(-1)
                         if scanned and np.ndim(a) == 3 else float(np.abs(np.asarray(a) - np.asarray(b)).max()),
@@ -74,8 +75,8 @@ def test_freezing_choices_change_only_what_they_should(corpus, scanned):
 
   # 3 steps: the classifier head starts at zero (logistic regression), so the encoder first gets a
   # gradient once the head has moved.
-  base = dict(steps=3, batch_size=4, warmup_steps=1, learning_rate=1e-2, encoder_learning_rate=1e-2)
-  top = changed(finetune.FinetuneConfig(freeze="top_k", top_k=1, **base))
+  fast = dict(steps=3, batch_size=4, warmup_steps=1, learning_rate=1e-2, encoder_learning_rate=1e-2)
+  top = changed(finetune.FinetuneConfig(freeze="top_k", top_k=1, **fast))
   assert top["frontend"]["kernel"] == 0 and top["text_embed"]["embedding"] == 0
   if scanned:
     rows = top["shared"]["layers"]["kernel"]
@@ -84,7 +85,7 @@ def test_freezing_choices_change_only_what_they_should(corpus, scanned):
   assert top["shared"]["layers_1"]["kernel"] == 0 and top["shared"]["layers_2"]["kernel"] > 0
   # (freeze="all" trains every leaf through the same path as the top layer here; its masks are
   # checked in test_gradient_masks.)
-  frozen = changed(finetune.FinetuneConfig(freeze="frozen", **base))
+  frozen = changed(finetune.FinetuneConfig(freeze="frozen", **fast))
   assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(frozen))
 
 
@@ -92,7 +93,8 @@ class _OffsetModel:
   """Pooled embedding = a large constant + 1e-3 x the clip's mean level: two languages of different
   loudness differ by a tiny fraction of the norm, as a lightly trained encoder's clips do."""
 
-  def init(self, rng):
+  def init(self, rng, batch=None):
+    del batch
     return {"offset": 100.0 * jax.random.normal(rng, (8,)), "direction": jnp.ones((8,))}
 
   def encode_speech(self, params, audio, mask):
@@ -104,13 +106,14 @@ class _OffsetModel:
     raise NotImplementedError("speech only")
 
 
-def test_classifier_head_separates_embeddings_that_differ_by_a_small_fraction():
+def test_classifier_head_separates_embeddings_that_differ_by_a_small_fraction(tmp_path):
   rng = np.random.default_rng(0)
   audios = [rng.standard_normal(4000).astype(np.float32) * (0.1 if i % 2 else 1.0) for i in range(32)]
   labels = ["quiet" if i % 2 else "loud" for i in range(32)]
   model = _OffsetModel()
   config = finetune.FinetuneConfig(freeze="frozen", steps=40, batch_size=8, warmup_steps=5, learning_rate=1e-2)
-  tuned = finetune.finetune_classifier(model, model.init(jax.random.PRNGKey(0)), audios, labels, config)
+  ctx = base.EvalContext(model, model.init(jax.random.PRNGKey(0)), 0, model_dir=str(tmp_path))
+  tuned = finetune_job.checkpoint_classifier(ctx, "loudness", audios, labels, config, {})
   assert tuned.predict(audios) == labels
 
 
@@ -122,14 +125,14 @@ def test_ctc_alignment_and_zero_shot_evaluators(corpus, model_and_params, tmp_pa
     gin.bind_parameter("FinetuneConfig.warmup_steps", FAST.warmup_steps)
   try:
     ctx = base.EvalContext(model, params, 7, corpus_dir=corpus, out_dir=str(tmp_path))
-    ctc = finetune.CTCFinetuneEvaluator().evaluate(ctx)
+    ctc = downstream.CTCFinetuneEvaluator().evaluate(ctx)
     aligned = alignment.AlignmentEvaluator().evaluate(ctx)
     zs = zero_shot.ZeroShotEvaluator().evaluate(ctx)
   finally:
     gin.clear_config()
-  # ctc and alignment share one fine-tuned head through the checkpoint's context; zero_shot trains
-  # its own (its training languages leave the held-out ones out).
-  assert len([k for k in ctx.shared if k[0] == "ctc_head"]) == 1
+  # ctc and alignment share one fine-tuned head through the checkpoint's context (zero_shot's
+  # training languages are the same here: the held-out one has no paired train data).
+  assert len([k for k in ctx.shared if isinstance(k, tuple) and k[0] == "ctc_head"]) == 1
   # The audio spells the text: a linear CTC head on frozen features must get most characters right.
   assert ctc["ctc_cer"] < 0.25, ctc
   assert ctc["ctc_cer_beam"] <= ctc["ctc_cer"] + 0.05

@@ -167,12 +167,18 @@ def test_mslam_eval_command(run_dir, tmp_path, capsys):
 def test_finetune_align_retrieve_langid_commands(run_dir, tmp_path, capsys):
   model_dir, corpus = run_dir
   ft = str(tmp_path / "ctc")
-  rc = cli.main(["finetune", "--model_dir", model_dir, "--out", ft, "--freeze", "frozen", "--steps", "150",
+  rc = cli.main(["finetune", "--task", "ctc", "--init_from", model_dir, "--gin.MODEL_DIR='" + ft + "'",
+                 "--freeze", "frozen", "--steps", "150",
                  "--gin.FinetuneConfig.learning_rate=1e-2", "--gin.finetune_run.max_test_per_lang=3"])
   assert rc == 0
   metrics = json.loads(capsys.readouterr().out)
-  assert metrics["ctc_cer"] < 0.5
-  assert os.path.exists(os.path.join(ft, "ctc_params.msgpack")) and os.path.exists(os.path.join(ft, "source.json"))
+  assert metrics["ctc_cer"] < 0.5 and metrics["final_step"] == 150
+  # A run directory like pre-training's: checkpoints, per-step metrics, where it came from.
+  assert checkpoints.checkpoint_steps(ft)[-1] == 150
+  assert os.path.exists(os.path.join(ft, "metrics.jsonl")) and os.path.exists(os.path.join(ft, "source.json"))
+  gin.clear_config()
+  # The pre-training run's own MODEL_DIR is never taken for the fine-tuning run's.
+  assert cli.main(["finetune", "--task", "ctc", "--init_from", model_dir]) == 2
 
   audio, words, starts, ends = synthetic.synthesize("abc dea", "aaa")
   wav = str(tmp_path / "utt.wav")
