@@ -234,11 +234,11 @@ def train(*,
 
   def evaluate(evaluators, model, params, step) -> dict:
     from mslam_jax.evaluation import base as eval_base  # pylint: disable=g-import-not-at-top
-    from mslam_jax.evaluation import sweep  # pylint: disable=g-import-not-at-top
+    from mslam_jax.evaluation import runner  # pylint: disable=g-import-not-at-top
     ctx = eval_base.EvalContext(
         model=model, params=params, step=step, model_dir=model_dir, corpus_dir=corpus_dir,
         out_dir=os.path.join(model_dir, "eval", f"step_{step}") if primary else None, compiled=compiled)
-    result = sweep.evaluate_checkpoint(evaluators, ctx, source=checkpoints.step_dir(model_dir, step))
+    result = runner.evaluate_checkpoint(evaluators, ctx, source=checkpoints.step_dir(model_dir, step))
     if result.failed:
       logging.warning("Step %d: evaluator(s) %s failed; training goes on", step, result.failed)
     return {f"eval/{k}": v for k, v in result.metrics.items()}

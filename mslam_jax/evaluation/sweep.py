@@ -17,25 +17,8 @@ from mslam_jax import config
 from mslam_jax.evaluation import base
 from mslam_jax.evaluation import registry
 from mslam_jax.evaluation import report
+from mslam_jax.evaluation import runner
 from mslam_jax.evaluation import zero_shot
-
-
-def evaluate_checkpoint(evaluators: Sequence[Any], ctx: base.EvalContext, source: str = "",
-                        extra_metrics: dict[str, float] | None = None) -> base.EvalResult:
-  """Runs the evaluators on one checkpoint and, when `ctx.out_dir` is set, writes its report there.
-
-  The one evaluation step of the project: `mslam eval` calls it for each checkpoint of a sweep and
-  the trainer for its periodic evaluation, so both give the same figures under the same keys.
-  A failed evaluator is named in the metrics (`eval_failed/<name>`) and in metrics.json, which then
-  does not count as evaluated.
-  """
-  result = base.run_evaluators(evaluators, ctx)
-  result.metrics.update({f"{base.FAILED_PREFIX}{name}": 1.0 for name in result.failed})
-  result.metrics.update(extra_metrics or {})
-  if ctx.out_dir:
-    report.write_checkpoint_report(ctx.out_dir, ctx.step, result.metrics, source, result.evaluators,
-                                   result.failed)
-  return result
 
 
 @gin.configurable
@@ -74,7 +57,7 @@ def evaluate_checkpoints(model_dir: str = gin.REQUIRED, model: Any = None, check
     params = checkpoints_lib.load_params(checkpoint_dir)
     ctx = base.EvalContext(model=model, params=params, step=step, model_dir=model_dir, corpus_dir=corpus_dir,
                            out_dir=out_dir, seed=seed, compiled=compiled)
-    results[step] = evaluate_checkpoint(evaluators, ctx, checkpoint_dir, extra).metrics
+    results[step] = runner.evaluate_checkpoint(evaluators, ctx, checkpoint_dir, extra).metrics
     del params, ctx
   report.write_sweep_report(output_dir, results)
   logging.info("Evaluation report: %s", os.path.join(output_dir, report.REPORT_FILE))
