@@ -166,6 +166,7 @@ def train(*,
           collapse_cosine: float = 0.99,
           progress_bar: bool = True,
           tensorboard: bool = True,
+          log_config: bool = True,
           stop_after: int | None = None) -> dict:
   """Trains `model` on batches from `iterator_fn(shard_index=, num_shards=)` for `train_steps`.
 
@@ -216,7 +217,11 @@ def train(*,
   # The iterator's setup (e.g. register_builtin_corpus) runs lazily; run it now so that the
   # operative config records it (CORPUS_DIR among others) for `mslam eval` to read back.
   getattr(iterator, "ensure_setup", lambda: None)()
-  config.log_operative_config(model_dir if primary else None)
+  if log_config:
+    config.log_operative_config(model_dir if primary else None)
+  elif primary:  # written, not logged (e.g. a fine-tuning job inside an evaluation)
+    with open(os.path.join(model_dir, config.OPERATIVE_CONFIG), "w") as f:
+      f.write(gin.operative_config_str())
 
   latest = ckpt.latest_step()
   if latest is not None:

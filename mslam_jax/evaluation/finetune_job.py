@@ -68,7 +68,8 @@ def train_task(task_model: Any, iterator_fn: Callable[..., Any], model_dir: str,
       model_dir=model_dir, train_steps=settings.steps, model=task_model, iterator_fn=iterator_fn,
       optimizer=finetune.finetune_optimizer(settings), initialize_params=initialize,
       checkpoint_every=settings.checkpoint_every, keep_checkpoints=2, async_checkpoints=False, log_every=1,
-      eval_every=0, evaluators=(), health_every=0, progress_bar=progress_bar, tensorboard=tensorboard)
+      eval_every=0, evaluators=(), health_every=0, progress_bar=progress_bar, tensorboard=tensorboard,
+      log_config=progress_bar)
 
 
 def finished_params(model_dir: str, steps: int) -> Any | None:

@@ -209,3 +209,29 @@ def test_finetune_align_retrieve_langid_commands(run_dir, tmp_path, capsys):
   out = json.loads(captured.out)
   assert "--checkpoint is deprecated" in captured.err and "use --model_dir" in captured.err
   assert [r["language"] for r in out["results"]] == ["aaa", "bbb"]
+
+
+def test_evaluator_heads_are_fine_tuning_jobs_cached_in_the_run(run_dir, tmp_path):
+  from mslam_jax.evaluation import downstream, finetune  # pylint: disable=g-import-not-at-top
+  model_dir, corpus = run_dir
+  config.parse_run_config(model_dir)
+  model = config.build_model()
+  settings = finetune.FinetuneConfig(freeze="frozen", steps=12, checkpoint_every=4, learning_rate=1e-2,
+                                     warmup_steps=2)
+  evaluators = [downstream.CTCFinetuneEvaluator(config=settings, max_test_per_lang=2)]
+  out = str(tmp_path / "eval")
+  first = sweep.evaluate_checkpoints(model_dir=model_dir, model=model, checkpoints="latest", output_dir=out,
+                                     evaluators=evaluators, corpus_dir=corpus)
+  heads = [d for d in os.listdir(os.path.join(model_dir, "finetune")) if d.startswith("ctc_step4_")]
+  assert len(heads) == 1
+  head_dir = os.path.join(model_dir, "finetune", heads[0])
+  # A run directory of its own, trained by the Trainer: checkpoints, a loss per step, its source.
+  assert checkpoints.checkpoint_steps(head_dir)[-1] == 12
+  lines = open(os.path.join(head_dir, "metrics.jsonl")).read().splitlines()
+  assert [json.loads(l)["step"] for l in lines] == list(range(1, 13))
+  assert json.load(open(os.path.join(head_dir, "source.json")))["step"] == 4
+  # Evaluated again (forced): the head is read back, not trained again, and scores the same.
+  again = sweep.evaluate_checkpoints(model_dir=model_dir, model=model, checkpoints="latest", output_dir=out,
+                                     evaluators=evaluators, corpus_dir=corpus, force=True)
+  assert open(os.path.join(head_dir, "metrics.jsonl")).read().splitlines() == lines
+  assert again[4]["ctc_cer"] == first[4]["ctc_cer"]
