@@ -179,6 +179,9 @@ def train(*,
   current parameters and `corpus_dir` through the same function as `mslam eval`; their figures go
   to the metrics under "eval/" and, as a sweep would write them, to MODEL_DIR/eval/step_<N>/.
 
+  `log_config=False` writes MODEL_DIR/operative_config.gin without logging it (a fine-tuning job
+  run by an evaluator).
+
   Health: every `health_every` steps (0: never) the step's batch is differentiated objective by
   objective and each one's gradient norm over the parameters under `health_params` is logged
   (`grad_norm/<objective>`). Whenever the model's `health/frame_cosine` or

@@ -49,7 +49,7 @@ def _encoder_source(task_model: Any, pretrained: Any) -> Any:
 
 def train_task(task_model: Any, iterator_fn: Callable[..., Any], model_dir: str, settings: finetune.FinetuneConfig,
                pretrained: Callable[[], Any], head_init: Callable[[Any], dict | None] | None = None,
-               progress_bar: bool = True, tensorboard: bool = False) -> dict:
+               progress_bar: bool = True, tensorboard: bool = False, log_config: bool = True) -> dict:
   """Trains `task_model` into `model_dir` (or resumes it there) for `settings.steps`; returns the
   trainer's summary. `pretrained()` gives the pre-training parameters (read only on a fresh start);
   `head_init(params)` may return head parameters to start from (e.g. a pre-trained CTC head)."""
@@ -69,7 +69,7 @@ def train_task(task_model: Any, iterator_fn: Callable[..., Any], model_dir: str,
       optimizer=finetune.finetune_optimizer(settings), initialize_params=initialize,
       checkpoint_every=settings.checkpoint_every, keep_checkpoints=2, async_checkpoints=False, log_every=1,
       eval_every=0, evaluators=(), health_every=0, progress_bar=progress_bar, tensorboard=tensorboard,
-      log_config=progress_bar)
+      log_config=log_config)
 
 
 def finished_params(model_dir: str, steps: int) -> Any | None:
@@ -129,7 +129,7 @@ def _train_in_process(ctx: base.EvalContext, task: str, examples: finetune.Examp
   task_model = task_model or finetune.task_model(task)(ctx.model, num_classes, freeze_encoder=settings.freeze == "frozen")
   iterator_fn = functools.partial(finetune.ExampleBatches, examples, task, settings.batch_size, settings.seed)
   summary = train_task(task_model, iterator_fn, model_dir, settings, pretrained=lambda: ctx.params,
-                       head_init=head_init, progress_bar=False)
+                       head_init=head_init, log_config=False)
   if summary["stopped"] != "done":
     raise RuntimeError(f"fine-tuning in {model_dir} stopped early ({summary['stopped']})")
   return checkpoints.load_params(checkpoints.step_dir(model_dir, summary["final_step"]))
