@@ -169,14 +169,13 @@ def checkpoint_classifier(ctx: base.EvalContext, name: str, audios: Sequence[np.
   examples, classes = finetune.class_examples(audios, labels, settings.max_audio_seconds)
   key = {**key, "task": "classify", "classes": classes, "settings": _settings_dict(settings)}
   model_dir = _head_dir(ctx, name, key)
-  # The head standardizes pooled embeddings with statistics of the training clips under the
-  # starting encoder, as the linear probe does (a lightly trained encoder's clips differ by a small
-  # fraction of their norm).
-  pooled = eval_data.Encoder(ctx.model, ctx.params, batch_size=settings.batch_size, cache=ctx.compiled).speech(
-      examples.audios)
-
   def head_init(params):
+    # The head standardizes pooled embeddings with statistics of the training clips under the
+    # starting encoder, as the linear probe does (a lightly trained encoder's clips differ by a
+    # small fraction of their norm), and starts as logistic regression does: every class alike.
     del params
+    pooled = eval_data.Encoder(ctx.model, ctx.params, batch_size=settings.batch_size,
+                               cache=ctx.compiled).speech(examples.audios)
     dim = pooled.shape[-1]
     return {"kernel": np.zeros((dim, len(classes)), np.float32), "bias": np.zeros((len(classes),), np.float32),
             "mean": pooled.mean(0).astype(np.float32), "inv_std": (1.0 / (pooled.std(0) + 1e-6)).astype(np.float32)}
