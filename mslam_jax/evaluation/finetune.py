@@ -332,16 +332,34 @@ def class_examples(audios: Sequence[np.ndarray], labels: Sequence[str], max_audi
   return Examples([a for a, _ in kept], [classes.index(l) for _, l in kept], audio_len), classes
 
 
-class ExampleBatches:
-  """Deterministic batches of a task's examples: batch n depends only on (seed, n), so that the
-  position alone ({"position": n}) restores the stream exactly (the Trainer's resume contract).
-  Each process yields its rows of the global batch."""
+def example_batch_fn(examples: Examples, task: str) -> Callable[[Sequence[int]], dict]:
+  """indices -> a task batch of those examples: the contract's paired stream (ctc) or speech
+  stream with the class index as "lang" (classify)."""
 
-  def __init__(self, examples: Examples, task: str, batch_size: int, seed: int = 0,
-               shard_index: int = 0, num_shards: int = 1):
+  def make(idx):
+    audio, audio_mask = eval_data.pad_audio([examples.audios[i] for i in idx], len(idx), examples.audio_samples)
+    if task == "ctc":
+      tokens, tokens_mask = eval_data.pad_tokens([examples.labels[i] for i in idx], len(idx), examples.label_length)
+      return {"paired": {"audio": audio, "audio_mask": audio_mask, "tokens": tokens, "tokens_mask": tokens_mask,
+                         "lang": np.zeros((len(idx),), np.int32)}}
+    return {"speech": {"audio": audio, "audio_mask": audio_mask,
+                       "lang": np.asarray([examples.labels[i] for i in idx], np.int32)}}
+
+  return make
+
+
+class ExampleBatches:
+  """Deterministic batches of `num_examples` examples: batch n draws its indices from (seed, n)
+  alone, so that the position ({"position": n}) restores the stream exactly (the Trainer's resume
+  contract). `make_batch(indices)` builds the global batch; each process yields its rows of it."""
+
+  def __init__(self, num_examples: int, make_batch: Callable[[Sequence[int]], dict], batch_size: int,
+               seed: int = 0, shard_index: int = 0, num_shards: int = 1):
+    if num_examples < 1:
+      raise ValueError("fine-tuning has no examples")
     if batch_size % num_shards:
       raise ValueError(f"FinetuneConfig.batch_size={batch_size} does not divide over {num_shards} processes")
-    self.examples, self.task, self.batch_size, self.seed = examples, task, batch_size, seed
+    self.num_examples, self.make_batch, self.batch_size, self.seed = num_examples, make_batch, batch_size, seed
     self.shard_index, self.num_shards = shard_index, num_shards
     self.position = 0
 
@@ -355,16 +373,9 @@ class ExampleBatches:
     return self
 
   def global_batch(self, position: int) -> dict:
-    ex = self.examples
     rng = np.random.default_rng([self.seed, position])
-    idx = rng.choice(len(ex.audios), size=self.batch_size, replace=len(ex.audios) < self.batch_size)
-    audio, audio_mask = eval_data.pad_audio([ex.audios[i] for i in idx], len(idx), ex.audio_samples)
-    if self.task == "ctc":
-      tokens, tokens_mask = eval_data.pad_tokens([ex.labels[i] for i in idx], len(idx), ex.label_length)
-      return {"paired": {"audio": audio, "audio_mask": audio_mask, "tokens": tokens, "tokens_mask": tokens_mask,
-                         "lang": np.zeros((len(idx),), np.int32)}}
-    return {"speech": {"audio": audio, "audio_mask": audio_mask,
-                       "lang": np.asarray([ex.labels[i] for i in idx], np.int32)}}
+    idx = rng.choice(self.num_examples, size=self.batch_size, replace=self.num_examples < self.batch_size)
+    return self.make_batch([int(i) for i in idx])
 
   def __next__(self) -> dict:
     batch = self.global_batch(self.position)

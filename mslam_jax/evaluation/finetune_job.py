@@ -127,7 +127,8 @@ def _train_in_process(ctx: base.EvalContext, task: str, examples: finetune.Examp
     return params
   _write_source(model_dir, source)
   task_model = task_model or finetune.task_model(task)(ctx.model, num_classes, freeze_encoder=settings.freeze == "frozen")
-  iterator_fn = functools.partial(finetune.ExampleBatches, examples, task, settings.batch_size, settings.seed)
+  iterator_fn = functools.partial(finetune.ExampleBatches, len(examples.audios),
+                                  finetune.example_batch_fn(examples, task), settings.batch_size, settings.seed)
   summary = train_task(task_model, iterator_fn, model_dir, settings, pretrained=lambda: ctx.params,
                        head_init=head_init, log_config=False)
   if summary["stopped"] != "done":
@@ -211,7 +212,7 @@ def finetune_run(task: str = "ctc", init_from_dir: str = gin.REQUIRED, model_dir
   pretrained = lambda: checkpoints.load_params(checkpoints.step_dir(init_from_dir, chosen))
   source = {"task": task, "model_dir": os.path.abspath(init_from_dir), "step": chosen,
             "corpus_dir": os.path.abspath(corpus_dir) if corpus_dir else None, "settings": _settings_dict(settings)}
-  if iterator_fn is not None:  # e.g. translation, with its own data and model
+  if iterator_fn is not None:  # a task whose batches its run config makes
     task_model = model if model is not None else finetune.task_model(task)()
     _write_source(model_dir, source)
     summary = train_task(task_model, iterator_fn, model_dir, settings, pretrained, progress_bar=progress_bar,
@@ -235,12 +236,16 @@ def finetune_run(task: str = "ctc", init_from_dir: str = gin.REQUIRED, model_dir
     examples, classes = finetune.class_examples([u.audio for u in train], [u.lang for u in train],
                                                 settings.max_audio_seconds)
     num_classes, head_init = len(classes), None
+  elif task == "translate":
+    return _finetune_translation(init_from_dir, model_dir, corpus_dir, langs, max_train_per_lang, settings, model,
+                                 pretrained, source, progress_bar, tensorboard)
   else:
     raise ValueError(f"--task {task} needs its data: bind finetune_run.iterator_fn in its run config")
   _write_source(model_dir, {**source, "langs": langs, "classes": classes, "num_classes": num_classes})
   task_model = model if model is not None else finetune.task_model(task)(
       base_model, num_classes, freeze_encoder=settings.freeze == "frozen")
-  iterator_fn = functools.partial(finetune.ExampleBatches, examples, task, settings.batch_size, settings.seed)
+  iterator_fn = functools.partial(finetune.ExampleBatches, len(examples.audios),
+                                  finetune.example_batch_fn(examples, task), settings.batch_size, settings.seed)
   summary = train_task(task_model, iterator_fn, model_dir, settings, pretrained, head_init,
                        progress_bar=progress_bar, tensorboard=tensorboard)
   if summary["stopped"] != "done":
@@ -261,6 +266,35 @@ def finetune_run(task: str = "ctc", init_from_dir: str = gin.REQUIRED, model_dir
   metrics["final_step"] = float(summary["final_step"])
   report.write_checkpoint_report(model_dir, chosen, metrics, checkpoints.step_dir(init_from_dir, chosen))
   return metrics
+
+
+def _finetune_translation(init_from_dir, model_dir, corpus_dir, langs, max_train_per_lang, settings, model,
+                          pretrained, source, progress_bar, tensorboard) -> dict[str, float]:
+  """X -> English speech translation on the corpus' built-in translation data (data/translation.py),
+  with the model registered for "translate" (models/translation.py). The `translation` evaluator
+  scores the result (BLEU, chrF)."""
+  del init_from_dir
+  try:
+    from mslam_jax.data import translation as translation_data  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ValueError("--task translate needs mslam_jax.data.translation (the built-in translation data)") from None
+  items = [x for x in translation_data.read_items(corpus_dir, "train", langs, max_train_per_lang) if len(x.audio)]
+  if not items:
+    raise ValueError(f"no translation training items with audio in {corpus_dir}")
+  vocab = eval_data.load_vocabulary(corpus_dir)
+  max_samples = int(settings.max_audio_seconds * eval_data.SAMPLE_RATE)
+  audio_samples = min(max_samples, -(-max(len(x.audio) for x in items) // eval_data.SAMPLE_RATE) * eval_data.SAMPLE_RATE)
+  target_length = -(-max(len(vocab.encode(x.target)) + 1 for x in items) // 32) * 32
+  make = lambda idx: {"speech": translation_data.make_batch([items[i] for i in idx], vocab, "speech",  # pylint: disable=g-long-lambda
+                                                            target_length, audio_samples)}
+  task_model = model if model is not None else finetune.task_model("translate")()
+  _write_source(model_dir, {**source, "target_length": target_length, "audio_samples": audio_samples})
+  if hasattr(vocab, "save"):
+    vocab.save(os.path.join(model_dir, "vocab"))
+  iterator_fn = functools.partial(finetune.ExampleBatches, len(items), make, settings.batch_size, settings.seed)
+  summary = train_task(task_model, iterator_fn, model_dir, settings, pretrained, progress_bar=progress_bar,
+                       tensorboard=tensorboard)
+  return {"final_step": float(summary["final_step"])}
 
 
 def load_finetuned(directory: str) -> finetune.FinetunedCTC:
