@@ -224,8 +224,9 @@ def _classifier_logits(head, pooled):
 class _HeadTask:
   """Shared parts: the pre-trained model under "encoder", frozen by stop_gradient when asked."""
 
-  def __init__(self, base: Any, num_classes: int, freeze_encoder: bool = False):
-    self.base, self.num_classes, self.freeze_encoder = base, num_classes, freeze_encoder
+  def __init__(self, base: Any, num_classes: int, freeze_encoder: bool = False, seed: int = 0):
+    """`seed`: the head's initialization (the encoder's comes from the pre-trained checkpoint)."""
+    self.base, self.num_classes, self.freeze_encoder, self.seed = base, num_classes, freeze_encoder, seed
 
   def _encoder(self, params):
     return jax.lax.stop_gradient(params["encoder"]) if self.freeze_encoder else params["encoder"]
@@ -237,9 +238,8 @@ class _HeadTask:
 
   def init(self, rng: jax.Array, batch: Any) -> Any:
     del batch
-    base_rng, head_rng = jax.random.split(rng)
-    encoder = _init_base(self.base, base_rng)
-    return {"encoder": encoder, "head": self._head_params(head_rng, _embed_dim(self.base, encoder))}
+    encoder = _init_base(self.base, rng)
+    return {"encoder": encoder, "head": self._head_params(jax.random.PRNGKey(self.seed), _embed_dim(self.base, encoder))}
 
 
 @register_task("ctc")
@@ -349,9 +349,10 @@ def example_batch_fn(examples: Examples, task: str) -> Callable[[Sequence[int]],
 
 
 class ExampleBatches:
-  """Deterministic batches of `num_examples` examples: batch n draws its indices from (seed, n)
-  alone, so that the position ({"position": n}) restores the stream exactly (the Trainer's resume
-  contract). `make_batch(indices)` builds the global batch; each process yields its rows of it."""
+  """Batches of example indices drawn from one generator seeded by `seed` (distinct within a batch
+  unless there are fewer examples than rows); the position ({"position": n}) restores the stream exactly (the
+  Trainer's resume contract: the generator is replayed over n index draws, which reads no data).
+  `make_batch(indices)` builds the global batch; each process yields its rows of it."""
 
   def __init__(self, num_examples: int, make_batch: Callable[[Sequence[int]], dict], batch_size: int,
                seed: int = 0, shard_index: int = 0, num_shards: int = 1):
@@ -361,24 +362,26 @@ class ExampleBatches:
       raise ValueError(f"FinetuneConfig.batch_size={batch_size} does not divide over {num_shards} processes")
     self.num_examples, self.make_batch, self.batch_size, self.seed = num_examples, make_batch, batch_size, seed
     self.shard_index, self.num_shards = shard_index, num_shards
-    self.position = 0
+    self.set_state({"position": 0})
+
+  def _draw(self, rng: np.random.Generator) -> list[int]:
+    replace = self.num_examples < self.batch_size
+    return [int(i) for i in rng.choice(self.num_examples, size=self.batch_size, replace=replace)]
 
   def get_state(self) -> dict:
     return {"position": self.position}
 
   def set_state(self, state: dict) -> None:
     self.position = int(state["position"])
+    self._rng = np.random.default_rng(self.seed)
+    for _ in range(self.position):
+      self._draw(self._rng)
 
   def __iter__(self):
     return self
 
-  def global_batch(self, position: int) -> dict:
-    rng = np.random.default_rng([self.seed, position])
-    idx = rng.choice(self.num_examples, size=self.batch_size, replace=self.num_examples < self.batch_size)
-    return self.make_batch([int(i) for i in idx])
-
   def __next__(self) -> dict:
-    batch = self.global_batch(self.position)
+    batch = self.make_batch(self._draw(self._rng))
     self.position += 1
     per = self.batch_size // self.num_shards
     return jax.tree.map(lambda x: x[self.shard_index * per:(self.shard_index + 1) * per], batch)
@@ -387,7 +390,8 @@ class ExampleBatches:
   def element_spec(self) -> dict:
     """This process's batch structure (the Trainer reads it without consuming a batch)."""
     per = self.batch_size // self.num_shards
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((per,) + x.shape[1:], x.dtype), self.global_batch(0))
+    first = self.make_batch(self._draw(np.random.default_rng(self.seed)))
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((per,) + x.shape[1:], x.dtype), first)
 
 
 # -- inference with a fine-tuned head --------------------------------------------------------------

@@ -126,7 +126,8 @@ def _train_in_process(ctx: base.EvalContext, task: str, examples: finetune.Examp
     logging.info("Fine-tuned %s head found in %s", task, model_dir)
     return params
   _write_source(model_dir, source)
-  task_model = task_model or finetune.task_model(task)(ctx.model, num_classes, freeze_encoder=settings.freeze == "frozen")
+  task_model = task_model or finetune.task_model(task)(
+      ctx.model, num_classes, freeze_encoder=settings.freeze == "frozen", seed=settings.seed)
   iterator_fn = functools.partial(finetune.ExampleBatches, len(examples.audios),
                                   finetune.example_batch_fn(examples, task), settings.batch_size, settings.seed)
   summary = train_task(task_model, iterator_fn, model_dir, settings, pretrained=lambda: ctx.params,
@@ -243,7 +244,7 @@ def finetune_run(task: str = "ctc", init_from_dir: str = gin.REQUIRED, model_dir
     raise ValueError(f"--task {task} needs its data: bind finetune_run.iterator_fn in its run config")
   _write_source(model_dir, {**source, "langs": langs, "classes": classes, "num_classes": num_classes})
   task_model = model if model is not None else finetune.task_model(task)(
-      base_model, num_classes, freeze_encoder=settings.freeze == "frozen")
+      base_model, num_classes, freeze_encoder=settings.freeze == "frozen", seed=settings.seed)
   iterator_fn = functools.partial(finetune.ExampleBatches, len(examples.audios),
                                   finetune.example_batch_fn(examples, task), settings.batch_size, settings.seed)
   summary = train_task(task_model, iterator_fn, model_dir, settings, pretrained, head_init,
