@@ -92,8 +92,15 @@ class PreemptionWatcher:
   def __init__(self, multi_process: bool):
     self._multi = multi_process
     self._requested = False
+    self._previous = None
     if not multi_process:
-      signal.signal(signal.SIGTERM, self._on_signal)
+      self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+
+  def close(self) -> None:
+    """Gives SIGTERM back to whoever had it (a fine-tuning job inside a run's evaluation)."""
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
 
   def _on_signal(self, signum, frame):
     del frame
@@ -151,6 +158,7 @@ def train(*,
           log_every: int = 50,
           eval_every: int = 0,
           evaluators: Sequence[Any] = (),
+          corpus_dir: str | None = None,
           initialize_params: Callable[[Any], Any] | None = None,
           max_consecutive_nonfinite: int = 5,
           health_every: int = 0,
@@ -158,6 +166,7 @@ def train(*,
           collapse_cosine: float = 0.99,
           progress_bar: bool = True,
           tensorboard: bool = True,
+          log_config: bool = True,
           stop_after: int | None = None) -> dict:
   """Trains `model` on batches from `iterator_fn(shard_index=, num_shards=)` for `train_steps`.
 
@@ -165,6 +174,13 @@ def train(*,
   `initialize_params(params) -> params` runs once, on a fresh start only (never on resume): e.g.
   `@initialize_from_checkpoint` to start the encoder from a converted w2v-BERT 2.0 checkpoint.
   Returns a summary dict (final step, non-finite count, why it stopped).
+
+  Periodic evaluation: every `eval_every` steps the `evaluators` (evaluation/registry.py) run on the
+  current parameters and `corpus_dir` through the same function as `mslam eval`; their figures go
+  to the metrics under "eval/" and, as a sweep would write them, to MODEL_DIR/eval/step_<N>/.
+
+  `log_config=False` writes MODEL_DIR/operative_config.gin without logging it (a fine-tuning job
+  run by an evaluator).
 
   Health: every `health_every` steps (0: never) the step's batch is differentiated objective by
   objective and each one's gradient norm over the parameters under `health_params` is logged
@@ -204,7 +220,11 @@ def train(*,
   # The iterator's setup (e.g. register_builtin_corpus) runs lazily; run it now so that the
   # operative config records it (CORPUS_DIR among others) for `mslam eval` to read back.
   getattr(iterator, "ensure_setup", lambda: None)()
-  config.log_operative_config(model_dir if primary else None)
+  if log_config:
+    config.log_operative_config(model_dir if primary else None)
+  elif primary:  # written, not logged (e.g. a fine-tuning job inside an evaluation)
+    with open(os.path.join(model_dir, config.OPERATIVE_CONFIG), "w") as f:
+      f.write(gin.operative_config_str())
 
   latest = ckpt.latest_step()
   if latest is not None:
@@ -218,6 +238,19 @@ def train(*,
   start = int(jax.device_get(state.step))
 
   writer = make_writer(model_dir, primary, tensorboard)
+  compiled = {}  # the evaluators' compiled programs, kept from one periodic evaluation to the next
+
+  def evaluate(evaluators, model, params, step) -> dict:
+    from mslam_jax.evaluation import base as eval_base  # pylint: disable=g-import-not-at-top
+    from mslam_jax.evaluation import runner  # pylint: disable=g-import-not-at-top
+    ctx = eval_base.EvalContext(
+        model=model, params=params, step=step, model_dir=model_dir, corpus_dir=corpus_dir,
+        out_dir=os.path.join(model_dir, "eval", f"step_{step}") if primary else None, compiled=compiled)
+    result = runner.evaluate_checkpoint(evaluators, ctx, source=checkpoints.step_dir(model_dir, step))
+    if result.failed:
+      logging.warning("Step %d: evaluator(s) %s failed; training goes on", step, result.failed)
+    return {f"eval/{k}": v for k, v in result.metrics.items()}
+
   watcher = PreemptionWatcher(multi)
   summary = {"start_step": start, "final_step": start, "stopped": "done", "nonfinite_count": 0}
   bar = tqdm.tqdm(total=train_steps, initial=start, unit="step", dynamic_ncols=True,
@@ -277,7 +310,7 @@ def train(*,
       bar.update(1)
       ckpt.save(step, state, iterator.get_state())
       if eval_every and evaluators and step % eval_every == 0:
-        writer.write_scalars(step, run_evaluators(evaluators, model, state.params, step))
+        writer.write_scalars(step, evaluate(evaluators, model, state.params, step))
     if pending is not None:
       handle(*pending)
       pending = None
@@ -287,6 +320,7 @@ def train(*,
     summary["stopped"] = "nonfinite"
     raise
   finally:
+    watcher.close()
     bar.close()
     writer.close()
     ckpt.close()
@@ -304,17 +338,3 @@ def _warn_on_collapse(step: int, metrics: dict, threshold: float) -> None:
       logging.warning("Step %d: the encoder is collapsing: mean cosine %.3f between %s (%s > %.2f)",
                       step, metrics[key], what, key, threshold)
 
-
-def run_evaluators(evaluators: Sequence[Any], model: Any, params: Any, step: int) -> dict:
-  """Calls each evaluator's evaluate(model, params, step); one failing evaluator is logged and
-  counted, never fatal to the run."""
-  results = {}
-  for evaluator in evaluators:
-    name = getattr(evaluator, "name", type(evaluator).__name__)
-    try:
-      for key, value in evaluator.evaluate(model, params, step).items():
-        results[f"eval/{name}/{key}"] = float(value)
-    except Exception:  # pylint: disable=broad-except
-      logging.exception("Evaluator %s failed at step %d; training goes on", name, step)
-      results[f"eval/{name}/failed"] = 1.0
-  return results

@@ -33,13 +33,6 @@ class Model(Protocol):
               ) -> tuple[jax.Array, dict[str, jax.Array]]: ...
 
 
-class Evaluator(Protocol):
-  """What the trainer's periodic-evaluation hook calls (evaluators are named in gin)."""
-  name: str
-
-  def evaluate(self, model: Any, params: Any, step: int) -> dict[str, float]: ...
-
-
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array              # batches consumed (skipped non-finite ones included)

@@ -3,8 +3,10 @@
   mslam eval --model_dir=/tmp/run [--step latest|all|STEP] [--ablation_model_dir DIR] [--out DIR]
 
 Each checkpoint's figures go to MODEL_DIR/eval/step_<N>/ (or OUT/step_<N>/); a checkpoint already
-evaluated is skipped unless --force.
+evaluated is skipped unless --force. Exit code 2 when an evaluator failed on some checkpoint (named
+on stderr); that checkpoint is evaluated again by the next sweep.
 """
+import sys
 import argparse
 import json
 
@@ -49,4 +51,8 @@ def run(args: argparse.Namespace) -> int:
   config.log_operative_config()
   for step, metrics in sorted(results.items()):
     print(json.dumps({"step": step, **report.headline(metrics)}))
-  return 0
+  failed = sweep.failed_evaluators(results)
+  for step, names in sorted(failed.items()):
+    print(f"mslam eval: step {step}: evaluator(s) {', '.join(names)} failed (see the log above); the next "
+          "sweep evaluates this checkpoint again", file=sys.stderr)
+  return 2 if failed else 0

@@ -1,19 +1,28 @@
-"""`mslam finetune`: CTC fine-tuning of a pre-trained checkpoint (gin_configs/runs/finetune_ctc.gin).
+"""`mslam finetune`: a task head fine-tuned from a pre-training checkpoint, on trainer.Trainer.
 
-  mslam finetune --model_dir=/tmp/run --out=/tmp/run/ctc [--step=STEP] [--corpus_dir=DIR]
+  mslam finetune --task ctc --init_from=/tmp/run [--step=STEP] --gin_file=runs/finetune_ctc.gin \
+      --gin.MODEL_DIR="'/tmp/run_ctc'" [--corpus_dir=DIR] [--freeze all|top_k|frozen] [--steps N]
+
+MODEL_DIR is the fine-tuning run's directory (checkpoints, metrics.jsonl, the test figures); a job
+restarted on it resumes from its latest checkpoint. Tasks: ctc (ASR, CER/WER), classify (spoken
+language ID), translate (speech translation; its run config binds the model and data).
 """
 import argparse
 
 from mslam_jax import config
 from mslam_jax.commands import common
 
+GIN_FILES = {"ctc": "runs/finetune_ctc.gin", "classify": "runs/finetune_classify.gin",
+             "translate": "runs/finetune_translate.gin"}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   config.add_gin_arguments(parser)
-  parser.add_argument("--model_dir", required=True, help="the pre-training run")
-  parser.add_argument("--out", required=True, help="output directory (fine-tuned model, metrics, plots)")
-  common.add_flag(parser, "--step", old=("--checkpoint",), type=int, default=None, help="step (default: latest)")
-  parser.add_argument("--corpus_dir", default=None, help="default: the run's CORPUS_DIR")
+  parser.add_argument("--task", choices=sorted(GIN_FILES), default="ctc")
+  common.add_flag(parser, "--init_from", old=("--model_dir",), default=None, help="the pre-training run")
+  common.add_flag(parser, "--step", old=("--checkpoint",), type=int, default=None, help="its step (default: latest)")
+  parser.add_argument("--out", default=None, help="the fine-tuning run's directory (same as --gin.MODEL_DIR)")
+  parser.add_argument("--corpus_dir", default=None, help="default: the pre-training run's CORPUS_DIR")
   parser.add_argument("--freeze", choices=("frozen", "top_k", "all"), default=None)
   parser.add_argument("--top_k", type=int, default=None)
   parser.add_argument("--steps", type=int, default=None)
@@ -22,7 +31,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
   common.setup_logging()
   from mslam_jax.evaluation import finetune_job  # pylint: disable=g-import-not-at-top
-  bindings = [f"MODEL_DIR = '{args.model_dir}'", f"OUTPUT_DIR = '{args.out}'"] + list(args.gin_bindings)
+  if not args.init_from:
+    raise ValueError("pass --init_from RUN_DIR (the pre-training run to start from)")
+  # The pre-training run's own MODEL_DIR must never become the fine-tuning run's by default.
+  if not args.out and not any(b.partition("=")[0].strip() == "MODEL_DIR" for b in args.gin_bindings):
+    raise ValueError("pass --gin.MODEL_DIR=... (the fine-tuning run's directory)")
+  bindings = [f"INIT_FROM = '{args.init_from}'", f"finetune_run.task = '{args.task}'"]
+  if args.out:
+    bindings.append(f"MODEL_DIR = '{args.out}'")
+  bindings += list(args.gin_bindings)
   if args.corpus_dir:
     bindings.append(f"CORPUS_DIR = '{args.corpus_dir}'")
   for name in ("freeze", "top_k", "steps"):
@@ -31,9 +48,8 @@ def run(args: argparse.Namespace) -> int:
       bindings.append(f"FinetuneConfig.{name} = {value!r}")
   if args.step is not None:
     bindings.append(f"finetune_run.step = {args.step}")
-  config.parse_run_config(args.model_dir, args.gin_file or ["runs/finetune_ctc.gin"], bindings,
-                          args.gin_search_path)
+  config.parse_run_config(args.init_from, args.gin_file or [GIN_FILES[args.task]], bindings, args.gin_search_path)
+  config.check_required_macros()
   metrics = finetune_job.finetune_run()
-  config.log_operative_config(args.out)
   common.print_json({k: v for k, v in metrics.items() if "/" not in k})
   return 0

@@ -11,7 +11,7 @@ kinds of data, as mSLAM does. Audio is raw 16 kHz (log-mels are computed inside 
 masks are 1 on real samples/tokens; `lang` is the language id (mslam_jax.data.languages). A
 stream with batch size 0 is left out of the batch.
 """
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import gin
 import numpy as np
@@ -59,16 +59,22 @@ def zeros_batch(spec: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, np
   return batch
 
 
+def stream_lengths(stream: str, samples: int, length: int) -> dict[str, int]:
+  """{"audio": samples} / {"tokens": length} / both: a stream's sequence lengths from the two sizes."""
+  return {key: samples if key == "audio" else length for key in SEQUENCES[stream]}
+
+
 @gin.configurable
-def contract_batch_spec(speech_batch: int = gin.REQUIRED, speech_samples: int = gin.REQUIRED,
-                        text_batch: int = gin.REQUIRED, text_length: int = gin.REQUIRED,
-                        paired_batch: int = gin.REQUIRED, paired_samples: int = gin.REQUIRED,
-                        paired_length: int = gin.REQUIRED) -> dict:
-  """The global batch as ShapeDtypeStructs from the data config's sizes (runs/pretrain.gin binds
-  these to the same macros as make_step_iterator), for AOT compiles without reading data."""
-  return batch_spec({"speech": (speech_batch, {"audio": speech_samples}),
-                     "text": (text_batch, {"tokens": text_length}),
-                     "paired": (paired_batch, {"audio": paired_samples, "tokens": paired_length})})
+def contract_batch_spec(iterator_fn: Callable[..., Any] = gin.REQUIRED) -> dict:
+  """The global batch as ShapeDtypeStructs, for AOT compiles without reading data: the
+  `global_element_spec` of the iterator that `iterator_fn()` builds (run configs bind it to the same
+  factory as train.iterator_fn, so the sizes are written once, in the data config)."""
+  iterator = iterator_fn()
+  spec = getattr(iterator, "global_element_spec", None)
+  if spec is None:
+    raise ValueError(f"contract_batch_spec.iterator_fn={iterator_fn!r} builds an iterator without "
+                     "a global_element_spec; bind it to the run's iterator factory")
+  return spec
 
 
 def audio_seconds(batch: Mapping[str, Mapping[str, Any]]) -> float:

@@ -267,18 +267,19 @@ class AlignmentEvaluator:
 
   def __init__(self, corpus_dir: str | None = None, langs: Sequence[str] | None = None,
                max_per_lang: int | None = 20, max_train_per_lang: int | None = None, num_plots: int = 2):
-    from mslam_jax.evaluation import data as eval_data  # pylint: disable=g-import-not-at-top
-    self.corpus_dir = eval_data.resolve_corpus_dir(corpus_dir, type(self).__name__)
+    self.corpus_dir = corpus_dir
     self.langs, self.max_per_lang = langs, max_per_lang
     self.max_train_per_lang, self.num_plots = max_train_per_lang, num_plots
 
-  def evaluate(self, model, params, step: int, out_dir: str | None = None) -> dict[str, float]:
+  def evaluate(self, ctx: base.EvalContext) -> dict[str, float]:
     from mslam_jax.evaluation import data as eval_data  # pylint: disable=g-import-not-at-top
     from mslam_jax.evaluation import finetune  # pylint: disable=g-import-not-at-top
-    tuned = finetune.cached_finetune_ctc(model, params, step, self.corpus_dir, self.langs,
-                                         self.max_train_per_lang, finetune.FinetuneConfig())
-    langs = self.langs or eval_data.training_languages(self.corpus_dir)
-    utts = [u for u in eval_data.read_utterances(self.corpus_dir, "paired", "test", langs, self.max_per_lang)
+    from mslam_jax.evaluation import finetune_job  # pylint: disable=g-import-not-at-top
+    corpus_dir, out_dir = ctx.corpus(self.corpus_dir, type(self).__name__), ctx.out_dir
+    tuned = finetune_job.checkpoint_ctc_head(ctx, corpus_dir, self.langs, self.max_train_per_lang,
+                                             finetune.FinetuneConfig())
+    langs = self.langs or eval_data.training_languages(corpus_dir)
+    utts = [u for u in eval_data.read_utterances(corpus_dir, "paired", "test", langs, self.max_per_lang)
             if len(u.audio) and u.text.strip() and len(u.words)]
     if not utts:
       raise ValueError("no paired test utterances with word timings to align")

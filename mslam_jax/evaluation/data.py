@@ -21,24 +21,6 @@ AUDIO_BUCKET = 4 * SAMPLE_RATE
 TEXT_BUCKET = 64
 
 
-def resolve_corpus_dir(corpus_dir: str | None, owner: str) -> str:
-  """`corpus_dir`, or else the gin macro CORPUS_DIR (what a run config binds), or a clear error.
-
-  So that a pre-training run evaluates periodically with nothing more than
-  `build_evaluators.names = [...]` and `train.eval_every = N`.
-  """
-  if corpus_dir:
-    return corpus_dir
-  import gin  # pylint: disable=g-import-not-at-top
-  try:
-    value = gin.query_parameter("%CORPUS_DIR")
-  except ValueError:
-    value = None
-  if isinstance(value, str) and value:
-    return value
-  raise ValueError(f"no corpus for {owner}: bind {owner}.corpus_dir (or the CORPUS_DIR macro) in gin")
-
-
 def corpus_languages(corpus_dir: str, stream: str, split: str = "test") -> list[str]:
   """Languages that have a `split` shard set in `stream` (sorted)."""
   langs = []
@@ -150,27 +132,23 @@ def pad_tokens(token_lists: Sequence[Sequence[int]], batch_size: int, multiple: 
   return _pad_rows(token_lists, batch_size, multiple, np.int32)
 
 
-_JITTED: dict[tuple[int, bool], tuple[Any, Any, Any]] = {}
-
-
-def jitted_encoders(model: Any, cross_modal: bool = False) -> tuple[Callable, Callable]:
+def jitted_encoders(model: Any, cross_modal: bool = False, cache: dict | None = None) -> tuple[Callable, Callable]:
   """jit(encode_speech), jit(encode_text) of a model (embed_speech / embed_text, the cross-modal
-  space, with `cross_modal` where the model has them), made once per model object.
+  space, with `cross_modal` where the model has them).
 
-  Every evaluator (and every periodic evaluation) builds its own Encoder; sharing the jitted
-  functions means each shape compiles once per process, not once per evaluator.
+  `cache`: a dict owned by the caller's loop (an evaluation context's `compiled`), so that the
+  evaluators of a sweep, and checkpoint after checkpoint, share the compiled programs.
   """
   import jax  # pylint: disable=g-import-not-at-top
   cross_modal = cross_modal and hasattr(model, "embed_speech")
-  key = (id(model), cross_modal)
-  entry = _JITTED.get(key)
-  if entry is None or entry[0] is not model:
-    if len(_JITTED) > 8:
-      _JITTED.clear()
-    speech, text = ((model.embed_speech, model.embed_text) if cross_modal
-                    else (model.encode_speech, model.encode_text))
-    entry = (model, jax.jit(speech), jax.jit(text))
-    _JITTED[key] = entry
+  key = ("encoders", cross_modal)
+  if cache is not None and key in cache and cache[key][0] is model:
+    return cache[key][1], cache[key][2]
+  speech, text = ((model.embed_speech, model.embed_text) if cross_modal
+                  else (model.encode_speech, model.encode_text))
+  entry = (model, jax.jit(speech), jax.jit(text))
+  if cache is not None:
+    cache[key] = entry
   return entry[1], entry[2]
 
 
@@ -183,12 +161,13 @@ class Encoder:
   """
 
   def __init__(self, model: Any, params: Any, batch_size: int = 16, audio_multiple: int = AUDIO_BUCKET,
-               text_multiple: int = TEXT_BUCKET, max_text_length: int = 512, cross_modal: bool = False):
+               text_multiple: int = TEXT_BUCKET, max_text_length: int = 512, cross_modal: bool = False,
+               cache: dict | None = None):
     from flax.core import meta  # pylint: disable=g-import-not-at-top
     self.model, self.params = model, meta.unbox(params)
     self.batch_size, self.audio_multiple, self.text_multiple = batch_size, audio_multiple, text_multiple
     self.max_text_length = max_text_length
-    self._speech, self._text = jitted_encoders(model, cross_modal)
+    self._speech, self._text = jitted_encoders(model, cross_modal, cache)
 
   def _run(self, fn: Callable, items: Sequence[Any], pad: Callable, multiple: int, frames: bool):
     # Batches of similar lengths pad (and compile) less; results go back to the input order.

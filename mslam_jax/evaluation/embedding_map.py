@@ -65,14 +65,16 @@ class EmbeddingMapEvaluator:
   """
 
   def __init__(self, corpus_dir: str | None = None, max_per_lang: int | None = 30, batch_size: int = 16):
-    self.corpus_dir = eval_data.resolve_corpus_dir(corpus_dir, type(self).__name__)
+    self.corpus_dir = corpus_dir
     self.max_per_lang, self.batch_size = max_per_lang, batch_size
 
-  def evaluate(self, model, params, step: int, out_dir: str | None = None) -> dict[str, float]:
-    utts = [u for u in eval_data.read_utterances(self.corpus_dir, "paired", "test", max_per_lang=self.max_per_lang)
+  def evaluate(self, ctx: base.EvalContext) -> dict[str, float]:
+    corpus_dir = ctx.corpus(self.corpus_dir, type(self).__name__)
+    step, out_dir = ctx.step, ctx.out_dir
+    utts = [u for u in eval_data.read_utterances(corpus_dir, "paired", "test", max_per_lang=self.max_per_lang)
             if len(u.audio) and u.text.strip()]
-    vocab = eval_data.load_vocabulary(self.corpus_dir)
-    encoder = eval_data.Encoder(model, params, self.batch_size)
+    vocab = eval_data.load_vocabulary(corpus_dir)
+    encoder = eval_data.Encoder(ctx.model, ctx.params, self.batch_size, cache=ctx.compiled)
     speech = encoder.speech([u.audio for u in utts])
     text = encoder.text(eval_data.tokenize(vocab, [u.text for u in utts]))
     spread = 0.5 * (speech.std(axis=0).mean() + text.std(axis=0).mean())

@@ -1,34 +1,45 @@
-"""Downstream fine-tuning on top of a pre-trained encoder: CTC ASR and pooled classification.
+"""Downstream fine-tuning tasks: heads on a pre-trained encoder as models with the Trainer's contract.
 
-Freezing choices (`freeze`), the same for both heads:
-  "frozen"  the encoder is fixed; only the new head trains (the encoder output is stop-gradiented,
+A task model wraps the pre-trained model (`base`, the MSLAMModel contract: encode_speech) and adds a
+head; like MSLAMModel it offers
+
+  params = task.init(rng, batch)                 # {"encoder": base params, "head": ...}
+  loss, metrics = task.loss_fn(params, batch, rng, step)
+
+so that fine-tuning is a trainer.Trainer job like pre-training (evaluation/finetune_job.py runs
+it). Tasks register by name (`register_task`): "ctc" (CTC ASR over the corpus' characters) and
+"classify" (a linear head on the pooled speech embedding, e.g. language ID); a model registered as
+"translate" (models/translation.py) is used for speech translation.
+
+Freezing choices (`FinetuneConfig.freeze`), the same for every head:
+  "frozen"  the encoder is fixed; only the head trains (the encoder output is stop-gradiented,
             so no backward pass runs through it).
   "top_k"   the top `top_k` layers of the encoder's top stack (the shared stack of mSLAM, found by
             the name `top_stack`) train with the head; everything below is fixed.
   "all"     every encoder parameter trains.
-Whole frozen leaves get `optax.set_to_zero` inside an `optax.multi_transform` (no Adam state);
-leaves of an nn.scan stack, where only some rows of the stacked "layers" axis train, get their
-gradient multiplied by a 0/1 row mask (with Adam and no weight decay a zero gradient is a zero
-update). The head learns at `learning_rate`, the encoder at `encoder_learning_rate`.
+`finetune_optimizer` labels parameters by path for an `optax.multi_transform`: whole frozen leaves
+get `optax.set_to_zero` (no Adam state); leaves of an nn.scan stack, where only some rows of the
+stacked "layers" axis train, get their gradient multiplied by a 0/1 row mask (with Adam and no
+weight decay a zero gradient is a zero update). The head learns at `learning_rate`, the encoder at
+`encoder_learning_rate` (or `encoder_lr_multiplier` x `learning_rate`).
 """
 import dataclasses
-import json
 import logging
 import os
 import re
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tqdm
 from flax.core import meta
 
+from mslam_jax import optimizers
 from mslam_jax.evaluation import asr
 from mslam_jax.evaluation import data as eval_data
-from mslam_jax.evaluation import base
 
 FREEZE_MODES = ("frozen", "top_k", "all")
 _INFEASIBLE = 1e4  # optax.ctc_loss gives ~1e5 when the frames cannot hold the labels
@@ -45,10 +56,13 @@ class FinetuneConfig:
   batch_size: int = 8
   learning_rate: float = 3e-3
   encoder_learning_rate: float = 3e-4
+  # When set, the encoder's rate is this multiple of learning_rate (encoder_learning_rate ignored).
+  encoder_lr_multiplier: float | None = None
   warmup_steps: int = 30
   clip_norm: float = 1.0
   max_audio_seconds: float = 20.0
   seed: int = 0
+  checkpoint_every: int = 100
   # Start the CTC head from the pre-trained one under this top-level parameter name when there is
   # one (mSLAM-CTC pre-trains a CTC head on paired data); None: a fresh head. A head still on CTC's
   # all-blank plateau is a worse start than a fresh one (so the demo, after 120 steps, uses None).
@@ -59,8 +73,14 @@ class FinetuneConfig:
       raise ValueError(f"FinetuneConfig.freeze={self.freeze!r}; choose one of {FREEZE_MODES}")
     if self.freeze == "top_k" and self.top_k < 1:
       raise ValueError("FinetuneConfig.top_k must be >= 1 with freeze='top_k'")
-    if self.steps < 1 or self.batch_size < 1:
-      raise ValueError("FinetuneConfig.steps and FinetuneConfig.batch_size must be >= 1")
+    if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
+      raise ValueError("FinetuneConfig.steps, batch_size and checkpoint_every must be >= 1")
+
+  @property
+  def encoder_rate(self) -> float:
+    if self.encoder_lr_multiplier is not None:
+      return self.encoder_lr_multiplier * self.learning_rate
+    return self.encoder_learning_rate
 
 
 # -- which parameters train ----------------------------------------------------------------------
@@ -109,18 +129,40 @@ def _is_frozen(mask) -> bool:
   return isinstance(mask, float) and mask == 0.0
 
 
-def make_optimizer(encoder_masks: Any, head_params: Any, config: FinetuneConfig) -> optax.GradientTransformation:
+def _labels(params: Any, config: FinetuneConfig) -> Any:
+  """"head" / "encoder" / "frozen" per leaf of {"encoder": ..., "head": ..., ...}: everything
+  outside "encoder" belongs to the task (a head, a decoder) and trains at the head's rate."""
+  masks = gradient_masks(params["encoder"], config)
+  return {k: (jax.tree.map(lambda m: "frozen" if _is_frozen(m) else "encoder", masks) if k == "encoder"
+              else jax.tree.map(lambda _: "head", v)) for k, v in params.items()}
+
+
+def _mask_rows(config: FinetuneConfig) -> optax.GradientTransformation:
+  """Multiplies the encoder's gradient by gradient_masks (0/1 rows of scanned stacks)."""
+
+  def update(updates, state, params=None):
+    del params
+    masks = gradient_masks(updates["encoder"], config)
+    encoder = jax.tree.map(lambda g, m: g * jnp.asarray(m, g.dtype), updates["encoder"], masks)
+    return {**updates, "encoder": encoder}, state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def finetune_optimizer(config: FinetuneConfig) -> optimizers.Optimizer:
+  """Adam with warm-up + cosine decay, per parameter group by path (see the module docstring)."""
   def schedule(peak):
     return optax.warmup_cosine_decay_schedule(0.0, peak, max(1, config.warmup_steps),
                                               max(config.steps, config.warmup_steps + 1), end_value=peak * 0.1)
 
-  labels = {"encoder": jax.tree.map(lambda m: "frozen" if _is_frozen(m) else "encoder", encoder_masks),
-            "head": jax.tree.map(lambda _: "head", head_params)}
-  return optax.chain(
+  tx = optax.chain(
       optax.clip_by_global_norm(config.clip_norm),
+      _mask_rows(config),
       optax.multi_transform({"head": optax.adam(schedule(config.learning_rate)),
-                             "encoder": optax.adam(schedule(config.encoder_learning_rate)),
-                             "frozen": optax.set_to_zero()}, labels))
+                             "encoder": optax.adam(schedule(config.encoder_rate)),
+                             "frozen": optax.set_to_zero()},
+                            lambda params: _labels(params, config)))
+  return optimizers.Optimizer(tx=tx, schedule=schedule(config.learning_rate), name="finetune_adam")
 
 
 def count_trainable(encoder_params: Any, masks: Any) -> int:
@@ -130,64 +172,229 @@ def count_trainable(encoder_params: Any, masks: Any) -> int:
   return total
 
 
-# -- generic fine-tuning loop ---------------------------------------------------------------------
+# -- task models -----------------------------------------------------------------------------
 
-# Jitted update steps by (model, task, config, shapes): evaluating checkpoint after checkpoint (or
-# the periodic evaluation) compiles the fine-tuning step once, not once per checkpoint.
-_STEP_CACHE: dict[tuple, Any] = {}
+TASKS: dict[str, Callable[..., Any]] = {}
 
 
-def _train(loss_fn, encoder_params, head, config: FinetuneConfig, sample_batch, desc: str,
-           cache_key: tuple | None = None):
-  """Adam over {"encoder", "head"} with the config's freezing; returns params and loss curve.
+def register_task(name: str):
+  """Class decorator: the task model `mslam finetune --task name` builds."""
+  def wrap(cls):
+    TASKS[name] = cls
+    return cls
+  return wrap
 
-  `cache_key` = (model, ...) must determine `loss_fn` (the compiled step is reused for it).
-  """
-  masks = gradient_masks(encoder_params, config)
-  logging.info("%s: freeze=%s, %d of %d encoder parameters train", desc, config.freeze,
-               count_trainable(encoder_params, masks), sum(np.size(x) for x in jax.tree.leaves(encoder_params)))
-  tx = make_optimizer(masks, head, config)
-  params = {"encoder": encoder_params, "head": head}
-  opt_state = tx.init(params)
-  frozen_encoder = config.freeze == "frozen"
 
-  def step(params, opt_state, batch):
-    def wrapped(p):
-      enc = jax.lax.stop_gradient(p["encoder"]) if frozen_encoder else p["encoder"]
-      return loss_fn({"encoder": enc, "head": p["head"]}, batch)
-    loss, grads = jax.value_and_grad(wrapped)(params)
-    grads = {"encoder": jax.tree.map(lambda g, m: g * jnp.asarray(m, g.dtype), grads["encoder"], masks),
-             "head": grads["head"]}
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+def task_model(name: str) -> Callable[..., Any]:
+  """The model class of a task; "translate" is looked up in models/translation.py when present."""
+  if name == "translate" and name not in TASKS:
+    try:
+      from mslam_jax.models import translation  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      translation = None
+    model_cls = getattr(translation, "TranslationModel", None)
+    if model_cls is not None:
+      TASKS[name] = model_cls
+  if name not in TASKS:
+    raise ValueError(f"unknown fine-tuning task {name!r}; known: {sorted(TASKS)}")
+  return TASKS[name]
 
-  if cache_key is None:
-    step = jax.jit(step)
-  else:
-    owner, rest = cache_key[0], cache_key[1:]
-    key = (id(owner),) + rest + (config, jax.tree.structure(params))
-    if key not in _STEP_CACHE or _STEP_CACHE[key][0] is not owner:
-      if len(_STEP_CACHE) >= 4:
-        _STEP_CACHE.clear()
-      _STEP_CACHE[key] = (owner, jax.jit(step))
-    step = _STEP_CACHE[key][1]
 
-  rng = np.random.default_rng(config.seed)
-  losses, skipped = [], 0
-  for _ in tqdm.trange(config.steps, desc=desc, unit="step", leave=False):
-    new_params, new_opt_state, loss = step(params, opt_state, sample_batch(rng))
-    loss = float(loss)
-    if not np.isfinite(loss):
-      skipped += 1  # a bad batch must not end the job: keep the old state
+def _init_base(base: Any, rng: jax.Array) -> Any:
+  dummy = base.dummy_batch() if hasattr(base, "dummy_batch") else None
+  return base.init(rng, dummy)
+
+
+def _embed_dim(model, encoder_params) -> int:
+  audio = jax.ShapeDtypeStruct((1, eval_data.SAMPLE_RATE), jnp.float32)
+  mask = jax.ShapeDtypeStruct((1, eval_data.SAMPLE_RATE), jnp.int32)
+  return jax.eval_shape(model.encode_speech, meta.unbox(encoder_params), audio, mask)[2].shape[-1]
+
+
+def _head_logits(head, frames):
+  return frames @ head["kernel"] + head["bias"]
+
+
+def _classifier_logits(head, pooled):
+  # The standardization is fixed (a zero gradient is a zero Adam update); only kernel and bias learn.
+  mean, inv_std = jax.lax.stop_gradient(head["mean"]), jax.lax.stop_gradient(head["inv_std"])
+  return _head_logits(head, (pooled.astype(jnp.float32) - mean) * inv_std)
+
+
+class _HeadTask:
+  """Shared parts: the pre-trained model under "encoder", frozen by stop_gradient when asked."""
+
+  def __init__(self, base: Any, num_classes: int, freeze_encoder: bool = False, seed: int = 0):
+    """`seed`: the head's initialization (the encoder's comes from the pre-trained checkpoint)."""
+    self.base, self.num_classes, self.freeze_encoder, self.seed = base, num_classes, freeze_encoder, seed
+
+  def _encoder(self, params):
+    return jax.lax.stop_gradient(params["encoder"]) if self.freeze_encoder else params["encoder"]
+
+  def _head_params(self, rng, dim: int) -> dict:
+    kernel = jax.random.normal(rng, (dim, self.num_classes), jnp.float32) * (1.0 / np.sqrt(dim))
+    return {"kernel": nn.LogicallyPartitioned(kernel, ("embed", None)),
+            "bias": nn.LogicallyPartitioned(jnp.zeros((self.num_classes,), jnp.float32), (None,))}
+
+  def init(self, rng: jax.Array, batch: Any) -> Any:
+    del batch
+    encoder = _init_base(self.base, rng)
+    return {"encoder": encoder, "head": self._head_params(jax.random.PRNGKey(self.seed), _embed_dim(self.base, encoder))}
+
+
+@register_task("ctc")
+class CTCTask(_HeadTask):
+  """CTC over the corpus' characters on every encoder frame. Batches: the contract's paired stream,
+  {"paired": {"audio", "audio_mask", "tokens", "tokens_mask", "lang"}}."""
+
+  def loss_fn(self, params, batch, rng, step):
+    del rng, step
+    p = batch["paired"]
+    frames, frame_mask, _ = self.base.encode_speech(self._encoder(params), p["audio"], p["audio_mask"])
+    logits = _head_logits(params["head"], frames.astype(jnp.float32))
+    per_seq = optax.ctc_loss(logits, 1.0 - frame_mask, p["tokens"], 1.0 - p["tokens_mask"], blank_id=asr.BLANK_ID)
+    # Utterances whose frames cannot hold their transcript contribute nothing (not a 1e5 spike).
+    ok = per_seq < _INFEASIBLE
+    loss = jnp.sum(jnp.where(ok, per_seq, 0.0)) / jnp.maximum(jnp.sum(p["tokens_mask"].sum(-1) * ok), 1)
+    return loss, {"ctc_loss_per_char": loss, "ctc_infeasible": jnp.sum(~ok).astype(jnp.float32)}
+
+
+@register_task("classify")
+class ClassifyTask(_HeadTask):
+  """A linear head on the pooled speech embedding, standardized by fixed statistics (set by the job
+  from the training clips, as a linear probe does) and starting at zero (every class alike).
+  Batches: {"speech": {"audio", "audio_mask", "lang"}} where "lang" holds the class index."""
+
+  def _head_params(self, rng, dim: int) -> dict:
+    del rng
+    zeros = lambda *shape: jnp.zeros(shape, jnp.float32)
+    return {"kernel": nn.LogicallyPartitioned(zeros(dim, self.num_classes), ("embed", None)),
+            "bias": nn.LogicallyPartitioned(zeros(self.num_classes), (None,)),
+            "mean": nn.LogicallyPartitioned(zeros(dim), ("embed",)),
+            "inv_std": nn.LogicallyPartitioned(jnp.ones((dim,), jnp.float32), ("embed",))}
+
+  def logits(self, params, audio, audio_mask):
+    _, _, pooled = self.base.encode_speech(self._encoder(params), audio, audio_mask)
+    return _classifier_logits(params["head"], pooled)
+
+  def loss_fn(self, params, batch, rng, step):
+    del rng, step
+    s = batch["speech"]
+    logits = self.logits(params, s["audio"], s["audio_mask"])
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, s["lang"]).mean()
+    return loss, {"accuracy": jnp.mean((logits.argmax(-1) == s["lang"]).astype(jnp.float32))}
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Examples:
+  """Fine-tuning examples in memory: audio clips and, per task, a label sequence or a class."""
+  audios: list[np.ndarray]
+  labels: list[Any]  # int32 arrays (ctc) or class indices (classify)
+  audio_samples: int  # every batch's audio length (one shape: one compile)
+  label_length: int = 0
+
+
+def ctc_examples(utterances: Sequence[Any], vocab: Any, max_audio_seconds: float) -> Examples:
+  """Paired utterances -> audio and character ids; empty, unlabelled or too long ones skipped."""
+  max_samples = int(max_audio_seconds * eval_data.SAMPLE_RATE)
+  audios, labels, dropped = [], [], 0
+  for utt in utterances:
+    ids = [i for i in vocab.encode(utt.text) if i >= 5]
+    if not len(utt.audio) or not ids or len(utt.audio) > max_samples:
+      dropped += 1
       continue
-    params, opt_state = new_params, new_opt_state
-    losses.append(loss)
-  if skipped:
-    logging.warning("%s: skipped %d non-finite updates", desc, skipped)
-  return params, losses
+    audios.append(np.asarray(utt.audio, np.float32))
+    labels.append(np.asarray(ids, np.int32))
+  if dropped:
+    logging.warning("CTC fine-tuning: skipped %d utterances (no audio, empty transcript or longer "
+                    "than FinetuneConfig.max_audio_seconds)", dropped)
+  if not audios:
+    raise ValueError("CTC fine-tuning has no usable paired utterances")
+  audio_len = -(-max(len(a) for a in audios) // eval_data.SAMPLE_RATE) * eval_data.SAMPLE_RATE
+  label_len = -(-max(len(l) for l in labels) // 32) * 32
+  return Examples(audios, labels, audio_len, label_len)
 
 
-# -- CTC ----------------------------------------------------------------------------------------
+def class_examples(audios: Sequence[np.ndarray], labels: Sequence[str], max_audio_seconds: float
+                   ) -> tuple[Examples, list[str]]:
+  """Clips and class names -> Examples with class indices, and the sorted class names."""
+  # A label holds for the whole clip, so a long clip is cropped (its first max_audio_seconds), not dropped.
+  max_samples = int(max_audio_seconds * eval_data.SAMPLE_RATE)
+  kept = [(np.asarray(a[:max_samples], np.float32), l) for a, l in zip(audios, labels) if len(a)]
+  if len(kept) < len(audios):
+    logging.warning("Classifier fine-tuning: skipped %d empty clips", len(audios) - len(kept))
+  classes = sorted({l for _, l in kept})
+  if len(classes) < 2:
+    raise ValueError("a classifier needs at least two classes")
+  audio_len = -(-max(len(a) for a, _ in kept) // eval_data.SAMPLE_RATE) * eval_data.SAMPLE_RATE
+  return Examples([a for a, _ in kept], [classes.index(l) for _, l in kept], audio_len), classes
+
+
+def example_batch_fn(examples: Examples, task: str) -> Callable[[Sequence[int]], dict]:
+  """indices -> a task batch of those examples: the contract's paired stream (ctc) or speech
+  stream with the class index as "lang" (classify)."""
+
+  def make(idx):
+    audio, audio_mask = eval_data.pad_audio([examples.audios[i] for i in idx], len(idx), examples.audio_samples)
+    if task == "ctc":
+      tokens, tokens_mask = eval_data.pad_tokens([examples.labels[i] for i in idx], len(idx), examples.label_length)
+      return {"paired": {"audio": audio, "audio_mask": audio_mask, "tokens": tokens, "tokens_mask": tokens_mask,
+                         "lang": np.zeros((len(idx),), np.int32)}}
+    return {"speech": {"audio": audio, "audio_mask": audio_mask,
+                       "lang": np.asarray([examples.labels[i] for i in idx], np.int32)}}
+
+  return make
+
+
+class ExampleBatches:
+  """Batches of example indices drawn from one generator seeded by `seed` (distinct within a batch
+  unless there are fewer examples than rows); the position ({"position": n}) restores the stream exactly (the
+  Trainer's resume contract: the generator is replayed over n index draws, which reads no data).
+  `make_batch(indices)` builds the global batch; each process yields its rows of it."""
+
+  def __init__(self, num_examples: int, make_batch: Callable[[Sequence[int]], dict], batch_size: int,
+               seed: int = 0, shard_index: int = 0, num_shards: int = 1):
+    if num_examples < 1:
+      raise ValueError("fine-tuning has no examples")
+    if batch_size % num_shards:
+      raise ValueError(f"FinetuneConfig.batch_size={batch_size} does not divide over {num_shards} processes")
+    self.num_examples, self.make_batch, self.batch_size, self.seed = num_examples, make_batch, batch_size, seed
+    self.shard_index, self.num_shards = shard_index, num_shards
+    self.set_state({"position": 0})
+
+  def _draw(self, rng: np.random.Generator) -> list[int]:
+    replace = self.num_examples < self.batch_size
+    return [int(i) for i in rng.choice(self.num_examples, size=self.batch_size, replace=replace)]
+
+  def get_state(self) -> dict:
+    return {"position": self.position}
+
+  def set_state(self, state: dict) -> None:
+    self.position = int(state["position"])
+    self._rng = np.random.default_rng(self.seed)
+    for _ in range(self.position):
+      self._draw(self._rng)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    batch = self.make_batch(self._draw(self._rng))
+    self.position += 1
+    per = self.batch_size // self.num_shards
+    return jax.tree.map(lambda x: x[self.shard_index * per:(self.shard_index + 1) * per], batch)
+
+  @property
+  def element_spec(self) -> dict:
+    """This process's batch structure (the Trainer reads it without consuming a batch)."""
+    per = self.batch_size // self.num_shards
+    first = self.make_batch(self._draw(np.random.default_rng(self.seed)))
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((per,) + x.shape[1:], x.dtype), first)
+
+
+# -- inference with a fine-tuned head --------------------------------------------------------------
 
 @dataclasses.dataclass
 class FinetunedCTC:
@@ -200,6 +407,7 @@ class FinetunedCTC:
 
   def __post_init__(self):
     self._log_probs = _ctc_log_probs_fn(self.model)
+    self.params = meta.unbox(self.params)
 
   def log_probs(self, audios: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Per utterance, the [T_i, V] log-probabilities of its valid frames."""
@@ -219,55 +427,13 @@ class FinetunedCTC:
       texts.append(asr.ids_to_text(self.vocab, ids))
     return texts
 
-  def save(self, directory: str) -> None:
-    import flax.serialization  # pylint: disable=g-import-not-at-top
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "ctc_params.msgpack"), "wb") as f:
-      f.write(flax.serialization.to_bytes(jax.device_get(self.params)))
-    self.vocab.save(os.path.join(directory, "vocab"))
-    with open(os.path.join(directory, "ctc_losses.json"), "w") as f:
-      json.dump(self.losses, f)
-
-  @classmethod
-  def load(cls, directory: str, model: Any, encoder_params: Any) -> "FinetunedCTC":
-    """Restores a saved head (and encoder) onto the structure of `encoder_params`."""
-    import flax.serialization  # pylint: disable=g-import-not-at-top
-    vocab = eval_data.load_vocabulary(directory)
-    head = _init_head(jax.random.PRNGKey(0), _embed_dim(model, encoder_params), vocab.vocab_size)
-    with open(os.path.join(directory, "ctc_params.msgpack"), "rb") as f:
-      params = flax.serialization.from_bytes({"encoder": meta.unbox(encoder_params), "head": head}, f.read())
-    return cls(model, params, vocab)
-
-
-_LOG_PROBS_FNS: dict[int, tuple[Any, Any]] = {}
-
 
 def _ctc_log_probs_fn(model):
-  """One jitted CTC forward per model object (so each audio shape compiles once per process)."""
-  entry = _LOG_PROBS_FNS.get(id(model))
-  if entry is None or entry[0] is not model:
-    def log_probs(params, audio, mask):
-      frames, frame_mask, _ = model.encode_speech(params["encoder"], audio, mask)
-      return jax.nn.log_softmax(_head_logits(params["head"], frames.astype(jnp.float32))), frame_mask
-    if len(_LOG_PROBS_FNS) > 8:
-      _LOG_PROBS_FNS.clear()
-    entry = _LOG_PROBS_FNS[id(model)] = (model, jax.jit(log_probs))
-  return entry[1]
-
-
-def _head_logits(head, frames):
-  return frames @ head["kernel"] + head["bias"]
-
-
-def _classifier_logits(head, pooled):
-  # The standardization is fixed (a zero gradient is a zero Adam update); only kernel and bias learn.
-  mean, inv_std = jax.lax.stop_gradient(head["mean"]), jax.lax.stop_gradient(head["inv_std"])
-  return _head_logits(head, (pooled.astype(jnp.float32) - mean) * inv_std)
-
-
-def _init_head(rng, dim: int, num_classes: int):
-  return {"kernel": jax.random.normal(rng, (dim, num_classes), jnp.float32) * (1.0 / np.sqrt(dim)),
-          "bias": jnp.zeros((num_classes,), jnp.float32)}
+  """The jitted CTC forward of one fine-tuned model (each audio shape compiles once for it)."""
+  def log_probs(params, audio, mask):
+    frames, frame_mask, _ = model.encode_speech(params["encoder"], audio, mask)
+    return jax.nn.log_softmax(_head_logits(params["head"], frames.astype(jnp.float32))), frame_mask
+  return jax.jit(log_probs)
 
 
 def pretrained_head(params: Any, name: str | None, dim: int, num_classes: int) -> dict | None:
@@ -282,59 +448,6 @@ def pretrained_head(params: Any, name: str | None, dim: int, num_classes: int) -
   bias = jnp.zeros((num_classes,), jnp.float32) if bias is None else jnp.asarray(bias, jnp.float32)[:num_classes]
   logging.info("CTC head starts from the pre-trained params[%r]", name)
   return {"kernel": jnp.asarray(kernel, jnp.float32)[:, :num_classes], "bias": bias}
-
-
-def _embed_dim(model, encoder_params) -> int:
-  audio = jax.ShapeDtypeStruct((1, eval_data.SAMPLE_RATE), jnp.float32)
-  mask = jax.ShapeDtypeStruct((1, eval_data.SAMPLE_RATE), jnp.int32)
-  return jax.eval_shape(model.encode_speech, meta.unbox(encoder_params), audio, mask)[2].shape[-1]
-
-
-def finetune_ctc(model: Any, params: Any, utterances: Sequence[Any], vocab: Any,
-                 config: FinetuneConfig = FinetuneConfig()) -> FinetunedCTC:
-  """Trains a CTC head (and, per `config.freeze`, encoder layers) on paired utterances."""
-  max_samples = int(config.max_audio_seconds * eval_data.SAMPLE_RATE)
-  audios, labels, dropped = [], [], 0
-  for utt in utterances:
-    ids = [i for i in vocab.encode(utt.text) if i >= 5]
-    if not len(utt.audio) or not ids or len(utt.audio) > max_samples:
-      dropped += 1
-      continue
-    audios.append(np.asarray(utt.audio, np.float32))
-    labels.append(np.asarray(ids, np.int32))
-  if dropped:
-    logging.warning("CTC fine-tuning: skipped %d utterances (no audio, empty transcript or longer "
-                    "than FinetuneConfig.max_audio_seconds)", dropped)
-  if not audios:
-    raise ValueError("CTC fine-tuning has no usable paired utterances")
-  audio_len = -(-max(len(a) for a in audios) // eval_data.SAMPLE_RATE) * eval_data.SAMPLE_RATE
-  label_len = -(-max(len(l) for l in labels) // 32) * 32
-  encoder_params = meta.unbox(params)
-  dim = _embed_dim(model, encoder_params)
-  head = (pretrained_head(encoder_params, config.pretrained_head, dim, vocab.vocab_size)
-          or _init_head(jax.random.PRNGKey(config.seed), dim, vocab.vocab_size))
-
-  def sample_batch(rng):
-    idx = rng.choice(len(audios), size=config.batch_size, replace=len(audios) < config.batch_size)
-    # One shape for every batch (a bucket of exactly the longest clip): one compile.
-    audio, audio_mask = eval_data.pad_audio([audios[i] for i in idx], len(idx), audio_len)
-    tokens, tokens_mask = eval_data.pad_tokens([labels[i] for i in idx], len(idx), label_len)
-    return audio, audio_mask, tokens, tokens_mask
-
-  def loss_fn(p, batch):
-    audio, audio_mask, tokens, tokens_mask = batch
-    frames, frame_mask, _ = model.encode_speech(p["encoder"], audio, audio_mask)
-    logits = _head_logits(p["head"], frames.astype(jnp.float32))
-    per_seq = optax.ctc_loss(logits, 1.0 - frame_mask, tokens, 1.0 - tokens_mask, blank_id=asr.BLANK_ID)
-    # Utterances whose frames cannot hold their transcript contribute nothing (not a 1e5 spike).
-    ok = per_seq < _INFEASIBLE
-    return jnp.sum(jnp.where(ok, per_seq, 0.0)) / jnp.maximum(jnp.sum(tokens_mask.sum(-1) * ok), 1)
-
-  tuned, losses = _train(loss_fn, encoder_params, head, config, sample_batch, "finetune-ctc",
-                         cache_key=(model, "ctc", audio_len, label_len, vocab.vocab_size))
-  logging.info("CTC fine-tuning: loss per character %.3f -> %.3f over %d steps",
-               losses[0] if losses else float("nan"), losses[-1] if losses else float("nan"), len(losses))
-  return FinetunedCTC(model, tuned, vocab, losses, config.batch_size)
 
 
 def ctc_metrics(tuned: FinetunedCTC, utterances: Sequence[Any], prefix: str, beam_size: int = 8) -> dict[str, float]:
@@ -365,21 +478,6 @@ def ctc_metrics(tuned: FinetunedCTC, utterances: Sequence[Any], prefix: str, bea
   return metrics
 
 
-# The CTC evaluator and the alignment evaluator share one fine-tuned head per checkpoint.
-_CTC_CACHE: dict[tuple, FinetunedCTC] = {}
-
-
-def cached_finetune_ctc(model, params, step: int, corpus_dir: str, train_langs: Sequence[str] | None,
-                        max_per_lang: int | None, config: FinetuneConfig) -> FinetunedCTC:
-  langs = tuple(eval_data.training_languages(corpus_dir) if train_langs is None else train_langs)
-  key = (id(model), id(params), int(step), os.path.abspath(corpus_dir), langs, max_per_lang, config)
-  if key not in _CTC_CACHE:
-    _CTC_CACHE.clear()  # one checkpoint at a time: do not hold old parameters alive
-    utts = eval_data.read_utterances(corpus_dir, "paired", "train", langs, max_per_lang)
-    _CTC_CACHE[key] = finetune_ctc(model, params, utts, eval_data.load_vocabulary(corpus_dir), config)
-  return _CTC_CACHE[key]
-
-
 def _plot_losses(path: str, losses: Sequence[float], title: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -395,36 +493,6 @@ def _plot_losses(path: str, losses: Sequence[float], title: str) -> None:
   plt.close(fig)
 
 
-@base.register("ctc")
-@gin.configurable
-class CTCFinetuneEvaluator:
-  """CTC fine-tuning on paired train data, CER/WER on paired test data of the same languages.
-
-  `langs` defaults to the corpus' training languages (paired train data, not held out).
-  """
-
-  def __init__(self, corpus_dir: str | None = None, langs: Sequence[str] | None = None,
-               max_train_per_lang: int | None = None, max_test_per_lang: int | None = 50,
-               beam_size: int = 8, config: FinetuneConfig | None = None):
-    self.corpus_dir = eval_data.resolve_corpus_dir(corpus_dir, type(self).__name__)
-    self.langs = langs
-    self.max_train_per_lang, self.max_test_per_lang = max_train_per_lang, max_test_per_lang
-    self.beam_size = beam_size
-    self.config = config or FinetuneConfig()
-
-  def evaluate(self, model, params, step: int, out_dir: str | None = None) -> dict[str, float]:
-    tuned = cached_finetune_ctc(model, params, step, self.corpus_dir, self.langs, self.max_train_per_lang, self.config)
-    langs = self.langs or eval_data.training_languages(self.corpus_dir)
-    test = eval_data.read_utterances(self.corpus_dir, "paired", "test", langs, self.max_test_per_lang)
-    metrics = ctc_metrics(tuned, test, "ctc", self.beam_size)
-    if out_dir:
-      _plot_losses(os.path.join(out_dir, "ctc_finetune_loss.png"), tuned.losses,
-                   f"CTC fine-tuning ({self.config.freeze}), step {step}")
-    return metrics
-
-
-# -- classification on pooled embeddings ---------------------------------------------------------
-
 @dataclasses.dataclass
 class FinetunedClassifier:
   model: Any
@@ -438,6 +506,7 @@ class FinetunedClassifier:
       _, _, pooled = self.model.encode_speech(params["encoder"], audio, mask)
       return _classifier_logits(params["head"], pooled)
     self._logits = jax.jit(logits)
+    self.params = meta.unbox(self.params)
 
   def predict(self, audios: Sequence[np.ndarray]) -> list[str]:
     out = []
@@ -446,68 +515,3 @@ class FinetunedClassifier:
       audio, mask = eval_data.pad_audio(chunk, self.batch_size, eval_data.AUDIO_BUCKET)
       out.extend(np.asarray(self._logits(self.params, audio, mask)).argmax(-1)[:len(chunk)].tolist())
     return [self.classes[i] for i in out]
-
-
-def finetune_classifier(model: Any, params: Any, audios: Sequence[np.ndarray], labels: Sequence[str],
-                        config: FinetuneConfig = FinetuneConfig()) -> FinetunedClassifier:
-  """A linear head on the pooled speech embedding (e.g. language or intent), with `config.freeze`."""
-  # A label holds for the whole clip, so a long clip is cropped (its first max_audio_seconds), not dropped.
-  max_samples = int(config.max_audio_seconds * eval_data.SAMPLE_RATE)
-  kept = [(np.asarray(a[:max_samples], np.float32), l) for a, l in zip(audios, labels) if len(a)]
-  if len(kept) < len(audios):
-    logging.warning("Classifier fine-tuning: skipped %d empty clips", len(audios) - len(kept))
-  audios, labels = [a for a, _ in kept], [l for _, l in kept]
-  classes = sorted(set(labels))
-  if len(classes) < 2:
-    raise ValueError("a classifier needs at least two classes")
-  targets = np.array([classes.index(l) for l in labels], np.int32)
-  audio_len = -(-max(len(a) for a in audios) // eval_data.SAMPLE_RATE) * eval_data.SAMPLE_RATE
-  encoder_params = meta.unbox(params)
-  # Pooled embeddings can differ between clips by a small fraction of their norm (a lightly trained
-  # encoder); the head standardizes them as the linear probe does, with statistics of the training
-  # clips under the starting encoder, and starts as logistic regression does: every class alike.
-  pooled = eval_data.Encoder(model, encoder_params, batch_size=config.batch_size).speech(audios)
-  head = {"kernel": jnp.zeros((pooled.shape[-1], len(classes)), jnp.float32),
-          "bias": jnp.zeros((len(classes),), jnp.float32),
-          "mean": jnp.asarray(pooled.mean(0), jnp.float32),
-          "inv_std": jnp.asarray(1.0 / (pooled.std(0) + 1e-6), jnp.float32)}
-
-  def sample_batch(rng):
-    idx = rng.choice(len(audios), size=config.batch_size, replace=len(audios) < config.batch_size)
-    audio, mask = eval_data.pad_audio([audios[i] for i in idx], len(idx), audio_len)
-    return audio, mask, targets[idx]
-
-  def loss_fn(p, batch):
-    audio, mask, y = batch
-    _, _, pooled = model.encode_speech(p["encoder"], audio, mask)
-    return optax.softmax_cross_entropy_with_integer_labels(_classifier_logits(p["head"], pooled), y).mean()
-
-  tuned, losses = _train(loss_fn, encoder_params, head, config, sample_batch, "finetune-classifier",
-                         cache_key=(model, "classifier", audio_len, len(classes)))
-  return FinetunedClassifier(model, tuned, classes, losses, config.batch_size)
-
-
-@base.register("langid_finetune")
-@gin.configurable
-class LangIDFinetuneEvaluator:
-  """Spoken language ID by a fine-tuned classification head (vs. the frozen linear probe)."""
-
-  def __init__(self, corpus_dir: str | None = None, stream: str = "speech", max_train_per_lang: int | None = 40,
-               max_test_per_lang: int | None = 20, config: FinetuneConfig | None = None):
-    self.corpus_dir = eval_data.resolve_corpus_dir(corpus_dir, type(self).__name__)
-    self.stream = stream
-    self.max_train_per_lang, self.max_test_per_lang = max_train_per_lang, max_test_per_lang
-    self.config = config or FinetuneConfig()
-
-  def evaluate(self, model, params, step: int, out_dir: str | None = None) -> dict[str, float]:
-    del step, out_dir
-    from sklearn.metrics import f1_score  # pylint: disable=g-import-not-at-top
-    train = eval_data.read_utterances(self.corpus_dir, self.stream, "train", max_per_lang=self.max_train_per_lang)
-    test = eval_data.read_utterances(self.corpus_dir, self.stream, "test", max_per_lang=self.max_test_per_lang)
-    train = [u for u in train if len(u.audio)]
-    test = [u for u in test if len(u.audio)]
-    clf = finetune_classifier(model, params, [u.audio for u in train], [u.lang for u in train], self.config)
-    predicted = clf.predict([u.audio for u in test])
-    truth = [u.lang for u in test]
-    return {"langid_finetune_accuracy_speech": float(np.mean(np.array(predicted) == np.array(truth))),
-            "langid_finetune_macro_f1_speech": float(f1_score(truth, predicted, average="macro", zero_division=0))}

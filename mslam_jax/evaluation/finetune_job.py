@@ -1,58 +1,319 @@
-"""`mslam finetune`'s job (CTC fine-tuning of a run's checkpoint, saved with its test figures) and
-the loader of what it saves (`mslam align` reads it)."""
+"""The fine-tuning job: a task head on a pre-trained encoder, trained by trainer.Trainer through
+train.train, exactly as pre-training is (sharded, Orbax checkpoints with exact resume, progress bar,
+JSONL/TensorBoard metrics, NaN guard, SIGTERM).
+
+  mslam finetune --task ctc --init_from RUN_DIR [--step N] --gin_file=runs/finetune_ctc.gin \
+      --gin.MODEL_DIR=/tmp/run/ctc
+
+A fine-tuning directory holds what any run directory does (checkpoints/, metrics.jsonl,
+operative_config.gin) plus source.json (the pre-training run and step it started from, the task,
+its classes) and vocab/; a job restarted on it resumes from its latest checkpoint.
+
+Evaluators that need a fine-tuned head (ctc, zero_shot, alignment, langid_finetune) run the same
+job through `checkpoint_head`, into RUN_DIR/finetune/<task>_step<N>_<settings hash>/, so a head is
+trained once per checkpoint and settings, and a sweep killed mid-way resumes it.
+"""
+import dataclasses
+import functools
+import hashlib
 import json
+import logging
 import os
-from typing import Sequence
+import tempfile
+from typing import Any, Callable, Sequence
 
 import gin
+import numpy as np
 
 from mslam_jax import checkpoints
-from mslam_jax import config
+from mslam_jax import config as config_lib
+from mslam_jax import train as train_lib
+from mslam_jax.evaluation import base
 from mslam_jax.evaluation import data as eval_data
 from mslam_jax.evaluation import finetune
 from mslam_jax.evaluation import report
+from mslam_jax.interop import init_from
 
 SOURCE_FILE = "source.json"  # the run and step a fine-tuned directory was made from
+FINETUNE_SUBDIR = "finetune"  # heads the evaluators train, inside the pre-training run
 
+
+def _encoder_source(task_model: Any, pretrained: Any) -> Any:
+  """The part of a pre-training checkpoint's parameters that goes under the task's "encoder"."""
+  pick = getattr(task_model, "pretrained_encoder", None)
+  if pick is not None:
+    return pick(pretrained)
+  # Head tasks wrap the whole pre-trained model; others (the translation model) hold its encoder.
+  return pretrained if isinstance(task_model, finetune._HeadTask) else pretrained["encoder"]  # pylint: disable=protected-access
+
+
+def train_task(task_model: Any, iterator_fn: Callable[..., Any], model_dir: str, settings: finetune.FinetuneConfig,
+               pretrained: Callable[[], Any], head_init: Callable[[Any], dict | None] | None = None,
+               progress_bar: bool = True, tensorboard: bool = False, log_config: bool = True) -> dict:
+  """Trains `task_model` into `model_dir` (or resumes it there) for `settings.steps`; returns the
+  trainer's summary. `pretrained()` gives the pre-training parameters (read only on a fresh start);
+  `head_init(params)` may return head parameters to start from (e.g. a pre-trained CTC head)."""
+
+  def initialize(params):
+    merged, taken = init_from.merge_params(params, {"encoder": _encoder_source(task_model, pretrained())},
+                                           include=[r"encoder/.*"])
+    logging.info("Fine-tuning starts from %d pre-trained parameter arrays", len(taken))
+    head = head_init(merged) if head_init is not None else None
+    if head is not None:
+      merged, _ = init_from.merge_params(merged, {"head": head}, include=[r"head/.*"])
+    return merged
+
+  os.makedirs(model_dir, exist_ok=True)
+  return train_lib.train(
+      model_dir=model_dir, train_steps=settings.steps, model=task_model, iterator_fn=iterator_fn,
+      optimizer=finetune.finetune_optimizer(settings), initialize_params=initialize,
+      checkpoint_every=settings.checkpoint_every, keep_checkpoints=2, async_checkpoints=False, log_every=1,
+      eval_every=0, evaluators=(), health_every=0, progress_bar=progress_bar, tensorboard=tensorboard,
+      log_config=log_config)
+
+
+def finished_params(model_dir: str, steps: int) -> Any | None:
+  """The parameters of a fine-tuning directory whose job reached `steps`, else None."""
+  done = checkpoints.checkpoint_steps(model_dir) if os.path.isdir(model_dir) else []
+  if not done or max(done) < steps:
+    return None
+  return checkpoints.load_params(checkpoints.step_dir(model_dir, max(done)))
+
+
+def losses(model_dir: str) -> list[float]:
+  """The training loss per step from a job's metrics.jsonl (a restarted job's later lines win)."""
+  by_step = {}
+  path = os.path.join(model_dir, "metrics.jsonl")
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          record = json.loads(line)
+        except ValueError:
+          continue
+        if "loss" in record and not record.get("nonfinite"):
+          by_step[int(record["step"])] = float(record["loss"])
+  return [by_step[s] for s in sorted(by_step)]
+
+
+def _write_source(model_dir: str, source: dict) -> None:
+  os.makedirs(model_dir, exist_ok=True)
+  with open(os.path.join(model_dir, SOURCE_FILE), "w") as f:
+    json.dump(source, f, indent=1)
+
+
+def _settings_dict(settings: finetune.FinetuneConfig) -> dict:
+  return dataclasses.asdict(settings)
+
+
+# -- heads for the evaluators ----------------------------------------------------------------------
+
+def _head_dir(ctx: base.EvalContext, name: str, key: dict) -> str:
+  digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
+  if ctx.model_dir:
+    return os.path.join(ctx.model_dir, FINETUNE_SUBDIR, f"{name}_step{ctx.step}_{digest}")
+  # Parameters from nowhere in particular: a directory that lives as long as the context.
+  scratch = ctx.shared.setdefault("scratch_dir", tempfile.TemporaryDirectory(prefix="mslam_finetune_"))
+  return os.path.join(scratch.name, f"{name}_{digest}")
+
+
+def _train_in_process(ctx: base.EvalContext, task: str, examples: finetune.Examples, num_classes: int,
+                      settings: finetune.FinetuneConfig, model_dir: str, source: dict,
+                      head_init: Callable[[Any], dict | None] | None = None,
+                      task_model: Any = None) -> Any:
+  params = finished_params(model_dir, settings.steps)
+  if params is not None:
+    logging.info("Fine-tuned %s head found in %s", task, model_dir)
+    return params
+  _write_source(model_dir, source)
+  task_model = task_model or finetune.task_model(task)(
+      ctx.model, num_classes, freeze_encoder=settings.freeze == "frozen", seed=settings.seed)
+  iterator_fn = functools.partial(finetune.ExampleBatches, len(examples.audios),
+                                  finetune.example_batch_fn(examples, task), settings.batch_size, settings.seed)
+  summary = train_task(task_model, iterator_fn, model_dir, settings, pretrained=lambda: ctx.params,
+                       head_init=head_init, log_config=False)
+  if summary["stopped"] != "done":
+    raise RuntimeError(f"fine-tuning in {model_dir} stopped early ({summary['stopped']})")
+  return checkpoints.load_params(checkpoints.step_dir(model_dir, summary["final_step"]))
+
+
+def checkpoint_ctc_head(ctx: base.EvalContext, corpus_dir: str, train_langs: Sequence[str] | None,
+                        max_per_lang: int | None, settings: finetune.FinetuneConfig) -> finetune.FinetunedCTC:
+  """The CTC head fine-tuned on this checkpoint (the ctc, zero_shot and alignment evaluators share
+  it when their settings agree): trained once into the run directory, then read back."""
+  langs = list(eval_data.training_languages(corpus_dir) if train_langs is None else train_langs)
+  key = {"task": "ctc", "corpus": os.path.abspath(corpus_dir), "langs": langs, "max_per_lang": max_per_lang,
+         "settings": _settings_dict(settings)}
+  memo = ("ctc_head", json.dumps(key, sort_keys=True, default=str))
+  if memo in ctx.shared:
+    return ctx.shared[memo]
+  vocab = eval_data.load_vocabulary(corpus_dir)
+  model_dir = _head_dir(ctx, "ctc", key)
+  examples = finetune.ctc_examples(eval_data.read_utterances(corpus_dir, "paired", "train", langs, max_per_lang),
+                                   vocab, settings.max_audio_seconds)
+
+  def head_init(params):
+    dim = finetune._embed_dim(ctx.model, params["encoder"])  # pylint: disable=protected-access
+    return finetune.pretrained_head(params["encoder"], settings.pretrained_head, dim, vocab.vocab_size)
+
+  source = {"task": "ctc", "model_dir": os.path.abspath(ctx.model_dir) if ctx.model_dir else None,
+            "step": ctx.step, "corpus_dir": os.path.abspath(corpus_dir), "langs": langs,
+            "num_classes": vocab.vocab_size, "settings": _settings_dict(settings)}
+  params = _train_in_process(ctx, "ctc", examples, vocab.vocab_size, settings, model_dir, source, head_init)
+  tuned = finetune.FinetunedCTC(ctx.model, params, vocab, losses(model_dir), settings.batch_size)
+  ctx.shared[memo] = tuned
+  return tuned
+
+
+def checkpoint_classifier(ctx: base.EvalContext, name: str, audios: Sequence[np.ndarray], labels: Sequence[str],
+                          settings: finetune.FinetuneConfig, key: dict) -> finetune.FinetunedClassifier:
+  """A classification head (e.g. language ID) fine-tuned on this checkpoint, cached like the CTC head."""
+  examples, classes = finetune.class_examples(audios, labels, settings.max_audio_seconds)
+  key = {**key, "task": "classify", "classes": classes, "settings": _settings_dict(settings)}
+  model_dir = _head_dir(ctx, name, key)
+  def head_init(params):
+    # The head standardizes pooled embeddings with statistics of the training clips under the
+    # starting encoder, as the linear probe does (a lightly trained encoder's clips differ by a
+    # small fraction of their norm), and starts as logistic regression does: every class alike.
+    del params
+    pooled = eval_data.Encoder(ctx.model, ctx.params, batch_size=settings.batch_size,
+                               cache=ctx.compiled).speech(examples.audios)
+    dim = pooled.shape[-1]
+    return {"kernel": np.zeros((dim, len(classes)), np.float32), "bias": np.zeros((len(classes),), np.float32),
+            "mean": pooled.mean(0).astype(np.float32), "inv_std": (1.0 / (pooled.std(0) + 1e-6)).astype(np.float32)}
+
+  source = {"task": "classify", "model_dir": os.path.abspath(ctx.model_dir) if ctx.model_dir else None,
+            "step": ctx.step, "classes": classes, "settings": _settings_dict(settings)}
+  params = _train_in_process(ctx, "classify", examples, len(classes), settings, model_dir, source, head_init)
+  return finetune.FinetunedClassifier(ctx.model, params, classes, losses(model_dir), settings.batch_size)
+
+
+# -- mslam finetune ------------------------------------------------------------------------------------
 
 @gin.configurable
-def finetune_run(model_dir: str = gin.REQUIRED, corpus_dir: str = gin.REQUIRED, output_dir: str = gin.REQUIRED,
-                 step: int | None = None, langs: Sequence[str] | None = None,
+def finetune_run(task: str = "ctc", init_from_dir: str = gin.REQUIRED, model_dir: str = gin.REQUIRED,
+                 corpus_dir: str | None = None, step: int | None = None, langs: Sequence[str] | None = None,
                  max_train_per_lang: int | None = None, max_test_per_lang: int | None = 100,
-                 beam_size: int = 8) -> dict[str, float]:
-  """CTC fine-tuning of a checkpoint; saves the result (for `mslam align`) and its test figures."""
-  model = config.build_model()
-  params, step = checkpoints.restore_params(model_dir, step)
-  langs = list(langs or eval_data.training_languages(corpus_dir))
-  settings = finetune.FinetuneConfig()
-  train = eval_data.read_utterances(corpus_dir, "paired", "train", langs, max_train_per_lang)
-  tuned = finetune.finetune_ctc(model, params, train, eval_data.load_vocabulary(corpus_dir), settings)
-  tuned.save(output_dir)
-  with open(os.path.join(output_dir, SOURCE_FILE), "w") as f:
-    json.dump({"model_dir": os.path.abspath(model_dir), "step": step, "corpus_dir": os.path.abspath(corpus_dir),
-               "langs": langs, "freeze": settings.freeze, "top_k": settings.top_k, "steps": settings.steps},
-              f, indent=1)
-  test = eval_data.read_utterances(corpus_dir, "paired", "test", langs, max_test_per_lang)
-  metrics = finetune.ctc_metrics(tuned, test, "ctc", beam_size)
-  finetune._plot_losses(os.path.join(output_dir, "ctc_finetune_loss.png"), tuned.losses,  # pylint: disable=protected-access
-                        f"CTC fine-tuning ({settings.freeze}) from step {step}")
-  report.write_checkpoint_report(output_dir, step, metrics, checkpoints.step_dir(model_dir, step))
+                 beam_size: int = 8, settings: finetune.FinetuneConfig | None = None,
+                 model: Any = None, iterator_fn: Callable[..., Any] | None = None,
+                 progress_bar: bool = True, tensorboard: bool = True) -> dict[str, float]:
+  """`mslam finetune`: fine-tunes `task` from a checkpoint of `init_from_dir` into `model_dir`, then
+  scores the corpus' test split (ctc: CER/WER; classify: language-ID accuracy). A restarted job
+  resumes from `model_dir`'s latest checkpoint.
+
+  `model` / `iterator_fn`: the task model and its batches, for tasks whose data the corpus readers
+  here do not make (translate: bound in its run config); default: the task's own.
+  """
+  settings = settings or finetune.FinetuneConfig()
+  if os.path.abspath(model_dir) == os.path.abspath(init_from_dir):
+    raise ValueError(f"finetune_run.model_dir is the pre-training run {init_from_dir}: give the fine-tuning "
+                     "run a directory of its own (--gin.MODEL_DIR)")
+  base_model = config_lib.build_model()
+  chosen = checkpoints.select_steps(init_from_dir, "latest" if step is None else step)[-1]
+  pretrained = lambda: checkpoints.load_params(checkpoints.step_dir(init_from_dir, chosen))
+  source = {"task": task, "model_dir": os.path.abspath(init_from_dir), "step": chosen,
+            "corpus_dir": os.path.abspath(corpus_dir) if corpus_dir else None, "settings": _settings_dict(settings)}
+  if iterator_fn is not None:  # a task whose batches its run config makes
+    task_model = model if model is not None else finetune.task_model(task)()
+    _write_source(model_dir, source)
+    summary = train_task(task_model, iterator_fn, model_dir, settings, pretrained, progress_bar=progress_bar,
+                         tensorboard=tensorboard)
+    return {"final_step": float(summary["final_step"])}
+  if not corpus_dir:
+    raise ValueError("finetune_run.corpus_dir is unset: pass --corpus_dir (or the run's CORPUS_DIR)")
+  if task == "ctc":
+    langs = list(langs or eval_data.training_languages(corpus_dir))
+    vocab = eval_data.load_vocabulary(corpus_dir)
+    examples = finetune.ctc_examples(eval_data.read_utterances(corpus_dir, "paired", "train", langs, max_train_per_lang),
+                                     vocab, settings.max_audio_seconds)
+    num_classes, classes = vocab.vocab_size, None
+    head_init = lambda params: finetune.pretrained_head(  # pylint: disable=g-long-lambda
+        params["encoder"], settings.pretrained_head, finetune._embed_dim(base_model, params["encoder"]),  # pylint: disable=protected-access
+        vocab.vocab_size)
+    if hasattr(vocab, "save"):
+      vocab.save(os.path.join(model_dir, "vocab"))
+  elif task == "classify":
+    train = [u for u in eval_data.read_utterances(corpus_dir, "speech", "train", langs, max_train_per_lang) if len(u.audio)]
+    examples, classes = finetune.class_examples([u.audio for u in train], [u.lang for u in train],
+                                                settings.max_audio_seconds)
+    num_classes, head_init = len(classes), None
+  elif task == "translate":
+    return _finetune_translation(init_from_dir, model_dir, corpus_dir, langs, max_train_per_lang, settings, model,
+                                 pretrained, source, progress_bar, tensorboard)
+  else:
+    raise ValueError(f"--task {task} needs its data: bind finetune_run.iterator_fn in its run config")
+  _write_source(model_dir, {**source, "langs": langs, "classes": classes, "num_classes": num_classes})
+  task_model = model if model is not None else finetune.task_model(task)(
+      base_model, num_classes, freeze_encoder=settings.freeze == "frozen", seed=settings.seed)
+  iterator_fn = functools.partial(finetune.ExampleBatches, len(examples.audios),
+                                  finetune.example_batch_fn(examples, task), settings.batch_size, settings.seed)
+  summary = train_task(task_model, iterator_fn, model_dir, settings, pretrained, head_init,
+                       progress_bar=progress_bar, tensorboard=tensorboard)
+  if summary["stopped"] != "done":
+    return {"final_step": float(summary["final_step"])}
+  params = checkpoints.load_params(checkpoints.step_dir(model_dir, summary["final_step"]))
+  curve = losses(model_dir)
+  if task == "ctc":
+    tuned = finetune.FinetunedCTC(base_model, params, vocab, curve, settings.batch_size)
+    test = eval_data.read_utterances(corpus_dir, "paired", "test", langs, max_test_per_lang)
+    metrics = finetune.ctc_metrics(tuned, test, "ctc", beam_size)
+    finetune._plot_losses(os.path.join(model_dir, "ctc_finetune_loss.png"), curve,  # pylint: disable=protected-access
+                          f"CTC fine-tuning ({settings.freeze}) from step {chosen}")
+  else:
+    tuned = finetune.FinetunedClassifier(base_model, params, classes, curve, settings.batch_size)
+    test = [u for u in eval_data.read_utterances(corpus_dir, "speech", "test", langs, max_test_per_lang) if len(u.audio)]
+    predicted = tuned.predict([u.audio for u in test])
+    metrics = {"classify_accuracy": float(np.mean(np.array(predicted) == np.array([u.lang for u in test])))}
+  metrics["final_step"] = float(summary["final_step"])
+  report.write_checkpoint_report(model_dir, chosen, metrics, checkpoints.step_dir(init_from_dir, chosen))
   return metrics
 
 
+def _finetune_translation(init_from_dir, model_dir, corpus_dir, langs, max_train_per_lang, settings, model,
+                          pretrained, source, progress_bar, tensorboard) -> dict[str, float]:
+  """X -> English speech translation on the corpus' built-in translation data (data/translation.py),
+  with the model registered for "translate" (models/translation.py). The `translation` evaluator
+  scores the result (BLEU, chrF)."""
+  del init_from_dir
+  try:
+    from mslam_jax.data import translation as translation_data  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ValueError("--task translate needs mslam_jax.data.translation (the built-in translation data)") from None
+  items = [x for x in translation_data.read_items(corpus_dir, "train", langs, max_train_per_lang) if len(x.audio)]
+  if not items:
+    raise ValueError(f"no translation training items with audio in {corpus_dir}")
+  vocab = eval_data.load_vocabulary(corpus_dir)
+  max_samples = int(settings.max_audio_seconds * eval_data.SAMPLE_RATE)
+  audio_samples = min(max_samples, -(-max(len(x.audio) for x in items) // eval_data.SAMPLE_RATE) * eval_data.SAMPLE_RATE)
+  target_length = -(-max(len(vocab.encode(x.target)) + 1 for x in items) // 32) * 32
+  make = lambda idx: {"speech": translation_data.make_batch([items[i] for i in idx], vocab, "speech",  # pylint: disable=g-long-lambda
+                                                            target_length, audio_samples)}
+  task_model = model if model is not None else finetune.task_model("translate")()
+  _write_source(model_dir, {**source, "target_length": target_length, "audio_samples": audio_samples})
+  if hasattr(vocab, "save"):
+    vocab.save(os.path.join(model_dir, "vocab"))
+  iterator_fn = functools.partial(finetune.ExampleBatches, len(items), make, settings.batch_size, settings.seed)
+  summary = train_task(task_model, iterator_fn, model_dir, settings, pretrained, progress_bar=progress_bar,
+                       tensorboard=tensorboard)
+  return {"final_step": float(summary["final_step"])}
+
+
 def load_finetuned(directory: str) -> finetune.FinetunedCTC:
-  """A `mslam finetune` output directory -> FinetunedCTC (the model rebuilt from its source run).
+  """A CTC fine-tuning directory -> FinetunedCTC (the model rebuilt from its source run's config).
 
   Replaces the process' gin config by the source run's.
   """
   source_path = os.path.join(directory, SOURCE_FILE)
   if not os.path.exists(source_path):
-    raise FileNotFoundError(f"{directory} is not a fine-tuned CTC model (no {SOURCE_FILE}); "
-                            "make one with `mslam finetune --model_dir RUN --out DIR`")
+    raise FileNotFoundError(f"{directory} is not a fine-tuned CTC model (no {SOURCE_FILE}); make one with "
+                            "`mslam finetune --task ctc --init_from RUN --gin.MODEL_DIR=DIR`")
   with open(source_path) as f:
     source = json.load(f)
-  if not checkpoints.checkpoint_steps(source["model_dir"]):
-    raise FileNotFoundError(f"the source run {source['model_dir']} has no checkpoints left to give the structure")
-  # Only the structure of the encoder's parameters is needed; the saved values replace them.
-  model, encoder_params, _ = config.load_run(source["model_dir"], source["step"])
-  return finetune.FinetunedCTC.load(directory, model, encoder_params)
+  if source.get("task", "ctc") != "ctc":
+    raise ValueError(f"{directory} holds a {source['task']!r} head, not a CTC one")
+  params = finished_params(directory, 1)
+  if params is None:
+    raise FileNotFoundError(f"{directory} has no finished fine-tuning checkpoint")
+  config_lib.parse_run_config(source["model_dir"])
+  model = config_lib.build_model()
+  return finetune.FinetunedCTC(model, params, eval_data.load_vocabulary(directory))

@@ -124,26 +124,30 @@ class LangIDEvaluator:
     for m in modalities:
       if m not in ("speech", "text"):
         raise ValueError(f"LangIDEvaluator.modalities holds {m!r}; use 'speech' and/or 'text'")
-    self.corpus_dir = eval_data.resolve_corpus_dir(corpus_dir, type(self).__name__)
+    self.corpus_dir = corpus_dir
     self.modalities = tuple(modalities)
     self.max_train_per_lang, self.max_test_per_lang, self.batch_size = max_train_per_lang, max_test_per_lang, batch_size
 
-  def embed(self, encoder: "eval_data.Encoder", modality: str, split: str, max_per_lang: int | None):
-    utts = eval_data.read_utterances(self.corpus_dir, modality, split, max_per_lang=max_per_lang)
+  def embed(self, encoder: "eval_data.Encoder", modality: str, split: str, max_per_lang: int | None,
+            corpus_dir: str | None = None):
+    """Pooled embeddings and languages of a split (of `corpus_dir`, default the evaluator's own)."""
+    corpus_dir = corpus_dir or self.corpus_dir
+    utts = eval_data.read_utterances(corpus_dir, modality, split, max_per_lang=max_per_lang)
     if modality == "speech":
       utts = [u for u in utts if len(u.audio)]
       return encoder.speech([u.audio for u in utts]), [u.lang for u in utts]
-    vocab = eval_data.load_vocabulary(self.corpus_dir)
+    vocab = eval_data.load_vocabulary(corpus_dir)
     utts = [u for u in utts if u.text.strip()]
     return encoder.text(eval_data.tokenize(vocab, [u.text for u in utts])), [u.lang for u in utts]
 
-  def evaluate(self, model, params, step: int, out_dir: str | None = None) -> dict[str, float]:
-    del step
-    encoder = eval_data.Encoder(model, params, self.batch_size)
+  def evaluate(self, ctx: base.EvalContext) -> dict[str, float]:
+    corpus_dir = ctx.corpus(self.corpus_dir, type(self).__name__)
+    out_dir = ctx.out_dir
+    encoder = eval_data.Encoder(ctx.model, ctx.params, self.batch_size, cache=ctx.compiled)
     metrics = {}
     for modality in self.modalities:
-      train_x, train_y = self.embed(encoder, modality, "train", self.max_train_per_lang)
-      test_x, test_y = self.embed(encoder, modality, "test", self.max_test_per_lang)
+      train_x, train_y = self.embed(encoder, modality, "train", self.max_train_per_lang, corpus_dir)
+      test_x, test_y = self.embed(encoder, modality, "test", self.max_test_per_lang, corpus_dir)
       metrics.update(probe_metrics(
           train_x, train_y, test_x, test_y, modality,
           plot_path=os.path.join(out_dir, f"langid_confusion_{modality}.png") if out_dir else None,

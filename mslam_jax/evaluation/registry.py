@@ -1,26 +1,25 @@
-"""Evaluators chosen by name (big_vision style), sharing one protocol with the trainer's hook.
+"""Evaluators chosen by name (big_vision style); the protocol and `run_evaluators` are in base.py.
 
-  evaluator.evaluate(model, params, step, out_dir=None) -> dict[str, float]
-
-`model` follows the MSLAMModel contract (encode_speech / encode_text); `params` may be boxed or
-unboxed. `out_dir`, when given, receives the evaluator's plots and artifacts (the trainer's
-periodic hook passes none and gets the scalars only). Every evaluator class is gin-configurable
-under its own name, so a run config selects evaluators with
+Every evaluator class is gin-configurable under its own name, so a run config selects evaluators
+with
 
   mslam_jax.evaluation.registry.build_evaluators.names = ["retrieval", "langid"]
-  RetrievalEvaluator.corpus_dir = %CORPUS_DIR
+  RetrievalEvaluator.max_per_lang = 50
+
+The corpus comes with each checkpoint's context (base.EvalContext); an evaluator's own
+`corpus_dir` binding overrides it.
 """
 import logging
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import gin
 
 # Importing the evaluator modules runs their @register decorators, so that a run config importing
 # only this module can bind their parameters (e.g. RetrievalEvaluator.max_per_lang) by name.
 # pylint: disable=unused-import
-from mslam_jax.evaluation import alignment, embedding_map, finetune, langid, retrieval, zero_shot
+from mslam_jax.evaluation import alignment, downstream, embedding_map, langid, retrieval, zero_shot
 # pylint: enable=unused-import
-from mslam_jax.evaluation.base import _REGISTRY, Evaluator, register  # pylint: disable=unused-import
+from mslam_jax.evaluation.base import _REGISTRY, EvalContext, Evaluator, register, run_evaluators  # pylint: disable=unused-import
 
 
 def names() -> list[str]:
@@ -41,22 +40,3 @@ def build_evaluators(names: Sequence[str] = ()) -> list[Evaluator]:  # pylint: d
   logging.info("Evaluators: %s", [e.name for e in evaluators])
   return evaluators
 
-
-def run_evaluators(evaluators: Sequence[Evaluator], model: Any, params: Any, step: int,
-                   out_dir: str | None = None) -> dict[str, float]:
-  """Runs each evaluator; one that fails is logged and counted, the others still run."""
-  metrics: dict[str, float] = {}
-  failed = []
-  for evaluator in evaluators:
-    try:
-      result = evaluator.evaluate(model, params, step, out_dir=out_dir)
-    except Exception:  # pylint: disable=broad-except
-      logging.exception("Evaluator %r failed at step %d; continuing with the others", evaluator.name, step)
-      failed.append(evaluator.name)
-      continue
-    clash = set(result) & set(metrics)
-    if clash:
-      logging.warning("Evaluator %r overwrites metrics %s", evaluator.name, sorted(clash))
-    metrics.update({k: float(v) for k, v in result.items()})
-  metrics["eval_failed_evaluators"] = float(len(failed))
-  return metrics

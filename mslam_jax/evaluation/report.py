@@ -1,9 +1,18 @@
-"""Per-checkpoint JSON and markdown reports, and a sweep summary over all evaluated checkpoints."""
+"""Per-checkpoint JSON and markdown reports, and a sweep summary over all evaluated checkpoints.
+
+metrics.json is what marks a checkpoint as evaluated: it is written whole or not at all (a temporary
+file renamed into place), names the evaluators that ran and those that failed, and a report with a
+failed evaluator, a missing evaluator or an unreadable file counts as not evaluated.
+"""
 import glob
 import json
+import logging
 import math
 import os
-from typing import Mapping
+import tempfile
+from typing import Mapping, Sequence
+
+from mslam_jax.evaluation import base
 
 # The figures every report leads with (and that `mslam demo` copies into its report.json).
 HEADLINE_METRICS = (
@@ -45,12 +54,35 @@ def _table(rows: list[tuple[str, str]], header: tuple[str, str] = ("metric", "va
   return lines
 
 
-def write_checkpoint_report(out_dir: str, step: int, metrics: Mapping[str, float], source: str = "") -> str:
-  """Writes out_dir/metrics.json and out_dir/report.md (figures, per-language tables, plots)."""
+def _write_atomically(path: str, text: str) -> None:
+  """Readers see the old file or the new one, never half of one (rename is atomic on POSIX)."""
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def write_checkpoint_report(out_dir: str, step: int, metrics: Mapping[str, float], source: str = "",
+                            evaluators: Sequence[str] | None = None, failed: Sequence[str] = ()) -> str:
+  """Writes out_dir/metrics.json and out_dir/report.md (figures, per-language tables, plots).
+
+  `evaluators`: the names that ran (a later sweep asking for others evaluates again); `failed`: those
+  that raised (the checkpoint then counts as not evaluated).
+  """
   os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, METRICS_FILE), "w") as f:
-    json.dump({"step": int(step), "source": source, "metrics": {k: float(v) for k, v in sorted(metrics.items())}},
-              f, indent=1, allow_nan=True)
+  record = {"step": int(step), "source": source, "metrics": {k: float(v) for k, v in sorted(metrics.items())}}
+  if evaluators is not None:
+    record["evaluators"] = sorted(evaluators)
+  record["failed_evaluators"] = sorted(failed)
+  _write_atomically(os.path.join(out_dir, METRICS_FILE), json.dumps(record, indent=1, allow_nan=True))
   lines = [f"# Evaluation at step {step}", ""]
   if source:
     lines += [f"Checkpoint: `{source}`", ""]
@@ -68,18 +100,37 @@ def write_checkpoint_report(out_dir: str, step: int, metrics: Mapping[str, float
   if pictures:
     lines += ["", "## Plots", ""]
     lines += [f"![{os.path.splitext(p)[0]}]({p})" for p in pictures]
+  if failed:
+    lines = lines[:2] + [f"**Not final**: evaluator(s) {', '.join(sorted(failed))} failed; the next sweep "
+                         "evaluates this checkpoint again.", ""] + lines[2:]
   path = os.path.join(out_dir, REPORT_FILE)
-  with open(path, "w") as f:
-    f.write("\n".join(lines) + "\n")
+  _write_atomically(path, "\n".join(lines) + "\n")
   return path
 
 
-def read_checkpoint_metrics(out_dir: str) -> dict[str, float] | None:
+def read_checkpoint_metrics(out_dir: str, evaluators: Sequence[str] | None = None) -> dict[str, float] | None:
+  """The figures of a finished evaluation of this checkpoint, or None when it must be evaluated
+  (again): no metrics.json, an unreadable one (warned), one with failed evaluators, or one that
+  lacks some of `evaluators`."""
   path = os.path.join(out_dir, METRICS_FILE)
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    return json.load(f)["metrics"]
+  try:
+    with open(path) as f:
+      record = json.load(f)
+    metrics = {str(k): float(v) for k, v in record["metrics"].items()}
+  except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    logging.warning("%s is unreadable (%s: %s); evaluating this checkpoint again", path, type(e).__name__, e)
+    return None
+  failed = record.get("failed_evaluators") or []
+  if failed or metrics.get(base.FAILED_KEY, 0):
+    logging.info("%s: evaluator(s) %s failed last time; evaluating again", out_dir, failed or "?")
+    return None
+  done = record.get("evaluators")
+  if evaluators is not None and done is not None and set(evaluators) - set(done):
+    logging.info("%s lacks evaluator(s) %s; evaluating again", out_dir, sorted(set(evaluators) - set(done)))
+    return None
+  return metrics
 
 
 def write_sweep_report(output_dir: str, results: Mapping[int, Mapping[str, float]]) -> str:
@@ -109,6 +160,5 @@ def write_sweep_report(output_dir: str, results: Mapping[int, Mapping[str, float
     lines += ["", "![sweep](sweep.png)"]
   path = os.path.join(output_dir, REPORT_FILE)
   os.makedirs(output_dir, exist_ok=True)
-  with open(path, "w") as f:
-    f.write("\n".join(lines) + "\n")
+  _write_atomically(path, "\n".join(lines) + "\n")
   return path

@@ -93,17 +93,19 @@ class RetrievalEvaluator:
 
   def __init__(self, corpus_dir: str | None = None, split: str = "test", langs: Sequence[str] | None = None,
                max_per_lang: int | None = 50, batch_size: int = 16, center: bool = True):
-    self.corpus_dir = eval_data.resolve_corpus_dir(corpus_dir, type(self).__name__)
+    self.corpus_dir = corpus_dir
     self.split, self.langs = split, langs
     self.max_per_lang, self.batch_size, self.center = max_per_lang, batch_size, center
 
-  def evaluate(self, model, params, step: int, out_dir: str | None = None) -> dict[str, float]:
-    utts = eval_data.read_utterances(self.corpus_dir, "paired", self.split, self.langs, self.max_per_lang)
+  def evaluate(self, ctx: base.EvalContext) -> dict[str, float]:
+    corpus_dir = ctx.corpus(self.corpus_dir, type(self).__name__)
+    step, out_dir = ctx.step, ctx.out_dir
+    utts = eval_data.read_utterances(corpus_dir, "paired", self.split, self.langs, self.max_per_lang)
     utts = [u for u in utts if len(u.audio) and u.text.strip()]
     if len(utts) < 2:
-      raise ValueError(f"retrieval needs at least 2 paired {self.split} utterances in {self.corpus_dir}")
-    vocab = eval_data.load_vocabulary(self.corpus_dir)
-    encoder = eval_data.Encoder(model, params, self.batch_size, cross_modal=True)
+      raise ValueError(f"retrieval needs at least 2 paired {self.split} utterances in {corpus_dir}")
+    vocab = eval_data.load_vocabulary(corpus_dir)
+    encoder = eval_data.Encoder(ctx.model, ctx.params, self.batch_size, cross_modal=True, cache=ctx.compiled)
     speech = encoder.speech([u.audio for u in utts])
     text = encoder.text(eval_data.tokenize(vocab, [u.text for u in utts]))
     langs = [u.lang for u in utts]

@@ -3,7 +3,8 @@
 The run's own `operative_config.gin` (written by the trainer into MODEL_DIR) supplies the model and
 the corpus; runs/eval.gin picks the evaluators. Each checkpoint's figures go to
 MODEL_DIR/eval/step_<N>/ (metrics.json, report.md, plots); a checkpoint that already has its
-metrics.json is skipped unless `force`, so a sweep can be rerun as training goes on (t5x style).
+metrics.json is skipped unless `force`, so a sweep can be rerun as training goes on (t5x style); one
+whose evaluation failed in part, or whose metrics.json is unreadable, is evaluated again.
 """
 import logging
 import os
@@ -13,50 +14,64 @@ import gin
 
 from mslam_jax import checkpoints as checkpoints_lib
 from mslam_jax import config
+from mslam_jax.evaluation import base
 from mslam_jax.evaluation import registry
 from mslam_jax.evaluation import report
+from mslam_jax.evaluation import runner
 from mslam_jax.evaluation import zero_shot
 
 
 @gin.configurable
 def evaluate_checkpoints(model_dir: str = gin.REQUIRED, model: Any = None, checkpoints: str | int = "latest",
                          output_dir: str | None = None, evaluators: Sequence[Any] | None = None,
-                         extra_metrics: dict[str, float] | None = None,
-                         force: bool = False) -> dict[int, dict[str, float]]:
+                         extra_metrics: dict[str, float] | None = None, force: bool = False,
+                         corpus_dir: str | None = None, seed: int = 0) -> dict[int, dict[str, float]]:
   """Evaluates checkpoints of `model_dir` under the current config; returns {step: metrics}
-  (skipped ones read back).
+  (those evaluated before read back).
 
+  `corpus_dir`: the corpus handed to every evaluator (runs/eval.gin binds the run's CORPUS_DIR).
   `extra_metrics` join every checkpoint's report (the speech-only ablation's figures, which
-  `evaluate_ablation` computes under the ablation run's own config).
+  `evaluate_ablation` computes under the ablation run's own config). A checkpoint whose report has a
+  failed evaluator, lacks one of `evaluators` or cannot be read is evaluated again.
   """
   model = model if model is not None else config.build_model()
   evaluators = list(evaluators) if evaluators is not None else registry.build_evaluators()
   if not evaluators:
     raise ValueError("no evaluators: set build_evaluators.names in gin (runs/eval.gin lists them)")
+  names = [e.name for e in evaluators]
   output_dir = output_dir or os.path.join(model_dir, "eval")
   extra = dict(extra_metrics or {})
-  results = {}
+  results, compiled = {}, {}
   for step in checkpoints_lib.select_steps(model_dir, checkpoints):
     out_dir = os.path.join(output_dir, f"step_{step}")
     checkpoint_dir = checkpoints_lib.step_dir(model_dir, step)
-    previous = report.read_checkpoint_metrics(out_dir)
-    if previous is not None and not force:
+    previous = None if force else report.read_checkpoint_metrics(out_dir, names)
+    if previous is not None:
       logging.info("Step %d already evaluated (%s); skipping", step, out_dir)
       if any(previous.get(k) != v for k, v in extra.items()):  # e.g. an ablation added later
         previous.update(extra)
-        report.write_checkpoint_report(out_dir, step, previous, checkpoint_dir)
+        report.write_checkpoint_report(out_dir, step, previous, checkpoint_dir, names)
       results[step] = previous
       continue
-    logging.info("Evaluating step %d of %s with %s", step, model_dir, [e.name for e in evaluators])
+    logging.info("Evaluating step %d of %s with %s", step, model_dir, names)
     params = checkpoints_lib.load_params(checkpoint_dir)
-    metrics = registry.run_evaluators(evaluators, model, params, step, out_dir=out_dir)
-    metrics.update(extra)
-    report.write_checkpoint_report(out_dir, step, metrics, checkpoint_dir)
-    results[step] = metrics
-    del params
+    ctx = base.EvalContext(model=model, params=params, step=step, model_dir=model_dir, corpus_dir=corpus_dir,
+                           out_dir=out_dir, seed=seed, compiled=compiled)
+    results[step] = runner.evaluate_checkpoint(evaluators, ctx, checkpoint_dir, extra).metrics
+    del params, ctx
   report.write_sweep_report(output_dir, results)
   logging.info("Evaluation report: %s", os.path.join(output_dir, report.REPORT_FILE))
   return results
+
+
+def failed_evaluators(results: dict[int, dict[str, float]]) -> dict[int, list[str]]:
+  """{step: names of the evaluators that failed on it} for the steps with a failure."""
+  out = {}
+  for step, metrics in results.items():
+    names = sorted(k[len(base.FAILED_PREFIX):] for k in metrics if k.startswith(base.FAILED_PREFIX))
+    if names or metrics.get(base.FAILED_KEY, 0):
+      out[step] = names or ["?"]
+  return out
 
 
 def _parse_run(model_dir: str, gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str],

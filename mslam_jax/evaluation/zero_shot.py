@@ -15,6 +15,7 @@ import gin
 
 from mslam_jax.evaluation import data as eval_data
 from mslam_jax.evaluation import finetune
+from mslam_jax.evaluation import finetune_job
 from mslam_jax.evaluation import base
 
 ABLATION_SUFFIX = "_speech_only_ablation"
@@ -41,20 +42,20 @@ class ZeroShotEvaluator:
   def __init__(self, corpus_dir: str | None = None, held_out_langs: Sequence[str] | None = None,
                train_langs: Sequence[str] | None = None, max_train_per_lang: int | None = None,
                max_test_per_lang: int | None = 50, beam_size: int = 8):
-    self.corpus_dir = eval_data.resolve_corpus_dir(corpus_dir, type(self).__name__)
+    self.corpus_dir = corpus_dir
     self.held_out_langs, self.train_langs = held_out_langs, train_langs
     self.max_train_per_lang, self.max_test_per_lang, self.beam_size = max_train_per_lang, max_test_per_lang, beam_size
 
-  def evaluate(self, model, params, step: int, out_dir: str | None = None) -> dict[str, float]:
-    del out_dir
-    held_out = list(self.held_out_langs or eval_data.held_out_languages(self.corpus_dir))
+  def evaluate(self, ctx: base.EvalContext) -> dict[str, float]:
+    corpus_dir = ctx.corpus(self.corpus_dir, type(self).__name__)
+    held_out = list(self.held_out_langs or eval_data.held_out_languages(corpus_dir))
     if not held_out:
-      raise ValueError(f"{self.corpus_dir}/manifest.json names no held-out languages; set "
+      raise ValueError(f"{corpus_dir}/manifest.json names no held-out languages; set "
                        "ZeroShotEvaluator.held_out_langs in gin")
-    train_langs = self.train_langs or [l for l in eval_data.training_languages(self.corpus_dir) if l not in held_out]
-    tuned = finetune.cached_finetune_ctc(model, params, step, self.corpus_dir, train_langs,
-                                         self.max_train_per_lang, finetune.FinetuneConfig())
-    test = eval_data.read_utterances(self.corpus_dir, "paired", "test", held_out, self.max_test_per_lang)
+    train_langs = self.train_langs or [l for l in eval_data.training_languages(corpus_dir) if l not in held_out]
+    tuned = finetune_job.checkpoint_ctc_head(ctx, corpus_dir, train_langs, self.max_train_per_lang,
+                                             finetune.FinetuneConfig())
+    test = eval_data.read_utterances(corpus_dir, "paired", "test", held_out, self.max_test_per_lang)
     metrics = finetune.ctc_metrics(tuned, test, "zero_shot", self.beam_size)
     metrics["zero_shot_num_languages"] = float(len(held_out))
     return metrics

@@ -41,6 +41,7 @@ from mslam_jax.models import heads
 from mslam_jax.models import losses
 from mslam_jax.models import masking
 
+from mslam_jax.data import contract
 from mslam_jax.data.vocabularies import BLANK_ID, MASK_ID
 
 Array = jax.Array
@@ -540,17 +541,14 @@ class MSLAMModel:
 
   def dummy_batch(self, batch_size: int = 1, audio_samples: Optional[int] = None,
                   text_length: Optional[int] = None) -> dict[str, dict[str, Array]]:
-    """A zero batch of the contract's structure (for init / eval_shape; all items valid)."""
+    """A batch of the contract's structure (data/contract.py), every item valid, for init and
+    eval_shape; its tokens are an ordinary character id, not padding or a special token."""
     samples = audio_samples or self.dummy_audio_samples
     length = text_length or self.dummy_text_length
-    audio = jnp.zeros((batch_size, samples), jnp.float32)
-    audio_mask = jnp.ones((batch_size, samples), jnp.int32)
-    tokens = jnp.full((batch_size, length), MASK_ID + 2, jnp.int32)
-    tokens_mask = jnp.ones((batch_size, length), jnp.int32)
-    lang = jnp.zeros((batch_size,), jnp.int32)
-    return {
-        "speech": {"audio": audio, "audio_mask": audio_mask, "lang": lang},
-        "text": {"tokens": tokens, "tokens_mask": tokens_mask, "lang": lang},
-        "paired": {"audio": audio, "audio_mask": audio_mask, "tokens": tokens, "tokens_mask": tokens_mask,
-                   "lang": lang},
-    }
+    spec = contract.batch_spec({stream: (batch_size, contract.stream_lengths(stream, samples, length))
+                                for stream in contract.STREAMS})
+    batch = contract.zeros_batch(spec)
+    for stream in batch.values():
+      if "tokens" in stream:
+        stream["tokens"][:] = MASK_ID + 2
+    return jax.tree.map(jnp.asarray, batch)

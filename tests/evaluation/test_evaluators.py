@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mslam_jax.evaluation import alignment, finetune, registry, zero_shot
+from mslam_jax.evaluation import alignment, base, downstream, finetune, finetune_job, registry, zero_shot
 from mslam_jax.evaluation import data as eval_data
 from tests.evaluation import synthetic
 
@@ -59,14 +59,15 @@ def test_gradient_masks(scanned):
 
 
 @pytest.mark.parametrize("scanned", [False, True])
-def test_freezing_choices_change_only_what_they_should(corpus, scanned):
+def test_freezing_choices_change_only_what_they_should(corpus, scanned, tmp_path):
   model = synthetic.SpectralModel(dim=8, vocab_size=8, scanned=scanned)
   params = model.init(jax.random.PRNGKey(1))
   utts = eval_data.read_utterances(corpus, "speech", "train", ["aaa", "bbb"], max_per_lang=4)
   audios, labels = [u.audio for u in utts], [u.lang for u in utts]
 
   def changed(config):
-    tuned = finetune.finetune_classifier(model, params, audios, labels, config)
+    ctx = base.EvalContext(model, params, 0, model_dir=str(tmp_path))
+    tuned = finetune_job.checkpoint_classifier(ctx, "clf", audios, labels, config, {})
     assert tuned.classes == ["aaa", "bbb"]
     return jax.tree.map(lambda a, b: np.abs(np.asarray(a) - np.asarray(b)).reshape(np.shape(a)[0], -1).max(-1)
                         if scanned and np.ndim(a) == 3 else float(np.abs(np.asarray(a) - np.asarray(b)).max()),
@@ -74,8 +75,8 @@ def test_freezing_choices_change_only_what_they_should(corpus, scanned):
 
   # 3 steps: the classifier head starts at zero (logistic regression), so the encoder first gets a
   # gradient once the head has moved.
-  base = dict(steps=3, batch_size=4, warmup_steps=1, learning_rate=1e-2, encoder_learning_rate=1e-2)
-  top = changed(finetune.FinetuneConfig(freeze="top_k", top_k=1, **base))
+  fast = dict(steps=3, batch_size=4, warmup_steps=1, learning_rate=1e-2, encoder_learning_rate=1e-2)
+  top = changed(finetune.FinetuneConfig(freeze="top_k", top_k=1, **fast))
   assert top["frontend"]["kernel"] == 0 and top["text_embed"]["embedding"] == 0
   if scanned:
     rows = top["shared"]["layers"]["kernel"]
@@ -84,7 +85,7 @@ def test_freezing_choices_change_only_what_they_should(corpus, scanned):
   assert top["shared"]["layers_1"]["kernel"] == 0 and top["shared"]["layers_2"]["kernel"] > 0
   # (freeze="all" trains every leaf through the same path as the top layer here; its masks are
   # checked in test_gradient_masks.)
-  frozen = changed(finetune.FinetuneConfig(freeze="frozen", **base))
+  frozen = changed(finetune.FinetuneConfig(freeze="frozen", **fast))
   assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(frozen))
 
 
@@ -92,7 +93,8 @@ class _OffsetModel:
   """Pooled embedding = a large constant + 1e-3 x the clip's mean level: two languages of different
   loudness differ by a tiny fraction of the norm, as a lightly trained encoder's clips do."""
 
-  def init(self, rng):
+  def init(self, rng, batch=None):
+    del batch
     return {"offset": 100.0 * jax.random.normal(rng, (8,)), "direction": jnp.ones((8,))}
 
   def encode_speech(self, params, audio, mask):
@@ -104,13 +106,14 @@ class _OffsetModel:
     raise NotImplementedError("speech only")
 
 
-def test_classifier_head_separates_embeddings_that_differ_by_a_small_fraction():
+def test_classifier_head_separates_embeddings_that_differ_by_a_small_fraction(tmp_path):
   rng = np.random.default_rng(0)
   audios = [rng.standard_normal(4000).astype(np.float32) * (0.1 if i % 2 else 1.0) for i in range(32)]
   labels = ["quiet" if i % 2 else "loud" for i in range(32)]
   model = _OffsetModel()
   config = finetune.FinetuneConfig(freeze="frozen", steps=40, batch_size=8, warmup_steps=5, learning_rate=1e-2)
-  tuned = finetune.finetune_classifier(model, model.init(jax.random.PRNGKey(0)), audios, labels, config)
+  ctx = base.EvalContext(model, model.init(jax.random.PRNGKey(0)), 0, model_dir=str(tmp_path))
+  tuned = finetune_job.checkpoint_classifier(ctx, "loudness", audios, labels, config, {})
   assert tuned.predict(audios) == labels
 
 
@@ -121,11 +124,15 @@ def test_ctc_alignment_and_zero_shot_evaluators(corpus, model_and_params, tmp_pa
     gin.bind_parameter("FinetuneConfig.learning_rate", FAST.learning_rate)
     gin.bind_parameter("FinetuneConfig.warmup_steps", FAST.warmup_steps)
   try:
-    ctc = finetune.CTCFinetuneEvaluator(corpus_dir=corpus).evaluate(model, params, 7, out_dir=str(tmp_path))
-    aligned = alignment.AlignmentEvaluator(corpus_dir=corpus).evaluate(model, params, 7, out_dir=str(tmp_path))
-    zs = zero_shot.ZeroShotEvaluator(corpus_dir=corpus).evaluate(model, params, 7)
+    ctx = base.EvalContext(model, params, 7, corpus_dir=corpus, out_dir=str(tmp_path))
+    ctc = downstream.CTCFinetuneEvaluator().evaluate(ctx)
+    aligned = alignment.AlignmentEvaluator().evaluate(ctx)
+    zs = zero_shot.ZeroShotEvaluator().evaluate(ctx)
   finally:
     gin.clear_config()
+  # ctc and alignment share one fine-tuned head through the checkpoint's context (zero_shot's
+  # training languages are the same here: the held-out one has no paired train data).
+  assert len([k for k in ctx.shared if isinstance(k, tuple) and k[0] == "ctc_head"]) == 1
   # The audio spells the text: a linear CTC head on frozen features must get most characters right.
   assert ctc["ctc_cer"] < 0.25, ctc
   assert ctc["ctc_cer_beam"] <= ctc["ctc_cer"] + 0.05
@@ -148,9 +155,11 @@ def test_ctc_alignment_and_zero_shot_evaluators(corpus, model_and_params, tmp_pa
 
 def test_embedding_evaluators(corpus, model_and_params, tmp_path):
   model, params = model_and_params
-  evaluators = [registry.get(n)(corpus_dir=corpus) for n in ("retrieval", "langid", "embedding_map")]
-  metrics = registry.run_evaluators(evaluators, model, params, 3, out_dir=str(tmp_path))
-  assert metrics["eval_failed_evaluators"] == 0
+  evaluators = [registry.get(n)() for n in ("retrieval", "langid", "embedding_map")]
+  result = registry.run_evaluators(evaluators, base.EvalContext(model, params, 3, corpus_dir=corpus,
+                                                                out_dir=str(tmp_path)))
+  metrics = result.metrics
+  assert metrics["eval_failed_evaluators"] == 0 and result.complete
   for direction in ("speech_to_text", "text_to_speech"):
     for name in ("r1", "r5", "mrr"):
       assert 0.0 <= metrics[f"retrieval_{name}_{direction}"] <= 1.0
@@ -165,9 +174,8 @@ def test_embedding_evaluators(corpus, model_and_params, tmp_path):
 
 def test_build_from_gin_and_failures_are_counted(corpus, model_and_params):
   model, params = model_and_params
-  gin.parse_config(f"""
+  gin.parse_config("""
       build_evaluators.names = ["retrieval"]
-      RetrievalEvaluator.corpus_dir = "{corpus}"
       RetrievalEvaluator.max_per_lang = 4
   """)
   try:
@@ -176,19 +184,22 @@ def test_build_from_gin_and_failures_are_counted(corpus, model_and_params):
     gin.clear_config()
   assert [e.name for e in evaluators] == ["retrieval"]
   broken = registry.get("retrieval")(corpus_dir=os.path.join(corpus, "missing"))
-  metrics = registry.run_evaluators(evaluators + [broken], model, params, 0)
-  assert metrics["eval_failed_evaluators"] == 1
-  assert metrics["retrieval_pool_size"] == 12
+  broken.name = "retrieval_elsewhere"
+  result = registry.run_evaluators(evaluators + [broken], base.EvalContext(model, params, 0, corpus_dir=corpus))
+  assert result.metrics["eval_failed_evaluators"] == 1 and result.failed == ["retrieval_elsewhere"]
+  assert result.metrics["retrieval_pool_size"] == 12
   with pytest.raises(KeyError, match="unknown evaluator"):
     registry.get("bleu")
 
 
-def test_corpus_dir_defaults_to_the_run_macro(corpus):
-  gin.clear_config()
-  with pytest.raises(ValueError, match="RetrievalEvaluator.corpus_dir"):
-    registry.get("retrieval")()
-  gin.parse_config(f"CORPUS_DIR = '{corpus}'")
+def test_the_corpus_comes_with_the_context_not_from_gin(corpus, model_and_params):
+  model, params = model_and_params
+  gin.parse_config(f"CORPUS_DIR = '{corpus}'")  # a global macro is never read by an evaluator
   try:
-    assert all(registry.get(n)().corpus_dir == corpus for n in ("retrieval", "ctc", "alignment", "zero_shot"))
+    with pytest.raises(ValueError, match="no corpus for RetrievalEvaluator"):
+      registry.get("retrieval")().evaluate(base.EvalContext(model, params, 0))
   finally:
     gin.clear_config()
+  # An evaluator's own corpus_dir overrides the context's.
+  ctx = base.EvalContext(model, params, 0, corpus_dir=os.path.join(corpus, "missing"))
+  assert registry.get("retrieval")(corpus_dir=corpus, max_per_lang=2).evaluate(ctx)["retrieval_pool_size"] == 6

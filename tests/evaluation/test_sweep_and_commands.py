@@ -63,9 +63,9 @@ class _Counting:
   def __init__(self):
     self.calls = []
 
-  def evaluate(self, model, params, step, out_dir=None):
-    self.calls.append(step)
-    return {"param_sum": float(np.sum(params["frontend"]["kernel"]))}
+  def evaluate(self, ctx):
+    self.calls.append(ctx.step)
+    return {"param_sum": float(np.sum(ctx.params["frontend"]["kernel"]))}
 
 
 def test_sweep_writes_reports_and_skips_evaluated(run_dir, tmp_path):
@@ -98,10 +98,10 @@ class _FakeZeroShot:
   """Stands in for the zero-shot evaluator (whose own test is in test_evaluators.py)."""
   runs = []
 
-  def evaluate(self, model, params, step, out_dir=None):
-    self.runs.append((step, model.dim))
+  def evaluate(self, ctx):
+    self.runs.append((ctx.step, ctx.model.dim))
     # The parameters must fit the model they are applied to.
-    assert params["frontend"]["kernel"].shape[-1] == model.dim
+    assert ctx.params["frontend"]["kernel"].shape[-1] == ctx.model.dim
     return {"zero_shot_cer": 0.5, "zero_shot_cer/ccc": 0.5, "other_figure": 1.0}
 
 
@@ -167,12 +167,18 @@ def test_mslam_eval_command(run_dir, tmp_path, capsys):
 def test_finetune_align_retrieve_langid_commands(run_dir, tmp_path, capsys):
   model_dir, corpus = run_dir
   ft = str(tmp_path / "ctc")
-  rc = cli.main(["finetune", "--model_dir", model_dir, "--out", ft, "--freeze", "frozen", "--steps", "150",
+  rc = cli.main(["finetune", "--task", "ctc", "--init_from", model_dir, "--gin.MODEL_DIR='" + ft + "'",
+                 "--freeze", "frozen", "--steps", "150",
                  "--gin.FinetuneConfig.learning_rate=1e-2", "--gin.finetune_run.max_test_per_lang=3"])
   assert rc == 0
   metrics = json.loads(capsys.readouterr().out)
-  assert metrics["ctc_cer"] < 0.5
-  assert os.path.exists(os.path.join(ft, "ctc_params.msgpack")) and os.path.exists(os.path.join(ft, "source.json"))
+  assert metrics["ctc_cer"] < 0.5 and metrics["final_step"] == 150
+  # A run directory like pre-training's: checkpoints, per-step metrics, where it came from.
+  assert checkpoints.checkpoint_steps(ft)[-1] == 150
+  assert os.path.exists(os.path.join(ft, "metrics.jsonl")) and os.path.exists(os.path.join(ft, "source.json"))
+  gin.clear_config()
+  # The pre-training run's own MODEL_DIR is never taken for the fine-tuning run's.
+  assert cli.main(["finetune", "--task", "ctc", "--init_from", model_dir]) == 2
 
   audio, words, starts, ends = synthetic.synthesize("abc dea", "aaa")
   wav = str(tmp_path / "utt.wav")
@@ -203,3 +209,29 @@ def test_finetune_align_retrieve_langid_commands(run_dir, tmp_path, capsys):
   out = json.loads(captured.out)
   assert "--checkpoint is deprecated" in captured.err and "use --model_dir" in captured.err
   assert [r["language"] for r in out["results"]] == ["aaa", "bbb"]
+
+
+def test_evaluator_heads_are_fine_tuning_jobs_cached_in_the_run(run_dir, tmp_path):
+  from mslam_jax.evaluation import downstream, finetune  # pylint: disable=g-import-not-at-top
+  model_dir, corpus = run_dir
+  config.parse_run_config(model_dir)
+  model = config.build_model()
+  settings = finetune.FinetuneConfig(freeze="frozen", steps=12, checkpoint_every=4, learning_rate=1e-2,
+                                     warmup_steps=2)
+  evaluators = [downstream.CTCFinetuneEvaluator(config=settings, max_test_per_lang=2)]
+  out = str(tmp_path / "eval")
+  first = sweep.evaluate_checkpoints(model_dir=model_dir, model=model, checkpoints="latest", output_dir=out,
+                                     evaluators=evaluators, corpus_dir=corpus)
+  heads = [d for d in os.listdir(os.path.join(model_dir, "finetune")) if d.startswith("ctc_step4_")]
+  assert len(heads) == 1
+  head_dir = os.path.join(model_dir, "finetune", heads[0])
+  # A run directory of its own, trained by the Trainer: checkpoints, a loss per step, its source.
+  assert checkpoints.checkpoint_steps(head_dir)[-1] == 12
+  lines = open(os.path.join(head_dir, "metrics.jsonl")).read().splitlines()
+  assert [json.loads(l)["step"] for l in lines] == list(range(1, 13))
+  assert json.load(open(os.path.join(head_dir, "source.json")))["step"] == 4
+  # Evaluated again (forced): the head is read back, not trained again, and scores the same.
+  again = sweep.evaluate_checkpoints(model_dir=model_dir, model=model, checkpoints="latest", output_dir=out,
+                                     evaluators=evaluators, corpus_dir=corpus, force=True)
+  assert open(os.path.join(head_dir, "metrics.jsonl")).read().splitlines() == lines
+  assert again[4]["ctc_cer"] == first[4]["ctc_cer"]

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mslam_jax.data import contract
+
 
 def _init(names):
   return nn.with_logical_partitioning(nn.initializers.lecun_normal(), names)
@@ -143,6 +145,15 @@ class SyntheticIterator:
     self.delay_s = delay_s  # slows steps down so that tests can signal a run mid-training
     self.position = 0
 
+  @property
+  def global_element_spec(self) -> dict[str, Any]:
+    """The global batch's structure, from the batch contract (as the real iterator's)."""
+    z = self.sizes
+    return contract.batch_spec({
+        "speech": (z["speech_batch"], contract.stream_lengths("speech", z["speech_samples"], 0)),
+        "text": (z["text_batch"], contract.stream_lengths("text", 0, z["text_length"])),
+        "paired": (z["paired_batch"], contract.stream_lengths("paired", z["paired_samples"], z["paired_length"]))})
+
   def get_state(self) -> dict:
     return {"position": self.position}
 
@@ -173,10 +184,15 @@ class SyntheticIterator:
     if position in self.nan_at:
       sa[0, 0] = np.nan
     lang = lambda b: r.integers(0, 4, size=b).astype(np.int32)
-    return {"speech": {"audio": sa, "audio_mask": sm, "lang": lang(z["speech_batch"])},
-            "text": {"tokens": tt, "tokens_mask": tm, "lang": lang(z["text_batch"])},
-            "paired": {"audio": pa, "audio_mask": pm, "tokens": pt, "tokens_mask": ptm,
-                       "lang": lang(z["paired_batch"])}}
+    batch = {"speech": {"audio": sa, "audio_mask": sm, "lang": lang(z["speech_batch"])},
+             "text": {"tokens": tt, "tokens_mask": tm, "lang": lang(z["text_batch"])},
+             "paired": {"audio": pa, "audio_mask": pm, "tokens": pt, "tokens_mask": ptm,
+                        "lang": lang(z["paired_batch"])}}
+    # Shapes and dtypes are the contract's, by construction (a drift fails here, not in the step).
+    spec = self.global_element_spec
+    assert jax.tree.structure(batch) == jax.tree.structure(spec) and all(
+        x.shape == s.shape and x.dtype == s.dtype for x, s in zip(jax.tree.leaves(batch), jax.tree.leaves(spec)))
+    return batch
 
   def __next__(self) -> dict[str, Any]:
     if self.delay_s:
@@ -196,11 +212,10 @@ class ParamNormEvaluator:
   """A trainer-hook evaluator: the global norm of the parameters it is handed."""
   name = "param_norm_probe"
 
-  def evaluate(self, model, params, step, out_dir=None):
-    del model, out_dir
-    return {"param_norm": float(jnp.sqrt(sum(jnp.sum(jnp.square(x))
-                                             for x in jax.tree.leaves(params)))),
-            "step": step}
+  def evaluate(self, ctx):
+    return {"probe_param_norm": float(jnp.sqrt(sum(jnp.sum(jnp.square(x))
+                                                   for x in jax.tree.leaves(ctx.params)))),
+            "probe_step": ctx.step}
 
 
 @gin.configurable
@@ -208,5 +223,5 @@ class BrokenEvaluator:
   """An evaluator that always fails: the run must log it and go on."""
   name = "broken"
 
-  def evaluate(self, model, params, step, out_dir=None):
+  def evaluate(self, ctx):
     raise RuntimeError("this evaluator always fails")

@@ -3,6 +3,7 @@
 Each run is a `mslam train` subprocess on the stand-in config; they share one
 persistent compilation cache, so only the first run of each program pays for its compile.
 """
+import json
 import os
 import signal
 
@@ -97,8 +98,10 @@ def test_nonfinite_skipped_and_counted_k_in_a_row_stop_the_run_evaluators_run(tm
   # The evaluator hook ran every 2 steps on the current parameters; a failing evaluator is
   # recorded and does not stop the run.
   for step in (2, 4, 6):
-    assert metrics[step]["eval/param_norm_probe/step"] == step
-    assert metrics[step]["eval/param_norm_probe/param_norm"] == pytest.approx(
-        metrics[step]["param_norm"], rel=1e-5)
-    assert metrics[step]["eval/broken/failed"] == 1.0
-  assert "eval/param_norm_probe/step" not in metrics[3]
+    assert metrics[step]["eval/probe_step"] == step
+    assert metrics[step]["eval/probe_param_norm"] == pytest.approx(metrics[step]["param_norm"], rel=1e-5)
+    assert metrics[step]["eval/eval_failed/broken"] == 1.0
+    # The same report as `mslam eval` writes, marked as not final (the failed evaluator is named).
+    saved = json.load(open(os.path.join(model_dir, "eval", f"step_{step}", "metrics.json")))
+    assert saved["metrics"]["probe_step"] == step and saved["failed_evaluators"] == ["broken"]
+  assert "eval/probe_step" not in metrics[3]
