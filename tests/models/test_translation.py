@@ -198,3 +198,25 @@ def test_with_encoder_checks_the_structure(tiny_model):
   assert swapped["decoder"] is params["decoder"]
   with pytest.raises(ValueError, match="encoder"):
     translation.with_encoder(params, {"frontend": params["encoder"]["frontend"]})
+
+
+def test_gin_builds_the_model_from_the_experiment_config():
+  """experiments/translation.gin + a size file: what a fine-tuning run's `train.model` builds."""
+  from mslam_jax.models import model_info  # pylint: disable=g-import-not-at-top
+  config.import_configurables()  # `train`, which the run config binds
+  config.parse_gin(["models/tiny.gin", "experiments/translation.gin"],
+                   ["train.model = @TranslationModel()", "DECODER_EMBED_DIM = 48", "DECODER_LAYERS = 1",
+                    "DECODER_HEADS = 4", "DECODER_MLP_DIM = 96", "TranslationModel.stream_weights = {'text': 0.3}"])
+  try:
+    model = config.build_model()
+    info = model_info.model_info(model, depth=1)
+  finally:
+    gin.clear_config()
+  assert isinstance(model, translation.TranslationModel)
+  assert (model.decoder.embed_dim, model.decoder.num_layers, model.decoder.vocab_size) == (48, 1, 4096)
+  assert model.stream_weights == {"speech": 1.0, "text": 0.3}
+  # One layer: self- and cross-attention (4 projections of 48x48 + biases), MLP 48->96->48, 3 norms;
+  # the tied 4096x48 embedding, the final norm, the 64->48 encoder projection.
+  attention_params = 2 * 4 * (48 * 48 + 48)
+  layer = attention_params + (48 * 96 + 96) + (96 * 48 + 48) + 3 * 2 * 48
+  assert info["components"]["decoder"] == layer + 4096 * 48 + 2 * 48 + (64 * 48 + 48)
