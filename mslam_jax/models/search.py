@@ -36,17 +36,22 @@ def greedy_search(logits_fn: LogitsFn, batch_size: int, max_length: int, eos_id:
   """(tokens [B, max_length], log-probability of each row [B]) by arg-max decoding."""
   buffer = jnp.full((batch_size, max_length + 1), pad_id, jnp.int32).at[:, 0].set(start_id)
 
-  def body(t, state):
-    buffer, score, done = state
+  def body(state):
+    t, buffer, score, done = state
     log_probs = jax.nn.log_softmax(logits_fn(buffer, t).astype(jnp.float32), axis=-1)
     token = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)
     score = score + jnp.where(done, 0.0, jnp.take_along_axis(log_probs, token[:, None], axis=-1)[:, 0])
     token = jnp.where(done, pad_id, token)
     buffer = jax.lax.dynamic_update_slice(buffer, token[:, None], (0, t + 1))
-    return buffer, score, done | (token == eos_id)
+    return t + 1, buffer, score, done | (token == eos_id)
 
-  buffer, score, _ = jax.lax.fori_loop(
-      0, max_length, body, (buffer, jnp.zeros((batch_size,), jnp.float32), jnp.zeros((batch_size,), bool)))
+  def running(state):  # until every row has its EOS
+    t, _, _, done = state
+    return (t < max_length) & ~jnp.all(done)
+
+  _, buffer, score, _ = jax.lax.while_loop(
+      running, body, (jnp.zeros((), jnp.int32), buffer, jnp.zeros((batch_size,), jnp.float32),
+                      jnp.zeros((batch_size,), bool)))
   return buffer[:, 1:], score
 
 
