@@ -163,6 +163,19 @@ def test_validation_names_the_setting(tiny_model):
     translation.TranslationModel(encoder=tiny_model.encoder, decoder=_tiny_decoder(num_heads=3))
 
 
+def test_the_trainer_takes_the_model_as_it_is(tiny_model):
+  """Trainer builds the sharded abstract state from the model's init (the step itself runs in the
+  slow test below): parameters under encoder/ and decoder/, with their logical axes."""
+  mesh = partitioning.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  optimizer = optimizers.Optimizer(tx=optax.adam(1e-3), schedule=lambda step: jnp.float32(1e-3), name="adam")
+  trainer = trainer_lib.Trainer(tiny_model, optimizer, mesh, _fixed_batch())
+  assert set(trainer.abstract_state.params) == {"encoder", "decoder"}
+  specs = trainer.state_logical_specs.params["decoder"]
+  assert tuple(specs["token_embedding"]["embedding"]) == ("vocab", "embed")
+  assert tuple(specs["layers_0"]["cross_attention"]["attention"]["query"]["kernel"]) == ("embed", "heads", "kv")
+  assert trainer.abstract_state.params["decoder"]["token_embedding"]["embedding"].shape == (VOCAB, 32)
+
+
 @pytest.mark.slow  # about a minute on 2 CPU cores, nearly all of it compiling the joint step
 def test_overfits_a_fixed_batch_through_the_trainer(tiny_model):
   """trainer.Trainer runs the model as it runs MSLAMModel; 60 steps on one batch memorise it."""
