@@ -48,6 +48,8 @@ MANIFEST = "manifest.json"
 TARGET_LANGUAGE = "eng"
 KINDS = ("month", "weekday", "territory", "language", "territory_list", "date")
 DEFAULT_PER_LANGUAGE = 48
+# Territory and language names: CLDR has ~300 and ~600; a shared pool makes each recur.
+DEFAULT_POOL_SIZES = {"territory": 48, "language": 24}
 SHARD_SIZE = 2000
 NO_PARALLEL_TEXT = "no_parallel_text"
 SYNTHESIS_FAILED = "synthesis_failed"
@@ -136,15 +138,33 @@ def pair_for_key(code: str, key: str, target: str = TARGET_LANGUAGE) -> Pair:
   return Pair(key, keyed_names(code)[key], keyed_names(target)[key])
 
 
+def key_pool(kind: str, size: Optional[int], seed: int) -> Optional[frozenset[str]]:
+  """`size` keys of `kind` drawn from the English names with `seed` alone, so that every source
+  language draws from the same pool (None: no limit)."""
+  if size is None:
+    return None
+  keys = sorted(k for k in keyed_names(TARGET_LANGUAGE) if k.startswith(kind + ":"))
+  rng = np.random.default_rng([seed, zlib.crc32(f"pool/{kind}".encode())])
+  return frozenset(keys[i] for i in rng.permutation(len(keys))[:size])
+
+
 def iter_pairs(code: str, seed: int, kinds: Sequence[str] = KINDS, max_chars: int = 160,
-               max_failures: int = 200) -> Iterator[Pair]:
+               max_failures: int = 200, pool_sizes: Optional[Mapping[str, int]] = None) -> Iterator[Pair]:
   """Distinct Pairs of `code` -> English in a deterministic order for `seed`: each draw picks a
   kind uniformly among those the language has, then an item of it. Ends when `max_failures`
-  draws in a row give nothing new."""
+  draws in a row give nothing new.
+
+  `pool_sizes` ({"territory": 48, ...}) limits a kind's names to a pool shared by all languages:
+  with few items per language, a name then recurs across source languages (learnable), instead
+  of each of ~600 language names occurring about once."""
   unknown = set(kinds) - set(KINDS)
   if unknown:
     raise ValueError(f"unknown translation kinds {sorted(unknown)}; choose from {KINDS}")
   by_kind = parallel_keys(code)
+  for kind, size in (pool_sizes or {}).items():
+    pool = key_pool(kind, size, seed)
+    if kind in by_kind:
+      by_kind[kind] = [k for k in by_kind[kind] if k in pool]
   speakable = text_sources.scripts_for(languages.get(code).script, speech=True)
   has_dates = "month" in by_kind and _locale(code) is not None
   available = [k for k in kinds if by_kind.get(k) or (k == "territory_list" and len(by_kind.get("territory", ())) >= 3)
@@ -327,7 +347,8 @@ def _fingerprint(settings: Mapping[str, Any]) -> str:
 @gin.configurable(denylist=["corpus_dir"])
 def build_translation_data(corpus_dir: str, per_language: int = DEFAULT_PER_LANGUAGE, seed: int = 0,
                            languages_: Optional[Sequence[str]] = None, held_out: Optional[Sequence[str]] = None,
-                           kinds: Sequence[str] = KINDS, max_seconds: float = 20.0, force: bool = False,
+                           kinds: Sequence[str] = KINDS, pool_sizes: Optional[Mapping[str, int]] = None,
+                           max_seconds: float = 20.0, force: bool = False,
                            progress: bool = True, synthesize=None) -> dict:
   """Builds (or finds up to date) the built-in translation data of a built-in corpus.
 
@@ -338,6 +359,7 @@ def build_translation_data(corpus_dir: str, per_language: int = DEFAULT_PER_LANG
     seed: every random choice (items, speakers).
     languages_ / held_out: explicit source / held-out languages instead of the corpus'.
     kinds: which of KINDS to draw.
+    pool_sizes: names per kind shared by all languages (`iter_pairs`); default DEFAULT_POOL_SIZES.
     max_seconds: longest clip; longer ones are skipped and counted.
     force: rebuild even when the manifest says the build is up to date.
     synthesize: (text, SpeakerStyle) -> espeak.Synthesis; default: an espeak.SynthesisWorker.
@@ -358,7 +380,9 @@ def build_translation_data(corpus_dir: str, per_language: int = DEFAULT_PER_LANG
     raise ValueError(f"no source language with an eSpeak voice in {corpus_dir}")
   if len(held) >= len(sources):
     raise ValueError(f"every source language {sources} is held out: nothing to train on")
+  pool_sizes = dict(DEFAULT_POOL_SIZES if pool_sizes is None else pool_sizes)
   settings = dict(sources=sources, held_out=held, per_language=per_language, seed=seed, kinds=list(kinds),
+                  pool_sizes=pool_sizes,
                   max_seconds=max_seconds, corpus=corpus.get("config_hash"))
   digest = _fingerprint(settings)
   existing = read_manifest(corpus_dir)
@@ -380,7 +404,7 @@ def build_translation_data(corpus_dir: str, per_language: int = DEFAULT_PER_LANG
     for code in tqdm(sources, desc="built-in translation", unit="lang", disable=not progress, dynamic_ncols=True):
       lang = languages.get(code)
       pairs = []
-      for pair in iter_pairs(code, seed, kinds):
+      for pair in iter_pairs(code, seed, kinds, pool_sizes=pool_sizes):
         pairs.append(pair)
         if len(pairs) >= per_language:
           break

@@ -91,6 +91,17 @@ def test_pairs_are_deterministic_and_distinct():
     next(translation.iter_pairs("deu", 0, kinds=("month", "colour")))
 
 
+def test_name_pools_are_shared_by_all_source_languages():
+  pool = translation.key_pool("territory", 10, seed=0)
+  assert len(pool) == 10 and pool == translation.key_pool("territory", 10, seed=0)
+  assert pool != translation.key_pool("territory", 10, seed=1)
+  for code in ("deu", "rus"):
+    pairs = list(itertools.islice(translation.iter_pairs(code, 0, kinds=("territory", "territory_list"),
+                                                         pool_sizes={"territory": 10}), 30))
+    names = {f"territory:{c}" for p in pairs for c in p.key.split(":", 1)[1].split("+")}
+    assert names <= pool and len(names) >= 5
+
+
 def test_builder_is_a_no_op_when_up_to_date_and_rejects_a_missing_corpus(corpus, tmp_path):
   manifest = translation.read_manifest(corpus)
   assert translation.build_translation_data(corpus, per_language=PER_LANGUAGE, progress=False,
