@@ -26,6 +26,7 @@ INSTALL_REQUIRES = [
     "fonttools>=4.50,<5",  # Unicode script property of characters
     "soundfile>=0.12,<0.15",
     "jiwer>=3.0,<5",
+    "sacrebleu>=2.4,<3",  # BLEU and chrF of translations
     "tqdm>=4.66,<5",
     "matplotlib>=3.8,<4",
     "scikit-learn>=1.5,<2",
