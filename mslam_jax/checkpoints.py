@@ -143,6 +143,69 @@ class Checkpointer:
     logging.info("Restored step %d from %s", step, self.directory)
     return state, restored[DATA_ITEM]
 
+  def check_compatible(self, step: int, abstract_state: Any) -> None:
+    """ValueError naming the leaves whose shape, dtype or presence differ between checkpoint `step`
+    and `abstract_state` (a changed model or optimizer), before any array is read."""
+    metadata = ocp.StandardCheckpointer().metadata(epath.Path(self.directory) / str(step) / STATE_ITEM)
+    tree = getattr(metadata, "item_metadata", metadata)
+    tree = getattr(tree, "tree", tree)
+    saved = {jax.tree_util.keystr(p): (tuple(m.shape), str(m.dtype))
+             for p, m in jax.tree_util.tree_flatten_with_path(tree)[0] if hasattr(m, "shape")}
+    wanted = {jax.tree_util.keystr(p): (tuple(a.shape), str(a.dtype)) for p, a in
+              jax.tree_util.tree_flatten_with_path(flax.serialization.to_state_dict(abstract_state))[0]}
+    problems = [f"{k}: checkpoint {saved[k][0]} {saved[k][1]}, this config {wanted[k][0]} {wanted[k][1]}"
+                for k in sorted(set(saved) & set(wanted)) if saved[k] != wanted[k]]
+    problems += [f"{k}: only in the checkpoint" for k in sorted(set(saved) - set(wanted))]
+    problems += [f"{k}: not in the checkpoint" for k in sorted(set(wanted) - set(saved))]
+    if problems:
+      problems.sort(key=lambda p: not p.startswith("['params']"))  # the model's own first
+      more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+      raise ValueError(f"the train state of this config does not match checkpoint {step}: "
+                       f"{'; '.join(problems[:3])}{more}")
+
+  def restore_newest_intact(self, abstract_state: Any, check_data_state=None) -> tuple[int, Any, Any] | None:
+    """(step, state, data state) of the newest checkpoint that restores; None when there is none.
+
+    A checkpoint that cannot be read (truncated arrays, missing or garbled files) is moved to
+    MODEL_DIR/checkpoints_damaged/ (kept for a post-mortem, out of the way of the step numbers this
+    run will save again) and the previous one is tried, with a warning naming both. A checkpoint of
+    another config (ValueError from `check_compatible` or `check_data_state(data_state)`) is not
+    damage: that error propagates.
+    """
+    steps = sorted(self.all_steps(), reverse=True)
+    for index, step in enumerate(steps):
+      try:
+        self.check_compatible(step, abstract_state)
+      except ValueError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except  (unreadable metadata: damage)
+        self._set_aside(step, e, steps[index + 1:])
+        continue
+      try:
+        state, data_state = self.restore(step, abstract_state)
+      except Exception as e:  # pylint: disable=broad-except
+        self._set_aside(step, e, steps[index + 1:])
+        continue
+      if check_data_state is not None:
+        check_data_state(data_state)
+      return step, state, data_state
+    return None
+
+  def _set_aside(self, step: int, error: Exception, older: list[int]) -> None:
+    damaged = os.path.join(os.path.dirname(self.directory), CHECKPOINTS_SUBDIR + "_damaged")
+    os.makedirs(damaged, exist_ok=True)
+    target = os.path.join(damaged, str(step))
+    suffix = 0
+    while os.path.exists(target):
+      suffix += 1
+      target = os.path.join(damaged, f"{step}.{suffix}")
+    os.replace(os.path.join(self.directory, str(step)), target)
+    self._manager.reload()
+    reason = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+    logging.warning("Checkpoint %d in %s cannot be restored (%s); moved it to %s and %s", step,
+                    self.directory, reason, target,
+                    f"falling back to checkpoint {older[0]}" if older else "no older checkpoint is left")
+
   def wait(self) -> None:
     self._manager.wait_until_finished()
 
