@@ -75,6 +75,17 @@ def _stream_seed(seed: int, stream: str) -> int:
   return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+_STALL_MARKER = "mslam_jax: no item within the lengths in the stream "
+
+
+def _tasks_of(name: str) -> list:
+  try:
+    provider = seqio.get_mixture_or_task(name)
+  except ValueError:
+    return []
+  return [provider] if isinstance(provider, seqio.Task) else list(provider.tasks)
+
+
 def default_shard_info() -> seqio.ShardInfo:
   import jax  # pylint: disable=g-import-not-at-top
   return seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
@@ -95,7 +106,7 @@ class StepIterator:
                shard_info: Optional[seqio.ShardInfo] = None,
                setup: Optional[Callable[[], Any]] = None, prefetch: int = 2,
                strict_resume: bool = True, log_every: int = 1000, host_split: str = "shard",
-               num_threads: int = 0):
+               num_threads: int = 0, max_consecutive_drops: int = 10_000):
     unknown = set(streams) - set(STREAMS)
     if unknown:
       raise ValueError(f"unknown streams {sorted(unknown)}; streams are {STREAMS}")
@@ -109,6 +120,7 @@ class StepIterator:
       raise ValueError(f"make_step_iterator.host_split={host_split!r} is not one of {HOST_SPLITS}")
     self.host_split = host_split
     self.num_threads = num_threads
+    self.max_consecutive_drops = max_consecutive_drops
     self.split = split
     self.seed = int(seed)
     self.shuffle = shuffle
@@ -213,7 +225,7 @@ class StepIterator:
       kwargs["log_mixing_proportions"] = False
     ds = provider.get_dataset(**kwargs)
     lengths = dict(config.lengths, lang=0)
-    ds = self.converters[stream](ds, lengths)
+    ds = self._converted_with_progress_guard(stream, ds, lengths)
     b = self.local_batch_size(stream)
     if self.host_split == "shard":
       return ds.skip(skip_batches * b).batch(b, drop_remainder=True)
@@ -221,6 +233,47 @@ class StepIterator:
     start = self.shard_info.index * b
     ds = ds.skip(skip_batches * config.batch_size).batch(config.batch_size, drop_remainder=True)
     return ds.map(lambda batch: {k: v[start:start + b] for k, v in batch.items()})
+
+  def _converted_with_progress_guard(self, stream: str, ds: tf.data.Dataset, lengths) -> tf.data.Dataset:
+    """The stream's feature converter, stopped with an error when it drops `max_consecutive_drops`
+    items in a row (e.g. every item is longer than the length under "drop"): a repeating dataset
+    would otherwise spin forever without yielding a batch."""
+    limit = self.max_consecutive_drops
+    if not limit or self.streams[stream].over_length != "drop":
+      return self.converters[stream](ds, lengths)
+    read = tf.Variable(0, dtype=tf.int64, trainable=False)
+    passed = tf.Variable(0, dtype=tf.int64, trainable=False)
+    marker = f"{_STALL_MARKER}{stream}"
+
+    def count_read(ex):
+      n = read.assign_add(1)
+      check = tf.debugging.assert_less(n - passed, tf.constant(limit, tf.int64), message=marker)
+      with tf.control_dependencies([check]):
+        return {k: tf.identity(v) for k, v in ex.items()}
+
+    def count_passed(ex):
+      with tf.control_dependencies([passed.assign(read)]):
+        return {k: tf.identity(v) for k, v in ex.items()}
+
+    return self.converters[stream](ds.map(count_read), lengths).map(count_passed)
+
+  def _stall_error(self, error: Exception) -> Exception:
+    """A ValueError naming the stream, its files and the lengths that drop every item."""
+    stream = next((s for s in self.streams if f"{_STALL_MARKER}{s}" in str(error)), None)
+    if stream is None:
+      return error
+    config = self.streams[stream]
+    files = []
+    for task in _tasks_of(config.mixture):
+      try:
+        files.extend(task.source.list_shards(self.split))
+      except Exception:  # pylint: disable=broad-except  (a source without files: name the task)
+        files.append(task.name)
+    return ValueError(
+        f"the {stream} stream ({config.mixture}, split {self.split!r}) dropped {self.max_consecutive_drops} "
+        f"items in a row as over length {dict(config.lengths)} (make_step_iterator.{stream}_over_length="
+        f"'drop'), so it cannot fill a batch; raise the lengths (e.g. {stream.upper()}_SAMPLES) or choose "
+        f"another over-length policy. Files: {', '.join(files[:4])}{' ...' if len(files) > 4 else ''}")
 
   def dataset(self, skip_batches: int = 0) -> tf.data.Dataset:
     """The zipped tf.data pipeline, starting after `skip_batches` steps."""
@@ -243,6 +296,11 @@ class StepIterator:
       self._iterator = self.dataset(skip_batches=self._position).as_numpy_iterator()
     try:
       batch = next(self._iterator)
+    except tf.errors.InvalidArgumentError as e:
+      error = self._stall_error(e)
+      if error is e:
+        raise
+      raise error from None
     except StopIteration:
       if self.repeat:
         raise RuntimeError(
@@ -354,6 +412,7 @@ def make_step_iterator(
     log_every: int = 1000,
     host_split: str = "shard",
     num_threads: int = 0,
+    max_consecutive_drops: int = 10_000,
 ) -> StepIterator:
   """Builds the step iterator (gin: `train.iterator_fn = @make_step_iterator`).
 
@@ -372,6 +431,8 @@ def make_step_iterator(
     host_split: "shard" (each host reads its shard) or "slice" (see the module docstring).
     num_threads: size of tf.data's private thread pool (0: TensorFlow's default, one per core);
       small values leave the cores to the JAX step on a CPU-only machine.
+    max_consecutive_drops: a stream under "drop" that drops this many items in a row stops with an
+      error naming it (every item over length would otherwise hang the run); 0: never.
 
   Nothing is read until the first `next()`, so `element_spec` costs nothing.
   """
@@ -395,7 +456,8 @@ def make_step_iterator(
       raise ValueError(f"make_step_iterator.{stream}_batch_size must be >= 0, got {config.batch_size}")
   return StepIterator(streams, split=split, seed=seed, shuffle=shuffle, repeat=repeat,
                       shard_info=shard_info, setup=setup, prefetch=prefetch, strict_resume=strict_resume,
-                      log_every=log_every, host_split=host_split, num_threads=num_threads)
+                      log_every=log_every, host_split=host_split, num_threads=num_threads,
+                      max_consecutive_drops=max_consecutive_drops)
 
 
 BUILTIN_GIN = "data/builtin.gin"
@@ -408,6 +470,7 @@ def builtin_step_iterator(corpus_dir: str, gin_bindings: Sequence[str] = (),
   Parses the gin file into the global gin config (plus `gin_bindings`, e.g. "SPEECH_BATCH = 2").
   """
   from mslam_jax import config  # pylint: disable=g-import-not-at-top
+  config.import_configurables()  # the gin file also sizes the model's vocabulary (MSLAMEncoder)
   config.parse_gin([BUILTIN_GIN], [f"CORPUS_DIR = {os.path.abspath(corpus_dir)!r}", *gin_bindings])
   return make_step_iterator(shard_info=shard_info)
 
