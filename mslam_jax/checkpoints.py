@@ -151,6 +151,8 @@ class Checkpointer:
     tree = getattr(tree, "tree", tree)
     saved = {jax.tree_util.keystr(p): (tuple(m.shape), str(m.dtype))
              for p, m in jax.tree_util.tree_flatten_with_path(tree)[0] if hasattr(m, "shape")}
+    if not saved:
+      raise FileNotFoundError(f"checkpoint {step} holds no readable train-state metadata")
     wanted = {jax.tree_util.keystr(p): (tuple(a.shape), str(a.dtype)) for p, a in
               jax.tree_util.tree_flatten_with_path(flax.serialization.to_state_dict(abstract_state))[0]}
     problems = [f"{k}: checkpoint {saved[k][0]} {saved[k][1]}, this config {wanted[k][0]} {wanted[k][1]}"
