@@ -108,6 +108,10 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
+  def is_due(self, step: int) -> bool:
+    """Whether save(step) will write a checkpoint (without force)."""
+    return step not in self._manager.all_steps() and self._manager.should_save(step)
+
   def save(self, step: int, state: Any, data_state: Any = None, *, force: bool = False) -> bool:
     """Saves (asynchronously) when `step` is due or `force`; returns whether a save started."""
     if step in self._manager.all_steps():

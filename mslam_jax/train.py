@@ -317,6 +317,11 @@ def train(*,
         handle(*pending)
       pending = (step, metrics, seconds)
       bar.update(1)
+      if ckpt.is_due(step):
+        # A checkpoint never gets ahead of the metrics: a run killed after this save resumes after
+        # a step whose metrics are already written.
+        handle(*pending)
+        pending = None
       ckpt.save(step, state, iterator.get_state())
       if eval_every and evaluators and step % eval_every == 0:
         writer.write_scalars(step, run_evaluators(evaluators, model, state.params, step))
