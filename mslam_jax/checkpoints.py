@@ -12,7 +12,8 @@ The train state (params, optimizer state, step, RNG, non-finite counters) and th
 iterator's position are saved asynchronously. Layout of MODEL_DIR/checkpoints/<step>/:
   state/              the train state (Orbax PyTree, sharded arrays written by all processes)
   data_state/         process_<i>.json: each process's iterator position (every process reads its
-                      own shard of the data, so each keeps its own position)
+                      own shard of the data, so each keeps its own position); its bytes values
+                      (the tf.data iterator's own checkpoint) in process_<i>.<key>.bin
 
 Restoring takes the *target* shardings, so a checkpoint written on one mesh restores onto another.
 """
@@ -37,17 +38,26 @@ DATA_ITEM = "data_state"
 CHECKPOINTS_SUBDIR = "checkpoints"
 
 
-def _encode_data_state(value: Any) -> dict:
-  """Iterator states may be bytes (e.g. tf.data / grain) or JSON-able objects."""
+def _encode_data_state(value: Any) -> tuple[dict, dict[str, bytes]]:
+  """Iterator states may be bytes (e.g. tf.data / grain) or JSON-able objects; a dict's bytes
+  values (a tf.data iterator checkpoint: megabytes) go to files of their own, not into the JSON."""
   if isinstance(value, (bytes, bytearray)):
-    return {"kind": "bytes", "value": base64.b64encode(bytes(value)).decode("ascii")}
-  return {"kind": "json", "value": value}
+    return {"kind": "bytes", "value": base64.b64encode(bytes(value)).decode("ascii")}, {}
+  if isinstance(value, dict):
+    blobs = {k: bytes(v) for k, v in value.items() if isinstance(v, (bytes, bytearray))}
+    if blobs:
+      rest = {k: v for k, v in value.items() if k not in blobs}
+      return {"kind": "json", "value": rest, "blobs": sorted(blobs)}, blobs
+  return {"kind": "json", "value": value}, {}
 
 
-def _decode_data_state(record: dict) -> Any:
+def _decode_data_state(record: dict, read_blob=None) -> Any:
   if record["kind"] == "bytes":
     return base64.b64decode(record["value"])
-  return record["value"]
+  value = record["value"]
+  for key in record.get("blobs", ()):
+    value[key] = read_blob(key)
+  return value
 
 
 class DataStateHandler(async_checkpoint_handler.AsyncCheckpointHandler):
@@ -57,16 +67,24 @@ class DataStateHandler(async_checkpoint_handler.AsyncCheckpointHandler):
     index = jax.process_index() if process_index is None else process_index
     return f"process_{index}.json"
 
+  def _blob_filename(self, key: str) -> str:
+    return self._filename().replace(".json", f".{key}.bin")
+
+  def _write(self, directory: epath.Path, record: dict, blobs: dict[str, bytes]) -> None:
+    for key, data in blobs.items():
+      (directory / self._blob_filename(key)).write_bytes(data)
+    (directory / self._filename()).write_text(json.dumps(record))
+
   async def async_save(self, directory: epath.Path, args: "DataStateSave"):
-    text = json.dumps(_encode_data_state(args.state))
+    record, blobs = _encode_data_state(args.state)
 
     async def write():
-      (directory / self._filename()).write_text(text)
+      self._write(directory, record, blobs)
 
     return [future.CommitFutureAwaitingContractedSignals(write(), name="data_state_save")]
 
   def save(self, directory: epath.Path, args: "DataStateSave"):
-    (directory / self._filename()).write_text(json.dumps(_encode_data_state(args.state)))
+    self._write(directory, *_encode_data_state(args.state))
 
   def restore(self, directory: epath.Path, args: "DataStateRestore | None" = None) -> Any:
     path = directory / self._filename()
@@ -74,7 +92,8 @@ class DataStateHandler(async_checkpoint_handler.AsyncCheckpointHandler):
       raise FileNotFoundError(
           f"no data-iterator state for process {jax.process_index()} at {path}: the checkpoint was "
           "written by a run with fewer processes")
-    return _decode_data_state(json.loads(path.read_text()))
+    return _decode_data_state(json.loads(path.read_text()),
+                              lambda key: (directory / self._blob_filename(key)).read_bytes())
 
 
 @checkpoint_args.register_with_handler(DataStateHandler, for_save=True)

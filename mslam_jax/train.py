@@ -322,7 +322,7 @@ def train(*,
         # a step whose metrics are already written.
         handle(*pending)
         pending = None
-      ckpt.save(step, state, iterator.get_state())
+        ckpt.save(step, state, iterator.get_state())  # (the data state is only taken when saved)
       if eval_every and evaluators and step % eval_every == 0:
         writer.write_scalars(step, run_evaluators(evaluators, model, state.params, step))
     if pending is not None:

@@ -25,12 +25,17 @@ Mixture samples it. On 2 busy CPU cores a few dozen Tasks start in seconds; ~300
 about 1.5 minutes to build and another minute until every Task has been touched, after which the
 step rate is close to that of a few Tasks (benchmarks/input_pipeline_benchmark.py).
 """
+import base64
 import collections
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
+import tarfile
+import tempfile
+import time
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import gin
@@ -47,6 +52,7 @@ from mslam_jax.data import records
 STREAMS = records.STREAMS
 STATE_FORMAT = "mslam_jax.step_iterator"
 STATE_FILE = "data_iterator.json"
+PIPELINE_KEY = "pipeline"  # get_state()'s tf.data iterator checkpoint (bytes)
 # "shard": each host reads 1/num_hosts of every Task (scales). "slice": each host reads everything
 # and keeps its rows of the global batch, so the global batches do not depend on the number of
 # hosts (multi-process equivalence tests; resuming on another host count).
@@ -106,7 +112,8 @@ class StepIterator:
                shard_info: Optional[seqio.ShardInfo] = None,
                setup: Optional[Callable[[], Any]] = None, prefetch: int = 2,
                strict_resume: bool = True, log_every: int = 1000, host_split: str = "shard",
-               num_threads: int = 0, max_consecutive_drops: int = 10_000):
+               num_threads: int = 0, max_consecutive_drops: int = 10_000,
+               checkpoint_pipeline: bool = True):
     unknown = set(streams) - set(STREAMS)
     if unknown:
       raise ValueError(f"unknown streams {sorted(unknown)}; streams are {STREAMS}")
@@ -121,6 +128,8 @@ class StepIterator:
     self.host_split = host_split
     self.num_threads = num_threads
     self.max_consecutive_drops = max_consecutive_drops
+    self.checkpoint_pipeline = checkpoint_pipeline
+    self._pending_pipeline = None
     self.split = split
     self.seed = int(seed)
     self.shuffle = shuffle
@@ -280,6 +289,9 @@ class StepIterator:
     ds = tf.data.Dataset.zip({s: self._stream_dataset(s, skip_batches) for s in self.streams})
     options = tf.data.Options()
     options.deterministic = True  # the exact-resume guarantee rests on this
+    # The drop counters are process statistics, not part of the position: a checkpoint of the
+    # iterator leaves them out.
+    options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
     if self.num_threads:
       options.threading.private_threadpool_size = self.num_threads
     ds = ds.with_options(options)
@@ -291,11 +303,9 @@ class StepIterator:
 
   def __next__(self) -> Dict[str, Dict[str, np.ndarray]]:
     if self._iterator is None:
-      if self._position:
-        logging.info("Data iterator: skipping %d batches to resume where the run left off", self._position)
-      self._iterator = self.dataset(skip_batches=self._position).as_numpy_iterator()
+      self._iterator = self._start()
     try:
-      batch = next(self._iterator)
+      batch = tf.nest.map_structure(lambda t: t._numpy(), next(self._iterator))  # pylint: disable=protected-access
     except tf.errors.InvalidArgumentError as e:
       error = self._stall_error(e)
       if error is e:
@@ -315,6 +325,37 @@ class StepIterator:
         logging.info("Data after %d batches: items skipped or altered %s", self._position, counts)
         self._logged_counts = counts
     return batch
+
+  def _start(self):
+    """The tf.data iterator at the current position: restored from the pipeline checkpoint that
+    set_state received (cost independent of the position), else by skipping what was consumed."""
+    pipeline, self._pending_pipeline = self._pending_pipeline, None
+    if pipeline is not None:
+      iterator = iter(self.dataset())
+      start = time.time()
+      with tempfile.TemporaryDirectory() as directory:
+        with tarfile.open(fileobj=io.BytesIO(pipeline)) as tar:
+          tar.extractall(directory, filter="data")
+        tf.train.Checkpoint(iterator=iterator).read(os.path.join(directory, "iterator")).assert_consumed()
+      logging.info("Data iterator restored at batch %d from its checkpoint in %.1f s", self._position,
+                   time.time() - start)
+      return iterator
+    if self._position:
+      logging.info("Data iterator: skipping %d batches to resume where the run left off", self._position)
+    return iter(self.dataset(skip_batches=self._position))
+
+  def _pipeline_checkpoint(self) -> Optional[bytes]:
+    """The tf.data iterator's own state (positions in every file, shuffle buffer and mixture
+    sampler) as bytes; None before the first batch."""
+    if self._iterator is None:
+      return self._pending_pipeline
+    with tempfile.TemporaryDirectory() as directory:
+      tf.train.Checkpoint(iterator=self._iterator).write(os.path.join(directory, "iterator"))
+      packed = io.BytesIO()
+      with tarfile.open(fileobj=packed, mode="w") as tar:
+        for name in sorted(os.listdir(directory)):
+          tar.add(os.path.join(directory, name), arcname=name)
+    return packed.getvalue()
 
   @property
   def position(self) -> int:
@@ -354,8 +395,13 @@ class StepIterator:
     position = self._position if position is None else int(position)
     if not 0 <= position <= self._position:
       raise ValueError(f"position {position} is not in [0, {self._position}] (batches yielded)")
-    return {"format": STATE_FORMAT, "version": 1, "position": position,
-            "fingerprint": self.fingerprint(), "config": self.config_dict()}
+    state = {"format": STATE_FORMAT, "version": 1, "position": position,
+             "fingerprint": self.fingerprint(), "config": self.config_dict()}
+    if self.checkpoint_pipeline and position == self._position:
+      pipeline = self._pipeline_checkpoint()
+      if pipeline is not None:
+        state[PIPELINE_KEY] = pipeline
+    return state
 
   def set_state(self, state: Mapping[str, Any]) -> None:
     """Continues after `state["position"]` batches; the next batch equals the uninterrupted run's."""
@@ -371,19 +417,29 @@ class StepIterator:
                          "make_step_iterator.strict_resume = False to go on from the same position.")
       logging.warning(message)
     self._position = int(state["position"])
-    self._iterator = None  # rebuilt on the next __next__, skipping what was already consumed
-    logging.info("Data iterator resumes after %d batches (skipping them on first read).", self._position)
+    self._iterator = None  # rebuilt on the next __next__
+    pipeline = state.get(PIPELINE_KEY)
+    self._pending_pipeline = pipeline if (pipeline and self.checkpoint_pipeline
+                                          and state["fingerprint"] == self.fingerprint()) else None
+    logging.info("Data iterator resumes after %d batches (%s).", self._position,
+                 "from its pipeline checkpoint" if self._pending_pipeline else "skipping them on first read")
 
   def save(self, directory: str) -> str:
     tf.io.gfile.makedirs(directory)
     path = os.path.join(directory, STATE_FILE)
+    state = self.get_state()
+    if PIPELINE_KEY in state:
+      state[PIPELINE_KEY] = base64.b64encode(state[PIPELINE_KEY]).decode("ascii")
     with tf.io.gfile.GFile(path, "w") as f:
-      json.dump(self.get_state(), f, indent=1)
+      json.dump(state, f, indent=1)
     return path
 
   def restore(self, directory: str) -> None:
     with tf.io.gfile.GFile(os.path.join(directory, STATE_FILE)) as f:
-      self.set_state(json.load(f))
+      state = json.load(f)
+    if PIPELINE_KEY in state:
+      state[PIPELINE_KEY] = base64.b64decode(state[PIPELINE_KEY])
+    self.set_state(state)
 
 
 @gin.configurable
@@ -413,6 +469,7 @@ def make_step_iterator(
     host_split: str = "shard",
     num_threads: int = 0,
     max_consecutive_drops: int = 10_000,
+    checkpoint_pipeline: bool = True,
 ) -> StepIterator:
   """Builds the step iterator (gin: `train.iterator_fn = @make_step_iterator`).
 
@@ -433,6 +490,8 @@ def make_step_iterator(
       small values leave the cores to the JAX step on a CPU-only machine.
     max_consecutive_drops: a stream under "drop" that drops this many items in a row stops with an
       error naming it (every item over length would otherwise hang the run); 0: never.
+    checkpoint_pipeline: get_state() carries the tf.data iterator's own checkpoint, so that a
+      resume costs the same at any position (see the module docstring); False: resume by skipping.
 
   Nothing is read until the first `next()`, so `element_spec` costs nothing.
   """
@@ -457,7 +516,8 @@ def make_step_iterator(
   return StepIterator(streams, split=split, seed=seed, shuffle=shuffle, repeat=repeat,
                       shard_info=shard_info, setup=setup, prefetch=prefetch, strict_resume=strict_resume,
                       log_every=log_every, host_split=host_split, num_threads=num_threads,
-                      max_consecutive_drops=max_consecutive_drops)
+                      max_consecutive_drops=max_consecutive_drops,
+                      checkpoint_pipeline=checkpoint_pipeline)
 
 
 BUILTIN_GIN = "data/builtin.gin"
