@@ -343,3 +343,30 @@ def save_params_checkpoint(model_dir: str, params: Any, step: int = 0) -> str:
     manager.save(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave({"params": params})}))
     manager.wait_until_finished()
   return os.path.join(directory, str(step))
+
+
+def check_corpus(checkpoint_dir: str, corpus_dir: str, run_dir: str | None = None) -> None:
+  """ValueError, naming both corpora, when `corpus_dir`'s vocabulary is not the one the checkpoint
+  was trained with (its data state records the corpus fingerprint): token ids would mean other
+  characters and every score would be noise. Checkpoints that recorded none pass."""
+  path = os.path.join(os.path.abspath(checkpoint_dir), DATA_ITEM, "process_0.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    value = json.load(f).get("value")
+  trained = (value.get("config") or {}).get("corpus") if isinstance(value, dict) else None
+  if not trained:
+    return
+  from mslam_jax.data import builtin_corpus  # pylint: disable=g-import-not-at-top
+  given = builtin_corpus.corpus_fingerprint(corpus_dir)
+  if given["vocabulary"] == trained.get("vocabulary"):
+    return
+  trained_dir = None
+  if run_dir:
+    from mslam_jax import resume_checks  # pylint: disable=g-import-not-at-top
+    text = resume_checks.read_operative_config(run_dir)
+    trained_dir = resume_checks.bindings(text).get("CORPUS_DIR", "").strip("'\"") if text else None
+  raise ValueError(
+      f"{corpus_dir} (vocabulary {given['vocabulary']}) is not the corpus {checkpoint_dir} was trained on "
+      f"({trained_dir or 'its CORPUS_DIR'}, vocabulary {trained['vocabulary']}): its token ids mean other "
+      "characters; pass --corpus_dir of the training corpus")

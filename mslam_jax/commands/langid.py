@@ -29,6 +29,7 @@ def _saved_probe(model_dir: str, step: int) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
   common.setup_logging()
+  from mslam_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from mslam_jax.data import audio as audio_lib  # pylint: disable=g-import-not-at-top
   from mslam_jax.evaluation import data as eval_data  # pylint: disable=g-import-not-at-top
   from mslam_jax.evaluation import langid  # pylint: disable=g-import-not-at-top
@@ -41,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     corpus_dir = args.corpus_dir or config.macro("CORPUS_DIR")
     if not corpus_dir:
       raise ValueError(f"no saved probe for step {step}: run `mslam eval` first or pass --corpus_dir")
+    checkpoints.check_corpus(checkpoints.step_dir(args.model_dir, step), corpus_dir, args.model_dir)
     logging.info("No saved probe for step %d: training one on %s", step, corpus_dir)
     evaluator = langid.LangIDEvaluator(corpus_dir=corpus_dir, modalities=("speech",))
     x, y = evaluator.embed(encoder, "speech", "train", evaluator.max_train_per_lang)

@@ -281,6 +281,26 @@ def verify_corpus(corpus_dir: str, manifest: dict) -> None:
                            f"{sum(counts)} ({', '.join(f'{p}: {n}' for p, n in zip(paths, counts))})")
 
 
+def corpus_fingerprint(corpus_dir: str) -> dict:
+  """What a run trained on, by content: {"manifest": hash, "vocabulary": hash} (the manifest without
+  its build time; every file of vocab/). The same corpus moved elsewhere keeps its fingerprint; a
+  rebuild with another vocabulary does not."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  path = os.path.join(corpus_dir, MANIFEST)
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(f"{path} not found: {corpus_dir} is not a corpus directory")
+  with tf.io.gfile.GFile(path, "rb") as f:
+    manifest = json.loads(f.read())
+  manifest.pop("build_seconds", None)
+  vocab = hashlib.sha256()
+  vocab_dir = os.path.join(corpus_dir, "vocab")
+  for name in sorted(tf.io.gfile.listdir(vocab_dir)) if tf.io.gfile.isdir(vocab_dir) else []:
+    with tf.io.gfile.GFile(os.path.join(vocab_dir, name), "rb") as f:
+      vocab.update(name.encode() + b"\0" + f.read())
+  return {"manifest": hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16],
+          "vocabulary": vocab.hexdigest()[:16]}
+
+
 def _stats(utterances: Sequence[records.Utterance]) -> dict:
   samples = sum(len(u.audio) for u in utterances)
   return {"clips": len(utterances), "characters": sum(len(u.text) for u in utterances),

@@ -11,13 +11,24 @@ for any number of hosts (for equivalence tests, or to resume on a different host
 
 Exact resume. The pipeline is deterministic: every random choice (file order, shuffle buffers,
 mixture sampling, crop windows) is seeded from `seed`, and tf.data runs with
-`deterministic=True`, so the k-th batch depends only on the config and k. The iterator's state is
-therefore just the number of batches it has yielded plus a fingerprint of the config:
-`get_state() -> {"position": k, "fingerprint": ..., ...}` (small, JSON, identical on every host).
-`set_state(state)` rebuilds the pipeline and skips k * B items per stream before batching, so the
-next batch is the one an uninterrupted run would have produced. The cost of a resume is reading
-the skipped items once (no model work); checkpointing tf.data's own iterator instead would store
-every per-language shuffle buffer of decoded audio in each checkpoint, a far worse trade.
+`deterministic=True`, so the k-th batch depends only on the config and k. `get_state()` returns
+`{"position": k, "fingerprint": ..., "config": ..., "pipeline": bytes}`: the JSON part is the same
+on every host; "pipeline" is this host's tf.data iterator checkpoint (read positions in every
+file, shuffle buffers, mixture sampler, prefetched batches). `set_state(state)` restores that
+checkpoint, so a resume costs the same at any position (a few seconds to rebuild the pipeline);
+the next batch is the one an uninterrupted run would have produced. Without it (an older state,
+`checkpoint_pipeline=False`) the pipeline is rebuilt and skips k * B items per stream, reading
+them once: a cost that grows with k (about 1.7k items/s on 2 CPU cores).
+
+The price of the pipeline checkpoint is its size: the per-Task shuffle buffers hold decoded
+float32 audio, so it grows with languages x buffer size x clip length (8-10 MB for the tests' tiny
+corpus; about 64 clips x 5 s x 64 kB/s = 20 MB per audio Task, i.e. GBs per host with a hundred
+languages). Runs at that scale shrink the buffers (register_builtin_corpus.shuffle_buffer_sizes)
+or set make_step_iterator.checkpoint_pipeline = False and pay the skip instead.
+
+The fingerprint covers the data config and, when `corpus_dir` is given (data/builtin.gin binds
+CORPUS_DIR), the corpus' manifest and vocabulary by content: a run resumed on another build of
+its corpus is refused, naming the changed fields.
 
 Start-up grows with the number of Tasks: tf.data traces a few functions per Task when the
 pipeline is built, and each Task opens its files and fills its shuffle buffer the first time the
@@ -113,7 +124,7 @@ class StepIterator:
                setup: Optional[Callable[[], Any]] = None, prefetch: int = 2,
                strict_resume: bool = True, log_every: int = 1000, host_split: str = "shard",
                num_threads: int = 0, max_consecutive_drops: int = 10_000,
-               checkpoint_pipeline: bool = True):
+               checkpoint_pipeline: bool = True, corpus_dir: Optional[str] = None):
     unknown = set(streams) - set(STREAMS)
     if unknown:
       raise ValueError(f"unknown streams {sorted(unknown)}; streams are {STREAMS}")
@@ -129,6 +140,8 @@ class StepIterator:
     self.num_threads = num_threads
     self.max_consecutive_drops = max_consecutive_drops
     self.checkpoint_pipeline = checkpoint_pipeline
+    self.corpus_dir = corpus_dir
+    self._corpus_fingerprint = None
     self._pending_pipeline = None
     self.split = split
     self.seed = int(seed)
@@ -378,12 +391,20 @@ class StepIterator:
           "rates": {k: round(v, 12) for k, v in sorted(rates.items())} if rates is not None else None}
     # Under "slice" the global batches are the same on any number of hosts: not part of the config.
     num_shards = self.shard_info.num_shards if self.host_split == "shard" else None
-    return {"split": self.split, "seed": self.seed, "shuffle": self.shuffle, "repeat": self.repeat,
-            "host_split": self.host_split, "num_shards": num_shards, "streams": streams}
+    out = {"split": self.split, "seed": self.seed, "shuffle": self.shuffle, "repeat": self.repeat,
+           "host_split": self.host_split, "num_shards": num_shards, "streams": streams}
+    if self.corpus_dir:
+      # The corpus by content (manifest and vocabulary): a run resumed on, or evaluated with, another
+      # build of it is caught.
+      if self._corpus_fingerprint is None:
+        from mslam_jax.data import builtin_corpus  # pylint: disable=g-import-not-at-top
+        self._corpus_fingerprint = builtin_corpus.corpus_fingerprint(self.corpus_dir)
+      out["corpus"] = self._corpus_fingerprint
+    return out
 
-  def fingerprint(self) -> str:
+  def fingerprint(self, config: Optional[Mapping[str, Any]] = None) -> str:
     self.ensure_setup()
-    text = json.dumps(self.config_dict(), sort_keys=True)
+    text = json.dumps(self.config_dict() if config is None else config, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
   def get_state(self, position: Optional[int] = None) -> Dict[str, Any]:
@@ -407,8 +428,11 @@ class StepIterator:
     """Continues after `state["position"]` batches; the next batch equals the uninterrupted run's."""
     if state.get("format") != STATE_FORMAT:
       raise ValueError(f"not a step-iterator state: format={state.get('format')!r}")
-    if state["fingerprint"] != self.fingerprint():
-      old, new = state.get("config", {}), self.config_dict()
+    mine = self.config_dict()
+    if "corpus" not in state.get("config", {"corpus": None}):
+      mine.pop("corpus", None)  # a state of an earlier release, which did not record the corpus
+    if state["fingerprint"] != self.fingerprint(mine):
+      old, new = state.get("config", {}), mine
       changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
       message = (f"data config changed since the state was saved (fields {changed}); the batches after "
                  f"resume will differ from an uninterrupted run")
@@ -420,7 +444,7 @@ class StepIterator:
     self._iterator = None  # rebuilt on the next __next__
     pipeline = state.get(PIPELINE_KEY)
     self._pending_pipeline = pipeline if (pipeline and self.checkpoint_pipeline
-                                          and state["fingerprint"] == self.fingerprint()) else None
+                                          and state["fingerprint"] == self.fingerprint(mine)) else None
     logging.info("Data iterator resumes after %d batches (%s).", self._position,
                  "from its pipeline checkpoint" if self._pending_pipeline else "skipping them on first read")
 
@@ -470,6 +494,7 @@ def make_step_iterator(
     num_threads: int = 0,
     max_consecutive_drops: int = 10_000,
     checkpoint_pipeline: bool = True,
+    corpus_dir: Optional[str] = None,
 ) -> StepIterator:
   """Builds the step iterator (gin: `train.iterator_fn = @make_step_iterator`).
 
@@ -492,6 +517,8 @@ def make_step_iterator(
       error naming it (every item over length would otherwise hang the run); 0: never.
     checkpoint_pipeline: get_state() carries the tf.data iterator's own checkpoint, so that a
       resume costs the same at any position (see the module docstring); False: resume by skipping.
+    corpus_dir: the corpus the mixtures read (data/builtin.gin binds CORPUS_DIR): its manifest and
+      vocabulary become part of the data fingerprint.
 
   Nothing is read until the first `next()`, so `element_spec` costs nothing.
   """
@@ -517,7 +544,7 @@ def make_step_iterator(
                       shard_info=shard_info, setup=setup, prefetch=prefetch, strict_resume=strict_resume,
                       log_every=log_every, host_split=host_split, num_threads=num_threads,
                       max_consecutive_drops=max_consecutive_drops,
-                      checkpoint_pipeline=checkpoint_pipeline)
+                      checkpoint_pipeline=checkpoint_pipeline, corpus_dir=corpus_dir)
 
 
 BUILTIN_GIN = "data/builtin.gin"
