@@ -246,7 +246,7 @@ def train(*,
       restored = ckpt.restore_newest_intact(trainer.abstract_state_sharded, iterator.set_state)
     except ValueError as e:
       hint = f" (changed since its last start: {resume_checks.describe(changed)})" if changed else ""
-      raise ValueError(f"cannot resume {model_dir}{hint}: {e}. Use another MODEL_DIR for a new "
+      raise ValueError(f"cannot resume {model_dir}{hint}: {str(e).rstrip('.')}. Use another MODEL_DIR for a new "
                        "config.") from None
     if restored is not None:
       latest, state, data_state = restored
