@@ -5,7 +5,8 @@
 
 A run on a MODEL_DIR that holds checkpoints resumes from the latest by itself (parameters,
 optimizer state, RNG, step and the data iterator's position), so a restarted job sees exactly the
-batches an uninterrupted one would. SIGTERM (preemption) saves a checkpoint and exits with 0.
+batches an uninterrupted one would. SIGTERM (preemption), SIGINT (Ctrl-C) and SIGHUP save a
+checkpoint and exit with 0.
 Multi-host: pass --coordinator_address/--num_processes/--process_id (or --distributed_auto on
 TPU pods / SLURM) and start the same command on every host; each feeds its shard of the batch.
 

@@ -1,6 +1,7 @@
 """`mslam finetune`'s job (CTC fine-tuning of a run's checkpoint, saved with its test figures) and
 the loader of what it saves (`mslam align` reads it)."""
 import json
+import logging
 import os
 from typing import Sequence
 
@@ -51,8 +52,15 @@ def load_finetuned(directory: str) -> finetune.FinetunedCTC:
                             "make one with `mslam finetune --model_dir RUN --out DIR`")
   with open(source_path) as f:
     source = json.load(f)
-  if not checkpoints.checkpoint_steps(source["model_dir"]):
+  steps = checkpoints.checkpoint_steps(source["model_dir"])
+  if not steps:
     raise FileNotFoundError(f"the source run {source['model_dir']} has no checkpoints left to give the structure")
-  # Only the structure of the encoder's parameters is needed; the saved values replace them.
-  model, encoder_params, _ = config.load_run(source["model_dir"], source["step"])
+  # Only the structure of the encoder's parameters is needed; the saved values replace them, so
+  # any step of the source run will do when checkpoint rotation has deleted the one it started from.
+  step = source["step"]
+  if step not in steps:
+    logging.info("Step %s of the source run %s was rotated away; its step %d gives the same structure",
+                 step, source["model_dir"], steps[-1])
+    step = steps[-1]
+  model, encoder_params, _ = config.load_run(source["model_dir"], step)
   return finetune.FinetunedCTC.load(directory, model, encoder_params)

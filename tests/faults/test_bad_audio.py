@@ -136,3 +136,28 @@ def test_odd_but_valid_audio_is_converted(tmp_path):
   # 8-bit and 16-bit renderings of one tone agree to 8-bit precision.
   np.testing.assert_allclose(audio.read_user_audio(eight_bit), _tone(1) / 32768, atol=2 / 256)
   assert not os.path.exists(tmp_path / "no_model")
+
+
+@pytest.mark.slow
+def test_align_after_rotation_deleted_the_source_step(tiny_run, builtin_corpus_dir, tmp_path):
+  """A fine-tuned model needs only the structure of its source run's parameters: when rotation has
+  deleted the step it started from, another step gives it, and the alignment is unchanged."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  run = str(tmp_path / "run")
+  shutil.copytree(tiny_run, run)
+  tuned = str(tmp_path / "ctc")
+  rc, err = run_cli(["finetune", "--model_dir", run, "--out", tuned, "--step", "1", "--corpus_dir",
+                     builtin_corpus_dir, "--steps", "2", "--freeze", "frozen"])
+  assert rc == 0, err[-3000:]
+  wav = _wav(tmp_path / "clip.wav", _tone(1.5))
+  import contextlib, io  # pylint: disable=g-import-not-at-top,multiple-imports
+  outputs = []
+  for attempt in range(2):
+    if attempt:
+      shutil.rmtree(os.path.join(run, "checkpoints", "1"))  # rotation deletes the source step
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+      rc, err = run_cli(["align", "--model_dir", tuned, wav, "a b"])
+    assert rc == 0, err[-3000:]
+    outputs.append(out.getvalue())
+  assert outputs[0] == outputs[1]
