@@ -224,7 +224,11 @@ class Checkpointer:
     while os.path.exists(target):
       suffix += 1
       target = os.path.join(damaged, f"{step}.{suffix}")
-    os.replace(os.path.join(self.directory, str(step)), target)
+    if jax.process_index() == 0:  # one host moves it; the others fall back alike
+      try:
+        os.replace(os.path.join(self.directory, str(step)), target)
+      except FileNotFoundError:
+        pass
     self._manager.reload()
     reason = " ".join(f"{type(error).__name__}: {error}".split())[:300]
     logging.warning("Checkpoint %d in %s cannot be restored (%s); moved it to %s and %s", step,
