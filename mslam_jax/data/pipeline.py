@@ -123,7 +123,7 @@ class StepIterator:
                shard_info: Optional[seqio.ShardInfo] = None,
                setup: Optional[Callable[[], Any]] = None, prefetch: int = 2,
                strict_resume: bool = True, log_every: int = 1000, host_split: str = "shard",
-               num_threads: int = 0, max_consecutive_drops: int = 10_000,
+               num_threads: int = 0, max_consecutive_drops: int = 2_000,
                checkpoint_pipeline: bool = True, corpus_dir: Optional[str] = None):
     unknown = set(streams) - set(STREAMS)
     if unknown:
@@ -492,7 +492,7 @@ def make_step_iterator(
     log_every: int = 1000,
     host_split: str = "shard",
     num_threads: int = 0,
-    max_consecutive_drops: int = 10_000,
+    max_consecutive_drops: int = 2_000,
     checkpoint_pipeline: bool = True,
     corpus_dir: Optional[str] = None,
 ) -> StepIterator:
