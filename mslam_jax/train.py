@@ -238,7 +238,8 @@ def train(*,
   # The iterator's setup (e.g. register_builtin_corpus) runs lazily; run it now so that the
   # operative config records it (CORPUS_DIR among others) for `mslam eval` to read back.
   getattr(iterator, "ensure_setup", lambda: None)()
-  # Written only once a resume is known to be accepted: a refused config must not replace the run's.
+  # What changed since the run's last start (its operative config, rewritten below only once the
+  # resume is accepted: a refused config must not replace the run's).
   changed = resume_checks.changes(resume_checks.read_operative_config(model_dir), gin.operative_config_str())
 
   latest = None
