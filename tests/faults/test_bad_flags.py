@@ -98,3 +98,25 @@ def test_resume_allows_more_steps_and_warns_about_a_changed_learning_rate(standi
               and "optimizer settings" in r.getMessage()]
   assert len(warnings) == 1 and "make_optimizer.peak_learning_rate: 0.01 -> 5.0" in warnings[0], warnings
   assert helpers.checkpoint_steps(standin_copy)[-1] == 4
+
+
+@pytest.mark.slow
+def test_real_pipeline_resume_refuses_a_changed_batch_and_another_corpus(tiny_run, builtin_corpus_dir, tmp_path):
+  """The tiny model on the built-in corpus: a changed SPEECH_BATCH, or another build of the corpus,
+  changes the data fingerprint; the resume is refused naming it, and nothing of the run changes."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from tests.conftest import tiny_train_args  # pylint: disable=g-import-not-at-top
+  run = str(tmp_path / "run")
+  shutil.copytree(tiny_run, run)
+  other = str(tmp_path / "other_corpus")
+  shutil.copytree(builtin_corpus_dir, other)
+  with open(os.path.join(other, "vocab", "characters.json"), "a") as f:
+    f.write("\n")  # another build's vocabulary file
+  before = file_listing(run)
+  for argv, named in ((tiny_train_args(run, builtin_corpus_dir, steps=5) + ["--gin.SPEECH_BATCH=4"], "SPEECH_BATCH"),
+                      (tiny_train_args(run, other, steps=5), "corpus")):
+    rc, err = run_cli(argv)
+    assert rc == 2, err[-3000:]
+    line = user_error_line(err, "train")
+    assert "cannot resume" in line and named in line, line
+    assert file_listing(run) == before
