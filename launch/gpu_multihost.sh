@@ -9,6 +9,7 @@
 # Each process drives its local GPUs and feeds its shard of the global batch; MODEL_DIR and
 # CORPUS_DIR must be on a filesystem every host sees.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/gin_quote.sh"
 if [[ $# -lt 4 ]]; then sed -n '2,10p' "$0"; exit 2; fi
 MODEL_DIR=$1; CORPUS_DIR=$2; TRAIN_STEPS=$3; SIZE=$4; shift 4
 DIST=()
@@ -17,5 +18,5 @@ if [[ -n "${COORDINATOR:-}" ]]; then
         --process_id="${PROCESS_ID:?}")
 fi
 exec mslam train "${DIST[@]}" --gin_file="models/${SIZE}.gin" --gin_file=runs/pretrain.gin \
-  --gin.MODEL_DIR="'${MODEL_DIR}'" --gin.CORPUS_DIR="'${CORPUS_DIR}'" \
+  --gin.MODEL_DIR="$(gin_str "${MODEL_DIR}")" --gin.CORPUS_DIR="$(gin_str "${CORPUS_DIR}")" \
   --gin.TRAIN_STEPS="${TRAIN_STEPS}" "$@"

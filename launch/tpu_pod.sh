@@ -15,8 +15,11 @@
 set -euo pipefail
 if [[ $# -lt 6 ]]; then sed -n '2,16p' "$0"; exit 2; fi
 TPU_NAME=$1; ZONE=$2; MODEL_DIR=$3; CORPUS_DIR=$4; TRAIN_STEPS=$5; SIZE=$6; shift 6
-EXTRA=$(printf " %q" "$@")
-gcloud compute tpus tpu-vm ssh "${TPU_NAME}" --zone="${ZONE}" --worker=all --command="\
-  mslam train --distributed_auto --gin_file=models/${SIZE}.gin --gin_file=runs/pretrain.gin \
-  --gin.MODEL_DIR=\"'${MODEL_DIR}'\" --gin.CORPUS_DIR=\"'${CORPUS_DIR}'\" \
-  --gin.TRAIN_STEPS=${TRAIN_STEPS} ${EXTRA}"
+source "$(dirname "${BASH_SOURCE[0]}")/gin_quote.sh"
+# The remote shell parses --command once more: every argument is quoted for it (printf %q), so
+# paths with spaces, quotes or `;` arrive as one argument each, never as shell code.
+REMOTE=(mslam train --distributed_auto --gin_file="models/${SIZE}.gin" --gin_file=runs/pretrain.gin
+        --gin.MODEL_DIR="$(gin_str "${MODEL_DIR}")" --gin.CORPUS_DIR="$(gin_str "${CORPUS_DIR}")"
+        --gin.TRAIN_STEPS="${TRAIN_STEPS}" "$@")
+gcloud compute tpus tpu-vm ssh "${TPU_NAME}" --zone="${ZONE}" --worker=all \
+  --command="$(printf '%q ' "${REMOTE[@]}")"

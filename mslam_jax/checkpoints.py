@@ -12,7 +12,8 @@ The train state (params, optimizer state, step, RNG, non-finite counters) and th
 iterator's position are saved asynchronously. Layout of MODEL_DIR/checkpoints/<step>/:
   state/              the train state (Orbax PyTree, sharded arrays written by all processes)
   data_state/         process_<i>.json: each process's iterator position (every process reads its
-                      own shard of the data, so each keeps its own position)
+                      own shard of the data, so each keeps its own position); its bytes values
+                      (the tf.data iterator's own checkpoint) in process_<i>.<key>.bin
 
 Restoring takes the *target* shardings, so a checkpoint written on one mesh restores onto another.
 """
@@ -37,17 +38,26 @@ DATA_ITEM = "data_state"
 CHECKPOINTS_SUBDIR = "checkpoints"
 
 
-def _encode_data_state(value: Any) -> dict:
-  """Iterator states may be bytes (e.g. tf.data / grain) or JSON-able objects."""
+def _encode_data_state(value: Any) -> tuple[dict, dict[str, bytes]]:
+  """Iterator states may be bytes (e.g. tf.data / grain) or JSON-able objects; a dict's bytes
+  values (a tf.data iterator checkpoint: megabytes) go to files of their own, not into the JSON."""
   if isinstance(value, (bytes, bytearray)):
-    return {"kind": "bytes", "value": base64.b64encode(bytes(value)).decode("ascii")}
-  return {"kind": "json", "value": value}
+    return {"kind": "bytes", "value": base64.b64encode(bytes(value)).decode("ascii")}, {}
+  if isinstance(value, dict):
+    blobs = {k: bytes(v) for k, v in value.items() if isinstance(v, (bytes, bytearray))}
+    if blobs:
+      rest = {k: v for k, v in value.items() if k not in blobs}
+      return {"kind": "json", "value": rest, "blobs": sorted(blobs)}, blobs
+  return {"kind": "json", "value": value}, {}
 
 
-def _decode_data_state(record: dict) -> Any:
+def _decode_data_state(record: dict, read_blob=None) -> Any:
   if record["kind"] == "bytes":
     return base64.b64decode(record["value"])
-  return record["value"]
+  value = record["value"]
+  for key in record.get("blobs", ()):
+    value[key] = read_blob(key)
+  return value
 
 
 class DataStateHandler(async_checkpoint_handler.AsyncCheckpointHandler):
@@ -57,16 +67,24 @@ class DataStateHandler(async_checkpoint_handler.AsyncCheckpointHandler):
     index = jax.process_index() if process_index is None else process_index
     return f"process_{index}.json"
 
+  def _blob_filename(self, key: str) -> str:
+    return self._filename().replace(".json", f".{key}.bin")
+
+  def _write(self, directory: epath.Path, record: dict, blobs: dict[str, bytes]) -> None:
+    for key, data in blobs.items():
+      (directory / self._blob_filename(key)).write_bytes(data)
+    (directory / self._filename()).write_text(json.dumps(record))
+
   async def async_save(self, directory: epath.Path, args: "DataStateSave"):
-    text = json.dumps(_encode_data_state(args.state))
+    record, blobs = _encode_data_state(args.state)
 
     async def write():
-      (directory / self._filename()).write_text(text)
+      self._write(directory, record, blobs)
 
     return [future.CommitFutureAwaitingContractedSignals(write(), name="data_state_save")]
 
   def save(self, directory: epath.Path, args: "DataStateSave"):
-    (directory / self._filename()).write_text(json.dumps(_encode_data_state(args.state)))
+    self._write(directory, *_encode_data_state(args.state))
 
   def restore(self, directory: epath.Path, args: "DataStateRestore | None" = None) -> Any:
     path = directory / self._filename()
@@ -74,7 +92,8 @@ class DataStateHandler(async_checkpoint_handler.AsyncCheckpointHandler):
       raise FileNotFoundError(
           f"no data-iterator state for process {jax.process_index()} at {path}: the checkpoint was "
           "written by a run with fewer processes")
-    return _decode_data_state(json.loads(path.read_text()))
+    return _decode_data_state(json.loads(path.read_text()),
+                              lambda key: (directory / self._blob_filename(key)).read_bytes())
 
 
 @checkpoint_args.register_with_handler(DataStateHandler, for_save=True)
@@ -115,6 +134,10 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
+  def is_due(self, step: int) -> bool:
+    """Whether save(step) will write a checkpoint (without force)."""
+    return step not in self._manager.all_steps() and self._manager.should_save(step)
+
   def save(self, step: int, state: Any, data_state: Any = None, *, force: bool = False) -> bool:
     """Saves (asynchronously) when `step` is due or `force`; returns whether a save started."""
     if step in self._manager.all_steps():
@@ -149,6 +172,75 @@ class Checkpointer:
     state = flax.serialization.from_state_dict(abstract_state, restored[STATE_ITEM])
     logging.info("Restored step %d from %s", step, self.directory)
     return state, restored[DATA_ITEM]
+
+  def check_compatible(self, step: int, abstract_state: Any) -> None:
+    """ValueError naming the leaves whose shape, dtype or presence differ between checkpoint `step`
+    and `abstract_state` (a changed model or optimizer), before any array is read."""
+    metadata = ocp.StandardCheckpointer().metadata(epath.Path(self.directory) / str(step) / STATE_ITEM)
+    tree = getattr(metadata, "item_metadata", metadata)
+    tree = getattr(tree, "tree", tree)
+    saved = {jax.tree_util.keystr(p): (tuple(m.shape), str(m.dtype))
+             for p, m in jax.tree_util.tree_flatten_with_path(tree)[0] if hasattr(m, "shape")}
+    if not saved:
+      raise FileNotFoundError(f"checkpoint {step} holds no readable train-state metadata")
+    wanted = {jax.tree_util.keystr(p): (tuple(a.shape), str(a.dtype)) for p, a in
+              jax.tree_util.tree_flatten_with_path(flax.serialization.to_state_dict(abstract_state))[0]}
+    problems = [f"{k}: checkpoint {saved[k][0]} {saved[k][1]}, this config {wanted[k][0]} {wanted[k][1]}"
+                for k in sorted(set(saved) & set(wanted)) if saved[k] != wanted[k]]
+    problems += [f"{k}: only in the checkpoint" for k in sorted(set(saved) - set(wanted))]
+    problems += [f"{k}: not in the checkpoint" for k in sorted(set(wanted) - set(saved))]
+    if problems:
+      problems.sort(key=lambda p: not p.startswith("['params']"))  # the model's own first
+      more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+      raise ValueError(f"the train state of this config does not match checkpoint {step}: "
+                       f"{'; '.join(problems[:3])}{more}")
+
+  def restore_newest_intact(self, abstract_state: Any, check_data_state=None) -> tuple[int, Any, Any] | None:
+    """(step, state, data state) of the newest checkpoint that restores; None when there is none.
+
+    A checkpoint that cannot be read (truncated arrays, missing or garbled files) is moved to
+    MODEL_DIR/checkpoints_damaged/ (kept for a post-mortem, out of the way of the step numbers this
+    run will save again) and the previous one is tried, with a warning naming both. A checkpoint of
+    another config (ValueError from `check_compatible` or `check_data_state(data_state)`) is not
+    damage: that error propagates.
+    """
+    steps = sorted(self.all_steps(), reverse=True)
+    for index, step in enumerate(steps):
+      try:
+        self.check_compatible(step, abstract_state)
+      except ValueError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except  (unreadable metadata: damage)
+        self._set_aside(step, e, steps[index + 1:])
+        continue
+      try:
+        state, data_state = self.restore(step, abstract_state)
+      except Exception as e:  # pylint: disable=broad-except
+        self._set_aside(step, e, steps[index + 1:])
+        continue
+      if check_data_state is not None:
+        check_data_state(data_state)
+      return step, state, data_state
+    return None
+
+  def _set_aside(self, step: int, error: Exception, older: list[int]) -> None:
+    damaged = os.path.join(os.path.dirname(self.directory), CHECKPOINTS_SUBDIR + "_damaged")
+    os.makedirs(damaged, exist_ok=True)
+    target = os.path.join(damaged, str(step))
+    suffix = 0
+    while os.path.exists(target):
+      suffix += 1
+      target = os.path.join(damaged, f"{step}.{suffix}")
+    if jax.process_index() == 0:  # one host moves it; the others fall back alike
+      try:
+        os.replace(os.path.join(self.directory, str(step)), target)
+      except FileNotFoundError:
+        pass
+    self._manager.reload()
+    reason = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+    logging.warning("Checkpoint %d in %s cannot be restored (%s); moved it to %s and %s", step,
+                    self.directory, reason, target,
+                    f"falling back to checkpoint {older[0]}" if older else "no older checkpoint is left")
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
@@ -262,3 +354,30 @@ def save_params_checkpoint(model_dir: str, params: Any, step: int = 0) -> str:
     manager.save(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave({"params": params})}))
     manager.wait_until_finished()
   return os.path.join(directory, str(step))
+
+
+def check_corpus(checkpoint_dir: str, corpus_dir: str, run_dir: str | None = None) -> None:
+  """ValueError, naming both corpora, when `corpus_dir`'s vocabulary is not the one the checkpoint
+  was trained with (its data state records the corpus fingerprint): token ids would mean other
+  characters and every score would be noise. Checkpoints that recorded none pass."""
+  path = os.path.join(os.path.abspath(checkpoint_dir), DATA_ITEM, "process_0.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    value = json.load(f).get("value")
+  trained = (value.get("config") or {}).get("corpus") if isinstance(value, dict) else None
+  if not trained:
+    return
+  from mslam_jax.data import builtin_corpus  # pylint: disable=g-import-not-at-top
+  given = builtin_corpus.corpus_fingerprint(corpus_dir)
+  if given["vocabulary"] == trained.get("vocabulary"):
+    return
+  trained_dir = None
+  if run_dir:
+    from mslam_jax import resume_checks  # pylint: disable=g-import-not-at-top
+    text = resume_checks.read_operative_config(run_dir)
+    trained_dir = resume_checks.bindings(text).get("CORPUS_DIR", "").strip("'\"") if text else None
+  raise ValueError(
+      f"{corpus_dir} (vocabulary {given['vocabulary']}) is not the corpus {checkpoint_dir} was trained on "
+      f"({trained_dir or 'its CORPUS_DIR'}, vocabulary {trained['vocabulary']}): its token ids mean other "
+      "characters; pass --corpus_dir of the training corpus")

@@ -6,6 +6,7 @@ configuration or input mistake (ValueError, FileNotFoundError, ... raised anywhe
 becomes one line, `mslam COMMAND: message`, and exit code 2, here and nowhere else.
 """
 import argparse
+import ast
 import importlib
 import logging
 import os
@@ -124,10 +125,35 @@ def main(argv=None) -> int:
   module = importlib.import_module(args._module)
   try:
     return int(module.run(args) or 0)
-  except USER_ERRORS as e:
+  except (*USER_ERRORS, KeyError) as e:
+    if isinstance(e, KeyError) and not _is_name_lookup(e):
+      raise  # a bare missing key is a bug: keep its traceback
     logging.getLogger(__name__).debug("mslam %s failed", args.command, exc_info=True)
-    print(f"mslam {args.command}: {e}", file=sys.stderr)
+    print(f"mslam {args.command}: {one_line(e)}", file=sys.stderr)
     return EXIT_USER_ERROR
+
+
+def _is_name_lookup(error: KeyError) -> bool:
+  """A KeyError that explains itself (an unknown evaluator, task or language the user named)
+  rather than a bare missing key (`KeyError('loss')`, a bug)."""
+  return " " in one_line(error).strip()
+
+
+# gin appends "  In call to configurable 'train' (<function ...>)" lines to an error it passes on.
+_GIN_CONTEXT = re.compile(r"^\s*In call to configurable ")
+
+
+def one_line(error: BaseException) -> str:
+  """The error's message on one line, without gin's call-site notes (a KeyError's message comes
+  quoted: it is unquoted)."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip() and not _GIN_CONTEXT.match(line)]
+  text = " ".join(lines)
+  if isinstance(error, KeyError) and len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+    try:
+      text = str(ast.literal_eval(text))
+    except (ValueError, SyntaxError):
+      pass
+  return text or type(error).__name__
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """gin-configured pre-training: the `train` configurable that `mslam train` calls.
 
   mslam train --gin_file=models/tiny.gin --gin_file=runs/pretrain.gin \
-      --gin.MODEL_DIR=/tmp/run --gin.TRAIN_STEPS=1000
+      --gin.MODEL_DIR="'/tmp/run'" --gin.TRAIN_STEPS=1000 --gin.CORPUS_DIR="'/path/to/corpus'"
 
 A run on a MODEL_DIR that holds checkpoints resumes from the latest by itself (parameters,
 optimizer state, RNG, step and the data iterator's position), so a restarted job sees exactly the
-batches an uninterrupted one would. SIGTERM (preemption) saves a checkpoint and exits with 0.
+batches an uninterrupted one would. SIGTERM (preemption), SIGINT (Ctrl-C) and SIGHUP save a
+checkpoint and exit with 0.
 Multi-host: pass --coordinator_address/--num_processes/--process_id (or --distributed_auto on
 TPU pods / SLURM) and start the same command on every host; each feeds its shard of the batch.
 
@@ -21,6 +22,7 @@ from typing import Any, Callable, Iterator, Sequence
 import gin
 
 from mslam_jax import config
+from mslam_jax import resume_checks
 
 class NonFiniteLossError(RuntimeError):
   """K updates in a row had a non-finite loss or gradient."""
@@ -86,35 +88,60 @@ def make_writer(model_dir: str, primary: bool, tensorboard: bool):
 # -- preemption --------------------------------------------------------------------------------
 
 class PreemptionWatcher:
-  """SIGTERM -> save and exit. One process: a Python signal flag. Several: JAX's preemption
-  service (it catches the signal on any host and all agree on the step to stop at)."""
+  """SIGTERM (preemption), SIGINT (Ctrl-C) and SIGHUP (a closed terminal) -> save and exit.
 
-  def __init__(self, multi_process: bool):
+  One process: a Python signal flag. Several: JAX's preemption service, when it runs, catches
+  SIGTERM on any host and all agree on the step to stop at; the other signals (and SIGTERM when the
+  service is off) set a flag that the hosts combine every `sync_every` steps (a tiny all-gather), so
+  that every host stops at the same step. A second Ctrl-C stops at once, without a save.
+  """
+  SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+  def __init__(self, multi_process: bool, sync_every: int = 10):
     self._multi = multi_process
+    self._sync_every = max(1, sync_every)
+    self._service = multi_process and _preemption_service_on()
     self._requested = False
-    self._previous = None
-    if not multi_process:
-      self._previous = signal.signal(signal.SIGTERM, self._on_signal)
-
-  def close(self) -> None:
-    """Gives SIGTERM back to whoever had it (a fine-tuning job inside a run's evaluation)."""
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+    self._previous = {}
+    for signum in self.SIGNALS:
+      if signum == signal.SIGTERM and self._service:
+        continue  # the preemption service handles it on every host
+      self._previous[signum] = signal.signal(signum, self._on_signal)
 
   def _on_signal(self, signum, frame):
     del frame
-    logging.warning("Signal %d received: saving a checkpoint and exiting", signum)
+    logging.warning("Signal %s received: saving a checkpoint and exiting%s", signal.Signals(signum).name,
+                    " (Ctrl-C again stops at once, without saving)" if signum == signal.SIGINT else "")
     self._requested = True
+    if signum == signal.SIGINT:
+      signal.signal(signal.SIGINT, signal.default_int_handler)
 
   def should_stop(self, step: int) -> bool:
-    if self._multi:
+    if self._service:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      try:
-        return multihost_utils.reached_preemption_sync_point(step)
-      except RuntimeError:  # the preemption service is off
-        return False
-    return self._requested
+      if multihost_utils.reached_preemption_sync_point(step):
+        return True
+    if not self._multi:
+      return self._requested
+    if step % self._sync_every:
+      return False
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return bool(np.max(multihost_utils.process_allgather(np.int32(self._requested))))
+
+  def close(self) -> None:
+    """Puts the signal handlers back (a run inside a longer-lived process, e.g. tests)."""
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous = {}
+
+
+def _preemption_service_on() -> bool:
+  try:
+    from jax._src import distributed  # pylint: disable=g-import-not-at-top
+    return distributed.global_state.preemption_sync_manager is not None
+  except (ImportError, AttributeError):
+    return False
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -220,18 +247,28 @@ def train(*,
   # The iterator's setup (e.g. register_builtin_corpus) runs lazily; run it now so that the
   # operative config records it (CORPUS_DIR among others) for `mslam eval` to read back.
   getattr(iterator, "ensure_setup", lambda: None)()
+  # What changed since the run's last start (its operative config, rewritten below only once the
+  # resume is accepted: a refused config must not replace the run's).
+  changed = resume_checks.changes(resume_checks.read_operative_config(model_dir), gin.operative_config_str())
+
+  latest = None
+  if ckpt.all_steps():
+    try:
+      restored = ckpt.restore_newest_intact(trainer.abstract_state_sharded, iterator.set_state)
+    except ValueError as e:
+      hint = f" (changed since its last start: {resume_checks.describe(changed)})" if changed else ""
+      raise ValueError(f"cannot resume {model_dir}{hint}: {str(e).rstrip('.')}. Use another MODEL_DIR for a new "
+                       "config.") from None
+    if restored is not None:
+      latest, state, data_state = restored
+      resume_checks.warn_about(changed, latest)
+      logging.info("Resuming from step %d of %s", latest, model_dir)
   if log_config:
     config.log_operative_config(model_dir if primary else None)
   elif primary:  # written, not logged (e.g. a fine-tuning job inside an evaluation)
     with open(os.path.join(model_dir, config.OPERATIVE_CONFIG), "w") as f:
       f.write(gin.operative_config_str())
-
-  latest = ckpt.latest_step()
-  if latest is not None:
-    state, data_state = ckpt.restore(latest, trainer.abstract_state_sharded)
-    iterator.set_state(data_state)
-    logging.info("Resuming from step %d of %s", latest, model_dir)
-  else:
+  if latest is None:
     state = trainer.init_state()
     if initialize_params is not None:
       state = state.replace(params=initialize_params(state.params))
@@ -308,7 +345,12 @@ def train(*,
         handle(*pending)
       pending = (step, metrics, seconds)
       bar.update(1)
-      ckpt.save(step, state, iterator.get_state())
+      if ckpt.is_due(step):
+        # A checkpoint never gets ahead of the metrics: a run killed after this save resumes after
+        # a step whose metrics are already written.
+        handle(*pending)
+        pending = None
+        ckpt.save(step, state, iterator.get_state())  # (the data state is only taken when saved)
       if eval_every and evaluators and step % eval_every == 0:
         writer.write_scalars(step, evaluate(evaluators, model, state.params, step))
     if pending is not None:

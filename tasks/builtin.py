@@ -48,13 +48,19 @@ def heldout_mixture_name(prefix: str = PREFIX) -> str:
   return f"{prefix}_paired_heldout"
 
 
+MANIFEST_NAME = "manifest.json"
+
+
 def load_manifest(corpus_dir: str) -> dict:
-  path = os.path.join(corpus_dir, "manifest.json")
+  path = os.path.join(corpus_dir, MANIFEST_NAME)
   if not tf.io.gfile.exists(path):
     raise FileNotFoundError(f"{path} not found: build the corpus first (mslam data build-builtin --out "
                             f"{corpus_dir}) or fix the binding register_builtin_corpus.corpus_dir")
   with tf.io.gfile.GFile(path) as f:
-    return json.load(f)
+    try:
+      return json.load(f)
+    except ValueError as e:
+      raise ValueError(f"{path} is not a readable manifest ({e}); rebuild the corpus") from None
 
 
 def _split_stats(manifest: dict, lang: str, stream: str) -> Dict[str, dict]:
@@ -131,6 +137,8 @@ def register_builtin_corpus(corpus_dir: str = gin.REQUIRED,
   rate_units = {**DEFAULT_RATE_UNITS, **(rate_units or {})}
   buffers = {**DEFAULT_SHUFFLE_BUFFER_SIZES, **(shuffle_buffer_sizes or {})}
   manifest = load_manifest(corpus_dir)
+  from mslam_jax.data import builtin_corpus  # pylint: disable=g-import-not-at-top
+  builtin_corpus.verify_corpus(corpus_dir, manifest)
   # A corpus rebuilt in place (another config hash) is registered afresh.
   key = (os.path.abspath(corpus_dir), manifest.get("config_hash"), manifest.get("build_seconds"),
          float(temperature), tuple(sorted(rate_units.items())), tuple(sorted(buffers.items())),
@@ -154,11 +162,10 @@ def register_builtin_corpus(corpus_dir: str = gin.REQUIRED,
         if not split_stats.get("clips", split_stats.get("examples", 0)):
           continue
         pattern = os.path.join(corpus_dir, records.shard_pattern(stream, lang, split))
-        if tf.io.gfile.glob(pattern):
-          patterns[split] = pattern
-        else:
-          logging.warning("manifest lists %s/%s/%s but no shard matches %s; skipped",
-                          stream, lang, split, pattern)
+        if not tf.io.gfile.glob(pattern):
+          raise FileNotFoundError(f"{MANIFEST_NAME} of {corpus_dir} lists {split_stats.get('clips', 0)} "
+                                  f"{stream}/{lang}/{split} items but no shard matches {pattern}")
+        patterns[split] = pattern
       if not patterns:
         continue
       try:

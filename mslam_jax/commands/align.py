@@ -27,8 +27,8 @@ def run(args: argparse.Namespace) -> int:
   if text.startswith("@"):
     with open(text[1:], encoding="utf-8") as f:
       text = f.read().strip()
+  audio = audio_lib.read_user_audio(args.audio)  # a bad file is refused before any model loads
   tuned = finetune_job.load_finetuned(args.model_dir)
-  audio = audio_lib.read_audio_16k(args.audio)
   result = alignment.align_utterances(tuned, [audio], [text])[0]
   if result is None:
     print("mslam align: the audio is too short for this transcript (no CTC path)", file=sys.stderr)

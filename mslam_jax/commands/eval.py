@@ -45,6 +45,10 @@ def run(args: argparse.Namespace) -> int:
   model_dir = args.model_dir or _macro_from_bindings(bindings, "MODEL_DIR")
   if not model_dir:
     raise ValueError("pass --model_dir (or --gin.MODEL_DIR=...)")
+  if args.corpus_dir:  # another build's vocabulary would make every score noise
+    from mslam_jax import checkpoints  # pylint: disable=g-import-not-at-top
+    for step in checkpoints.select_steps(model_dir, args.step):
+      checkpoints.check_corpus(checkpoints.step_dir(model_dir, step), args.corpus_dir, model_dir)
   results = sweep.sweep(model_dir, args.step, ablation_model_dir=args.ablation_model_dir,
                         gin_files=args.gin_file or ["runs/eval.gin"], bindings=bindings,
                         search_paths=args.gin_search_path, output_dir=args.out, force=args.force)

@@ -29,9 +29,11 @@ def _saved_probe(model_dir: str, step: int) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
   common.setup_logging()
+  from mslam_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from mslam_jax.data import audio as audio_lib  # pylint: disable=g-import-not-at-top
   from mslam_jax.evaluation import data as eval_data  # pylint: disable=g-import-not-at-top
   from mslam_jax.evaluation import langid  # pylint: disable=g-import-not-at-top
+  audios = [audio_lib.read_user_audio(p) for p in args.files]  # bad files refused before any model loads
   model, params, step = config.load_run(args.model_dir, args.step)
   encoder = eval_data.Encoder(model, params)
   probe_path = _saved_probe(args.model_dir, step)
@@ -41,11 +43,11 @@ def run(args: argparse.Namespace) -> int:
     corpus_dir = args.corpus_dir or config.macro("CORPUS_DIR")
     if not corpus_dir:
       raise ValueError(f"no saved probe for step {step}: run `mslam eval` first or pass --corpus_dir")
+    checkpoints.check_corpus(checkpoints.step_dir(args.model_dir, step), corpus_dir, args.model_dir)
     logging.info("No saved probe for step %d: training one on %s", step, corpus_dir)
     evaluator = langid.LangIDEvaluator(corpus_dir=corpus_dir, modalities=("speech",))
     x, y = evaluator.embed(encoder, "speech", "train", evaluator.max_train_per_lang)
     probe = langid.LinearProbe().fit(x, y)
-  audios = [audio_lib.read_audio_16k(p) for p in args.files]
   probs = probe.predict_proba(encoder.speech(audios))
   results = []
   for path, p in zip(args.files, probs):

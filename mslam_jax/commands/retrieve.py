@@ -24,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
   common.setup_logging()
+  from mslam_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from mslam_jax.data import audio as audio_lib  # pylint: disable=g-import-not-at-top
   from mslam_jax.evaluation import data as eval_data  # pylint: disable=g-import-not-at-top
   from mslam_jax.evaluation import retrieval  # pylint: disable=g-import-not-at-top
@@ -31,12 +32,13 @@ def run(args: argparse.Namespace) -> int:
     texts = [line.strip() for line in f if line.strip()]
   if not texts:
     raise ValueError(f"no texts in {args.texts}")
+  audios = [audio_lib.read_user_audio(p) for p in args.audio]  # bad files refused before any model loads
   model, params, step = config.load_run(args.model_dir, args.step)
   corpus_dir = args.corpus_dir or config.macro("CORPUS_DIR")
   if not corpus_dir:
     raise ValueError("no vocabulary: pass --corpus_dir")
+  checkpoints.check_corpus(checkpoints.step_dir(args.model_dir, step), corpus_dir, args.model_dir)
   vocab = eval_data.load_vocabulary(corpus_dir)
-  audios = [audio_lib.read_audio_16k(p) for p in args.audio]
   encoder = eval_data.Encoder(model, params, cross_modal=True)
   speech = encoder.speech(audios)
   text = encoder.text(eval_data.tokenize(vocab, texts))

@@ -4,7 +4,7 @@
       --gin.MODEL_DIR="'/tmp/run'" --gin.TRAIN_STEPS=1000
 
 A run on a MODEL_DIR that holds checkpoints resumes from the latest by itself. SIGTERM
-(preemption) saves a checkpoint and exits with 0. Multi-host: pass
+(preemption), SIGINT (Ctrl-C) and SIGHUP save a checkpoint and exit with 0. Multi-host: pass
 --coordinator_address/--num_processes/--process_id (or --distributed_auto on TPU pods / SLURM) and
 start the same command on every host; each feeds its shard of the batch.
 

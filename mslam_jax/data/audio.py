@@ -223,3 +223,70 @@ def read_audio_16k(path: str, max_seconds: float = 3600.0) -> np.ndarray:
   """Mono float32 16 kHz audio of any file soundfile reads (resampled and down-mixed as needed)."""
   samples, rate = read_audio_file(path)
   return validate_audio(samples, rate, item_id=path, max_seconds=max_seconds)
+
+
+# The user commands (align, retrieve, langid) take clips of the length the model trains and is
+# evaluated on; a recording of minutes would be encoded in one piece (attention is quadratic in its
+# length: 300 s needs tens of GB) and is refused before it is decoded.
+USER_MAX_SECONDS = MAX_SECONDS
+# Shorter than the frontend's first frames (25 ms windows, 4x subsampling): no encoder output.
+USER_MIN_SECONDS = 0.1
+
+
+def read_user_audio(path: str, max_seconds: float = USER_MAX_SECONDS,
+                    min_seconds: float = USER_MIN_SECONDS) -> np.ndarray:
+  """Mono float32 16 kHz audio of a file a user passed, or ValueError/FileNotFoundError with a
+  one-line reason naming the file. The header is checked before anything is decoded, so a
+  multi-hour file costs nothing."""
+  import os  # pylint: disable=g-import-not-at-top
+  import soundfile  # pylint: disable=g-import-not-at-top
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no such audio file")
+  if os.path.isdir(path):
+    raise ValueError(f"{path} is a directory, not an audio file")
+  if os.path.getsize(path) == 0:
+    raise ValueError(f"{path} is empty (0 bytes)")
+  try:
+    info = soundfile.info(path)
+  except Exception as e:  # pylint: disable=broad-except  (libsndfile raises several types)
+    raise ValueError(f"{path} is not an audio file soundfile can read ({' '.join(str(e).split())})") from None
+  if not MIN_VALID_RATE <= info.samplerate <= MAX_VALID_RATE:
+    raise ValueError(f"{path}: its header gives a sample rate of {info.samplerate} Hz (outside "
+                     f"[{MIN_VALID_RATE}, {MAX_VALID_RATE}]): a broken or lying header")
+  if info.frames / info.samplerate > max_seconds:
+    raise ValueError(f"{path} is {info.frames / info.samplerate:.1f} s long; the commands take clips of at "
+                     f"most {max_seconds:.0f} s (the length the model trains on): cut it into shorter files")
+  try:
+    audio = read_audio_16k(path, max_seconds=max_seconds)
+  except BadItem as e:
+    raise ValueError(f"{path}: {e.message} ({e.reason})") from None
+  if audio.shape[0] < min_seconds * SAMPLE_RATE:
+    raise ValueError(f"{path} is {audio.shape[0] / SAMPLE_RATE * 1000:.0f} ms long; at least "
+                     f"{min_seconds * 1000:.0f} ms are needed")
+  missing = _wav_missing_bytes(path)
+  if missing:
+    raise ValueError(f"{path} is truncated (or its header lies): the header announces {missing} more bytes "
+                     "of samples than the file holds")
+  return audio
+
+
+def _wav_missing_bytes(path: str) -> int:
+  """For a RIFF/WAVE file: how many bytes of its data chunk the header announces beyond the end of
+  the file (libsndfile quietly reads what is there). 0 for other formats and streaming headers."""
+  import os  # pylint: disable=g-import-not-at-top
+  size = os.path.getsize(path)
+  with open(path, "rb") as f:
+    head = f.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+      return 0
+    offset = 12
+    while offset + 8 <= size:
+      f.seek(offset)
+      chunk = f.read(8)
+      length = int.from_bytes(chunk[4:8], "little")
+      if chunk[:4] == b"data":
+        if length in (0, 0xFFFFFFFF):  # written by a streaming recorder: size unknown
+          return 0
+        return max(0, offset + 8 + length - size)
+      offset += 8 + length + (length & 1)
+  return 0

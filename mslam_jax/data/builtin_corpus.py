@@ -20,7 +20,7 @@ import json
 import logging
 import math
 import os
-import shutil
+import re
 import time
 from importlib import metadata
 from typing import Iterable, Sequence
@@ -226,6 +226,81 @@ def _write_shards(out_dir: str, stream: str, lang: str, split: str,
   return names
 
 
+def count_records(path: str) -> int:
+  """Records of a TFRecord file, from its length headers alone (no payload is read); ValueError
+  naming the file when it is truncated or not a TFRecord file."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gfile: local or remote paths)
+  size = tf.io.gfile.stat(path).length
+  count, offset = 0, 0
+  with tf.io.gfile.GFile(path, "rb") as f:
+    while offset < size:
+      header = f.read(12)  # uint64 length, uint32 masked CRC of the length
+      if len(header) < 12:
+        raise ValueError(f"{path} is truncated: record {count} has an incomplete header at byte {offset} of {size}")
+      length = int.from_bytes(header[:8], "little")
+      end = offset + 12 + length + 4
+      if end > size:
+        raise ValueError(f"{path} is truncated: record {count} needs bytes up to {end} but the file has {size}"
+                         " (rebuild the corpus or restore the file)")
+      f.seek(end)
+      offset, count = end, count + 1
+  return count
+
+
+def verify_corpus(corpus_dir: str, manifest: dict) -> None:
+  """Checks every shard the manifest lists against it before anything trains on them: present, not
+  truncated, holding the manifest's number of items. Raises FileNotFoundError / ValueError naming
+  the file; a damaged corpus never crashes a run midway (and again after every resume)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if manifest.get("format") == FORMAT and not manifest.get("complete", True):
+    raise ValueError(f"{os.path.join(corpus_dir, MANIFEST)}: the build of this corpus did not finish; "
+                     f"run `mslam data build-builtin --out {corpus_dir}` again")
+  for lang, entry in sorted(manifest.get("languages", {}).items()):
+    for stream, splits in sorted(entry.get("streams", {}).items()):
+      for split, stats in sorted(splits.items()):
+        if not isinstance(stats, dict) or "shards" not in stats:
+          continue
+        want = int(stats.get("clips", stats.get("examples", 0)))
+        paths = [os.path.join(corpus_dir, name) for name in stats["shards"]]
+        for path in paths:
+          if not tf.io.gfile.exists(path):
+            raise FileNotFoundError(f"{path} is missing: {MANIFEST} lists it for {stream}/{lang}/{split} "
+                                    "(rebuild the corpus or restore the file)")
+        sizes, records = stats.get("shard_bytes"), stats.get("shard_records")
+        if sizes is not None and records is not None:
+          for path, size in zip(paths, sizes):
+            actual = tf.io.gfile.stat(path).length
+            if actual != size:
+              raise ValueError(f"{path} has {actual} bytes, {MANIFEST} says {size}: the shard is "
+                               f"{'truncated' if actual < size else 'altered'}; rebuild the corpus or restore it")
+          counts = list(records)
+        else:  # a manifest of an earlier release: walk the record headers
+          counts = [count_records(path) for path in paths]
+        if sum(counts) != want:
+          raise ValueError(f"{stream}/{lang}/{split}: {MANIFEST} says {want} items but its shards hold "
+                           f"{sum(counts)} ({', '.join(f'{p}: {n}' for p, n in zip(paths, counts))})")
+
+
+def corpus_fingerprint(corpus_dir: str) -> dict:
+  """What a run trained on, by content: {"manifest": hash, "vocabulary": hash} (the manifest without
+  its build time; every file of vocab/). The same corpus moved elsewhere keeps its fingerprint; a
+  rebuild with another vocabulary does not."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  path = os.path.join(corpus_dir, MANIFEST)
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(f"{path} not found: {corpus_dir} is not a corpus directory")
+  with tf.io.gfile.GFile(path, "rb") as f:
+    manifest = json.loads(f.read())
+  manifest.pop("build_seconds", None)
+  vocab = hashlib.sha256()
+  vocab_dir = os.path.join(corpus_dir, "vocab")
+  for name in sorted(tf.io.gfile.listdir(vocab_dir)) if tf.io.gfile.isdir(vocab_dir) else []:
+    with tf.io.gfile.GFile(os.path.join(vocab_dir, name), "rb") as f:
+      vocab.update(name.encode() + b"\0" + f.read())
+  return {"manifest": hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16],
+          "vocabulary": vocab.hexdigest()[:16]}
+
+
 def _stats(utterances: Sequence[records.Utterance]) -> dict:
   samples = sum(len(u.audio) for u in utterances)
   return {"clips": len(utterances), "characters": sum(len(u.text) for u in utterances),
@@ -238,6 +313,44 @@ def read_manifest(out_dir: str) -> dict | None:
       return json.load(f)
   except (OSError, ValueError):
     return None
+
+
+def _write_manifest(out_dir: str, manifest: dict) -> None:
+  tmp = os.path.join(out_dir, MANIFEST + ".tmp")
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(manifest, f, ensure_ascii=False, indent=1)
+  os.replace(tmp, os.path.join(out_dir, MANIFEST))
+
+
+# The files a build writes, by name (records.shard_name, the vocabulary's JSON file, the manifest);
+# nothing else in the directory is ever touched.
+_OWN_FILE = re.compile(r"^((speech|text|paired)/[^/]+/(train|validation|test)\.tfrecord-\d{5}-of-\d{5}"
+                       r"|vocab/[^/]+\.json|" + re.escape(MANIFEST) + r"(\.tmp)?)$")
+
+
+def _clear_previous_build(out_dir: str) -> None:
+  """Makes `out_dir` ready for a build: creates it, or removes the files an earlier build of ours
+  wrote there (its manifest says so), leaving anything else alone. Refuses a non-empty directory
+  that holds no built-in corpus."""
+  os.makedirs(out_dir, exist_ok=True)
+  if not os.listdir(out_dir):
+    return
+  existing = read_manifest(out_dir)
+  if not existing or existing.get("format") != FORMAT:
+    raise FileExistsError(
+        f"{out_dir} is not empty and holds no built-in corpus ({MANIFEST} of format {FORMAT}); "
+        "build-builtin writes into a new or empty directory, or over a built-in corpus it made: "
+        "choose another --out")
+  removed = 0
+  for root, dirs, names in os.walk(out_dir, topdown=False):
+    for name in names:
+      path = os.path.join(root, name)
+      if _OWN_FILE.match(os.path.relpath(path, out_dir).replace(os.sep, "/")):
+        os.remove(path)
+        removed += 1
+    if root != out_dir and not os.listdir(root):
+      os.rmdir(root)
+  logging.info("replacing the built-in corpus in %s (%d files of the earlier build removed)", out_dir, removed)
 
 
 def _build_languages(out_dir, selected, held, config, counter, synthesize, progress):
@@ -276,7 +389,10 @@ def _build_languages(out_dir, selected, held, config, counter, synthesize, progr
       for split in records.SPLITS:
         shard_files = _write_shards(out_dir, stream, code, split, splits[split])
         stats = _stats(splits[split])
-        entry["streams"][stream][split] = {**stats, "shards": shard_files}
+        entry["streams"][stream][split] = {
+            **stats, "shards": shard_files,
+            "shard_bytes": [os.path.getsize(os.path.join(out_dir, n)) for n in shard_files],
+            "shard_records": [len(splits[split][i::len(shard_files)]) for i in range(len(shard_files))]}
         totals[stream][split].update(stats)
         if split == "train" and stream in ("text", "paired"):
           vocab_texts.extend(u.text for u in splits[split])
@@ -297,7 +413,8 @@ def build_builtin_corpus(out_dir: str, max_languages: int | None = SMALL_MAX_LAN
   """Builds (or finds up to date) the built-in corpus in `out_dir`; returns its manifest.
 
   Args:
-    out_dir: the corpus directory (its speech/, text/, paired/, vocab/ and manifest are replaced).
+    out_dir: the corpus directory: new, empty, or a built-in corpus made here before (only the
+      files of that build are replaced; anything else in it is left alone).
     max_languages: how many languages (held-out and core languages first); None for all.
     per_language: utterances per language in each speech stream (paired, speech).
     seed: every random choice (sentences, speakers, language order) follows from it.
@@ -329,13 +446,10 @@ def build_builtin_corpus(out_dir: str, max_languages: int | None = SMALL_MAX_LAN
     logging.info("built-in corpus in %s is up to date (config %s); nothing to do", out_dir, digest)
     return existing
 
-  os.makedirs(out_dir, exist_ok=True)
-  for name in (*records.STREAMS, "vocab", MANIFEST):
-    path = os.path.join(out_dir, name)
-    if os.path.isdir(path):
-      shutil.rmtree(path)
-    elif os.path.exists(path):
-      os.remove(path)
+  _clear_previous_build(out_dir)
+  # Marks the directory as a build of ours before any shard is written: an interrupted build is
+  # recognized (and its files replaced) by the next one.
+  _write_manifest(out_dir, {"format": FORMAT, "config_hash": digest, "complete": False})
 
   worker = None
   if synthesize is None:
@@ -374,10 +488,7 @@ def build_builtin_corpus(out_dir: str, max_languages: int | None = SMALL_MAX_LAN
       "build_seconds": round(time.time() - start, 2),
       "complete": True,
   }
-  tmp = os.path.join(out_dir, MANIFEST + ".tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(manifest, f, ensure_ascii=False, indent=1)
-  os.replace(tmp, os.path.join(out_dir, MANIFEST))
+  _write_manifest(out_dir, manifest)
   logging.info("built-in corpus: %d languages (%d paired, %d held out) in %.1f s; %s",
                len(selected), len(manifest["streams"]["paired"]), len(held), time.time() - start,
                counter.summary())

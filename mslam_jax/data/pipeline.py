@@ -11,13 +11,24 @@ for any number of hosts (for equivalence tests, or to resume on a different host
 
 Exact resume. The pipeline is deterministic: every random choice (file order, shuffle buffers,
 mixture sampling, crop windows) is seeded from `seed`, and tf.data runs with
-`deterministic=True`, so the k-th batch depends only on the config and k. The iterator's state is
-therefore just the number of batches it has yielded plus a fingerprint of the config:
-`get_state() -> {"position": k, "fingerprint": ..., ...}` (small, JSON, identical on every host).
-`set_state(state)` rebuilds the pipeline and skips k * B items per stream before batching, so the
-next batch is the one an uninterrupted run would have produced. The cost of a resume is reading
-the skipped items once (no model work); checkpointing tf.data's own iterator instead would store
-every per-language shuffle buffer of decoded audio in each checkpoint, a far worse trade.
+`deterministic=True`, so the k-th batch depends only on the config and k. `get_state()` returns
+`{"position": k, "fingerprint": ..., "config": ..., "pipeline": bytes}`: the JSON part is the same
+on every host; "pipeline" is this host's tf.data iterator checkpoint (read positions in every
+file, shuffle buffers, mixture sampler, prefetched batches). `set_state(state)` restores that
+checkpoint, so a resume costs the same at any position (a few seconds to rebuild the pipeline);
+the next batch is the one an uninterrupted run would have produced. Without it (an older state,
+`checkpoint_pipeline=False`) the pipeline is rebuilt and skips k * B items per stream, reading
+them once: a cost that grows with k (about 1.7k items/s on 2 CPU cores).
+
+The price of the pipeline checkpoint is its size: the per-Task shuffle buffers hold decoded
+float32 audio, so it grows with languages x buffer size x clip length (8-10 MB for the tests' tiny
+corpus; about 64 clips x 5 s x 64 kB/s = 20 MB per audio Task, i.e. GBs per host with a hundred
+languages). Runs at that scale shrink the buffers (register_builtin_corpus.shuffle_buffer_sizes)
+or set make_step_iterator.checkpoint_pipeline = False and pay the skip instead.
+
+The fingerprint covers the data config and, when `corpus_dir` is given (data/builtin.gin binds
+CORPUS_DIR), the corpus' manifest and vocabulary by content: a run resumed on another build of
+its corpus is refused, naming the changed fields.
 
 Start-up grows with the number of Tasks: tf.data traces a few functions per Task when the
 pipeline is built, and each Task opens its files and fills its shuffle buffer the first time the
@@ -25,12 +36,17 @@ Mixture samples it. On 2 busy CPU cores a few dozen Tasks start in seconds; ~300
 about 1.5 minutes to build and another minute until every Task has been touched, after which the
 step rate is close to that of a few Tasks (benchmarks/input_pipeline_benchmark.py).
 """
+import base64
 import collections
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
+import tarfile
+import tempfile
+import time
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import gin
@@ -47,6 +63,7 @@ from mslam_jax.data import records
 STREAMS = records.STREAMS
 STATE_FORMAT = "mslam_jax.step_iterator"
 STATE_FILE = "data_iterator.json"
+PIPELINE_KEY = "pipeline"  # get_state()'s tf.data iterator checkpoint (bytes)
 # "shard": each host reads 1/num_hosts of every Task (scales). "slice": each host reads everything
 # and keeps its rows of the global batch, so the global batches do not depend on the number of
 # hosts (multi-process equivalence tests; resuming on another host count).
@@ -75,6 +92,17 @@ def _stream_seed(seed: int, stream: str) -> int:
   return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+_STALL_MARKER = "mslam_jax: no item within the lengths in the stream "
+
+
+def _tasks_of(name: str) -> list:
+  try:
+    provider = seqio.get_mixture_or_task(name)
+  except ValueError:
+    return []
+  return [provider] if isinstance(provider, seqio.Task) else list(provider.tasks)
+
+
 def default_shard_info() -> seqio.ShardInfo:
   import jax  # pylint: disable=g-import-not-at-top
   return seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
@@ -95,7 +123,8 @@ class StepIterator:
                shard_info: Optional[seqio.ShardInfo] = None,
                setup: Optional[Callable[[], Any]] = None, prefetch: int = 2,
                strict_resume: bool = True, log_every: int = 1000, host_split: str = "shard",
-               num_threads: int = 0):
+               num_threads: int = 0, max_consecutive_drops: int = 2_000,
+               checkpoint_pipeline: bool = True, corpus_dir: Optional[str] = None):
     unknown = set(streams) - set(STREAMS)
     if unknown:
       raise ValueError(f"unknown streams {sorted(unknown)}; streams are {STREAMS}")
@@ -109,6 +138,11 @@ class StepIterator:
       raise ValueError(f"make_step_iterator.host_split={host_split!r} is not one of {HOST_SPLITS}")
     self.host_split = host_split
     self.num_threads = num_threads
+    self.max_consecutive_drops = max_consecutive_drops
+    self.checkpoint_pipeline = checkpoint_pipeline
+    self.corpus_dir = corpus_dir
+    self._corpus_fingerprint = None
+    self._pending_pipeline = None
     self.split = split
     self.seed = int(seed)
     self.shuffle = shuffle
@@ -213,7 +247,7 @@ class StepIterator:
       kwargs["log_mixing_proportions"] = False
     ds = provider.get_dataset(**kwargs)
     lengths = dict(config.lengths, lang=0)
-    ds = self.converters[stream](ds, lengths)
+    ds = self._converted_with_progress_guard(stream, ds, lengths)
     b = self.local_batch_size(stream)
     if self.host_split == "shard":
       return ds.skip(skip_batches * b).batch(b, drop_remainder=True)
@@ -222,11 +256,55 @@ class StepIterator:
     ds = ds.skip(skip_batches * config.batch_size).batch(config.batch_size, drop_remainder=True)
     return ds.map(lambda batch: {k: v[start:start + b] for k, v in batch.items()})
 
+  def _converted_with_progress_guard(self, stream: str, ds: tf.data.Dataset, lengths) -> tf.data.Dataset:
+    """The stream's feature converter, stopped with an error when it drops `max_consecutive_drops`
+    items in a row (e.g. every item is longer than the length under "drop"): a repeating dataset
+    would otherwise spin forever without yielding a batch."""
+    limit = self.max_consecutive_drops
+    if not limit or self.streams[stream].over_length != "drop":
+      return self.converters[stream](ds, lengths)
+    read = tf.Variable(0, dtype=tf.int64, trainable=False)
+    passed = tf.Variable(0, dtype=tf.int64, trainable=False)
+    marker = f"{_STALL_MARKER}{stream}"
+
+    def count_read(ex):
+      n = read.assign_add(1)
+      check = tf.debugging.assert_less(n - passed, tf.constant(limit, tf.int64), message=marker)
+      with tf.control_dependencies([check]):
+        return {k: tf.identity(v) for k, v in ex.items()}
+
+    def count_passed(ex):
+      with tf.control_dependencies([passed.assign(read)]):
+        return {k: tf.identity(v) for k, v in ex.items()}
+
+    return self.converters[stream](ds.map(count_read), lengths).map(count_passed)
+
+  def _stall_error(self, error: Exception) -> Exception:
+    """A ValueError naming the stream, its files and the lengths that drop every item."""
+    stream = next((s for s in self.streams if f"{_STALL_MARKER}{s}" in str(error)), None)
+    if stream is None:
+      return error
+    config = self.streams[stream]
+    files = []
+    for task in _tasks_of(config.mixture):
+      try:
+        files.extend(task.source.list_shards(self.split))
+      except Exception:  # pylint: disable=broad-except  (a source without files: name the task)
+        files.append(task.name)
+    return ValueError(
+        f"the {stream} stream ({config.mixture}, split {self.split!r}) dropped {self.max_consecutive_drops} "
+        f"items in a row as over length {dict(config.lengths)} (make_step_iterator.{stream}_over_length="
+        f"'drop'), so it cannot fill a batch; raise the lengths (e.g. {stream.upper()}_SAMPLES) or choose "
+        f"another over-length policy. Files: {', '.join(files[:4])}{' ...' if len(files) > 4 else ''}")
+
   def dataset(self, skip_batches: int = 0) -> tf.data.Dataset:
     """The zipped tf.data pipeline, starting after `skip_batches` steps."""
     ds = tf.data.Dataset.zip({s: self._stream_dataset(s, skip_batches) for s in self.streams})
     options = tf.data.Options()
     options.deterministic = True  # the exact-resume guarantee rests on this
+    # The drop counters are process statistics, not part of the position: a checkpoint of the
+    # iterator leaves them out.
+    options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
     if self.num_threads:
       options.threading.private_threadpool_size = self.num_threads
     ds = ds.with_options(options)
@@ -238,11 +316,14 @@ class StepIterator:
 
   def __next__(self) -> Dict[str, Dict[str, np.ndarray]]:
     if self._iterator is None:
-      if self._position:
-        logging.info("Data iterator: skipping %d batches to resume where the run left off", self._position)
-      self._iterator = self.dataset(skip_batches=self._position).as_numpy_iterator()
+      self._iterator = self._start()
     try:
-      batch = next(self._iterator)
+      batch = tf.nest.map_structure(lambda t: t._numpy(), next(self._iterator))  # pylint: disable=protected-access
+    except tf.errors.InvalidArgumentError as e:
+      error = self._stall_error(e)
+      if error is e:
+        raise
+      raise error from None
     except StopIteration:
       if self.repeat:
         raise RuntimeError(
@@ -257,6 +338,37 @@ class StepIterator:
         logging.info("Data after %d batches: items skipped or altered %s", self._position, counts)
         self._logged_counts = counts
     return batch
+
+  def _start(self):
+    """The tf.data iterator at the current position: restored from the pipeline checkpoint that
+    set_state received (cost independent of the position), else by skipping what was consumed."""
+    pipeline, self._pending_pipeline = self._pending_pipeline, None
+    if pipeline is not None:
+      iterator = iter(self.dataset())
+      start = time.time()
+      with tempfile.TemporaryDirectory() as directory:
+        with tarfile.open(fileobj=io.BytesIO(pipeline)) as tar:
+          tar.extractall(directory, filter="data")
+        tf.train.Checkpoint(iterator=iterator).read(os.path.join(directory, "iterator")).assert_consumed()
+      logging.info("Data iterator restored at batch %d from its checkpoint in %.1f s", self._position,
+                   time.time() - start)
+      return iterator
+    if self._position:
+      logging.info("Data iterator: skipping %d batches to resume where the run left off", self._position)
+    return iter(self.dataset(skip_batches=self._position))
+
+  def _pipeline_checkpoint(self) -> Optional[bytes]:
+    """The tf.data iterator's own state (positions in every file, shuffle buffer and mixture
+    sampler) as bytes; None before the first batch."""
+    if self._iterator is None:
+      return self._pending_pipeline
+    with tempfile.TemporaryDirectory() as directory:
+      tf.train.Checkpoint(iterator=self._iterator).write(os.path.join(directory, "iterator"))
+      packed = io.BytesIO()
+      with tarfile.open(fileobj=packed, mode="w") as tar:
+        for name in sorted(os.listdir(directory)):
+          tar.add(os.path.join(directory, name), arcname=name)
+    return packed.getvalue()
 
   @property
   def position(self) -> int:
@@ -279,12 +391,20 @@ class StepIterator:
           "rates": {k: round(v, 12) for k, v in sorted(rates.items())} if rates is not None else None}
     # Under "slice" the global batches are the same on any number of hosts: not part of the config.
     num_shards = self.shard_info.num_shards if self.host_split == "shard" else None
-    return {"split": self.split, "seed": self.seed, "shuffle": self.shuffle, "repeat": self.repeat,
-            "host_split": self.host_split, "num_shards": num_shards, "streams": streams}
+    out = {"split": self.split, "seed": self.seed, "shuffle": self.shuffle, "repeat": self.repeat,
+           "host_split": self.host_split, "num_shards": num_shards, "streams": streams}
+    if self.corpus_dir:
+      # The corpus by content (manifest and vocabulary): a run resumed on, or evaluated with, another
+      # build of it is caught.
+      if self._corpus_fingerprint is None:
+        from mslam_jax.data import builtin_corpus  # pylint: disable=g-import-not-at-top
+        self._corpus_fingerprint = builtin_corpus.corpus_fingerprint(self.corpus_dir)
+      out["corpus"] = self._corpus_fingerprint
+    return out
 
-  def fingerprint(self) -> str:
+  def fingerprint(self, config: Optional[Mapping[str, Any]] = None) -> str:
     self.ensure_setup()
-    text = json.dumps(self.config_dict(), sort_keys=True)
+    text = json.dumps(self.config_dict() if config is None else config, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
   def get_state(self, position: Optional[int] = None) -> Dict[str, Any]:
@@ -296,15 +416,23 @@ class StepIterator:
     position = self._position if position is None else int(position)
     if not 0 <= position <= self._position:
       raise ValueError(f"position {position} is not in [0, {self._position}] (batches yielded)")
-    return {"format": STATE_FORMAT, "version": 1, "position": position,
-            "fingerprint": self.fingerprint(), "config": self.config_dict()}
+    state = {"format": STATE_FORMAT, "version": 1, "position": position,
+             "fingerprint": self.fingerprint(), "config": self.config_dict()}
+    if self.checkpoint_pipeline and position == self._position:
+      pipeline = self._pipeline_checkpoint()
+      if pipeline is not None:
+        state[PIPELINE_KEY] = pipeline
+    return state
 
   def set_state(self, state: Mapping[str, Any]) -> None:
     """Continues after `state["position"]` batches; the next batch equals the uninterrupted run's."""
     if state.get("format") != STATE_FORMAT:
       raise ValueError(f"not a step-iterator state: format={state.get('format')!r}")
-    if state["fingerprint"] != self.fingerprint():
-      old, new = state.get("config", {}), self.config_dict()
+    mine = self.config_dict()
+    if "corpus" not in state.get("config", {"corpus": None}):
+      mine.pop("corpus", None)  # a state of an earlier release, which did not record the corpus
+    if state["fingerprint"] != self.fingerprint(mine):
+      old, new = state.get("config", {}), mine
       changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
       message = (f"data config changed since the state was saved (fields {changed}); the batches after "
                  f"resume will differ from an uninterrupted run")
@@ -313,19 +441,29 @@ class StepIterator:
                          "make_step_iterator.strict_resume = False to go on from the same position.")
       logging.warning(message)
     self._position = int(state["position"])
-    self._iterator = None  # rebuilt on the next __next__, skipping what was already consumed
-    logging.info("Data iterator resumes after %d batches (skipping them on first read).", self._position)
+    self._iterator = None  # rebuilt on the next __next__
+    pipeline = state.get(PIPELINE_KEY)
+    self._pending_pipeline = pipeline if (pipeline and self.checkpoint_pipeline
+                                          and state["fingerprint"] == self.fingerprint(mine)) else None
+    logging.info("Data iterator resumes after %d batches (%s).", self._position,
+                 "from its pipeline checkpoint" if self._pending_pipeline else "skipping them on first read")
 
   def save(self, directory: str) -> str:
     tf.io.gfile.makedirs(directory)
     path = os.path.join(directory, STATE_FILE)
+    state = self.get_state()
+    if PIPELINE_KEY in state:
+      state[PIPELINE_KEY] = base64.b64encode(state[PIPELINE_KEY]).decode("ascii")
     with tf.io.gfile.GFile(path, "w") as f:
-      json.dump(self.get_state(), f, indent=1)
+      json.dump(state, f, indent=1)
     return path
 
   def restore(self, directory: str) -> None:
     with tf.io.gfile.GFile(os.path.join(directory, STATE_FILE)) as f:
-      self.set_state(json.load(f))
+      state = json.load(f)
+    if PIPELINE_KEY in state:
+      state[PIPELINE_KEY] = base64.b64decode(state[PIPELINE_KEY])
+    self.set_state(state)
 
 
 @gin.configurable
@@ -354,6 +492,9 @@ def make_step_iterator(
     log_every: int = 1000,
     host_split: str = "shard",
     num_threads: int = 0,
+    max_consecutive_drops: int = 2_000,
+    checkpoint_pipeline: bool = True,
+    corpus_dir: Optional[str] = None,
 ) -> StepIterator:
   """Builds the step iterator (gin: `train.iterator_fn = @make_step_iterator`).
 
@@ -372,6 +513,12 @@ def make_step_iterator(
     host_split: "shard" (each host reads its shard) or "slice" (see the module docstring).
     num_threads: size of tf.data's private thread pool (0: TensorFlow's default, one per core);
       small values leave the cores to the JAX step on a CPU-only machine.
+    max_consecutive_drops: a stream under "drop" that drops this many items in a row stops with an
+      error naming it (every item over length would otherwise hang the run); 0: never.
+    checkpoint_pipeline: get_state() carries the tf.data iterator's own checkpoint, so that a
+      resume costs the same at any position (see the module docstring); False: resume by skipping.
+    corpus_dir: the corpus the mixtures read (data/builtin.gin binds CORPUS_DIR): its manifest and
+      vocabulary become part of the data fingerprint.
 
   Nothing is read until the first `next()`, so `element_spec` costs nothing.
   """
@@ -395,7 +542,9 @@ def make_step_iterator(
       raise ValueError(f"make_step_iterator.{stream}_batch_size must be >= 0, got {config.batch_size}")
   return StepIterator(streams, split=split, seed=seed, shuffle=shuffle, repeat=repeat,
                       shard_info=shard_info, setup=setup, prefetch=prefetch, strict_resume=strict_resume,
-                      log_every=log_every, host_split=host_split, num_threads=num_threads)
+                      log_every=log_every, host_split=host_split, num_threads=num_threads,
+                      max_consecutive_drops=max_consecutive_drops,
+                      checkpoint_pipeline=checkpoint_pipeline, corpus_dir=corpus_dir)
 
 
 BUILTIN_GIN = "data/builtin.gin"
@@ -408,6 +557,7 @@ def builtin_step_iterator(corpus_dir: str, gin_bindings: Sequence[str] = (),
   Parses the gin file into the global gin config (plus `gin_bindings`, e.g. "SPEECH_BATCH = 2").
   """
   from mslam_jax import config  # pylint: disable=g-import-not-at-top
+  config.import_configurables()  # the gin file also sizes the model's vocabulary (MSLAMEncoder)
   config.parse_gin([BUILTIN_GIN], [f"CORPUS_DIR = {os.path.abspath(corpus_dir)!r}", *gin_bindings])
   return make_step_iterator(shard_info=shard_info)
 

@@ -194,13 +194,19 @@ def test_slice_mode_gives_the_same_global_batches_on_any_host_count(mixtures):
         np.testing.assert_array_equal(joined, value, err_msg=f"{step} {stream}/{key}")
 
 
-def test_resume_gives_identical_subsequent_batches(mixtures):
-  run = make(mixtures)
+@pytest.mark.parametrize("checkpoint_pipeline", [True, False], ids=["pipeline_checkpoint", "skip"])
+def test_resume_gives_identical_subsequent_batches(mixtures, checkpoint_pipeline):
+  run = make(mixtures, checkpoint_pipeline=checkpoint_pipeline)
   head = take(run, 4)
-  state = json.loads(json.dumps(run.get_state()))  # what a checkpoint stores
+  state = run.get_state()
+  pipeline_state = state.pop(pipeline.PIPELINE_KEY, None)
+  assert (pipeline_state is not None) == checkpoint_pipeline
+  state = json.loads(json.dumps(state))  # what a checkpoint stores (the bytes go in a file of their own)
+  if pipeline_state is not None:
+    state[pipeline.PIPELINE_KEY] = pipeline_state
   assert state["position"] == 4
   uninterrupted = take(run, 5)
-  resumed = make(mixtures)
+  resumed = make(mixtures, checkpoint_pipeline=checkpoint_pipeline)
   resumed.set_state(state)
   after = take(resumed, 5)
   assert resumed.position == 9

@@ -155,9 +155,15 @@ class SyntheticIterator:
         "paired": (z["paired_batch"], contract.stream_lengths("paired", z["paired_samples"], z["paired_length"]))})
 
   def get_state(self) -> dict:
-    return {"position": self.position}
+    return {"position": self.position, "config": {**self.sizes, "seed": self.seed}}
 
   def set_state(self, state: dict) -> None:
+    # As the real iterator does: a state of other batches (another seed or size) is refused.
+    for key, value in state.get("config", {}).items():
+      mine = self.sizes.get(key, self.seed if key == "seed" else None)
+      if mine != value:
+        raise ValueError(f"data config changed since the state was saved: SyntheticIterator.{key} "
+                         f"{value} -> {mine}")
     self.position = int(state["position"])
 
   def __iter__(self):

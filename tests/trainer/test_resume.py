@@ -67,7 +67,7 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(tmp_path, cache
   assert 3 <= last < 1000
   state = helpers.checkpoint_state(model_dir, last)
   assert int(state["step"]) == last
-  assert helpers.data_state(model_dir, last) == {"position": last}
+  assert helpers.data_state(model_dir, last)["position"] == last
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
   # The metrics' last step is the checkpoint's step: nothing trained after the save.
   assert max(helpers.read_metrics(model_dir)) == last
