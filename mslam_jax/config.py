@@ -14,7 +14,9 @@ OPERATIVE_CONFIG = "operative_config.gin"  # as checkpoints.OPERATIVE_CONFIG (no
 
 # Modules whose configurables an operative config may name; each registers them on import.
 CONFIGURABLE_MODULES = ("mslam_jax.models.mslam", "mslam_jax.train", "mslam_jax.trainer", "mslam_jax.optimizers",
-                        "mslam_jax.partitioning", "mslam_jax.data.pipeline", "mslam_jax.tasks.builtin")
+                        "mslam_jax.partitioning", "mslam_jax.data.pipeline", "mslam_jax.tasks.builtin",
+                        "mslam_jax.models.translation", "mslam_jax.models.decoder", "mslam_jax.tasks.translation",
+                        "mslam_jax.data.corpora.tasks")
 
 
 class ConfigError(ValueError):

@@ -17,7 +17,7 @@ import gin
 # Importing the evaluator modules runs their @register decorators, so that a run config importing
 # only this module can bind their parameters (e.g. RetrievalEvaluator.max_per_lang) by name.
 # pylint: disable=unused-import
-from mslam_jax.evaluation import alignment, downstream, embedding_map, langid, retrieval, zero_shot
+from mslam_jax.evaluation import alignment, downstream, embedding_map, langid, retrieval, translation, zero_shot
 # pylint: enable=unused-import
 from mslam_jax.evaluation.base import _REGISTRY, EvalContext, Evaluator, register, run_evaluators  # pylint: disable=unused-import
 

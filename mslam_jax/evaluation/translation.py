@@ -139,12 +139,13 @@ class TranslationEvaluator:
     self.max_length = max_length
     self.batch_size = batch_size
 
-  def evaluate(self, model: Any, params: Any, step: int, out_dir: Optional[str] = None) -> dict[str, float]:
+  def evaluate(self, ctx: base.EvalContext) -> dict[str, float]:
     from mslam_jax.evaluation import data as eval_data  # pylint: disable=g-import-not-at-top
+    model, params, step, out_dir = ctx.model, ctx.params, ctx.step, ctx.out_dir
     if not hasattr(model, "translate_speech"):
       raise ValueError("the translation evaluator needs a TranslationModel (a fine-tuned `translate` run); "
                        f"got {type(model).__name__}")
-    corpus_dir = eval_data.resolve_corpus_dir(self.corpus_dir, "TranslationEvaluator")
+    corpus_dir = ctx.corpus(self.corpus_dir, "TranslationEvaluator")
     manifest = translation_data.read_manifest(corpus_dir)
     if manifest is None:
       raise FileNotFoundError(f"no built-in translation data in {corpus_dir}: build it with "

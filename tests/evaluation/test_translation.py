@@ -10,6 +10,7 @@ import pytest
 from mslam_jax.data import espeak
 from mslam_jax.data import translation as translation_data
 from mslam_jax.data.vocabularies import EOS_ID
+from mslam_jax.evaluation import base
 from mslam_jax.evaluation import translation
 from mslam_jax.evaluation import xtreme_table
 
@@ -84,7 +85,7 @@ def test_evaluator_maps_hypotheses_back_to_their_items(corpus, tmp_path):
   items = translation_data.read_items(corpus, "test")
   model = _OracleModel(items, vocab)
   evaluator = translation.TranslationEvaluator(corpus_dir=corpus, streams=("speech", "text"), batch_size=3)
-  metrics = evaluator.evaluate(model, None, step=7, out_dir=str(tmp_path))
+  metrics = evaluator.evaluate(base.EvalContext(model=model, params=None, step=7, out_dir=str(tmp_path)))
   # The oracle's answers round-trip through the vocabulary: what BLEU must be if nothing is mixed up.
   roundtrip = lambda t: vocab.decode(list(vocab.encode(t)))
   held = set(translation_data.read_manifest(corpus)["held_out_languages"])
@@ -108,7 +109,7 @@ def test_evaluator_rejects_bad_settings_and_a_pretraining_model(corpus):
   with pytest.raises(ValueError, match="streams"):
     translation.TranslationEvaluator(corpus_dir=corpus, streams=("paired",))
   with pytest.raises(ValueError, match="TranslationModel"):
-    translation.TranslationEvaluator(corpus_dir=corpus).evaluate(object(), None, 0)
+    translation.TranslationEvaluator(corpus_dir=corpus).evaluate(base.EvalContext(model=object(), params=None, step=0))
 
 
 def test_xtreme_table_rows_and_markdown():
