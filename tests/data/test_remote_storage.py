@@ -58,16 +58,16 @@ def test_run_directory_paths_stay_remote(fake_gcs):
 
 def test_operative_config_and_gin_files_on_gs(fake_gcs):
   (epath.Path("gs://bucket/configs")).mkdir(parents=True)
-  epath.Path("gs://bucket/configs/base.gin").write_text("import mslam_jax.data.contract\ncontract_batch_spec.speech_batch = 7\n")
+  epath.Path("gs://bucket/configs/base.gin").write_text("import mslam_jax.optimizers\nmake_optimizer.peak_learning_rate = 7.0\n")
   epath.Path("gs://bucket/configs/run.gin").write_text("include 'gs://bucket/configs/base.gin'\n"
-                                                       "contract_batch_spec.text_batch = 3\n")
+                                                       "make_optimizer.warmup_steps = 3\n")
   path = config.resolve_gin_file("gs://bucket/configs/run.gin")
   assert path == "gs://bucket/configs/run.gin"
   config.parse_gin([path])
-  assert gin.query_parameter("contract_batch_spec.speech_batch") == 7
-  assert gin.query_parameter("contract_batch_spec.text_batch") == 3
+  assert gin.query_parameter("make_optimizer.peak_learning_rate") == 7.0
+  assert gin.query_parameter("make_optimizer.warmup_steps") == 3
   text = config.log_operative_config("gs://bucket/runs/a")
-  assert "mslam_jax.data.contract" in text
+  assert "mslam_jax.optimizers" in text
   assert epath.Path("gs://bucket/runs/a/operative_config.gin").read_text() == text
   with pytest.raises(FileNotFoundError, match="gs://bucket/configs/missing.gin"):
     config.resolve_gin_file("gs://bucket/configs/missing.gin")
