@@ -428,6 +428,7 @@ class StepIterator:
     """Continues after `state["position"]` batches; the next batch equals the uninterrupted run's."""
     if state.get("format") != STATE_FORMAT:
       raise ValueError(f"not a step-iterator state: format={state.get('format')!r}")
+    self.ensure_setup()  # the mixture rates are part of the config
     mine = self.config_dict()
     if "corpus" not in state.get("config", {"corpus": None}):
       mine.pop("corpus", None)  # a state of an earlier release, which did not record the corpus
