@@ -101,8 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-  # `mslam data languages | head` should end quietly, as any Unix filter does.
-  signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+  if argv is None:
+    # The process is the command (`mslam ...`): `mslam data languages | head` should end quietly,
+    # as any Unix filter does. Not when called in-process (tests, notebooks): a later write to a
+    # closed pipe (a finished worker process) would kill the caller instead of raising.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
   quiet_accelerator_probe()
   argv = sys.argv[1:] if argv is None else list(argv)
   saved, sys.argv = sys.argv, [sys.argv[0]] + argv

@@ -40,3 +40,13 @@ def test_configuration_mistakes_are_one_line_with_exit_2(capsys, flags, expected
   lines = [l for l in err.splitlines() if l.startswith("mslam train:")]
   assert len(lines) == 1 and expected in lines[0], err
   assert "Traceback" not in err
+
+
+def test_an_in_process_call_leaves_sigpipe_to_the_caller(capsys):
+  # Only the `mslam` process itself dies quietly on a closed pipe; a test session calling main()
+  # must keep Python's BrokenPipeError (a dead worker's pipe would otherwise kill the session).
+  import signal  # pylint: disable=g-import-not-at-top
+  before = signal.getsignal(signal.SIGPIPE)
+  assert cli.main(["data", "languages", "--json"]) == 0
+  assert capsys.readouterr().out.strip()
+  assert signal.getsignal(signal.SIGPIPE) == before
