@@ -11,7 +11,6 @@ import importlib
 import logging
 import os
 import re
-import signal
 import sys
 import tempfile
 
@@ -101,11 +100,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-  if argv is None:
-    # The process is the command (`mslam ...`): `mslam data languages | head` should end quietly,
-    # as any Unix filter does. Not when called in-process (tests, notebooks): a later write to a
-    # closed pipe (a finished worker process) would kill the caller instead of raising.
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
   quiet_accelerator_probe()
   argv = sys.argv[1:] if argv is None else list(argv)
   saved, sys.argv = sys.argv, [sys.argv[0]] + argv
@@ -128,6 +122,13 @@ def main(argv=None) -> int:
   module = importlib.import_module(args._module)
   try:
     return int(module.run(args) or 0)
+  except BrokenPipeError:
+    # `mslam data languages | head`: the reader has gone; end quietly, as any Unix filter does.
+    # (SIGPIPE stays ignored: at its default, a library's write to a finished helper's pipe, or the
+    # test session calling main() in-process, would be killed instead of seeing an error.)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 0
   except (*USER_ERRORS, KeyError) as e:
     if isinstance(e, KeyError) and not _is_name_lookup(e):
       raise  # a bare missing key is a bug: keep its traceback
