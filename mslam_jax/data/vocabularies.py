@@ -241,8 +241,13 @@ def corpus_vocab_size(corpus_dir: Optional[str] = None, max_size: int = MAX_SIZE
   """
   if not isinstance(corpus_dir, str) or not corpus_dir:  # unset, or the REQUIRED macro left unbound
     return max_size
-  size = vocabulary_for_corpus(corpus_dir).vocab_size
+  return model_vocab_size(vocabulary_for_corpus(corpus_dir).vocab_size, max_size, multiple,
+                          f"the vocabulary of {corpus_dir}", "corpus_vocab_size.max_size")
+
+
+def model_vocab_size(size: int, max_size: int, multiple: int, what: str, setting: str, hint: str = "") -> int:
+  """`size` ids rounded up to `multiple`, at most `max_size`; ValueError naming `what` and the gin
+  `setting` when the vocabulary itself is larger."""
   if size > max_size:
-    raise ValueError(f"the vocabulary of {corpus_dir} has {size} ids, more than corpus_vocab_size.max_size="
-                     f"{max_size}")
+    raise ValueError(f"{what} has {size} ids, more than {setting}={max_size}{hint}")
   return min(max_size, -(-size // multiple) * multiple)

@@ -24,6 +24,7 @@ from mslam_jax.data import feature_converters
 from mslam_jax.data import inventory
 from mslam_jax.data import preprocessors
 from mslam_jax.data import records
+from mslam_jax.data import vocabularies
 
 PREFIX = "prepared"
 DEFAULT_RATE_UNITS = {"speech": "hours", "text": "characters", "paired": "hours"}
@@ -69,11 +70,9 @@ def prepared_vocab_size(corpus_dirs: Optional[Mapping[str, str]] = None, max_siz
   vocabulary itself is larger)."""
   if not isinstance(corpus_dirs, Mapping) or not corpus_dirs:
     return max_size
-  size = shared_vocabulary(corpus_dirs).vocab_size
-  if size > max_size:
-    raise ValueError(f"the prepared corpora's shared vocabulary has {size} ids, more than "
-                     f"prepared_vocab_size.max_size={max_size} (raise VOCAB_SIZE)")
-  return min(max_size, -(-size // multiple) * multiple)
+  return vocabularies.model_vocab_size(shared_vocabulary(corpus_dirs).vocab_size, max_size, multiple,
+                                       "the prepared corpora's shared vocabulary", "prepared_vocab_size.max_size",
+                                       " (raise VOCAB_SIZE)")
 
 
 def _count(stats: dict, unit: str) -> float:
