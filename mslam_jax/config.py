@@ -178,7 +178,7 @@ def parse_run_config(model_dir: str | None, gin_files: Sequence[str] = (), bindi
     gin.add_config_file_search_path(directory)
   operative = os.path.join(model_dir, OPERATIVE_CONFIG) if model_dir else ""
   run_macros = {}
-  if operative and os.path.exists(operative):
+  if operative and _exists(operative):
     _parse([operative], [], skip_unknown=True)
     run_macros = {k: v for k, v in bound_macros().items() if not _is_required(v)}
   else:

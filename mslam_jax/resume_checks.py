@@ -7,8 +7,9 @@ change that makes the checkpoint unusable (a parameter shape, the data order) is
 changed here. Settings that only steer the loop (steps, logging, checkpoint cadence) pass silently.
 """
 import logging
-import os
 import re
+
+from etils import epath
 
 OPERATIVE_CONFIG = "operative_config.gin"
 
@@ -23,11 +24,8 @@ _BINDING = re.compile(r"^([A-Za-z_][\w./]*)\s*=\s*(.*)$")
 
 
 def read_operative_config(model_dir: str) -> str | None:
-  path = os.path.join(model_dir, OPERATIVE_CONFIG)
-  if not os.path.exists(path):
-    return None
-  with open(path, encoding="utf-8") as f:
-    return f.read()
+  path = epath.Path(model_dir) / OPERATIVE_CONFIG  # local or remote (gs://...)
+  return path.read_text(encoding="utf-8") if path.exists() else None
 
 
 def bindings(text: str) -> dict[str, str]:

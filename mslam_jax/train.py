@@ -20,6 +20,7 @@ import time
 from typing import Any, Callable, Iterator, Sequence
 
 import gin
+from etils import epath
 
 from mslam_jax import config
 from mslam_jax import resume_checks
@@ -31,18 +32,45 @@ class NonFiniteLossError(RuntimeError):
 # -- metric writers ----------------------------------------------------------------------------
 
 class JsonLinesWriter:
-  """clu MetricWriter that appends one JSON object per step to a file (read by tests and plots)."""
+  """clu MetricWriter that appends one JSON object per step to a file (read by tests and plots).
 
-  def __init__(self, path: str):
-    self._path = path
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    self._file = open(path, "a")
+  A remote file (gs://..., any etils.epath scheme) cannot be appended to: it is kept in memory and
+  rewritten whole on flush() and close(), and at most every `remote_every_s` seconds in between.
+  """
+
+  def __init__(self, path: str, remote_every_s: float = 30.0):
+    self._path = epath.Path(path)
+    self._remote = "://" in os.fspath(path)
+    self._path.parent.mkdir(parents=True, exist_ok=True)
+    if self._remote:  # a resumed run's earlier records are kept
+      self._lines = [self._path.read_text()] if self._path.exists() else []
+      self._written, self._every, self._last = len(self._lines), remote_every_s, time.time()
+    else:
+      self._file = open(path, "a")
 
   def write_scalars(self, step: int, scalars) -> None:
     record = {"step": int(step)}
     record.update({k: float(v) for k, v in scalars.items()})
-    self._file.write(json.dumps(record) + "\n")
-    self._file.flush()
+    if not self._remote:
+      self._file.write(json.dumps(record) + "\n")
+      self._file.flush()
+      return
+    self._lines.append(json.dumps(record) + "\n")
+    if time.time() - self._last >= self._every:
+      self.flush()
+
+  def flush(self) -> None:
+    if not self._remote:
+      self._file.flush()
+    elif len(self._lines) != self._written:
+      self._path.write_text("".join(self._lines))
+      self._written, self._last = len(self._lines), time.time()
+
+  def close(self) -> None:
+    if self._remote:
+      self.flush()
+    else:
+      self._file.close()
 
   def write_images(self, step, images): pass
   def write_videos(self, step, videos): pass
@@ -51,8 +79,6 @@ class JsonLinesWriter:
   def write_histograms(self, step, arrays, num_buckets=None): pass
   def write_pointcloud(self, step, point_clouds, *, point_colors=None, configs=None): pass
   def write_hparams(self, hparams): pass
-  def flush(self): self._file.flush()
-  def close(self): self._file.close()
 
 
 class _Writers:
@@ -266,8 +292,7 @@ def train(*,
   if log_config:
     config.log_operative_config(model_dir if primary else None)
   elif primary:  # written, not logged (e.g. a fine-tuning job inside an evaluation)
-    with open(os.path.join(model_dir, config.OPERATIVE_CONFIG), "w") as f:
-      f.write(gin.operative_config_str())
+    (epath.Path(model_dir) / config.OPERATIVE_CONFIG).write_text(gin.operative_config_str())
   if latest is None:
     state = trainer.init_state()
     if initialize_params is not None:
@@ -350,6 +375,7 @@ def train(*,
         # a step whose metrics are already written.
         handle(*pending)
         pending = None
+        writer.flush()  # (a remote metrics.jsonl is only rewritten now and then)
         ckpt.save(step, state, iterator.get_state())  # (the data state is only taken when saved)
       if eval_every and evaluators and step % eval_every == 0:
         writer.write_scalars(step, evaluate(evaluators, model, state.params, step))
@@ -357,6 +383,7 @@ def train(*,
       handle(*pending)
       pending = None
     summary["final_step"] = step
+    writer.flush()
     ckpt.save(step, state, iterator.get_state(), force=True)
   except NonFiniteLossError:
     summary["stopped"] = "nonfinite"

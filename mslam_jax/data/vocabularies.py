@@ -21,6 +21,7 @@ from typing import Iterable, Optional, Sequence
 import gin
 import seqio
 import tensorflow as tf
+from etils import epath
 
 PAD_ID = 0
 EOS_ID = 1
@@ -85,7 +86,8 @@ class CharacterVocabulary(seqio.Vocabulary):
     return cls(sorted(kept))
 
   def save(self, directory: str) -> str:
-    os.makedirs(directory, exist_ok=True)
+    """Writes `directory`/characters.json (local or remote: gs://..., through etils.epath)."""
+    epath.Path(directory).mkdir(parents=True, exist_ok=True)
     path = os.path.join(directory, VOCAB_FILE)
     payload = {
         "format": _FORMAT,
@@ -94,15 +96,13 @@ class CharacterVocabulary(seqio.Vocabulary):
         "reserved": {name: i for i, name in enumerate(RESERVED_NAMES)},
         "characters": self._characters,
     }
-    with open(path, "w", encoding="utf-8") as f:
-      json.dump(payload, f, ensure_ascii=False, indent=0)
+    epath.Path(path).write_text(json.dumps(payload, ensure_ascii=False, indent=0), encoding="utf-8")
     return path
 
   @classmethod
   def load(cls, directory: str) -> "CharacterVocabulary":
     path = os.path.join(directory, VOCAB_FILE)
-    with open(path, encoding="utf-8") as f:
-      payload = json.load(f)
+    payload = json.loads(epath.Path(path).read_text(encoding="utf-8"))
     if payload.get("format") != _FORMAT:
       raise ValueError(f"{path} is not a character vocabulary (format={payload.get('format')!r})")
     return cls(payload["characters"])
@@ -219,9 +219,9 @@ def load_sentencepiece(directory: str) -> seqio.SentencePieceVocabulary:
 
 def load_vocabulary(directory: str) -> seqio.Vocabulary:
   """The vocabulary saved in `directory`: characters.json if present, else spm.model."""
-  if os.path.exists(os.path.join(directory, VOCAB_FILE)):
+  if epath.Path(directory, VOCAB_FILE).exists():
     return CharacterVocabulary.load(directory)
-  if os.path.exists(os.path.join(directory, SENTENCEPIECE_PREFIX + ".model")):
+  if epath.Path(directory, SENTENCEPIECE_PREFIX + ".model").exists():  # seqio reads it with tf.io.gfile
     return load_sentencepiece(directory)
   raise FileNotFoundError(f"no {VOCAB_FILE} nor {SENTENCEPIECE_PREFIX}.model in {directory}")
 
