@@ -33,6 +33,8 @@ from orbax.checkpoint import checkpoint_args
 from orbax.checkpoint._src.futures import future
 from orbax.checkpoint._src.handlers import async_checkpoint_handler
 
+from mslam_jax import storage
+
 STATE_ITEM = "state"
 DATA_ITEM = "data_state"
 CHECKPOINTS_SUBDIR = "checkpoints"
@@ -108,11 +110,7 @@ class DataStateRestore(checkpoint_args.CheckpointArgs):
   pass
 
 
-def absolute(path) -> str:
-  """A local path made absolute; a URI (gs://bucket/run, any etils.epath scheme) kept as it is
-  (os.path.abspath would turn it into a local path under the working directory)."""
-  path = os.fspath(path)
-  return path if "://" in path else os.path.abspath(path)
+absolute = storage.absolute  # a local path made absolute; gs://... kept as it is
 
 
 class Checkpointer:
@@ -224,16 +222,16 @@ class Checkpointer:
     return None
 
   def _set_aside(self, step: int, error: Exception, older: list[int]) -> None:
-    damaged = os.path.join(os.path.dirname(self.directory), CHECKPOINTS_SUBDIR + "_damaged")
-    os.makedirs(damaged, exist_ok=True)
-    target = os.path.join(damaged, str(step))
+    damaged = epath.Path(self.directory).parent / (CHECKPOINTS_SUBDIR + "_damaged")  # local or gs://
+    damaged.mkdir(parents=True, exist_ok=True)
+    target = damaged / str(step)
     suffix = 0
-    while os.path.exists(target):
+    while target.exists():
       suffix += 1
-      target = os.path.join(damaged, f"{step}.{suffix}")
+      target = damaged / f"{step}.{suffix}"
     if jax.process_index() == 0:  # one host moves it; the others fall back alike
       try:
-        os.replace(os.path.join(self.directory, str(step)), target)
+        (epath.Path(self.directory) / str(step)).rename(target)
       except FileNotFoundError:
         pass
     self._manager.reload()
@@ -360,11 +358,10 @@ def check_corpus(checkpoint_dir: str, corpus_dir: str, run_dir: str | None = Non
   """ValueError, naming both corpora, when `corpus_dir`'s vocabulary is not the one the checkpoint
   was trained with (its data state records the corpus fingerprint): token ids would mean other
   characters and every score would be noise. Checkpoints that recorded none pass."""
-  path = os.path.join(os.path.abspath(checkpoint_dir), DATA_ITEM, "process_0.json")
-  if not os.path.exists(path):
+  path = epath.Path(absolute(checkpoint_dir), DATA_ITEM, "process_0.json")
+  if not path.exists():
     return
-  with open(path) as f:
-    value = json.load(f).get("value")
+  value = json.loads(path.read_text()).get("value")
   trained = (value.get("config") or {}).get("corpus") if isinstance(value, dict) else None
   if not trained:
     return

@@ -24,6 +24,7 @@ from etils import epath
 
 from mslam_jax import config
 from mslam_jax import resume_checks
+from mslam_jax import storage
 
 class NonFiniteLossError(RuntimeError):
   """K updates in a row had a non-finite loss or gradient."""
@@ -40,7 +41,7 @@ class JsonLinesWriter:
 
   def __init__(self, path: str, remote_every_s: float = 30.0):
     self._path = epath.Path(path)
-    self._remote = "://" in os.fspath(path)
+    self._remote = storage.is_remote(path)
     self._path.parent.mkdir(parents=True, exist_ok=True)
     if self._remote:  # a resumed run's earlier records are kept
       self._lines = [self._path.read_text()] if self._path.exists() else []

@@ -7,8 +7,11 @@
 import json
 import logging
 import math
-import os
 from typing import Mapping, Sequence
+
+from etils import epath
+
+from mslam_jax import storage
 
 Records = dict[int, dict[str, float]]
 
@@ -29,7 +32,7 @@ def read_metrics(path: str) -> Records:
   """
   records: Records = {}
   bad = 0
-  with open(path) as f:
+  with epath.Path(path).open() as f:  # local or remote (gs://...)
     for line in f:
       if not line.strip():
         continue
@@ -143,8 +146,7 @@ def plot_training_curves(records: Records, path: str, title: str = "training cur
       a.legend(fontsize=7)
   fig.suptitle(title)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=90)
+  storage.save_figure(fig, path, dpi=90)
   plt.close(fig)
   return path
 
@@ -169,6 +171,6 @@ def plot_comparison(runs: Mapping[str, Records], names: Sequence[str], path: str
       ax.legend(fontsize=7)
   fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=90)
+  storage.save_figure(fig, path, dpi=90)
   plt.close(fig)
   return path

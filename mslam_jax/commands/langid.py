@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _saved_probe(model_dir: str, step: int) -> str | None:
   path = os.path.join(model_dir, "eval", f"step_{step}", "langid_probe_speech.npz")
-  return path if os.path.exists(path) else None
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  return path if epath.Path(path).exists() else None  # local or remote (gs://...)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -557,10 +557,10 @@ def builtin_step_iterator(corpus_dir: str, gin_bindings: Sequence[str] = (),
 
   Parses the gin file into the global gin config (plus `gin_bindings`, e.g. "SPEECH_BATCH = 2").
   """
-  from mslam_jax import checkpoints  # pylint: disable=g-import-not-at-top  (absolute: gs:// kept)
+  from mslam_jax import storage  # pylint: disable=g-import-not-at-top
   from mslam_jax import config  # pylint: disable=g-import-not-at-top
   config.import_configurables()  # the gin file also sizes the model's vocabulary (MSLAMEncoder)
-  config.parse_gin([BUILTIN_GIN], [f"CORPUS_DIR = {checkpoints.absolute(corpus_dir)!r}", *gin_bindings])
+  config.parse_gin([BUILTIN_GIN], [f"CORPUS_DIR = {storage.absolute(corpus_dir)!r}", *gin_bindings])
   return make_step_iterator(shard_info=shard_info)
 
 

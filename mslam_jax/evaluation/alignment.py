@@ -15,6 +15,7 @@ from typing import Sequence
 import gin
 import numpy as np
 
+from mslam_jax import storage
 from mslam_jax.evaluation import base
 
 
@@ -189,9 +190,7 @@ def _tile(segments: Sequence[Segment], xmax: float) -> list[tuple[float, float, 
 
 def write_textgrid(path: str, char_segments: Sequence[Segment], word_segments: Sequence[Segment],
                    duration_ms: float) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    f.write(textgrid_string({"words": word_segments, "chars": char_segments}, duration_ms))
+  storage.write_text(path, textgrid_string({"words": word_segments, "chars": char_segments}, duration_ms))
 
 
 def plot_alignment(path: str, audio: np.ndarray, word_segments: Sequence[Segment],
@@ -215,8 +214,7 @@ def plot_alignment(path: str, audio: np.ndarray, word_segments: Sequence[Segment
   ax.set_ylabel("Hz")
   ax.set_title(title or "CTC forced alignment (white: aligned, cyan dashed: reference)")
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100)
+  storage.save_figure(fig, path, dpi=100)
   plt.close(fig)
   logging.info("Wrote alignment plot %s", path)
 

@@ -5,6 +5,7 @@ from typing import Sequence
 import gin
 import numpy as np
 
+from mslam_jax import storage
 from mslam_jax.evaluation import data as eval_data
 from mslam_jax.evaluation import base
 
@@ -49,8 +50,7 @@ def plot_embedding_map(path: str, embeddings: np.ndarray, langs: Sequence[str], 
   ax.set_title(title)
   ax.legend(fontsize=7, ncol=2, loc="best", markerscale=1.2)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100)
+  storage.save_figure(fig, path, dpi=100)
   plt.close(fig)
   return {"embedding_map_pc1_variance": float(ratio[0]), "embedding_map_pc2_variance": float(ratio[1])}
 

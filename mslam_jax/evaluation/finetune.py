@@ -25,7 +25,6 @@ weight decay a zero gradient is a zero update). The head learns at `learning_rat
 """
 import dataclasses
 import logging
-import os
 import re
 from typing import Any, Callable, Sequence
 
@@ -38,6 +37,7 @@ import optax
 from flax.core import meta
 
 from mslam_jax import optimizers
+from mslam_jax import storage
 from mslam_jax.evaluation import asr
 from mslam_jax.evaluation import data as eval_data
 
@@ -488,8 +488,7 @@ def _plot_losses(path: str, losses: Sequence[float], title: str) -> None:
   ax.set_ylabel("CTC loss per character")
   ax.set_title(title)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100)
+  storage.save_figure(fig, path, dpi=100)
   plt.close(fig)
 
 

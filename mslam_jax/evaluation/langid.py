@@ -4,6 +4,7 @@ The probe is scikit-learn's multinomial logistic regression on standardized embe
 the train split's embeddings and scored on the test split's: the probe measures what the frozen
 encoder already separates, so it stays linear and cheap.
 """
+import io
 import json
 import logging
 import os
@@ -11,7 +12,9 @@ from typing import Sequence
 
 import gin
 import numpy as np
+from etils import epath
 
+from mslam_jax import storage
 from mslam_jax.evaluation import data as eval_data
 from mslam_jax.evaluation import base
 
@@ -54,13 +57,15 @@ class LinearProbe:
     return p / p.sum(axis=-1, keepdims=True)
 
   def save(self, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    np.savez(path, classes=self.classes_.astype(str), mean=self.mean_, scale=self.scale_, coef=self.coef_,
-             intercept=self.intercept_)
+    storage.makedirs(epath.Path(path).parent)
+    with epath.Path(path).open("wb") as f:  # local or remote (gs://...)
+      np.savez(f, classes=self.classes_.astype(str), mean=self.mean_, scale=self.scale_, coef=self.coef_,
+               intercept=self.intercept_)
 
   @classmethod
   def load(cls, path: str) -> "LinearProbe":
-    data = np.load(path)
+    with epath.Path(path).open("rb") as f:
+      data = dict(np.load(io.BytesIO(f.read())))
     probe = cls()
     probe.classes_ = data["classes"]
     probe.mean_, probe.scale_ = data["mean"], data["scale"]
@@ -105,8 +110,7 @@ def plot_confusion(path: str, true_labels: Sequence[str], predicted: Sequence[st
   ConfusionMatrixDisplay(cm, display_labels=list(labels)).plot(ax=ax, colorbar=False, xticks_rotation=90)
   ax.set_title(title)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100)
+  storage.save_figure(fig, path, dpi=100)
   plt.close(fig)
 
 

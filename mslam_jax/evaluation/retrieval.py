@@ -10,6 +10,7 @@ from typing import Sequence
 import gin
 import numpy as np
 
+from mslam_jax import storage
 from mslam_jax.evaluation import data as eval_data
 from mslam_jax.evaluation import base
 
@@ -81,8 +82,7 @@ def plot_similarity(path: str, similarity: np.ndarray, langs: Sequence[str], tit
   ax.set_title(title)
   fig.colorbar(image, ax=ax, fraction=0.046)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100)
+  storage.save_figure(fig, path, dpi=100)
   plt.close(fig)
 
 
