@@ -5,14 +5,15 @@ fixed-size packed batches, so they read the records themselves. Reads are cached
 periodic evaluation every N steps re-reads nothing.
 """
 import functools
-import glob
 import json
 import logging
 import os
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from etils import epath
 
+from mslam_jax import storage
 from mslam_jax.data import records
 
 SAMPLE_RATE = records.SAMPLE_RATE
@@ -23,10 +24,11 @@ TEXT_BUCKET = 64
 
 def corpus_languages(corpus_dir: str, stream: str, split: str = "test") -> list[str]:
   """Languages that have a `split` shard set in `stream` (sorted)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (the shards' filesystem: local, gs://, ...)
   langs = []
-  for lang_dir in sorted(glob.glob(os.path.join(corpus_dir, stream, "*"))):
-    lang = os.path.basename(lang_dir)
-    if glob.glob(os.path.join(corpus_dir, records.shard_pattern(stream, lang, split))):
+  for lang_dir in sorted(tf.io.gfile.glob(os.path.join(corpus_dir, stream, "*"))):
+    lang = os.path.basename(lang_dir.rstrip("/"))
+    if tf.io.gfile.glob(os.path.join(corpus_dir, records.shard_pattern(stream, lang, split))):
       langs.append(lang)
   return langs
 
@@ -37,7 +39,7 @@ def _read_cached(corpus_dir: str, stream: str, split: str, langs: tuple[str, ...
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   out, bad = [], 0
   for lang in langs:
-    files = sorted(glob.glob(os.path.join(corpus_dir, records.shard_pattern(stream, lang, split))))
+    files = sorted(tf.io.gfile.glob(os.path.join(corpus_dir, records.shard_pattern(stream, lang, split))))
     if not files:
       logging.warning("No %s/%s/%s shards in %s", stream, lang, split, corpus_dir)
       continue
@@ -62,10 +64,11 @@ def read_utterances(corpus_dir: str, stream: str, split: str, langs: Sequence[st
   """Utterances of a split, language by language (record order within a language)."""
   if stream not in records.STREAMS or split not in records.SPLITS:
     raise ValueError(f"stream must be one of {records.STREAMS} and split one of {records.SPLITS}")
-  if not os.path.isdir(corpus_dir):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if not tf.io.gfile.isdir(corpus_dir):
     raise FileNotFoundError(f"corpus directory {corpus_dir!r} does not exist (set the evaluator's corpus_dir in gin)")
   langs = tuple(corpus_languages(corpus_dir, stream, split) if langs is None else langs)
-  return list(_read_cached(os.path.abspath(corpus_dir), stream, split, langs, max_per_lang))
+  return list(_read_cached(storage.absolute(corpus_dir), stream, split, langs, max_per_lang))
 
 
 def load_vocabulary(corpus_dir: str):
@@ -77,11 +80,8 @@ def load_vocabulary(corpus_dir: str):
 
 
 def load_manifest(corpus_dir: str) -> dict:
-  path = os.path.join(corpus_dir, "manifest.json")
-  if not os.path.exists(path):
-    return {}
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  path = epath.Path(corpus_dir) / "manifest.json"  # local or remote (gs://...)
+  return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
 def held_out_languages(corpus_dir: str) -> list[str]:

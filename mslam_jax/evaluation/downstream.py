@@ -6,6 +6,7 @@ from typing import Sequence
 import gin
 import numpy as np
 
+from mslam_jax import storage
 from mslam_jax.evaluation import base
 from mslam_jax.evaluation import data as eval_data
 from mslam_jax.evaluation import finetune
@@ -60,7 +61,7 @@ class LangIDFinetuneEvaluator:
     test = eval_data.read_utterances(corpus_dir, self.stream, "test", max_per_lang=self.max_test_per_lang)
     train = [u for u in train if len(u.audio)]
     test = [u for u in test if len(u.audio)]
-    key = {"corpus": os.path.abspath(corpus_dir), "stream": self.stream, "max_per_lang": self.max_train_per_lang}
+    key = {"corpus": storage.absolute(corpus_dir), "stream": self.stream, "max_per_lang": self.max_train_per_lang}
     clf = finetune_job.checkpoint_classifier(ctx, "langid", [u.audio for u in train], [u.lang for u in train],
                                              self.config, key)
     predicted = clf.predict([u.audio for u in test])

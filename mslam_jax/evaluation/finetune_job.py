@@ -24,9 +24,11 @@ from typing import Any, Callable, Sequence
 
 import gin
 import numpy as np
+from etils import epath
 
 from mslam_jax import checkpoints
 from mslam_jax import config as config_lib
+from mslam_jax import storage
 from mslam_jax import train as train_lib
 from mslam_jax.evaluation import base
 from mslam_jax.evaluation import data as eval_data
@@ -63,7 +65,7 @@ def train_task(task_model: Any, iterator_fn: Callable[..., Any], model_dir: str,
       merged, _ = init_from.merge_params(merged, {"head": head}, include=[r"head/.*"])
     return merged
 
-  os.makedirs(model_dir, exist_ok=True)
+  storage.makedirs(model_dir)
   return train_lib.train(
       model_dir=model_dir, train_steps=settings.steps, model=task_model, iterator_fn=iterator_fn,
       optimizer=finetune.finetune_optimizer(settings), initialize_params=initialize,
@@ -74,7 +76,7 @@ def train_task(task_model: Any, iterator_fn: Callable[..., Any], model_dir: str,
 
 def finished_params(model_dir: str, steps: int) -> Any | None:
   """The parameters of a fine-tuning directory whose job reached `steps`, else None."""
-  done = checkpoints.checkpoint_steps(model_dir) if os.path.isdir(model_dir) else []
+  done = checkpoints.checkpoint_steps(model_dir) if epath.Path(model_dir).is_dir() else []
   if not done or max(done) < steps:
     return None
   return checkpoints.load_params(checkpoints.step_dir(model_dir, max(done)))
@@ -83,9 +85,9 @@ def finished_params(model_dir: str, steps: int) -> Any | None:
 def losses(model_dir: str) -> list[float]:
   """The training loss per step from a job's metrics.jsonl (a restarted job's later lines win)."""
   by_step = {}
-  path = os.path.join(model_dir, "metrics.jsonl")
-  if os.path.exists(path):
-    with open(path) as f:
+  path = epath.Path(model_dir) / "metrics.jsonl"
+  if path.exists():
+    with path.open() as f:
       for line in f:
         try:
           record = json.loads(line)
@@ -97,9 +99,7 @@ def losses(model_dir: str) -> list[float]:
 
 
 def _write_source(model_dir: str, source: dict) -> None:
-  os.makedirs(model_dir, exist_ok=True)
-  with open(os.path.join(model_dir, SOURCE_FILE), "w") as f:
-    json.dump(source, f, indent=1)
+  storage.write_text(os.path.join(model_dir, SOURCE_FILE), json.dumps(source, indent=1))
 
 
 def _settings_dict(settings: finetune.FinetuneConfig) -> dict:
@@ -142,7 +142,7 @@ def checkpoint_ctc_head(ctx: base.EvalContext, corpus_dir: str, train_langs: Seq
   """The CTC head fine-tuned on this checkpoint (the ctc, zero_shot and alignment evaluators share
   it when their settings agree): trained once into the run directory, then read back."""
   langs = list(eval_data.training_languages(corpus_dir) if train_langs is None else train_langs)
-  key = {"task": "ctc", "corpus": os.path.abspath(corpus_dir), "langs": langs, "max_per_lang": max_per_lang,
+  key = {"task": "ctc", "corpus": storage.absolute(corpus_dir), "langs": langs, "max_per_lang": max_per_lang,
          "settings": _settings_dict(settings)}
   memo = ("ctc_head", json.dumps(key, sort_keys=True, default=str))
   if memo in ctx.shared:
@@ -156,8 +156,8 @@ def checkpoint_ctc_head(ctx: base.EvalContext, corpus_dir: str, train_langs: Seq
     dim = finetune._embed_dim(ctx.model, params["encoder"])  # pylint: disable=protected-access
     return finetune.pretrained_head(params["encoder"], settings.pretrained_head, dim, vocab.vocab_size)
 
-  source = {"task": "ctc", "model_dir": os.path.abspath(ctx.model_dir) if ctx.model_dir else None,
-            "step": ctx.step, "corpus_dir": os.path.abspath(corpus_dir), "langs": langs,
+  source = {"task": "ctc", "model_dir": storage.absolute(ctx.model_dir) if ctx.model_dir else None,
+            "step": ctx.step, "corpus_dir": storage.absolute(corpus_dir), "langs": langs,
             "num_classes": vocab.vocab_size, "settings": _settings_dict(settings)}
   params = _train_in_process(ctx, "ctc", examples, vocab.vocab_size, settings, model_dir, source, head_init)
   tuned = finetune.FinetunedCTC(ctx.model, params, vocab, losses(model_dir), settings.batch_size)
@@ -182,7 +182,7 @@ def checkpoint_classifier(ctx: base.EvalContext, name: str, audios: Sequence[np.
     return {"kernel": np.zeros((dim, len(classes)), np.float32), "bias": np.zeros((len(classes),), np.float32),
             "mean": pooled.mean(0).astype(np.float32), "inv_std": (1.0 / (pooled.std(0) + 1e-6)).astype(np.float32)}
 
-  source = {"task": "classify", "model_dir": os.path.abspath(ctx.model_dir) if ctx.model_dir else None,
+  source = {"task": "classify", "model_dir": storage.absolute(ctx.model_dir) if ctx.model_dir else None,
             "step": ctx.step, "classes": classes, "settings": _settings_dict(settings)}
   params = _train_in_process(ctx, "classify", examples, len(classes), settings, model_dir, source, head_init)
   return finetune.FinetunedClassifier(ctx.model, params, classes, losses(model_dir), settings.batch_size)
@@ -205,14 +205,14 @@ def finetune_run(task: str = "ctc", init_from_dir: str = gin.REQUIRED, model_dir
   here do not make (translate: bound in its run config); default: the task's own.
   """
   settings = settings or finetune.FinetuneConfig()
-  if os.path.abspath(model_dir) == os.path.abspath(init_from_dir):
+  if storage.absolute(model_dir).rstrip("/") == storage.absolute(init_from_dir).rstrip("/"):
     raise ValueError(f"finetune_run.model_dir is the pre-training run {init_from_dir}: give the fine-tuning "
                      "run a directory of its own (--gin.MODEL_DIR)")
   base_model = config_lib.build_model()
   chosen = checkpoints.select_steps(init_from_dir, "latest" if step is None else step)[-1]
   pretrained = lambda: checkpoints.load_params(checkpoints.step_dir(init_from_dir, chosen))
-  source = {"task": task, "model_dir": os.path.abspath(init_from_dir), "step": chosen,
-            "corpus_dir": os.path.abspath(corpus_dir) if corpus_dir else None, "settings": _settings_dict(settings)}
+  source = {"task": task, "model_dir": storage.absolute(init_from_dir), "step": chosen,
+            "corpus_dir": storage.absolute(corpus_dir) if corpus_dir else None, "settings": _settings_dict(settings)}
   if iterator_fn is not None:  # a task whose batches its run config makes
     task_model = model if model is not None else finetune.task_model(task)()
     _write_source(model_dir, source)
@@ -303,12 +303,11 @@ def load_finetuned(directory: str) -> finetune.FinetunedCTC:
 
   Replaces the process' gin config by the source run's.
   """
-  source_path = os.path.join(directory, SOURCE_FILE)
-  if not os.path.exists(source_path):
+  source_path = epath.Path(directory) / SOURCE_FILE
+  if not source_path.exists():
     raise FileNotFoundError(f"{directory} is not a fine-tuned CTC model (no {SOURCE_FILE}); make one with "
                             "`mslam finetune --task ctc --init_from RUN --gin.MODEL_DIR=DIR`")
-  with open(source_path) as f:
-    source = json.load(f)
+  source = json.loads(source_path.read_text())
   if source.get("task", "ctc") != "ctc":
     raise ValueError(f"{directory} holds a {source['task']!r} head, not a CTC one")
   params = finished_params(directory, 1)

@@ -26,6 +26,7 @@ import re
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+from etils import epath
 
 HF_MODEL_TYPE = "wav2vec2-bert"
 CONFIG_FILE = "config.json"
@@ -473,14 +474,11 @@ def mask_embedding_in_hf(config: Mapping[str, Any]) -> bool:
 # -- files -----------------------------------------------------------------------------------------
 
 def _read_json(path: str) -> dict[str, Any]:
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  return json.loads(epath.Path(path).read_text(encoding="utf-8"))  # local or remote (gs://...)
 
 
 def _write_json(path: str, payload: Mapping[str, Any]) -> None:
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(payload, f, indent=2, sort_keys=True)
-    f.write("\n")
+  epath.Path(path).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _safetensors():
@@ -616,12 +614,12 @@ def from_hf(hf_dir: str, out_dir: str, *, gin_files: Sequence[str] = (DEFAULT_SI
   params = dict(jax.device_get(params))
   params["encoder"] = encoder_from_hf(params["encoder"], state)
 
-  os.makedirs(out_dir, exist_ok=True)
+  # The run directory may be remote (gs://...); the Hugging Face directory is read locally.
+  epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
   step_dir = checkpoints.save_params_checkpoint(out_dir, params, CONVERTED_STEP)
-  with open(os.path.join(out_dir, OPERATIVE_CONFIG), "w", encoding="utf-8") as f:
-    f.write(_OPERATIVE_HEADER.format(source=os.path.abspath(hf_dir), step=CONVERTED_STEP,
-                                     out=os.path.abspath(out_dir)))
-    f.write(gin.config_str())
+  (epath.Path(out_dir) / OPERATIVE_CONFIG).write_text(
+      _OPERATIVE_HEADER.format(source=os.path.abspath(hf_dir), step=CONVERTED_STEP,
+                               out=checkpoints.absolute(out_dir)) + gin.config_str(), encoding="utf-8")
   _write_json(os.path.join(out_dir, HF_CONFIG_COPY), hf_config)
   if preprocessor is not None:
     _write_json(os.path.join(out_dir, HF_PREPROCESSOR_COPY), preprocessor)
@@ -649,7 +647,7 @@ def to_hf(checkpoint: str, out_dir: str, *, step: int | None = None, gin_files: 
 
   run_dir, step_dir = checkpoints.resolve_checkpoint(checkpoint, step)
   _register_configurables()
-  if run_dir is None or not os.path.exists(os.path.join(run_dir, OPERATIVE_CONFIG)):
+  if run_dir is None or not (epath.Path(run_dir) / OPERATIVE_CONFIG).exists():
     if not gin_files:
       raise FileNotFoundError(f"no {OPERATIVE_CONFIG} for {step_dir}: pass the model's size file (--gin_file)")
   config_lib.parse_run_config(run_dir or step_dir, gin_files, bindings, search_paths)
@@ -662,7 +660,7 @@ def to_hf(checkpoint: str, out_dir: str, *, step: int | None = None, gin_files: 
 
   def base(name: str) -> dict[str, Any] | None:
     path = os.path.join(run_dir, name) if run_dir else ""
-    return _read_json(path) if path and os.path.exists(path) else None
+    return _read_json(path) if path and epath.Path(path).exists() else None
 
   config = hf_config_from_architecture(arch, encoder_params, base(HF_CONFIG_COPY))
   hf_state = encoder_to_hf(encoder_params, include_mask_embedding=mask_embedding_in_hf(config))
