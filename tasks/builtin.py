@@ -23,6 +23,7 @@ import gin
 import seqio
 import tensorflow as tf
 
+from mslam_jax import storage
 from mslam_jax.data import feature_converters
 from mslam_jax.data import preprocessors
 from mslam_jax.data import records
@@ -140,7 +141,7 @@ def register_builtin_corpus(corpus_dir: str = gin.REQUIRED,
   from mslam_jax.data import builtin_corpus  # pylint: disable=g-import-not-at-top
   builtin_corpus.verify_corpus(corpus_dir, manifest)
   # A corpus rebuilt in place (another config hash) is registered afresh.
-  key = (os.path.abspath(corpus_dir), manifest.get("config_hash"), manifest.get("build_seconds"),
+  key = (storage.absolute(corpus_dir), manifest.get("config_hash"), manifest.get("build_seconds"),
          float(temperature), tuple(sorted(rate_units.items())), tuple(sorted(buffers.items())),
          cycle_length)
   mixtures = {stream: mixture_name(stream, prefix) for stream in records.STREAMS}

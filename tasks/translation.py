@@ -24,6 +24,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from mslam_jax import storage
 from mslam_jax.data import feature_converters
 from mslam_jax.data import preprocessors
 from mslam_jax.data import translation
@@ -96,7 +97,7 @@ def register_builtin_translation(corpus_dir: str = gin.REQUIRED, temperature: fl
   if manifest is None:
     raise FileNotFoundError(f"{os.path.join(corpus_dir, translation.SUBDIR, translation.MANIFEST)} not found: "
                             "build it with mslam_jax.data.translation.build_translation_data(CORPUS_DIR)")
-  key = (os.path.abspath(corpus_dir), manifest.get("config_hash"), manifest.get("build_seconds"),
+  key = (storage.absolute(corpus_dir), manifest.get("config_hash"), manifest.get("build_seconds"),
          float(temperature), shuffle_buffer_size)
   names = {"train": prefix, "heldout": heldout_mixture_name(prefix)}
   if _registered.get(prefix) == key:

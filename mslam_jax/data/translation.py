@@ -244,17 +244,17 @@ def shard_pattern(lang: str, split: str) -> str:
 
 
 def read_manifest(corpus_dir: str) -> Optional[dict]:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (local or remote: gs://...)
   try:
-    with open(os.path.join(corpus_dir, SUBDIR, MANIFEST), encoding="utf-8") as f:
+    with tf.io.gfile.GFile(os.path.join(corpus_dir, SUBDIR, MANIFEST)) as f:
       return json.load(f)
-  except (OSError, ValueError):
+  except (OSError, ValueError, tf.errors.NotFoundError):
     return None
 
 
 def read_items(corpus_dir: str, split: str, langs: Optional[Sequence[str]] = None,
                max_per_lang: Optional[int] = None) -> list[Item]:
   """The items of a split, language by language; unreadable records are skipped and counted."""
-  import glob  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   manifest = read_manifest(corpus_dir)
   if manifest is None:
@@ -262,7 +262,7 @@ def read_items(corpus_dir: str, split: str, langs: Optional[Sequence[str]] = Non
                             "mslam_jax.data.translation.build_translation_data(corpus_dir)")
   out, bad = [], 0
   for lang in (sorted(manifest["languages"]) if langs is None else langs):
-    files = sorted(glob.glob(os.path.join(corpus_dir, shard_pattern(lang, split))))
+    files = sorted(tf.io.gfile.glob(os.path.join(corpus_dir, shard_pattern(lang, split))))
     count = 0
     for raw in tf.data.TFRecordDataset(files).as_numpy_iterator() if files else ():
       if max_per_lang is not None and count >= max_per_lang:

@@ -11,8 +11,9 @@ imports in a cycle.
 """
 import dataclasses
 import logging
-import os
 from typing import Any, Callable, Protocol, Sequence
+
+from mslam_jax import storage
 
 _REGISTRY: dict[str, Callable[..., "Evaluator"]] = {}
 
@@ -91,7 +92,7 @@ class EvalResult:
 def run_evaluators(evaluators: Sequence[Evaluator], ctx: EvalContext) -> EvalResult:
   """Runs each evaluator on `ctx`; one that fails is logged and named, the others still run."""
   if ctx.out_dir:
-    os.makedirs(ctx.out_dir, exist_ok=True)
+    storage.makedirs(ctx.out_dir)  # local or remote (gs://...)
   metrics: dict[str, float] = {}
   failed = []
   for evaluator in evaluators:

@@ -1,45 +1,11 @@
 """Run directories, checkpoints and gin files on gs:// (any etils.epath scheme), against an in-memory
-fsspec filesystem standing in for Cloud Storage."""
-import importlib
-
+fsspec filesystem standing in for Cloud Storage (the `fake_gcs` fixture of conftest.py)."""
 import gin
 import pytest
 from etils import epath
-from etils.epath import gpath
-from fsspec.implementations.memory import MemoryFileSystem
 
 from mslam_jax import checkpoints
 from mslam_jax import config
-
-
-class FakeGCS(MemoryFileSystem):
-  """fsspec's in-memory filesystem under the gs:// protocol, with a store of its own."""
-  protocol = ("gs", "gcs")
-  store = {}
-  pseudo_dirs = [""]
-
-  def __init__(self, *args, finalize_on_close=False, **kwargs):  # gcsfs's option, meaningless here
-    del finalize_on_close
-    super().__init__(*args, **kwargs)
-
-  @classmethod
-  def _strip_protocol(cls, path):
-    return super()._strip_protocol(str(path).replace("gs://", "memory://", 1))
-
-
-@pytest.fixture
-def fake_gcs(monkeypatch):
-  """gs:// served from memory: epath's fsspec backend (instead of TensorFlow's) over FakeGCS."""
-  for name in ("gs", "gcs"):
-    monkeypatch.setitem(importlib.import_module("fsspec.registry")._registry, name, FakeGCS)  # pylint: disable=protected-access
-  monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
-  epath.backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
-  FakeGCS.store.clear()
-  yield
-  FakeGCS.store.clear()
-  FakeGCS.pseudo_dirs[:] = [""]
-  epath.backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
-  gin.clear_config()
 
 
 def test_run_directory_paths_stay_remote(fake_gcs):
