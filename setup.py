@@ -7,6 +7,7 @@ INSTALL_REQUIRES = [
     "flax>=0.12.0,<0.13",
     "optax>=0.2.5,<0.3",
     "orbax-checkpoint>=0.12.0,<0.13",
+    "google-cloud-storage>=2.18,<4",  # Orbax queries a gs:// run directory's bucket with it
     "seqio>=0.0.20,<0.1",
     "tensorflow-text>=2.21,<2.22",
     "tensorflow-cpu>=2.21,<2.22",

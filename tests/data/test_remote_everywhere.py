@@ -1,13 +1,112 @@
-"""Probe."""
+"""A run directory and a corpus that are not on the local disk: training, resuming, restoring,
+evaluating and fine-tuning reach them only through remote-capable paths.
+
+MODEL_DIR is gs://bucket/... (conftest.py's `fake_gcs`: epath, TensorStore and google-cloud-storage
+served from memory). CORPUS_DIR is ram://... (`tf_ram`: TensorFlow's in-memory filesystem): tf.data
+reads corpus shards through TensorFlow's filesystems, which reach gs:// in production but cannot be
+pointed at a fake one.
+"""
+import json
+
+import gin
 import numpy as np
+import pytest
 from etils import epath
 
 from mslam_jax import checkpoints
+from mslam_jax import cli
+from mslam_jax import config
+from mslam_jax import train
+from mslam_jax import training_curves
+from mslam_jax.data import pipeline
+from mslam_jax.data import vocabularies
+from mslam_jax.evaluation import base
+from mslam_jax.evaluation import data as eval_data
+from mslam_jax.evaluation import downstream
+from mslam_jax.evaluation import finetune
+from mslam_jax.evaluation import finetune_job
+from mslam_jax.evaluation import langid
+from tests.conftest import tiny_train_args
 
 
-def test_probe_orbax(fake_gcs):
-  run = "gs://bucket/run"
-  step_dir = checkpoints.save_params_checkpoint(run, {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, 0)
-  print(sorted(k for k in __import__("tests.data.conftest", fromlist=["x"]).FakeGCS.store))
-  params = checkpoints.load_params(step_dir)
-  np.testing.assert_array_equal(params["w"], np.arange(6, dtype=np.float32).reshape(2, 3))
+def test_metrics_and_vocabulary_on_gs(fake_gcs):
+  path = "gs://bucket/run/metrics.jsonl"
+  writer = train.JsonLinesWriter(path, remote_every_s=3600)
+  writer.write_scalars(1, {"loss": 3.0})
+  writer.write_scalars(2, {"loss": 2.0})
+  assert not epath.Path(path).exists()  # an object is rewritten whole, so not at every line
+  writer.flush()
+  assert training_curves.read_metrics(path) == {1: {"loss": 3.0}, 2: {"loss": 2.0}}
+  writer.close()
+  resumed = train.JsonLinesWriter(path)  # a resumed run keeps the earlier lines
+  resumed.write_scalars(2, {"loss": 1.5})
+  resumed.write_scalars(3, {"loss": 1.0})
+  resumed.close()
+  assert training_curves.read_metrics(path) == {1: {"loss": 3.0}, 2: {"loss": 1.5}, 3: {"loss": 1.0}}
+  assert finetune_job.losses("gs://bucket/run") == [3.0, 1.5, 1.0]
+
+  vocab = vocabularies.CharacterVocabulary(sorted(set("héllo wörld")))
+  vocab.save("gs://bucket/run/vocab")
+  loaded = vocabularies.load_vocabulary("gs://bucket/run/vocab")
+  assert loaded.encode("wörld") == vocab.encode("wörld") and loaded.vocab_size == vocab.vocab_size
+  with pytest.raises(FileNotFoundError, match="gs://bucket/nothing"):
+    vocabularies.load_vocabulary("gs://bucket/nothing")
+
+
+def test_corpus_on_a_remote_filesystem(tf_ram, builtin_corpus_dir):
+  corpus = tf_ram(builtin_corpus_dir, "ram://corpus")
+  assert eval_data.load_manifest(corpus) == eval_data.load_manifest(builtin_corpus_dir)
+  assert eval_data.training_languages(corpus) == eval_data.training_languages(builtin_corpus_dir)
+  remote = eval_data.read_utterances(corpus, "paired", "test", max_per_lang=2)
+  local = eval_data.read_utterances(builtin_corpus_dir, "paired", "test", max_per_lang=2)
+  assert [u.text for u in remote] == [u.text for u in local] and remote
+  assert eval_data.load_vocabulary(corpus).vocab_size == eval_data.load_vocabulary(builtin_corpus_dir).vocab_size
+  try:
+    iterator = pipeline.builtin_step_iterator(corpus, ["SPEECH_BATCH = 2", "TEXT_BATCH = 2", "PAIRED_BATCH = 2"])
+    assert config.macro("CORPUS_DIR") == corpus  # kept as given, not made a local path
+    batch = next(iter(iterator))
+    shapes = lambda tree: {s: {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in d.items()} for s, d in tree.items()}  # pylint: disable=unnecessary-lambda-assignment
+    assert shapes(batch) == shapes(iterator.element_spec)  # the batch contract, read from ram://
+    assert set(batch) == {"speech", "text", "paired"} and batch["paired"]["tokens_mask"].any()
+  finally:
+    gin.clear_config()
+
+
+@pytest.mark.slow
+def test_train_resume_restore_evaluate_and_finetune_remote(fake_gcs, tf_ram, builtin_corpus_dir):
+  corpus = tf_ram(builtin_corpus_dir, "ram://corpus")
+  run = "gs://bucket/runs/tiny"
+  args = lambda steps: tiny_train_args(run, corpus, steps) + ["--gin.train.tensorboard=False"]  # pylint: disable=unnecessary-lambda-assignment
+  try:
+    assert cli.main(args(2)) == 0
+    gin.clear_config()
+    assert checkpoints.checkpoint_steps(run) == [1, 2]
+    assert f"CORPUS_DIR = '{corpus}'" in (epath.Path(run) / "operative_config.gin").read_text()
+    assert sorted(training_curves.read_metrics(f"{run}/metrics.jsonl")) == [1, 2]
+    assert cli.main(args(3)) == 0  # resumes from the checkpoint of step 2 on gs://
+    gin.clear_config()
+    assert checkpoints.checkpoint_steps(run)[-1] == 3
+    records = training_curves.read_metrics(f"{run}/metrics.jsonl")
+    assert sorted(records) == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in records.values())
+
+    model, params, step = config.load_run(run)  # the run's config and parameters read back
+    assert step == 3 and config.macro("CORPUS_DIR") == corpus
+    checkpoints.check_corpus(checkpoints.step_dir(run, step), corpus, run)  # the same vocabulary
+    out = f"{run}/eval/step_{step}"
+    ctx = base.EvalContext(model=model, params=params, step=step, model_dir=run, corpus_dir=corpus, out_dir=out)
+    settings = finetune.FinetuneConfig(steps=2, checkpoint_every=1, freeze="frozen", pretrained_head=None)
+    result = base.run_evaluators(
+        [langid.LangIDEvaluator(modalities=("speech",), max_train_per_lang=4, max_test_per_lang=2),
+         downstream.CTCFinetuneEvaluator(max_train_per_lang=2, max_test_per_lang=1, beam_size=1, config=settings)],
+        ctx)
+    assert not result.failed and "langid_accuracy_speech" in result.metrics and "ctc_cer" in result.metrics
+    written = {p.name for p in epath.Path(out).iterdir()}
+    assert {"langid_probe_speech.npz", "langid_confusion_speech.png", "ctc_finetune_loss.png"} <= written
+    assert langid.LinearProbe.load(f"{out}/langid_probe_speech.npz").classes_.size > 1
+    (head,) = (epath.Path(run) / finetune_job.FINETUNE_SUBDIR).iterdir()  # the CTC head's own run directory
+    source = json.loads((head / finetune_job.SOURCE_FILE).read_text())
+    assert source["corpus_dir"] == corpus and source["model_dir"] == run
+    assert checkpoints.checkpoint_steps(str(head)) and (head / "operative_config.gin").exists()
+    assert len(finetune_job.losses(str(head))) == 2
+  finally:
+    gin.clear_config()
