@@ -9,6 +9,7 @@ pointed at a fake one.
 import json
 
 import gin
+import jax
 import numpy as np
 import pytest
 from etils import epath
@@ -26,7 +27,7 @@ from mslam_jax.evaluation import downstream
 from mslam_jax.evaluation import finetune
 from mslam_jax.evaluation import finetune_job
 from mslam_jax.evaluation import langid
-from tests.conftest import tiny_train_args
+from tests.trainer.helpers import STANDIN_GIN
 
 
 def test_metrics_and_vocabulary_on_gs(fake_gcs):
@@ -72,26 +73,49 @@ def test_corpus_on_a_remote_filesystem(tf_ram, builtin_corpus_dir):
     gin.clear_config()
 
 
-@pytest.mark.slow
-def test_train_resume_restore_evaluate_and_finetune_remote(fake_gcs, tf_ram, builtin_corpus_dir):
-  corpus = tf_ram(builtin_corpus_dir, "ram://corpus")
-  run = "gs://bucket/runs/tiny"
-  args = lambda steps: tiny_train_args(run, corpus, steps) + ["--gin.train.tensorboard=False"]  # pylint: disable=unnecessary-lambda-assignment
+def test_train_and_resume_with_the_run_directory_on_gs(fake_gcs):
+  run = "gs://bucket/runs/standin"
+  args = lambda steps: ["train", f"--gin_file={STANDIN_GIN}", f"--gin.MODEL_DIR='{run}'",  # pylint: disable=unnecessary-lambda-assignment
+                        f"--gin.TRAIN_STEPS={steps}", "--gin.train.async_checkpoints=False"]
   try:
     assert cli.main(args(2)) == 0
     gin.clear_config()
-    assert checkpoints.checkpoint_steps(run) == [1, 2]
-    assert f"CORPUS_DIR = '{corpus}'" in (epath.Path(run) / "operative_config.gin").read_text()
+    assert checkpoints.checkpoint_steps(run) == [1, 2]  # (the first step's checkpoint, then every 2)
+    assert f"MODEL_DIR = '{run}'" in (epath.Path(run) / "operative_config.gin").read_text()
     assert sorted(training_curves.read_metrics(f"{run}/metrics.jsonl")) == [1, 2]
-    assert cli.main(args(3)) == 0  # resumes from the checkpoint of step 2 on gs://
+    state_2 = checkpoints.load_params(checkpoints.step_dir(run, 2))
+    assert cli.main(args(4)) == 0  # resumes from step 2's train state and data position on gs://
     gin.clear_config()
-    assert checkpoints.checkpoint_steps(run)[-1] == 3
-    records = training_curves.read_metrics(f"{run}/metrics.jsonl")
-    assert sorted(records) == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in records.values())
+    assert checkpoints.checkpoint_steps(run) == [1, 2, 4]
+    lines = [json.loads(l) for l in epath.Path(f"{run}/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3, 4]  # kept lines 1-2, then 3-4: not a fresh start
+    assert all(np.isfinite(r["loss"]) for r in lines)
+    state_4 = checkpoints.load_params(checkpoints.step_dir(run, 4))
+    moved = jax.tree.leaves(jax.tree.map(lambda a, b: not np.array_equal(a, b), state_2, state_4))
+    assert any(moved)  # the resumed run trained on from the restored state
+  finally:
+    gin.clear_config()
 
-    model, params, step = config.load_run(run)  # the run's config and parameters read back
-    assert step == 3 and config.macro("CORPUS_DIR") == corpus
-    checkpoints.check_corpus(checkpoints.step_dir(run, step), corpus, run)  # the same vocabulary
+
+def _upload(local_dir: str, remote_dir: str) -> None:
+  for path in epath.Path(local_dir).rglob("*"):
+    if path.is_file():
+      target = epath.Path(remote_dir) / path.relative_to(local_dir)
+      target.parent.mkdir(parents=True, exist_ok=True)
+      target.write_bytes(path.read_bytes())
+
+
+@pytest.mark.slow
+def test_restore_evaluate_and_finetune_from_gs_on_a_remote_corpus(fake_gcs, tf_ram, tiny_run, builtin_corpus_dir):
+  corpus = tf_ram(builtin_corpus_dir, "ram://corpus")
+  run = "gs://bucket/runs/tiny"
+  step = checkpoints.checkpoint_steps(tiny_run)[-1]
+  _upload(checkpoints.step_dir(tiny_run, step), checkpoints.step_dir(run, step))
+  (epath.Path(run) / "operative_config.gin").write_text((epath.Path(tiny_run) / "operative_config.gin").read_text())
+  try:
+    model, params, restored = config.load_run(run)  # the run's config and parameters read from gs://
+    assert restored == step
+    checkpoints.check_corpus(checkpoints.step_dir(run, step), corpus, run)  # the same vocabulary: passes
     out = f"{run}/eval/step_{step}"
     ctx = base.EvalContext(model=model, params=params, step=step, model_dir=run, corpus_dir=corpus, out_dir=out)
     settings = finetune.FinetuneConfig(steps=2, checkpoint_every=1, freeze="frozen", pretrained_head=None)
@@ -106,7 +130,7 @@ def test_train_resume_restore_evaluate_and_finetune_remote(fake_gcs, tf_ram, bui
     (head,) = (epath.Path(run) / finetune_job.FINETUNE_SUBDIR).iterdir()  # the CTC head's own run directory
     source = json.loads((head / finetune_job.SOURCE_FILE).read_text())
     assert source["corpus_dir"] == corpus and source["model_dir"] == run
-    assert checkpoints.checkpoint_steps(str(head)) and (head / "operative_config.gin").exists()
+    assert checkpoints.checkpoint_steps(str(head)) == [1, 2] and (head / "operative_config.gin").exists()
     assert len(finetune_job.losses(str(head))) == 2
   finally:
     gin.clear_config()
