@@ -7,6 +7,7 @@ reads corpus shards through TensorFlow's filesystems, which reach gs:// in produ
 pointed at a fake one.
 """
 import json
+import os
 
 import gin
 import jax
@@ -98,11 +99,11 @@ def test_train_and_resume_with_the_run_directory_on_gs(fake_gcs):
 
 
 def _upload(local_dir: str, remote_dir: str) -> None:
-  for path in epath.Path(local_dir).rglob("*"):
-    if path.is_file():
-      target = epath.Path(remote_dir) / path.relative_to(local_dir)
+  for root, _, names in os.walk(local_dir):
+    for name in names:
+      target = epath.Path(remote_dir) / os.path.relpath(os.path.join(root, name), local_dir)
       target.parent.mkdir(parents=True, exist_ok=True)
-      target.write_bytes(path.read_bytes())
+      target.write_bytes(epath.Path(root, name).read_bytes())
 
 
 @pytest.mark.slow
