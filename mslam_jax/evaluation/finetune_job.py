@@ -71,8 +71,8 @@ def train_task(task_model: Any, iterator_fn: Callable[..., Any], model_dir: str,
       model_dir=model_dir, train_steps=settings.steps, model=task_model, iterator_fn=iterator_fn,
       optimizer=finetune.finetune_optimizer(settings), initialize_params=initialize,
       checkpoint_every=settings.checkpoint_every, keep_checkpoints=2, async_checkpoints=False, log_every=1,
-      eval_every=eval_every, evaluators=evaluators, corpus_dir=corpus_dir, health_every=0, progress_bar=progress_bar, tensorboard=tensorboard,
-      log_config=log_config)
+      eval_every=eval_every, evaluators=evaluators, corpus_dir=corpus_dir, health_every=0,
+      progress_bar=progress_bar, tensorboard=tensorboard, log_config=log_config)
 
 
 def finished_params(model_dir: str, steps: int) -> Any | None:
@@ -285,6 +285,8 @@ def _finetune_translation(init_from_dir, model_dir, corpus_dir, langs, max_train
   with the model registered for "translate" (models/translation.py). The `translation` evaluator
   scores the result (BLEU, chrF)."""
   del init_from_dir
+  if set(streams) - {"speech", "text"} or "speech" not in streams:
+    raise ValueError(f"finetune_run.translation_streams must be ('speech',) or ('speech', 'text'), got {streams}")
   try:
     from mslam_jax.data import translation as translation_data  # pylint: disable=g-import-not-at-top
   except ImportError:
@@ -297,13 +299,12 @@ def _finetune_translation(init_from_dir, model_dir, corpus_dir, langs, max_train
   audio_samples = min(max_samples, -(-max(len(x.audio) for x in items) // eval_data.SAMPLE_RATE) * eval_data.SAMPLE_RATE)
   target_length = -(-max(len(vocab.encode(x.target)) + 1 for x in items) // 32) * 32
   text_length = -(-max(len(vocab.encode(x.text)) for x in items) // 32) * 32
-  if set(streams) - {"speech", "text"} or "speech" not in streams:
-    raise ValueError(f"finetune_run.translation_streams must be ('speech',) or ('speech', 'text'), got {streams}")
   make = lambda idx: {  # pylint: disable=g-long-lambda
       stream: translation_data.make_batch([items[i] for i in idx], vocab, stream, target_length, audio_samples,
                                           text_length) for stream in streams}
   task_model = model if model is not None else finetune.task_model("translate")()
-  _write_source(model_dir, {**source, "target_length": target_length, "audio_samples": audio_samples})
+  _write_source(model_dir, {**source, "target_length": target_length, "audio_samples": audio_samples,
+                            "streams": list(streams)})
   if hasattr(vocab, "save"):
     vocab.save(os.path.join(model_dir, "vocab"))
   iterator_fn = functools.partial(finetune.ExampleBatches, len(items), make, settings.batch_size, settings.seed)
