@@ -24,6 +24,12 @@ SMOKE_ARGS = [
     "--gin.PAIRED_SAMPLES=32000", "--gin.TEXT_LENGTH=32", "--gin.PAIRED_TEXT_LENGTH=32",
     "--gin.train.log_every=1", "--gin.train.tensorboard=False", "--gin.RetrievalEvaluator.max_per_lang=4",
     "--gin.langid_head/FinetuneConfig.steps=2",
+    # Speech translation: a few items per source language, two steps of a one-layer decoder on the
+    # frozen encoder (less to compile), two test items per language.
+    "--translation-steps", "2", "--gin.build_translation_data.per_language=6",
+    "--gin.translate/FinetuneConfig.freeze='frozen'", "--gin.DECODER_LAYERS=1", "--gin.DECODER_EMBED_DIM=32",
+    "--gin.DECODER_HEADS=2", "--gin.DECODER_MLP_DIM=64", "--gin.MAX_DECODE_LENGTH=16",
+    "--gin.TranslationEvaluator.max_per_lang=2",
     # A user's objective weights must not reach the speech-only ablation.
     "--gin.ObjectiveWeights.ctc=0.5", "--gin.ObjectiveWeights.text_mlm=0.5",
 ]
@@ -32,8 +38,9 @@ SMOKE_ARGS = [
 def _demo(out: str) -> subprocess.CompletedProcess:
   env = dict(os.environ, XLA_FLAGS=FAST_COMPILE_FLAGS, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
              PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  # The checkout's gin configs, whatever an installed package maps `mslam_jax.gin_configs` to.
   command = [sys.executable, "-c", "import sys; from mslam_jax import cli; sys.exit(cli.main(sys.argv[1:]))",
-             "demo", "--out", out] + SMOKE_ARGS
+             "demo", "--out", out, "--gin_search_path", os.path.join(REPO, "gin_configs")] + SMOKE_ARGS
   return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -65,10 +72,28 @@ def test_demo_reports_every_figure_and_draws_the_curves(demo_run):
               "langid_accuracy_text"):
     assert 0.0 <= report[key] <= 1.0, key
   assert report["ctc_cer"] >= 0.0 and report["alignment_word_boundary_error_ms"] >= 0.0
+  # Speech translation (rus -> En; ukr held out): sacrebleu figures and the trivial baseline's, each
+  # row of the XTREME-S-style table carrying our figure next to the paper's.
+  for key in ("translation_bleu", "translation_bleu_baseline", "translation_bleu_heldout", "translation_chrf"):
+    assert 0.0 <= report[key] <= 100.0, key
+  assert set(report["metrics"]) >= {"translation_bleu/rus", "translation_bleu/ukr"}
+  rows = {(r["task"], r["metric"]): r for r in report["xtreme_table"]}
+  bleu = rows[("built-in speech translation X->En", "BLEU")]
+  assert (bleu["ours"], bleu["baseline"]) == (report["translation_bleu"], report["translation_bleu_baseline"])
+  assert (bleu["paper_600m"], bleu["paper_2b"]) == (22.4, 24.8)
+  assert rows[("built-in ASR (CTC fine-tuned)", "CER (%)")]["ours"] == pytest.approx(100 * report["ctc_cer"])
+  with open(os.path.join(out, "report.md"), encoding="utf-8") as f:
+    markdown = f.read()
+  assert "## XTREME-S-style table" in markdown and "| built-in speech translation X->En | BLEU |" in markdown
+  with open(os.path.join(out, "eval", "report.md"), encoding="utf-8") as f:
+    assert "| built-in ASR (CTC fine-tuned) | CER (%) |" in f.read()  # `mslam eval`'s report has it too
+  with open(os.path.join(out, "translation", "eval", "step_2", "translations.jsonl"), encoding="utf-8") as f:
+    assert {json.loads(line)["lang"] for line in f} == {"rus", "ukr"}
   # The two pre-training runs: every step logged, the speech-only one without paired/text losses in
   # its total, so the two totals differ while their speech terms start from the same init.
   curves = report["loss_curves"]
-  assert set(curves) == {"pretrain", "pretrain_speech_only"}
+  assert set(curves) == {"pretrain", "pretrain_speech_only", "translation"}
+  assert curves["translation"]["terms"]["loss"]["first"] > 0  # the fine-tuning job's metrics.jsonl
   for summary in curves.values():
     assert summary["first_step"] == 1 and summary["last_step"] == 2
   joint, speech_only = curves["pretrain"]["terms"], curves["pretrain_speech_only"]["terms"]
@@ -76,15 +101,16 @@ def test_demo_reports_every_figure_and_draws_the_curves(demo_run):
   assert not {"paired/ctc_loss", "paired/cross_modal_loss", "paired/tlm_loss", "text/mlm_loss"} & set(speech_only)
   assert speech_only["loss"]["first"] < joint["loss"]["first"]
   assert report["corpus"]["held_out_languages"] == ["ukr"]
-  for stage in ("corpus", "pretrain", "pretrain_speech_only", "eval", "total"):
+  for stage in ("corpus", "pretrain", "pretrain_speech_only", "eval", "translation", "total"):
     assert report["timings"][stage]["cpu_s"] > 0, stage
   for name in ("training_curves_pretrain.png", "training_curves_pretrain_speech_only.png",
-               "training_curves_joint_vs_speech_only.png"):
+               "training_curves_joint_vs_speech_only.png", "training_curves_translation.png"):
     assert os.path.join(out, name) in report["figures"]
   for path in report["figures"]:
     _assert_png(path)
   # The table is printed with the zero-shot ablation next to the joint model's figure.
   assert "zero-shot CER, speech-only ablation" in proc.stdout and "retrieval R@1 speech->text" in proc.stdout
+  assert "speech translation BLEU, training sources" in proc.stdout and "most frequent target" in proc.stdout
 
 
 def test_demo_rerun_on_the_same_directory_redoes_nothing(demo_run):
@@ -95,7 +121,7 @@ def test_demo_rerun_on_the_same_directory_redoes_nothing(demo_run):
   assert proc.returncode == 0, proc.stderr[-5000:]
   with open(os.path.join(out, "report.json")) as f:
     second = json.load(f)
-  for stage in ("corpus", "pretrain", "pretrain_speech_only", "eval"):
+  for stage in ("corpus", "pretrain", "pretrain_speech_only", "eval", "translation"):
     assert second["timings"][stage]["skipped"], stage
   for key in demo.REQUIRED_METRICS:
     assert second[key] == first[key], key

@@ -1,6 +1,7 @@
 """`mslam demo`: the whole system at toy scale on a CPU (about 10 minutes on 2 idle cores).
 
-  mslam demo [--out ./mslam_demo] [--steps 600] [--finetune-steps 300] [--gin.NAME=VALUE ...]
+  mslam demo [--out ./mslam_demo] [--steps 600] [--finetune-steps 300] [--translation-steps N]
+      [--gin.NAME=VALUE ...]
 
 1. builds the built-in corpus (10 languages, 2 held out for zero-shot ASR) into OUT/corpus;
 2. pre-trains the tiny model with mSLAM-CTC + the cross-modal loss into OUT/pretrain;
@@ -9,7 +10,11 @@
 4. runs the evaluation sweep (retrieval, language ID by probe and by fine-tuning, CTC fine-tuning,
    zero-shot ASR, alignment, embedding map) into OUT/eval, and the zero-shot evaluation of the
    ablation under its own config;
-5. prints the results table and writes OUT/report.json and the training-curve PNGs.
+5. fine-tunes speech translation X -> En (the corpus' built-in translation data, a small decoder)
+   from the pre-trained checkpoint into OUT/translation and scores it with sacrebleu BLEU and chrF
+   against always answering the most frequent English target, held-out source languages apart;
+6. prints the results table and writes OUT/report.json, OUT/report.md (with the XTREME-S-style
+   table) and the PNGs.
 
 Sizes live in gin_configs/runs/demo.gin. Re-running on the same OUT skips what is done: the corpus
 is rebuilt only when its config changed, training resumes from the last checkpoint (or is skipped
@@ -33,6 +38,10 @@ from mslam_jax import config
 from mslam_jax.commands import common
 
 DEFAULT_OUT = "./mslam_demo"
+TRANSLATION_GIN = "runs/finetune_translate.gin"
+TRANSLATION_SCOPE = "translate"  # runs/demo.gin's FinetuneConfig of the translation fine-tuning
+TRANSLATION_PREFIX = "translation_"
+REPORT_MD = "report.md"
 RUN_GIN_FILES = ("models/tiny.gin", "experiments/mslam_ctc_xmodal.gin", "runs/pretrain.gin", "runs/demo.gin")
 REPORT_FILE = "report.json"
 # The figures every demo report holds (null when an evaluator could not produce one), in table order.
@@ -45,6 +54,12 @@ REQUIRED_METRICS = (
     "zero_shot_cer",
     "zero_shot_cer_speech_only_ablation",
     "alignment_word_boundary_error_ms",
+    "translation_bleu",
+    "translation_bleu_baseline",
+    "translation_bleu_heldout",
+    "translation_bleu_heldout_baseline",
+    "translation_chrf",
+    "translation_chrf_baseline",
 )
 TABLE_ROWS = (
     # (metric, label, reference figure shown next to it)
@@ -60,9 +75,15 @@ TABLE_ROWS = (
     ("zero_shot_cer_speech_only_ablation", "zero-shot CER, speech-only ablation", None),
     ("alignment_word_boundary_error_ms", "word-boundary error (ms)",
      "alignment_word_boundary_error_ms_uniform_baseline"),
+    ("translation_bleu", "speech translation BLEU, training sources", "translation_bleu_baseline"),
+    ("translation_bleu_heldout", "speech translation BLEU, held-out sources", "translation_bleu_heldout_baseline"),
+    ("translation_chrf", "speech translation chrF, training sources", "translation_chrf_baseline"),
+    ("translation_chrf_heldout", "speech translation chrF, held-out sources", "translation_chrf_heldout_baseline"),
 )
 REFERENCE_NAMES = {"retrieval_chance_r1": "chance", "langid_chance_speech": "chance", "langid_chance_text": "chance",
-                   "alignment_word_boundary_error_ms_uniform_baseline": "uniform"}
+                   "alignment_word_boundary_error_ms_uniform_baseline": "uniform",
+                   **{f"translation_{m}{g}_baseline": "most frequent target" for m in ("bleu", "chrf")
+                      for g in ("", "_heldout")}}
 COMPARED_TERMS = ("speech/contrastive_loss", "speech/mlm_loss", "codebook/perplexity")
 
 
@@ -124,6 +145,67 @@ def pretrain(model_dir: str) -> tuple[dict, bool]:
   return train_lib.train(), False
 
 
+def finetune_translation(model_dir: str, corpus_dir: str, translation_dir: str, gin_files: Sequence[str],
+                         bindings: Sequence[str], search_paths: Sequence[str]) -> tuple[dict[str, float], bool]:
+  """Speech translation X -> En (the corpus' built-in translation data, built here if missing)
+  fine-tuned from the pre-training run's latest checkpoint into `translation_dir` by the fine-tuning
+  job (runs/finetune_translate.gin, then `gin_files`: runs/demo.gin sizes it under the
+  `translate/` scope); returns (the final checkpoint's test figures, skipped) where skipped means
+  the fine-tuning and its evaluation were already done. The last checkpoint is evaluated here
+  unless the job's periodic evaluation (finetune_run.eval_every) already did."""
+  from mslam_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from mslam_jax.data import translation as translation_data  # pylint: disable=g-import-not-at-top
+  from mslam_jax.evaluation import base  # pylint: disable=g-import-not-at-top
+  from mslam_jax.evaluation import finetune  # pylint: disable=g-import-not-at-top
+  from mslam_jax.evaluation import finetune_job  # pylint: disable=g-import-not-at-top
+  from mslam_jax.evaluation import report as report_lib  # pylint: disable=g-import-not-at-top
+  from mslam_jax.evaluation import runner  # pylint: disable=g-import-not-at-top
+  from mslam_jax.evaluation import translation  # pylint: disable=g-import-not-at-top
+  config.parse_run_config(model_dir, [TRANSLATION_GIN] + list(gin_files),
+                          [f"INIT_FROM = '{model_dir}'", f"MODEL_DIR = '{translation_dir}'",
+                           f"CORPUS_DIR = '{corpus_dir}'"] + list(bindings), search_paths)
+  config.check_required_macros()
+  translation_data.build_translation_data(corpus_dir, progress=True)
+  with gin.config_scope(TRANSLATION_SCOPE):
+    settings = finetune.FinetuneConfig()
+  final_dir = os.path.join(translation_dir, "eval", f"step_{settings.steps}")
+  evaluator = translation.TranslationEvaluator(corpus_dir=corpus_dir)
+  done = report_lib.read_checkpoint_metrics(final_dir, [evaluator.name])
+  if done is not None:
+    return done, True
+  finetune_job.finetune_run(settings=settings, progress_bar=True, tensorboard=False)
+  done = report_lib.read_checkpoint_metrics(final_dir, [evaluator.name])
+  if done is not None:  # the job's periodic evaluation fell on its last step
+    return done, False
+  step = checkpoints.checkpoint_steps(translation_dir)[-1]
+  ctx = base.EvalContext(model=finetune.task_model("translate")(), step=step, model_dir=translation_dir,
+                         params=checkpoints.load_params(checkpoints.step_dir(translation_dir, step)),
+                         corpus_dir=corpus_dir, out_dir=os.path.join(translation_dir, "eval", f"step_{step}"))
+  return runner.evaluate_checkpoint([evaluator], ctx, checkpoints.step_dir(translation_dir, step)).metrics, False
+
+
+def bleu_over_steps(translation_dir: str, out_png: str) -> str | None:
+  """The BLEU curve of the translation fine-tuning (its periodic evaluations), or None without two
+  evaluated steps."""
+  from mslam_jax.evaluation import report as report_lib  # pylint: disable=g-import-not-at-top
+  from mslam_jax.evaluation import translation  # pylint: disable=g-import-not-at-top
+  points, baseline = {"test, training source languages": [], "test, held-out source languages": []}, None
+  eval_dir = os.path.join(translation_dir, "eval")
+  for name in sorted(os.listdir(eval_dir)) if os.path.isdir(eval_dir) else ():
+    metrics = report_lib.read_checkpoint_metrics(os.path.join(eval_dir, name))
+    if not name.startswith("step_") or metrics is None:
+      continue
+    for label, key in zip(points, ("translation_bleu", "translation_bleu_heldout")):
+      if _finite_or_none(metrics.get(key)) is not None:
+        points[label].append((int(name[len("step_"):]), metrics[key]))
+    baseline = metrics.get("translation_bleu_baseline", baseline)
+  points = {k: v for k, v in points.items() if v}
+  if max((len(v) for v in points.values()), default=0) < 2:
+    return None
+  return translation.plot_bleu_over_steps(out_png, points, baseline=_finite_or_none(baseline),
+                                          title="speech translation X->En: BLEU over fine-tuning steps")
+
+
 def _finite_or_none(value: Any) -> float | None:
   try:
     value = float(value)
@@ -163,6 +245,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="pre-training steps of each run (default: TRAIN_STEPS in runs/demo.gin)")
   parser.add_argument("--finetune-steps", type=int, default=None,
                       help="CTC fine-tuning steps of the evaluation (default: FinetuneConfig.steps in runs/demo.gin)")
+  parser.add_argument("--translation-steps", type=int, default=None,
+                      help="speech translation fine-tuning steps (default: translate/FinetuneConfig.steps in "
+                           "runs/demo.gin)")
   parser.add_argument("--languages", default=None,
                       help="comma-separated ISO 639-3 codes of the corpus (default: runs/demo.gin)")
   parser.add_argument("--held-out", default=None, help="comma-separated held-out (zero-shot) languages")
@@ -180,6 +265,8 @@ def _flag_bindings(args: argparse.Namespace) -> list[str]:
     out.append(f"TRAIN_STEPS = {int(args.steps)}")
   if args.finetune_steps is not None:
     out.append(f"FinetuneConfig.steps = {int(args.finetune_steps)}")
+  if args.translation_steps is not None:
+    out.append(f"{TRANSLATION_SCOPE}/FinetuneConfig.steps = {int(args.translation_steps)}")
   if args.languages:
     out.append(f"build_builtin_corpus.languages_ = {[c.strip() for c in args.languages.split(',') if c.strip()]!r}")
   if args.held_out is not None:
@@ -197,6 +284,7 @@ def run(args: argparse.Namespace) -> int:
   corpus_dir = os.path.join(out, "corpus")
   model_dir = os.path.join(out, "pretrain")
   ablation_dir = os.path.join(out, "pretrain_speech_only")
+  translation_dir = os.path.join(out, "translation")
   os.makedirs(out, exist_ok=True)
   compilation_cache.enable(os.path.join(out, "jax_cache"))
 
@@ -205,18 +293,18 @@ def run(args: argparse.Namespace) -> int:
   search = args.gin_search_path
   timings: dict[str, dict] = {}
   try:
-    with Stage(timings, "corpus", f"1/5 built-in corpus -> {corpus_dir}") as stage:
+    with Stage(timings, "corpus", f"1/6 built-in corpus -> {corpus_dir}") as stage:
       _parse(gin_files, [f"CORPUS_DIR = '{corpus_dir}'", f"MODEL_DIR = '{model_dir}'"] + user, search)
       before = dict(time=os.path.getmtime(os.path.join(corpus_dir, "manifest.json"))
                     if os.path.exists(os.path.join(corpus_dir, "manifest.json")) else None)
       manifest = build_corpus(corpus_dir)
       stage.skipped = before["time"] is not None and before["time"] == os.path.getmtime(
           os.path.join(corpus_dir, "manifest.json"))
-    runs = [("pretrain", model_dir, (), "2/5 pre-training: mSLAM-CTC + cross-modal")]
+    runs = [("pretrain", model_dir, (), "2/6 pre-training: mSLAM-CTC + cross-modal")]
     if not args.no_ablation:
       from mslam_jax.evaluation import zero_shot  # pylint: disable=g-import-not-at-top
       runs.append(("pretrain_speech_only", ablation_dir, zero_shot.SPEECH_ONLY_BINDINGS,
-                   "3/5 pre-training: speech-only ablation (same steps, no text nor paired objectives)"))
+                   "3/6 pre-training: speech-only ablation (same steps, no text nor paired objectives)"))
     summaries = {}
     for name, directory, extra, description in runs:
       with Stage(timings, name, f"{description} -> {directory}") as stage:
@@ -229,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
           print(f"mslam demo: {name} stopped early ({summaries[name].get('stopped')})", file=sys.stderr)
           return 1
 
-    with Stage(timings, "eval", f"4/5 evaluation sweep -> {os.path.join(out, 'eval')}") as stage:
+    with Stage(timings, "eval", f"4/6 evaluation sweep -> {os.path.join(out, 'eval')}") as stage:
       from mslam_jax.evaluation import sweep  # pylint: disable=g-import-not-at-top
       includes = [f"include '{config.resolve_gin_file(f, search)}'" for f in gin_files[3:]]
       steps_before = os.path.exists(os.path.join(out, "eval", f"step_{summaries['pretrain']['final_step']}",
@@ -239,9 +327,16 @@ def run(args: argparse.Namespace) -> int:
                                       search_paths=search, output_dir=os.path.join(out, "eval"))
       stage.skipped = steps_before
 
-    with Stage(timings, "report", f"5/5 report -> {os.path.join(out, REPORT_FILE)}"):
+    with Stage(timings, "translation", f"5/6 speech translation X->En fine-tuning -> {translation_dir}") as stage:
+      translated, stage.skipped = finetune_translation(model_dir, corpus_dir, translation_dir, gin_files[3:], user,
+                                                       search)
+      metrics = {**metrics, **{k: v for k, v in translated.items() if k.startswith(TRANSLATION_PREFIX)}}
+      if translated.get("eval_failed/translation"):
+        logging.warning("The translation evaluator failed (see the log above); its figures are null")
+
+    with Stage(timings, "report", f"6/6 report -> {os.path.join(out, REPORT_FILE)}"):
       report = _write_report(out, manifest, metrics, summaries, timings, train_steps, args,
-                             start_wall, start_cpu, model_dir, ablation_dir)
+                             start_wall, start_cpu, model_dir, ablation_dir, translation_dir)
     _save_report(out, report, timings, start_wall, start_cpu)
   finally:
     gin.clear_config()
@@ -251,9 +346,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_report(out: str, manifest: dict, metrics: dict, summaries: dict, timings: dict, train_steps: int,
                   args: argparse.Namespace, start_wall: float, start_cpu: float, model_dir: str,
-                  ablation_dir: str) -> dict:
+                  ablation_dir: str, translation_dir: str) -> dict:
   from mslam_jax import training_curves  # pylint: disable=g-import-not-at-top
   from mslam_jax.evaluation import report as report_lib  # pylint: disable=g-import-not-at-top
+  from mslam_jax.evaluation import xtreme_table  # pylint: disable=g-import-not-at-top
   figures, curves, records = [], {}, {}
   titles = {"pretrain": "mSLAM-CTC + cross-modal pre-training (tiny model, built-in corpus)",
             "pretrain_speech_only": "speech-only ablation (same steps)"}
@@ -272,6 +368,13 @@ def _write_report(out: str, manifest: dict, metrics: dict, summaries: dict, timi
   eval_dir = os.path.join(out, "eval", f"step_{summaries['pretrain']['final_step']}")
   if os.path.isdir(eval_dir):
     figures += sorted(os.path.join(eval_dir, f) for f in os.listdir(eval_dir) if f.endswith(".png"))
+  if os.path.exists(os.path.join(translation_dir, "metrics.jsonl")):
+    png = os.path.join(out, "training_curves_translation.png")
+    curves["translation"], _ = _curves(translation_dir, png, "speech translation X->En fine-tuning")
+    figures.append(png)
+  png = bleu_over_steps(translation_dir, os.path.join(out, "translation_bleu_over_steps.png"))
+  if png:
+    figures.append(png)
 
   missing = [k for k in REQUIRED_METRICS if _finite_or_none(metrics.get(k)) is None]
   if missing:
@@ -289,7 +392,8 @@ def _write_report(out: str, manifest: dict, metrics: dict, summaries: dict, timi
                  "hours": {s: round(sum(v.get("hours", 0.0) for v in by_split.values()), 4)
                            for s, by_split in manifest["totals"].items()}},
       "runs": {"pretrain": model_dir, "pretrain_speech_only": None if args.no_ablation else ablation_dir,
-               "eval": os.path.join(out, "eval")},
+               "eval": os.path.join(out, "eval"), "translation": translation_dir},
+      "xtreme_table": xtreme_table.rows_as_dicts(xtreme_table.xtreme_rows(metrics)),
       "figures": figures,
       "command": " ".join(["mslam", "demo"] + sys.argv[2:]) if sys.argv[1:2] == ["demo"] else None,
   })
@@ -303,6 +407,25 @@ def _save_report(out: str, report: dict, timings: dict, start_wall: float, start
   timings["total"]["idle_machine_estimate_s"] = round(timings["total"]["cpu_s"] / (os.cpu_count() or 1), 1)
   with open(os.path.join(out, REPORT_FILE), "w") as f:
     json.dump(report, f, indent=1)
+  with open(os.path.join(out, REPORT_MD), "w", encoding="utf-8") as f:
+    f.write(_markdown_report(out, report))
+
+
+def _markdown_report(out: str, report: dict) -> str:
+  """OUT/report.md: the results table, the XTREME-S-style table and the figures."""
+  from mslam_jax.evaluation import xtreme_table  # pylint: disable=g-import-not-at-top
+  rows = [xtreme_table.Row(**r) for r in report["xtreme_table"]]
+  lines = [f"# mslam demo: results at pre-training step {report['evaluated_step']}", "",
+           "```", results_table(report["metrics"] | {k: v for k, v in report.items() if k in REQUIRED_METRICS}),
+           "```", ""]
+  if rows:
+    lines += ["## XTREME-S-style table", "",
+              "Built-in stand-ins of the benchmarks (eSpeak speech of CLDR strings): the paper's columns say what "
+              "mSLAM reached on the real benchmark, not a figure to compare with.", "",
+              xtreme_table.markdown_table(rows)]
+  lines += ["## Figures", ""] + [f"![{os.path.splitext(os.path.basename(p))[0]}]({os.path.relpath(p, out)})"
+                                 for p in report["figures"]]
+  return "\n".join(lines) + "\n"
 
 
 def _format_summary(report: dict) -> str:
@@ -316,6 +439,7 @@ def _format_summary(report: dict) -> str:
   t = report["timings"]
   lines += ["", "timings: " + ", ".join(f"{k} {v['wall_s']:.0f} s wall / {v['cpu_s']:.0f} s CPU" for k, v in t.items())
             + f" (idle-machine estimate {t['total']['idle_machine_estimate_s']:.0f} s)",
-            f"report: {os.path.join(os.path.dirname(report['runs']['eval']), REPORT_FILE)}",
+            f"report: {os.path.join(os.path.dirname(report['runs']['eval']), REPORT_FILE)} (and {REPORT_MD}, with "
+            "the XTREME-S-style table)",
             "figures: " + ", ".join(os.path.basename(p) for p in report["figures"])]
   return "\n".join(lines)

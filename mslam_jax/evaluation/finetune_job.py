@@ -51,10 +51,13 @@ def _encoder_source(task_model: Any, pretrained: Any) -> Any:
 
 def train_task(task_model: Any, iterator_fn: Callable[..., Any], model_dir: str, settings: finetune.FinetuneConfig,
                pretrained: Callable[[], Any], head_init: Callable[[Any], dict | None] | None = None,
-               progress_bar: bool = True, tensorboard: bool = False, log_config: bool = True) -> dict:
+               progress_bar: bool = True, tensorboard: bool = False, log_config: bool = True,
+               eval_every: int = 0, evaluators: Sequence[Any] = (), corpus_dir: str | None = None) -> dict:
   """Trains `task_model` into `model_dir` (or resumes it there) for `settings.steps`; returns the
   trainer's summary. `pretrained()` gives the pre-training parameters (read only on a fresh start);
-  `head_init(params)` may return head parameters to start from (e.g. a pre-trained CTC head)."""
+  `head_init(params)` may return head parameters to start from (e.g. a pre-trained CTC head).
+  `evaluators` score the task model every `eval_every` steps (the trainer's periodic evaluation,
+  into model_dir/eval/step_<N>/ and metrics.jsonl as eval/...)."""
 
   def initialize(params):
     merged, taken = init_from.merge_params(params, {"encoder": _encoder_source(task_model, pretrained())},
@@ -70,8 +73,8 @@ def train_task(task_model: Any, iterator_fn: Callable[..., Any], model_dir: str,
       model_dir=model_dir, train_steps=settings.steps, model=task_model, iterator_fn=iterator_fn,
       optimizer=finetune.finetune_optimizer(settings), initialize_params=initialize,
       checkpoint_every=settings.checkpoint_every, keep_checkpoints=2, async_checkpoints=False, log_every=1,
-      eval_every=0, evaluators=(), health_every=0, progress_bar=progress_bar, tensorboard=tensorboard,
-      log_config=log_config)
+      eval_every=eval_every, evaluators=evaluators, corpus_dir=corpus_dir, health_every=0,
+      progress_bar=progress_bar, tensorboard=tensorboard, log_config=log_config)
 
 
 def finished_params(model_dir: str, steps: int) -> Any | None:
@@ -196,13 +199,18 @@ def finetune_run(task: str = "ctc", init_from_dir: str = gin.REQUIRED, model_dir
                  max_train_per_lang: int | None = None, max_test_per_lang: int | None = 100,
                  beam_size: int = 8, settings: finetune.FinetuneConfig | None = None,
                  model: Any = None, iterator_fn: Callable[..., Any] | None = None,
-                 progress_bar: bool = True, tensorboard: bool = True) -> dict[str, float]:
+                 progress_bar: bool = True, tensorboard: bool = True, eval_every: int = 0,
+                 evaluators: Sequence[Any] = (), translation_streams: Sequence[str] = ("speech",)
+                 ) -> dict[str, float]:
   """`mslam finetune`: fine-tunes `task` from a checkpoint of `init_from_dir` into `model_dir`, then
   scores the corpus' test split (ctc: CER/WER; classify: language-ID accuracy). A restarted job
   resumes from `model_dir`'s latest checkpoint.
 
   `model` / `iterator_fn`: the task model and its batches, for tasks whose data the corpus readers
   here do not make (translate: bound in its run config); default: the task's own.
+  `evaluators` / `eval_every`: translate only, e.g. [@TranslationEvaluator()] for BLEU over steps.
+  `translation_streams`: ("speech", "text") adds text-to-text batches of the same items' source
+  text (the paper's joint speech + text fine-tuning) to speech translation.
   """
   settings = settings or finetune.FinetuneConfig()
   if storage.absolute(model_dir).rstrip("/") == storage.absolute(init_from_dir).rstrip("/"):
@@ -239,7 +247,8 @@ def finetune_run(task: str = "ctc", init_from_dir: str = gin.REQUIRED, model_dir
     num_classes, head_init = len(classes), None
   elif task == "translate":
     return _finetune_translation(init_from_dir, model_dir, corpus_dir, langs, max_train_per_lang, settings, model,
-                                 pretrained, source, progress_bar, tensorboard)
+                                 pretrained, source, progress_bar, tensorboard, eval_every, evaluators,
+                                 translation_streams)
   else:
     raise ValueError(f"--task {task} needs its data: bind finetune_run.iterator_fn in its run config")
   _write_source(model_dir, {**source, "langs": langs, "classes": classes, "num_classes": num_classes})
@@ -270,11 +279,14 @@ def finetune_run(task: str = "ctc", init_from_dir: str = gin.REQUIRED, model_dir
 
 
 def _finetune_translation(init_from_dir, model_dir, corpus_dir, langs, max_train_per_lang, settings, model,
-                          pretrained, source, progress_bar, tensorboard) -> dict[str, float]:
+                          pretrained, source, progress_bar, tensorboard, eval_every=0,
+                          evaluators=(), streams=("speech",)) -> dict[str, float]:
   """X -> English speech translation on the corpus' built-in translation data (data/translation.py),
   with the model registered for "translate" (models/translation.py). The `translation` evaluator
   scores the result (BLEU, chrF)."""
   del init_from_dir
+  if set(streams) - {"speech", "text"} or "speech" not in streams:
+    raise ValueError(f"finetune_run.translation_streams must be ('speech',) or ('speech', 'text'), got {streams}")
   try:
     from mslam_jax.data import translation as translation_data  # pylint: disable=g-import-not-at-top
   except ImportError:
@@ -286,15 +298,18 @@ def _finetune_translation(init_from_dir, model_dir, corpus_dir, langs, max_train
   max_samples = int(settings.max_audio_seconds * eval_data.SAMPLE_RATE)
   audio_samples = min(max_samples, -(-max(len(x.audio) for x in items) // eval_data.SAMPLE_RATE) * eval_data.SAMPLE_RATE)
   target_length = -(-max(len(vocab.encode(x.target)) + 1 for x in items) // 32) * 32
-  make = lambda idx: {"speech": translation_data.make_batch([items[i] for i in idx], vocab, "speech",  # pylint: disable=g-long-lambda
-                                                            target_length, audio_samples)}
+  text_length = -(-max(len(vocab.encode(x.text)) for x in items) // 32) * 32
+  make = lambda idx: {  # pylint: disable=g-long-lambda
+      stream: translation_data.make_batch([items[i] for i in idx], vocab, stream, target_length, audio_samples,
+                                          text_length) for stream in streams}
   task_model = model if model is not None else finetune.task_model("translate")()
-  _write_source(model_dir, {**source, "target_length": target_length, "audio_samples": audio_samples})
+  _write_source(model_dir, {**source, "target_length": target_length, "audio_samples": audio_samples,
+                            "streams": list(streams)})
   if hasattr(vocab, "save"):
     vocab.save(os.path.join(model_dir, "vocab"))
   iterator_fn = functools.partial(finetune.ExampleBatches, len(items), make, settings.batch_size, settings.seed)
   summary = train_task(task_model, iterator_fn, model_dir, settings, pretrained, progress_bar=progress_bar,
-                       tensorboard=tensorboard)
+                       tensorboard=tensorboard, eval_every=eval_every, evaluators=evaluators, corpus_dir=corpus_dir)
   return {"final_step": float(summary["final_step"])}
 
 

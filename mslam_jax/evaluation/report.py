@@ -13,6 +13,7 @@ import tempfile
 from typing import Mapping, Sequence
 
 from mslam_jax.evaluation import base
+from mslam_jax.evaluation import xtreme_table
 
 # The figures every report leads with (and that `mslam demo` copies into its report.json).
 HEADLINE_METRICS = (
@@ -54,6 +55,15 @@ def _table(rows: list[tuple[str, str]], header: tuple[str, str] = ("metric", "va
   return lines
 
 
+def _xtreme_lines(metrics: Mapping[str, float], title: str = "## XTREME-S-style table") -> list[str]:
+  """The downstream tasks this report has figures for, next to the paper's (nothing without any)."""
+  table = xtreme_table.markdown_table(xtreme_table.xtreme_rows(metrics))
+  if not table:
+    return []
+  return ["", title, "", "Built-in stand-ins of the benchmarks: the paper's columns say what mSLAM reached on the "
+          "real benchmark, not a figure to compare with.", "", table.rstrip("\n")]
+
+
 def _write_atomically(path: str, text: str) -> None:
   """Readers see the old file or the new one, never half of one (rename is atomic on POSIX)."""
   directory = os.path.dirname(os.path.abspath(path))
@@ -88,6 +98,7 @@ def write_checkpoint_report(out_dir: str, step: int, metrics: Mapping[str, float
     lines += [f"Checkpoint: `{source}`", ""]
   lines += ["## Headline figures", ""]
   lines += _table([(k, _fmt(v)) for k, v in headline(metrics).items()])
+  lines += _xtreme_lines(metrics)
   per_lang = sorted(k for k in metrics if "/" in k)
   if per_lang:
     lines += ["", "## Per language", ""]
@@ -140,6 +151,8 @@ def write_sweep_report(output_dir: str, results: Mapping[int, Mapping[str, float
   lines = ["# Evaluation sweep", "", "| step | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
   for s in steps:
     lines.append(f"| [{s}](step_{s}/{REPORT_FILE}) | " + " | ".join(_fmt(results[s].get(k)) for k in names) + " |")
+  if steps:
+    lines += _xtreme_lines(results[steps[-1]], f"## XTREME-S-style table (step {steps[-1]})")
   if len(steps) > 1 and names:
     import matplotlib  # pylint: disable=g-import-not-at-top
     matplotlib.use("Agg")

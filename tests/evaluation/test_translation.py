@@ -136,3 +136,40 @@ def test_bleu_plot(tmp_path):
                                           baseline=0.5)
   with open(path, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_reports_carry_the_xtreme_table(tmp_path):
+  from mslam_jax.evaluation import report  # pylint: disable=g-import-not-at-top
+  with_tasks = {"ctc_cer": 0.5, "ctc_wer": 0.9, "translation_bleu": 3.25, "translation_bleu_baseline": 0.0,
+                "retrieval_r1_speech_to_text": 0.2}
+  report.write_checkpoint_report(str(tmp_path / "step_20"), 20, with_tasks)
+  checkpoint_md = (tmp_path / "step_20" / "report.md").read_text()
+  assert "## XTREME-S-style table" in checkpoint_md
+  assert "| built-in speech translation X->En | BLEU | 3.2 | 0.0 | CoVoST 2 X->En (21 languages) (BLEU) | 22.4 | 24.8 |" \
+      in checkpoint_md
+  assert "| built-in ASR (CTC fine-tuned) | WER (%) | 90.0 |  | VoxPopuli ASR (WER) | 9.2 | 9.1 |" in checkpoint_md
+  # The sweep's report shows its latest step's table; a report without any downstream task, none.
+  report.write_sweep_report(str(tmp_path), {10: {"ctc_cer": 0.8}, 20: with_tasks})
+  sweep_md = (tmp_path / "report.md").read_text()
+  assert "## XTREME-S-style table (step 20)" in sweep_md and "| 3.2 |" in sweep_md and "| 80.0 |" not in sweep_md
+  report.write_checkpoint_report(str(tmp_path / "step_30"), 30, {"retrieval_r1_speech_to_text": 0.2})
+  assert "XTREME-S" not in (tmp_path / "step_30" / "report.md").read_text()
+
+
+def test_demo_draws_bleu_over_the_evaluated_fine_tuning_steps(tmp_path):
+  from mslam_jax.commands import demo  # pylint: disable=g-import-not-at-top
+  from mslam_jax.evaluation import report  # pylint: disable=g-import-not-at-top
+  run = tmp_path / "translation"
+  out = str(tmp_path / "bleu.png")
+  report.write_checkpoint_report(str(run / "eval" / "step_100"), 100, {"translation_bleu": 0.5,
+                                                                      "translation_bleu_baseline": 0.1})
+  assert demo.bleu_over_steps(str(run), out) is None  # one evaluated step is no curve
+  # A failed evaluation does not count; two good ones make the curve.
+  report.write_checkpoint_report(str(run / "eval" / "step_150"), 150, {"translation_bleu": 9.0}, failed=["translation"])
+  assert demo.bleu_over_steps(str(run), out) is None
+  report.write_checkpoint_report(str(run / "eval" / "step_200"), 200, {"translation_bleu": 2.0,
+                                                                      "translation_bleu_heldout": 1.0,
+                                                                      "translation_bleu_baseline": 0.1})
+  assert demo.bleu_over_steps(str(run), out) == out
+  with open(out, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
