@@ -40,6 +40,7 @@ from mslam_jax import optimizers
 from mslam_jax import storage
 from mslam_jax.evaluation import asr
 from mslam_jax.evaluation import data as eval_data
+from mslam_jax.models import translation as translation_model
 
 FREEZE_MODES = ("frozen", "top_k", "all")
 _INFEASIBLE = 1e4  # optax.ctc_loss gives ~1e5 when the frames cannot hold the labels
@@ -186,15 +187,7 @@ def register_task(name: str):
 
 
 def task_model(name: str) -> Callable[..., Any]:
-  """The model class of a task; "translate" is looked up in models/translation.py when present."""
-  if name == "translate" and name not in TASKS:
-    try:
-      from mslam_jax.models import translation  # pylint: disable=g-import-not-at-top
-    except ImportError:
-      translation = None
-    model_cls = getattr(translation, "TranslationModel", None)
-    if model_cls is not None:
-      TASKS[name] = model_cls
+  """The model class of a task (`register_task`; "translate" is models/translation.py's)."""
   if name not in TASKS:
     raise ValueError(f"unknown fine-tuning task {name!r}; known: {sorted(TASKS)}")
   return TASKS[name]
@@ -240,6 +233,9 @@ class _HeadTask:
     del batch
     encoder = _init_base(self.base, rng)
     return {"encoder": encoder, "head": self._head_params(jax.random.PRNGKey(self.seed), _embed_dim(self.base, encoder))}
+
+
+register_task("translate")(translation_model.TranslationModel)
 
 
 @register_task("ctc")

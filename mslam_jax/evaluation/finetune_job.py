@@ -30,6 +30,7 @@ from mslam_jax import checkpoints
 from mslam_jax import config as config_lib
 from mslam_jax import storage
 from mslam_jax import train as train_lib
+from mslam_jax.data import translation as translation_data
 from mslam_jax.evaluation import base
 from mslam_jax.evaluation import data as eval_data
 from mslam_jax.evaluation import finetune
@@ -287,10 +288,6 @@ def _finetune_translation(init_from_dir, model_dir, corpus_dir, langs, max_train
   del init_from_dir
   if set(streams) - {"speech", "text"} or "speech" not in streams:
     raise ValueError(f"finetune_run.translation_streams must be ('speech',) or ('speech', 'text'), got {streams}")
-  try:
-    from mslam_jax.data import translation as translation_data  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise ValueError("--task translate needs mslam_jax.data.translation (the built-in translation data)") from None
   items = [x for x in translation_data.read_items(corpus_dir, "train", langs, max_train_per_lang) if len(x.audio)]
   if not items:
     raise ValueError(f"no translation training items with audio in {corpus_dir}")

@@ -4,7 +4,6 @@ metrics.json is what marks a checkpoint as evaluated: it is written whole or not
 file renamed into place), names the evaluators that ran and those that failed, and a report with a
 failed evaluator, a missing evaluator or an unreadable file counts as not evaluated.
 """
-import glob
 import json
 import logging
 import math
@@ -12,6 +11,9 @@ import os
 import tempfile
 from typing import Mapping, Sequence
 
+from etils import epath
+
+from mslam_jax import storage
 from mslam_jax.evaluation import base
 from mslam_jax.evaluation import xtreme_table
 
@@ -65,7 +67,11 @@ def _xtreme_lines(metrics: Mapping[str, float], title: str = "## XTREME-S-style 
 
 
 def _write_atomically(path: str, text: str) -> None:
-  """Readers see the old file or the new one, never half of one (rename is atomic on POSIX)."""
+  """Readers see the old file or the new one, never half of one (rename is atomic on POSIX; an
+  object store replaces an object whole)."""
+  if storage.is_remote(path):
+    storage.write_text(path, text)
+    return
   directory = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
   try:
@@ -87,7 +93,7 @@ def write_checkpoint_report(out_dir: str, step: int, metrics: Mapping[str, float
   `evaluators`: the names that ran (a later sweep asking for others evaluates again); `failed`: those
   that raised (the checkpoint then counts as not evaluated).
   """
-  os.makedirs(out_dir, exist_ok=True)
+  storage.makedirs(out_dir)
   record = {"step": int(step), "source": source, "metrics": {k: float(v) for k, v in sorted(metrics.items())}}
   if evaluators is not None:
     record["evaluators"] = sorted(evaluators)
@@ -107,7 +113,7 @@ def write_checkpoint_report(out_dir: str, step: int, metrics: Mapping[str, float
   if other:
     lines += ["", "## Other figures", ""]
     lines += _table([(k, _fmt(metrics[k])) for k in other])
-  pictures = sorted(os.path.basename(p) for p in glob.glob(os.path.join(out_dir, "*.png")))
+  pictures = sorted(p.name for p in epath.Path(out_dir).glob("*.png"))
   if pictures:
     lines += ["", "## Plots", ""]
     lines += [f"![{os.path.splitext(p)[0]}]({p})" for p in pictures]
@@ -123,12 +129,11 @@ def read_checkpoint_metrics(out_dir: str, evaluators: Sequence[str] | None = Non
   """The figures of a finished evaluation of this checkpoint, or None when it must be evaluated
   (again): no metrics.json, an unreadable one (warned), one with failed evaluators, or one that
   lacks some of `evaluators`."""
-  path = os.path.join(out_dir, METRICS_FILE)
-  if not os.path.exists(path):
+  path = epath.Path(out_dir) / METRICS_FILE
+  if not path.exists():
     return None
   try:
-    with open(path) as f:
-      record = json.load(f)
+    record = json.loads(path.read_text())
     metrics = {str(k): float(v) for k, v in record["metrics"].items()}
   except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
     logging.warning("%s is unreadable (%s: %s); evaluating this checkpoint again", path, type(e).__name__, e)
@@ -168,10 +173,10 @@ def write_sweep_report(output_dir: str, results: Mapping[int, Mapping[str, float
       if ax.lines:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(output_dir, "sweep.png"), dpi=100)
+    storage.save_figure(fig, os.path.join(output_dir, "sweep.png"), dpi=100)
     plt.close(fig)
     lines += ["", "![sweep](sweep.png)"]
   path = os.path.join(output_dir, REPORT_FILE)
-  os.makedirs(output_dir, exist_ok=True)
+  storage.makedirs(output_dir)
   _write_atomically(path, "\n".join(lines) + "\n")
   return path

@@ -23,6 +23,7 @@ from typing import Any, Mapping, Optional, Sequence
 import gin
 import numpy as np
 
+from mslam_jax import storage
 from mslam_jax.data import translation as translation_data
 from mslam_jax.evaluation import base
 
@@ -168,10 +169,8 @@ class TranslationEvaluator:
                  metrics.get(f"{METRIC_PREFIX}_bleu_baseline", float("nan")),
                  metrics.get(f"{METRIC_PREFIX}_bleu_heldout", float("nan")))
     if out_dir:
-      os.makedirs(out_dir, exist_ok=True)
-      with open(os.path.join(out_dir, "translations.jsonl"), "w", encoding="utf-8") as f:
-        for row in rows:
-          f.write(json.dumps(row, ensure_ascii=False) + "\n")
+      storage.write_text(os.path.join(out_dir, "translations.jsonl"),
+                         "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     return metrics
 
 
@@ -193,7 +192,6 @@ def plot_bleu_over_steps(path: str, curves: Mapping[str, Sequence[tuple[int, flo
   ax.set_title(title)
   ax.legend()
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100)
+  storage.save_figure(fig, path, dpi=100)
   plt.close(fig)
   return path

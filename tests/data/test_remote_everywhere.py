@@ -18,6 +18,7 @@ from etils import epath
 from mslam_jax import checkpoints
 from mslam_jax import cli
 from mslam_jax import config
+from mslam_jax import storage
 from mslam_jax import train
 from mslam_jax import training_curves
 from mslam_jax.data import pipeline
@@ -28,6 +29,7 @@ from mslam_jax.evaluation import downstream
 from mslam_jax.evaluation import finetune
 from mslam_jax.evaluation import finetune_job
 from mslam_jax.evaluation import langid
+from mslam_jax.evaluation import report
 from tests.trainer.helpers import STANDIN_GIN
 
 
@@ -53,6 +55,25 @@ def test_metrics_and_vocabulary_on_gs(fake_gcs):
   assert loaded.encode("wörld") == vocab.encode("wörld") and loaded.vocab_size == vocab.vocab_size
   with pytest.raises(FileNotFoundError, match="gs://bucket/nothing"):
     vocabularies.load_vocabulary("gs://bucket/nothing")
+
+
+def test_evaluation_reports_on_gs(fake_gcs):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  step_dir = "gs://bucket/run/eval/step_4"
+  fig = plt.figure()
+  storage.save_figure(fig, f"{step_dir}/langid_confusion_speech.png")
+  plt.close(fig)
+  metrics = {"ctc_cer": 0.5, "translation_bleu": 2.0, "translation_bleu_baseline": 0.0}
+  report.write_checkpoint_report(step_dir, 4, metrics, evaluators=["ctc"])
+  text = epath.Path(f"{step_dir}/report.md").read_text()
+  assert "![langid_confusion_speech](langid_confusion_speech.png)" in text and "XTREME-S" in text
+  assert report.read_checkpoint_metrics(step_dir, ["ctc"]) == metrics
+  assert report.read_checkpoint_metrics(step_dir, ["ctc", "retrieval"]) is None  # must evaluate again
+  report.write_sweep_report("gs://bucket/run/eval", {2: {"ctc_cer": 0.7}, 4: metrics})
+  assert epath.Path("gs://bucket/run/eval/sweep.png").exists()
+  assert "| [4](step_4/report.md)" in epath.Path("gs://bucket/run/eval/report.md").read_text()
 
 
 def test_corpus_on_a_remote_filesystem(tf_ram, builtin_corpus_dir):
