@@ -26,7 +26,7 @@ COMMANDS = {
     "eval": ("mslam_jax.commands.eval", "evaluation sweep over a run's checkpoints (latest, all or one); reports"),
     "retrieve": ("mslam_jax.commands.retrieve", "speech<->text retrieval of your audio files and texts"),
     "langid": ("mslam_jax.commands.langid", "spoken language ID of audio files (linear probe)"),
-    "finetune": ("mslam_jax.commands.finetune", "CTC fine-tuning of a checkpoint (frozen/top-k/all)"),
+    "finetune": ("mslam_jax.commands.finetune", "fine-tune a checkpoint: CTC ASR, language ID or speech translation"),
     "align": ("mslam_jax.commands.align", "CTC forced alignment: word/char timestamps, TextGrid, PNG"),
     "convert": ("mslam_jax.commands.convert", "weights from/to transformers' Wav2Vec2BertModel (w2v-BERT 2.0)"),
 }

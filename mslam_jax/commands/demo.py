@@ -151,15 +151,11 @@ def finetune_translation(model_dir: str, corpus_dir: str, translation_dir: str, 
   fine-tuned from the pre-training run's latest checkpoint into `translation_dir` by the fine-tuning
   job (runs/finetune_translate.gin, then `gin_files`: runs/demo.gin sizes it under the
   `translate/` scope); returns (the final checkpoint's test figures, skipped) where skipped means
-  the fine-tuning and its evaluation were already done. The last checkpoint is evaluated here
-  unless the job's periodic evaluation (finetune_run.eval_every) already did."""
-  from mslam_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  the fine-tuning and its evaluation were already done."""
   from mslam_jax.data import translation as translation_data  # pylint: disable=g-import-not-at-top
-  from mslam_jax.evaluation import base  # pylint: disable=g-import-not-at-top
   from mslam_jax.evaluation import finetune  # pylint: disable=g-import-not-at-top
   from mslam_jax.evaluation import finetune_job  # pylint: disable=g-import-not-at-top
   from mslam_jax.evaluation import report as report_lib  # pylint: disable=g-import-not-at-top
-  from mslam_jax.evaluation import runner  # pylint: disable=g-import-not-at-top
   from mslam_jax.evaluation import translation  # pylint: disable=g-import-not-at-top
   config.parse_run_config(model_dir, [TRANSLATION_GIN] + list(gin_files),
                           [f"INIT_FROM = '{model_dir}'", f"MODEL_DIR = '{translation_dir}'",
@@ -169,19 +165,12 @@ def finetune_translation(model_dir: str, corpus_dir: str, translation_dir: str, 
   with gin.config_scope(TRANSLATION_SCOPE):
     settings = finetune.FinetuneConfig()
   final_dir = os.path.join(translation_dir, "eval", f"step_{settings.steps}")
-  evaluator = translation.TranslationEvaluator(corpus_dir=corpus_dir)
-  done = report_lib.read_checkpoint_metrics(final_dir, [evaluator.name])
+  done = report_lib.read_checkpoint_metrics(final_dir, [translation.TranslationEvaluator.name])
   if done is not None:
     return done, True
-  finetune_job.finetune_run(settings=settings, progress_bar=True, tensorboard=False)
-  done = report_lib.read_checkpoint_metrics(final_dir, [evaluator.name])
-  if done is not None:  # the job's periodic evaluation fell on its last step
-    return done, False
-  step = checkpoints.checkpoint_steps(translation_dir)[-1]
-  ctx = base.EvalContext(model=finetune.task_model("translate")(), step=step, model_dir=translation_dir,
-                         params=checkpoints.load_params(checkpoints.step_dir(translation_dir, step)),
-                         corpus_dir=corpus_dir, out_dir=os.path.join(translation_dir, "eval", f"step_{step}"))
-  return runner.evaluate_checkpoint([evaluator], ctx, checkpoints.step_dir(translation_dir, step)).metrics, False
+  # The job scores its final checkpoint (BLEU, chrF, baselines) on the test split.
+  metrics = finetune_job.finetune_run(settings=settings, progress_bar=True, tensorboard=False)
+  return {k: v for k, v in metrics.items() if k != "final_step"}, False
 
 
 def bleu_over_steps(translation_dir: str, out_png: str) -> str | None:

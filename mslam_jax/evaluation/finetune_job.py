@@ -35,6 +35,8 @@ from mslam_jax.evaluation import base
 from mslam_jax.evaluation import data as eval_data
 from mslam_jax.evaluation import finetune
 from mslam_jax.evaluation import report
+from mslam_jax.evaluation import runner
+from mslam_jax.evaluation import translation as translation_eval
 from mslam_jax.interop import init_from
 
 SOURCE_FILE = "source.json"  # the run and step a fine-tuned directory was made from
@@ -288,6 +290,9 @@ def _finetune_translation(init_from_dir, model_dir, corpus_dir, langs, max_train
   del init_from_dir
   if set(streams) - {"speech", "text"} or "speech" not in streams:
     raise ValueError(f"finetune_run.translation_streams must be ('speech',) or ('speech', 'text'), got {streams}")
+  if translation_data.read_manifest(corpus_dir) is None:  # derived from the corpus: made once, here
+    logging.info("Building the built-in translation data of %s", corpus_dir)
+    translation_data.build_translation_data(corpus_dir, progress=progress_bar)
   items = [x for x in translation_data.read_items(corpus_dir, "train", langs, max_train_per_lang) if len(x.audio)]
   if not items:
     raise ValueError(f"no translation training items with audio in {corpus_dir}")
@@ -307,7 +312,19 @@ def _finetune_translation(init_from_dir, model_dir, corpus_dir, langs, max_train
   iterator_fn = functools.partial(finetune.ExampleBatches, len(items), make, settings.batch_size, settings.seed)
   summary = train_task(task_model, iterator_fn, model_dir, settings, pretrained, progress_bar=progress_bar,
                        tensorboard=tensorboard, eval_every=eval_every, evaluators=evaluators, corpus_dir=corpus_dir)
-  return {"final_step": float(summary["final_step"])}
+  final_step = summary["final_step"]
+  if summary["stopped"] != "done":
+    return {"final_step": float(final_step)}
+  # The test split's BLEU/chrF of the final checkpoint, unless the periodic evaluation scored it.
+  evaluator = translation_eval.TranslationEvaluator(corpus_dir=corpus_dir, streams=streams)
+  out_dir = os.path.join(model_dir, "eval", f"step_{final_step}")
+  metrics = report.read_checkpoint_metrics(out_dir, [evaluator.name])
+  if metrics is None:
+    ctx = base.EvalContext(model=task_model, step=final_step, model_dir=model_dir, corpus_dir=corpus_dir,
+                           params=checkpoints.load_params(checkpoints.step_dir(model_dir, final_step)),
+                           out_dir=out_dir)
+    metrics = runner.evaluate_checkpoint([evaluator], ctx, checkpoints.step_dir(model_dir, final_step)).metrics
+  return {**metrics, "final_step": float(final_step)}
 
 
 def load_finetuned(directory: str) -> finetune.FinetunedCTC:
