@@ -79,8 +79,10 @@ def test_six_sigkills_resume_from_the_newest_finished_step_and_end_bitwise_equal
         # (`stale`: a killed save's leftover, removed at start-up)
         _wait(lambda: any(int(n.split(".")[0]) > (resume_from or 1) and n not in stale
                           for n in _saving(model_dir)), proc)
-      elif point == "startup":  # imports, compile, restore: before the first new step
-        time.sleep(rng.uniform(0.5, startup_s))
+      elif point == "startup":  # imports, compile, restore: before the first new step (at the latest
+        # when the restore is done, however slow this launch is next to the first one)
+        deadline = time.time() + rng.uniform(0.5, startup_s)
+        _wait(lambda: time.time() >= deadline or "Resuming from step" in _log(log_path), proc, poll=0.01)
       elif point == "after_restore":
         _wait(lambda: "Resuming from step" in _log(log_path), proc, poll=0.001)
       else:
