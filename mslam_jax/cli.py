@@ -7,7 +7,10 @@ becomes one line, `mslam COMMAND: message`, and exit code 2, here and nowhere el
 """
 import argparse
 import ast
+import contextlib
 import importlib
+import importlib.abc
+import importlib.util
 import logging
 import os
 import re
@@ -63,28 +66,65 @@ _BENIGN_TF_LINES = re.compile(
     r"|failed call to cuInit|TF-TRT Warning")
 
 
-def import_tensorflow_quietly() -> None:
-  """Imports TensorFlow (SeqIO's data pipeline needs it) with its load-time notices about oneDNN
-  and absent CUDA drivers dropped; any other line it prints still reaches stderr. Its C++ logging
-  ignores TF_CPP_MIN_LOG_LEVEL, hence the file-descriptor redirect around the import."""
-  if "tensorflow" in sys.modules:
-    return
+@contextlib.contextmanager
+def _without_benign_tf_lines():
+  """Drops TensorFlow's load-time notices about oneDNN and absent CUDA drivers from what the block
+  writes to stderr; any other line still reaches it. TF's C++ logging ignores TF_CPP_MIN_LOG_LEVEL,
+  hence the file-descriptor redirect."""
   sys.stderr.flush()
   saved = os.dup(2)
   with tempfile.TemporaryFile() as captured:
     os.dup2(captured.fileno(), 2)
     try:
-      import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
-    except ImportError:
-      pass
+      yield
     finally:
       os.dup2(saved, 2)
       os.close(saved)
-    captured.seek(0)
-    for line in captured.read().decode("utf-8", errors="replace").splitlines(keepends=True):
-      if not _BENIGN_TF_LINES.search(line):
-        sys.stderr.write(line)
-  sys.stderr.flush()
+      captured.seek(0)
+      for line in captured.read().decode("utf-8", errors="replace").splitlines(keepends=True):
+        if not _BENIGN_TF_LINES.search(line):
+          sys.stderr.write(line)
+      sys.stderr.flush()
+
+
+class _QuietLoader(importlib.abc.Loader):
+  """TensorFlow's own loader, run under `_without_benign_tf_lines`; the module keeps its own loader."""
+
+  def __init__(self, loader):
+    self._loader = loader
+
+  def create_module(self, spec):
+    return self._loader.create_module(spec)
+
+  def exec_module(self, module):
+    try:
+      with _without_benign_tf_lines():
+        self._loader.exec_module(module)
+    finally:
+      module.__loader__ = module.__spec__.loader = self._loader
+
+
+class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
+  """Finds `tensorflow` as the import system would and loads it quietly, whoever imports it first
+  (SeqIO, TFDS, TensorBoard): a command that never reads data through TF (a stand-in run,
+  `model-info`, `convert`) does not pay the ~5 s of CPU its import costs."""
+
+  def find_spec(self, name, path=None, target=None):
+    if name != "tensorflow":
+      return None
+    sys.meta_path.remove(self)
+    spec = importlib.util.find_spec(name)
+    if spec is not None and spec.loader is not None:
+      spec.loader = _QuietLoader(spec.loader)
+    return spec
+
+
+def import_tensorflow_quietly() -> None:
+  """Makes the first import of TensorFlow (SeqIO's data pipeline needs it), wherever it happens,
+  drop TF's load-time notices (`_BENIGN_TF_LINES`)."""
+  if "tensorflow" in sys.modules or any(isinstance(f, _QuietTensorFlowFinder) for f in sys.meta_path):
+    return
+  sys.meta_path.insert(0, _QuietTensorFlowFinder())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,8 +157,7 @@ def main(argv=None) -> int:
   # Every command: compiled programs are reused across processes (it imports no JAX itself).
   compilation_cache.enable()
   compilation_cache.tune_cpu_compiler()
-  if not (args.command == "data" and getattr(args, "data_command", None) == "languages"):
-    import_tensorflow_quietly()
+  import_tensorflow_quietly()
   module = importlib.import_module(args._module)
   try:
     return int(module.run(args) or 0)

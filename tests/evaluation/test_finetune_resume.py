@@ -15,13 +15,14 @@ from tests.trainer import helpers
 
 pytestmark = pytest.mark.slow  # subprocesses that compile and fine-tune the tiny model
 
-STEPS = 24
+STEPS = 12
+CHECKPOINT_EVERY = 3
 
 
 def _command(run_dir: str, out: str) -> list[str]:
   return [sys.executable, "-m", "mslam_jax.cli", "finetune", "--task", "ctc", "--init_from", run_dir,
           f"--gin.MODEL_DIR='{out}'", "--freeze", "top_k", "--steps", str(STEPS),
-          "--gin.FinetuneConfig.checkpoint_every=4", "--gin.FinetuneConfig.batch_size=4",
+          f"--gin.FinetuneConfig.checkpoint_every={CHECKPOINT_EVERY}", "--gin.FinetuneConfig.batch_size=4",
           "--gin.FinetuneConfig.max_audio_seconds=4.0", "--gin.FinetuneConfig.pretrained_head=None",
           "--gin.finetune_run.max_test_per_lang=2", "--gin.finetune_run.progress_bar=False",
           "--gin.finetune_run.tensorboard=False"]
@@ -32,8 +33,7 @@ def _params(model_dir: str):
 
 
 def test_sigkill_then_restart_reproduces_the_uninterrupted_finetune(tiny_run, tmp_path):
-  cache = str(tmp_path / "jax_cache")
-  env = helpers.env(1, cache)
+  env = helpers.env(1)  # the session's compilation cache: the restart reuses the first run's programs
   straight = str(tmp_path / "straight")
   done = subprocess.run(_command(tiny_run, straight), cwd=helpers.REPO, env=env, capture_output=True, text=True,
                         timeout=600)
@@ -43,7 +43,7 @@ def test_sigkill_then_restart_reproduces_the_uninterrupted_finetune(tiny_run, tm
   with open(str(tmp_path / "killed.log"), "w") as log:
     proc = subprocess.Popen(_command(tiny_run, killed), cwd=helpers.REPO, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
-    helpers.wait_for_step(killed, 6, proc, timeout=600)
+    helpers.wait_for_step(killed, CHECKPOINT_EVERY + 1, proc, timeout=600)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
   assert proc.returncode == -signal.SIGKILL

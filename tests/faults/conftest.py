@@ -35,9 +35,9 @@ def standin_train_args(model_dir: str, steps: int = STANDIN_STEPS, bindings=()) 
            "--gin.train.async_checkpoints=False"] + [f"--gin.{b}" for b in bindings])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def standin_run(tmp_path_factory) -> str:
-  """The stand-in config trained STANDIN_STEPS steps (a checkpoint at each); read-only."""
+  """The stand-in config trained STANDIN_STEPS steps (a checkpoint at each), once per session; read-only."""
   model_dir = str(tmp_path_factory.mktemp("standin_run"))
   rc, err = run_cli(standin_train_args(model_dir))
   assert rc == 0, err[-3000:]

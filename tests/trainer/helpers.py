@@ -12,16 +12,14 @@ STANDIN_GIN = os.path.join(REPO, "tests", "trainer", "standin_run.gin")
 FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
-def env(devices: int = 1, cache_dir: str | None = None) -> dict:
+def env(devices: int = 1) -> dict:
+  """This process' environment (the session's compilation cache included: conftest sets it) for a
+  subprocess on `devices` CPU devices."""
   e = dict(os.environ)
   e["XLA_FLAGS"] = f"{FAST_COMPILE_FLAGS} --xla_force_host_platform_device_count={devices}"
   e["JAX_PLATFORMS"] = "cpu"
   e["PYTHONPATH"] = REPO + os.pathsep + e.get("PYTHONPATH", "")
   e["TF_CPP_MIN_LOG_LEVEL"] = "2"
-  if cache_dir:
-    # Runs of the same program (a restart, the same config twice) reuse its compiled executable.
-    e["JAX_COMPILATION_CACHE_DIR"] = cache_dir
-    e["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   return e
 
 
@@ -33,18 +31,18 @@ def train_command(model_dir: str, steps: int, bindings: Sequence[str] = (),
 
 
 def run_training(model_dir: str, steps: int, bindings: Sequence[str] = (), devices: int = 1,
-                 cache_dir: str | None = None, timeout: float = 180,
+                 timeout: float = 180,
                  extra_args: Sequence[str] = ()) -> subprocess.CompletedProcess:
   return subprocess.run(train_command(model_dir, steps, bindings) + list(extra_args), cwd=REPO,
-                        env=env(devices, cache_dir), capture_output=True, text=True,
+                        env=env(devices), capture_output=True, text=True,
                         timeout=timeout)
 
 
 def start_training(model_dir: str, steps: int, bindings: Sequence[str] = (), devices: int = 1,
-                   cache_dir: str | None = None, log_path: str | None = None) -> subprocess.Popen:
+                   log_path: str | None = None) -> subprocess.Popen:
   log = open(log_path or os.path.join(model_dir + ".log"), "w")
   return subprocess.Popen(train_command(model_dir, steps, bindings), cwd=REPO,
-                          env=env(devices, cache_dir), stdout=log, stderr=subprocess.STDOUT)
+                          env=env(devices), stdout=log, stderr=subprocess.STDOUT)
 
 
 def read_metrics(model_dir: str) -> dict[int, dict]:

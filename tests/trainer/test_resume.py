@@ -1,6 +1,6 @@
 """Exact resume after SIGKILL, checkpoint on SIGTERM, non-finite losses skipped and counted.
 
-Each run is a `mslam train` subprocess on the stand-in config; they share one
+Each run is a `mslam train` subprocess on the stand-in config; they share the session's
 persistent compilation cache, so only the first run of each program pays for its compile.
 """
 import json
@@ -19,22 +19,17 @@ STEPS = 8
 SLOW = ["SyntheticIterator.delay_s = 0.25", "train.checkpoint_every = 2"]
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("jax_cache"))
-
-
 def _params(model_dir, step):
   return helpers.checkpoint_state(model_dir, step)["params"]
 
 
-def test_sigkill_then_restart_reproduces_the_uninterrupted_run(tmp_path, cache_dir):
+def test_sigkill_then_restart_reproduces_the_uninterrupted_run(tmp_path):
   straight = str(tmp_path / "straight")
-  done = helpers.run_training(straight, STEPS, SLOW[1:], cache_dir=cache_dir)
+  done = helpers.run_training(straight, STEPS, SLOW[1:])
   assert done.returncode == 0, done.stderr[-3000:]
 
   killed = str(tmp_path / "killed")
-  proc = helpers.start_training(killed, STEPS, SLOW, cache_dir=cache_dir)
+  proc = helpers.start_training(killed, STEPS, SLOW)
   helpers.wait_for_step(killed, 5, proc)
   proc.send_signal(signal.SIGKILL)
   proc.wait(timeout=30)
@@ -42,7 +37,7 @@ def test_sigkill_then_restart_reproduces_the_uninterrupted_run(tmp_path, cache_d
   saved = helpers.checkpoint_steps(killed)
   assert saved and max(saved) < STEPS, saved  # killed mid-run, with a checkpoint behind it
 
-  resumed = helpers.run_training(killed, STEPS, SLOW[1:], cache_dir=cache_dir)
+  resumed = helpers.run_training(killed, STEPS, SLOW[1:])
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"Resuming from step {max(saved)}" in resumed.stderr
 
@@ -54,9 +49,9 @@ def test_sigkill_then_restart_reproduces_the_uninterrupted_run(tmp_path, cache_d
   assert helpers.data_state(killed, STEPS) == helpers.data_state(straight, STEPS)
 
 
-def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(tmp_path, cache_dir):
+def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(tmp_path):
   model_dir = str(tmp_path / "preempted")
-  proc = helpers.start_training(model_dir, 1000, SLOW, cache_dir=cache_dir)
+  proc = helpers.start_training(model_dir, 1000, SLOW)
   helpers.wait_for_step(model_dir, 3, proc)
   proc.send_signal(signal.SIGTERM)
   assert proc.wait(timeout=60) == 0
@@ -73,15 +68,14 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(tmp_path, cache
   assert max(helpers.read_metrics(model_dir)) == last
 
 
-def test_nonfinite_skipped_and_counted_k_in_a_row_stop_the_run_evaluators_run(tmp_path, cache_dir):
+def test_nonfinite_skipped_and_counted_k_in_a_row_stop_the_run_evaluators_run(tmp_path):
   model_dir = str(tmp_path / "nan")
   # Batches 2 and 4, 5, 6 (0-based) carry a NaN sample: step 3 is skipped alone, steps 5-7 in a row.
   run = helpers.run_training(
       model_dir, 20, ["SyntheticIterator.nan_at = [2, 4, 5, 6]",
                       "train.max_consecutive_nonfinite = 3", "train.checkpoint_every = 1",
                       "train.keep_checkpoints = 10", "train.eval_every = 2",
-                      "train.evaluators = [@ParamNormEvaluator(), @BrokenEvaluator()]"],
-      cache_dir=cache_dir)
+                      "train.evaluators = [@ParamNormEvaluator(), @BrokenEvaluator()]"])
   assert run.returncode == 3, run.stderr[-3000:]
   assert "3 non-finite losses in a row up to step 7" in run.stderr
   metrics = helpers.read_metrics(model_dir)
