@@ -100,6 +100,9 @@ class _QuietLoader(importlib.abc.Loader):
     try:
       with _without_benign_tf_lines():
         self._loader.exec_module(module)
+        # tf.data runs on the host: TF keeps off the GPUs JAX uses (no memory taken there), and its
+        # CUDA probe (a `cuInit` error line on a CPU-only machine) happens inside this window.
+        module.config.set_visible_devices([], "GPU")
     finally:
       module.__loader__ = module.__spec__.loader = self._loader
 
