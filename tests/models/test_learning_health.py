@@ -54,7 +54,6 @@ def scheduled_model():
   gin.clear_config()
 
 
-@pytest.mark.slow  # differentiates every objective of the tiny model (minutes on 2 cores)
 @pytest.mark.slow  # compiles the step and the per-objective jacobian of the joint loss (~35 s)
 def test_health_metrics_embedding_heads_and_objective_gradients(scheduled_model):
   model, batch = scheduled_model, test_mslam._fixed_batch()
