@@ -11,6 +11,7 @@ imports in a cycle.
 """
 import dataclasses
 import logging
+import time
 from typing import Any, Callable, Protocol, Sequence
 
 from mslam_jax import storage
@@ -96,12 +97,14 @@ def run_evaluators(evaluators: Sequence[Evaluator], ctx: EvalContext) -> EvalRes
   metrics: dict[str, float] = {}
   failed = []
   for evaluator in evaluators:
+    start = time.perf_counter()
     try:
       result = evaluator.evaluate(ctx)
     except Exception:  # pylint: disable=broad-except
       logging.exception("Evaluator %r failed at step %d; continuing with the others", evaluator.name, ctx.step)
       failed.append(evaluator.name)
       continue
+    logging.info("Evaluator %r at step %d: %.1f s", evaluator.name, ctx.step, time.perf_counter() - start)
     clash = set(result) & set(metrics)
     if clash:
       logging.warning("Evaluator %r overwrites metrics %s", evaluator.name, sorted(clash))
