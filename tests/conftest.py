@@ -19,6 +19,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from mslam_jax import compilation_cache  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mslam_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# TensorFlow, whichever test imports it first, loads as in a command: quiet and off the GPUs.
+cli.import_tensorflow_quietly()
 
 # One persistent compilation cache for the whole session, its subprocesses included (they inherit
 # the environment it sets): $MSLAM_JAX_CACHE if set, else its own directory, apart from the

@@ -11,6 +11,7 @@ pytestmark = pytest.mark.slow  # reads 4k items per stream to make the farthest 
 
 BATCH = 8
 POSITIONS_ITEMS = (0, 1000, 4000)  # items per stream consumed before the checkpoint
+REPEATS = 2
 
 
 def _iterator(corpus):
@@ -36,13 +37,16 @@ def test_resume_cost_is_independent_of_the_position(builtin_corpus_dir):
     following[items] = next(run)
   costs = {}
   for items, state in states.items():
-    resumed = _iterator(builtin_corpus_dir)
-    start = time.perf_counter()
-    resumed.set_state(state)
-    batch = next(resumed)
-    costs[items] = time.perf_counter() - start
-    for stream, features in following[items].items():
-      for key, value in features.items():
-        np.testing.assert_array_equal(batch[stream][key], value, err_msg=f"{items} items: {stream}/{key}")
+    # The least of REPEATS resumes: one stall of the machine (GC, another process) can double a
+    # single timing, while re-reading what was consumed would slow every one of them.
+    for _ in range(REPEATS):
+      resumed = _iterator(builtin_corpus_dir)
+      start = time.perf_counter()
+      resumed.set_state(state)
+      batch = next(resumed)
+      costs[items] = min(costs.get(items, float("inf")), time.perf_counter() - start)
+      for stream, features in following[items].items():
+        for key, value in features.items():
+          np.testing.assert_array_equal(batch[stream][key], value, err_msg=f"{items} items: {stream}/{key}")
   print("first batch after resume (s) by items consumed:", {k: round(v, 2) for k, v in costs.items()})
   assert max(costs.values()) <= 2 * min(costs.values()), costs
