@@ -160,6 +160,7 @@ def write_shard(plan: ShardPlan, out_dir: str, max_clip_seconds: float) -> dict:
         characters += len(utt.text)
         if plan.stream in _VOCAB_STREAMS and plan.split == "train":
           chars.update(utt.text)
+          chars.update(record.labels.get("translation", ""))  # CoVoST 2's targets need their characters too
   tf.io.gfile.rename(tmp, path, overwrite=True)
   stats = {"fingerprint": plan.fingerprint, "clips": clips, "hours": samples / records.SAMPLE_RATE / 3600.0,
            "characters": characters, "character_counts": dict(sorted(chars.items())),
