@@ -113,7 +113,8 @@ class LeanMixture(seqio.Mixture):
     return ds
 
 
-def _remove(prefix: str) -> None:
+def remove_registered(prefix: str) -> None:
+  """Removes the Mixtures and Tasks named `{prefix}_...` (before registering them again)."""
   for name in list(seqio.MixtureRegistry.names()):
     if name.startswith(prefix + "_"):
       seqio.MixtureRegistry.remove(name)
@@ -147,7 +148,7 @@ def register_builtin_corpus(corpus_dir: str = gin.REQUIRED,
   mixtures = {stream: mixture_name(stream, prefix) for stream in records.STREAMS}
   if _registered.get(prefix) == key:
     return {s: m for s, m in mixtures.items() if m in seqio.MixtureRegistry.names()}
-  _remove(prefix)
+  remove_registered(prefix)
   _registered.pop(prefix, None)
 
   vocabulary = vocabularies.vocabulary_for_corpus(corpus_dir)

@@ -16,7 +16,6 @@ their task needs, are dropped and counted (`empty_{what}/{task}`).
 import dataclasses
 import functools
 import logging
-import os
 from typing import Dict, Mapping
 
 import seqio
@@ -28,6 +27,7 @@ from mslam_jax.data import preprocessors
 from mslam_jax.data import records
 from mslam_jax.data import vocabularies
 from mslam_jax.data.corpora import tasks as corpora_tasks
+from mslam_jax.tasks import builtin
 
 PREFIX = "xtreme_s"
 STREAM = "paired"  # every XTREME-S task is labelled speech
@@ -114,12 +114,7 @@ def register_xtreme_s(corpus_dirs: Mapping[str, str], prefix: str = PREFIX,
   key = (corpora_tasks._key(corpus_dirs), shuffle_buffer_size)  # pylint: disable=protected-access
   if _registered.get(prefix) == key:
     return _registered[prefix + "/out"]
-  for name in list(seqio.MixtureRegistry.names()):
-    if name.startswith(prefix + "_"):
-      seqio.MixtureRegistry.remove(name)
-  for name in list(seqio.TaskRegistry.names()):
-    if name.startswith(prefix + "_"):
-      seqio.TaskRegistry.remove(name)
+  builtin.remove_registered(prefix)
   vocabulary = corpora_tasks.shared_vocabulary(corpus_dirs)
   out = {}
   for task_name, spec in sorted(BENCHMARK.items()):
@@ -130,8 +125,7 @@ def register_xtreme_s(corpus_dirs: Mapping[str, str], prefix: str = PREFIX,
     sizes = {}
     for lang, entry in sorted(manifest.get("languages", {}).items()):
       stats = entry.get("streams", {}).get(STREAM, {})
-      patterns = {split: os.path.join(corpus_dir, records.shard_pattern(STREAM, lang, split))
-                  for split in records.SPLITS if stats.get(split, {}).get("clips")}
+      patterns = corpora_tasks.split_patterns(corpus_dir, STREAM, lang, stats)
       if not patterns:
         continue
       name = f"{prefix}_{task_name}_{lang}"

@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import os
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import gin
 import seqio
@@ -81,6 +81,13 @@ def _count(stats: dict, unit: str) -> float:
   return float(stats.get(unit, 0))
 
 
+def split_patterns(corpus_dir: str, stream: str, lang: str, stats: Mapping[str, Any]) -> Dict[str, str]:
+  """{split: shard glob} of one language and stream of a prepared corpus, for the splits that have
+  clips (`stats`: the manifest's per-split counts of that language and stream)."""
+  return {split: os.path.join(corpus_dir, records.shard_pattern(stream, lang, split))
+          for split in records.SPLITS if stats.get(split, {}).get("clips")}
+
+
 @gin.configurable
 def register_prepared_corpora(corpus_dirs: Mapping[str, str] = gin.REQUIRED,
                               streams: Optional[Mapping[str, Sequence[str]]] = None,
@@ -126,8 +133,7 @@ def register_prepared_corpora(corpus_dirs: Mapping[str, str] = gin.REQUIRED,
       corpus_dir = str(corpus_dirs[corpus])
       for lang, entry in sorted(manifests[corpus].get("languages", {}).items()):
         stats = entry.get("streams", {}).get(stream, {})
-        patterns = {split: os.path.join(corpus_dir, records.shard_pattern(stream, lang, split))
-                    for split in records.SPLITS if stats.get(split, {}).get("clips")}
+        patterns = split_patterns(corpus_dir, stream, lang, stats)
         if not patterns:
           continue
         task = f"{prefix}_{corpus}_{stream}_{lang}"
