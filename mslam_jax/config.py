@@ -218,12 +218,18 @@ def load_run(model_dir: str, step: int | str | None = None, gin_files: Sequence[
   return model, params, step
 
 
+def write_operative_config(model_dir: str) -> str:
+  """Writes the operative config (call after the configurables ran) to model_dir, local or remote
+  (gs://...: through etils.epath); returns it."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  text = gin.operative_config_str()
+  epath.Path(model_dir).mkdir(parents=True, exist_ok=True)
+  (epath.Path(model_dir) / OPERATIVE_CONFIG).write_text(text)
+  return text
+
+
 def log_operative_config(model_dir: str | None = None) -> str:
   """Logs the operative config (call after the configurables ran) and writes it to model_dir."""
-  text = gin.operative_config_str()
+  text = write_operative_config(model_dir) if model_dir else gin.operative_config_str()
   logging.info("Operative gin config:\n%s", text)
-  if model_dir:  # local or remote (gs://...): written through etils.epath
-    from etils import epath  # pylint: disable=g-import-not-at-top
-    epath.Path(model_dir).mkdir(parents=True, exist_ok=True)
-    (epath.Path(model_dir) / OPERATIVE_CONFIG).write_text(text)
   return text

@@ -293,7 +293,7 @@ def train(*,
   if log_config:
     config.log_operative_config(model_dir if primary else None)
   elif primary:  # written, not logged (e.g. a fine-tuning job inside an evaluation)
-    (epath.Path(model_dir) / config.OPERATIVE_CONFIG).write_text(gin.operative_config_str())
+    config.write_operative_config(model_dir)
   if latest is None:
     state = trainer.init_state()
     if initialize_params is not None:
