@@ -40,6 +40,7 @@ EXTRAS_REQUIRE = {
     "prepare": PREPARE_REQUIRES,
     "test": [
         "pytest>=8,<10",
+        "pytest-xdist>=3.5,<4",
         "kaldi-native-fbank>=1.20,<2",
     ] + PREPARE_REQUIRES,
     # w2v-BERT 2.0 interop (mslam convert, tests/interop): torch's CPU wheel; safetensors alone

@@ -2,7 +2,7 @@
 once per test session; one persistent JAX compilation cache for the suite and its subprocesses.
 
 Tiers: `pytest -m "not slow"` skips the end-to-end runs (subprocess training, the demo); `pytest`
-runs everything.
+runs everything, on two pytest-xdist workers (pytest.ini; `-n 0` for one process, e.g. with --pdb).
 """
 import os
 
@@ -30,6 +30,25 @@ cli.import_tensorflow_quietly()
 TEST_CACHE_DIR = compilation_cache.enable(
     os.environ.get(compilation_cache.ENV_VAR,
                    os.path.join(os.path.expanduser("~"), ".cache", "mslam_jax", "jax_cache_tests")))
+
+# Tests sharing an expensive module or session fixture run on one xdist worker, so it is made once,
+# and start first, so the longest chains overlap the rest (`--dist loadgroup`, pytest.ini).
+_SHARED_FIXTURE_GROUPS = (("demo", lambda item: item.path.name == "test_demo.py"),
+                          ("tiny_run", lambda item: "tiny_run" in getattr(item, "fixturenames", ())))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items):
+  del config
+  rank = {}
+  for item in items:
+    for order, (name, member) in enumerate(_SHARED_FIXTURE_GROUPS):
+      if member(item):
+        item.add_marker(pytest.mark.xdist_group(name))
+        rank[item.nodeid] = order
+        break
+  items.sort(key=lambda item: rank.get(item.nodeid, len(_SHARED_FIXTURE_GROUPS)))
+
 
 # A handful of languages: Latin, Cyrillic and Han script speech languages, one held out (Ukrainian,
 # whose Cyrillic the Russian training data carries) and one text-only language (Zulu).
