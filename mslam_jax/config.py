@@ -218,14 +218,21 @@ def load_run(model_dir: str, step: int | str | None = None, gin_files: Sequence[
   return model, params, step
 
 
-def write_operative_config(model_dir: str) -> str:
-  """Writes the operative config (call after the configurables ran) to model_dir, local or remote
-  (gs://...: through etils.epath); returns it."""
+def write_operative_config(model_dir: str, text: str | None = None) -> str:
+  """Writes `text` (default: the operative config; call after the configurables ran) as model_dir's
+  operative config, local or remote (gs://...: through etils.epath); returns it."""
   from etils import epath  # pylint: disable=g-import-not-at-top
-  text = gin.operative_config_str()
+  text = gin.operative_config_str() if text is None else text
   epath.Path(model_dir).mkdir(parents=True, exist_ok=True)
-  (epath.Path(model_dir) / OPERATIVE_CONFIG).write_text(text)
+  (epath.Path(model_dir) / OPERATIVE_CONFIG).write_text(text, encoding="utf-8")
   return text
+
+
+def read_operative_config(model_dir: str) -> str | None:
+  """model_dir's operative config (local or remote), or None when it has none."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  path = epath.Path(model_dir) / OPERATIVE_CONFIG
+  return path.read_text(encoding="utf-8") if path.exists() else None
 
 
 def log_operative_config(model_dir: str | None = None) -> str:

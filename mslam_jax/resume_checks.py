@@ -11,7 +11,7 @@ import re
 
 from etils import epath
 
-OPERATIVE_CONFIG = "operative_config.gin"
+OPERATIVE_CONFIG = "operative_config.gin"  # config.OPERATIVE_CONFIG (config imports checkpoints, which reads this)
 
 # Bindings a resumed run may change without comment: they steer the loop, not what it computes.
 LOOP_ONLY = re.compile(

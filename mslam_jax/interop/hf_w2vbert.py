@@ -542,7 +542,6 @@ def architecture_from_gin(embed_dim: int) -> Architecture:
 
 DEFAULT_SIZE_GIN = "models/w2vbert2_600m.gin"
 CONVERTED_STEP = 0
-OPERATIVE_CONFIG = "operative_config.gin"  # config.OPERATIVE_CONFIG
 # The source's config files, kept beside the converted checkpoint: to-hf starts from them, so that
 # the settings we do not model (dropouts, SpecAugment, ...) survive a round trip.
 HF_CONFIG_COPY = "hf_config.json"
@@ -617,9 +616,8 @@ def from_hf(hf_dir: str, out_dir: str, *, gin_files: Sequence[str] = (DEFAULT_SI
   # The run directory may be remote (gs://...); the Hugging Face directory is read locally.
   epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
   step_dir = checkpoints.save_params_checkpoint(out_dir, params, CONVERTED_STEP)
-  (epath.Path(out_dir) / OPERATIVE_CONFIG).write_text(
-      _OPERATIVE_HEADER.format(source=os.path.abspath(hf_dir), step=CONVERTED_STEP,
-                               out=checkpoints.absolute(out_dir)) + gin.config_str(), encoding="utf-8")
+  config_lib.write_operative_config(out_dir, _OPERATIVE_HEADER.format(
+      source=os.path.abspath(hf_dir), step=CONVERTED_STEP, out=checkpoints.absolute(out_dir)) + gin.config_str())
   _write_json(os.path.join(out_dir, HF_CONFIG_COPY), hf_config)
   if preprocessor is not None:
     _write_json(os.path.join(out_dir, HF_PREPROCESSOR_COPY), preprocessor)
@@ -647,9 +645,9 @@ def to_hf(checkpoint: str, out_dir: str, *, step: int | None = None, gin_files: 
 
   run_dir, step_dir = checkpoints.resolve_checkpoint(checkpoint, step)
   _register_configurables()
-  if run_dir is None or not (epath.Path(run_dir) / OPERATIVE_CONFIG).exists():
+  if run_dir is None or config_lib.read_operative_config(run_dir) is None:
     if not gin_files:
-      raise FileNotFoundError(f"no {OPERATIVE_CONFIG} for {step_dir}: pass the model's size file (--gin_file)")
+      raise FileNotFoundError(f"no {config_lib.OPERATIVE_CONFIG} for {step_dir}: pass the model's size file (--gin_file)")
   config_lib.parse_run_config(run_dir or step_dir, gin_files, bindings, search_paths)
   params = checkpoints.load_params(step_dir)
   if "encoder" not in params:
