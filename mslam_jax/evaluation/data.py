@@ -167,7 +167,8 @@ class Encoder:
     self.model, self.params = model, meta.unbox(params)
     self.batch_size, self.audio_multiple, self.text_multiple = batch_size, audio_multiple, text_multiple
     self.max_text_length = max_text_length
-    self._speech, self._text = jitted_encoders(model, cross_modal, cache)
+    self._cache = cache if cache is not None else {}
+    self._speech, self._text = jitted_encoders(model, cross_modal, self._cache)
 
   def _run(self, fn: Callable, items: Sequence[Any], pad: Callable, multiple: int, frames: bool):
     # Batches of similar lengths pad (and compile) less; results go back to the input order.
@@ -190,6 +191,16 @@ class Encoder:
   def speech(self, audios: Sequence[np.ndarray], frames: bool = False):
     """Pooled embeddings [N, D] (and, with `frames`, each utterance's valid frames [T_i, D])."""
     return self._run(self._speech, audios, pad_audio, self.audio_multiple, frames)
+
+  def speech_statistics(self, audios: Sequence[np.ndarray]) -> np.ndarray:
+    """[N, 6 D] per-stage frame statistics (the model's `speech_statistics`: language-ID features)."""
+    import jax  # pylint: disable=g-import-not-at-top
+    key = ("speech_statistics",)
+    if key not in self._cache or self._cache[key][0] is not self.model:
+      self._cache[key] = (self.model, jax.jit(self.model.speech_statistics))
+    stats = self._cache[key][1]
+    return self._run(lambda params, x, mask: (None, None, stats(params, x, mask)), audios, pad_audio,
+                     self.audio_multiple, False)
 
   def text(self, token_lists: Sequence[Sequence[int]], frames: bool = False):
     token_lists = [list(t)[:self.max_text_length] or [0] for t in token_lists]

@@ -1,8 +1,11 @@
-"""Language identification by a linear probe on frozen pooled embeddings.
+"""Language identification by a linear probe on frozen utterance features.
 
-The probe is scikit-learn's multinomial logistic regression on standardized embeddings, trained on
-the train split's embeddings and scored on the test split's: the probe measures what the frozen
-encoder already separates, so it stays linear and cheap.
+The probe is scikit-learn's multinomial logistic regression on standardized features, trained on
+the train split and scored on the test split: the probe measures what the frozen encoder already
+separates, so it stays linear and cheap. Speech features are, by default, the mean and standard
+deviation of each encoder stage's frames (`speech_statistics`: x-vector statistics pooling over
+every stage, as SUPERB's probes read every layer); "pooled" is the top layer's pooled vector.
+Text features are the pooled vector.
 """
 import io
 import json
@@ -22,8 +25,8 @@ from mslam_jax.evaluation import base
 class LinearProbe:
   """Standardize + logistic regression; saved as plain arrays (npz) so a CLI can reload it."""
 
-  def __init__(self, c: float = 1.0, max_iter: int = 2000):
-    self.c, self.max_iter = c, max_iter
+  def __init__(self, c: float = 1.0, max_iter: int = 2000, features: str = "pooled"):
+    self.c, self.max_iter, self.features = c, max_iter, features
     self.classes_: np.ndarray | None = None
     self.mean_ = self.scale_ = self.coef_ = self.intercept_ = None
 
@@ -59,26 +62,39 @@ class LinearProbe:
   def save(self, path: str) -> None:
     storage.makedirs(epath.Path(path).parent)
     with epath.Path(path).open("wb") as f:  # local or remote (gs://...)
-      np.savez(f, classes=self.classes_.astype(str), mean=self.mean_, scale=self.scale_, coef=self.coef_,
+      np.savez(f, classes=self.classes_.astype(str), features=np.asarray(self.features), mean=self.mean_, scale=self.scale_, coef=self.coef_,
                intercept=self.intercept_)
 
   @classmethod
   def load(cls, path: str) -> "LinearProbe":
     with epath.Path(path).open("rb") as f:
       data = dict(np.load(io.BytesIO(f.read())))
-    probe = cls()
+    probe = cls(features=str(data["features"]) if "features" in data else "pooled")
     probe.classes_ = data["classes"]
     probe.mean_, probe.scale_ = data["mean"], data["scale"]
     probe.coef_, probe.intercept_ = data["coef"], data["intercept"]
     return probe
 
 
+SPEECH_FEATURES = ("statistics", "pooled")
+
+
+def speech_features(encoder: "eval_data.Encoder", audios: Sequence[np.ndarray], features: str) -> np.ndarray:
+  """The probe's speech features of `audios` (SPEECH_FEATURES; "statistics" needs a model with
+  `speech_statistics`, else the pooled vector is used)."""
+  if features not in SPEECH_FEATURES:
+    raise ValueError(f"language-ID speech features {features!r}: use one of {SPEECH_FEATURES}")
+  if features == "statistics" and hasattr(encoder.model, "speech_statistics"):
+    return encoder.speech_statistics(audios)
+  return encoder.speech(audios)
+
+
 def probe_metrics(train_x: np.ndarray, train_labels: Sequence[str], test_x: np.ndarray,
                   test_labels: Sequence[str], modality: str, plot_path: str | None = None,
-                  probe_path: str | None = None) -> dict[str, float]:
+                  probe_path: str | None = None, features: str = "pooled") -> dict[str, float]:
   """Trains a probe; returns langid_{accuracy,macro_f1,...}_{modality}; optionally a confusion PNG."""
   from sklearn.metrics import accuracy_score, f1_score  # pylint: disable=g-import-not-at-top
-  probe = LinearProbe().fit(train_x, train_labels)
+  probe = LinearProbe(features=features).fit(train_x, train_labels)
   predicted = probe.predict(test_x)
   labels = sorted(set(train_labels) | set(test_labels))
   accuracy = float(accuracy_score(test_labels, predicted))
@@ -91,7 +107,7 @@ def probe_metrics(train_x: np.ndarray, train_labels: Sequence[str], test_x: np.n
   }
   if plot_path:
     plot_confusion(plot_path, test_labels, predicted, labels,
-                   title=f"Language ID ({modality}, linear probe): accuracy {accuracy:.3f}")
+                   title=f"Language ID ({modality}, linear probe on {features}): accuracy {accuracy:.3f}")
   if probe_path:
     probe.save(probe_path)
   logging.info("Language ID (%s): %s", modality, json.dumps({k: round(v, 4) for k, v in metrics.items()}))
@@ -120,26 +136,31 @@ class LangIDEvaluator:
   """Linear probes for speech (speech stream) and text (text stream): train split -> test split.
 
   With an `out_dir`, writes confusion matrices and the probes (`langid_probe_{modality}.npz`, what
-  `mslam langid` loads).
+  `mslam langid` loads). `speech_features`: "statistics" (every stage's frame mean and standard
+  deviation) or "pooled" (the top layer's pooled vector).
   """
 
   def __init__(self, corpus_dir: str | None = None, modalities: Sequence[str] = ("speech", "text"),
-               max_train_per_lang: int | None = 60, max_test_per_lang: int | None = 30, batch_size: int = 16):
+               max_train_per_lang: int | None = 60, max_test_per_lang: int | None = 30, batch_size: int = 16,
+               speech_features: str = "statistics"):
     for m in modalities:
       if m not in ("speech", "text"):
         raise ValueError(f"LangIDEvaluator.modalities holds {m!r}; use 'speech' and/or 'text'")
+    if speech_features not in SPEECH_FEATURES:
+      raise ValueError(f"LangIDEvaluator.speech_features is {speech_features!r}; use one of {SPEECH_FEATURES}")
+    self.speech_features = speech_features
     self.corpus_dir = corpus_dir
     self.modalities = tuple(modalities)
     self.max_train_per_lang, self.max_test_per_lang, self.batch_size = max_train_per_lang, max_test_per_lang, batch_size
 
   def embed(self, encoder: "eval_data.Encoder", modality: str, split: str, max_per_lang: int | None,
             corpus_dir: str | None = None):
-    """Pooled embeddings and languages of a split (of `corpus_dir`, default the evaluator's own)."""
+    """The probe's features and languages of a split (of `corpus_dir`, default the evaluator's own)."""
     corpus_dir = corpus_dir or self.corpus_dir
     utts = eval_data.read_utterances(corpus_dir, modality, split, max_per_lang=max_per_lang)
     if modality == "speech":
       utts = [u for u in utts if len(u.audio)]
-      return encoder.speech([u.audio for u in utts]), [u.lang for u in utts]
+      return speech_features(encoder, [u.audio for u in utts], self.speech_features), [u.lang for u in utts]
     vocab = eval_data.load_vocabulary(corpus_dir)
     utts = [u for u in utts if u.text.strip()]
     return encoder.text(eval_data.tokenize(vocab, [u.text for u in utts])), [u.lang for u in utts]
@@ -155,5 +176,6 @@ class LangIDEvaluator:
       metrics.update(probe_metrics(
           train_x, train_y, test_x, test_y, modality,
           plot_path=os.path.join(out_dir, f"langid_confusion_{modality}.png") if out_dir else None,
-          probe_path=os.path.join(out_dir, f"langid_probe_{modality}.npz") if out_dir else None))
+          probe_path=os.path.join(out_dir, f"langid_probe_{modality}.npz") if out_dir else None,
+          features=self.speech_features if modality == "speech" else "pooled"))
     return metrics

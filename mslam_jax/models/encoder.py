@@ -134,6 +134,25 @@ class MSLAMEncoder(nn.Module):
     x = self.shared_layers(x, mask, deterministic)
     return x, mask, self.pool(x, mask)
 
+  def speech_statistics(self, audio: Array, audio_mask: Array, deterministic: bool = True) -> Array:
+    """Audio -> [B, 6 D]: the mean and standard deviation over valid frames of each stage's output
+    (projected features, speech stack, shared stack). Utterance-level traits such
+    as the language sit in lower layers and in frame statistics as much as in the top layer's mean
+    (x-vector statistics pooling; SUPERB's probes read every layer)."""
+    features, mask = self.speech_frontend(audio, audio_mask, deterministic)
+    projected = self.project_speech(features, deterministic)
+    _, speech_out = self.speech_layers(projected, mask, deterministic)
+    shared_out = self.shared_layers(speech_out, mask, deterministic)
+    weight = (mask != 0).astype(jnp.float32)[..., None]
+    count = jnp.maximum(weight.sum(axis=1), 1.0)
+    stats = []
+    for x in (projected, speech_out, shared_out):
+      x = x.astype(jnp.float32)
+      mean = (x * weight).sum(axis=1) / count
+      var = (jnp.square(x - mean[:, None]) * weight).sum(axis=1) / count
+      stats += [mean, jnp.sqrt(var + 1e-6)]
+    return jnp.concatenate(stats, axis=-1)
+
   def encode_text(self, tokens: Array, tokens_mask: Array,
                   deterministic: bool = True) -> tuple[Array, Array, Array]:
     """Tokens -> (frames [B, L, D], mask [B, L], pooled [B, D]); text enters the shared stack."""

@@ -387,6 +387,9 @@ class MSLAMNetwork(nn.Module):
   def encode_text(self, tokens: Array, tokens_mask: Array):
     return self.encoder.encode_text(tokens, tokens_mask, True)
 
+  def speech_statistics(self, audio: Array, audio_mask: Array):
+    return self.encoder.speech_statistics(audio, audio_mask, True)
+
   def embed_speech(self, audio: Array, audio_mask: Array):
     frames, mask, pooled = self.encoder.encode_speech(audio, audio_mask, True)
     return frames, mask, self.speech_embedding_head(pooled) if self.weights.cross_modal > 0 else pooled
@@ -527,6 +530,11 @@ class MSLAMModel:
     """(frames [B, L, D], mask [B, L], pooled [B, D]) of text through the shared stack."""
     return self.network.apply({"params": flax.core.meta.unbox(params)}, tokens, tokens_mask,
                               method=MSLAMNetwork.encode_text)
+
+  def speech_statistics(self, params: Any, audio: Array, audio_mask: Array) -> Array:
+    """[B, 6 D] per-stage frame statistics of the encoder (language-ID features; encoder.py)."""
+    return self.network.apply({"params": flax.core.meta.unbox(params)}, audio, audio_mask,
+                              method=MSLAMNetwork.speech_statistics)
 
   def embed_speech(self, params: Any, audio: Array, audio_mask: Array) -> tuple[Array, Array, Array]:
     """encode_speech with the pooled vector mapped into the cross-modal space (retrieval), when the

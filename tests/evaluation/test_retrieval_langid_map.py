@@ -52,11 +52,13 @@ def test_probe_separates_languages_and_reloads(tmp_path):
   train_x, train_y = _clusters(rng, 40, centers, 0.5)
   test_x, test_y = _clusters(rng, 20, centers, 0.5)
   png, probe_path = tmp_path / "cm.png", tmp_path / "probe.npz"
-  m = langid.probe_metrics(train_x, train_y, test_x, test_y, "speech", str(png), str(probe_path))
+  m = langid.probe_metrics(train_x, train_y, test_x, test_y, "speech", str(png), str(probe_path),
+                           features="statistics")
   assert m["langid_accuracy_speech"] > 0.95
   assert m["langid_macro_f1_speech"] > 0.95
   assert png.read_bytes()[:4] == b"\x89PNG"
   reloaded = langid.LinearProbe.load(str(probe_path))
+  assert reloaded.features == "statistics"  # `mslam langid` computes the features the probe was fit on
   assert (reloaded.predict(test_x) == test_y).mean() > 0.95
   assert reloaded.predict_proba(test_x).sum(-1) == pytest.approx(np.ones(len(test_x)))
 

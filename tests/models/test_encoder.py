@@ -50,6 +50,23 @@ def test_encode_speech_does_not_depend_on_batch_padding(tiny):
   np.testing.assert_allclose(b_pooled[1], pooled[0], atol=1e-4, rtol=1e-4)
 
 
+def test_speech_statistics_are_each_stages_frame_mean_and_std_padding_aside(tiny):
+  enc, variables, encode = tiny
+  stats = jax.jit(functools.partial(enc.apply, method=enc.speech_statistics))
+  clip, clip_mask = _audio([4000], 4000)
+  got = np.asarray(stats(variables, clip, clip_mask))
+  d = enc.embed_dim
+  assert got.shape == (1, 6 * d)
+  frames, mask, _ = encode(variables, clip, clip_mask)
+  top = np.asarray(frames[0, :int(mask.sum())])
+  # The last stage is the shared stack: encode_speech's frames.
+  np.testing.assert_allclose(got[0, 4 * d:5 * d], top.mean(0), atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(got[0, 5 * d:], top.std(0), atol=1e-3, rtol=1e-3)
+  batch_audio, batch_mask = _audio([6400, 4000], 6400, seed=1)
+  batch_audio = batch_audio.at[1, :4000].set(clip[0])
+  np.testing.assert_allclose(np.asarray(stats(variables, batch_audio, batch_mask))[1], got[0], atol=1e-3, rtol=1e-3)
+
+
 def test_bf16_encode_speech_runs_and_is_close_to_fp32(tiny):
   enc, variables, encode = tiny
   clip, clip_mask = _audio([4000], 4000)
