@@ -5,6 +5,12 @@ JSONL/TensorBoard metrics, NaN guard, SIGTERM).
   mslam finetune --task ctc --init_from RUN_DIR [--step N] --gin_file=runs/finetune_ctc.gin \
       --gin.MODEL_DIR=/tmp/run/ctc
 
+An XTREME-S benchmark task over prepared corpora instead of the built-in corpus (the task picks
+the head; batches stream from its SeqIO Mixture, evaluation/xtreme_s_data.py):
+
+  mslam finetune --xtreme_s fleurs_asr --corpora fleurs=/data/prepared/fleurs --init_from RUN_DIR \
+      --gin.MODEL_DIR=/tmp/run/fleurs_asr
+
 A fine-tuning directory holds what any run directory does (checkpoints/, metrics.jsonl,
 operative_config.gin) plus source.json (the pre-training run and step it started from, the task,
 its classes) and vocab/; a job restarted on it resumes from its latest checkpoint.

@@ -32,7 +32,6 @@ import tensorflow as tf
 from mslam_jax.data import feature_converters
 from mslam_jax.data import pipeline
 from mslam_jax.data import preprocessors
-from mslam_jax.data import records
 from mslam_jax.data import vocabularies
 from mslam_jax.data.corpora import tasks as corpora_tasks
 from mslam_jax.tasks import xtreme_s
