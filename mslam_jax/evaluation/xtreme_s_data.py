@@ -296,9 +296,8 @@ def eval_split(benchmark: str) -> str:
 
 def read_examples(benchmark: str, corpora: Mapping[str, str], split: str,
                   max_per_lang: Optional[int] = None) -> list[Example]:
-  """The split's examples, language by language in file order (the first `max_per_lang` of each);
-  targets decoded to text with the benchmark's vocabulary."""
-  vocab = vocabulary(benchmark, corpora)
+  """The split's examples, language by language in file order (the first `max_per_lang` of each),
+  with their references as written."""
   out = []
   for lang, task in _tasks(benchmark, split):
     ds = task.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1,
@@ -306,8 +305,7 @@ def read_examples(benchmark: str, corpora: Mapping[str, str], split: str,
     if max_per_lang is not None:
       ds = ds.take(max_per_lang)
     for i, ex in enumerate(ds.as_numpy_iterator()):
-      targets = [int(t) for t in ex["targets"] if t >= vocabularies.NUM_RESERVED]
-      out.append(Example(np.asarray(ex["audio"], np.float32), lang, vocab.decode(targets) if targets else "",
+      out.append(Example(np.asarray(ex["audio"], np.float32), lang, ex["text"].decode("utf-8"),
                          ex["label"].decode("utf-8"), f"{lang}-{split}-{i}"))
   logging.info("XTREME-S %s: %d %s examples of %d languages", task_name(benchmark), len(out), split,
                len({x.lang for x in out}))

@@ -36,7 +36,7 @@ TASKS = {
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
   out = {}
-  for name in ("fleurs", "covost2"):
+  for name in ("fleurs", "covost2", "minds14"):
     root = trees.WRITERS[name](str(tmp_path_factory.mktemp(f"{name}_src")))
     out[name] = str(tmp_path_factory.mktemp(name))
     prepare.prepare(name, root, out[name], shard_size=2)
@@ -77,6 +77,9 @@ def test_each_head_trains_on_its_mixture_and_reports_its_metric(task, prepared, 
   assert source["xtreme_s"] == task and source["corpora"] == {n: prepared[n] for n in names}
   if task == "fleurs_langid":
     assert source["classes"] == ["afr", "cmn"]  # the languages of the train split, sorted
+  if task == "covost2_ast":  # scored against the English translations as written
+    rows = [json.loads(line) for line in open(os.path.join(out, "translations.jsonl"))]
+    assert rows and all(row["reference"] in {f"Sentence {i}." for i in range(10)} for row in rows), rows
   # Every step trained on a full batch of the task's own examples (the loss is a real number).
   losses = finetune_job.losses(out)
   assert len(losses) == STEPS and all(math.isfinite(x) for x in losses)
@@ -122,6 +125,10 @@ def test_the_streamed_batches_resume_exactly(prepared):
       "fleurs_langid", corpora, 2, 32000, data=data, classes=classes, shard_info=seqio.ShardInfo(0, 1))
   with pytest.raises(ValueError, match="data config changed"):
     langid(["afr", "cmn"]).set_state(langid(["afr", "cmn", "eng"]).get_state())
+  # MINDS-14's classes are the intents its train records carry (the test tree has one: too few).
+  with pytest.raises(ValueError, match=r"at least two classes .* found \['abroad'\]"):
+    xtreme_s_data.register("minds14_intent", {"minds14": prepared["minds14"]}, data)
+    xtreme_s_data.classes("minds14_intent", {"minds14": prepared["minds14"]})
   # Two processes each read their shard: half the global batch each.
   assert make(seqio.ShardInfo(1, 2)).element_spec["paired"]["audio"].shape == (1, 32000)
   assert next(make(seqio.ShardInfo(1, 2)))["paired"]["audio"].shape == (1, 32000)
