@@ -22,7 +22,7 @@ import functools
 import hashlib
 import logging
 import os
-from typing import Any, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import gin
 import numpy as np
