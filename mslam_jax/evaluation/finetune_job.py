@@ -385,25 +385,35 @@ def _finetune_xtreme_s(benchmark, corpora, init_from_dir, model_dir, step, max_t
   if summary["stopped"] != "done":
     return {"final_step": float(summary["final_step"])}
   params = checkpoints.load_params(checkpoints.step_dir(model_dir, summary["final_step"]))
+  # The scoring split streams through in chunks: only texts and labels are kept.
   split = xtreme_s_data.eval_split(name)
-  test = xtreme_s_data.read_examples(name, corpora, split, max_test_per_lang)
+  test = xtreme_s_data.iter_examples(name, corpora, split, max_test_per_lang)
   curve = losses(model_dir)
   if kind == "ctc":
     tuned = finetune.FinetunedCTC(base_model, params, vocab, curve, settings.batch_size)
     metrics = finetune.ctc_metrics(tuned, test, name, beam_size)
   elif kind == "classify":
-    predicted = finetune.FinetunedClassifier(base_model, params, classes, curve, settings.batch_size).predict(
-        [x.audio for x in test])
-    right = np.array(predicted) == np.array([x.label for x in test])
-    langs_of = np.array([x.lang for x in test])
-    metrics = {f"{name}_accuracy": float(np.mean(right)), f"{name}_num_test": float(len(test))}
+    classifier = finetune.FinetunedClassifier(base_model, params, classes, curve, settings.batch_size)
+    right, langs_of = [], []
+    for chunk in xtreme_s_data.chunks(test, 16 * settings.batch_size):
+      right += [p == x.label for p, x in zip(classifier.predict([x.audio for x in chunk]), chunk)]
+      langs_of += [x.lang for x in chunk]
+    if not right:
+      raise ValueError(f"XTREME-S {name}: no {split} examples to score")
+    right, langs_of = np.array(right), np.array(langs_of)
+    metrics = {f"{name}_accuracy": float(np.mean(right)), f"{name}_num_test": float(len(right))}
     metrics.update({f"{name}_accuracy/{lang}": float(np.mean(right[langs_of == lang])) for lang in sorted(set(langs_of))})
   else:
-    items = [translation_data.Item(x.id, x.lang, "", "", x.text, x.audio) for x in test]
-    hypotheses = translation_eval.translate_items(task_model, params, items, vocab, "speech", settings.batch_size)
-    # The trivial baseline answers the commonest translation among (a bounded sample of) the train split's.
-    train = xtreme_s_data.read_examples(name, corpora, "train", max_test_per_lang)
-    baseline = translation_eval.most_frequent_target([translation_data.Item(x.id, x.lang, "", "", x.text) for x in train])
+    items, hypotheses = [], []
+    for chunk in xtreme_s_data.chunks(test, 16 * settings.batch_size):
+      chunk = [translation_data.Item(x.id, x.lang, "", "", x.text, x.audio) for x in chunk]
+      hypotheses += translation_eval.translate_items(task_model, params, chunk, vocab, "speech", settings.batch_size)
+      items += [dataclasses.replace(x, audio=np.zeros([0], np.float32)) for x in chunk]  # texts only from here
+    if not items:
+      raise ValueError(f"XTREME-S {name}: no {split} examples to score")
+    # The trivial baseline answers the commonest translation of the train records (the first 1,000 of each language).
+    baseline = translation_eval.most_frequent_target(
+        [translation_data.Item("", "", "", "", t) for t in xtreme_s_data.train_labels(name, spec.target, 1000) if t])
     metrics = translation_eval.score_groups(items, hypotheses, (), baseline, prefix=name)
     metrics[f"{name}_num_test"] = float(len(items))
     rows = [{"id": x.id, "lang": x.lang, "reference": x.target, "hypothesis": h} for x, h in zip(items, hypotheses)]

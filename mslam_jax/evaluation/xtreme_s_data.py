@@ -22,7 +22,7 @@ import functools
 import hashlib
 import logging
 import os
-from typing import Mapping, Optional, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 import gin
 import numpy as np
@@ -122,20 +122,27 @@ def _tasks(benchmark: str, split: str) -> list[tuple[str, seqio.Task]]:
           if split in t.splits]
 
 
+def train_labels(benchmark: str, feature: str, max_per_lang: Optional[int] = None) -> list[str]:
+  """The `feature` ("label/intent", "label/translation") of the train records, read from the
+  records alone (no audio decoded), the first `max_per_lang` of each language."""
+  parse = {feature: tf.io.FixedLenFeature([], tf.string, default_value="")}
+  out = []
+  for _, task in _tasks(benchmark, "train"):
+    ds = tf.data.TFRecordDataset(task.source.list_shards("train"))
+    if max_per_lang is not None:
+      ds = ds.take(max_per_lang)
+    out += [v.decode("utf-8") for v in ds.map(lambda r: tf.io.parse_single_example(r, parse)[feature]).as_numpy_iterator()]
+  return out
+
+
 def classes(benchmark: str, corpora: Mapping[str, str]) -> list[str]:
   """The sorted labels of the train split: the languages with train clips (language ID), or the
-  intents the train records carry (read from the records' label feature alone)."""
+  intents the train records carry."""
   spec = benchmark_spec(benchmark, corpora)
-  tasks = _tasks(benchmark, "train")
   if spec.target == "lang":
-    found = {lang for lang, _ in tasks}
+    found = {lang for lang, _ in _tasks(benchmark, "train")}
   else:
-    found = set()
-    parse = {spec.target: tf.io.FixedLenFeature([], tf.string, default_value="")}
-    files = [f for _, task in tasks for f in task.source.list_shards("train")]
-    for value in tf.data.TFRecordDataset(files).map(lambda r: tf.io.parse_single_example(r, parse)[spec.target]):
-      found.add(value.numpy().decode("utf-8"))
-    found.discard("")
+    found = set(train_labels(benchmark, spec.target)) - {""}
   if len(found) < 2:
     raise ValueError(f"XTREME-S {task_name(benchmark)} needs at least two classes in the train split of "
                      f"{corpora[spec.corpus]}, found {sorted(found)}")
@@ -294,19 +301,31 @@ def eval_split(benchmark: str) -> str:
   raise ValueError(f"XTREME-S {task_name(benchmark)} has neither a test nor a validation split")
 
 
-def read_examples(benchmark: str, corpora: Mapping[str, str], split: str,
-                  max_per_lang: Optional[int] = None) -> list[Example]:
-  """The split's examples, language by language in file order (the first `max_per_lang` of each),
-  with their references as written."""
-  out = []
+def iter_examples(benchmark: str, corpora: Mapping[str, str], split: str,
+                  max_per_lang: Optional[int] = None) -> Iterator[Example]:
+  """The split's examples, streamed language by language in file order (the first `max_per_lang`
+  of each), with their references as written."""
+  del corpora  # the registered Tasks read them
+  count, langs = 0, set()
   for lang, task in _tasks(benchmark, split):
     ds = task.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1,
                           trim_output_features=False)
     if max_per_lang is not None:
       ds = ds.take(max_per_lang)
     for i, ex in enumerate(ds.as_numpy_iterator()):
-      out.append(Example(np.asarray(ex["audio"], np.float32), lang, ex["text"].decode("utf-8"),
-                         ex["label"].decode("utf-8"), f"{lang}-{split}-{i}"))
-  logging.info("XTREME-S %s: %d %s examples of %d languages", task_name(benchmark), len(out), split,
-               len({x.lang for x in out}))
-  return out
+      count, _ = count + 1, langs.add(lang)
+      yield Example(np.asarray(ex["audio"], np.float32), lang, ex["text"].decode("utf-8"),
+                    ex["label"].decode("utf-8"), f"{lang}-{split}-{i}")
+  logging.info("XTREME-S %s: %d %s examples of %d languages", task_name(benchmark), count, split, len(langs))
+
+
+def chunks(items: Iterable[Any], size: int) -> Iterator[list]:
+  """Lists of `size` consecutive items (the last may be shorter)."""
+  chunk = []
+  for item in items:
+    chunk.append(item)
+    if len(chunk) == size:
+      yield chunk
+      chunk = []
+  if chunk:
+    yield chunk
