@@ -93,8 +93,8 @@ def _take(iterator, n: int) -> list:
 def test_the_streamed_batches_resume_exactly(prepared):
   corpora = {"fleurs": prepared["fleurs"]}
   data = xtreme_s_data.XtremeSData(target_length=32, shuffle_buffer_size=4)
-  make = lambda shard=seqio.ShardInfo(0, 1), **kw: xtreme_s_data.step_iterator(  # pylint: disable=g-long-lambda
-      "fleurs_asr", corpora, 2, 32000, seed=3, data=data, shard_info=shard, **kw)
+  make = lambda shard=seqio.ShardInfo(0, 1): xtreme_s_data.step_iterator(  # pylint: disable=g-long-lambda
+      "fleurs_asr", corpora, 2, 32000, seed=3, data=data, shard_info=shard)
   straight = make()
   assert {k: v.shape for k, v in straight.element_spec["paired"].items()} == {
       "audio": (2, 32000), "audio_mask": (2, 32000), "lang": (2,), "tokens": (2, 32), "tokens_mask": (2, 32)}
