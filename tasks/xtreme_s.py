@@ -6,8 +6,9 @@ BENCHMARK whose corpus is given, one Task per language over that corpus' paired 
 clips). Every example is
 
   {audio f32[n], targets i32[k] (the transcript or the translation, EOS-terminated; empty for a
-   classification task), label str[] (the class of a classification task: the language or the
-   intent; empty otherwise), lang i32[] (the inventory id)}
+   classification task), text str[] (the same target as written, the reference a score compares
+   with; empty for a classification task), label str[] (the class of a classification task: the
+   language or the intent; empty otherwise), lang i32[] (the inventory id)}
 
 The labels come from what `mslam data prepare` writes beside each record (`label/<name>`
 features: CoVoST 2's translation, MINDS-14's intent). Items without audio, or without the target
@@ -71,6 +72,8 @@ def output_features(vocabulary: seqio.Vocabulary) -> Dict[str, seqio.Feature]:
       "targets": seqio.Feature(vocabulary, add_eos=True, dtype=tf.int32, rank=1, required=False),
       "label": seqio.Feature(seqio.PassThroughVocabulary(size=0), add_eos=False, dtype=tf.string, rank=0,
                              required=False),
+      "text": seqio.Feature(seqio.PassThroughVocabulary(size=0), add_eos=False, dtype=tf.string, rank=0,
+                            required=False),
       "lang": seqio.Feature(feature_converters.LANG_VOCABULARY, add_eos=False, dtype=tf.int32, rank=0),
   }
 
@@ -83,13 +86,13 @@ def prepare(dataset: tf.data.Dataset, spec: Spec, vocabulary: seqio.Vocabulary, 
   def convert(ex):
     target = ex["text"] if spec.target == "text" else ex.get(spec.target, tf.constant(""))
     if spec.classification:
-      label = ex["lang"] if spec.target == "lang" else target
+      label, text = ex["lang"] if spec.target == "lang" else target, tf.constant("")
       targets = tf.zeros([0], tf.int32)
     else:
-      label = tf.constant("")
+      label, text = tf.constant(""), target
       targets = tf.concat([tf.cast(vocabulary.encode_tf(target), tf.int32), [vocabularies.EOS_ID]], axis=0)
-    return {"audio": preprocessors.decode_audio(ex["audio_pcm16"]), "targets": targets, "label": label,
-            "lang": tf.constant(lang_id, tf.int32)}
+    return {"audio": preprocessors.decode_audio(ex["audio_pcm16"]), "targets": targets, "text": text,
+            "label": label, "lang": tf.constant(lang_id, tf.int32)}
 
   @tf.autograph.experimental.do_not_convert
   def keep(ex):

@@ -77,6 +77,11 @@ class StreamConfig:
   batch_size: int  # global, over all hosts
   lengths: Mapping[str, int]  # task feature -> fixed length ("audio" samples, "tokens")
   over_length: str
+  # The stream's feature converter, called as converter(over_length=, seed=, name=); None: the
+  # stream's own (feature_converters.CONVERTERS). A task with its own example format (e.g. the
+  # fine-tuning tasks of evaluation/xtreme_s_data.py) brings one: its MODEL_FEATURES and
+  # get_model_feature_lengths give the batch's spec, its describe() enters the fingerprint.
+  converter: Optional[Callable[..., seqio.FeatureConverter]] = None
 
   def model_lengths(self) -> Dict[str, int]:
     out = {}
@@ -113,6 +118,16 @@ def _rates(provider) -> Dict[str, float]:
     return {provider.name: 1.0}
   total = sum(provider.get_rate(t) for t in provider.tasks)
   return {t.name: provider.get_rate(t) / total for t in provider.tasks}
+
+
+def _converter_spec(converter: seqio.FeatureConverter, batch_size: int, lengths: Mapping[str, int]
+                    ) -> Dict[str, Any]:
+  """{key: jax.ShapeDtypeStruct} of one stream that `converter` makes, batched."""
+  import jax  # pylint: disable=g-import-not-at-top  (the data pipeline runs without JAX)
+  model_lengths = converter.get_model_feature_lengths(dict(lengths, lang=0))
+  return {k: jax.ShapeDtypeStruct((batch_size,) + ((n,) if converter.MODEL_FEATURES[k].rank else ()),
+                                  converter.MODEL_FEATURES[k].dtype.as_numpy_dtype)
+          for k, n in sorted(model_lengths.items())}
 
 
 class StepIterator:
@@ -156,8 +171,9 @@ class StepIterator:
     self.log_every = log_every
     self._logged_counts = {}
     self.converters = {
-        s: feature_converters.CONVERTERS[s](over_length=c.over_length, seed=_stream_seed(self.seed, s),
-                                            name=f"{c.mixture}@{split}")
+        s: (c.converter or feature_converters.CONVERTERS[s])(over_length=c.over_length,
+                                                             seed=_stream_seed(self.seed, s),
+                                                             name=f"{c.mixture}@{split}")
         for s, c in self.streams.items()}
 
   def _set_shard_info(self, shard_info: seqio.ShardInfo) -> None:
@@ -181,9 +197,12 @@ class StepIterator:
     return self.streams[stream].batch_size // self.shard_info.num_shards
 
   def _spec(self, global_shapes: bool):
-    return contract.batch_spec({
-        stream: (config.batch_size if global_shapes else self.local_batch_size(stream), config.lengths)
-        for stream, config in self.streams.items()})
+    sizes = {s: c.batch_size if global_shapes else self.local_batch_size(s) for s, c in self.streams.items()}
+    spec = contract.batch_spec({s: (sizes[s], c.lengths) for s, c in self.streams.items() if c.converter is None})
+    for stream, config in self.streams.items():
+      if config.converter is not None:  # a task's own converter: the model features it declares
+        spec[stream] = _converter_spec(self.converters[stream], sizes[stream], config.lengths)
+    return {s: spec[s] for s in self.streams if s in spec}
 
   @property
   def element_spec(self) -> Dict[str, Dict[str, Any]]:
@@ -389,6 +408,9 @@ class StepIterator:
           "mixture": config.mixture, "batch_size": config.batch_size, "lengths": dict(config.lengths),
           "over_length": config.over_length,
           "rates": {k: round(v, 12) for k, v in sorted(rates.items())} if rates is not None else None}
+      if config.converter is not None:
+        describe = getattr(self.converters[stream], "describe", None)
+        streams[stream]["converter"] = describe() if describe else type(self.converters[stream]).__name__
     # Under "slice" the global batches are the same on any number of hosts: not part of the config.
     num_shards = self.shard_info.num_shards if self.host_split == "shard" else None
     out = {"split": self.split, "seed": self.seed, "shuffle": self.shuffle, "repeat": self.repeat,

@@ -26,7 +26,7 @@ weight decay a zero gradient is a zero update). The head learns at `learning_rat
 import dataclasses
 import logging
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import flax.linen as nn
 import gin
@@ -446,18 +446,34 @@ def pretrained_head(params: Any, name: str | None, dim: int, num_classes: int) -
   return {"kernel": jnp.asarray(kernel, jnp.float32)[:, :num_classes], "bias": bias}
 
 
-def ctc_metrics(tuned: FinetunedCTC, utterances: Sequence[Any], prefix: str, beam_size: int = 8) -> dict[str, float]:
-  """{prefix}_cer / _wer (greedy), {prefix}_cer_beam / _wer_beam, and per language."""
-  utterances = [u for u in utterances if len(u.audio) and u.text.strip()]
-  if not utterances:
+def ctc_metrics(tuned: FinetunedCTC, utterances: Iterable[Any], prefix: str, beam_size: int = 8) -> dict[str, float]:
+  """{prefix}_cer / _wer (greedy), {prefix}_cer_beam / _wer_beam, and per language.
+
+  `utterances` may be a stream (e.g. a benchmark's test split): they are decoded a batch at a time
+  and only the texts are kept."""
+  refs, langs, decoded = [], [], {"greedy": [], "beam": []}
+  chunk = []
+
+  def decode():
+    for lp in tuned.log_probs([u.audio for u in chunk]):
+      decoded["greedy"].append(asr.ids_to_text(tuned.vocab, asr.greedy_decode(lp)))
+      decoded["beam"].append(asr.ids_to_text(tuned.vocab, asr.beam_decode(lp, beam_size)))
+    chunk.clear()
+
+  for u in utterances:
+    if not len(u.audio) or not u.text.strip():
+      continue
+    refs.append(tuned.vocab.decode(tuned.vocab.encode(u.text)))  # NFC, as the vocab sees it
+    langs.append(u.lang)
+    chunk.append(u)
+    if len(chunk) == tuned.batch_size:
+      decode()
+  decode()
+  if not refs:
     raise ValueError(f"{prefix}: no test utterances to score")
-  refs = [tuned.vocab.decode(tuned.vocab.encode(u.text)) for u in utterances]  # NFC, as the vocab sees it
-  langs = [u.lang for u in utterances]
-  log_probs = tuned.log_probs([u.audio for u in utterances])
   metrics = {}
   for method in ("greedy", "beam"):
-    hyps = [asr.ids_to_text(tuned.vocab, asr.greedy_decode(lp) if method == "greedy" else asr.beam_decode(lp, beam_size))
-            for lp in log_probs]
+    hyps = decoded[method]
     suffix = "" if method == "greedy" else "_beam"
     for lang, rates in asr.error_rates_by_language(refs, hyps, langs).items():
       if lang == "all":
@@ -469,7 +485,7 @@ def ctc_metrics(tuned: FinetunedCTC, utterances: Sequence[Any], prefix: str, bea
     if method == "greedy":
       for ref, hyp, lang in list(zip(refs, hyps, langs))[:3]:
         logging.info("%s [%s] ref: %s | hyp: %s", prefix, lang, ref, hyp)
-  metrics[f"{prefix}_num_test"] = float(len(utterances))
+  metrics[f"{prefix}_num_test"] = float(len(refs))
   metrics[f"{prefix}_final_train_loss"] = float(np.mean(tuned.losses[-10:])) if tuned.losses else float("nan")
   return metrics
 

@@ -5,6 +5,12 @@ JSONL/TensorBoard metrics, NaN guard, SIGTERM).
   mslam finetune --task ctc --init_from RUN_DIR [--step N] --gin_file=runs/finetune_ctc.gin \
       --gin.MODEL_DIR=/tmp/run/ctc
 
+An XTREME-S benchmark task over prepared corpora instead of the built-in corpus (the task picks
+the head; batches stream from its SeqIO Mixture, evaluation/xtreme_s_data.py):
+
+  mslam finetune --xtreme_s fleurs_asr --corpora fleurs=/data/prepared/fleurs --init_from RUN_DIR \
+      --gin.MODEL_DIR=/tmp/run/fleurs_asr
+
 A fine-tuning directory holds what any run directory does (checkpoints/, metrics.jsonl,
 operative_config.gin) plus source.json (the pre-training run and step it started from, the task,
 its classes) and vocab/; a job restarted on it resumes from its latest checkpoint.
@@ -20,7 +26,7 @@ import json
 import logging
 import os
 import tempfile
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import gin
 import numpy as np
@@ -37,6 +43,7 @@ from mslam_jax.evaluation import finetune
 from mslam_jax.evaluation import report
 from mslam_jax.evaluation import runner
 from mslam_jax.evaluation import translation as translation_eval
+from mslam_jax.evaluation import xtreme_s_data
 from mslam_jax.interop import init_from
 
 SOURCE_FILE = "source.json"  # the run and step a fine-tuned directory was made from
@@ -203,11 +210,17 @@ def finetune_run(task: str = "ctc", init_from_dir: str = gin.REQUIRED, model_dir
                  beam_size: int = 8, settings: finetune.FinetuneConfig | None = None,
                  model: Any = None, iterator_fn: Callable[..., Any] | None = None,
                  progress_bar: bool = True, tensorboard: bool = True, eval_every: int = 0,
-                 evaluators: Sequence[Any] = (), translation_streams: Sequence[str] = ("speech",)
+                 evaluators: Sequence[Any] = (), translation_streams: Sequence[str] = ("speech",),
+                 xtreme_s: str | None = None, corpora: Mapping[str, str] | None = None
                  ) -> dict[str, float]:
   """`mslam finetune`: fine-tunes `task` from a checkpoint of `init_from_dir` into `model_dir`, then
   scores the corpus' test split (ctc: CER/WER; classify: language-ID accuracy). A restarted job
   resumes from `model_dir`'s latest checkpoint.
+
+  `xtreme_s` / `corpora`: an XTREME-S benchmark task (e.g. "fleurs_asr") over prepared corpora
+  ({"fleurs": DIR, ...}) instead of the built-in corpus: its head comes from the task (`task` is
+  ignored), its batches stream from the task's SeqIO Mixture (evaluation/xtreme_s_data.py) and its
+  test split (validation without one) is scored with the benchmark's metric.
 
   `model` / `iterator_fn`: the task model and its batches, for tasks whose data the corpus readers
   here do not make (translate: bound in its run config); default: the task's own.
@@ -219,6 +232,12 @@ def finetune_run(task: str = "ctc", init_from_dir: str = gin.REQUIRED, model_dir
   if storage.absolute(model_dir).rstrip("/") == storage.absolute(init_from_dir).rstrip("/"):
     raise ValueError(f"finetune_run.model_dir is the pre-training run {init_from_dir}: give the fine-tuning "
                      "run a directory of its own (--gin.MODEL_DIR)")
+  if xtreme_s:
+    return _finetune_xtreme_s(xtreme_s, corpora, init_from_dir, model_dir, step, max_test_per_lang, beam_size,
+                              settings, model, progress_bar, tensorboard, eval_every, evaluators)
+  if corpora:
+    raise ValueError("finetune_run.corpora is set without finetune_run.xtreme_s: pass --xtreme_s TASK "
+                     "(the benchmark task to fine-tune on them)")
   base_model = config_lib.build_model()
   chosen = checkpoints.select_steps(init_from_dir, "latest" if step is None else step)[-1]
   pretrained = lambda: checkpoints.load_params(checkpoints.step_dir(init_from_dir, chosen))
@@ -325,6 +344,86 @@ def _finetune_translation(init_from_dir, model_dir, corpus_dir, langs, max_train
                            out_dir=out_dir)
     metrics = runner.evaluate_checkpoint([evaluator], ctx, checkpoints.step_dir(model_dir, final_step)).metrics
   return {**metrics, "final_step": float(final_step)}
+
+
+def _finetune_xtreme_s(benchmark, corpora, init_from_dir, model_dir, step, max_test_per_lang, beam_size, settings,
+                       model, progress_bar, tensorboard, eval_every, evaluators) -> dict[str, float]:
+  """An XTREME-S benchmark task (tasks/xtreme_s.py): the head its target needs, trained on batches
+  streamed from its Mixture's train split, then its test split scored with its metric, per
+  language and overall ({task}_cer / _wer, {task}_accuracy, {task}_bleu / _chrf)."""
+  spec = xtreme_s_data.benchmark_spec(benchmark, corpora)  # bad input stops here, before any compile
+  name, kind = xtreme_s_data.task_name(benchmark), xtreme_s_data.head(spec)
+  data = xtreme_s_data.XtremeSData()
+  langs = xtreme_s_data.register(name, corpora, data)
+  vocab = xtreme_s_data.vocabulary(name, corpora)
+  classes = xtreme_s_data.classes(name, corpora) if kind == "classify" else None
+  base_model = config_lib.build_model()
+  if kind == "translate":
+    task_model = model if model is not None else finetune.task_model("translate")()
+    if vocab.vocab_size > task_model.decoder.vocab_size:
+      raise ValueError(f"XTREME-S {name}'s vocabulary has {vocab.vocab_size} ids, more than the decoder's "
+                       f"{task_model.decoder.vocab_size} (the pre-trained model's VOCAB_SIZE)")
+  else:
+    task_model = model if model is not None else finetune.task_model(kind)(
+        base_model, vocab.vocab_size if kind == "ctc" else len(classes), freeze_encoder=settings.freeze == "frozen",
+        seed=settings.seed)
+  chosen = checkpoints.select_steps(init_from_dir, "latest" if step is None else step)[-1]
+  pretrained = lambda: checkpoints.load_params(checkpoints.step_dir(init_from_dir, chosen))
+  audio_samples = int(settings.max_audio_seconds * eval_data.SAMPLE_RATE)
+  _write_source(model_dir, {
+      "task": kind, "xtreme_s": name, "metric": spec.metric, "model_dir": storage.absolute(init_from_dir),
+      "step": chosen, "corpora": {k: storage.absolute(str(v)) for k, v in sorted(corpora.items())}, "langs": langs,
+      "classes": classes, "audio_samples": audio_samples, "target_length": data.target_length,
+      "settings": _settings_dict(settings)})
+  if hasattr(vocab, "save"):
+    vocab.save(os.path.join(model_dir, "vocab"))
+  # The CTC head starts fresh: a pre-trained CTC head's ids are those of the pre-training vocabulary.
+  iterator_fn = functools.partial(xtreme_s_data.step_iterator, name, corpora, settings.batch_size, audio_samples,
+                                  seed=settings.seed, classes=classes, data=data)
+  summary = train_task(task_model, iterator_fn, model_dir, settings, pretrained, progress_bar=progress_bar,
+                       tensorboard=tensorboard, eval_every=eval_every, evaluators=evaluators)
+  if summary["stopped"] != "done":
+    return {"final_step": float(summary["final_step"])}
+  params = checkpoints.load_params(checkpoints.step_dir(model_dir, summary["final_step"]))
+  # The scoring split streams through in chunks: only texts and labels are kept.
+  split = xtreme_s_data.eval_split(name)
+  test = xtreme_s_data.iter_examples(name, corpora, split, max_test_per_lang)
+  curve = losses(model_dir)
+  if kind == "ctc":
+    tuned = finetune.FinetunedCTC(base_model, params, vocab, curve, settings.batch_size)
+    metrics = finetune.ctc_metrics(tuned, test, name, beam_size)
+  elif kind == "classify":
+    classifier = finetune.FinetunedClassifier(base_model, params, classes, curve, settings.batch_size)
+    right, langs_of = [], []
+    for chunk in xtreme_s_data.chunks(test, 16 * settings.batch_size):
+      right += [p == x.label for p, x in zip(classifier.predict([x.audio for x in chunk]), chunk)]
+      langs_of += [x.lang for x in chunk]
+    if not right:
+      raise ValueError(f"XTREME-S {name}: no {split} examples to score")
+    right, langs_of = np.array(right), np.array(langs_of)
+    metrics = {f"{name}_accuracy": float(np.mean(right)), f"{name}_num_test": float(len(right))}
+    metrics.update({f"{name}_accuracy/{lang}": float(np.mean(right[langs_of == lang])) for lang in sorted(set(langs_of))})
+  else:
+    items, hypotheses = [], []
+    for chunk in xtreme_s_data.chunks(test, 16 * settings.batch_size):
+      chunk = [translation_data.Item(x.id, x.lang, "", "", x.text, x.audio) for x in chunk]
+      hypotheses += translation_eval.translate_items(task_model, params, chunk, vocab, "speech", settings.batch_size)
+      items += [dataclasses.replace(x, audio=np.zeros([0], np.float32)) for x in chunk]  # texts only from here
+    if not items:
+      raise ValueError(f"XTREME-S {name}: no {split} examples to score")
+    # The trivial baseline answers the commonest translation of the train records (the first 1,000 of each language).
+    baseline = translation_eval.most_frequent_target(
+        [translation_data.Item("", "", "", "", t) for t in xtreme_s_data.train_labels(name, spec.target, 1000) if t])
+    metrics = translation_eval.score_groups(items, hypotheses, (), baseline, prefix=name)
+    metrics[f"{name}_num_test"] = float(len(items))
+    rows = [{"id": x.id, "lang": x.lang, "reference": x.target, "hypothesis": h} for x, h in zip(items, hypotheses)]
+    storage.write_text(os.path.join(model_dir, "translations.jsonl"),
+                       "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+  metrics = {**metrics, "final_step": float(summary["final_step"])}
+  logging.info("XTREME-S %s (%s, %s split): %s", name, spec.metric, split,
+               {k: v for k, v in metrics.items() if "/" not in k})
+  report.write_checkpoint_report(model_dir, chosen, metrics, checkpoints.step_dir(init_from_dir, chosen))
+  return metrics
 
 
 def load_finetuned(directory: str) -> finetune.FinetunedCTC:
