@@ -31,23 +31,43 @@ TEST_CACHE_DIR = compilation_cache.enable(
     os.environ.get(compilation_cache.ENV_VAR,
                    os.path.join(os.path.expanduser("~"), ".cache", "mslam_jax", "jax_cache_tests")))
 
-# Tests sharing an expensive module or session fixture run on one xdist worker, so it is made once,
-# and start first, so the longest chains overlap the rest (`--dist loadgroup`, pytest.ini).
-_SHARED_FIXTURE_GROUPS = (("demo", lambda item: item.path.name == "test_demo.py"),
-                          ("tiny_run", lambda item: "tiny_run" in getattr(item, "fixturenames", ())))
+# Test files that share an expensive fixture: each group is one unit of work for pytest-xdist (one
+# worker, so the fixture is made once) and starts first, so the longest chains overlap the rest.
+SHARED_FIXTURE_FILES = {
+    **dict.fromkeys(["tests/data/test_remote_everywhere.py", "tests/evaluation/test_finetune_resume.py",
+                     "tests/evaluation/test_tiny_checkpoint.py", "tests/evaluation/test_xtreme_s_finetune.py",
+                     "tests/faults/test_bad_audio.py", "tests/faults/test_bad_flags.py",
+                     "tests/faults/test_corpus_identity.py", "tests/trainer/test_pretrain_integration.py"],
+                    "tiny_run"),  # the session's tiny run
+    "tests/test_demo.py": "demo",  # the module's demo run
+}
+_GROUP_ORDER = ("tiny_run", "demo")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def _file_of(nodeid: str) -> str:
+  return nodeid.split("::", 1)[0]
+
+
 def pytest_collection_modifyitems(config, items):
   del config
-  rank = {}
   for item in items:
-    for order, (name, member) in enumerate(_SHARED_FIXTURE_GROUPS):
-      if member(item):
-        item.add_marker(pytest.mark.xdist_group(name))
-        rank[item.nodeid] = order
-        break
-  items.sort(key=lambda item: rank.get(item.nodeid, len(_SHARED_FIXTURE_GROUPS)))
+    if "tiny_run" in getattr(item, "fixturenames", ()) and SHARED_FIXTURE_FILES.get(_file_of(item.nodeid)) != "tiny_run":
+      raise pytest.UsageError(f"{_file_of(item.nodeid)} uses tiny_run: list it in tests/conftest.py's SHARED_FIXTURE_FILES")
+  rank = lambda item: _GROUP_ORDER.index(SHARED_FIXTURE_FILES[_file_of(item.nodeid)]) if _file_of(item.nodeid) in SHARED_FIXTURE_FILES else len(_GROUP_ORDER)
+  items.sort(key=rank)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+  """Load scheduling (pytest.ini: -n 2) with each SHARED_FIXTURE_FILES group as one unit of work."""
+  from xdist import scheduler  # pylint: disable=g-import-not-at-top
+
+  class SharedFixtureScheduling(scheduler.LoadScopeScheduling):
+
+    def _split_scope(self, nodeid: str) -> str:
+      return SHARED_FIXTURE_FILES.get(_file_of(nodeid), nodeid)
+
+  return SharedFixtureScheduling(config, log)
 
 
 # A handful of languages: Latin, Cyrillic and Han script speech languages, one held out (Ukrainian,

@@ -62,8 +62,8 @@ def _xtreme_lines(metrics: Mapping[str, float], title: str = "## XTREME-S-style 
   table = xtreme_table.markdown_table(xtreme_table.xtreme_rows(metrics))
   if not table:
     return []
-  return ["", title, "", "Built-in stand-ins of the benchmarks: the paper's columns say what mSLAM reached on the "
-          "real benchmark, not a figure to compare with.", "", table.rstrip("\n")]
+  return ["", title, "", "Rows named built-in are offline stand-ins of the benchmarks: there the paper's columns "
+          "say what mSLAM reached on the real benchmark, not a figure to compare with.", "", table.rstrip("\n")]
 
 
 def _write_atomically(path: str, text: str) -> None:

@@ -130,6 +130,19 @@ def test_xtreme_table_rows_and_markdown():
   assert xtreme_table.markdown_table([]) == ""
 
 
+def test_xtreme_table_lists_the_benchmarks_own_tasks_next_to_the_paper():
+  metrics = {"covost2_ast_bleu": 3.5, "covost2_ast_bleu_baseline": 0.2, "mls_asr_wer": 0.8, "fleurs_asr_cer": 0.3,
+             "minds14_intent_accuracy": 0.25, "ctc_cer": 0.5}
+  rows = {r.task + " " + r.metric: r for r in xtreme_table.xtreme_rows(metrics)}
+  assert set(rows) == {"built-in ASR (CTC fine-tuned) CER (%)", "XTREME-S CoVoST 2 X->En BLEU",
+                       "XTREME-S FLEURS ASR CER (%)", "XTREME-S MLS ASR WER (%)", "XTREME-S MINDS-14 intent accuracy (%)"}
+  covost = rows["XTREME-S CoVoST 2 X->En BLEU"]
+  assert (covost.ours, covost.baseline, covost.paper_2b) == (3.5, 0.2, 24.8)
+  assert rows["XTREME-S MLS ASR WER (%)"].ours == pytest.approx(80.0)
+  assert rows["XTREME-S MLS ASR WER (%)"].paper_600m == 10.1
+  assert rows["XTREME-S MINDS-14 intent accuracy (%)"].paper_600m == 86.9
+
+
 def test_bleu_plot(tmp_path):
   path = translation.plot_bleu_over_steps(str(tmp_path / "plots" / "bleu.png"),
                                           {"speech": [(100, 2.0), (0, 0.1)], "speech+text": [(0, 0.1), (100, 4.0)]},
