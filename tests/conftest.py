@@ -34,14 +34,16 @@ TEST_CACHE_DIR = compilation_cache.enable(
 # Test files that share an expensive fixture: each group is one unit of work for pytest-xdist (one
 # worker, so the fixture is made once) and starts first, so the longest chains overlap the rest.
 SHARED_FIXTURE_FILES = {
-    **dict.fromkeys(["tests/data/test_remote_everywhere.py", "tests/evaluation/test_finetune_resume.py",
-                     "tests/evaluation/test_tiny_checkpoint.py", "tests/evaluation/test_xtreme_s_finetune.py",
+    **dict.fromkeys(["tests/data/test_remote_everywhere.py", "tests/evaluation/test_tiny_checkpoint.py",
                      "tests/faults/test_bad_audio.py", "tests/faults/test_bad_flags.py",
                      "tests/faults/test_corpus_identity.py", "tests/trainer/test_pretrain_integration.py"],
-                    "tiny_run"),  # the session's tiny run
+                    "tiny_run"),  # the session's tiny run, trained and evaluated
+    **dict.fromkeys(["tests/evaluation/test_finetune_resume.py", "tests/evaluation/test_xtreme_s_finetune.py"],
+                    "tiny_pretrained"),  # fine-tuning from its checkpoint, on the other worker
     "tests/test_demo.py": "demo",  # the module's demo run
 }
-_GROUP_ORDER = ("tiny_run", "demo")
+_GROUP_ORDER = ("tiny_run", "demo", "tiny_pretrained")
+_SESSION_RUNS = ("tiny_run", "tiny_pretrained")
 
 
 def _file_of(nodeid: str) -> str:
@@ -51,9 +53,15 @@ def _file_of(nodeid: str) -> str:
 def pytest_collection_modifyitems(config, items):
   del config
   for item in items:
-    if "tiny_run" in getattr(item, "fixturenames", ()) and SHARED_FIXTURE_FILES.get(_file_of(item.nodeid)) != "tiny_run":
-      raise pytest.UsageError(f"{_file_of(item.nodeid)} uses tiny_run: list it in tests/conftest.py's SHARED_FIXTURE_FILES")
-  rank = lambda item: _GROUP_ORDER.index(SHARED_FIXTURE_FILES[_file_of(item.nodeid)]) if _file_of(item.nodeid) in SHARED_FIXTURE_FILES else len(_GROUP_ORDER)
+    for run in _SESSION_RUNS:
+      if run in getattr(item, "fixturenames", ()) and _file_of(item.nodeid) not in SHARED_FIXTURE_FILES:
+        raise pytest.UsageError(f"{_file_of(item.nodeid)} uses {run}: list it in SHARED_FIXTURE_FILES "
+                                "(tests/conftest.py)")
+
+  def rank(item) -> int:
+    group = SHARED_FIXTURE_FILES.get(_file_of(item.nodeid))
+    return _GROUP_ORDER.index(group) if group else len(_GROUP_ORDER)
+
   items.sort(key=rank)
 
 
@@ -125,23 +133,35 @@ ALL_EVALUATORS = ("retrieval", "langid", "langid_finetune", "ctc", "zero_shot", 
 
 
 @pytest.fixture(scope="session")
-def tiny_run(builtin_corpus_dir, tmp_path_factory) -> str:
+def tiny_pretrained(builtin_corpus_dir, tmp_path_factory) -> str:
   """models/tiny.gin + runs/pretrain.gin trained 3 steps on the tiny corpus (a checkpoint at every
-  step), then `mslam eval` of the latest with every evaluator (MODEL_DIR/eval/step_3/), once per
-  session, through the commands a user runs. Read-only for the tests that use it."""
+  step) through `mslam train`, once per session (per xdist worker). For the tests that only start
+  from its checkpoints; `tiny_run` evaluates it too."""
   import gin  # pylint: disable=g-import-not-at-top
   from mslam_jax import cli  # pylint: disable=g-import-not-at-top
   model_dir = str(tmp_path_factory.mktemp("tiny_run"))
   gin.clear_config()
   try:
-    rc = cli.main(tiny_train_args(model_dir, builtin_corpus_dir))
-    assert rc == 0, "training the tiny run failed"
+    assert cli.main(tiny_train_args(model_dir, builtin_corpus_dir)) == 0, "training the tiny run failed"
+  finally:
     gin.clear_config()
-    rc = cli.main(["eval", "--model_dir", model_dir, "--corpus_dir", builtin_corpus_dir,
+  return model_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_pretrained, builtin_corpus_dir) -> str:
+  """`tiny_pretrained` and `mslam eval` of its latest step with every evaluator
+  (MODEL_DIR/eval/step_3/), once per session, through the commands a user runs. Read-only for the
+  tests that use it."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from mslam_jax import cli  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  try:
+    rc = cli.main(["eval", "--model_dir", tiny_pretrained, "--corpus_dir", builtin_corpus_dir,
                    f"--gin.build_evaluators.names={list(ALL_EVALUATORS)!r}",
                    "--gin.FinetuneConfig.steps=3", "--gin.FinetuneConfig.freeze='frozen'",
                    "--gin.langid_head/FinetuneConfig.steps=3"])
     assert rc == 0, "evaluating the tiny run failed"
   finally:
     gin.clear_config()
-  return model_dir
+  return tiny_pretrained

@@ -62,8 +62,8 @@ class LinearProbe:
   def save(self, path: str) -> None:
     storage.makedirs(epath.Path(path).parent)
     with epath.Path(path).open("wb") as f:  # local or remote (gs://...)
-      np.savez(f, classes=self.classes_.astype(str), features=np.asarray(self.features), mean=self.mean_, scale=self.scale_, coef=self.coef_,
-               intercept=self.intercept_)
+      np.savez(f, classes=self.classes_.astype(str), features=np.asarray(self.features), mean=self.mean_,
+               scale=self.scale_, coef=self.coef_, intercept=self.intercept_)
 
   @classmethod
   def load(cls, path: str) -> "LinearProbe":

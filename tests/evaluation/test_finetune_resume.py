@@ -48,13 +48,14 @@ def _params(model_dir: str, steps: int):
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))
-def test_sigkill_then_restart_reproduces_the_uninterrupted_finetune(task, tiny_run, builtin_corpus_dir, tmp_path):
+def test_sigkill_then_restart_reproduces_the_uninterrupted_finetune(task, tiny_pretrained, builtin_corpus_dir,
+                                                                     tmp_path):
   steps, every, figure, _ = TASKS[task]
   corpus = builtin_corpus_dir
   if task == "translate":  # translation data goes into the corpus: a copy of the shared one, made once
     corpus = shutil.copytree(builtin_corpus_dir, str(tmp_path / "corpus"))
     translation_data.build_translation_data(corpus, per_language=4, progress=False, synthesize=espeak.synthesize)
-  command = lambda out: _command(task, tiny_run, corpus, out)
+  command = lambda out: _command(task, tiny_pretrained, corpus, out)
   env = helpers.env(1)  # the session's compilation cache: the restart reuses the first runs' programs
   # The uninterrupted run and the one to kill run side by side (their start-ups overlap on 2 cores).
   straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")

@@ -135,7 +135,8 @@ def test_xtreme_table_lists_the_benchmarks_own_tasks_next_to_the_paper():
              "minds14_intent_accuracy": 0.25, "ctc_cer": 0.5}
   rows = {r.task + " " + r.metric: r for r in xtreme_table.xtreme_rows(metrics)}
   assert set(rows) == {"built-in ASR (CTC fine-tuned) CER (%)", "XTREME-S CoVoST 2 X->En BLEU",
-                       "XTREME-S FLEURS ASR CER (%)", "XTREME-S MLS ASR WER (%)", "XTREME-S MINDS-14 intent accuracy (%)"}
+                       "XTREME-S FLEURS ASR CER (%)", "XTREME-S MLS ASR WER (%)",
+                       "XTREME-S MINDS-14 intent accuracy (%)"}
   covost = rows["XTREME-S CoVoST 2 X->En BLEU"]
   assert (covost.ours, covost.baseline, covost.paper_2b) == (3.5, 0.2, 24.8)
   assert rows["XTREME-S MLS ASR WER (%)"].ours == pytest.approx(80.0)

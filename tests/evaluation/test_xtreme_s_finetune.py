@@ -53,11 +53,11 @@ def _finetune(args: list[str]) -> int:
 
 @pytest.mark.slow  # three short fine-tunes of the tiny model (compiles)
 @pytest.mark.parametrize("task", sorted(TASKS))
-def test_each_head_trains_on_its_mixture_and_reports_its_metric(task, prepared, tiny_run, tmp_path, capsys):
+def test_each_head_trains_on_its_mixture_and_reports_its_metric(task, prepared, tiny_pretrained, tmp_path, capsys):
   names, keys, flags = TASKS[task]
   out = str(tmp_path / task)
   corpora = ",".join(f"{n}={prepared[n]}" for n in names)
-  rc = _finetune(["--xtreme_s", task, "--corpora", corpora, "--init_from", tiny_run, f"--gin.MODEL_DIR='{out}'",
+  rc = _finetune(["--xtreme_s", task, "--corpora", corpora, "--init_from", tiny_pretrained, f"--gin.MODEL_DIR='{out}'",
                   "--steps", str(STEPS), "--freeze", "frozen", "--gin.FinetuneConfig.batch_size=2",
                   f"--gin.FinetuneConfig.checkpoint_every={STEPS}", "--gin.FinetuneConfig.max_audio_seconds=2.0",
                   "--gin.XtremeSData.target_length=32", "--gin.finetune_run.max_test_per_lang=1",
@@ -147,8 +147,8 @@ def test_an_unknown_task_or_a_missing_corpus_names_what_to_pass(tmp_path):
 
 
 @pytest.mark.slow  # needs the session's tiny run
-def test_the_command_exits_2_at_start_on_bad_xtreme_s_flags(tiny_run, tmp_path, capsys):
-  base = ["--init_from", tiny_run, f"--gin.MODEL_DIR='{tmp_path / 'out'}'"]
+def test_the_command_exits_2_at_start_on_bad_xtreme_s_flags(tiny_pretrained, tmp_path, capsys):
+  base = ["--init_from", tiny_pretrained, f"--gin.MODEL_DIR='{tmp_path / 'out'}'"]
   for args, message in ((["--xtreme_s", "mls_asr", "--corpora", f"fleurs={tmp_path}"], "--corpora mls=DIR"),
                         (["--xtreme_s", "nope", "--corpora", f"fleurs={tmp_path}"], "--xtreme_s one of"),
                         (["--xtreme_s", "fleurs_asr", "--corpora", "fleurs"], "NAME=DIR"),
