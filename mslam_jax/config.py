@@ -192,15 +192,23 @@ def parse_run_config(model_dir: str | None, gin_files: Sequence[str] = (), bindi
 
 
 def build_model() -> Any:
-  """The configured model: what `train.model` names (a run config binds it), else MSLAMModel
-  as the size file configures it. The one way every command builds the model from gin."""
+  """The configured model: what `train.model` names (a run config binds it); for a speech
+  translation fine-tuning run, its TranslationModel (all of it in gin); else MSLAMModel as the
+  size file configures it. The one way every command builds the model from gin."""
   from mslam_jax.models import mslam  # pylint: disable=g-import-not-at-top
   import_configurables()
   try:
     reference = gin.query_parameter("train.model")
   except ValueError:
-    return mslam.MSLAMModel()
+    reference = None
   if _is_required(reference) or reference is gin.REQUIRED or reference is None:
+    try:
+      task = gin.query_parameter("finetune_run.task")
+    except ValueError:
+      task = None
+    if task == "translate":
+      from mslam_jax.models import translation  # pylint: disable=g-import-not-at-top
+      return translation.TranslationModel()
     return mslam.MSLAMModel()
   if isinstance(reference, gin.config.ConfigurableReference):
     return reference.scoped_configurable_fn() if reference.evaluate else reference.scoped_configurable_fn
