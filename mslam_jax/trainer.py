@@ -258,8 +258,9 @@ class Trainer:
             for (path, s), spec in zip(flat, specs)}
 
   def shard_batch(self, local_batch) -> Any:
-    """This process's rows -> global arrays laid out as the step expects."""
+    """This process's rows -> global arrays laid out as the step expects. A batch's lengths may
+    differ from batch_spec's (length buckets): the step then compiles once per shape."""
     return partitioning.global_batch_from_process_local(
-        local_batch, self.batch_shardings, self.batch_spec)
+        local_batch, self.batch_shardings, partitioning.global_batch_spec(local_batch))
 
 

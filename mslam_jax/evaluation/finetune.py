@@ -66,8 +66,12 @@ class FinetuneConfig:
   checkpoint_every: int = 100
   # Start the CTC head from the pre-trained one under this top-level parameter name when there is
   # one (mSLAM-CTC pre-trains a CTC head on paired data); None: a fresh head. A head still on CTC's
-  # all-blank plateau is a worse start than a fresh one (so the demo, after 120 steps, uses None).
+  # all-blank plateau is a worse start than a fresh one.
   pretrained_head: str | None = "ctc_head"
+  # Audio length buckets in seconds (speech translation): each batch draws its clips from one
+  # bucket and is padded to its bound, not to max_audio_seconds; the step compiles once per bucket.
+  # (): every batch padded to max_audio_seconds.
+  length_buckets: tuple[float, ...] = ()
 
   def __post_init__(self):
     if self.freeze not in FREEZE_MODES:
@@ -76,6 +80,9 @@ class FinetuneConfig:
       raise ValueError("FinetuneConfig.top_k must be >= 1 with freeze='top_k'")
     if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
       raise ValueError("FinetuneConfig.steps, batch_size and checkpoint_every must be >= 1")
+    buckets = tuple(float(b) for b in self.length_buckets)
+    if any(b <= 0 for b in buckets) or list(buckets) != sorted(set(buckets)):
+      raise ValueError(f"FinetuneConfig.length_buckets={self.length_buckets!r}: give increasing positive seconds")
 
   @property
   def encoder_rate(self) -> float:
@@ -351,18 +358,25 @@ class ExampleBatches:
   `make_batch(indices)` builds the global batch; each process yields its rows of it."""
 
   def __init__(self, num_examples: int, make_batch: Callable[[Sequence[int]], dict], batch_size: int,
-               seed: int = 0, shard_index: int = 0, num_shards: int = 1):
+               seed: int = 0, shard_index: int = 0, num_shards: int = 1,
+               groups: Sequence[Sequence[int]] | None = None):
+    """`groups`: index groups (e.g. length buckets); each batch then draws from one group, chosen
+    with probability proportional to its size."""
     if num_examples < 1:
       raise ValueError("fine-tuning has no examples")
     if batch_size % num_shards:
       raise ValueError(f"FinetuneConfig.batch_size={batch_size} does not divide over {num_shards} processes")
     self.num_examples, self.make_batch, self.batch_size, self.seed = num_examples, make_batch, batch_size, seed
     self.shard_index, self.num_shards = shard_index, num_shards
+    self.groups = [np.asarray(g, np.int64) for g in (groups or [range(num_examples)]) if len(g)]
+    sizes = np.array([len(g) for g in self.groups], np.float64)
+    self._group_p = sizes / sizes.sum()
     self.set_state({"position": 0})
 
   def _draw(self, rng: np.random.Generator) -> list[int]:
-    replace = self.num_examples < self.batch_size
-    return [int(i) for i in rng.choice(self.num_examples, size=self.batch_size, replace=replace)]
+    group = self.groups[0] if len(self.groups) == 1 else self.groups[rng.choice(len(self.groups), p=self._group_p)]
+    replace = len(group) < self.batch_size
+    return [int(i) for i in group[rng.choice(len(group), size=self.batch_size, replace=replace)]]
 
   def get_state(self) -> dict:
     return {"position": self.position}

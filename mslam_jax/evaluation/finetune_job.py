@@ -19,6 +19,7 @@ Evaluators that need a fine-tuned head (ctc, zero_shot, alignment, langid_finetu
 job through `checkpoint_head`, into RUN_DIR/finetune/<task>_step<N>_<settings hash>/, so a head is
 trained once per checkpoint and settings, and a sweep killed mid-way resumes it.
 """
+import bisect
 import dataclasses
 import functools
 import hashlib
@@ -320,15 +321,22 @@ def _finetune_translation(init_from_dir, model_dir, corpus_dir, langs, max_train
   audio_samples = min(max_samples, -(-max(len(x.audio) for x in items) // eval_data.SAMPLE_RATE) * eval_data.SAMPLE_RATE)
   target_length = -(-max(len(vocab.encode(x.target)) + 1 for x in items) // 32) * 32
   text_length = -(-max(len(vocab.encode(x.text)) for x in items) // 32) * 32
+  # Length buckets: a batch pads its audio to its bucket's bound, not to the longest clip's.
+  bounds = [min(audio_samples, int(b * eval_data.SAMPLE_RATE)) for b in settings.length_buckets] + [audio_samples]
+  bounds = sorted(set(bounds))
+  bucket_of = [min(bisect.bisect_left(bounds, len(x.audio)), len(bounds) - 1) for x in items]
+  groups = [[i for i, k in enumerate(bucket_of) if k == b] for b in range(len(bounds))]
   make = lambda idx: {  # pylint: disable=g-long-lambda
-      stream: translation_data.make_batch([items[i] for i in idx], vocab, stream, target_length, audio_samples,
-                                          text_length) for stream in streams}
+      stream: translation_data.make_batch([items[i] for i in idx], vocab, stream, target_length,
+                                          bounds[max(bucket_of[i] for i in idx)], text_length)
+      for stream in streams}
   task_model = model if model is not None else finetune.task_model("translate")()
   _write_source(model_dir, {**source, "target_length": target_length, "audio_samples": audio_samples,
                             "streams": list(streams)})
   if hasattr(vocab, "save"):
     vocab.save(os.path.join(model_dir, "vocab"))
-  iterator_fn = functools.partial(finetune.ExampleBatches, len(items), make, settings.batch_size, settings.seed)
+  iterator_fn = functools.partial(finetune.ExampleBatches, len(items), make, settings.batch_size, settings.seed,
+                                  groups=groups if len(bounds) > 1 else None)
   summary = train_task(task_model, iterator_fn, model_dir, settings, pretrained, progress_bar=progress_bar,
                        tensorboard=tensorboard, eval_every=eval_every, evaluators=evaluators, corpus_dir=corpus_dir)
   final_step = summary["final_step"]
