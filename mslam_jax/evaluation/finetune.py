@@ -446,9 +446,15 @@ def _ctc_log_probs_fn(model):
   return jax.jit(log_probs)
 
 
-def pretrained_head(params: Any, name: str | None, dim: int, num_classes: int) -> dict | None:
-  """The [dim, V>=num_classes] kernel and bias under params[name], cut to the first num_classes."""
+def pretrained_head(params: Any, name: str | None, dim: int, num_classes: int, model: Any = None) -> dict | None:
+  """The [dim, V>=num_classes] kernel and bias under params[name], cut to the first num_classes;
+  None (a fresh head) when there is none, or when `model` never trained it (its CTC objective's
+  weight is 0, e.g. a speech-only run, whose head is still its random initialisation)."""
   if not name or not isinstance(params, dict) or name not in params:
+    return None
+  weights = getattr(model, "weights", None)
+  if weights is not None and getattr(weights, "ctc", 1.0) <= 0:
+    logging.info("params[%r] was never trained (ObjectiveWeights.ctc = 0): the CTC head starts fresh", name)
     return None
   leaves = {_keys(path)[-1]: leaf for path, leaf in jax.tree_util.tree_flatten_with_path(params[name])[0]}
   kernel, bias = leaves.get("kernel"), leaves.get("bias")

@@ -1,5 +1,7 @@
-"""finetune.ExampleBatches: the fine-tuning job's batches of example indices, with length buckets
-and exact resume from a position."""
+"""Pieces of the fine-tuning job: ExampleBatches (batches of example indices, length buckets, exact
+resume) and the choice of a CTC head's starting point."""
+import types
+
 import numpy as np
 import pytest
 
@@ -47,3 +49,15 @@ def test_length_buckets_must_increase():
   with pytest.raises(ValueError, match="length_buckets"):
     finetune.FinetuneConfig(length_buckets=(2.0, 1.0))
   assert finetune.FinetuneConfig(length_buckets=(1.0, 2.5)).length_buckets == (1.0, 2.5)
+
+
+def test_a_ctc_head_starts_from_the_pretrained_one_only_if_the_run_trained_it():
+  params = {"ctc_head": {"dense": {"kernel": np.ones((4, 10), np.float32), "bias": np.zeros((10,), np.float32)}}}
+  joint = types.SimpleNamespace(weights=types.SimpleNamespace(ctc=0.3))
+  head = finetune.pretrained_head(params, "ctc_head", 4, 6, joint)
+  assert head["kernel"].shape == (4, 6) and head["bias"].shape == (6,)
+  # A speech-only run's head is its random initialisation: a fresh head is the fair start.
+  speech_only = types.SimpleNamespace(weights=types.SimpleNamespace(ctc=0.0))
+  assert finetune.pretrained_head(params, "ctc_head", 4, 6, speech_only) is None
+  assert finetune.pretrained_head(params, None, 4, 6, joint) is None
+  assert finetune.pretrained_head(params, "ctc_head", 5, 6, joint) is None  # another width: no head to take
