@@ -27,7 +27,6 @@ SMOKE_ARGS = [
     # Speech translation: a few items per source language, two steps of a one-layer decoder on the
     # frozen encoder (less to compile), two test items per language.
     "--translation-steps", "2", "--gin.build_translation_data.per_language=6",
-    "--gin.translate/FinetuneConfig.length_buckets=()", "--gin.finetune_run.translation_streams=('speech',)",
     "--gin.translate/FinetuneConfig.freeze='frozen'", "--gin.DECODER_LAYERS=1", "--gin.DECODER_EMBED_DIM=32",
     "--gin.DECODER_HEADS=2", "--gin.DECODER_MLP_DIM=64", "--gin.MAX_DECODE_LENGTH=16",
     "--gin.TranslationEvaluator.max_per_lang=2",

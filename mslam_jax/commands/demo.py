@@ -7,7 +7,7 @@
 2. pre-trains the tiny model with mSLAM-CTC + the cross-modal loss into OUT/pretrain;
 3. pre-trains the speech-only ablation (no text nor paired objectives) at the same step budget
    into OUT/pretrain_speech_only;
-4. runs the evaluation sweep (retrieval, language ID by probe and by fine-tuning, CTC fine-tuning,
+4. runs the evaluation sweep (retrieval, language ID by probe, CTC fine-tuning,
    zero-shot ASR, alignment, embedding map) into OUT/eval, and the zero-shot evaluation of the
    ablation under its own config;
 5. fine-tunes speech translation X -> En (the corpus' built-in translation data, a small decoder)
