@@ -5,7 +5,6 @@ import pytest
 import seqio
 
 from mslam_jax.data import vocabularies
-from mslam_jax.data.corpora import prepare
 from mslam_jax.data.corpora import tasks as corpora_tasks
 from mslam_jax.tasks import xtreme_s
 from tests.data.corpora import trees
@@ -15,12 +14,7 @@ pytestmark = pytest.mark.slow  # three Beam prepares
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-  out = {}
-  for name in ("covost2", "minds14", "fleurs"):
-    root = trees.WRITERS[name](str(tmp_path_factory.mktemp(f"{name}_src")))
-    out[name] = str(tmp_path_factory.mktemp(name))
-    prepare.prepare(name, root, out[name], shard_size=2)
-  return out
+  return trees.prepare_trees(tmp_path_factory, ("covost2", "minds14", "fleurs"))
 
 
 def _examples(mixture: str, split: str) -> list[dict]:

@@ -12,7 +12,6 @@ import seqio
 
 from mslam_jax import checkpoints
 from mslam_jax import cli
-from mslam_jax.data.corpora import prepare
 from mslam_jax.evaluation import finetune_job
 from mslam_jax.evaluation import xtreme_s_data
 from tests.data.corpora import trees
@@ -35,12 +34,7 @@ TASKS = {
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-  out = {}
-  for name in ("fleurs", "covost2", "minds14"):
-    root = trees.WRITERS[name](str(tmp_path_factory.mktemp(f"{name}_src")))
-    out[name] = str(tmp_path_factory.mktemp(name))
-    prepare.prepare(name, root, out[name], shard_size=2)
-  return out
+  return trees.prepare_trees(tmp_path_factory, ("fleurs", "covost2", "minds14"))
 
 
 def _finetune(args: list[str]) -> int:

@@ -201,3 +201,14 @@ def hf_parquet(root: str) -> str:
 
 WRITERS = {"fleurs": fleurs, "common_voice": common_voice, "mls": mls, "voxpopuli": voxpopuli, "babel": babel,
            "mc4": mc4, "covost2": covost2, "minds14": minds14, "hf_parquet": hf_parquet}
+
+
+def prepare_trees(tmp_path_factory, names) -> dict:
+  """{name: a prepared directory} of each corpus' tree (`mslam data prepare`, two records a shard)."""
+  from mslam_jax.data.corpora import prepare  # pylint: disable=g-import-not-at-top
+  out = {}
+  for name in names:
+    root = WRITERS[name](str(tmp_path_factory.mktemp(f"{name}_src")))
+    out[name] = str(tmp_path_factory.mktemp(name))
+    prepare.prepare(name, root, out[name], shard_size=2)
+  return out
