@@ -128,16 +128,13 @@ def register_xtreme_s(corpus_dirs: Mapping[str, str], prefix: str = PREFIX,
     sizes = {}
     for lang, entry in sorted(manifest.get("languages", {}).items()):
       stats = entry.get("streams", {}).get(STREAM, {})
-      patterns = corpora_tasks.split_patterns(corpus_dir, STREAM, lang, stats)
-      if not patterns:
+      source = corpora_tasks.language_source(corpus_dir, STREAM, lang, stats, feature_description())
+      if source is None:
         continue
       name = f"{prefix}_{task_name}_{lang}"
-      counts = {s: int(stats[s]["clips"]) for s in patterns}
+      counts = corpora_tasks.source_sizes(source)
       seqio.TaskRegistry.add(
-          name,
-          source=seqio.TFExampleDataSource(
-              split_to_filepattern=patterns, feature_description=feature_description(),
-              reader_cls=tf.data.TFRecordDataset, num_input_examples=counts, cycle_length=1, block_length=1),
+          name, source=source,
           preprocessors=[functools.partial(prepare, spec=spec, vocabulary=vocabulary,
                                            lang_id=inventory.get(lang).id, task=name)],
           output_features=output_features(vocabulary),

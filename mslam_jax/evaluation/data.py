@@ -139,17 +139,23 @@ def jitted_encoders(model: Any, cross_modal: bool = False, cache: dict | None = 
   `cache`: a dict owned by the caller's loop (an evaluation context's `compiled`), so that the
   evaluators of a sweep, and checkpoint after checkpoint, share the compiled programs.
   """
-  import jax  # pylint: disable=g-import-not-at-top
   cross_modal = cross_modal and hasattr(model, "embed_speech")
-  key = ("encoders", cross_modal)
-  if cache is not None and key in cache and cache[key][0] is model:
-    return cache[key][1], cache[key][2]
   speech, text = ((model.embed_speech, model.embed_text) if cross_modal
                   else (model.encode_speech, model.encode_text))
-  entry = (model, jax.jit(speech), jax.jit(text))
-  if cache is not None:
-    cache[key] = entry
-  return entry[1], entry[2]
+  return cached_jit(cache, ("encoders", cross_modal), model, speech, text)
+
+
+def cached_jit(cache: dict | None, key: Any, model: Any, *fns: Callable) -> Any:
+  """jax.jit of `fns` (one function or a tuple of them), kept in `cache` under `key` for as long as
+  the cached entry is of this `model`."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if cache is not None and key in cache and cache[key][0] is model:
+    jitted = cache[key][1]
+  else:
+    jitted = tuple(jax.jit(fn) for fn in fns)
+    if cache is not None:
+      cache[key] = (model, jitted)
+  return jitted if len(jitted) > 1 else jitted[0]
 
 
 class Encoder:
@@ -167,7 +173,7 @@ class Encoder:
     self.model, self.params = model, meta.unbox(params)
     self.batch_size, self.audio_multiple, self.text_multiple = batch_size, audio_multiple, text_multiple
     self.max_text_length = max_text_length
-    self._cache = cache if cache is not None else {}
+    self._cache = cache if cache is not None else {}  # this encoder's programs, at least
     self._speech, self._text = jitted_encoders(model, cross_modal, self._cache)
 
   def _run(self, fn: Callable, items: Sequence[Any], pad: Callable, multiple: int, frames: bool):
@@ -194,11 +200,7 @@ class Encoder:
 
   def speech_statistics(self, audios: Sequence[np.ndarray]) -> np.ndarray:
     """[N, 6 D] per-stage frame statistics (the model's `speech_statistics`: language-ID features)."""
-    import jax  # pylint: disable=g-import-not-at-top
-    key = ("speech_statistics",)
-    if key not in self._cache or self._cache[key][0] is not self.model:
-      self._cache[key] = (self.model, jax.jit(self.model.speech_statistics))
-    stats = self._cache[key][1]
+    stats = cached_jit(self._cache, ("speech_statistics",), self.model, self.model.speech_statistics)
     return self._run(lambda params, x, mask: (None, None, stats(params, x, mask)), audios, pad_audio,
                      self.audio_multiple, False)
 

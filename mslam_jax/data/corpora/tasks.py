@@ -88,6 +88,23 @@ def split_patterns(corpus_dir: str, stream: str, lang: str, stats: Mapping[str, 
           for split in records.SPLITS if stats.get(split, {}).get("clips")}
 
 
+def language_source(corpus_dir: str, stream: str, lang: str, stats: Mapping[str, Any],
+                    feature_description: Mapping[str, Any]) -> Optional[seqio.TFExampleDataSource]:
+  """The records of one language and stream of a prepared corpus as a SeqIO source (the splits
+  with clips, their clip counts); None when it has none."""
+  patterns = split_patterns(corpus_dir, stream, lang, stats)
+  if not patterns:
+    return None
+  return seqio.TFExampleDataSource(
+      split_to_filepattern=patterns, feature_description=feature_description, reader_cls=tf.data.TFRecordDataset,
+      num_input_examples={s: int(stats[s]["clips"]) for s in patterns}, cycle_length=1, block_length=1)
+
+
+def source_sizes(source: seqio.DataSource) -> Dict[str, int]:
+  """{split: clips} of a `language_source`."""
+  return {split: source.num_input_examples(split) for split in source.splits}
+
+
 @gin.configurable
 def register_prepared_corpora(corpus_dirs: Mapping[str, str] = gin.REQUIRED,
                               streams: Optional[Mapping[str, Sequence[str]]] = None,
@@ -119,12 +136,8 @@ def register_prepared_corpora(corpus_dirs: Mapping[str, str] = gin.REQUIRED,
   mixtures = {s: f"{prefix}_{s}" for s in streams}
   if _registered.get(prefix) == key:
     return {s: m for s, m in mixtures.items() if m in seqio.MixtureRegistry.names()}
-  for name in list(seqio.MixtureRegistry.names()):
-    if name.startswith(prefix + "_"):
-      seqio.MixtureRegistry.remove(name)
-  for name in list(seqio.TaskRegistry.names()):
-    if name.startswith(prefix + "_"):
-      seqio.TaskRegistry.remove(name)
+  from mslam_jax.tasks import builtin  # pylint: disable=g-import-not-at-top  (registry clean-up, its lean Mixture)
+  builtin.remove_registered(prefix)
   vocabulary = shared_vocabulary(corpus_dirs)
   registered = {}
   for stream, names in streams.items():
@@ -133,20 +146,16 @@ def register_prepared_corpora(corpus_dirs: Mapping[str, str] = gin.REQUIRED,
       corpus_dir = str(corpus_dirs[corpus])
       for lang, entry in sorted(manifests[corpus].get("languages", {}).items()):
         stats = entry.get("streams", {}).get(stream, {})
-        patterns = split_patterns(corpus_dir, stream, lang, stats)
-        if not patterns:
+        source = language_source(corpus_dir, stream, lang, stats, preprocessors.training_feature_description(stream))
+        if source is None:
           continue
         task = f"{prefix}_{corpus}_{stream}_{lang}"
-        num_examples = {s: int(stats[s]["clips"]) for s in patterns}
         seqio.TaskRegistry.add(
-            task,
-            source=seqio.TFExampleDataSource(
-                split_to_filepattern=patterns, feature_description=preprocessors.training_feature_description(stream),
-                reader_cls=tf.data.TFRecordDataset, num_input_examples=num_examples, cycle_length=1, block_length=1),
+            task, source=source,
             preprocessors=preprocessors.record_preprocessors(stream, vocabulary, inventory.get(lang).id, task),
             output_features=feature_converters.task_output_features(stream, vocabulary),
-            shuffle_buffer_size=max(1, min(buffers[stream], max(num_examples.values()))))
-        if "train" in patterns:
+            shuffle_buffer_size=max(1, min(buffers[stream], max(source_sizes(source).values()))))
+        if "train" in source.splits:
           sizes.setdefault(lang, {})[task] = _count(stats["train"], units[stream])
     t = temps.get(stream, 3.0)
     if t <= 0:
@@ -157,7 +166,6 @@ def register_prepared_corpora(corpus_dirs: Mapping[str, str] = gin.REQUIRED,
     rates = {task: weights[lang] / norm * n / totals[lang]
              for lang, by_task in sizes.items() if lang in totals for task, n in by_task.items() if n > 0}
     if rates:
-      from mslam_jax.tasks import builtin  # pylint: disable=g-import-not-at-top  (its lean Mixture)
       seqio.MixtureRegistry.add(mixtures[stream], sorted(rates.items()), mixture_cls=builtin.LeanMixture)
       registered[stream] = mixtures[stream]
       logging.info("Mixture %s: %d languages over %s, T=%g, rates by %s", mixtures[stream], len(totals), names, t,
