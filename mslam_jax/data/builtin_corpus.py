@@ -183,13 +183,13 @@ def _synthesize_items(lang: languages.Language, sentences: Sequence[tuple[int, s
   rng = np.random.default_rng(
       [config.seed, int(hashlib.sha1(f"{lang.code}/{stream}/{split}".encode()).hexdigest()[:8], 16)])
   variants = espeak.TRAIN_VARIANTS if split == "train" else espeak.EVAL_VARIANTS
-  for i, sentence in sentences:
+  # Every style is drawn before any clip is spoken, so the clips may be spoken side by side.
+  styles = [espeak.sample_style(rng, lang.espeak_voices, variants) for _ in sentences]
+  results = espeak.synthesize_all(synthesize, [(sentence, style) for (_, sentence), style in zip(sentences, styles)])
+  for (i, sentence), style, result in zip(sentences, styles, results):
     item_id = f"{lang.code}-{stream}-{i:05d}"
-    style = espeak.sample_style(rng, lang.espeak_voices, variants)
-    try:
-      result = synthesize(sentence, style)
-    except espeak.EspeakError as e:
-      counter.skip(SYNTHESIS_FAILED, item_id, str(e))
+    if isinstance(result, espeak.EspeakError):
+      counter.skip(SYNTHESIS_FAILED, item_id, str(result))
       continue
     if not result.words:
       counter.skip(NO_WORD_TIMINGS, item_id, f"the voice gave no word events for {sentence[:40]!r}")
@@ -426,7 +426,8 @@ def build_builtin_corpus(out_dir: str, max_languages: int | None = SMALL_MAX_LAN
     force: rebuild even when the manifest says the build is up to date.
     progress: show a tqdm bar.
     synthesize: the synthesizer (text, SpeakerStyle) -> espeak.Synthesis; default: an
-      espeak.SynthesisWorker (a crash of eSpeak costs one clip, counted, not the build).
+      espeak.SynthesisPool, one eSpeak process per core (a crash of eSpeak costs one clip, counted,
+      not the build).
   """
   start = time.time()
   if per_language < 1:
@@ -453,7 +454,7 @@ def build_builtin_corpus(out_dir: str, max_languages: int | None = SMALL_MAX_LAN
 
   worker = None
   if synthesize is None:
-    synthesize = worker = espeak.SynthesisWorker()
+    synthesize = worker = espeak.SynthesisPool()
   try:
     manifest_languages, vocab_texts, totals = _build_languages(
         out_dir, selected, held, config, counter, synthesize, progress)

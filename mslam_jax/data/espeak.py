@@ -399,3 +399,70 @@ class SynthesisWorker:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def synthesize_all(synthesize, jobs: Sequence[tuple[str, SpeakerStyle]]):
+  """(text, style) jobs -> an iterator, in their order, of Synthesis or the EspeakError that job
+  raised. Side by side where `synthesize` has a `map` (SynthesisPool), else one after another."""
+  if hasattr(synthesize, "map"):
+    return synthesize.map(jobs)
+
+  def one(job):
+    try:
+      return synthesize(*job)
+    except EspeakError as e:
+      return e
+  return map(one, jobs)
+
+
+class SynthesisPool:
+  """Several SynthesisWorkers speaking side by side (eSpeak is single-threaded; a build is CPU-bound).
+
+  `map` keeps its jobs' order and every clip depends only on its text, style and seed, so a build
+  is the same whichever worker spoke which clip, and the same as with one worker.
+  """
+
+  def __init__(self, workers: int | None = None, timeout_s: float = 60.0):
+    import queue  # pylint: disable=g-import-not-at-top
+    from concurrent import futures  # pylint: disable=g-import-not-at-top
+    count = workers or max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                   else os.cpu_count() or 1))
+    self._workers = [SynthesisWorker(timeout_s) for _ in range(count)]
+    self._free = queue.SimpleQueue()
+    for worker in self._workers:
+      self._free.put(worker)
+    self._executor = futures.ThreadPoolExecutor(count, thread_name_prefix="espeak")
+
+  @property
+  def restarts(self) -> int:
+    return sum(w.restarts for w in self._workers)
+
+  def _run(self, job, raise_errors: bool):
+    worker = self._free.get()
+    try:
+      return worker(*job)
+    except EspeakError as e:
+      if raise_errors:
+        raise
+      return e
+    finally:
+      self._free.put(worker)
+
+  def __call__(self, text: str, style: SpeakerStyle, sample_rate: int = SAMPLE_RATE, seed: int = 0
+               ) -> Synthesis:
+    return self._run((text, style, sample_rate, seed), raise_errors=True)
+
+  def map(self, jobs):
+    """Synthesis, or the EspeakError raised, for each (text, style[, sample_rate, seed]) job, in order."""
+    return self._executor.map(lambda job: self._run(job, raise_errors=False), list(jobs))
+
+  def close(self) -> None:
+    self._executor.shutdown(wait=True)
+    for worker in self._workers:
+      worker.close()
+
+  def __enter__(self) -> "SynthesisPool":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()

@@ -122,3 +122,20 @@ def test_worker_gives_the_same_clips_and_survives_a_dead_process(monkeypatch):
     third = worker(text, style)
     assert worker.pid != pid and worker.restarts == 2
     np.testing.assert_array_equal(third.audio, expected.audio)
+
+
+def test_pool_speaks_side_by_side_in_order_and_returns_failures_in_place():
+  jobs = [("one two three", espeak.SpeakerStyle("en")), ("hola", espeak.SpeakerStyle("no-such-voice")),
+          ("quatre cinq six", espeak.SpeakerStyle("fr", "f2", 190, 40)),
+          ("sieben acht neun", espeak.SpeakerStyle("de"))]
+  with espeak.SynthesisPool(workers=2) as pool:
+    got = list(pool.map(jobs))
+    pids = {w.pid for w in pool._workers}  # pylint: disable=protected-access
+    assert len(pids) == 2 and None not in pids  # both children spoke
+    with pytest.raises(espeak.EspeakError, match="no-such-voice"):
+      pool(*jobs[1])
+  sequential = list(espeak.synthesize_all(espeak.synthesize, jobs))
+  assert isinstance(got[1], espeak.EspeakError) and isinstance(sequential[1], espeak.EspeakError)
+  for index in (0, 2, 3):
+    np.testing.assert_array_equal(got[index].audio, sequential[index].audio)
+    assert got[index].words == sequential[index].words == espeak.synthesize(*jobs[index]).words
