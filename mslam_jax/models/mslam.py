@@ -178,6 +178,7 @@ class MSLAMNetwork(nn.Module):
   cross_modal_max_temperature: float = 1.0
   cross_modal_dim: int = 256
   cross_modal_hidden: int = 0
+  tlm_items: Optional[int] = None
 
   def setup(self):
     enc, dtypes = self.encoder, dict(dtype=self.encoder.dtype, param_dtype=self.encoder.param_dtype)
@@ -252,10 +253,12 @@ class MSLAMNetwork(nn.Module):
       features, paired_mask = feats["paired"]
       projected = enc.project_speech(features, deterministic)
       if want_tlm:
-        paired_q = self._quantize(*audio["paired"], features, paired_mask, step, deterministic)
+        n = self.tlm_items  # slicing past the batch keeps it whole
+        tlm_mask = paired_mask[:n]
+        paired_q = self._quantize(*(a[:n] for a in audio["paired"]), features[:n], tlm_mask, step, deterministic)
         frames_masked = masking.rate_span_mask(
-            self.make_rng("masking"), paired_mask, mc.tlm_speech_rate, mc.tlm_speech_span_length, mc.min_spans)
-        lower_in["tlm"] = (enc.mask_speech(projected, frames_masked), paired_mask)
+            self.make_rng("masking"), tlm_mask, mc.tlm_speech_rate, mc.tlm_speech_span_length, mc.min_spans)
+        lower_in["tlm"] = (enc.mask_speech(projected[:n], frames_masked), tlm_mask)
       if want_full:
         lower_in["full"] = (projected, paired_mask)
     lower_out = _grouped(lambda x, m: enc.speech_layers(x, m, deterministic), lower_in)
@@ -273,14 +276,15 @@ class MSLAMNetwork(nn.Module):
     if paired is not None:
       paired_tokens, paired_tokens_mask = paired["tokens"], _int(paired["tokens_mask"])
     if want_tlm:
+      tlm_tokens, tlm_tokens_mask = paired_tokens[:n], paired_tokens_mask[:n]
       chars_masked = masking.rate_span_mask(
-          self.make_rng("masking"), paired_tokens_mask, mc.tlm_text_rate, mc.tlm_text_span_length, mc.min_spans)
-      chars = enc.embed_text(masking.apply_token_mask(paired_tokens, chars_masked, MASK_ID), paired_tokens_mask,
+          self.make_rng("masking"), tlm_tokens_mask, mc.tlm_text_rate, mc.tlm_text_span_length, mc.min_spans)
+      chars = enc.embed_text(masking.apply_token_mask(tlm_tokens, chars_masked, MASK_ID), tlm_tokens_mask,
                              deterministic)
       frames = lower_out["tlm"][1]
       # Padding sits between the two parts; attention never sees it (joint mask).
       shared_in["tlm"] = (jnp.concatenate([frames, chars.astype(frames.dtype)], axis=1),
-                          jnp.concatenate([paired_mask, paired_tokens_mask], axis=1))
+                          jnp.concatenate([tlm_mask, tlm_tokens_mask], axis=1))
     if want_full:
       shared_in["full"] = (lower_out["full"][1], paired_mask)
     if paired is not None and w.cross_modal > 0:
@@ -317,13 +321,13 @@ class MSLAMNetwork(nn.Module):
       speech_loss, speech_acc = losses.masked_cross_entropy(
           self.codebook_head(joint[:, :num_frames]), paired_q.ids, frames_masked)
       text_loss, text_acc = losses.masked_cross_entropy(
-          self._text_logits(joint[:, num_frames:]), paired_tokens, chars_masked)
+          self._text_logits(joint[:, num_frames:]), tlm_tokens, chars_masked)
       metrics.update({
           "paired/tlm_loss": speech_loss + text_loss,
           "paired/tlm_speech_loss": speech_loss, "paired/tlm_speech_accuracy": speech_acc,
           "paired/tlm_text_loss": text_loss, "paired/tlm_text_accuracy": text_acc,
-          "paired/tlm_speech_masked_share": _share(frames_masked, paired_mask),
-          "paired/tlm_text_masked_share": _share(chars_masked, paired_tokens_mask),
+          "paired/tlm_speech_masked_share": _share(frames_masked, tlm_mask),
+          "paired/tlm_text_masked_share": _share(chars_masked, tlm_tokens_mask),
       })
     if want_full and w.ctc > 0:
       ctc_logits = self.ctc_head(shared_out["full"])
@@ -415,6 +419,10 @@ class MSLAMModel:
     cross_modal_*_temperature: the learned temperature's start and clipping range.
     cross_modal_dim / cross_modal_hidden: the embedding heads of the cross-modal loss (one per
       modality): output size, and the size of a GELU hidden layer (0: linear, as CLIP).
+    tlm_items: TLM reads the first `tlm_items` items of the paired batch (None: all of them), CTC
+      and the cross-modal term all of them. TLM's speech-and-text sequence is the step's longest
+      and needs its own masked pass of the speech-only stack: at the demo's sizes TLM on every
+      item is half of the step's time.
     schedule: ObjectiveSchedule, when each objective joins the loss (gin-configured when not given).
     dummy_audio_samples / dummy_text_length: shapes of `dummy_batch()` (init-time shapes only).
   """
@@ -435,6 +443,7 @@ class MSLAMModel:
       cross_modal_max_temperature: float = 1.0,
       cross_modal_dim: int = 256,
       cross_modal_hidden: int = 0,
+      tlm_items: Optional[int] = None,
       dummy_audio_samples: int = 16000,
       dummy_text_length: int = 16,
   ):
@@ -457,7 +466,7 @@ class MSLAMModel:
         contrastive_temperature=contrastive_temperature, contrastive_dim=contrastive_dim,
         tie_text_head=tie_text_head, cross_modal_init_temperature=cross_modal_init_temperature,
         cross_modal_min_temperature=cross_modal_min_temperature,
-        cross_modal_max_temperature=cross_modal_max_temperature)
+        cross_modal_max_temperature=cross_modal_max_temperature, tlm_items=tlm_items)
     self.validate()
 
   def validate(self) -> None:
@@ -488,6 +497,8 @@ class MSLAMModel:
     if self.quantizer_name == "best_rq" and (self.weights.speech_contrastive > 0 or self.weights.diversity > 0):
       raise ValueError("MSLAMModel.quantizer='best_rq' has no learned codevectors: set "
                        "ObjectiveWeights.speech_contrastive = 0.0 and ObjectiveWeights.diversity = 0.0")
+    if net.tlm_items is not None and net.tlm_items < 1:
+      raise ValueError(f"MSLAMModel.tlm_items must be >= 1 (None: every paired item), got {net.tlm_items}")
     if net.num_negatives < 1:
       raise ValueError(f"MSLAMModel.num_negatives must be >= 1, got {net.num_negatives}")
     if net.contrastive_dim < 1:

@@ -1,6 +1,7 @@
 """MSLAMModel on a tiny configuration: losses at init, padding independence, training in bf16,
 BEST-RQ, config validation. One jitted bf16 train step serves the init, finiteness, bf16 and
 training checks (compiles are the expensive part on CPU)."""
+import functools
 import math
 
 import flax
@@ -207,6 +208,26 @@ def test_speech_only_batches_get_the_joint_parameter_tree(gin_tiny, batch):
   loss, metrics = jax.eval_shape(model.loss_fn, flax.core.meta.unbox(params), speech_only, jax.random.key(1), 0)
   assert loss.shape == () and "speech/mlm_loss" in metrics
   assert not any(k.startswith(("text/", "paired/")) for k in metrics)
+
+
+def test_tlm_on_the_first_paired_items_is_tlm_on_those_items_alone(gin_tiny, batch, boxed_params):
+  """MSLAMModel.tlm_items: TLM sees the first items of the paired batch, as if they were the whole
+  batch (same masks, same losses); CTC and the cross-modal term still see every item."""
+  params = flax.core.meta.unbox(boxed_params)
+  paired = {"paired": batch["paired"]}
+  first = {"paired": jax.tree.map(lambda a: a[:1], batch["paired"])}
+  loss = lambda model, b: jax.jit(functools.partial(model.loss_fn, deterministic=True))(
+      params, b, jax.random.key(3), 300)[1]
+  some = loss(mslam.MSLAMModel(tlm_items=1), paired)
+  alone = loss(mslam.MSLAMModel(), first)
+  every = loss(mslam.MSLAMModel(), paired)
+  for key in ("paired/tlm_speech_loss", "paired/tlm_text_loss", "paired/tlm_speech_masked_share"):
+    np.testing.assert_allclose(some[key], alone[key], rtol=1e-5, err_msg=key)
+  for key in ("paired/ctc_loss", "paired/cross_modal_loss"):
+    np.testing.assert_allclose(some[key], every[key], rtol=1e-5, err_msg=key)
+  assert not np.isclose(some["paired/cross_modal_loss"], alone["paired/cross_modal_loss"])
+  with pytest.raises(ValueError, match=r"MSLAMModel\.tlm_items"):
+    mslam.MSLAMModel(tlm_items=0)
 
 
 @pytest.mark.parametrize("overrides,binding", [
