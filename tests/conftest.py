@@ -1,10 +1,13 @@
 """Shared pytest fixtures: a tiny built-in corpus and a tiny pre-trained, evaluated run, each made
-once per test session; one persistent JAX compilation cache for the suite and its subprocesses.
+once per test session (the corpus and the pre-trained run once for all pytest-xdist workers); one
+persistent JAX compilation cache for the suite and its subprocesses.
 
 Tiers: `pytest -m "not slow"` skips the end-to-end runs (subprocess training, the demo); `pytest`
 runs everything, on two pytest-xdist workers (pytest.ini; `-n 0` for one process, e.g. with --pdb).
 """
+import fcntl
 import os
+import shutil
 
 # Set before any test imports TensorFlow or JAX (subprocesses inherit them).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -99,6 +102,26 @@ def build_tiny_corpus(out_dir: str, **overrides) -> dict:
   return builtin_corpus.build_builtin_corpus(out_dir, **kwargs)
 
 
+def made_once(tmp_path_factory, name: str, make) -> str:
+  """`make(directory)` once per test session, whichever pytest-xdist worker asks first (a file lock;
+  the others wait, then read what it made). A failed attempt is removed and redone by the next."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # the session's directory, above each worker's own
+  out, done = root / name, root / f"{name}.done"
+  with open(root / f"{name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      if not done.exists():
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+        make(str(out))
+        done.touch()
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+  return str(out)
+
+
 @pytest.fixture(scope="session")
 def builtin_corpus_dir(tmp_path_factory) -> str:
   """A tiny built-in corpus (6 languages, 6 clips per speech stream, `ukr` held out), read-only.
@@ -106,9 +129,7 @@ def builtin_corpus_dir(tmp_path_factory) -> str:
   Every stream has train/validation/test shards (paired/ukr has no train split), manifest.json
   and vocab/.
   """
-  out = str(tmp_path_factory.mktemp("builtin_corpus"))
-  build_tiny_corpus(out)
-  return out
+  return made_once(tmp_path_factory, "builtin_corpus", build_tiny_corpus)
 
 
 # Small enough to compile fast on 2 cores; a checkpoint and a metrics line at every step.
@@ -135,17 +156,17 @@ ALL_EVALUATORS = ("retrieval", "langid", "langid_finetune", "ctc", "zero_shot", 
 @pytest.fixture(scope="session")
 def tiny_pretrained(builtin_corpus_dir, tmp_path_factory) -> str:
   """models/tiny.gin + runs/pretrain.gin trained 3 steps on the tiny corpus (a checkpoint at every
-  step) through `mslam train`, once per session (per xdist worker). For the tests that only start
-  from its checkpoints; `tiny_run` evaluates it too."""
+  step) through `mslam train`, once per session for both xdist workers. For the tests that only
+  start from its checkpoints; `tiny_run` evaluates it too."""
   import gin  # pylint: disable=g-import-not-at-top
-  from mslam_jax import cli  # pylint: disable=g-import-not-at-top
-  model_dir = str(tmp_path_factory.mktemp("tiny_run"))
-  gin.clear_config()
-  try:
-    assert cli.main(tiny_train_args(model_dir, builtin_corpus_dir)) == 0, "training the tiny run failed"
-  finally:
+
+  def train(model_dir: str) -> None:
     gin.clear_config()
-  return model_dir
+    try:
+      assert cli.main(tiny_train_args(model_dir, builtin_corpus_dir)) == 0, "training the tiny run failed"
+    finally:
+      gin.clear_config()
+  return made_once(tmp_path_factory, "tiny_run", train)
 
 
 @pytest.fixture(scope="session")

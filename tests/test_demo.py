@@ -9,8 +9,10 @@ import sys
 import numpy as np
 import pytest
 
+from mslam_jax import compilation_cache
 from mslam_jax import training_curves
 from mslam_jax.commands import demo
+from tests import conftest
 
 pytestmark = pytest.mark.slow  # end-to-end: subprocesses that compile and train
 
@@ -36,8 +38,10 @@ SMOKE_ARGS = [
 
 
 def _demo(out: str) -> subprocess.CompletedProcess:
+  # The suite's compilation cache (conftest), not OUT/jax_cache: a second suite run compiles little.
   env = dict(os.environ, XLA_FLAGS=FAST_COMPILE_FLAGS, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
-             PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+             PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+             **{compilation_cache.ENV_VAR: conftest.TEST_CACHE_DIR or "off"})
   # The checkout's gin configs, whatever an installed package maps `mslam_jax.gin_configs` to.
   command = [sys.executable, "-c", "import sys; from mslam_jax import cli; sys.exit(cli.main(sys.argv[1:]))",
              "demo", "--out", out, "--gin_search_path", os.path.join(REPO, "gin_configs")] + SMOKE_ARGS

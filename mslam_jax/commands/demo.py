@@ -19,7 +19,7 @@
 Sizes live in gin_configs/runs/demo.gin. Re-running on the same OUT skips what is done: the corpus
 is rebuilt only when its config changed, training resumes from the last checkpoint (or is skipped
 when it reached its steps), evaluated checkpoints are read back, and compiled programs come from
-OUT/jax_cache.
+OUT/jax_cache ($MSLAM_JAX_CACHE instead, where set: one cache for several demo directories).
 """
 import argparse
 import json
@@ -275,7 +275,7 @@ def run(args: argparse.Namespace) -> int:
   ablation_dir = os.path.join(out, "pretrain_speech_only")
   translation_dir = os.path.join(out, "translation")
   os.makedirs(out, exist_ok=True)
-  compilation_cache.enable(os.path.join(out, "jax_cache"))
+  compilation_cache.enable(os.environ.get(compilation_cache.ENV_VAR) or os.path.join(out, "jax_cache"))
 
   gin_files = list(RUN_GIN_FILES) + list(args.gin_file)
   user = _flag_bindings(args) + list(getattr(args, "gin_bindings", []))
