@@ -17,8 +17,6 @@ from tests import conftest
 pytestmark = pytest.mark.slow  # end-to-end: subprocesses that compile and train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Cheaper XLA CPU compiles: at these sizes compiling, not running, is what the demo spends.
-FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 SMOKE_ARGS = [
     "--steps", "2", "--finetune-steps", "2", "--languages", "eng,rus,ukr,zul", "--held-out", "ukr",
     "--per-language", "5",
@@ -39,7 +37,7 @@ SMOKE_ARGS = [
 
 def _demo(out: str) -> subprocess.CompletedProcess:
   # The suite's compilation cache (conftest), not OUT/jax_cache: a second suite run compiles little.
-  env = dict(os.environ, XLA_FLAGS=FAST_COMPILE_FLAGS, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
+  env = dict(os.environ, XLA_FLAGS=conftest.FAST_COMPILE_FLAGS, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
              PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
              **{compilation_cache.ENV_VAR: conftest.TEST_CACHE_DIR or "off"})
   # The checkout's gin configs, whatever an installed package maps `mslam_jax.gin_configs` to.

@@ -6,17 +6,19 @@ import sys
 import time
 from typing import Sequence
 
+from tests.conftest import FAST_COMPILE_FLAGS
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STANDIN_GIN = os.path.join(REPO, "tests", "trainer", "standin_run.gin")
-# Cheaper XLA CPU compiles (the programs are tiny; LLVM optimization dominates their compile time).
-FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 def env(devices: int = 1) -> dict:
   """This process' environment (the session's compilation cache included: conftest sets it) for a
   subprocess on `devices` CPU devices."""
   e = dict(os.environ)
-  e["XLA_FLAGS"] = f"{FAST_COMPILE_FLAGS} --xla_force_host_platform_device_count={devices}"
+  # One device is XLA's default: no flag for it, so that the subprocess' programs have the cache
+  # keys (which hash XLA_FLAGS) of the same programs compiled in the test process (conftest).
+  e["XLA_FLAGS"] = FAST_COMPILE_FLAGS + (f" --xla_force_host_platform_device_count={devices}" if devices > 1 else "")
   e["JAX_PLATFORMS"] = "cpu"
   e["PYTHONPATH"] = REPO + os.pathsep + e.get("PYTHONPATH", "")
   e["TF_CPP_MIN_LOG_LEVEL"] = "2"
