@@ -13,10 +13,11 @@ from mslam_jax import compilation_cache
 from mslam_jax import training_curves
 from mslam_jax.commands import demo
 from tests import conftest
+from tests.trainer import helpers
 
 pytestmark = pytest.mark.slow  # end-to-end: subprocesses that compile and train
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = helpers.REPO
 SMOKE_ARGS = [
     "--steps", "2", "--finetune-steps", "2", "--languages", "eng,rus,ukr,zul", "--held-out", "ukr",
     "--per-language", "5",
@@ -37,9 +38,7 @@ SMOKE_ARGS = [
 
 def _demo(out: str) -> subprocess.CompletedProcess:
   # The suite's compilation cache (conftest), not OUT/jax_cache: a second suite run compiles little.
-  env = dict(os.environ, XLA_FLAGS=conftest.FAST_COMPILE_FLAGS, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
-             PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-             **{compilation_cache.ENV_VAR: conftest.TEST_CACHE_DIR or "off"})
+  env = dict(helpers.env(1), **{compilation_cache.ENV_VAR: conftest.TEST_CACHE_DIR or "off"})
   # The checkout's gin configs, whatever an installed package maps `mslam_jax.gin_configs` to.
   command = [sys.executable, "-c", "import sys; from mslam_jax import cli; sys.exit(cli.main(sys.argv[1:]))",
              "demo", "--out", out, "--gin_search_path", os.path.join(REPO, "gin_configs")] + SMOKE_ARGS

@@ -401,18 +401,20 @@ class SynthesisWorker:
     self.close()
 
 
+def _attempt(synthesize, job):
+  """Synthesis of one (text, style[, sample_rate, seed]) job, or the EspeakError it raised."""
+  try:
+    return synthesize(*job)
+  except EspeakError as e:
+    return e
+
+
 def synthesize_all(synthesize, jobs: Sequence[tuple[str, SpeakerStyle]]):
   """(text, style) jobs -> an iterator, in their order, of Synthesis or the EspeakError that job
   raised. Side by side where `synthesize` has a `map` (SynthesisPool), else one after another."""
   if hasattr(synthesize, "map"):
     return synthesize.map(jobs)
-
-  def one(job):
-    try:
-      return synthesize(*job)
-    except EspeakError as e:
-      return e
-  return map(one, jobs)
+  return (_attempt(synthesize, job) for job in jobs)
 
 
 class SynthesisPool:
@@ -437,24 +439,17 @@ class SynthesisPool:
   def restarts(self) -> int:
     return sum(w.restarts for w in self._workers)
 
-  def _run(self, job, raise_errors: bool):
-    worker = self._free.get()
+  def __call__(self, text: str, style: SpeakerStyle, sample_rate: int = SAMPLE_RATE, seed: int = 0
+               ) -> Synthesis:
+    worker = self._free.get()  # a free worker (one clip at a time each)
     try:
-      return worker(*job)
-    except EspeakError as e:
-      if raise_errors:
-        raise
-      return e
+      return worker(text, style, sample_rate, seed)
     finally:
       self._free.put(worker)
 
-  def __call__(self, text: str, style: SpeakerStyle, sample_rate: int = SAMPLE_RATE, seed: int = 0
-               ) -> Synthesis:
-    return self._run((text, style, sample_rate, seed), raise_errors=True)
-
   def map(self, jobs):
     """Synthesis, or the EspeakError raised, for each (text, style[, sample_rate, seed]) job, in order."""
-    return self._executor.map(lambda job: self._run(job, raise_errors=False), list(jobs))
+    return self._executor.map(functools.partial(_attempt, self), list(jobs))
 
   def close(self) -> None:
     self._executor.shutdown(wait=True)

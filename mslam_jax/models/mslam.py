@@ -230,6 +230,7 @@ class MSLAMNetwork(nn.Module):
     enc, w, mc = self.encoder, self.weights, self.masks
     speech, text, paired = batch.get("speech"), batch.get("text"), batch.get("paired")
     want_tlm = paired is not None and w.tlm > 0
+    n = self.tlm_items  # TLM's pairs: the first n (slicing past the batch keeps it whole)
     want_full = paired is not None and (w.ctc > 0 or w.cross_modal > 0)
     metrics: dict[str, Array] = {}
 
@@ -253,7 +254,6 @@ class MSLAMNetwork(nn.Module):
       features, paired_mask = feats["paired"]
       projected = enc.project_speech(features, deterministic)
       if want_tlm:
-        n = self.tlm_items  # slicing past the batch keeps it whole
         tlm_mask = paired_mask[:n]
         paired_q = self._quantize(*(a[:n] for a in audio["paired"]), features[:n], tlm_mask, step, deterministic)
         frames_masked = masking.rate_span_mask(
