@@ -29,7 +29,13 @@ class MissingRequiredMacroError(ConfigError):
 
 def package_gin_dir() -> str:
   """The directory of the gin configs shipped with the package (gin_configs/ in the repository)."""
-  import mslam_jax.gin_configs as configs  # pylint: disable=g-import-not-at-top
+  try:
+    import mslam_jax.gin_configs as configs  # pylint: disable=g-import-not-at-top
+  except ModuleNotFoundError:  # a checkout on PYTHONPATH, not installed (a bare accelerator image)
+    checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin_configs")
+    if os.path.isdir(checkout):
+      return checkout
+    raise
   return os.path.dirname(configs.__file__)
 
 

@@ -94,3 +94,16 @@ def test_no_import_cycles(graph):
     if node not in state:
       visit(node)
   assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_model_and_the_step_import_no_data_pipeline():
+  """An accelerator job or benchmark that trains on prepared batches needs JAX, Flax, Optax and
+  gin alone: the model, the losses and the Trainer import no SeqIO or TensorFlow."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  code = ("import sys\n"
+          "from mslam_jax import config, optimizers, partitioning, trainer\n"
+          "from mslam_jax.models import encoder, losses, mslam, translation\n"
+          "print(sorted({m.split('.')[0] for m in sys.modules} & {'seqio', 'tensorflow', 'tensorflow_datasets'}))\n")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+  assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout

@@ -23,13 +23,8 @@ import seqio
 import tensorflow as tf
 from etils import epath
 
-PAD_ID = 0
-EOS_ID = 1
-UNK_ID = 2
-MASK_ID = 3
-BLANK_ID = 4
-NUM_RESERVED = 5
-RESERVED_NAMES = ("<pad>", "<eos>", "<unk>", "<mask>", "<blank>")
+from mslam_jax.data.special_ids import BLANK_ID, EOS_ID, MASK_ID, NUM_RESERVED, PAD_ID, RESERVED_NAMES, UNK_ID
+
 MAX_SIZE = 4096
 UNK_PIECE = "\u2047"  # what decode shows for an unknown symbol, as SentencePiece does
 

@@ -108,13 +108,15 @@ class MaskedGroupNorm(nn.Module):
 def depthwise_conv1d(x: Array, kernel: Array, padding: tuple[int, int], impl: str = "auto") -> Array:
   """Depthwise 1-D convolution (cross-correlation) of [B, T, C] with a [K, 1, C] kernel.
 
-  impl "grouped": XLA's grouped convolution (feature_group_count=C), fast on TPU/GPU.
-  impl "shifts": a sum of K shifted multiply-adds. XLA's CPU backend runs grouped convolutions
-    (and their backward) as a naive loop, 50-100x slower than this at Conformer sizes.
-  impl "auto": "shifts" when JAX's default backend is the CPU, else "grouped".
+  impl "grouped": XLA's grouped convolution (feature_group_count=C).
+  impl "shifts": a sum of K shifted multiply-adds, which XLA fuses with the ops around it. XLA's CPU
+    backend runs grouped convolutions (and their backward) as a naive loop, 50-100x slower than
+    this at Conformer sizes; on an H200 the mslam_600m train step took 308 ms with it against
+    388 ms grouped (benchmarks/README.md).
+  impl "auto": "grouped" on TPU (not measured against "shifts" there), else "shifts".
   """
   if impl == "auto":
-    impl = "shifts" if jax.default_backend() == "cpu" else "grouped"
+    impl = "grouped" if jax.default_backend() == "tpu" else "shifts"
   if impl == "grouped":
     return jax.lax.conv_general_dilated(
         x, kernel, window_strides=(1,), padding=[padding], dimension_numbers=("NWC", "WIO", "NWC"),
@@ -185,6 +187,7 @@ class ConvolutionModule(nn.Module):
   use_bias: bool = False
   dropout_rate: float = 0.0
   layer_norm_epsilon: float = 1e-5
+  impl: str = "auto"
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
 
@@ -207,7 +210,7 @@ class ConvolutionModule(nn.Module):
     else:
       padding = [((self.kernel_size - 1) // 2, self.kernel_size // 2)]
     h = DepthwiseConv1D(self.kernel_size, padding[0], self.use_bias, self.dtype, self.param_dtype,
-                        name="depthwise")(h)
+                        self.impl, name="depthwise")(h)
     if self.norm == "group_norm":
       h = MaskedGroupNorm(self.norm_groups, self.layer_norm_epsilon, self.dtype, self.param_dtype,
                           name="depthwise_norm")(h, mask)
@@ -229,6 +232,7 @@ class ConformerBlockOptions(nn.Module):
       see attention.py.
     attention_use_bias: biases on q/k/v/out.
     conv_kernel_size / conv_causal / conv_norm / conv_norm_groups / conv_use_bias: conv module.
+    conv_impl: the depthwise conv's kernel ("auto", "grouped", "shifts"; see depthwise_conv1d).
     activation: FFN and conv activation (swish).
     ffn_residual_factor: weight of each macaron FFN on the residual (0.5).
     ffn_use_bias: biases in the FFNs.
@@ -251,6 +255,7 @@ class ConformerBlockOptions(nn.Module):
   conv_norm: str = "group_norm"
   conv_norm_groups: int = 32
   conv_use_bias: bool = False
+  conv_impl: str = "auto"
   activation: str = "swish"
   ffn_residual_factor: float = 0.5
   ffn_use_bias: bool = True
@@ -286,8 +291,8 @@ class ConformerBlock(ConformerBlockOptions):
     x = x + ConvolutionModule(
         kernel_size=self.conv_kernel_size, causal=self.conv_causal, norm=self.conv_norm,
         norm_groups=self.conv_norm_groups, activation=self.activation, use_bias=self.conv_use_bias,
-        dropout_rate=self.dropout_rate, layer_norm_epsilon=self.layer_norm_epsilon, dtype=self.dtype,
-        param_dtype=self.param_dtype, name="conv")(x, mask, deterministic)
+        dropout_rate=self.dropout_rate, layer_norm_epsilon=self.layer_norm_epsilon, impl=self.conv_impl,
+        dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x, mask, deterministic)
     x = x + self.ffn_residual_factor * self._ffn("ffn2")(self._ln("ffn2_norm")(x), deterministic)
     x = self._ln("final_norm")(x)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))

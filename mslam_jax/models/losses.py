@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mslam_jax.data.vocabularies import BLANK_ID
+from mslam_jax.data.special_ids import BLANK_ID
 
 # Stands in for log(0) in masked logits; finite so that masked rows never produce NaN gradients.
 _NEG_INF = -1e9

@@ -42,7 +42,7 @@ from mslam_jax.models import losses
 from mslam_jax.models import masking
 
 from mslam_jax.data import contract
-from mslam_jax.data.vocabularies import BLANK_ID, MASK_ID
+from mslam_jax.data.special_ids import BLANK_ID, MASK_ID
 
 Array = jax.Array
 Batch = Mapping[str, Mapping[str, Array]]

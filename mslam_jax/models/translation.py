@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mslam_jax.data.vocabularies import EOS_ID, MASK_ID, PAD_ID
+from mslam_jax.data.special_ids import EOS_ID, MASK_ID, PAD_ID
 from mslam_jax.models import decoder as decoder_lib
 from mslam_jax.models import encoder as encoder_lib
 from mslam_jax.models import search

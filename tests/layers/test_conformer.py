@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from mslam_jax.layers import conformer
 from tests import layer_inputs
@@ -145,7 +146,7 @@ def _depthwise_inputs(channels=6, kernel_size=5):
   return x, mask, kernel
 
 
-def test_cpu_depthwise_path_equals_grouped_conv_causal_and_centred_with_padding():
+def test_shifted_depthwise_path_equals_grouped_conv_causal_and_centred_with_padding():
   x, mask, kernel = _depthwise_inputs()
   valid = mask[..., None] != 0
   for padding in ((4, 0), (2, 2)):  # causal, centred
@@ -159,6 +160,18 @@ def test_cpu_depthwise_path_equals_grouped_conv_causal_and_centred_with_padding(
     g_shifts = jax.jit(jax.grad(loss("shifts"), argnums=(0, 1)))(x, kernel)
     for a, b in zip(g_shifts, g_grouped):
       np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_stack_conv_impl_reaches_every_block_with_the_same_result():
+  x, mask = _inputs()
+  stacks = {impl: conformer.ConformerStack(num_layers=2, scan_layers=False, conv_impl=impl, **TINY)
+            for impl in ("grouped", "shifts")}
+  params = random_variables(stacks["grouped"], x, mask)["params"]
+  outs = {impl: stack.apply({"params": params}, x, mask) for impl, stack in stacks.items()}
+  np.testing.assert_allclose(outs["shifts"], outs["grouped"], atol=1e-5, rtol=1e-5)
+  with pytest.raises(ValueError, match="winograd"):
+    conformer.ConformerStack(num_layers=1, scan_layers=False, conv_impl="winograd", **TINY).init(
+        jax.random.key(0), x, mask)
 
 
 def test_depthwise_module_keeps_nn_conv_parameters_and_matches_it():
