@@ -2,7 +2,7 @@
 quantizer's health beside it (at most ~45 minutes on 2 CPU cores at the defaults).
 
   python benchmarks/learning_benchmark.py [--out ./learning_benchmark] [--steps 600]
-      [--finetune-steps 400] [--seeds 0 1] [--w2v-steps 1500] [--json]
+      [--finetune-steps 1200] [--seeds 0 1] [--w2v-steps 1500] [--json]
 
 1. `mslam demo` once per seed (same corpus; the seed changes initialisation, masking and the data
    order): joint mSLAM-CTC + cross-modal pre-training, the speech-only ablation at the same steps,
@@ -142,7 +142,8 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", default="./learning_benchmark")
   parser.add_argument("--steps", type=int, default=600, help="pre-training steps of every run")
-  parser.add_argument("--finetune-steps", type=int, default=400)
+  parser.add_argument("--finetune-steps", type=int, default=1200,
+                      help="CTC fine-tuning steps of each demo run (the demo's own: 900)")
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
   parser.add_argument("--w2v-steps", type=int, default=1500, help="0 skips the w2v-BERT run")
   parser.add_argument("--json", action="store_true")
