@@ -1,7 +1,7 @@
 """Does pre-training learn? The demo's recipe, longer, over several seeds, with the w2v-BERT
 quantizer's health beside it (at most ~45 minutes on 2 CPU cores at the defaults).
 
-  python benchmarks/learning_benchmark.py [--out ./learning_benchmark] [--steps 600]
+  python benchmarks/learning_benchmark.py [--out ./learning_benchmark] [--steps 500]
       [--finetune-steps 1200] [--seeds 0 1] [--w2v-steps 1500] [--json]
 
 1. `mslam demo` once per seed (same corpus; the seed changes initialisation, masking and the data
@@ -141,7 +141,7 @@ def format_table(summary: dict) -> str:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", default="./learning_benchmark")
-  parser.add_argument("--steps", type=int, default=600, help="pre-training steps of every run")
+  parser.add_argument("--steps", type=int, default=500, help="pre-training steps of every run (the demo's: 420)")
   parser.add_argument("--finetune-steps", type=int, default=1200,
                       help="CTC fine-tuning steps of each demo run (the demo's own: 900)")
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
