@@ -143,7 +143,7 @@ def main(argv=None) -> int:
   parser.add_argument("--out", default="./learning_benchmark")
   parser.add_argument("--steps", type=int, default=500, help="pre-training steps of every run (the demo's: 420)")
   parser.add_argument("--finetune-steps", type=int, default=1200,
-                      help="CTC fine-tuning steps of each demo run (the demo's own: 900)")
+                      help="CTC fine-tuning steps of each demo run (the demo's own: 800)")
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
   parser.add_argument("--w2v-steps", type=int, default=1500, help="0 skips the w2v-BERT run")
   parser.add_argument("--json", action="store_true")

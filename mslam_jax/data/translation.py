@@ -41,6 +41,7 @@ from mslam_jax.data import espeak
 from mslam_jax.data import languages
 from mslam_jax.data import records
 from mslam_jax.data import text_sources
+from mslam_jax.data.special_ids import EOS_ID
 
 FORMAT = "mslam_jax.builtin_translation/1"
 SUBDIR = "translation"
@@ -470,7 +471,6 @@ def make_batch(items: Sequence[Item], vocabulary: Any, stream: str, target_lengt
                audio_samples: Optional[int] = None, text_length: Optional[int] = None) -> dict[str, np.ndarray]:
   """One stream of a TranslationModel batch (models/translation.py) from items: audio or source
   tokens, English targets + EOS, padded (or cut) to the given lengths."""
-  from mslam_jax.data.vocabularies import EOS_ID  # pylint: disable=g-import-not-at-top
   targets, targets_mask = _pad_rows([list(vocabulary.encode(x.target)) + [EOS_ID] for x in items],
                                     target_length, np.int32)
   out = {"targets": targets, "targets_mask": targets_mask,
