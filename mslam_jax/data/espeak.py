@@ -348,9 +348,16 @@ class SynthesisWorker:
     # spawn: a fork of a process holding TensorFlow's threads may deadlock.
     ctx = multiprocessing.get_context("spawn")
     self._conn, child = ctx.Pipe()
-    self._process = ctx.Process(target=_worker_main, args=(child,), daemon=True, name="espeak-worker")
-    self._process.start()
-    child.close()
+    process = ctx.Process(target=_worker_main, args=(child,), daemon=True, name="espeak-worker")
+    try:
+      process.start()
+    except BaseException:
+      self._conn.close()
+      self._conn = None
+      raise
+    finally:
+      child.close()
+    self._process = process
 
   def _stop(self, kill: bool) -> int | None:
     if self._process is None:
@@ -409,12 +416,37 @@ def _attempt(synthesize, job):
     return e
 
 
-def synthesize_all(synthesize, jobs: Sequence[tuple[str, SpeakerStyle]]):
+# A synthesizer that fails this many clips in a row before speaking any is broken, not unlucky.
+GIVE_UP_AFTER = 16
+
+
+def synthesize_all(synthesize, jobs: Sequence[tuple[str, SpeakerStyle]], give_up_after: int = GIVE_UP_AFTER):
   """(text, style) jobs -> an iterator, in their order, of Synthesis or the EspeakError that job
-  raised. Side by side where `synthesize` has a `map` (SynthesisPool), else one after another."""
-  if hasattr(synthesize, "map"):
-    return synthesize.map(jobs)
-  return (_attempt(synthesize, job) for job in jobs)
+  raised. Side by side where `synthesize` has a `map` (SynthesisPool), else one after another.
+
+  One clip's failure is that clip's (the caller skips and counts it); failures of the first
+  `give_up_after` jobs with no clip spoken raise instead, since every clip would fail the same way
+  (e.g. a script that builds a corpus without an `if __name__ == "__main__":` guard, whose worker
+  processes cannot start).
+  """
+  results = synthesize.map(jobs) if hasattr(synthesize, "map") else (_attempt(synthesize, job) for job in jobs)
+  return _give_up_if_nothing_speaks(results, give_up_after)
+
+
+def _give_up_if_nothing_speaks(results, limit: int):
+  failures, spoken = 0, False
+  for result in results:
+    if not spoken:
+      if isinstance(result, EspeakError):
+        failures += 1
+        if failures >= limit:
+          raise EspeakError(
+              f"the synthesizer failed on the first {failures} clips and spoke none; the last error: {result}. "
+              "From a Python script, call the corpus builder under `if __name__ == \"__main__\":` (its "
+              "eSpeak workers are spawned processes that import the script again).")
+      else:
+        spoken = True
+    yield result
 
 
 class SynthesisPool:

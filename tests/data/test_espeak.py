@@ -139,3 +139,24 @@ def test_pool_speaks_side_by_side_in_order_and_returns_failures_in_place():
   for index in (0, 2, 3):
     np.testing.assert_array_equal(got[index].audio, sequential[index].audio)
     assert got[index].words == sequential[index].words == espeak.synthesize(*jobs[index]).words
+
+
+def test_a_synthesizer_that_speaks_nothing_stops_the_build_but_one_failure_does_not():
+  style = espeak.SpeakerStyle("en")
+  calls = []
+
+  def broken(text, style):
+    calls.append(text)
+    raise espeak.EspeakError("the synthesizer process died (exit code 1)")
+
+  with pytest.raises(espeak.EspeakError, match=r"failed on the first 3 clips and spoke none.*__main__"):
+    list(espeak.synthesize_all(broken, [(str(i), style) for i in range(10)], give_up_after=3))
+  assert len(calls) == 3  # it stops there, not after trying every clip
+
+  def flaky(text, style):
+    if int(text) < 2 or int(text) > 4:  # two failures, then clips, then failures again: all kept in place
+      raise espeak.EspeakError(f"clip {text}")
+    return text
+
+  got = list(espeak.synthesize_all(flaky, [(str(i), style) for i in range(10)], give_up_after=3))
+  assert [g if isinstance(g, str) else "x" for g in got] == ["x", "x", "2", "3", "4", "x", "x", "x", "x", "x"]
