@@ -1,9 +1,12 @@
-"""The optimizer, outside the model: Adam (or Adafactor) with the transformer schedule.
+"""The optimizer, outside the model: Adam (or Adafactor) with a warm-up-then-decay schedule.
 
-Schedule (Vaswani et al.; mSLAM): linear warm-up to the peak, then inverse square-root decay,
+Schedule (Vaswani et al.; mSLAM, the default `decay="rsqrt"`): linear warm-up to the peak, then
+inverse square-root decay,
   lr(t) = peak * min(t / warmup, sqrt(warmup / t)),  t = update count + 1.
 The paper's peaks (6e-4 for 600M, 3.6e-4 for 2B, 40k warm-up steps) are bound in the size and
-run configs through `make_optimizer.peak_learning_rate` / `warmup_steps`.
+run configs through `make_optimizer.peak_learning_rate` / `warmup_steps`. A short run whose length
+is known can decay to its end instead (`decay="cosine"` with `decay_steps`, as big_vision's runs
+do): the inverse square root spends most of a few hundred steps far below the peak.
 """
 import dataclasses
 import logging
@@ -42,6 +45,30 @@ def transformer_schedule(peak_learning_rate: float, warmup_steps: int) -> optax.
   return schedule
 
 
+DECAYS = ("rsqrt", "cosine", "constant")
+
+
+def make_schedule(peak_learning_rate: float, warmup_steps: int, decay: str = "rsqrt",
+                  decay_steps: int | None = None, end_fraction: float = 0.0) -> optax.Schedule:
+  """Linear warm-up to the peak, then "rsqrt" (transformer_schedule), "cosine" (to
+  `end_fraction` x peak at `decay_steps`, the run's length) or "constant"."""
+  if decay == "rsqrt":
+    return transformer_schedule(peak_learning_rate, warmup_steps)
+  if decay not in DECAYS:
+    raise ValueError(f"make_optimizer.decay={decay!r}; choose one of {DECAYS}")
+  if peak_learning_rate <= 0 or warmup_steps < 1:
+    raise ValueError(f"make_optimizer needs peak_learning_rate > 0 and warmup_steps >= 1, got "
+                     f"{peak_learning_rate}, {warmup_steps}")
+  warmup = optax.linear_schedule(peak_learning_rate / warmup_steps, peak_learning_rate, warmup_steps - 1)
+  if decay == "constant":
+    return optax.join_schedules([warmup, optax.constant_schedule(peak_learning_rate)], [warmup_steps - 1])
+  if decay_steps is None or decay_steps <= warmup_steps:
+    raise ValueError(f"make_optimizer.decay='cosine' needs decay_steps (the run's length, e.g. %TRAIN_STEPS) "
+                     f"above warmup_steps={warmup_steps}, got {decay_steps}")
+  cosine = optax.cosine_decay_schedule(peak_learning_rate, decay_steps - warmup_steps, alpha=end_fraction)
+  return optax.join_schedules([warmup, cosine], [warmup_steps - 1])
+
+
 def weight_decay_mask(params: Any) -> Any:
   """True where decoupled weight decay applies: matrices and kernels, not embeddings/norms/biases."""
 
@@ -64,9 +91,13 @@ def make_optimizer(name: str = "adam",
                    weight_decay: float = 0.0,
                    clip_grad_norm: float | None = 1.0,
                    adafactor_factored: bool = True,
-                   adafactor_decay_rate: float = 0.8) -> Optimizer:
-  """Adam (`name="adam"`, AdamW when weight_decay > 0) or Adafactor, clipped by global norm."""
-  schedule = transformer_schedule(peak_learning_rate, warmup_steps)
+                   adafactor_decay_rate: float = 0.8,
+                   decay: str = "rsqrt",
+                   decay_steps: int | None = None,
+                   end_fraction: float = 0.0) -> Optimizer:
+  """Adam (`name="adam"`, AdamW when weight_decay > 0) or Adafactor, clipped by global norm, on
+  make_schedule(peak_learning_rate, warmup_steps, decay, decay_steps, end_fraction)."""
+  schedule = make_schedule(peak_learning_rate, warmup_steps, decay, decay_steps, end_fraction)
   chain = []
   if clip_grad_norm:
     chain.append(optax.clip_by_global_norm(clip_grad_norm))
@@ -84,6 +115,6 @@ def make_optimizer(name: str = "adam",
         weight_decay_mask=weight_decay_mask if weight_decay else None))
   else:
     raise ValueError(f"make_optimizer.name must be 'adam' or 'adafactor', got {name!r}")
-  logging.info("Optimizer %s: peak lr %g, warm-up %d, clip %s, weight decay %g", name,
-               peak_learning_rate, warmup_steps, clip_grad_norm, weight_decay)
+  logging.info("Optimizer %s: peak lr %g, warm-up %d, %s decay, clip %s, weight decay %g", name,
+               peak_learning_rate, warmup_steps, decay, clip_grad_norm, weight_decay)
   return Optimizer(tx=optax.chain(*chain), schedule=schedule, name=name)

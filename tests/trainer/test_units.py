@@ -24,6 +24,24 @@ def test_transformer_schedule_warms_up_linearly_then_decays_as_inverse_sqrt():
   assert lr(9999) == pytest.approx(6e-5)       # 100x: peak / 10
 
 
+def test_cosine_and_constant_schedules_share_the_warm_up_and_end_where_told():
+  warm = optimizers.transformer_schedule(peak_learning_rate=2e-3, warmup_steps=40)
+  cosine = optimizers.make_schedule(2e-3, 40, decay="cosine", decay_steps=420, end_fraction=0.1)
+  constant = optimizers.make_schedule(2e-3, 40, decay="constant")
+  for count in (0, 19, 39):  # the same linear warm-up as the paper's schedule
+    assert float(cosine(count)) == pytest.approx(float(warm(count)), rel=1e-5) == float(constant(count))
+  assert float(cosine(229)) == pytest.approx(0.5 * (2e-3 + 2e-4), rel=1e-2)  # half-way down the cosine
+  assert float(cosine(419)) == pytest.approx(2e-4)  # the last update: the floor
+  assert float(constant(419)) == pytest.approx(2e-3)
+  # make_optimizer follows the schedule it is given.
+  assert float(optimizers.make_optimizer(peak_learning_rate=2e-3, warmup_steps=40, decay="cosine",
+                                         decay_steps=420).schedule(419)) == pytest.approx(0.0, abs=1e-9)
+  with pytest.raises(ValueError, match="decay_steps"):
+    optimizers.make_schedule(2e-3, 40, decay="cosine")
+  with pytest.raises(ValueError, match="make_optimizer.decay"):
+    optimizers.make_schedule(2e-3, 40, decay="linear")
+
+
 def _params():
   return {"encoder": {"layer": {"kernel": jnp.ones((4, 4)), "bias": jnp.ones((4,))},
                       "LayerNorm_0": {"scale": jnp.ones((4,))}},
