@@ -78,6 +78,9 @@ def test_demo_reports_every_figure_and_draws_the_curves(demo_run):
   for key in ("translation_bleu", "translation_bleu_baseline", "translation_bleu_heldout", "translation_chrf"):
     assert 0.0 <= report[key] <= 100.0, key
   assert set(report["metrics"]) >= {"translation_bleu/rus", "translation_bleu/ukr"}
+  # Each with a paired bootstrap against the baseline, shown in the table.
+  assert 0.0 < report["metrics"]["translation_bleu_p_value"] <= 1.0 and report["metrics"]["translation_bleu_ci95"] >= 0
+  assert "paired bootstrap p" in proc.stdout
   rows = {(r["task"], r["metric"]): r for r in report["xtreme_table"]}
   bleu = rows[("built-in speech translation X->En", "BLEU")]
   assert (bleu["ours"], bleu["baseline"]) == (report["translation_bleu"], report["translation_bleu_baseline"])

@@ -211,8 +211,12 @@ def results_table(metrics: dict[str, float]) -> str:
       continue
     value = _finite_or_none(metrics.get(key))
     ref = _finite_or_none(metrics.get(reference)) if reference else None
-    rows.append((label, "n/a" if value is None else f"{value:.4g}",
-                 "" if ref is None else f"{REFERENCE_NAMES[reference]} {ref:.4g}"))
+    # Translation figures carry a paired bootstrap against their baseline (evaluation/translation.py).
+    ci, p_value = _finite_or_none(metrics.get(f"{key}_ci95")), _finite_or_none(metrics.get(f"{key}_p_value"))
+    shown = "n/a" if value is None else f"{value:.4g}" + ("" if ci is None else f" ± {ci:.2g}")
+    against = "" if ref is None else f"{REFERENCE_NAMES[reference]} {ref:.4g}" + (
+        "" if p_value is None else f" (paired bootstrap p {p_value:.2g})")
+    rows.append((label, shown, against))
   widths = [max(len(r[i]) for r in rows) for i in range(3)]
   lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
   lines.insert(1, "-+-".join("-" * w for w in widths))

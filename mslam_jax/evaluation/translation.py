@@ -7,6 +7,8 @@ X -> English data (mslam_jax/data/translation.py), against a trivial baseline.
                                                               target of the training items
       "translation_bleu_heldout", "translation_chrf_heldout" (+ _baseline): held-out (zero-shot)
                                                               source languages, reported apart
+      "translation_bleu_ci95", "translation_bleu_p_value", ... (+ _heldout): paired bootstrap
+                                                              against the baseline (against_baseline)
       "translation_bleu/{lang}": per source language
       "translation_text_bleu", ...: the same for text-to-text translation when `streams` has "text"}
 
@@ -41,6 +43,32 @@ def corpus_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[
   refs = [list(references)]
   return {"bleu": float(sacrebleu.corpus_bleu(list(hypotheses), refs).score),
           "chrf": float(sacrebleu.corpus_chrf(list(hypotheses), refs).score)}
+
+
+def against_baseline(hypotheses: Sequence[str], baseline: Sequence[str], references: Sequence[str],
+                     resamples: int = 1000) -> dict[str, float]:
+  """Paired bootstrap resampling (Koehn 2004; sacrebleu's `--paired-bs`, seed 12345) of the
+  hypotheses against the baseline's on the same items: {"bleu_ci95", "chrf_ci95"}, the half-width
+  of each score's 95 % interval, and {"bleu_p_value", "chrf_p_value"}: sacrebleu's p-value that the
+  two differ by chance (two-sided; the smallest reportable is 1 / (resamples + 1)). A gain over the
+  baseline is real where the score is above the baseline's and its p-value is small.
+
+  A built-in test split holds a few dozen items, so a BLEU of 3 may or may not be above chance:
+  these say which.
+  """
+  from sacrebleu.metrics import BLEU, CHRF  # pylint: disable=g-import-not-at-top
+  from sacrebleu.significance import PairedTest  # pylint: disable=g-import-not-at-top
+  if not hypotheses:
+    return {}
+  test = PairedTest([("baseline", list(baseline)), ("system", list(hypotheses))],
+                    {"bleu": BLEU(), "chrf": CHRF()}, [list(references)], test_type="bs", n_samples=resamples)
+  _, results = test()
+  out = {}
+  for key, name in (("BLEU", "bleu"), ("chrF2", "chrf")):
+    system = results[key][1]
+    out[f"{name}_ci95"] = float(system.ci)
+    out[f"{name}_p_value"] = float(system.p_value)
+  return out
 
 
 def most_frequent_target(items: Sequence[Any]) -> str:
@@ -90,7 +118,7 @@ def translate_items(model: Any, params: Any, items: Sequence[Any], vocabulary: A
 def score_groups(items: Sequence[Any], hypotheses: Sequence[str], held_out: Sequence[str], baseline: str,
                  prefix: str = METRIC_PREFIX) -> dict[str, float]:
   """BLEU/chrF of the training-language items and of the held-out ones (apart), each with the
-  baseline's, and BLEU per source language."""
+  baseline's and a paired bootstrap against it, and BLEU per source language."""
   metrics = {}
   held = set(held_out)
   groups = {"": [i for i, x in enumerate(items) if x.lang not in held],
@@ -103,6 +131,8 @@ def score_groups(items: Sequence[Any], hypotheses: Sequence[str], held_out: Sequ
       metrics[f"{prefix}_{name}{suffix}"] = value
     for name, value in corpus_scores([baseline] * len(index), refs).items():
       metrics[f"{prefix}_{name}{suffix}_baseline"] = value
+    for name, value in against_baseline([hypotheses[i] for i in index], [baseline] * len(index), refs).items():
+      metrics[f"{prefix}_{name.replace('_', suffix + '_', 1)}"] = value
   for lang in sorted({x.lang for x in items}):
     index = [i for i, x in enumerate(items) if x.lang == lang]
     metrics[f"{prefix}_bleu/{lang}"] = corpus_scores([hypotheses[i] for i in index],

@@ -43,6 +43,26 @@ def test_held_out_languages_are_scored_apart_with_the_baseline():
   assert metrics["translation_bleu/deu"] == pytest.approx(100.0) and metrics["translation_bleu/ukr"] < 1.0
 
 
+def test_paired_bootstrap_tells_a_real_gain_over_the_baseline_from_none():
+  months = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October"]
+  refs = [f"{m} {d}, 19{d + 50}" for m in months for d in range(1, 5)]  # 40 dates
+  baseline = ["May 1, 1951"] * len(refs)
+  good = [r if i % 3 else "June 9, 2001" for i, r in enumerate(refs)]  # two thirds exactly right
+  gain = translation.against_baseline(good, baseline, refs, resamples=200)
+  assert gain["bleu_p_value"] < 0.01 and gain["chrf_p_value"] < 0.01
+  assert 0.0 < gain["bleu_ci95"] < 30.0
+  one_more = list(baseline)
+  one_more[7] = refs[7]  # one item of 40 right: a higher BLEU, but not one to claim
+  slight = translation.against_baseline(one_more, baseline, refs, resamples=200)
+  assert slight["bleu_p_value"] > 0.1 and slight["chrf_p_value"] > 0.1
+  # score_groups carries them per group, next to the figures they qualify.
+  items = [_item("deu", r) for r in refs] + [_item("ukr", r) for r in refs[:6]]
+  metrics = translation.score_groups(items, good + refs[:6], held_out=["ukr"], baseline=baseline[0])
+  assert metrics["translation_bleu_p_value"] == pytest.approx(
+      translation.against_baseline(good, baseline, refs)["bleu_p_value"])
+  assert {"translation_bleu_heldout_ci95", "translation_chrf_heldout_p_value"} <= set(metrics)
+
+
 class _OracleModel:
   """Knows each item's reference by its audio (or source text): checks that the evaluator hands
   every hypothesis back to its own item across length-sorted, padded, bucketed batches."""
