@@ -52,21 +52,20 @@ def make_schedule(peak_learning_rate: float, warmup_steps: int, decay: str = "rs
                   decay_steps: int | None = None, end_fraction: float = 0.0) -> optax.Schedule:
   """Linear warm-up to the peak, then "rsqrt" (transformer_schedule), "cosine" (to
   `end_fraction` x peak at `decay_steps`, the run's length) or "constant"."""
-  if decay == "rsqrt":
-    return transformer_schedule(peak_learning_rate, warmup_steps)
   if decay not in DECAYS:
     raise ValueError(f"make_optimizer.decay={decay!r}; choose one of {DECAYS}")
-  if peak_learning_rate <= 0 or warmup_steps < 1:
-    raise ValueError(f"make_optimizer needs peak_learning_rate > 0 and warmup_steps >= 1, got "
-                     f"{peak_learning_rate}, {warmup_steps}")
-  warmup = optax.linear_schedule(peak_learning_rate / warmup_steps, peak_learning_rate, warmup_steps - 1)
+  # Every decay shares the paper's warm-up: transformer_schedule up to the peak (it checks the
+  # peak and the warm-up), then the decay from there.
+  paper = transformer_schedule(peak_learning_rate, warmup_steps)
+  if decay == "rsqrt":
+    return paper
   if decay == "constant":
-    return optax.join_schedules([warmup, optax.constant_schedule(peak_learning_rate)], [warmup_steps - 1])
+    return optax.join_schedules([paper, optax.constant_schedule(peak_learning_rate)], [warmup_steps - 1])
   if decay_steps is None or decay_steps <= warmup_steps:
     raise ValueError(f"make_optimizer.decay='cosine' needs decay_steps (the run's length, e.g. %TRAIN_STEPS) "
                      f"above warmup_steps={warmup_steps}, got {decay_steps}")
   cosine = optax.cosine_decay_schedule(peak_learning_rate, decay_steps - warmup_steps, alpha=end_fraction)
-  return optax.join_schedules([warmup, cosine], [warmup_steps - 1])
+  return optax.join_schedules([paper, cosine], [warmup_steps - 1])
 
 
 def weight_decay_mask(params: Any) -> Any:
