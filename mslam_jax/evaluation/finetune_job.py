@@ -123,6 +123,10 @@ def _settings_dict(settings: finetune.FinetuneConfig) -> dict:
 # -- heads for the evaluators ----------------------------------------------------------------------
 
 def _head_dir(ctx: base.EvalContext, name: str, key: dict) -> str:
+  # The whole gin config joins the key: the model reads settings that change what it computes
+  # without changing its parameters (the frontend's normalisation, ...) from gin as it runs, so a
+  # head tuned under other bindings is another head, never one to read back.
+  key = {**key, "gin": gin.config_str()}
   digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
   if ctx.model_dir:
     return os.path.join(ctx.model_dir, FINETUNE_SUBDIR, f"{name}_step{ctx.step}_{digest}")

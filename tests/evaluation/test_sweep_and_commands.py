@@ -235,3 +235,10 @@ def test_evaluator_heads_are_fine_tuning_jobs_cached_in_the_run(run_dir, tmp_pat
                                      evaluators=evaluators, corpus_dir=corpus, force=True)
   assert open(os.path.join(head_dir, "metrics.jsonl")).read().splitlines() == lines
   assert again[4]["ctc_cer"] == first[4]["ctc_cer"]
+  # Under another binding that changes what the model computes without changing its parameters
+  # (here the frontend's per-utterance normalisation), a head of its own: the cached one was tuned
+  # on other features.
+  gin.bind_parameter("SpeechFrontend.normalize", False)
+  sweep.evaluate_checkpoints(model_dir=model_dir, model=model, checkpoints="latest", output_dir=out,
+                             evaluators=evaluators, corpus_dir=corpus, force=True)
+  assert len([d for d in os.listdir(os.path.join(model_dir, "finetune")) if d.startswith("ctc_step4_")]) == 2
