@@ -126,7 +126,7 @@ def run_ours(size: str, audio: np.ndarray, warmup: int, steps: int, extra_bindin
   return {"times": times, "compile_s": compile_s, "loss": float(holder["metrics"]["loss"])}
 
 
-def run_joint(warmup: int, steps: int, extra_bindings=()) -> dict:
+def run_joint(warmup: int, steps: int, extra_bindings=(), profile_dir: str | None = None) -> dict:
   """The demo's three-stream step (speech, text, paired) on zero-ish random inputs."""
   import gin  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
@@ -155,6 +155,11 @@ def run_joint(warmup: int, steps: int, extra_bindings=()) -> dict:
     jax.block_until_ready(metrics)
 
   times = _timed(step, warmup, steps)
+  if profile_dir:
+    jax.profiler.start_trace(profile_dir)
+    for _ in range(3):
+      step()
+    jax.profiler.stop_trace()
   seconds = trainer_lib.audio_seconds(batch)
   return {"times": times, "compile_s": compile_s, "audio_seconds": seconds}
 
@@ -293,7 +298,7 @@ def main(argv=None) -> int:
   device = f"{jax.default_backend()} x{jax.device_count()} ({os.cpu_count()} host cores)"
 
   if args.joint:
-    r = run_joint(args.warmup, args.steps, args.gin)
+    r = run_joint(args.warmup, args.steps, args.gin, args.profile)
     med = _median(r["times"])
     result = {"mode": "joint", "device": device, "compile_s": r["compile_s"], "step_s": med,
               "audio_s_per_s": r["audio_seconds"] / med, "times": r["times"]}
