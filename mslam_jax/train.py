@@ -238,8 +238,9 @@ def train(*,
 
   Health: every `health_every` steps (0: never) the step's batch is differentiated objective by
   objective and each one's gradient norm over the parameters under `health_params` is logged
-  (`grad_norm/<objective>`). Whenever the model's `health/frame_cosine` or
-  `health/utterance_cosine` exceeds `collapse_cosine`, the log says that the encoder is collapsing.
+  (`grad_norm/<objective>`). When the model's `health/frame_cosine` or `health/utterance_cosine`
+  rises above `collapse_cosine`, the log says that the encoder is collapsing (once, and again when
+  it falls back below).
   """
   import jax  # pylint: disable=g-import-not-at-top
   import tqdm  # pylint: disable=g-import-not-at-top
@@ -338,7 +339,7 @@ def train(*,
       metrics["audio_hours_per_sec"] = window["audio"] / 3600 / elapsed
       writer.write_scalars(step, metrics)
       window.update(t=time.time(), steps=0, audio=0.0)
-      _warn_on_collapse(step, metrics, collapse_cosine)
+      _warn_on_collapse(step, metrics, collapse_cosine, collapsed)
     if metrics["nonfinite_streak"] >= max_consecutive_nonfinite:
       raise NonFiniteLossError(
           f"{int(metrics['nonfinite_streak'])} non-finite losses in a row up to step {step} "
@@ -349,6 +350,7 @@ def train(*,
                     refresh=False)
 
   pending = None
+  collapsed: set[str] = set()  # health cosines above collapse_cosine at the last logged step
   step = start
   try:
     while step < train_steps:
@@ -401,10 +403,20 @@ def train(*,
   return summary
 
 
-def _warn_on_collapse(step: int, metrics: dict, threshold: float) -> None:
+def _warn_on_collapse(step: int, metrics: dict, threshold: float, collapsed: set[str]) -> None:
+  """Warns when a health cosine crosses `threshold` and says when it falls back below it; `collapsed`
+  (the keys above it now) carries the state between calls, so a long collapse is one line, not one
+  per logged step."""
   for key, what in (("health/frame_cosine", "frames within an utterance"),
                     ("health/utterance_cosine", "pooled utterances of the batch")):
-    if metrics.get(key, 0.0) > threshold:
+    if key not in metrics:
+      continue
+    if metrics[key] > threshold and key not in collapsed:
+      collapsed.add(key)
       logging.warning("Step %d: the encoder is collapsing: mean cosine %.3f between %s (%s > %.2f)",
                       step, metrics[key], what, key, threshold)
+    elif metrics[key] <= threshold and key in collapsed:
+      collapsed.discard(key)
+      logging.warning("Step %d: the encoder no longer collapses: mean cosine %.3f between %s (%s)",
+                      step, metrics[key], what, key)
 

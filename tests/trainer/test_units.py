@@ -164,13 +164,22 @@ def test_initialize_params_runs_on_a_fresh_start_only(tmp_path):
     np.testing.assert_allclose(np.asarray(leaf), 1.0, atol=1e-6)
 
 
-def test_a_collapsing_encoder_is_named_in_the_log(caplog):
+def test_a_collapsing_encoder_is_named_in_the_log_once_until_it_recovers(caplog):
   from mslam_jax import train  # pylint: disable=g-import-not-at-top
+  collapsed = set()
   with caplog.at_level("WARNING"):
-    train._warn_on_collapse(7, {"health/frame_cosine": 0.5, "health/utterance_cosine": 0.999}, 0.99)
+    train._warn_on_collapse(7, {"health/frame_cosine": 0.5, "health/utterance_cosine": 0.999}, 0.99, collapsed)
   assert "Step 7: the encoder is collapsing: mean cosine 0.999 between pooled utterances" in caplog.text
   assert "frames within an utterance" not in caplog.text
   caplog.clear()
   with caplog.at_level("WARNING"):
-    train._warn_on_collapse(8, {"health/frame_cosine": 0.5}, 0.99)
-  assert not caplog.text
+    train._warn_on_collapse(8, {"health/frame_cosine": 0.5, "health/utterance_cosine": 1.0}, 0.99, collapsed)
+    train._warn_on_collapse(9, {"health/frame_cosine": 0.5}, 0.99, collapsed)  # not measured this step
+  assert not caplog.text  # still collapsed: said once
+  with caplog.at_level("WARNING"):
+    train._warn_on_collapse(10, {"health/utterance_cosine": 0.8}, 0.99, collapsed)
+  assert "Step 10: the encoder no longer collapses: mean cosine 0.800 between pooled utterances" in caplog.text
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    train._warn_on_collapse(11, {"health/utterance_cosine": 0.995}, 0.99, collapsed)
+  assert "Step 11: the encoder is collapsing" in caplog.text
