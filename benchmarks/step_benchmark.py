@@ -76,6 +76,16 @@ def _timed(step, warmup: int, steps: int) -> list[float]:
   return times
 
 
+def _profiled(step, profile_dir: str | None, steps: int = 3) -> None:
+  """A jax.profiler trace of `steps` more steps in `profile_dir` (nothing when it is None)."""
+  if profile_dir:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.profiler.start_trace(profile_dir)
+    for _ in range(steps):
+      step()
+    jax.profiler.stop_trace()
+
+
 # -- ours --------------------------------------------------------------------------------------
 
 def build_trainer(gin_files, bindings, batch):
@@ -118,11 +128,7 @@ def run_ours(size: str, audio: np.ndarray, warmup: int, steps: int, extra_bindin
     holder["metrics"] = metrics
 
   times = _timed(step, warmup, steps)
-  if profile_dir:
-    jax.profiler.start_trace(profile_dir)
-    for _ in range(3):
-      step()
-    jax.profiler.stop_trace()
+  _profiled(step, profile_dir)
   return {"times": times, "compile_s": compile_s, "loss": float(holder["metrics"]["loss"])}
 
 
@@ -155,11 +161,7 @@ def run_joint(warmup: int, steps: int, extra_bindings=(), profile_dir: str | Non
     jax.block_until_ready(metrics)
 
   times = _timed(step, warmup, steps)
-  if profile_dir:
-    jax.profiler.start_trace(profile_dir)
-    for _ in range(3):
-      step()
-    jax.profiler.stop_trace()
+  _profiled(step, profile_dir)
   seconds = trainer_lib.audio_seconds(batch)
   return {"times": times, "compile_s": compile_s, "audio_seconds": seconds}
 
