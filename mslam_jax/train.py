@@ -321,6 +321,7 @@ def train(*,
                   disable=not (progress_bar and primary), desc="train")
   audio_seconds_total, t0 = 0.0, time.time()
   window = {"t": time.time(), "steps": 0, "audio": 0.0}
+  collapsed: set[str] = set()  # health cosines above collapse_cosine at the last logged step
 
   def handle(step: int, metrics, audio_seconds: float) -> None:
     """Host side of step `step` (run one step late, so that dispatch stays ahead)."""
@@ -350,7 +351,6 @@ def train(*,
                     refresh=False)
 
   pending = None
-  collapsed: set[str] = set()  # health cosines above collapse_cosine at the last logged step
   step = start
   try:
     while step < train_steps:
