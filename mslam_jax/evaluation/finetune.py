@@ -72,6 +72,12 @@ class FinetuneConfig:
   # bucket and is padded to its bound, not to max_audio_seconds; the step compiles once per bucket.
   # (): every batch padded to max_audio_seconds.
   length_buckets: tuple[float, ...] = ()
+  # SpecAugment's time masking while a CTC head trains (HF's mask_time_prob / mask_time_length):
+  # about this share of the frames, in spans of time_mask_length, replaced by the pre-trained mask
+  # embedding; also turns the model's dropout on. 0: the encoder runs as at inference. Not with
+  # freeze="frozen" (a probe of fixed features).
+  time_mask_prob: float = 0.0
+  time_mask_length: int = 10
 
   def __post_init__(self):
     if self.freeze not in FREEZE_MODES:
@@ -80,6 +86,9 @@ class FinetuneConfig:
       raise ValueError("FinetuneConfig.top_k must be >= 1 with freeze='top_k'")
     if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
       raise ValueError("FinetuneConfig.steps, batch_size and checkpoint_every must be >= 1")
+    if not 0.0 <= self.time_mask_prob < 1.0 or self.time_mask_length < 1:
+      raise ValueError(f"FinetuneConfig.time_mask_prob={self.time_mask_prob} must be in [0, 1) and "
+                       f"time_mask_length={self.time_mask_length} >= 1")
     buckets = tuple(float(b) for b in self.length_buckets)
     if any(b <= 0 for b in buckets) or list(buckets) != sorted(set(buckets)):
       raise ValueError(f"FinetuneConfig.length_buckets={self.length_buckets!r}: give increasing positive seconds")
@@ -200,6 +209,12 @@ def task_model(name: str) -> Callable[..., Any]:
   return TASKS[name]
 
 
+def head_task(task: str, base: Any, num_classes: int, settings: FinetuneConfig) -> Any:
+  """The task model of a head task ("ctc", "classify") on `base`, as `settings` fine-tune it."""
+  return task_model(task)(base, num_classes, freeze_encoder=settings.freeze == "frozen", seed=settings.seed,
+                          time_mask_prob=settings.time_mask_prob, time_mask_length=settings.time_mask_length)
+
+
 def _init_base(base: Any, rng: jax.Array) -> Any:
   dummy = base.dummy_batch() if hasattr(base, "dummy_batch") else None
   return base.init(rng, dummy)
@@ -224,9 +239,12 @@ def _classifier_logits(head, pooled):
 class _HeadTask:
   """Shared parts: the pre-trained model under "encoder", frozen by stop_gradient when asked."""
 
-  def __init__(self, base: Any, num_classes: int, freeze_encoder: bool = False, seed: int = 0):
-    """`seed`: the head's initialization (the encoder's comes from the pre-trained checkpoint)."""
+  def __init__(self, base: Any, num_classes: int, freeze_encoder: bool = False, seed: int = 0,
+               time_mask_prob: float = 0.0, time_mask_length: int = 10):
+    """`seed`: the head's initialization (the encoder's comes from the pre-trained checkpoint);
+    `time_mask_*`: FinetuneConfig's (the CTC task's training noise)."""
     self.base, self.num_classes, self.freeze_encoder, self.seed = base, num_classes, freeze_encoder, seed
+    self.time_mask_prob, self.time_mask_length = time_mask_prob, time_mask_length
 
   def _encoder(self, params):
     return jax.lax.stop_gradient(params["encoder"]) if self.freeze_encoder else params["encoder"]
@@ -251,9 +269,13 @@ class CTCTask(_HeadTask):
   {"paired": {"audio", "audio_mask", "tokens", "tokens_mask", "lang"}}."""
 
   def loss_fn(self, params, batch, rng, step):
-    del rng, step
+    del step
     p = batch["paired"]
-    frames, frame_mask, _ = self.base.encode_speech(self._encoder(params), p["audio"], p["audio_mask"])
+    if self.time_mask_prob > 0 and not self.freeze_encoder:
+      frames, frame_mask, _ = self.base.encode_speech_for_training(
+          self._encoder(params), p["audio"], p["audio_mask"], rng, self.time_mask_prob, self.time_mask_length)
+    else:
+      frames, frame_mask, _ = self.base.encode_speech(self._encoder(params), p["audio"], p["audio_mask"])
     logits = _head_logits(params["head"], frames.astype(jnp.float32))
     per_seq = optax.ctc_loss(logits, 1.0 - frame_mask, p["tokens"], 1.0 - p["tokens_mask"], blank_id=asr.BLANK_ID)
     # Utterances whose frames cannot hold their transcript contribute nothing (not a 1e5 spike).

@@ -144,8 +144,7 @@ def _train_in_process(ctx: base.EvalContext, task: str, examples: finetune.Examp
     logging.info("Fine-tuned %s head found in %s", task, model_dir)
     return params
   _write_source(model_dir, source)
-  task_model = task_model or finetune.task_model(task)(
-      ctx.model, num_classes, freeze_encoder=settings.freeze == "frozen", seed=settings.seed)
+  task_model = task_model or finetune.head_task(task, ctx.model, num_classes, settings)
   iterator_fn = functools.partial(finetune.ExampleBatches, len(examples.audios),
                                   finetune.example_batch_fn(examples, task), settings.batch_size, settings.seed)
   summary = train_task(task_model, iterator_fn, model_dir, settings, pretrained=lambda: ctx.params,
@@ -279,8 +278,7 @@ def finetune_run(task: str = "ctc", init_from_dir: str = gin.REQUIRED, model_dir
   else:
     raise ValueError(f"--task {task} needs its data: bind finetune_run.iterator_fn in its run config")
   _write_source(model_dir, {**source, "langs": langs, "classes": classes, "num_classes": num_classes})
-  task_model = model if model is not None else finetune.task_model(task)(
-      base_model, num_classes, freeze_encoder=settings.freeze == "frozen", seed=settings.seed)
+  task_model = model if model is not None else finetune.head_task(task, base_model, num_classes, settings)
   iterator_fn = functools.partial(finetune.ExampleBatches, len(examples.audios),
                                   finetune.example_batch_fn(examples, task), settings.batch_size, settings.seed)
   summary = train_task(task_model, iterator_fn, model_dir, settings, pretrained, head_init,
@@ -376,9 +374,8 @@ def _finetune_xtreme_s(benchmark, corpora, init_from_dir, model_dir, step, max_t
       raise ValueError(f"XTREME-S {name}'s vocabulary has {vocab.vocab_size} ids, more than the decoder's "
                        f"{task_model.decoder.vocab_size} (the pre-trained model's VOCAB_SIZE)")
   else:
-    task_model = model if model is not None else finetune.task_model(kind)(
-        base_model, vocab.vocab_size if kind == "ctc" else len(classes), freeze_encoder=settings.freeze == "frozen",
-        seed=settings.seed)
+    task_model = model if model is not None else finetune.head_task(
+        kind, base_model, vocab.vocab_size if kind == "ctc" else len(classes), settings)
   chosen = checkpoints.select_steps(init_from_dir, "latest" if step is None else step)[-1]
   pretrained = lambda: checkpoints.load_params(checkpoints.step_dir(init_from_dir, chosen))
   audio_samples = int(settings.max_audio_seconds * eval_data.SAMPLE_RATE)

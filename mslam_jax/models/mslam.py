@@ -391,6 +391,22 @@ class MSLAMNetwork(nn.Module):
   def encode_text(self, tokens: Array, tokens_mask: Array):
     return self.encoder.encode_text(tokens, tokens_mask, True)
 
+  def encode_speech_for_training(self, audio: Array, audio_mask: Array, time_mask_prob: float,
+                                 time_mask_length: int):
+    """encode_speech as fine-tuning trains it: dropout as configured, and SpecAugment's time masking
+    as HF's `mask_time_prob` does it (about `time_mask_prob` of the frames, in spans of
+    `time_mask_length`, replaced by the pre-trained mask embedding after the feature projection)."""
+    enc = self.encoder
+    features, mask = enc.speech_frontend(audio, audio_mask, False)
+    x = enc.project_speech(features, False)
+    if time_mask_prob > 0:
+      masked = masking.start_prob_span_mask(self.make_rng("masking"), mask, time_mask_prob / time_mask_length,
+                                            time_mask_length, min_spans=1)
+      x = enc.mask_speech(x, masked)
+    _, x = enc.speech_layers(x, mask, False)
+    x = enc.shared_layers(x, mask, False)
+    return x, mask, enc.pool(x, mask)
+
   def speech_statistics(self, audio: Array, audio_mask: Array):
     return self.encoder.speech_statistics(audio, audio_mask, True)
 
@@ -536,6 +552,15 @@ class MSLAMModel:
     """(frames [B, T, D], mask [B, T], pooled [B, D]) of the full encoder, no masking, no dropout."""
     return self.network.apply({"params": flax.core.meta.unbox(params)}, audio, audio_mask,
                               method=MSLAMNetwork.encode_speech)
+
+  def encode_speech_for_training(self, params: Any, audio: Array, audio_mask: Array, rng: Array,
+                                 time_mask_prob: float = 0.0, time_mask_length: int = 10
+                                 ) -> tuple[Array, Array, Array]:
+    """encode_speech with fine-tuning's noise: dropout (the model's rate) and time masking
+    (MSLAMNetwork.encode_speech_for_training)."""
+    return self.network.apply({"params": flax.core.meta.unbox(params)}, audio, audio_mask, time_mask_prob,
+                              time_mask_length, method=MSLAMNetwork.encode_speech_for_training,
+                              rngs=self._rngs(rng, False))
 
   def encode_text(self, params: Any, tokens: Array, tokens_mask: Array) -> tuple[Array, Array, Array]:
     """(frames [B, L, D], mask [B, L], pooled [B, D]) of text through the shared stack."""

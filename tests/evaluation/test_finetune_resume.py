@@ -22,8 +22,10 @@ pytestmark = pytest.mark.slow  # subprocesses that compile and fine-tune the tin
 # The task's steps and checkpoint interval; its test figure, the same from the same parameters;
 # its own flags.
 TASKS = {
+    # With SpecAugment's time masking: its spans come from the step's key, so a resume redraws them.
     "ctc": (12, 3, "ctc_cer", ["--freeze", "top_k", "--gin.FinetuneConfig.pretrained_head=None",
-                               "--gin.FinetuneConfig.max_audio_seconds=4.0"]),
+                               "--gin.FinetuneConfig.max_audio_seconds=4.0", "--gin.FinetuneConfig.time_mask_prob=0.2",
+                               "--gin.FinetuneConfig.time_mask_length=4"]),
     "classify": (10, 2, "classify_accuracy", ["--freeze", "top_k", "--gin.FinetuneConfig.max_audio_seconds=2.0"]),
     "translate": (10, 2, "translation_chrf", [
         "--gin_file=runs/finetune_translate.gin", "--gin.DECODER_EMBED_DIM=32", "--gin.DECODER_LAYERS=1",

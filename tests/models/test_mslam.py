@@ -182,6 +182,36 @@ def test_encodings_do_not_depend_on_batch_padding(model, boxed_params):
   np.testing.assert_allclose(text_a[2], text_b[2], atol=2e-4, rtol=1e-4)
 
 
+def test_fine_tuning_time_masking_replaces_spans_by_the_mask_embedding(model, boxed_params, batch):
+  params = flax.core.meta.unbox(boxed_params)
+  audio, audio_mask = batch["paired"]["audio"], batch["paired"]["audio_mask"]
+  plain = jax.jit(model.encode_speech)(params, audio, audio_mask)[0]
+
+  def noised(p, rng, prob):
+    return model.encode_speech_for_training(p, audio, audio_mask, rng, prob, 4)[0]
+
+  # No masking (and the tiny config's dropout of 0): the inference encoder, whatever the key.
+  np.testing.assert_allclose(jax.jit(noised, static_argnums=2)(params, jax.random.key(1), 0.0), plain,
+                             atol=1e-5, rtol=1e-5)
+  masked = jax.jit(noised, static_argnums=2)
+  a, b = masked(params, jax.random.key(1), 0.3), masked(params, jax.random.key(2), 0.3)
+  valid = np.asarray(jax.jit(model.encode_speech)(params, audio, audio_mask)[1]).astype(bool)
+  assert not np.allclose(np.asarray(a)[valid], np.asarray(plain)[valid], atol=1e-3)  # frames changed
+  assert not np.allclose(np.asarray(a)[valid], np.asarray(b)[valid], atol=1e-3)  # by the key's spans
+  # The masked frames carry the pre-trained mask embedding: its gradient is nonzero only with masking.
+  grad = jax.jit(jax.grad(lambda p, prob: jnp.sum(noised(p, jax.random.key(1), prob) ** 2)), static_argnums=1)
+  assert float(jnp.abs(grad(params, 0.3)["encoder"]["speech_mask_embedding"]).sum()) > 0
+  assert float(jnp.abs(grad(params, 0.0)["encoder"]["speech_mask_embedding"]).sum()) == 0
+
+
+def test_fine_tuning_time_masking_settings_are_checked():
+  from mslam_jax.evaluation import finetune  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match="time_mask_prob"):
+    finetune.FinetuneConfig(time_mask_prob=1.5)
+  with pytest.raises(ValueError, match="time_mask_length"):
+    finetune.FinetuneConfig(time_mask_prob=0.05, time_mask_length=0)
+
+
 def test_best_rq_quantizer_traces(gin_tiny, batch):
   """The BEST-RQ alternative (here with the tied text head) builds and every objective traces
   (shapes only, nothing compiled)."""
