@@ -23,6 +23,7 @@ from mslam_jax.layers import conformer
 from mslam_jax.layers import frontend
 from mslam_jax.layers import pooling
 from mslam_jax.layers import text_embedding
+from mslam_jax.models import masking
 
 Array = jax.Array
 DType = Any
@@ -125,11 +126,19 @@ class MSLAMEncoder(nn.Module):
 
   # ---- inference entry points ----
 
-  def encode_speech(self, audio: Array, audio_mask: Array,
-                    deterministic: bool = True) -> tuple[Array, Array, Array]:
-    """Audio -> (frames [B, T, D], mask [B, T], pooled [B, D]) after the shared stack."""
+  def encode_speech(self, audio: Array, audio_mask: Array, deterministic: bool = True,
+                    time_mask_prob: float = 0.0, time_mask_length: int = 10) -> tuple[Array, Array, Array]:
+    """Audio -> (frames [B, T, D], mask [B, T], pooled [B, D]) after the shared stack.
+
+    `time_mask_prob` > 0: SpecAugment's time masking as HF's `mask_time_prob` does it (about that
+    share of the frames, in spans of `time_mask_length`, replaced by the mask embedding after the
+    feature projection; the "masking" rng)."""
     features, mask = self.speech_frontend(audio, audio_mask, deterministic)
     x = self.project_speech(features, deterministic)
+    if time_mask_prob > 0:
+      masked = masking.start_prob_span_mask(self.make_rng("masking"), mask, time_mask_prob / time_mask_length,
+                                            time_mask_length, min_spans=1)
+      x = self.mask_speech(x, masked)
     _, x = self.speech_layers(x, mask, deterministic)
     x = self.shared_layers(x, mask, deterministic)
     return x, mask, self.pool(x, mask)

@@ -393,19 +393,9 @@ class MSLAMNetwork(nn.Module):
 
   def encode_speech_for_training(self, audio: Array, audio_mask: Array, time_mask_prob: float,
                                  time_mask_length: int):
-    """encode_speech as fine-tuning trains it: dropout as configured, and SpecAugment's time masking
-    as HF's `mask_time_prob` does it (about `time_mask_prob` of the frames, in spans of
-    `time_mask_length`, replaced by the pre-trained mask embedding after the feature projection)."""
-    enc = self.encoder
-    features, mask = enc.speech_frontend(audio, audio_mask, False)
-    x = enc.project_speech(features, False)
-    if time_mask_prob > 0:
-      masked = masking.start_prob_span_mask(self.make_rng("masking"), mask, time_mask_prob / time_mask_length,
-                                            time_mask_length, min_spans=1)
-      x = enc.mask_speech(x, masked)
-    _, x = enc.speech_layers(x, mask, False)
-    x = enc.shared_layers(x, mask, False)
-    return x, mask, enc.pool(x, mask)
+    """encode_speech as fine-tuning trains it: dropout as configured, and time masking
+    (MSLAMEncoder.encode_speech)."""
+    return self.encoder.encode_speech(audio, audio_mask, False, time_mask_prob, time_mask_length)
 
   def speech_statistics(self, audio: Array, audio_mask: Array):
     return self.encoder.speech_statistics(audio, audio_mask, True)
