@@ -64,6 +64,8 @@ def _add_build_builtin(parser: argparse.ArgumentParser) -> None:
                       help="how many languages (0 = all; held-out and core languages first)")
   parser.add_argument("--per-language", type=int, default=builtin_corpus.SMALL_PER_LANGUAGE,
                       help="utterances per language in each of the speech, paired and text streams")
+  parser.add_argument("--paired-per-language", type=int, default=None,
+                      help="utterances per language in the paired stream (default: --per-language)")
   parser.add_argument("--text-per-language", type=int, default=None,
                       help="utterances per language in the text stream (default: --per-language)")
   parser.add_argument("--seed", type=int, default=0, help="every random choice of the build follows from it")
@@ -84,7 +86,7 @@ def _run_build_builtin(args: argparse.Namespace) -> int:
   manifest = builtin_corpus.build_builtin_corpus(
       args.out, max_languages=args.max_languages or None, per_language=args.per_language,
       seed=args.seed, languages_=_codes(args.languages), held_out=_codes(args.held_out),
-      text_per_language=args.text_per_language, force=args.force)
+      text_per_language=args.text_per_language, paired_per_language=args.paired_per_language, force=args.force)
   config.log_operative_config(None)
   streams = manifest["streams"]
   print(f"{args.out}: {len(manifest['languages'])} languages ({len(streams['text'])} text, "

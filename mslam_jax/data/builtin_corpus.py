@@ -58,6 +58,7 @@ class BuildConfig:
   languages: tuple[str, ...]
   held_out: tuple[str, ...]
   per_language: int
+  paired_per_language: int
   text_per_language: int
   seed: int
   max_speech_chars: int
@@ -157,20 +158,22 @@ def _assign_splits(items: list, held_out: bool) -> dict[str, list]:
   return out
 
 
-def _draw_sentences(lang: languages.Language, config: BuildConfig, want_speech: int, want_text: int
-                    ) -> tuple[list[str], list[str], list[str]]:
-  """Disjoint (paired, speech, text) sentences; speech ones are readable by the voice."""
+def _draw_sentences(lang: languages.Language, config: BuildConfig, want_paired: int, want_speech: int,
+                    want_text: int) -> tuple[list[str], list[str], list[str]]:
+  """Disjoint (paired, speech, text) sentences; speech ones are readable by the voice. The two
+  speech streams draw in turn, so that each gets sentences from the whole stream of the source."""
   speakable = text_sources.scripts_for(lang.script, speech=True)
   text_scripts = text_sources.scripts_for(lang.script) | speakable
   paired, speech, text = [], [], []
   for sentence in text_sources.iter_sentences(lang.code, config.seed, scripts=text_scripts,
                                               max_chars=config.max_text_chars):
-    if (len(paired) < want_speech or len(speech) < want_speech) and (
+    paired_open, speech_open = len(paired) < want_paired, len(speech) < want_speech
+    if (paired_open or speech_open) and (
         len(sentence) <= config.max_speech_chars and text_sources.in_scripts(sentence, speakable)):
-      (paired if len(paired) <= len(speech) and len(paired) < want_speech else speech).append(sentence)
+      (paired if paired_open and (len(paired) <= len(speech) or not speech_open) else speech).append(sentence)
     elif len(text) < want_text:
       text.append(sentence)
-    if len(paired) >= want_speech and len(speech) >= want_speech and len(text) >= want_text:
+    if len(paired) >= want_paired and len(speech) >= want_speech and len(text) >= want_text:
       break
   return paired, speech, text
 
@@ -364,12 +367,13 @@ def _build_languages(out_dir, selected, held, config, counter, synthesize, progr
     lang = languages.get(code)
     bar.set_postfix_str(code)
     has_speech = "paired" in lang.streams
+    want_paired = config.paired_per_language if has_speech else 0
     want_speech = config.per_language if has_speech else 0
-    paired_texts, speech_texts, text_texts = _draw_sentences(lang, config, want_speech,
+    paired_texts, speech_texts, text_texts = _draw_sentences(lang, config, want_paired, want_speech,
                                                              config.text_per_language)
-    if has_speech and (len(paired_texts) < want_speech or len(speech_texts) < want_speech):
+    if has_speech and (len(paired_texts) < want_paired or len(speech_texts) < want_speech):
       counter.skip(NOT_ENOUGH_TEXT, code, f"{len(paired_texts)} paired and {len(speech_texts)} speech "
-                   f"sentences of {want_speech} wanted")
+                   f"sentences of {want_paired} and {want_speech} wanted")
     by_stream = {
         stream: _speech_splits(lang, texts, stream, stream == "paired" and code in held, config, counter,
                                synthesize)
@@ -406,7 +410,8 @@ def build_builtin_corpus(out_dir: str, max_languages: int | None = SMALL_MAX_LAN
                          per_language: int = SMALL_PER_LANGUAGE, seed: int = 0,
                          languages_: Sequence[str] | None = None,
                          held_out: Sequence[str] | None = None,
-                         text_per_language: int | None = None, max_speech_chars: int = 160,
+                         text_per_language: int | None = None, paired_per_language: int | None = None,
+                         max_speech_chars: int = 160,
                          max_text_chars: int = 400, max_seconds: float = 20.0,
                          force: bool = False, progress: bool = True,
                          synthesize=None) -> dict:
@@ -416,11 +421,13 @@ def build_builtin_corpus(out_dir: str, max_languages: int | None = SMALL_MAX_LAN
     out_dir: the corpus directory: new, empty, or a built-in corpus made here before (only the
       files of that build are replaced; anything else in it is left alone).
     max_languages: how many languages (held-out and core languages first); None for all.
-    per_language: utterances per language in each speech stream (paired, speech).
+    per_language: utterances per language in the speech stream, and in the paired one unless
+      `paired_per_language` is given.
     seed: every random choice (sentences, speakers, language order) follows from it.
     languages_: explicit ISO 639-3 codes instead of a selection.
     held_out: explicit held-out languages (default: DEFAULT_HELD_OUT among the selection).
     text_per_language: utterances per language in the text stream (default `per_language`).
+    paired_per_language: utterances per language in the paired stream (default `per_language`).
     max_speech_chars / max_text_chars: longest sentence for speech / text.
     max_seconds: longest clip; longer ones are skipped and counted.
     force: rebuild even when the manifest says the build is up to date.
@@ -432,12 +439,15 @@ def build_builtin_corpus(out_dir: str, max_languages: int | None = SMALL_MAX_LAN
   start = time.time()
   if per_language < 1:
     raise ValueError(f"per_language must be >= 1, got {per_language} (flag --per-language)")
+  if paired_per_language is not None and paired_per_language < 1:
+    raise ValueError(f"paired_per_language must be >= 1, got {paired_per_language} (flag --paired-per-language)")
   counter = audio_lib.SkipCounter(logging.getLogger(__name__))
   selected = select_languages(max_languages, seed, languages_, counter)
   if not selected:
     raise ValueError("no language to build: check --max-languages / --languages")
   held = choose_held_out(selected, held_out)
   config = BuildConfig(languages=tuple(selected), held_out=tuple(held), per_language=per_language,
+                       paired_per_language=paired_per_language or per_language,
                        text_per_language=text_per_language or per_language, seed=seed,
                        max_speech_chars=max_speech_chars, max_text_chars=max_text_chars,
                        max_seconds=max_seconds)

@@ -162,3 +162,16 @@ def test_evaluation_splits_are_spoken_by_voices_training_never_hears(builtin_cor
   assert seen["test"] and seen["test"] <= set(espeak.EVAL_VARIANTS)
   assert seen.get("validation", set()) <= set(espeak.EVAL_VARIANTS)
   assert not set(espeak.TRAIN_VARIANTS) & set(espeak.EVAL_VARIANTS)
+
+
+def test_paired_stream_can_outgrow_the_speech_stream():
+  config = builtin_corpus.BuildConfig(languages=("eng",), held_out=(), per_language=3, paired_per_language=6,
+                                      text_per_language=2, seed=0, max_speech_chars=160, max_text_chars=400,
+                                      max_seconds=20.0)
+  eng = languages.get("eng")
+  paired, speech, text = builtin_corpus._draw_sentences(eng, config, 6, 3, 2)  # pylint: disable=protected-access
+  assert (len(paired), len(speech), len(text)) == (6, 3, 2)
+  assert len(set(paired) | set(speech) | set(text)) == 11  # disjoint
+  # The streams draw in turn until the speech stream is full: its sentences are those of an equal build.
+  equal_paired, equal_speech, _ = builtin_corpus._draw_sentences(eng, config, 3, 3, 2)  # pylint: disable=protected-access
+  assert equal_speech == speech and equal_paired == paired[:3]
