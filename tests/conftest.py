@@ -134,7 +134,7 @@ def builtin_corpus_dir(tmp_path_factory) -> str:
 
 # Small enough to compile fast on 2 cores; a checkpoint and a metrics line at every step.
 TINY_RUN_BINDINGS = (
-    "SPEECH_BATCH=2", "TEXT_BATCH=2", "PAIRED_BATCH=2", "SPEECH_SAMPLES=16000",
+    "SPEECH_BATCH=2", "TEXT_BATCH=2", "PAIRED_BATCH=2", "SPEECH_SAMPLES=32000",
     "PAIRED_SAMPLES=32000", "TEXT_LENGTH=32", "PAIRED_TEXT_LENGTH=32",
     "train.log_every=1", "train.checkpoint_every=1", "train.progress_bar=False",
     "train.async_checkpoints=False",

@@ -21,7 +21,7 @@ REPO = helpers.REPO
 SMOKE_ARGS = [
     "--steps", "2", "--finetune-steps", "2", "--languages", "eng,rus,ukr,zul", "--held-out", "ukr",
     "--per-language", "5",
-    "--gin.SPEECH_BATCH=2", "--gin.TEXT_BATCH=2", "--gin.PAIRED_BATCH=2", "--gin.SPEECH_SAMPLES=16000",
+    "--gin.SPEECH_BATCH=2", "--gin.TEXT_BATCH=2", "--gin.PAIRED_BATCH=2", "--gin.SPEECH_SAMPLES=32000",
     "--gin.PAIRED_SAMPLES=32000", "--gin.TEXT_LENGTH=32", "--gin.PAIRED_TEXT_LENGTH=32",
     "--gin.train.log_every=1", "--gin.train.tensorboard=False", "--gin.RetrievalEvaluator.max_per_lang=4",
     "--gin.langid_head/FinetuneConfig.steps=2",

@@ -35,8 +35,8 @@ def test_continue_pretraining_converted_w2vbert2_with_text(tmp_path, caplog):
   model_dir = str(tmp_path / "run")
   bindings = [f"MODEL_DIR='{model_dir}'", "TRAIN_STEPS=2", f"W2VBERT2_DIR='{converted}'", f"PREPARED_CORPORA={dirs!r}",
               "SPEECH_CORPORA=['common_voice']", "TEXT_CORPORA=['mc4']", "PAIRED_CORPORA=['common_voice', 'fleurs']",
-              "VOCAB_SIZE=256", "SPEECH_BATCH=2", "TEXT_BATCH=2", "PAIRED_BATCH=2", "SPEECH_SAMPLES=16000",
-              "PAIRED_SAMPLES=48000", "TEXT_LENGTH=32", "PAIRED_TEXT_LENGTH=48", "train.log_every=1",
+              "VOCAB_SIZE=256", "SPEECH_BATCH=2", "TEXT_BATCH=2", "PAIRED_BATCH=2", "SPEECH_SAMPLES=48000",
+              "PAIRED_SAMPLES=48000", "TEXT_LENGTH=48", "PAIRED_TEXT_LENGTH=48", "train.log_every=1",
               "train.checkpoint_every=1", "train.progress_bar=False", "train.async_checkpoints=False"]
   # In this process: TF, SeqIO and JAX are already imported (a subprocess would start them again).
   gin.clear_config()
