@@ -1,5 +1,6 @@
 """`mslam demo` end to end with a toy budget: every report figure, the PNGs, and a re-run that redoes
 nothing. The full-size demo is run by hand (its figures are in the project notes), never here."""
+import argparse
 import json
 import math
 import os
@@ -146,3 +147,11 @@ def test_training_curves_merge_a_resumed_run_and_skip_torn_lines(tmp_path):
   assert training_curves.loss_terms(records) == ["loss", "speech/mlm_loss"]
   png = training_curves.plot_training_curves(records, str(tmp_path / "curves.png"))
   _assert_png(png)
+
+
+def test_per_language_flag_keeps_the_recipes_ratio_of_streams():
+  parser = argparse.ArgumentParser()
+  demo.add_arguments(parser)
+  bindings = demo._flag_bindings(parser.parse_args(["--per-language", "5"]))  # pylint: disable=protected-access
+  assert {"build_builtin_corpus.per_language = 5", "build_builtin_corpus.paired_per_language = 10",
+          "build_builtin_corpus.text_per_language = 10"} <= set(bindings)

@@ -245,7 +245,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="comma-separated ISO 639-3 codes of the corpus (default: runs/demo.gin)")
   parser.add_argument("--held-out", default=None, help="comma-separated held-out (zero-shot) languages")
   parser.add_argument("--per-language", type=int, default=None,
-                      help="utterances per language in each speech stream (text: twice as many)")
+                      help="utterances per language in the speech stream (paired and text: twice as many, "
+                           "as in runs/demo.gin)")
   parser.add_argument("--no-ablation", action="store_true",
                       help="skip the speech-only ablation (its zero-shot figure is then null)")
   config.add_gin_arguments(parser)
@@ -266,6 +267,7 @@ def _flag_bindings(args: argparse.Namespace) -> list[str]:
     out.append(f"build_builtin_corpus.held_out = {[c.strip() for c in args.held_out.split(',') if c.strip()]!r}")
   if args.per_language is not None:
     out.append(f"build_builtin_corpus.per_language = {int(args.per_language)}")
+    out.append(f"build_builtin_corpus.paired_per_language = {2 * int(args.per_language)}")
     out.append(f"build_builtin_corpus.text_per_language = {2 * int(args.per_language)}")
   return out
 
