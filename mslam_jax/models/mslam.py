@@ -69,26 +69,45 @@ def _share(selected: Array, mask: Array) -> Array:
   return jnp.sum(selected) / jnp.maximum(jnp.sum(mask), 1)
 
 
-def _grouped(fn, inputs: Mapping[str, tuple[Array, ...]]) -> dict[str, Any]:
+def _grouped(fn, inputs: Mapping[str, tuple[Array, ...]], min_length_ratio: float = 1.0) -> dict[str, Any]:
   """fn(*arrays) for each entry of `inputs`, called once per group of entries whose arrays share
   shapes (but the leading batch axis) and dtypes: the group is concatenated along the batch and
   the outputs (any pytree of batch-major arrays) split back. Valid because every stage treats
-  batch items independently (mask-aware layers, per-item norms)."""
-  groups: dict[Any, list[str]] = {}
-  for name, arrays in inputs.items():
-    key = tuple((a.shape[1:], a.dtype) for a in arrays)
-    groups.setdefault(key, []).append(name)
+  batch items independently (mask-aware layers, per-item norms).
+
+  With `min_length_ratio` < 1, entries that differ only in their length (axis 1 of every array)
+  also share a call when each is at least that share of the group's longest: zero-padded to it
+  (padding is masked out) and cut back after. Only for stages whose outputs keep their inputs'
+  length on axis 1 and ignore masked positions (the Conformer stacks): one call fewer is one
+  stack fewer to compile and a larger one to run, for the padded positions' compute.
+  """
+  merge = min_length_ratio < 1.0
+  groups: list[tuple[Any, int, list[str]]] = []  # (key, longest length, names)
+  order = sorted(inputs, key=lambda n: -inputs[n][0].shape[1]) if merge else list(inputs)
+  for name in order:
+    arrays = inputs[name]
+    key = tuple((a.shape[2:] if merge else a.shape[1:], a.dtype) for a in arrays)
+    length = arrays[0].shape[1] if merge else 0
+    for group_key, longest, names in groups:
+      if group_key == key and length >= min_length_ratio * longest:
+        names.append(name)
+        break
+    else:
+      groups.append((key, length, [name]))
   outputs = {}
-  for names in groups.values():
+  for _, longest, names in groups:
     if len(names) == 1:
       outputs[names[0]] = fn(*inputs[names[0]])
       continue
-    arrays = [jnp.concatenate(parts, axis=0) for parts in zip(*(inputs[n] for n in names))]
+    pad = lambda a: jnp.pad(a, [(0, 0), (0, longest - a.shape[1])] + [(0, 0)] * (a.ndim - 2)) if merge else a
+    arrays = [jnp.concatenate([pad(a) for a in parts], axis=0) for parts in zip(*(inputs[n] for n in names))]
     merged = fn(*arrays)
     start = 0
     for name in names:
-      size = inputs[name][0].shape[0]
-      outputs[name] = jax.tree_util.tree_map(lambda o, s=start, e=start + size: o[s:e], merged)
+      size, length = inputs[name][0].shape[0], inputs[name][0].shape[1]
+      cut = (lambda o, s=start, e=start + size, t=length: o[s:e, :t]) if merge else (
+          lambda o, s=start, e=start + size: o[s:e])
+      outputs[name] = jax.tree_util.tree_map(cut, merged)
       start += size
   return outputs
 
@@ -179,6 +198,7 @@ class MSLAMNetwork(nn.Module):
   cross_modal_dim: int = 256
   cross_modal_hidden: int = 0
   tlm_items: Optional[int] = None
+  stack_merge_ratio: float = 1.0
 
   def setup(self):
     enc, dtypes = self.encoder, dict(dtype=self.encoder.dtype, param_dtype=self.encoder.param_dtype)
@@ -261,7 +281,7 @@ class MSLAMNetwork(nn.Module):
         lower_in["tlm"] = (enc.mask_speech(projected[:n], frames_masked), tlm_mask)
       if want_full:
         lower_in["full"] = (projected, paired_mask)
-    lower_out = _grouped(lambda x, m: enc.speech_layers(x, m, deterministic), lower_in)
+    lower_out = _grouped(lambda x, m: enc.speech_layers(x, m, deterministic), lower_in, self.stack_merge_ratio)
 
     # 3. Text inputs, then the shared stack.
     shared_in = {}
@@ -289,7 +309,7 @@ class MSLAMNetwork(nn.Module):
       shared_in["full"] = (lower_out["full"][1], paired_mask)
     if paired is not None and w.cross_modal > 0:
       shared_in["transcript"] = (enc.embed_text(paired_tokens, paired_tokens_mask, deterministic), paired_tokens_mask)
-    shared_out = _grouped(lambda x, m: enc.shared_layers(x, m, deterministic), shared_in)
+    shared_out = _grouped(lambda x, m: enc.shared_layers(x, m, deterministic), shared_in, self.stack_merge_ratio)
 
     # 4. Heads and losses.
     if speech is not None:
@@ -429,6 +449,10 @@ class MSLAMModel:
       and the cross-modal term all of them. TLM's speech-and-text sequence is the step's longest
       and needs its own masked pass of the speech-only stack: at the demo's sizes TLM on every
       item is half of the step's time.
+    stack_merge_ratio: inputs of a Conformer stack (speech crops, paired speech, text, TLM rows)
+      share one call when their lengths are at least this share of the longest of the call,
+      padded to it; 1.0: only equal lengths. Fewer calls compile faster and run larger matmuls,
+      for the padding's compute; the losses are the same up to float rounding.
     schedule: ObjectiveSchedule, when each objective joins the loss (gin-configured when not given).
     dummy_audio_samples / dummy_text_length: shapes of `dummy_batch()` (init-time shapes only).
   """
@@ -450,6 +474,7 @@ class MSLAMModel:
       cross_modal_dim: int = 256,
       cross_modal_hidden: int = 0,
       tlm_items: Optional[int] = None,
+      stack_merge_ratio: float = 1.0,
       dummy_audio_samples: int = 16000,
       dummy_text_length: int = 16,
   ):
@@ -472,7 +497,8 @@ class MSLAMModel:
         contrastive_temperature=contrastive_temperature, contrastive_dim=contrastive_dim,
         tie_text_head=tie_text_head, cross_modal_init_temperature=cross_modal_init_temperature,
         cross_modal_min_temperature=cross_modal_min_temperature,
-        cross_modal_max_temperature=cross_modal_max_temperature, tlm_items=tlm_items)
+        cross_modal_max_temperature=cross_modal_max_temperature, tlm_items=tlm_items,
+        stack_merge_ratio=stack_merge_ratio)
     self.validate()
 
   def validate(self) -> None:
@@ -505,6 +531,8 @@ class MSLAMModel:
                        "ObjectiveWeights.speech_contrastive = 0.0 and ObjectiveWeights.diversity = 0.0")
     if net.tlm_items is not None and net.tlm_items < 1:
       raise ValueError(f"MSLAMModel.tlm_items must be >= 1 (None: every paired item), got {net.tlm_items}")
+    if not 0 < net.stack_merge_ratio <= 1:
+      raise ValueError(f"MSLAMModel.stack_merge_ratio must be in (0, 1], got {net.stack_merge_ratio}")
     if net.num_negatives < 1:
       raise ValueError(f"MSLAMModel.num_negatives must be >= 1, got {net.num_negatives}")
     if net.contrastive_dim < 1:

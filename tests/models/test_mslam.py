@@ -260,12 +260,27 @@ def test_tlm_on_the_first_paired_items_is_tlm_on_those_items_alone(gin_tiny, bat
     mslam.MSLAMModel(tlm_items=0)
 
 
+def test_stacks_merge_inputs_of_different_lengths_to_the_same_losses(gin_tiny, batch, boxed_params):
+  """MSLAMModel.stack_merge_ratio: speech crops shorter than the paired clips (and text rows shorter
+  than TLM's) padded into one call per stack give every loss and metric of separate calls."""
+  params = flax.core.meta.unbox(boxed_params)
+  short = dict(batch, speech={**batch["speech"], "audio": batch["speech"]["audio"][:, :9000],
+                              "audio_mask": batch["speech"]["audio_mask"][:, :9000]})
+  metrics = lambda model: jax.jit(functools.partial(model.loss_fn, deterministic=True))(
+      params, short, jax.random.key(3), 300)[1]
+  separate, merged = metrics(mslam.MSLAMModel()), metrics(mslam.MSLAMModel(stack_merge_ratio=0.1))
+  assert set(separate) == set(merged)
+  for key in separate:
+    np.testing.assert_allclose(merged[key], separate[key], rtol=2e-4, atol=1e-5, err_msg=key)
+
+
 @pytest.mark.parametrize("overrides,binding", [
     (dict(encoder=dict(contrastive_layer=5)), "MSLAMEncoder.contrastive_layer"),
     (dict(encoder=dict(num_shared_layers=0)), "MSLAMEncoder.num_shared_layers"),
     (dict(encoder=dict(embed_dim=0)), "MSLAMEncoder.embed_dim"),
     (dict(encoder=dict(vocab_size=4)), "MSLAMEncoder.vocab_size"),
     (dict(num_negatives=0), "MSLAMModel.num_negatives"),
+    (dict(stack_merge_ratio=0.0), "MSLAMModel.stack_merge_ratio"),
     (dict(quantizer="vq"), "MSLAMModel.quantizer"),
     (dict(quantizer="best_rq"), "ObjectiveWeights.speech_contrastive"),
     (dict(weights=mslam.ObjectiveWeights(text_mlm=-1.0)), "ObjectiveWeights.text_mlm"),
