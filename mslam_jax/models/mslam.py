@@ -73,7 +73,8 @@ def _grouped(fn, inputs: Mapping[str, tuple[Array, ...]], min_length_ratio: floa
   """fn(*arrays) for each entry of `inputs`, called once per group of entries whose arrays share
   shapes (but the leading batch axis) and dtypes: the group is concatenated along the batch and
   the outputs (any pytree of batch-major arrays) split back. Valid because every stage treats
-  batch items independently (mask-aware layers, per-item norms).
+  batch items independently (mask-aware layers, per-item norms). The arrays of an entry share
+  their length (axis 1): samples and their mask, frames and theirs.
 
   With `min_length_ratio` < 1, entries that differ only in their length (axis 1 of every array)
   also share a call when each is at least that share of the group's longest: zero-padded to it
@@ -81,15 +82,15 @@ def _grouped(fn, inputs: Mapping[str, tuple[Array, ...]], min_length_ratio: floa
   length on axis 1 and ignore masked positions (the Conformer stacks): one call fewer is one
   stack fewer to compile and a larger one to run, for the padded positions' compute.
   """
-  merge = min_length_ratio < 1.0
-  groups: list[tuple[Any, int, list[str]]] = []  # (key, longest length, names)
-  order = sorted(inputs, key=lambda n: -inputs[n][0].shape[1]) if merge else list(inputs)
+  groups: list[tuple[Any, int, list[str]]] = []  # (shapes past the length, longest length, names)
+  # Longest first, so that each group starts at its longest entry; at 1.0 (equal lengths only) the
+  # inputs' own order, which is the order of the calls.
+  order = sorted(inputs, key=lambda n: -inputs[n][0].shape[1]) if min_length_ratio < 1.0 else list(inputs)
   for name in order:
     arrays = inputs[name]
-    key = tuple((a.shape[2:] if merge else a.shape[1:], a.dtype) for a in arrays)
-    length = arrays[0].shape[1] if merge else 0
+    key, length = tuple((a.shape[2:], a.dtype) for a in arrays), arrays[0].shape[1]
     for group_key, longest, names in groups:
-      if group_key == key and length >= min_length_ratio * longest:
+      if group_key == key and min_length_ratio * longest <= length <= longest:
         names.append(name)
         break
     else:
@@ -99,14 +100,15 @@ def _grouped(fn, inputs: Mapping[str, tuple[Array, ...]], min_length_ratio: floa
     if len(names) == 1:
       outputs[names[0]] = fn(*inputs[names[0]])
       continue
-    pad = lambda a: jnp.pad(a, [(0, 0), (0, longest - a.shape[1])] + [(0, 0)] * (a.ndim - 2)) if merge else a
+    pad = lambda a: jnp.pad(a, [(0, 0), (0, longest - a.shape[1])] + [(0, 0)] * (a.ndim - 2)) if (
+        a.shape[1] < longest) else a
     arrays = [jnp.concatenate([pad(a) for a in parts], axis=0) for parts in zip(*(inputs[n] for n in names))]
     merged = fn(*arrays)
     start = 0
     for name in names:
       size, length = inputs[name][0].shape[0], inputs[name][0].shape[1]
-      cut = (lambda o, s=start, e=start + size, t=length: o[s:e, :t]) if merge else (
-          lambda o, s=start, e=start + size: o[s:e])
+      cut = (lambda o, s=start, e=start + size: o[s:e]) if length == longest else (
+          lambda o, s=start, e=start + size, t=length: o[s:e, :t])
       outputs[name] = jax.tree_util.tree_map(cut, merged)
       start += size
   return outputs
