@@ -8,16 +8,18 @@ import signal
 import subprocess
 import sys
 
+import gin
 import jax
 import numpy as np
 import pytest
 
 from mslam_jax import checkpoints
+from mslam_jax import cli
 from mslam_jax.data import espeak
 from mslam_jax.data import translation as translation_data
 from tests.trainer import helpers
 
-pytestmark = pytest.mark.slow  # subprocesses that compile and fine-tune the tiny model
+pytestmark = pytest.mark.slow  # compiles and fine-tunes the tiny model, in a subprocess and here
 
 # The task's steps and checkpoint interval; its test figure, the same from the same parameters;
 # its own flags.
@@ -37,13 +39,25 @@ TASKS = {
 }
 
 
-def _command(task: str, run_dir: str, corpus_dir: str, out: str) -> list[str]:
+def _args(task: str, run_dir: str, corpus_dir: str, out: str) -> list[str]:
   steps, every, _, flags = TASKS[task]
-  return [sys.executable, "-m", "mslam_jax.cli", "finetune", "--task", task, "--init_from", run_dir,
-          "--corpus_dir", corpus_dir, f"--gin.MODEL_DIR='{out}'", "--steps", str(steps),
-          f"--gin.FinetuneConfig.checkpoint_every={every}", "--gin.FinetuneConfig.batch_size=4",
+  return ["finetune", "--task", task, "--init_from", run_dir, "--corpus_dir", corpus_dir, f"--gin.MODEL_DIR='{out}'",
+          "--steps", str(steps), f"--gin.FinetuneConfig.checkpoint_every={every}", "--gin.FinetuneConfig.batch_size=4",
           "--gin.finetune_run.max_test_per_lang=2", "--gin.finetune_run.progress_bar=False",
           "--gin.finetune_run.tensorboard=False"] + flags
+
+
+def _finetune_here(args: list[str], capsys) -> dict:
+  """`mslam finetune` in this process (TF, SeqIO and JAX already started; the train step comes
+  from the compilation cache the killed run filled); returns the figures it printed."""
+  gin.clear_config()
+  try:
+    rc = cli.main(args)
+  finally:
+    gin.clear_config()
+  captured = capsys.readouterr()
+  assert rc == 0, captured.err[-3000:]
+  return json.loads(captured.out)
 
 
 def _params(model_dir: str, steps: int):
@@ -52,19 +66,19 @@ def _params(model_dir: str, steps: int):
 
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_sigkill_then_restart_reproduces_the_uninterrupted_finetune(task, tiny_pretrained, builtin_corpus_dir,
-                                                                     tmp_path):
+                                                                     tmp_path, capsys, caplog):
   steps, every, figure, _ = TASKS[task]
   corpus = builtin_corpus_dir
   if task == "translate":  # translation data goes into the corpus: a copy of the shared one, made once
     corpus = shutil.copytree(builtin_corpus_dir, str(tmp_path / "corpus"))
     translation_data.build_translation_data(corpus, per_language=4, progress=False, synthesize=espeak.synthesize)
-  command = lambda out: _command(task, tiny_pretrained, corpus, out)
-  env = helpers.env(1)  # the session's compilation cache
+  args = lambda out: _args(task, tiny_pretrained, corpus, out)
   straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
-  # The run to kill goes first, alone: it compiles the train step into the cache, from which the
-  # uninterrupted run and the restart then start side by side (one compile of the step, not two).
+  # Only the run to kill needs a process of its own; it compiles the train step into the session's
+  # cache, from which the restart and the uninterrupted run then start in this process.
   with open(str(tmp_path / "killed.log"), "w") as log:
-    proc = subprocess.Popen(command(killed), cwd=helpers.REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-m", "mslam_jax.cli"] + args(killed), cwd=helpers.REPO,
+                            env=helpers.env(1), stdout=log, stderr=subprocess.STDOUT)
     helpers.wait_for_step(killed, every + 1, proc, timeout=600)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
@@ -72,19 +86,15 @@ def test_sigkill_then_restart_reproduces_the_uninterrupted_finetune(task, tiny_p
   saved = checkpoints.checkpoint_steps(killed)
   assert saved and max(saved) < steps, saved  # killed mid-run, with a checkpoint behind it
 
-  with open(str(tmp_path / "straight.log"), "w") as straight_log:
-    done = subprocess.Popen(command(straight), cwd=helpers.REPO, env=env, stdout=subprocess.PIPE, stderr=straight_log,
-                            text=True)
-    resumed = subprocess.run(command(killed), cwd=helpers.REPO, env=env, capture_output=True, text=True, timeout=600)
-    done_stdout, _ = done.communicate(timeout=600)
-  assert done.returncode == 0, open(str(tmp_path / "straight.log")).read()[-3000:]
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert f"Resuming from step {max(saved)}" in resumed.stderr
+  with caplog.at_level("INFO"):
+    resumed = _finetune_here(args(killed), capsys)
+  assert f"Resuming from step {max(saved)}" in caplog.text
+  done = _finetune_here(args(straight), capsys)
 
   want, got = helpers.read_metrics(straight), helpers.read_metrics(killed)
   assert sorted(got) == list(range(1, steps + 1))
   assert [got[s]["loss"] for s in sorted(got)] == [want[s]["loss"] for s in sorted(want)]
   np.testing.assert_equal(_params(killed, steps), _params(straight, steps))
   # The same test figures from the same parameters.
-  assert json.loads(resumed.stdout)[figure] == json.loads(done_stdout)[figure]
+  assert resumed[figure] == done[figure]
   assert os.path.exists(os.path.join(killed, "source.json"))
