@@ -226,7 +226,10 @@ def train(*,
 
   `optimizer` defaults to optimizers.make_optimizer() and `mesh` to partitioning.make_mesh().
   `initialize_params(params) -> params` runs once, on a fresh start only (never on resume): e.g.
-  `@initialize_from_checkpoint` to start the encoder from a converted w2v-BERT 2.0 checkpoint.
+  `@initialize_from_checkpoint` to start the encoder from a converted w2v-BERT 2.0 checkpoint. It
+  receives the abstract parameters (ShapeDtypeStructs with their shardings) and returns them with
+  the leaves it provides replaced by arrays; the model's initialization fills the others, and only
+  those are computed (Trainer.init_state).
   Returns a summary dict (final step, non-finite count, why it stopped).
 
   Periodic evaluation: every `eval_every` steps the `evaluators` (evaluation/registry.py) run on the
@@ -296,9 +299,11 @@ def train(*,
   elif primary:  # written, not logged (e.g. a fine-tuning job inside an evaluation)
     config.write_operative_config(model_dir)
   if latest is None:
-    state = trainer.init_state()
+    given = None
     if initialize_params is not None:
-      state = state.replace(params=initialize_params(state.params))
+      given = initialize_params(trainer.abstract_state_sharded.params)
+    state = trainer.init_state(given)
+    del given
   start = int(jax.device_get(state.step))
 
   writer = make_writer(model_dir, primary, tensorboard)

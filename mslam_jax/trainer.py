@@ -111,9 +111,15 @@ class Trainer:
 
   # -- state ---------------------------------------------------------------------------------
 
-  def _init_state(self, rng):
+  def _init_state(self, rng, given):
     init_rng, base_rng = jax.random.split(rng)
-    params = meta.unbox(self.model.init(init_rng, self._dummy_batch()))
+    fresh = meta.unbox(self.model.init(init_rng, self._dummy_batch()))
+    # The fresh leaves that `given` replaces are dead code, dropped from the compiled program: a
+    # fine-tune's encoder never pays for its random initialization, in compile time or memory.
+    def take(path, leaf):
+      name = _path_name(path)
+      return given[name].astype(leaf.dtype) if name in given else leaf
+    params = jax.tree_util.tree_map_with_path(take, fresh)
     zero = jnp.zeros((), jnp.int32)
     return TrainState(step=zero, params=params, opt_state=self.optimizer.tx.init(params),
                       rng=base_rng, nonfinite_count=zero, nonfinite_streak=zero)
@@ -121,10 +127,28 @@ class Trainer:
   def _dummy_batch(self):
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self.batch_spec)
 
-  def init_state(self) -> TrainState:
-    """Initializes params and optimizer state directly in their shardings (never unsharded)."""
+  def init_state(self, params: Any = None) -> TrainState:
+    """Initializes params and optimizer state directly in their shardings (never unsharded).
+
+    `params`: optionally a tree shaped like `abstract_state_sharded.params` whose leaves are arrays
+    where they are given (e.g. read from a checkpoint, in their shardings) and ShapeDtypeStructs
+    where the model's own initialization fills them; only those are computed.
+    """
+    given = {}
+    if params is not None:
+      want = {_path_name(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(self.abstract_state.params)[0]}
+      for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        name = _path_name(path)
+        if name not in want:
+          raise ValueError(f"init_state: parameter {name!r} is not one of the model's")
+        if isinstance(leaf, jax.ShapeDtypeStruct):
+          continue
+        if tuple(np.shape(leaf)) != tuple(want[name].shape):
+          raise ValueError(f"init_state: parameter {name!r} is {tuple(np.shape(leaf))}, the model's is "
+                           f"{tuple(want[name].shape)}")
+        given[name] = leaf
     with self.mesh, nn.logical_axis_rules(self.rules):
-      return self._init(jax.random.PRNGKey(self.seed))
+      return self._init(jax.random.PRNGKey(self.seed), given)
 
   # -- step ----------------------------------------------------------------------------------
 

@@ -68,7 +68,8 @@ def merge_params(params: Any, source: Any, include: Sequence[str] = SPEECH_ENCOD
 @gin.configurable
 def initialize_from_checkpoint(params: Any, checkpoint: str = gin.REQUIRED, include: Sequence[str] = SPEECH_ENCODER,
                                step: int | None = None) -> Any:
-  """`params` (unboxed, e.g. a fresh TrainState's) with the `include`d leaves from `checkpoint`.
+  """`params` (unboxed arrays or ShapeDtypeStructs, e.g. train.train's abstract ones) with the
+  `include`d leaves from `checkpoint`.
 
   `checkpoint`: a run directory (its latest step, or `step`) or one checkpoint's directory, whose
   state holds "params" (a training run's or `mslam convert from-hf`'s).

@@ -144,9 +144,10 @@ def test_initialize_params_runs_on_a_fresh_start_only(tmp_path):
 
   calls = []
 
-  def fill_with_ones(params):
+  def fill_with_ones(params):  # the abstract parameters, each with its sharding
     calls.append(1)
-    return jax.tree.map(lambda x: x * 0 + 1, params)
+    assert all(isinstance(x, jax.ShapeDtypeStruct) and x.sharding is not None for x in jax.tree.leaves(params))
+    return jax.tree.map(lambda x: np.ones(x.shape, x.dtype), params)
 
   model_dir = str(tmp_path / "run")
   for steps in (2, 4):  # a fresh run, then a resumed one
@@ -162,6 +163,37 @@ def test_initialize_params_runs_on_a_fresh_start_only(tmp_path):
   params = checkpoints.load_state_dict(os.path.join(model_dir, "checkpoints", "4"))["params"]
   for leaf in jax.tree.leaves(params):
     np.testing.assert_allclose(np.asarray(leaf), 1.0, atol=1e-6)
+
+
+def _by_name(tree) -> dict:
+  return {"/".join(k.key for k in path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def test_init_state_computes_only_the_parameters_it_is_not_given():
+  from mslam_jax import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  from tests.trainer import standin  # pylint: disable=g-import-not-at-top
+  spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), standin.SyntheticIterator().global_batch(0))
+  trainer = trainer_lib.Trainer(standin.StandInModel(), optimizers.make_optimizer(), partitioning.make_mesh(), spec)
+  plain = _by_name(trainer.init_state().params)
+  # The block comes from elsewhere (e.g. a checkpoint), in float64: it lands in the model's dtype.
+  abstract = trainer.abstract_state_sharded.params
+  given = dict(abstract, block=jax.tree.map(lambda x: np.full(x.shape, 7.0), abstract["block"]))
+  state = trainer.init_state(given)
+  for name, leaf in _by_name(state.params).items():
+    if name.startswith("block/"):
+      assert leaf.dtype == jnp.float32 and np.all(np.asarray(leaf) == 7.0), name
+    else:  # the same fresh values as a whole initialization's
+      np.testing.assert_array_equal(np.asarray(leaf), np.asarray(plain[name]), err_msg=name)
+  assert jax.tree.structure(state.opt_state) == jax.tree.structure(trainer.abstract_state.opt_state)
+  # The given leaves' random initialization is not in the init program at all.
+  rng = jax.random.PRNGKey(0)
+  block = {f"block/{k}": v for k, v in _by_name(given["block"]).items()}
+  with trainer.mesh:
+    whole = trainer._init.lower(rng, {}).as_text().count("threefry")  # pylint: disable=protected-access
+    part = trainer._init.lower(rng, block).as_text().count("threefry")  # pylint: disable=protected-access
+  assert 0 < part < whole
+  with pytest.raises(ValueError, match="embed/embedding"):
+    trainer.init_state(dict(abstract, embed={"embedding": np.zeros((3, 3))}))
 
 
 def test_a_collapsing_encoder_is_named_in_the_log_once_until_it_recovers(caplog):
