@@ -38,17 +38,18 @@ TEST_CACHE_DIR = compilation_cache.enable(
                    os.path.join(os.path.expanduser("~"), ".cache", "mslam_jax", "jax_cache_tests")))
 
 # Test files that share an expensive fixture: each group is one unit of work for pytest-xdist (one
-# worker, so the fixture is made once) and starts first, so the longest chains overlap the rest.
+# worker, so the fixture is made once) and starts first (xdist puts the units with the most tests
+# first), so the longest chains overlap the rest. The session's tiny run and everything that starts
+# from it are one unit: split over two workers, one of them would wait on the other's training.
 SHARED_FIXTURE_FILES = {
     **dict.fromkeys(["tests/data/test_remote_everywhere.py", "tests/evaluation/test_tiny_checkpoint.py",
                      "tests/faults/test_bad_audio.py", "tests/faults/test_bad_flags.py",
-                     "tests/faults/test_corpus_identity.py", "tests/trainer/test_pretrain_integration.py"],
-                    "tiny_run"),  # the session's tiny run, trained and evaluated
-    **dict.fromkeys(["tests/evaluation/test_finetune_resume.py", "tests/evaluation/test_xtreme_s_finetune.py"],
-                    "tiny_pretrained"),  # fine-tuning from its checkpoint, on the other worker
+                     "tests/faults/test_corpus_identity.py", "tests/trainer/test_pretrain_integration.py",
+                     "tests/evaluation/test_finetune_resume.py", "tests/evaluation/test_xtreme_s_finetune.py"],
+                    "tiny_run"),  # the session's tiny run: trained, evaluated, fine-tuned from
     "tests/test_demo.py": "demo",  # the module's demo run
 }
-_GROUP_ORDER = ("tiny_run", "demo", "tiny_pretrained")
+_GROUP_ORDER = ("tiny_run", "demo")
 _SESSION_RUNS = ("tiny_run", "tiny_pretrained")
 
 
