@@ -303,7 +303,7 @@ def train(*,
     if initialize_params is not None:
       given = initialize_params(trainer.abstract_state_sharded.params)
     state = trainer.init_state(given)
-    del given
+    del given  # the state holds its own copy: no second copy of the loaded weights lives on
   start = int(jax.device_get(state.step))
 
   writer = make_writer(model_dir, primary, tensorboard)
