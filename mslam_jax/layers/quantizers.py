@@ -63,6 +63,16 @@ class QuantizerOutput:
   usage: Array
 
 
+def _utterance_standardize(features: Array, mask: Array) -> Array:
+  """Each feature of [B, T, F] standardized over the valid frames (mask [B, T]) of its row."""
+  x = features.astype(jnp.float32)
+  valid = (mask != 0).astype(jnp.float32)[..., None]
+  count = jnp.maximum(jnp.sum(valid, axis=1, keepdims=True), 1.0)
+  mean = jnp.sum(x * valid, axis=1, keepdims=True) / count
+  var = jnp.sum(jnp.square(x - mean) * valid, axis=1, keepdims=True) / count
+  return ((x - mean) * jax.lax.rsqrt(var + 1e-5)).astype(features.dtype)
+
+
 def _batch_average(values: Array, mask: Array) -> Array:
   """[B, T, G, V] averaged over valid frames -> [G, V]."""
   valid = (mask != 0)[:, :, None, None]
@@ -93,6 +103,12 @@ class GumbelVectorQuantizer(nn.Module):
     codevector_dim: size of the concatenated quantized vector; each group's entries have
       codevector_dim // num_groups dims.
     rng_collection: rng stream for the Gumbel noise in training.
+    utterance_norm: standardize each feature over the valid frames of its utterance before the
+      logit projection (cepstral mean and variance normalization, CMVN). Off in fairseq2 and HF.
+      Frames of one utterance share a large component (speaker, channel) that steers an untrained
+      projection to few codes: on the tiny model 18 of 64 codes at the start, which the diversity
+      term spreads over ~30 steps while the targets churn; with it, 40 of 64 from the first step,
+      the same contrastive accuracy after 1,500 steps (benchmarks/README.md).
 
   Feed it layer-normed features (MSLAMEncoder.normalize_speech_features). Its logit projection
   starts at N(0, 1) with a zero bias, as in fairseq2 and HF transformers: on unit-scale inputs the
@@ -104,6 +120,7 @@ class GumbelVectorQuantizer(nn.Module):
   num_entries: int = 1024
   codevector_dim: int = 1024
   rng_collection: str = "dropout"
+  utterance_norm: bool = False
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
 
@@ -115,6 +132,8 @@ class GumbelVectorQuantizer(nn.Module):
                        f"by num_groups={self.num_groups}")
     batch, length, _ = features.shape
     groups, entries = self.num_groups, self.num_entries
+    if self.utterance_norm:
+      features = _utterance_standardize(features, mask)
     logits = nn.Dense(
         groups * entries, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=attention.partitioned(nn.initializers.normal(1.0), (None, "codebook")),

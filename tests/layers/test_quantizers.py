@@ -112,3 +112,27 @@ def test_gumbel_targets_are_a_function_of_the_input_at_init():
   assert agreement > 0.6, agreement  # chance is ~1/64
   out = q.apply(variables, frames, mask, 2.0, True)
   assert float(out.code_perplexity) > entries / 4  # the frames spread over the codebook
+
+
+def test_utterance_norm_spreads_frames_that_share_an_offset_and_ignores_padding():
+  """Frames of one utterance that share a large offset (a speaker, a channel) mostly pick the few
+  codes the offset favours; standardized per utterance they spread over the codebook again, the
+  draws stay input-determined, and padding frames change nothing."""
+  entries, dim = 64, 160
+  key1, key2, key3 = jax.random.split(jax.random.PRNGKey(1), 3)
+  offsets = 4.0 * jax.random.normal(key1, (4, 1, dim))
+  frames = offsets + jax.random.normal(key2, (4, 50, dim))
+  frames = (frames - frames.mean(-1, keepdims=True)) / frames.std(-1, keepdims=True)  # layer-normed
+  mask = jnp.ones((4, 50), jnp.int32)
+  plain = quantizers.GumbelVectorQuantizer(num_groups=1, num_entries=entries, codevector_dim=32)
+  normed = quantizers.GumbelVectorQuantizer(num_groups=1, num_entries=entries, codevector_dim=32, utterance_norm=True)
+  variables = plain.init({"params": jax.random.PRNGKey(0)}, frames, mask, 2.0, True)  # the same parameters
+  spread = lambda q: float(q.apply(variables, frames, mask, 2.0, True).code_perplexity)
+  assert spread(normed) > 2 * spread(plain) and spread(normed) > entries / 4, (spread(plain), spread(normed))
+  draw = lambda seed: normed.apply(variables, frames, mask, 2.0, False, rngs={"dropout": jax.random.PRNGKey(seed)}).ids
+  assert float(jnp.mean(draw(2) == draw(3))) > 0.6
+  # Twenty padding frames of noise after each utterance: the valid frames' codes do not move.
+  padded = jnp.concatenate([frames, 100.0 * jax.random.normal(key3, (4, 20, dim))], axis=1)
+  padded_mask = jnp.concatenate([mask, jnp.zeros((4, 20), jnp.int32)], axis=1)
+  ids = normed.apply(variables, padded, padded_mask, 2.0, True).ids[:, :50]
+  np.testing.assert_array_equal(ids, normed.apply(variables, frames, mask, 2.0, True).ids)
