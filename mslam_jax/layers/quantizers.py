@@ -107,7 +107,7 @@ class GumbelVectorQuantizer(nn.Module):
       logit projection (cepstral mean and variance normalization, CMVN). Off in fairseq2 and HF.
       Frames of one utterance share a large component (speaker, channel) that steers an untrained
       projection to few codes: on the tiny model 18 of 64 codes at the start, which the diversity
-      term spreads over ~30 steps while the targets churn; with it, 40 of 64 from the first step,
+      term spreads over ~24 steps while the targets churn; with it, 40 of 64 from the first step,
       the same contrastive accuracy after 1,500 steps (benchmarks/README.md).
 
   Feed it layer-normed features (MSLAMEncoder.normalize_speech_features). Its logit projection
