@@ -48,8 +48,9 @@ SHARED_FIXTURE_FILES = {
                      "tests/evaluation/test_finetune_resume.py", "tests/evaluation/test_xtreme_s_finetune.py"],
                     "tiny_run"),  # the session's tiny run: trained, evaluated, fine-tuned from
     "tests/test_demo.py": "demo",  # the module's demo run
+    "tests/interop/test_hf_parity.py": "hf_parity",  # a converted HF model (torch and transformers imported)
 }
-_GROUP_ORDER = ("tiny_run", "demo")
+_GROUP_ORDER = ("tiny_run", "demo", "hf_parity")
 _SESSION_RUNS = ("tiny_run", "tiny_pretrained")
 
 
