@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from mslam_jax.layers import attention
+from mslam_jax.layers import logmel
 
 Array = jax.Array
 DType = Any
@@ -61,16 +62,6 @@ class QuantizerOutput:
   perplexity: Array
   code_perplexity: Array
   usage: Array
-
-
-def _utterance_standardize(features: Array, mask: Array) -> Array:
-  """Each feature of [B, T, F] standardized over the valid frames (mask [B, T]) of its row."""
-  x = features.astype(jnp.float32)
-  valid = (mask != 0).astype(jnp.float32)[..., None]
-  count = jnp.maximum(jnp.sum(valid, axis=1, keepdims=True), 1.0)
-  mean = jnp.sum(x * valid, axis=1, keepdims=True) / count
-  var = jnp.sum(jnp.square(x - mean) * valid, axis=1, keepdims=True) / count
-  return ((x - mean) * jax.lax.rsqrt(var + 1e-5)).astype(features.dtype)
 
 
 def _batch_average(values: Array, mask: Array) -> Array:
@@ -132,8 +123,8 @@ class GumbelVectorQuantizer(nn.Module):
                        f"by num_groups={self.num_groups}")
     batch, length, _ = features.shape
     groups, entries = self.num_groups, self.num_entries
-    if self.utterance_norm:
-      features = _utterance_standardize(features, mask)
+    if self.utterance_norm:  # the frontend's CMVN, here on the codebook's input (population variance)
+      features = logmel.normalize_per_utterance(features, mask, epsilon=1e-5, ddof=0).astype(features.dtype)
     logits = nn.Dense(
         groups * entries, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=attention.partitioned(nn.initializers.normal(1.0), (None, "codebook")),
