@@ -3,6 +3,13 @@
   model.init(rng, batch) -> params boxed with flax logical partitioning
   model.loss_fn(params, batch, rng, step) -> (loss, metrics)   (unboxed params, scalar metrics)
 
+Micro-batches (`num_microbatches` > 1): one step's batch is split into micro-batches whose
+gradients are summed in a scan (less memory; on CPU, caches that hold each op's output). A model
+whose metrics include "count/<name>" (the items a per-item mean runs over: masked frames, tokens)
+gets the batch-wide totals back, `loss_fn(..., normalizers={<name>: total, "microbatches": k})`,
+and returns each micro-batch's share of the batch's loss and metrics: the summed gradient is the
+whole batch's, up to float rounding. Other models get the mean of the micro-batches' losses.
+
 The abstract state comes from jax.eval_shape; its logical specs map to NamedShardings through the
 rules of mslam_jax.partitioning; the step is a plain jax.jit with in/out shardings and the state
 donated (MaxText / big_vision style). A non-finite loss or gradient keeps the old parameters and
@@ -41,6 +48,9 @@ class TrainState:
   rng: jax.Array               # base key; the step's key is fold_in(rng, step)
   nonfinite_count: jax.Array   # updates skipped for a non-finite loss or gradient, in total
   nonfinite_streak: jax.Array  # ... in a row, up to this step
+
+
+COUNT_PREFIX = "count/"
 
 
 def _path_name(path) -> str:
@@ -166,19 +176,33 @@ class Trainer:
       return nn.with_logical_constraint(x, (None, "batch") + (None,) * (x.ndim - 2))
 
     micro = jax.tree.map(split, batch)
+    keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(k))
+    first = jax.tree.map(lambda x: x[0], micro)
+    metric_shapes = jax.eval_shape(lambda: self.model.loss_fn(params, first, rng, step)[1])
+    counted = sorted(name for name in metric_shapes if name.startswith(COUNT_PREFIX))
+    if counted:
+      # The micro-batches' counts come first, from the same keys as their losses: only the masks
+      # feed them, so XLA drops the rest of this pass.
+      counts = jax.vmap(lambda mb, key: {name: self.model.loss_fn(params, mb, key, step)[1][name]
+                                         for name in counted})(micro, keys)
+      normalizers = {name[len(COUNT_PREFIX):]: jnp.sum(counts[name]) for name in counted}
+      normalizers["microbatches"] = jnp.float32(k)
+      grad_fn = jax.value_and_grad(
+          lambda p, b, r: self.model.loss_fn(p, b, r, step, normalizers=normalizers), has_aux=True)
+      metric_shapes = jax.eval_shape(lambda: grad_fn(params, first, rng)[0][1])
 
     def body(carry, inputs):
-      index, mb = inputs
-      (loss, metrics), grads = grad_fn(params, mb, jax.random.fold_in(rng, index))
+      key, mb = inputs
+      (loss, metrics), grads = grad_fn(params, mb, key)
       grad_sum, loss_sum, metric_sum = carry
       return (jax.tree.map(jnp.add, grad_sum, grads), loss_sum + loss,
               jax.tree.map(jnp.add, metric_sum, metrics)), None
 
-    metric_shapes = jax.eval_shape(
-        lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro), rng)[0][1])
     zeros = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32),
              jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes))
-    (grad_sum, loss_sum, metric_sum), _ = jax.lax.scan(body, zeros, (jnp.arange(k), micro))
+    (grad_sum, loss_sum, metric_sum), _ = jax.lax.scan(body, zeros, (keys, micro))
+    if counted:  # shares of the batch: their sums are the batch's values
+      return loss_sum, metric_sum, grad_sum
     mean = lambda x: x / k
     return mean(loss_sum), jax.tree.map(mean, metric_sum), jax.tree.map(mean, grad_sum)
 

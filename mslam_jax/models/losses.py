@@ -3,6 +3,10 @@
 Every loss returns a scalar (mean over the items it covers) together with its health figure
 (accuracy, counts), computed in float32 whatever the compute dtype. Padding is excluded through
 explicit masks; an objective that has nothing to score in a batch returns 0, not NaN.
+
+The per-item objectives (masked prediction, contrastive, CTC) take an optional `denominator`: the
+number of items of the whole batch (their `*_count` function, summed) when the batch is scored in
+micro-batches; each micro-batch's sum over that number adds up to the whole batch's mean.
 """
 from typing import Optional
 
@@ -16,9 +20,11 @@ from mslam_jax.data.special_ids import BLANK_ID
 _NEG_INF = -1e9
 
 
-def _safe_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
+def _safe_mean(values: jax.Array, weights: jax.Array, denominator: Optional[jax.Array] = None) -> jax.Array:
   weights = weights.astype(jnp.float32)
-  return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+  if denominator is None:
+    denominator = jnp.sum(weights)
+  return jnp.sum(values * weights) / jnp.maximum(jnp.asarray(denominator, jnp.float32), 1.0)
 
 
 def _l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -45,6 +51,17 @@ def sample_negative_indices(rng: jax.Array, masked: jax.Array, num_negatives: in
   return flat.reshape(batch, length, num_negatives).astype(jnp.int32)
 
 
+def _contrastive_scored(masked: jax.Array) -> jax.Array:
+  """The masked frames of utterances with at least two of them (one has no distractor)."""
+  masked = masked.astype(bool)
+  return masked & (masked.sum(axis=-1, keepdims=True) >= 2)
+
+
+def contrastive_count(masked: jax.Array) -> jax.Array:
+  """How many frames `contrastive_loss` scores."""
+  return jnp.sum(_contrastive_scored(masked)).astype(jnp.float32)
+
+
 def contrastive_loss(
     rng: jax.Array,
     context: jax.Array,
@@ -54,6 +71,7 @@ def contrastive_loss(
     num_negatives: int = 100,
     temperature: float = 0.1,
     target_codes: Optional[jax.Array] = None,
+    denominator: Optional[jax.Array] = None,
 ) -> tuple[jax.Array, jax.Array]:
   """wav2vec 2.0 / w2v-BERT InfoNCE of context vectors against quantized targets.
 
@@ -70,6 +88,7 @@ def contrastive_loss(
     num_negatives: distractors per frame (K).
     temperature: logit temperature.
     target_codes: optional code ids of the targets.
+    denominator: the frames scored over the whole batch (module docstring); default: these.
 
   Returns:
     (loss, accuracy): mean -log p(positive) over scored frames, and the share of frames whose
@@ -89,9 +108,9 @@ def contrastive_loss(
     negative = jnp.where(same, _NEG_INF, negative)
   logits = jnp.concatenate([positive[..., None], negative], axis=-1)
   nll = jax.nn.logsumexp(logits, axis=-1) - positive
-  scored = masked & (masked.sum(axis=-1, keepdims=True) >= 2)
+  scored = _contrastive_scored(masked)
   correct = positive >= jnp.max(negative, axis=-1)
-  return _safe_mean(nll, scored), _safe_mean(correct, scored)
+  return _safe_mean(nll, scored, denominator), _safe_mean(correct, scored, denominator)
 
 
 def codebook_perplexity(probs: jax.Array, mask: jax.Array) -> jax.Array:
@@ -128,19 +147,30 @@ def codebook_usage(codes: jax.Array, mask: jax.Array, num_entries: int) -> jax.A
   return jnp.mean(used.astype(jnp.float32))
 
 
+def _target_weights(targets: jax.Array, weights: jax.Array) -> jax.Array:
+  """[B, T] weights broadcast over the targets' groups ([B, T, G])."""
+  return jnp.broadcast_to(weights.reshape(weights.shape + (1,) * (targets.ndim - weights.ndim)), targets.shape)
+
+
+def masked_count(targets: jax.Array, weights: jax.Array) -> jax.Array:
+  """How many targets `masked_cross_entropy` scores."""
+  return jnp.sum(_target_weights(targets, weights).astype(jnp.float32))
+
+
 def masked_cross_entropy(
-    logits: jax.Array, targets: jax.Array, weights: jax.Array
+    logits: jax.Array, targets: jax.Array, weights: jax.Array, denominator: Optional[jax.Array] = None
 ) -> tuple[jax.Array, jax.Array]:
   """Cross-entropy and accuracy of integer targets on the weighted (masked) positions.
 
   Serves the masked prediction of codebook ids (logits [B, T, (G,) V]) and span-masked LM over the
-  character vocabulary alike.
+  character vocabulary alike. `denominator`: the targets scored over the whole batch (module
+  docstring); default: these.
   """
   logits = logits.astype(jnp.float32)
   nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
   correct = jnp.argmax(logits, axis=-1) == targets
-  weights = jnp.broadcast_to(weights.reshape(weights.shape + (1,) * (nll.ndim - weights.ndim)), nll.shape)
-  return _safe_mean(nll, weights), _safe_mean(correct, weights)
+  weights = _target_weights(targets, weights)
+  return _safe_mean(nll, weights, denominator), _safe_mean(correct, weights, denominator)
 
 
 def ctc_feasible(logit_mask: jax.Array, labels: jax.Array, label_mask: jax.Array) -> jax.Array:
@@ -151,6 +181,12 @@ def ctc_feasible(logit_mask: jax.Array, labels: jax.Array, label_mask: jax.Array
   return (logit_mask.astype(bool).sum(axis=-1) >= needed) & (label_mask.sum(axis=-1) > 0)
 
 
+def ctc_count(logit_mask: jax.Array, labels: jax.Array, label_mask: jax.Array) -> jax.Array:
+  """How many label tokens `ctc_loss` scores (those of the feasible utterances)."""
+  feasible = ctc_feasible(logit_mask, labels, label_mask)
+  return jnp.sum(jnp.where(feasible, label_mask.sum(axis=-1), 0)).astype(jnp.float32)
+
+
 def ctc_loss(
     logits: jax.Array,
     logit_mask: jax.Array,
@@ -158,11 +194,13 @@ def ctc_loss(
     label_mask: jax.Array,
     *,
     blank_id: int = BLANK_ID,
+    denominator: Optional[jax.Array] = None,
 ) -> tuple[jax.Array, jax.Array]:
   """CTC (optax) normalized per label token, over the utterances that can be aligned at all.
 
   An utterance with more label tokens than frames would put optax's log(0) stand-in (1e5) into
-  the loss; it is dropped instead and counted.
+  the loss; it is dropped instead and counted. `denominator`: the label tokens scored over the
+  whole batch (module docstring); default: these.
 
   Returns:
     (loss, num_infeasible): sum of -log p(labels) over feasible utterances divided by their number
@@ -176,8 +214,9 @@ def ctc_loss(
       blank_id=blank_id,
   )
   feasible = ctc_feasible(logit_mask, labels, label_mask)
-  num_tokens = jnp.sum(jnp.where(feasible, label_mask.sum(axis=-1), 0)).astype(jnp.float32)
-  loss = jnp.sum(jnp.where(feasible, per_seq, 0.0)) / jnp.maximum(num_tokens, 1.0)
+  if denominator is None:
+    denominator = ctc_count(logit_mask, labels, label_mask)
+  loss = jnp.sum(jnp.where(feasible, per_seq, 0.0)) / jnp.maximum(jnp.asarray(denominator, jnp.float32), 1.0)
   num_infeasible = jnp.sum((~feasible) & (label_mask.sum(axis=-1) > 0)).astype(jnp.float32)
   return loss, num_infeasible
 

@@ -35,6 +35,7 @@ import gin
 import jax
 import jax.numpy as jnp
 
+from mslam_jax import trainer as trainer_contract
 from mslam_jax.layers import quantizers as quantizers_lib
 from mslam_jax.models import encoder as encoder_lib
 from mslam_jax.models import heads
@@ -59,6 +60,19 @@ OBJECTIVE_OF_TERM = {
 }
 # rng streams the network draws from (besides "params" at init).
 RNG_STREAMS = ("dropout", "masking", "negatives")
+# Metrics "count/<name>" (trainer.COUNT_PREFIX): how many items (masked frames, characters, label
+# tokens) a per-item objective averages over. A trainer that splits the batch into micro-batches
+# sums them and hands the totals back as `normalizers` (MSLAMNetwork.__call__).
+COUNT_PREFIX = trainer_contract.COUNT_PREFIX
+# The metrics each count normalizes (and CTC's dropped utterances: a count, summed too).
+COUNTED_METRICS = {
+    "speech_contrastive": ("speech/contrastive_loss", "speech/contrastive_accuracy"),
+    "speech_mlm": ("speech/mlm_loss", "speech/mlm_accuracy"),
+    "text_mlm": ("text/mlm_loss", "text/mlm_accuracy"),
+    "tlm_speech": ("paired/tlm_speech_loss", "paired/tlm_speech_accuracy"),
+    "tlm_text": ("paired/tlm_text_loss", "paired/tlm_text_accuracy"),
+    "ctc": ("paired/ctc_loss", "paired/ctc_infeasible"),
+}
 
 
 def _int(mask: Array) -> Array:
@@ -241,15 +255,29 @@ class MSLAMNetwork(nn.Module):
     temperature = quantizers_lib.gumbel_temperature(step)
     return self.quantizer(features, mask, temperature, deterministic)
 
-  def __call__(self, batch: Batch, step: Array, deterministic: bool = False) -> tuple[Array, dict[str, Array]]:
+  def __call__(self, batch: Batch, step: Array, deterministic: bool = False,
+               normalizers: Optional[Mapping[str, Array]] = None) -> tuple[Array, dict[str, Array]]:
     """(weighted total loss, metrics) of whichever streams `batch` holds.
 
     Runs in stages so that every Conformer stack runs once per group of same-shaped inputs
     (`_grouped`): the speech-only stack sees the masked speech stream, the masked paired speech
     (TLM) and the unmasked paired speech (CTC) in one batch when their lengths agree; the shared
     stack likewise. Fewer, larger calls: better accelerator use and a far smaller program.
+
+    `normalizers`: when `batch` is one of "microbatches" micro-batches of a batch, the totals of
+    the batch's "count/<name>" metrics. The loss and every metric are then this micro-batch's share
+    of the whole batch's value, to be summed over the micro-batches: per-item objectives (and
+    their accuracies) sum over the whole batch's items, exactly; batch-wide ones (codebook
+    diversity, the cross-modal InfoNCE, whose negatives are the micro-batch's) and the health
+    figures are the mean over micro-batches.
     """
     enc, w, mc = self.encoder, self.weights, self.masks
+    counts: dict[str, Array] = {}
+
+    def denominator(name: str, count: Array) -> Array | None:
+      counts[name] = count
+      return None if normalizers is None else jax.lax.stop_gradient(normalizers[name])
+
     speech, text, paired = batch.get("speech"), batch.get("text"), batch.get("paired")
     want_tlm = paired is not None and w.tlm > 0
     n = self.tlm_items  # TLM's pairs: the first n (slicing past the batch keeps it whole)
@@ -320,9 +348,11 @@ class MSLAMNetwork(nn.Module):
         metrics["speech/contrastive_loss"], metrics["speech/contrastive_accuracy"] = losses.contrastive_loss(
             self.make_rng("negatives"), self.context_projection(lower_out["speech"][0]),
             self.target_projection(speech_q.quantized), speech_masked, num_negatives=self.num_negatives,
-            temperature=self.contrastive_temperature, target_codes=speech_q.ids)
+            temperature=self.contrastive_temperature, target_codes=speech_q.ids,
+            denominator=denominator("speech_contrastive", losses.contrastive_count(speech_masked)))
       metrics["speech/mlm_loss"], metrics["speech/mlm_accuracy"] = losses.masked_cross_entropy(
-          self.codebook_head(shared_out["speech"]), speech_q.ids, speech_masked)
+          self.codebook_head(shared_out["speech"]), speech_q.ids, speech_masked,
+          denominator("speech_mlm", losses.masked_count(speech_q.ids, speech_masked)))
       metrics["speech/diversity_loss"] = speech_q.diversity_loss
       metrics["speech/masked_share"] = _share(speech_masked, mask)
       metrics["codebook/perplexity"] = speech_q.perplexity
@@ -336,14 +366,17 @@ class MSLAMNetwork(nn.Module):
           enc.pool(final, mask)[None], (jnp.sum(mask, axis=-1) > 0)[None])
     if text is not None:
       metrics["text/mlm_loss"], metrics["text/mlm_accuracy"] = losses.masked_cross_entropy(
-          self._text_logits(shared_out["text"]), tokens, text_masked)
+          self._text_logits(shared_out["text"]), tokens, text_masked,
+          denominator("text_mlm", losses.masked_count(tokens, text_masked)))
       metrics["text/masked_share"] = _share(text_masked, tokens_mask)
     if want_tlm:
       joint, num_frames = shared_out["tlm"], frames.shape[1]
       speech_loss, speech_acc = losses.masked_cross_entropy(
-          self.codebook_head(joint[:, :num_frames]), paired_q.ids, frames_masked)
+          self.codebook_head(joint[:, :num_frames]), paired_q.ids, frames_masked,
+          denominator("tlm_speech", losses.masked_count(paired_q.ids, frames_masked)))
       text_loss, text_acc = losses.masked_cross_entropy(
-          self._text_logits(joint[:, num_frames:]), tlm_tokens, chars_masked)
+          self._text_logits(joint[:, num_frames:]), tlm_tokens, chars_masked,
+          denominator("tlm_text", losses.masked_count(tlm_tokens, chars_masked)))
       metrics.update({
           "paired/tlm_loss": speech_loss + text_loss,
           "paired/tlm_speech_loss": speech_loss, "paired/tlm_speech_accuracy": speech_acc,
@@ -354,7 +387,8 @@ class MSLAMNetwork(nn.Module):
     if want_full and w.ctc > 0:
       ctc_logits = self.ctc_head(shared_out["full"])
       metrics["paired/ctc_loss"], metrics["paired/ctc_infeasible"] = losses.ctc_loss(
-          ctc_logits, paired_mask, paired_tokens, paired_tokens_mask, blank_id=BLANK_ID)
+          ctc_logits, paired_mask, paired_tokens, paired_tokens_mask, blank_id=BLANK_ID,
+          denominator=denominator("ctc", losses.ctc_count(paired_mask, paired_tokens, paired_tokens_mask)))
       metrics["health/ctc_blank_share"] = _share((jnp.argmax(ctc_logits, axis=-1) == BLANK_ID) & (paired_mask != 0),
                                                  paired_mask)
     if paired is not None and w.cross_modal > 0:
@@ -366,6 +400,9 @@ class MSLAMNetwork(nn.Module):
           self.text_embedding_head(enc.pool(shared_out["transcript"], paired_tokens_mask)), valid, temperature)
       metrics["paired/cross_modal_temperature"] = temperature
 
+    # A micro-batch's share of what is not summed over the whole batch's items: 1/microbatches.
+    summed = {key for name in counts for key in COUNTED_METRICS[name]} | {"paired/tlm_loss"}
+    share = 1.0 if normalizers is None else 1.0 / normalizers["microbatches"]
     terms = {name: getattr(w, objective) for name, objective in OBJECTIVE_OF_TERM.items()}
     loss = jnp.zeros((), jnp.float32)
     for name, weight in terms.items():
@@ -374,11 +411,15 @@ class MSLAMNetwork(nn.Module):
         if objective in self.schedule.start or objective in self.schedule.ramp:
           weight = weight * self.schedule.factor(objective, step)
           metrics[f"weight/{objective}"] = weight
-        metrics[f"{OBJECTIVE_PREFIX}{objective}"] = weight * metrics[name].astype(jnp.float32)
+        term = metrics[name].astype(jnp.float32) * (1.0 if name in summed else share)
+        metrics[f"{OBJECTIVE_PREFIX}{objective}"] = weight * term
         loss = loss + metrics[f"{OBJECTIVE_PREFIX}{objective}"]
-    metrics["loss"] = loss
     if not self.quantize_log_mel:
       metrics["codebook/gumbel_temperature"] = quantizers_lib.gumbel_temperature(step)
+    if normalizers is not None:
+      metrics = {k: v if k in summed or k.startswith(OBJECTIVE_PREFIX) else v * share for k, v in metrics.items()}
+    metrics["loss"] = loss
+    metrics.update({f"{COUNT_PREFIX}{name}": count for name, count in counts.items()})
     return loss, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
   def init_params(self, batch: Batch) -> None:
@@ -560,13 +601,15 @@ class MSLAMModel:
     return init(self._rngs(rng, True), batch)
 
   def loss_fn(self, params: Any, batch: Batch, rng: Array, step: Any = 0,
-              deterministic: bool = False) -> tuple[Array, dict[str, Array]]:
+              deterministic: bool = False, normalizers: Optional[Mapping[str, Array]] = None
+              ) -> tuple[Array, dict[str, Array]]:
     """(weighted total loss, flat dict of every loss term and health figure); params unboxed.
 
     `deterministic=True` turns dropout and Gumbel noise off (evaluation); masking stays random.
+    `normalizers`: for one micro-batch of a batch (MSLAMNetwork.__call__).
     """
     return self.network.apply({"params": params}, batch, jnp.asarray(step, jnp.int32),
-                              deterministic=deterministic, rngs=self._rngs(rng, False))
+                              deterministic=deterministic, normalizers=normalizers, rngs=self._rngs(rng, False))
 
   def encode_speech(self, params: Any, audio: Array, audio_mask: Array) -> tuple[Array, Array, Array]:
     """(frames [B, T, D], mask [B, T], pooled [B, D]) of the full encoder, no masking, no dropout."""

@@ -14,6 +14,9 @@ import optax
 import pytest
 
 from mslam_jax import config
+from mslam_jax import optimizers
+from mslam_jax import partitioning
+from mslam_jax import trainer as trainer_lib
 from mslam_jax.models import mslam
 
 VOCAB = 40
@@ -272,6 +275,37 @@ def test_stacks_merge_inputs_of_different_lengths_to_the_same_losses(gin_tiny, b
   assert set(separate) == set(merged)
   for key in separate:
     np.testing.assert_allclose(merged[key], separate[key], rtol=2e-4, atol=1e-5, err_msg=key)
+
+
+@pytest.mark.slow  # compiles the tiny model's train step twice
+def test_micro_batches_give_the_whole_batch_gradient(gin_tiny, batch):
+  """Trainer.num_microbatches: each micro-batch's per-item objectives are summed over the whole
+  batch's items (the model's count/ metrics, totalled first), so two micro-batches of one row step
+  exactly as the batch does; the mean of the two rows' own means would not."""
+  weights = mslam.ObjectiveWeights(speech_contrastive=0.0, diversity=0.0, text_mlm=0.0, tlm=0.0, cross_modal=0.0)
+  # Every speech frame masked: the micro-batches' masks are the batch's whatever their keys.
+  model = mslam.MSLAMModel(quantizer="best_rq", weights=weights,
+                           masks=mslam.masking.MaskingConfig(speech_start_prob=1.0))
+  batch = {"speech": batch["speech"], "paired": batch["paired"]}  # no text stream: less to compile
+  mesh = partitioning.make_mesh(devices=jax.devices()[:1])
+  sgd = optimizers.Optimizer(tx=optax.sgd(1.0), schedule=lambda step: jnp.float32(1.0), name="sgd")
+  steps = {}
+  for k in (1, 2):
+    trainer = trainer_lib.Trainer(model, sgd, mesh, batch, num_microbatches=k)
+    state = trainer.init_state()
+    new_state, metrics = trainer.train_step(trainer.init_state(), trainer.shard_batch(batch))
+    steps[k] = jax.device_get((state.params, new_state.params, metrics))
+  (before, whole, m1), (_, micro, m2) = steps[1], steps[2]
+  for key in ("loss", "grad_norm", "speech/mlm_loss", "speech/mlm_accuracy", "paired/ctc_loss",
+              "count/speech_mlm", "count/ctc"):
+    np.testing.assert_allclose(m2[key], m1[key], rtol=1e-5, err_msg=key)
+  for a, b in zip(jax.tree.leaves(micro), jax.tree.leaves(whole)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+  assert max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(before))) > 1e-3
+  # The rows differ in length: the mean of their own means is another loss.
+  rows = [model.loss_fn(before, jax.tree.map(lambda x, i=i: x[i:i + 1], batch), jax.random.key(0), 0)[0]
+          for i in range(2)]
+  assert abs(float(np.mean(rows)) - float(m1["loss"])) > 1e-3
 
 
 @pytest.mark.parametrize("overrides,binding", [
