@@ -20,11 +20,14 @@ from mslam_jax.data.special_ids import BLANK_ID
 _NEG_INF = -1e9
 
 
+def _divide(total: jax.Array, count: jax.Array) -> jax.Array:
+  """total / count, 0 rather than NaN when nothing was counted."""
+  return total / jnp.maximum(jnp.asarray(count, jnp.float32), 1.0)
+
+
 def _safe_mean(values: jax.Array, weights: jax.Array, denominator: Optional[jax.Array] = None) -> jax.Array:
   weights = weights.astype(jnp.float32)
-  if denominator is None:
-    denominator = jnp.sum(weights)
-  return jnp.sum(values * weights) / jnp.maximum(jnp.asarray(denominator, jnp.float32), 1.0)
+  return _divide(jnp.sum(values * weights), jnp.sum(weights) if denominator is None else denominator)
 
 
 def _l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -121,7 +124,7 @@ def codebook_perplexity(probs: jax.Array, mask: jax.Array) -> jax.Array:
     mask: [B, T] valid frames.
   """
   weights = mask.astype(jnp.float32)[..., None, None]
-  avg = jnp.sum(probs.astype(jnp.float32) * weights, axis=(0, 1)) / jnp.maximum(jnp.sum(weights), 1.0)
+  avg = _divide(jnp.sum(probs.astype(jnp.float32) * weights, axis=(0, 1)), jnp.sum(weights))
   entropy = -jnp.sum(avg * jnp.log(avg + 1e-7), axis=-1)  # [G]
   return jnp.sum(jnp.exp(entropy))
 
@@ -216,7 +219,7 @@ def ctc_loss(
   feasible = ctc_feasible(logit_mask, labels, label_mask)
   if denominator is None:
     denominator = ctc_count(logit_mask, labels, label_mask)
-  loss = jnp.sum(jnp.where(feasible, per_seq, 0.0)) / jnp.maximum(jnp.asarray(denominator, jnp.float32), 1.0)
+  loss = _divide(jnp.sum(jnp.where(feasible, per_seq, 0.0)), denominator)
   num_infeasible = jnp.sum((~feasible) & (label_mask.sum(axis=-1) > 0)).astype(jnp.float32)
   return loss, num_infeasible
 

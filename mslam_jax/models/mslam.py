@@ -62,15 +62,14 @@ OBJECTIVE_OF_TERM = {
 RNG_STREAMS = ("dropout", "masking", "negatives")
 # Metrics "count/<name>" (trainer.COUNT_PREFIX): how many items (masked frames, characters, label
 # tokens) a per-item objective averages over. A trainer that splits the batch into micro-batches
-# sums them and hands the totals back as `normalizers` (MSLAMNetwork.__call__).
-COUNT_PREFIX = trainer_contract.COUNT_PREFIX
-# The metrics each count normalizes (and CTC's dropped utterances: a count, summed too).
+# sums them and hands the totals back as `normalizers` (MSLAMNetwork.__call__). The metrics each
+# count normalizes (TLM's loss is the sum of two such terms; CTC's dropped utterances are a count):
 COUNTED_METRICS = {
     "speech_contrastive": ("speech/contrastive_loss", "speech/contrastive_accuracy"),
     "speech_mlm": ("speech/mlm_loss", "speech/mlm_accuracy"),
     "text_mlm": ("text/mlm_loss", "text/mlm_accuracy"),
-    "tlm_speech": ("paired/tlm_speech_loss", "paired/tlm_speech_accuracy"),
-    "tlm_text": ("paired/tlm_text_loss", "paired/tlm_text_accuracy"),
+    "tlm_speech": ("paired/tlm_speech_loss", "paired/tlm_speech_accuracy", "paired/tlm_loss"),
+    "tlm_text": ("paired/tlm_text_loss", "paired/tlm_text_accuracy", "paired/tlm_loss"),
     "ctc": ("paired/ctc_loss", "paired/ctc_infeasible"),
 }
 
@@ -274,9 +273,10 @@ class MSLAMNetwork(nn.Module):
     enc, w, mc = self.encoder, self.weights, self.masks
     counts: dict[str, Array] = {}
 
-    def denominator(name: str, count: Array) -> Array | None:
+    def denominator(name: str, count: Array) -> Array:
+      """This batch's count, or the whole batch's when `batch` is a micro-batch."""
       counts[name] = count
-      return None if normalizers is None else jax.lax.stop_gradient(normalizers[name])
+      return count if normalizers is None else jax.lax.stop_gradient(normalizers[name])
 
     speech, text, paired = batch.get("speech"), batch.get("text"), batch.get("paired")
     want_tlm = paired is not None and w.tlm > 0
@@ -401,7 +401,7 @@ class MSLAMNetwork(nn.Module):
       metrics["paired/cross_modal_temperature"] = temperature
 
     # A micro-batch's share of what is not summed over the whole batch's items: 1/microbatches.
-    summed = {key for name in counts for key in COUNTED_METRICS[name]} | {"paired/tlm_loss"}
+    summed = {key for name in counts for key in COUNTED_METRICS[name]}
     share = 1.0 if normalizers is None else 1.0 / normalizers["microbatches"]
     terms = {name: getattr(w, objective) for name, objective in OBJECTIVE_OF_TERM.items()}
     loss = jnp.zeros((), jnp.float32)
@@ -419,7 +419,7 @@ class MSLAMNetwork(nn.Module):
     if normalizers is not None:
       metrics = {k: v if k in summed or k.startswith(OBJECTIVE_PREFIX) else v * share for k, v in metrics.items()}
     metrics["loss"] = loss
-    metrics.update({f"{COUNT_PREFIX}{name}": count for name, count in counts.items()})
+    metrics.update({f"{trainer_contract.COUNT_PREFIX}{name}": count for name, count in counts.items()})
     return loss, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
   def init_params(self, batch: Batch) -> None:
