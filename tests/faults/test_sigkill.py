@@ -3,6 +3,7 @@ points: during start-up and restore, right after the restore while the data posi
 mid-step): each restart resumes from the newest finished checkpoint, and the run ends bitwise equal
 to an uninterrupted one (losses, parameters, data position)."""
 import datetime
+import json
 import os
 import random
 import re
@@ -49,6 +50,14 @@ def _first_step_s(log_path, launched):
   raise AssertionError("no checkpoint line in the log")
 
 
+def _metric_lines(model_dir):
+  path = os.path.join(model_dir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.endswith("\n")]  # (not a line being written)
+
+
 def _wait(condition, proc, timeout=120.0, poll=0.002):
   deadline = time.time() + timeout
   while time.time() < deadline:
@@ -72,6 +81,7 @@ def test_six_sigkills_resume_from_the_newest_finished_step_and_end_bitwise_equal
     resume_from = _finished(model_dir)
     log_path = str(tmp_path / f"launch_{attempt}.log")
     stale = set(_saving(model_dir))
+    old_lines = len(_metric_lines(model_dir))  # earlier launches wrote steps past their checkpoints
     launched = time.time()
     proc = helpers.start_training(model_dir, STEPS, BINDINGS, log_path=log_path)
     try:
@@ -86,7 +96,8 @@ def test_six_sigkills_resume_from_the_newest_finished_step_and_end_bitwise_equal
       elif point == "after_restore":
         _wait(lambda: "Resuming from step" in _log(log_path), proc, poll=0.001)
       else:
-        _wait(lambda: max(helpers.read_metrics(model_dir), default=0) > (resume_from or 0) + 1, proc)
+        _wait(lambda: any(r["step"] > (resume_from or 0) + 1 for r in _metric_lines(model_dir)[old_lines:]),
+              proc)
         time.sleep(rng.uniform(0.0, 0.2))
       saving_at_kill = _saving(model_dir)
       proc.send_signal(signal.SIGKILL)
