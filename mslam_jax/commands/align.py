@@ -16,6 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("text", help="the transcript, or @FILE to read it from a file")
   parser.add_argument("--textgrid", default=None, help="write a Praat TextGrid here")
   parser.add_argument("--png", default=None, help="write the alignment over the spectrogram here")
+  parser.add_argument("--offsets", default=None,
+                      help="word-boundary offsets to apply: an alignment_offsets.json that `mslam eval`'s "
+                           "alignment evaluator fitted (eval/step_N/)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,8 +31,9 @@ def run(args: argparse.Namespace) -> int:
     with open(text[1:], encoding="utf-8") as f:
       text = f.read().strip()
   audio = audio_lib.read_user_audio(args.audio)  # a bad file is refused before any model loads
+  offsets = alignment.BoundaryOffsets.load(args.offsets) if args.offsets else None
   tuned = finetune_job.load_finetuned(args.model_dir)
-  result = alignment.align_utterances(tuned, [audio], [text])[0]
+  result = alignment.align_utterances(tuned, [audio], [text], offsets)[0]
   if result is None:
     print("mslam align: the audio is too short for this transcript (no CTC path)", file=sys.stderr)
     return 1

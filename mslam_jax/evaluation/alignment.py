@@ -5,8 +5,15 @@ the single most likely CTC path that emits exactly that transcript (the same lat
 loss, with max in place of sum). Each transcript character gets the frames its state occupies;
 words are runs of characters between spaces. Times are frame indices times the encoder's frame
 shift (10 ms log-mel hop x the frontend's subsampling).
+
+CTC emits a character once it has heard it, so a word's first emission comes late, by about a frame
+on the demo's models, while its last one ends where the word does. `BoundaryOffsets` are those
+biases, measured on utterances with reference word timings (the training split of a corpus that has
+them) and subtracted from the words' starts and ends; the alignment evaluator fits them on the
+training split and scores the test split with them.
 """
 import dataclasses
+import json
 import logging
 import os
 import unicodedata
@@ -14,9 +21,12 @@ from typing import Sequence
 
 import gin
 import numpy as np
+from etils import epath
 
 from mslam_jax import storage
 from mslam_jax.evaluation import base
+
+OFFSETS_FILE = "alignment_offsets.json"
 
 
 @dataclasses.dataclass
@@ -118,6 +128,48 @@ def align_text(log_probs: np.ndarray, text: str, vocab, frame_shift_ms: float,
     word_chars.append((char, start, end))
   flush()
   return char_segments, word_segments
+
+
+@dataclasses.dataclass(frozen=True)
+class BoundaryOffsets:
+  """Milliseconds to add to aligned word starts and ends (the negated median bias of each)."""
+  start_ms: float = 0.0
+  end_ms: float = 0.0
+
+  @classmethod
+  def fit(cls, words: Sequence[Sequence[Segment]], reference_starts_ms: Sequence[Sequence[float]],
+          reference_ends_ms: Sequence[Sequence[float]]) -> "BoundaryOffsets":
+    """The median signed error of starts and of ends, negated, over utterances whose aligned and
+    reference word counts agree (the others are left out). Zero without any such utterance."""
+    start_errors, end_errors = [], []
+    for segments, starts, ends in zip(words, reference_starts_ms, reference_ends_ms):
+      if segments and len(segments) == len(starts) == len(ends):
+        start_errors += [s.start_ms - r for s, r in zip(segments, starts)]
+        end_errors += [s.end_ms - r for s, r in zip(segments, ends)]
+    if not start_errors:
+      return cls()
+    return cls(-float(np.median(start_errors)), -float(np.median(end_errors)))
+
+  def apply(self, words: Sequence[Segment], duration_ms: float) -> list[Segment]:
+    """The words moved by the offsets, kept within the audio (a start never passes its end)."""
+    out = []
+    for w in words:
+      start = min(max(0.0, w.start_ms + self.start_ms), duration_ms)
+      end = min(max(start, w.end_ms + self.end_ms), duration_ms)
+      out.append(Segment(w.label, start, end))
+    return out
+
+  def to_dict(self) -> dict:
+    return {"start_ms": round(self.start_ms, 1), "end_ms": round(self.end_ms, 1)}
+
+  @classmethod
+  def load(cls, path: str) -> "BoundaryOffsets":
+    """From an OFFSETS_FILE (what the alignment evaluator wrote)."""
+    try:
+      record = json.loads(epath.Path(path).read_text())
+      return cls(float(record["start_ms"]), float(record["end_ms"]))
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+      raise ValueError(f"{path} is not a boundary-offsets file ({{\"start_ms\": ..., \"end_ms\": ...}}): {e}") from e
 
 
 def uniform_word_segments(text: str, duration_ms: float) -> list[Segment]:
@@ -239,8 +291,10 @@ class Alignment:
             "chars": [c.to_dict() for c in self.chars]}
 
 
-def align_utterances(tuned, audios: Sequence[np.ndarray], texts: Sequence[str]) -> list[Alignment | None]:
-  """Forced alignment of each (audio, transcript) with a fine-tuned CTC model; None where impossible."""
+def align_utterances(tuned, audios: Sequence[np.ndarray], texts: Sequence[str],
+                     offsets: BoundaryOffsets | None = None) -> list[Alignment | None]:
+  """Forced alignment of each (audio, transcript) with a fine-tuned CTC model; None where impossible.
+  `offsets` move the word boundaries (not the characters')."""
   out = []
   for audio, text, lp in zip(audios, texts, tuned.log_probs(audios)):
     shift = frame_shift_ms(len(audio), lp.shape[0])
@@ -250,7 +304,8 @@ def align_utterances(tuned, audios: Sequence[np.ndarray], texts: Sequence[str]) 
       logging.warning("Cannot align %r: %s", text[:40], e)
       out.append(None)
       continue
-    out.append(Alignment(chars, words, len(audio) / 16.0))
+    duration_ms = len(audio) / 16.0
+    out.append(Alignment(chars, offsets.apply(words, duration_ms) if offsets is not None else words, duration_ms))
   return out
 
 
@@ -260,14 +315,19 @@ class AlignmentEvaluator:
   """Word-boundary error of CTC forced alignment against the synthesizer's word timings.
 
   The CTC head is the one the "ctc" evaluator fine-tunes (shared per checkpoint, so running both
-  trains it once); its FinetuneConfig comes from gin as well.
+  trains it once); its FinetuneConfig comes from gin as well. Its boundary biases
+  (`BoundaryOffsets`) are fitted on `calibration_per_lang` training utterances a language (0: not
+  calibrated) and written to OUT/alignment_offsets.json for `mslam align --offsets`; the test
+  split's error is reported with them and without ("_uncalibrated").
   """
 
   def __init__(self, corpus_dir: str | None = None, langs: Sequence[str] | None = None,
-               max_per_lang: int | None = 20, max_train_per_lang: int | None = None, num_plots: int = 2):
+               max_per_lang: int | None = 20, max_train_per_lang: int | None = None, num_plots: int = 2,
+               calibration_per_lang: int = 20):
     self.corpus_dir = corpus_dir
     self.langs, self.max_per_lang = langs, max_per_lang
     self.max_train_per_lang, self.num_plots = max_train_per_lang, num_plots
+    self.calibration_per_lang = calibration_per_lang
 
   def evaluate(self, ctx: base.EvalContext) -> dict[str, float]:
     from mslam_jax.evaluation import data as eval_data  # pylint: disable=g-import-not-at-top
@@ -277,18 +337,32 @@ class AlignmentEvaluator:
     tuned = finetune_job.checkpoint_ctc_head(ctx, corpus_dir, self.langs, self.max_train_per_lang,
                                              finetune.FinetuneConfig())
     langs = self.langs or eval_data.training_languages(corpus_dir)
-    utts = [u for u in eval_data.read_utterances(corpus_dir, "paired", "test", langs, self.max_per_lang)
-            if len(u.audio) and u.text.strip() and len(u.words)]
+    timed = lambda split, limit: [u for u in eval_data.read_utterances(corpus_dir, "paired", split, langs, limit)  # pylint: disable=unnecessary-lambda-assignment
+                                  if len(u.audio) and u.text.strip() and len(u.words)]
+    utts = timed("test", self.max_per_lang)
     if not utts:
       raise ValueError("no paired test utterances with word timings to align")
+    offsets, calibration = BoundaryOffsets(), []
+    if self.calibration_per_lang:
+      train = timed("train", self.calibration_per_lang)
+      calibration = [(u, al) for u, al in zip(train, align_utterances(tuned, [u.audio for u in train],
+                                                                      [u.text for u in train]))
+                     if al is not None and len(al.words) == len(u.word_starts_ms)]
+      offsets = BoundaryOffsets.fit([al.words for _, al in calibration], [u.word_starts_ms for u, _ in calibration],
+                                    [u.word_ends_ms for u, _ in calibration])
+      if out_dir:
+        storage.write_text(os.path.join(out_dir, OFFSETS_FILE), json.dumps(offsets.to_dict()) + "\n")
     alignments = align_utterances(tuned, [u.audio for u in utts], [u.text for u in utts])
-    errors, baseline, per_lang, skipped, plotted = [], [], {}, 0, 0
+    errors, uncalibrated, baseline, per_lang, skipped, plotted = [], [], [], {}, 0, 0
     for utt, al in zip(utts, alignments):
-      error = None if al is None else word_boundary_error_ms(al.words, utt.word_starts_ms, utt.word_ends_ms)
-      if error is None:
+      raw = None if al is None else word_boundary_error_ms(al.words, utt.word_starts_ms, utt.word_ends_ms)
+      if raw is None:
         skipped += 1
         continue
+      al = Alignment(al.chars, offsets.apply(al.words, al.duration_ms), al.duration_ms)
+      error = word_boundary_error_ms(al.words, utt.word_starts_ms, utt.word_ends_ms)
       errors.append(error)
+      uncalibrated.append(raw)
       baseline.append(word_boundary_error_ms(uniform_word_segments(utt.text, al.duration_ms),
                                              utt.word_starts_ms, utt.word_ends_ms))
       per_lang.setdefault(utt.lang, []).append(error)
@@ -302,6 +376,10 @@ class AlignmentEvaluator:
     if skipped:
       logging.warning("Alignment: skipped %d of %d utterances (no CTC path or word counts differ)", skipped, len(utts))
     metrics = {"alignment_word_boundary_error_ms": float(np.mean(errors)) if errors else float("nan"),
+               "alignment_word_boundary_error_ms_uncalibrated": float(np.mean(uncalibrated)) if uncalibrated
+                                                                 else float("nan"),
+               "alignment_offset_start_ms": offsets.start_ms, "alignment_offset_end_ms": offsets.end_ms,
+               "alignment_num_calibration": float(len(calibration)),
                # The same utterances aligned by spreading characters evenly over the audio.
                "alignment_word_boundary_error_ms_uniform_baseline":
                    float(np.mean([b for b in baseline if b is not None])) if any(b is not None for b in baseline)

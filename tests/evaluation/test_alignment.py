@@ -1,4 +1,5 @@
 """CTC forced alignment: Viterbi recovers a planted path; timestamps, TextGrid, boundary error, PNG."""
+import json
 import re
 
 import numpy as np
@@ -54,6 +55,30 @@ def test_align_text_word_timestamps_and_error():
   error = alignment.word_boundary_error_ms(words, [50, 300], [150, 360])
   assert error == pytest.approx((10 + 20 + 10 + 0) / 4)
   assert alignment.word_boundary_error_ms(words, [50], [150]) is None
+
+
+def test_boundary_offsets_remove_the_median_bias_of_starts_and_ends(tmp_path):
+  # Two training utterances whose aligned starts come a frame (40 ms) late and whose ends are on
+  # time; a third with a different word count is left out of the fit.
+  seg = alignment.Segment
+  words = [[seg("ab", 80, 160), seg("c", 320, 360)], [seg("d", 40, 120)], [seg("e", 0, 400)]]
+  offsets = alignment.BoundaryOffsets.fit(words, [[40, 280], [0], [0, 200]], [[160, 360], [130], [200, 400]])
+  assert offsets == alignment.BoundaryOffsets(start_ms=-40.0, end_ms=0.0)
+  test = [seg("ab", 70, 160), seg("c", 290, 360)]
+  before = alignment.word_boundary_error_ms(test, [30, 250], [160, 360])
+  after = alignment.word_boundary_error_ms(offsets.apply(test, 400.0), [30, 250], [160, 360])
+  assert (before, after) == (20.0, 0.0)
+  # Moved words stay within the audio, and a start never passes its end.
+  assert offsets.apply([seg("x", 20, 30)], 400.0) == [seg("x", 0.0, 30)]
+  assert alignment.BoundaryOffsets(10.0, -50.0).apply([seg("x", 20, 40)], 400.0) == [seg("x", 30.0, 30.0)]
+  assert alignment.BoundaryOffsets.fit([], [], []) == alignment.BoundaryOffsets()
+  # The file the evaluator writes, read back; a wrong file is named.
+  path = tmp_path / alignment.OFFSETS_FILE
+  path.write_text(json.dumps(offsets.to_dict()))
+  assert alignment.BoundaryOffsets.load(str(path)) == offsets
+  path.write_text("{}")
+  with pytest.raises(ValueError, match="not a boundary-offsets file"):
+    alignment.BoundaryOffsets.load(str(path))
 
 
 def _parse_textgrid(text):

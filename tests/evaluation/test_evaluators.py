@@ -143,6 +143,10 @@ def test_ctc_alignment_and_zero_shot_evaluators(corpus, model_and_params, tmp_pa
   assert aligned["alignment_num_scored"] >= 12
   assert aligned["alignment_word_boundary_error_ms"] < 60, aligned
   assert aligned["alignment_word_boundary_error_ms"] < aligned["alignment_word_boundary_error_ms_uniform_baseline"]
+  # The boundary offsets were fitted on training utterances and written for `mslam align --offsets`.
+  assert aligned["alignment_num_calibration"] >= 12
+  assert alignment.BoundaryOffsets.load(str(tmp_path / alignment.OFFSETS_FILE)) == alignment.BoundaryOffsets(
+      round(aligned["alignment_offset_start_ms"], 1), round(aligned["alignment_offset_end_ms"], 1))
   grids = list(tmp_path.glob("alignment_*.TextGrid"))
   assert grids and grids[0].read_text().startswith('File type = "ooTextFile"')
   assert list(tmp_path.glob("alignment_*.png"))

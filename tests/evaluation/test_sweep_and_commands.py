@@ -191,6 +191,17 @@ def test_finetune_align_retrieve_langid_commands(run_dir, tmp_path, capsys):
   errors = [abs(w["start_ms"] - s) + abs(w["end_ms"] - e) for w, s, e in zip(result["words"], starts, ends)]
   assert max(errors) < 200, (result["words"], starts, ends)
   assert open(grid).read().count('class = "IntervalTier"') == 2 and os.path.getsize(png) > 0
+  # Boundary offsets from a file (as the alignment evaluator writes them) move the words.
+  offsets = tmp_path / "alignment_offsets.json"
+  offsets.write_text('{"start_ms": -40.0, "end_ms": 20.0}')
+  gin.clear_config()
+  assert cli.main(["align", "--model_dir", ft, wav, "abc dea", "--offsets", str(offsets)]) == 0
+  moved = json.loads(capsys.readouterr().out)["words"]
+  assert [(w["start_ms"], w["end_ms"]) for w in moved] == [
+      (max(0.0, w["start_ms"] - 40.0), min(result["duration_ms"], w["end_ms"] + 20.0)) for w in result["words"]]
+  offsets.write_text("[]")
+  gin.clear_config()
+  assert cli.main(["align", "--model_dir", ft, wav, "abc dea", "--offsets", str(offsets)]) == 2
 
   texts = tmp_path / "texts.txt"
   texts.write_text("abc dea\nfed cab\n")
