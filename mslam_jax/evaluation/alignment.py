@@ -160,7 +160,7 @@ class BoundaryOffsets:
     return out
 
   def to_dict(self) -> dict:
-    return {"start_ms": round(self.start_ms, 1), "end_ms": round(self.end_ms, 1)}
+    return {"start_ms": round(self.start_ms, 1) + 0.0, "end_ms": round(self.end_ms, 1) + 0.0}  # (no -0.0)
 
   @classmethod
   def load(cls, path: str) -> "BoundaryOffsets":
