@@ -426,9 +426,13 @@ class MSLAMNetwork(nn.Module):
     """Touches every parameter once at the cost of one speech and one text pass (cheaper to
     compile than the full objective graph); creates what __call__ uses, nothing more."""
     enc = self.encoder
-    speech = batch.get("speech") or batch["paired"]
+    speech = batch.get("speech") or batch.get("paired")
     text = batch.get("text") or batch.get("paired")
-    if text is None:  # a speech-only run still gets the whole parameter tree (same init as a joint run)
+    # A speech-only or text-only run still gets the whole parameter tree (same init as a joint run).
+    if speech is None:
+      audio = jnp.zeros((text["tokens"].shape[0], 16000), jnp.float32)  # 1 s: every frontend's minimum
+      speech = {"audio": audio, "audio_mask": jnp.ones(audio.shape, jnp.int32)}
+    if text is None:
       tokens = jnp.full((speech["audio"].shape[0], 8), MASK_ID, jnp.int32)
       text = {"tokens": tokens, "tokens_mask": jnp.ones_like(tokens)}
     outputs = enc(speech["audio"], _int(speech["audio_mask"]), text["tokens"], _int(text["tokens_mask"]))

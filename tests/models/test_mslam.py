@@ -228,19 +228,25 @@ def test_best_rq_quantizer_traces(gin_tiny, batch):
   assert loss.shape == () and "speech/mlm_loss" in metrics and "speech/contrastive_loss" not in metrics
 
 
-def test_speech_only_batches_get_the_joint_parameter_tree(gin_tiny, batch):
-  """The speech-only ablation reads no text nor paired stream; its parameters still match a joint
-  run's (the same tree), so the two runs load alike."""
-  weights = mslam.ObjectiveWeights(text_mlm=0.0, tlm=0.0, ctc=0.0, cross_modal=0.0)
+@pytest.mark.parametrize("stream", ["speech", "text"])
+def test_single_stream_batches_get_the_joint_parameter_tree(gin_tiny, batch, stream):
+  """A speech-only ablation reads no text nor paired stream, a text-only run no audio; their
+  parameters still match a joint run's (the same tree), so the runs load alike."""
+  if stream == "speech":
+    weights = mslam.ObjectiveWeights(text_mlm=0.0, tlm=0.0, ctc=0.0, cross_modal=0.0)
+  else:
+    weights = mslam.ObjectiveWeights(speech_contrastive=0.0, diversity=0.0, speech_mlm=0.0, tlm=0.0, ctc=0.0,
+                                     cross_modal=0.0)
   model = mslam.MSLAMModel(weights=weights)
-  speech_only = {"speech": batch["speech"]}
+  single = {stream: batch[stream]}
   rng = jax.random.key(0)
   joint_params = jax.eval_shape(model.init, rng, batch)
-  params = jax.eval_shape(model.init, rng, speech_only)
+  params = jax.eval_shape(model.init, rng, single)
   assert jax.tree.structure(params) == jax.tree.structure(joint_params)
-  loss, metrics = jax.eval_shape(model.loss_fn, flax.core.meta.unbox(params), speech_only, jax.random.key(1), 0)
-  assert loss.shape == () and "speech/mlm_loss" in metrics
-  assert not any(k.startswith(("text/", "paired/")) for k in metrics)
+  loss, metrics = jax.eval_shape(model.loss_fn, flax.core.meta.unbox(params), single, jax.random.key(1), 0)
+  assert loss.shape == () and f"{stream}/mlm_loss" in metrics
+  other = ("text/", "paired/") if stream == "speech" else ("speech/", "paired/", "health/")
+  assert not any(k.startswith(other) for k in metrics), sorted(metrics)
 
 
 def test_tlm_on_the_first_paired_items_is_tlm_on_those_items_alone(gin_tiny, batch, boxed_params):
