@@ -160,7 +160,9 @@ def _assign_splits(items: list, held_out: bool) -> dict[str, list]:
 
 def _draw_sentences(lang: languages.Language, config: BuildConfig, want_paired: int, want_speech: int,
                     want_text: int) -> tuple[list[str], list[str], list[str]]:
-  """Disjoint (paired, speech, text) sentences; speech ones are readable by the voice. The two
+  """Disjoint (paired, speech, text) sentences; speech ones are readable by the voice and have
+  their numbers spelled out (text_sources.spell_numbers: a transcript says what is spoken; a
+  sentence with digits in a language num2words cannot spell goes to the text stream). The two
   speech streams draw in turn, so that each gets sentences from the whole stream of the source."""
   speakable = text_sources.scripts_for(lang.script, speech=True)
   text_scripts = text_sources.scripts_for(lang.script) | speakable
@@ -168,9 +170,9 @@ def _draw_sentences(lang: languages.Language, config: BuildConfig, want_paired: 
   for sentence in text_sources.iter_sentences(lang.code, config.seed, scripts=text_scripts,
                                               max_chars=config.max_text_chars):
     paired_open, speech_open = len(paired) < want_paired, len(speech) < want_speech
-    if (paired_open or speech_open) and (
-        len(sentence) <= config.max_speech_chars and text_sources.in_scripts(sentence, speakable)):
-      (paired if paired_open and (len(paired) <= len(speech) or not speech_open) else speech).append(sentence)
+    spoken = text_sources.spell_numbers(sentence, lang.code) if paired_open or speech_open else ""
+    if spoken and len(spoken) <= config.max_speech_chars and text_sources.in_scripts(spoken, speakable):
+      (paired if paired_open and (len(paired) <= len(speech) or not speech_open) else speech).append(spoken)
     elif len(text) < want_text:
       text.append(sentence)
     if len(paired) >= want_paired and len(speech) >= want_speech and len(text) >= want_text:

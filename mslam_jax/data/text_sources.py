@@ -19,6 +19,7 @@ import gettext
 import logging
 import os
 import pickle
+import re
 import unicodedata
 import zlib
 from typing import Callable, Iterator, Sequence
@@ -200,6 +201,35 @@ def _num2words_items(code: str) -> tuple[str, ...]:
   if lang is None:
     return ()
   return tuple(sorted({clean_text(_spell(lang, n)) for n in range(1, 101)} - {""}))
+
+
+_DIGIT_RUN = re.compile(r"\d+")
+
+
+def spell_numbers(text: str, code: str) -> str:
+  """`text` with every run of digits spelled out by num2words, as a voice reads it: numbers from
+  1100 to 2099 written with four digits as years, the others as cardinals. A transcript of speech
+  should say what the speech says: eSpeak reads "1906" as seven syllables, and a CTC model asked
+  to write those as four digits learns less (CER 0.48 on clips with digits against 0.24 without,
+  on the learning benchmark's checkpoint). '' where `code` has no num2words converter, or where
+  the converter fails on one of the numbers; `text` itself where it holds no digit."""
+  if not _DIGIT_RUN.search(text):
+    return text
+  lang = num2words_languages().get(code)
+  if lang is None:
+    return ""
+  failed = []
+
+  def spell(match: re.Match) -> str:
+    digits = match.group()
+    number = int(digits)
+    kind = "year" if len(digits) == 4 and 1100 <= number < 2100 else "cardinal"
+    words = _spell(lang, number, kind) or _spell(lang, number)
+    if not words:
+      failed.append(digits)
+    return words
+  spelled = _DIGIT_RUN.sub(spell, text)
+  return "" if failed else clean_text(spelled)
 
 
 def _base_items(code: str) -> dict[str, tuple[str, ...]]:

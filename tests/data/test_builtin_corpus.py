@@ -79,6 +79,13 @@ def test_streams_hold_distinct_sentences(builtin_corpus_dir):
     assert len(set(texts)) == len(texts)
 
 
+def test_spoken_transcripts_spell_their_numbers(builtin_corpus_dir, manifest):
+  """Speech streams say numbers in words (eSpeak reads digits aloud); the text stream keeps digits."""
+  spoken = [u.text for (stream, _, _), utts in _read_all(builtin_corpus_dir).items() if stream != "text"
+            for u in utts]
+  assert spoken and not any(ch.isdigit() for text in spoken for ch in text)
+
+
 def test_paired_clips_carry_word_timings(builtin_corpus_dir):
   utts = _read(builtin_corpus_dir, "paired", "deu", "train")
   voices = {u.voice for u in utts}

@@ -27,6 +27,15 @@ def test_sentences_are_deterministic_distinct_and_clean():
   assert any(" et " in s for s in a)
 
 
+def test_spell_numbers_writes_what_a_voice_reads():
+  assert text_sources.spell_numbers("Dienstag, 20. November 1906", "deu") == (
+      "Dienstag, zwanzig. November neunzehnhundertsechs")  # four digits from 1100 to 2099: a year
+  assert text_sources.spell_numbers("747 uur en 2 kilometer", "nld") == "zevenhonderdzevenenveertig uur en twee kilometer"
+  assert text_sources.spell_numbers("mardi 3 mars 2500", "fra") == "mardi trois mars deux mille cinq cents"
+  assert text_sources.spell_numbers("no digits here", "eng") == "no digits here"
+  assert text_sources.spell_numbers("Sondag 19 Julie 1914", "afr") == ""  # num2words has no Afrikaans
+
+
 def test_many_languages_have_text_in_their_own_script():
   langs = languages.with_stream("text")
   assert len(langs) >= 150
