@@ -79,7 +79,7 @@ def test_streams_hold_distinct_sentences(builtin_corpus_dir):
     assert len(set(texts)) == len(texts)
 
 
-def test_spoken_transcripts_spell_their_numbers(builtin_corpus_dir, manifest):
+def test_spoken_transcripts_spell_their_numbers(builtin_corpus_dir):
   """Speech streams say numbers in words (eSpeak reads digits aloud); the text stream keeps digits."""
   spoken = [u.text for (stream, _, _), utts in _read_all(builtin_corpus_dir).items() if stream != "text"
             for u in utts]
