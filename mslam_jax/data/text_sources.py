@@ -188,11 +188,16 @@ def _iso_codes_items(code: str) -> dict[str, tuple[str, ...]]:
 
 
 def _spell(lang: str, number: int, to: str = "cardinal") -> str:
+  """`number` in words as `to` (cardinal, ordinal, year), else as a cardinal; '' if neither works."""
   import num2words  # pylint: disable=g-import-not-at-top
-  try:
-    return num2words.num2words(number, lang=lang, to=to)
-  except Exception:  # pylint: disable=broad-except
-    return ""  # some converters lack ordinals or years; others fail on some numbers
+  for kind in dict.fromkeys((to, "cardinal")):
+    try:
+      words = num2words.num2words(number, lang=lang, to=kind)
+    except Exception:  # pylint: disable=broad-except
+      continue  # some converters lack ordinals or years; others fail on some numbers
+    if words:
+      return words
+  return ""
 
 
 @functools.cache
@@ -224,7 +229,7 @@ def spell_numbers(text: str, code: str) -> str:
     digits = match.group()
     number = int(digits)
     kind = "year" if len(digits) == 4 and 1100 <= number < 2100 else "cardinal"
-    words = _spell(lang, number, kind) or _spell(lang, number)
+    words = _spell(lang, number, kind)
     if not words:
       failed.append(digits)
     return words
@@ -320,7 +325,7 @@ def _generators(code: str) -> list[Callable[[np.random.Generator], str]]:
       kind = ("cardinal", "cardinal", "ordinal", "year")[int(rng.integers(4))]
       # Below a million: num2words' Amharic converter never returns for some larger numbers.
       number = int(rng.integers(1900, 2100)) if kind == "year" else int(10 ** rng.uniform(0, 6))
-      return _spell(lang, number, kind) or _spell(lang, number)
+      return _spell(lang, number, kind)
     gens.append(spelled)
   return gens
 

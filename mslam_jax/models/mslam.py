@@ -426,15 +426,8 @@ class MSLAMNetwork(nn.Module):
     """Touches every parameter once at the cost of one speech and one text pass (cheaper to
     compile than the full objective graph); creates what __call__ uses, nothing more."""
     enc = self.encoder
-    speech = batch.get("speech") or batch.get("paired")
-    text = batch.get("text") or batch.get("paired")
-    # A speech-only or text-only run still gets the whole parameter tree (same init as a joint run).
-    if speech is None:
-      audio = jnp.zeros((text["tokens"].shape[0], 16000), jnp.float32)  # 1 s: every frontend's minimum
-      speech = {"audio": audio, "audio_mask": jnp.ones(audio.shape, jnp.int32)}
-    if text is None:
-      tokens = jnp.full((speech["audio"].shape[0], 8), MASK_ID, jnp.int32)
-      text = {"tokens": tokens, "tokens_mask": jnp.ones_like(tokens)}
+    speech = batch.get("speech") or batch["paired"]
+    text = batch.get("text") or batch["paired"]
     outputs = enc(speech["audio"], _int(speech["audio_mask"]), text["tokens"], _int(text["tokens_mask"]))
     frames = outputs["speech"][0]
     features, mask = enc.speech_frontend(speech["audio"], _int(speech["audio_mask"]))
@@ -600,6 +593,13 @@ class MSLAMModel:
 
   def init(self, rng: Array, batch: Batch) -> Any:
     """Boxed parameters (nn.LogicallyPartitioned leaves) for batches shaped like `batch`."""
+    # A speech-only or text-only run still gets the whole parameter tree (the same as a joint
+    # run's): the modality it lacks comes from dummy_batch.
+    dummy = self.dummy_batch()
+    if "speech" not in batch and "paired" not in batch:
+      batch = dict(batch, speech=dummy["speech"])
+    if "text" not in batch and "paired" not in batch:
+      batch = dict(batch, text=dummy["text"])
     # Jitted: op-by-op initialisation of a Conformer stack is minutes on CPU, one compile is seconds.
     init = jax.jit(lambda rngs, batch: self.network.init(rngs, batch, method=MSLAMNetwork.init_params)["params"])
     return init(self._rngs(rng, True), batch)
