@@ -171,7 +171,8 @@ def checkpoint_ctc_head(ctx: base.EvalContext, corpus_dir: str, train_langs: Seq
 
   def head_init(params):
     dim = finetune._embed_dim(ctx.model, params["encoder"])  # pylint: disable=protected-access
-    return finetune.pretrained_head(params["encoder"], settings.pretrained_head, dim, vocab.vocab_size, ctx.model)
+    return finetune.pretrained_head(params["encoder"], settings.pretrained_head, dim, vocab.vocab_size, ctx.model,
+                                    settings.ctc_upsample)
 
   source = {"task": "ctc", "model_dir": storage.absolute(ctx.model_dir) if ctx.model_dir else None,
             "step": ctx.step, "corpus_dir": storage.absolute(corpus_dir), "langs": langs,
@@ -263,7 +264,7 @@ def finetune_run(task: str = "ctc", init_from_dir: str = gin.REQUIRED, model_dir
     num_classes, classes = vocab.vocab_size, None
     head_init = lambda params: finetune.pretrained_head(  # pylint: disable=g-long-lambda
         params["encoder"], settings.pretrained_head, finetune._embed_dim(base_model, params["encoder"]),  # pylint: disable=protected-access
-        vocab.vocab_size, base_model)
+        vocab.vocab_size, base_model, settings.ctc_upsample)
     if hasattr(vocab, "save"):
       vocab.save(os.path.join(model_dir, "vocab"))
   elif task == "classify":

@@ -61,3 +61,44 @@ def test_a_ctc_head_starts_from_the_pretrained_one_only_if_the_run_trained_it():
   assert finetune.pretrained_head(params, "ctc_head", 4, 6, speech_only) is None
   assert finetune.pretrained_head(params, None, 4, 6, joint) is None
   assert finetune.pretrained_head(params, "ctc_head", 5, 6, joint) is None  # another width: no head to take
+
+
+def _ctc_batch(num_frames: int, transcript: list[int]):
+  """One utterance: frames of a 4-dim encoder output, and its transcript's ids."""
+  frames = np.random.default_rng(0).normal(size=(1, num_frames, 4)).astype(np.float32)
+  tokens = np.zeros((1, 8), np.int32)
+  tokens[0, :len(transcript)] = transcript
+  tokens_mask = (np.arange(8) < len(transcript)).astype(np.float32)[None]
+  return frames, np.ones((1, num_frames), np.float32), tokens, tokens_mask
+
+
+def test_an_upsampled_ctc_head_gives_each_frame_its_own_steps_and_holds_dense_transcripts():
+  import jax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  task = finetune.CTCTask(types.SimpleNamespace(), num_classes=6, upsample=2)
+  head = jax.tree.map(np.asarray, finetune.meta.unbox(task._head_params(jax.random.PRNGKey(0), 4)))  # pylint: disable=protected-access
+  assert head["kernel"].shape == (4, 2, 6) and head["bias"].shape == (2, 6)
+  frames, mask, tokens, tokens_mask = _ctc_batch(3, [3, 3, 4, 5])  # 4 characters and a doubled one
+  logits, steps_mask = finetune.ctc_logits(head, frames, mask)
+  assert logits.shape == (1, 6, 6) and steps_mask.shape == (1, 6) and float(steps_mask.sum()) == 6
+  # Step 2 j + i is frame j's own step i.
+  np.testing.assert_allclose(logits[0, 3], frames[0, 1] @ head["kernel"][:, 1] + head["bias"][1], rtol=1e-5)
+  # 3 frames cannot hold 4 characters and the blank between the doubled pair; 6 steps can.
+  one_step = {"kernel": head["kernel"][:, 0], "bias": head["bias"][0]}
+  for h, feasible in ((one_step, False), (head, True)):
+    lg, m = finetune.ctc_logits(h, frames, mask)
+    loss = float(optax.ctc_loss(lg, 1.0 - m, tokens, 1.0 - tokens_mask, blank_id=0)[0])
+    assert (loss < finetune._INFEASIBLE) == feasible, loss  # pylint: disable=protected-access
+
+
+def test_a_pretrained_ctc_head_is_repeated_into_every_upsampled_step():
+  kernel = np.arange(40, dtype=np.float32).reshape(4, 10)
+  params = {"ctc_head": {"dense": {"kernel": kernel, "bias": np.arange(10, dtype=np.float32)}}}
+  joint = types.SimpleNamespace(weights=types.SimpleNamespace(ctc=0.3))
+  head = finetune.pretrained_head(params, "ctc_head", 4, 6, joint, upsample=3)
+  assert head["kernel"].shape == (4, 3, 6) and head["bias"].shape == (3, 6)
+  for i in range(3):  # every step starts as the pre-trained head: greedy decoding is unchanged
+    np.testing.assert_array_equal(head["kernel"][:, i], kernel[:, :6])
+    np.testing.assert_array_equal(head["bias"][i], np.arange(6))
+  with pytest.raises(ValueError, match="ctc_upsample"):
+    finetune.FinetuneConfig(ctc_upsample=0)
