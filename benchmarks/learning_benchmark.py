@@ -12,7 +12,8 @@ quantizer's health beside it (at most ~45 minutes on 2 CPU cores at the defaults
    step, so that "the codebook stayed healthy throughout" is a figure, not a hope.
 3. A table of every report.json figure: mean over seeds and the seed-to-seed spread (max - min),
    next to chance or the trivial baseline and the issue's target; the joint-vs-speech-only
-   zero-shot comparison; curves PNG and `learning_benchmark.json` under --out.
+   zero-shot comparison (not judged where a seed's speech-only ablation ended collapsed: the gain
+   would measure the collapse); curves PNG and `learning_benchmark.json` under --out.
 
 Re-running on the same --out resumes (finished demo stages and runs are skipped).
 """
@@ -39,6 +40,8 @@ TARGETS = {
     "langid_finetune_accuracy_speech": (None, "min", "langid_chance_speech"),
 }
 ZERO_SHOT_GAIN_TARGET = 0.2  # joint at least 20 % (relative) below the ablation
+# A frame cosine above this at the end of a run is a collapsed encoder (train.collapse_cosine).
+COLLAPSE_COSINE = 0.99
 CONTRASTIVE_ACCURACY_TARGET = 0.3
 TINY_CODEBOOK_SIZE = 64  # models/tiny.gin: perplexity must stay above half of it throughout
 
@@ -65,7 +68,23 @@ def run_demo(out: str, seed: int, steps: int, finetune_steps: int, extra: list[s
       os.rename(os.path.join(directory, "corpus"), corpus)
       os.symlink(corpus, os.path.join(directory, "corpus"))
   with open(report, encoding="utf-8") as f:
-    return json.load(f)
+    report = json.load(f)
+  report["seed"] = seed
+  report["ablation_final_frame_cosine"] = final_frame_cosine(report.get("runs", {}).get("pretrain_speech_only"))
+  return report
+
+
+def final_frame_cosine(model_dir: str | None) -> float | None:
+  """The last logged frame cosine within an utterance (health/frame_cosine) of a run, if any."""
+  path = os.path.join(model_dir, "metrics.jsonl") if model_dir else None
+  if not path or not os.path.exists(path):
+    return None
+  last = None
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      if '"health/frame_cosine"' in line:
+        last = json.loads(line)["health/frame_cosine"]
+  return last
 
 
 def run_w2v_bert(out: str, steps: int) -> list[dict]:
@@ -109,8 +128,12 @@ def summarize(reports: list[dict], w2v: list[dict] | None) -> dict:
   ablation = out["figures"].get("zero_shot_cer_speech_only_ablation", {}).get("mean")
   if joint is not None and ablation:
     gain = (ablation - joint) / ablation
+    # Against an ablation whose encoder collapsed the gain measures the collapse, not transfer.
+    collapsed = [r.get("seed", i) for i, r in enumerate(reports)
+                 if (r.get("ablation_final_frame_cosine") or 0.0) > COLLAPSE_COSINE]
     out["zero_shot_relative_gain"] = {"value": gain, "target": ZERO_SHOT_GAIN_TARGET,
-                                      "met": gain >= ZERO_SHOT_GAIN_TARGET}
+                                      "met": None if collapsed else gain >= ZERO_SHOT_GAIN_TARGET,
+                                      "ablation_collapsed_seeds": collapsed}
   if w2v:
     rows = [r for r in w2v if "speech/contrastive_accuracy" in r]
     late = rows[len(rows) // 2:]  # the second half of the run: learned, not the first steps
@@ -135,8 +158,10 @@ def format_table(summary: dict) -> str:
     lines.append(f"| {key} | {f['mean']:.4g} | {f['spread']:.3g} | {ref} | {target} | {met} |")
   if "zero_shot_relative_gain" in summary:
     g = summary["zero_shot_relative_gain"]
-    lines.append(f"| zero-shot CER gain of joint over speech-only | {g['value']:.3g} | | | {g['target']} | "
-                 f"{'yes' if g['met'] else 'no'} |")
+    collapsed = g.get("ablation_collapsed_seeds")
+    met = (f"not comparable: the ablation collapsed on seed(s) {', '.join(map(str, collapsed))} (frame cosine > "
+           f"{COLLAPSE_COSINE})" if collapsed else ("yes" if g["met"] else "no"))
+    lines.append(f"| zero-shot CER gain of joint over speech-only | {g['value']:.3g} | | | {g['target']} | {met} |")
   if "w2v_bert" in summary:
     w = summary["w2v_bert"]
     lines.append(f"| w2v-BERT contrastive accuracy (2nd half, {w['steps']} steps) | "

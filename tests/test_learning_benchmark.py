@@ -31,3 +31,20 @@ def test_summary_reports_mean_spread_targets_and_zero_shot_gain():
   assert w["perplexity_min"] == 30.0 and w["perplexity_min"] < w["perplexity_target"]
   table = learning_benchmark.format_table(summary)
   assert "| ctc_cer | 0.125 | 0.05 |" in table and "codebook perplexity (lowest logged) | 30 | | | 32 | no |" in table
+
+
+def test_a_collapsed_ablation_leaves_the_zero_shot_gain_unjudged(tmp_path):
+  (tmp_path / "metrics.jsonl").write_text(
+      '{"step": 5, "health/frame_cosine": 0.4}\n{"step": 10, "loss": 1.0}\n{"step": 10, "health/frame_cosine": 1.0}\n')
+  assert learning_benchmark.final_frame_cosine(str(tmp_path)) == 1.0
+  assert learning_benchmark.final_frame_cosine(str(tmp_path / "absent")) is None
+  healthy, collapsed = _report(0.3, 0.2, 0.38, 0.40), _report(0.3, 0.2, 0.37, 0.80)
+  healthy["ablation_final_frame_cosine"], collapsed["ablation_final_frame_cosine"] = 0.44, 1.0
+  collapsed["seed"] = 7
+  summary = learning_benchmark.summarize([healthy, collapsed], None)
+  gain = summary["zero_shot_relative_gain"]
+  assert gain["value"] == pytest.approx(1 - 0.375 / 0.6)  # 37.5 %: the collapse, not transfer
+  assert gain["met"] is None and gain["ablation_collapsed_seeds"] == [7]
+  assert "not comparable: the ablation collapsed on seed(s) 7" in learning_benchmark.format_table(summary)
+  healthy2 = dict(collapsed, ablation_final_frame_cosine=0.5)
+  assert learning_benchmark.summarize([healthy, healthy2], None)["zero_shot_relative_gain"]["met"] is True
