@@ -26,6 +26,8 @@ import time
 
 import numpy as np
 
+from mslam_jax import train as train_lib
+
 # figure -> (target, "min" | "max": the target is a floor or a ceiling, reference key or None)
 TARGETS = {
     "retrieval_r1_speech_to_text": (0.8, "min", "retrieval_chance_r1"),
@@ -40,8 +42,6 @@ TARGETS = {
     "langid_finetune_accuracy_speech": (None, "min", "langid_chance_speech"),
 }
 ZERO_SHOT_GAIN_TARGET = 0.2  # joint at least 20 % (relative) below the ablation
-# A frame cosine above this at the end of a run is a collapsed encoder (train.collapse_cosine).
-COLLAPSE_COSINE = 0.99
 CONTRASTIVE_ACCURACY_TARGET = 0.3
 TINY_CODEBOOK_SIZE = 64  # models/tiny.gin: perplexity must stay above half of it throughout
 
@@ -130,7 +130,7 @@ def summarize(reports: list[dict], w2v: list[dict] | None) -> dict:
     gain = (ablation - joint) / ablation
     # Against an ablation whose encoder collapsed the gain measures the collapse, not transfer.
     collapsed = [r.get("seed", i) for i, r in enumerate(reports)
-                 if (r.get("ablation_final_frame_cosine") or 0.0) > COLLAPSE_COSINE]
+                 if (r.get("ablation_final_frame_cosine") or 0.0) > train_lib.COLLAPSE_COSINE]
     out["zero_shot_relative_gain"] = {"value": gain, "target": ZERO_SHOT_GAIN_TARGET,
                                       "met": None if collapsed else gain >= ZERO_SHOT_GAIN_TARGET,
                                       "ablation_collapsed_seeds": collapsed}
@@ -160,7 +160,7 @@ def format_table(summary: dict) -> str:
     g = summary["zero_shot_relative_gain"]
     collapsed = g.get("ablation_collapsed_seeds")
     met = (f"not comparable: the ablation collapsed on seed(s) {', '.join(map(str, collapsed))} (frame cosine > "
-           f"{COLLAPSE_COSINE})" if collapsed else ("yes" if g["met"] else "no"))
+           f"{train_lib.COLLAPSE_COSINE})" if collapsed else ("yes" if g["met"] else "no"))
     lines.append(f"| zero-shot CER gain of joint over speech-only | {g['value']:.3g} | | | {g['target']} | {met} |")
   if "w2v_bert" in summary:
     w = summary["w2v_bert"]

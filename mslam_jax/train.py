@@ -26,6 +26,11 @@ from mslam_jax import config
 from mslam_jax import resume_checks
 from mslam_jax import storage
 
+# A health cosine (frames within an utterance, pooled vectors across utterances) above this is a
+# collapsed encoder: the run's log says so, and benchmarks read it the same way.
+COLLAPSE_COSINE = 0.99
+
+
 class NonFiniteLossError(RuntimeError):
   """K updates in a row had a non-finite loss or gradient."""
 
@@ -217,7 +222,7 @@ def train(*,
           max_consecutive_nonfinite: int = 5,
           health_every: int = 0,
           health_params: str = "encoder/shared",
-          collapse_cosine: float = 0.99,
+          collapse_cosine: float = COLLAPSE_COSINE,
           progress_bar: bool = True,
           tensorboard: bool = True,
           log_config: bool = True,
