@@ -245,14 +245,12 @@ def ctc_logits(head, frames: jax.Array, frame_mask: jax.Array) -> tuple[jax.Arra
 
   A [D, V] kernel gives one CTC step a frame; a [D, k, V] kernel (FinetuneConfig.ctc_upsample)
   gives k consecutive steps a frame, each frame's own."""
-  kernel, bias = head["kernel"], head["bias"]
-  frames = frames.astype(jnp.float32)
-  if kernel.ndim == 2:
-    return frames @ kernel + bias, frame_mask
-  b, t, _ = frames.shape
-  k, v = kernel.shape[1:]
-  logits = jnp.einsum("btd,dkv->btkv", frames, kernel) + bias
-  return logits.reshape(b, t * k, v), jnp.repeat(frame_mask, k, axis=1)
+  kernel = head["kernel"]
+  k = 1 if kernel.ndim == 2 else kernel.shape[1]
+  flat = {"kernel": kernel.reshape(kernel.shape[0], -1), "bias": head["bias"].reshape(-1)}
+  logits = _head_logits(flat, frames.astype(jnp.float32))  # [B, T, k V]: frame t's step j at j V
+  b, t, _ = logits.shape
+  return logits.reshape(b, t * k, -1), jnp.repeat(frame_mask, k, axis=1)
 
 
 def _classifier_logits(head, pooled):

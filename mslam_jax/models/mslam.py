@@ -595,11 +595,10 @@ class MSLAMModel:
     """Boxed parameters (nn.LogicallyPartitioned leaves) for batches shaped like `batch`."""
     # A speech-only or text-only run still gets the whole parameter tree (the same as a joint
     # run's): the modality it lacks comes from dummy_batch.
-    dummy = self.dummy_batch()
-    if "speech" not in batch and "paired" not in batch:
-      batch = dict(batch, speech=dummy["speech"])
-    if "text" not in batch and "paired" not in batch:
-      batch = dict(batch, text=dummy["text"])
+    missing = [m for m in ("speech", "text") if m not in batch and "paired" not in batch]
+    if missing:
+      dummy = self.dummy_batch()
+      batch = dict(batch, **{m: dummy[m] for m in missing})
     # Jitted: op-by-op initialisation of a Conformer stack is minutes on CPU, one compile is seconds.
     init = jax.jit(lambda rngs, batch: self.network.init(rngs, batch, method=MSLAMNetwork.init_params)["params"])
     return init(self._rngs(rng, True), batch)
