@@ -60,9 +60,9 @@ def test_skew_and_gather_relative_logits_agree():
   rng = np.random.default_rng(0)
   table = rng.standard_normal((3 + 2 + 1, 4)).astype(np.float32)
   for length in (1, 7):
-    query = rng.standard_normal((2, length, HEADS, 4)).astype(np.float32)
+    query = rng.standard_normal((2, HEADS, length, 4)).astype(np.float32)
     indices = np.asarray(attention.relative_key_indices(length, length, 3, 2))
-    direct = np.einsum("bqhd,qkd->bhqk", query, table[indices])
+    direct = np.einsum("bhqd,qkd->bhqk", query, table[indices])
     np.testing.assert_allclose(attention.relative_key_logits_gather(query, table, 3, 2), direct, atol=1e-5)
     np.testing.assert_allclose(attention.relative_key_logits_skew(query, table, 3, 2), direct, atol=1e-5)
 
