@@ -389,8 +389,8 @@ class MSLAMNetwork(nn.Module):
       metrics["paired/ctc_loss"], metrics["paired/ctc_infeasible"] = losses.ctc_loss(
           ctc_logits, paired_mask, paired_tokens, paired_tokens_mask, blank_id=BLANK_ID,
           denominator=denominator("ctc", losses.ctc_count(paired_mask, paired_tokens, paired_tokens_mask)))
-      metrics["health/ctc_blank_share"] = _share((jnp.argmax(ctc_logits, axis=-1) == BLANK_ID) & (paired_mask != 0),
-                                                 paired_mask)
+      decodes_blank = ctc_logits[..., BLANK_ID] >= jnp.max(ctc_logits, axis=-1)  # argmax, ties to blank
+      metrics["health/ctc_blank_share"] = _share(decodes_blank & (paired_mask != 0), paired_mask)
     if paired is not None and w.cross_modal > 0:
       valid = (jnp.sum(paired_mask, axis=-1) > 0) & (jnp.sum(paired_tokens_mask, axis=-1) > 0)
       temperature = losses.clipped_temperature(
