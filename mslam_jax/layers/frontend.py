@@ -48,12 +48,17 @@ class SpeechFrontend(nn.Module):
     stack_stride: frames stacked together ("stacked").
     normalize: per-utterance mean/variance normalization of the log-mels over valid frames
       (always on in "stacked", as SeamlessM4TFeatureExtractor does).
+    chunk_rows: on a CPU backend, the log-mels of this many clips at a time (a `lax.map` over
+      chunks; 0: the whole batch in one pass). Each clip's framed signal and spectrum take ~1.3 MB,
+      so a whole batch's outgrow the caches between ops: 48 clips of 4 s took 85 ms in one pass and
+      34 ms in chunks of 4 (2 cores). Accelerators always take the batch in one pass.
   """
   mode: str = "conv2d"
   num_mel_bins: int = 80
   conv_channels: int = 128
   stack_stride: int = 2
   normalize: bool = True
+  chunk_rows: int = 4
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
 
@@ -69,7 +74,15 @@ class SpeechFrontend(nn.Module):
 
   def log_mel(self, audio: Array, audio_mask: Array) -> tuple[Array, Array]:
     """Normalized log-mel features [B, T, num_mel_bins] (fp32) and their mask."""
-    feats, mask = logmel.log_mel_fbank(audio, audio_mask, num_mel_bins=self.num_mel_bins)
+    batch = audio.shape[0]
+    rows = self.chunk_rows
+    if rows and batch > rows and batch % rows == 0 and jax.default_backend() == "cpu":
+      feats, mask = jax.lax.map(
+          lambda chunk: logmel.log_mel_fbank(*chunk, num_mel_bins=self.num_mel_bins),
+          (audio.reshape(batch // rows, rows, -1), audio_mask.reshape(batch // rows, rows, -1)))
+      feats, mask = feats.reshape(batch, *feats.shape[2:]), mask.reshape(batch, -1)
+    else:
+      feats, mask = logmel.log_mel_fbank(audio, audio_mask, num_mel_bins=self.num_mel_bins)
     if self.normalize or self.mode == "stacked":
       feats = logmel.normalize_per_utterance(feats, mask)
     return feats, mask

@@ -46,3 +46,17 @@ def test_stacked_mode_gives_160_dim_normalized_frame_pairs():
   np.testing.assert_allclose(feats[1, 3], np.concatenate([normed[1, 6], normed[1, 7]]), atol=1e-4)
   pairs = np.asarray(feats[0, :frames // 2]).reshape(-1, 80)
   np.testing.assert_allclose(pairs, normed[0, :2 * (frames // 2)], atol=1e-4)
+
+
+def test_log_mels_in_row_chunks_match_one_pass():
+  lengths = [6400, 3300, 6400, 1700, 5000, 6400]
+  audio, mask = _batch(lengths, 6400)
+  one = frontend.SpeechFrontend(mode="stacked", chunk_rows=0)
+  chunked = frontend.SpeechFrontend(mode="stacked", chunk_rows=2)
+  feats, feats_mask = jax.jit(one.apply)({}, audio, mask)
+  chunk_feats, chunk_mask = jax.jit(chunked.apply)({}, audio, mask)
+  np.testing.assert_array_equal(chunk_mask, feats_mask)
+  np.testing.assert_allclose(chunk_feats, feats, atol=1e-4, rtol=1e-4)
+  # A batch the chunk does not divide takes one pass.
+  odd_feats, _ = jax.jit(chunked.apply)({}, audio[:5], mask[:5])
+  np.testing.assert_allclose(odd_feats, feats[:5], atol=1e-4, rtol=1e-4)
