@@ -44,15 +44,6 @@ def gumbel_temperature(step: Any, start: float = 2.0, end: float = 0.5, decay: f
   return jnp.maximum(start * jnp.exp(step * math.log(decay)), end)
 
 
-def _first_argmax(x: jax.Array) -> jax.Array:
-  """jnp.argmax over the last axis (the first index of the maximum; int32), as a max and a min
-  reduction: XLA's CPU kernel for argmax's variadic reduce takes twice as long. A row holding
-  NaN gives its last index."""
-  size = x.shape[-1]
-  hits = x == jnp.max(x, axis=-1, keepdims=True)
-  return jnp.minimum(jnp.min(jnp.where(hits, jnp.arange(size, dtype=jnp.int32), size), axis=-1), size - 1)
-
-
 @flax.struct.dataclass
 class QuantizerOutput:
   """What every quantizer returns (a pytree).
@@ -210,7 +201,7 @@ class RandomProjectionQuantizer(nn.Module):
     projected = projected / jnp.linalg.norm(projected, axis=-1, keepdims=True).clip(1e-6)
     # For unit vectors the nearest neighbour in l2 is the one of largest cosine.
     similarity = jnp.einsum("btge,gve->btgv", projected, codebook, precision=jax.lax.Precision.HIGHEST)
-    ids = _first_argmax(similarity)
+    ids = jnp.argmax(similarity, axis=-1).astype(jnp.int32)
     quantized = codebook[jnp.arange(groups)[None, None, :], ids]  # [B, T, G, entry_dim]
     quantized = quantized.reshape(batch, length, groups * self.entry_dim).astype(self.dtype)
     code_perplexity, usage = _hard_statistics(ids, mask, entries)
