@@ -27,6 +27,7 @@ import time
 import numpy as np
 
 from mslam_jax import train as train_lib
+from mslam_jax import training_curves
 
 # figure -> (target, "min" | "max": the target is a floor or a ceiling, reference key or None)
 TARGETS = {
@@ -79,12 +80,9 @@ def final_frame_cosine(model_dir: str | None) -> float | None:
   path = os.path.join(model_dir, "metrics.jsonl") if model_dir else None
   if not path or not os.path.exists(path):
     return None
-  last = None
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      if '"health/frame_cosine"' in line:
-        last = json.loads(line)["health/frame_cosine"]
-  return last
+  logged = [m["health/frame_cosine"] for m in training_curves.read_metrics(path).values()
+            if "health/frame_cosine" in m]
+  return logged[-1] if logged else None
 
 
 def run_w2v_bert(out: str, steps: int) -> list[dict]:
