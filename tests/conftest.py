@@ -45,7 +45,8 @@ SHARED_FIXTURE_FILES = {
     **dict.fromkeys(["tests/data/test_remote_everywhere.py", "tests/evaluation/test_tiny_checkpoint.py",
                      "tests/faults/test_bad_audio.py", "tests/faults/test_bad_flags.py",
                      "tests/faults/test_corpus_identity.py", "tests/trainer/test_pretrain_integration.py",
-                     "tests/evaluation/test_finetune_resume.py", "tests/evaluation/test_xtreme_s_finetune.py"],
+                     "tests/evaluation/test_finetune_resume.py", "tests/evaluation/test_xtreme_s_finetune.py",
+                     "tests/benchmarks/test_retrieval_diagnosis.py"],
                     "tiny_run"),  # the session's tiny run: trained, evaluated, fine-tuned from
     "tests/test_demo.py": "demo",  # the module's demo run
     "tests/interop/test_hf_parity.py": "hf_parity",  # a converted HF model (torch and transformers imported)

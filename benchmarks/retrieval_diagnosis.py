@@ -1,0 +1,97 @@
+"""Where speech->text retrieval is lost, on one pre-training run of the built-in corpus.
+
+  python benchmarks/retrieval_diagnosis.py --model_dir DIR [--corpus_dir DIR] [--per-lang 50] [--json]
+
+R@1 in both directions over a pool of `--per-lang` pairs of every language (cosine similarity of
+the cross-modal embeddings, each modality centred: `RetrievalEvaluator`'s figure), for three pools:
+
+  test                   the paired test split as the evaluation sweep reads it: sentences never
+                         trained on, spoken by voice variants training never hears
+                         (`espeak.EVAL_VARIANTS`)
+  test, training voices  the same sentences spoken anew by training voice variants
+                         (`espeak.TRAIN_VARIANTS`, a seeded random style each): the gap to `test`
+                         is what unseen voices cost
+  train                  training pairs (sentences and voices the run has seen): how well the
+                         embedding fits its own data. Far below 1 with `test` close behind says the
+                         encoder underfits; near 1 with `test` far behind, that it memorises.
+
+For each pool, also the share of wrong first answers that are a transcript of another language.
+The second pool needs eSpeak (the built-in corpus' synthesizer); its clips are not written anywhere.
+"""
+import argparse
+import json
+
+import numpy as np
+
+SEED = 0
+
+
+def pool_figures(encoder, vocab, items, audios) -> dict:
+  """R@1 both ways and the wrong-language share of speech->text misses for one pool."""
+  from mslam_jax.evaluation import data as eval_data  # pylint: disable=g-import-not-at-top
+  from mslam_jax.evaluation import retrieval  # pylint: disable=g-import-not-at-top
+  speech = encoder.speech(audios)
+  text = encoder.text(eval_data.tokenize(vocab, [u.text for u in items]))
+  metrics = retrieval.speech_text_retrieval(speech, text)
+  langs = np.array([u.lang for u in items])
+  best = np.argmax(retrieval.normalize(speech, True) @ retrieval.normalize(text, True).T, axis=1)
+  miss = best != np.arange(len(items))
+  return {"pairs": len(items),
+          "r1_speech_to_text": metrics["retrieval_r1_speech_to_text"],
+          "r1_text_to_speech": metrics["retrieval_r1_text_to_speech"],
+          "misses_in_another_language": float(np.mean(langs[best][miss] != langs[miss])) if miss.any() else 0.0}
+
+
+def respeak(items, variants, seed: int = SEED):
+  """(items, audios) of `items`' sentences spoken by random styles of `variants`; failures skipped."""
+  from mslam_jax.data import espeak, languages  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  jobs = [(u.text, espeak.sample_style(rng, languages.get(u.lang).espeak_voices, variants)) for u in items]
+  results = espeak.synthesize_all(espeak.synthesize, jobs)
+  kept = [(u, r.audio) for u, r in zip(items, results) if not isinstance(r, Exception) and len(r.audio)]
+  if len(kept) < len(items):
+    print(f"{len(items) - len(kept)} of {len(items)} sentences could not be spoken; skipped")
+  return [u for u, _ in kept], [a for _, a in kept]
+
+
+def diagnose(model_dir: str, corpus_dir: str | None = None, per_lang: int = 50) -> dict:
+  from mslam_jax import config  # pylint: disable=g-import-not-at-top
+  from mslam_jax.data import espeak  # pylint: disable=g-import-not-at-top
+  from mslam_jax.evaluation import data as eval_data  # pylint: disable=g-import-not-at-top
+  model, params, step = config.load_run(model_dir)
+  corpus_dir = corpus_dir or config.macro("CORPUS_DIR")
+  if not corpus_dir:
+    raise SystemExit("the run names no CORPUS_DIR: pass --corpus_dir")
+  vocab = eval_data.load_vocabulary(corpus_dir)
+  encoder = eval_data.Encoder(model, params, cross_modal=True)
+  read = lambda split: [u for u in eval_data.read_utterances(corpus_dir, "paired", split, None, per_lang)
+                        if len(u.audio) and u.text.strip()]
+  test, train = read("test"), read("train")
+  out = {"model_dir": model_dir, "step": step, "pools": {}}
+  out["pools"]["test"] = pool_figures(encoder, vocab, test, [u.audio for u in test])
+  out["pools"]["test, training voices"] = pool_figures(encoder, vocab, *respeak(test, espeak.TRAIN_VARIANTS))
+  out["pools"]["train"] = pool_figures(encoder, vocab, train, [u.audio for u in train])
+  return out
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--model_dir", required=True, help="a pre-training run with cross-modal heads")
+  parser.add_argument("--corpus_dir", default=None, help="default: the run's CORPUS_DIR")
+  parser.add_argument("--per-lang", type=int, default=50, help="pairs of each language in every pool")
+  parser.add_argument("--json", action="store_true")
+  args = parser.parse_args(argv)
+  out = diagnose(args.model_dir, args.corpus_dir, args.per_lang)
+  if args.json:
+    print(json.dumps(out, indent=2))
+    return 0
+  print(f"step {out['step']} of {out['model_dir']}")
+  print(f"{'pool':24s} {'pairs':>5s} {'R@1 s->t':>9s} {'R@1 t->s':>9s} {'misses in another language':>27s}")
+  for name, f in out["pools"].items():
+    print(f"{name:24s} {f['pairs']:5d} {f['r1_speech_to_text']:9.3f} {f['r1_text_to_speech']:9.3f} "
+          f"{f['misses_in_another_language']:27.2f}")
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

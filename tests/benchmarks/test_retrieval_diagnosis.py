@@ -1,0 +1,43 @@
+"""benchmarks/retrieval_diagnosis.py on the session's tiny run: its test pool is the evaluation
+sweep's retrieval figure, the re-spoken pool holds the same sentences, the train pool only
+languages with training pairs."""
+import importlib.util
+import json
+import os
+
+import gin
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+pytestmark = pytest.mark.slow  # reads the session's trained and evaluated tiny run
+
+
+def _load():
+  spec = importlib.util.spec_from_file_location(
+      "retrieval_diagnosis", os.path.join(REPO, "benchmarks", "retrieval_diagnosis.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_pools_agree_with_the_sweep(tiny_run, builtin_corpus_dir, capsys):
+  gin.clear_config()
+  try:
+    out = _load().diagnose(tiny_run, builtin_corpus_dir, per_lang=50)
+  finally:
+    gin.clear_config()
+  assert out["step"] == 3
+  pools = out["pools"]
+  assert list(pools) == ["test", "test, training voices", "train"]
+  with open(os.path.join(tiny_run, "eval", "step_3", "metrics.json")) as f:
+    swept = json.load(f)["metrics"]
+  # The test pool is what `mslam eval` scored (the same pairs, encoder and centring).
+  assert pools["test"]["r1_speech_to_text"] == pytest.approx(swept["retrieval_r1_speech_to_text"], abs=1e-6)
+  assert pools["test"]["r1_text_to_speech"] == pytest.approx(swept["retrieval_r1_text_to_speech"], abs=1e-6)
+  # Every test sentence is spoken again (eSpeak reads every sentence of the corpus).
+  assert pools["test, training voices"]["pairs"] == pools["test"]["pairs"] > 1
+  assert pools["train"]["pairs"] > 1
+  for figures in pools.values():
+    for key in ("r1_speech_to_text", "r1_text_to_speech", "misses_in_another_language"):
+      assert 0.0 <= figures[key] <= 1.0, key
