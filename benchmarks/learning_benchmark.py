@@ -4,9 +4,10 @@ quantizer's health beside it (at most ~45 minutes on 2 CPU cores at the defaults
   python benchmarks/learning_benchmark.py [--out ./learning_benchmark] [--steps 500]
       [--finetune-steps 1200] [--seeds 0 1] [--w2v-steps 1500] [--json]
 
-1. `mslam demo` once per seed (same corpus; the seed changes initialisation, masking and the data
-   order): joint mSLAM-CTC + cross-modal pre-training, the speech-only ablation at the same steps,
-   and the full evaluation sweep, on test clips spoken by voice variants that training never hears.
+1. `mslam demo --no-translation` once per seed (same corpus; the seed changes initialisation, masking
+   and the data order): joint mSLAM-CTC + cross-modal pre-training, the speech-only ablation at the
+   same steps, and the full evaluation sweep, on test clips spoken by voice variants that training
+   never hears (no translation fine-tuning: no figure of this benchmark reads it).
 2. One speech-only w2v-BERT run (learned Gumbel codebook, contrastive + diversity + masked
    prediction) on the same corpus: contrastive accuracy and codebook perplexity at every logged
    step, so that "the codebook stayed healthy throughout" is a figure, not a hope.
@@ -63,7 +64,8 @@ def run_demo(out: str, seed: int, steps: int, finetune_steps: int, extra: list[s
     if os.path.isdir(corpus) and not os.path.exists(os.path.join(directory, "corpus")):
       os.symlink(corpus, os.path.join(directory, "corpus"))
     _run([sys.executable, "-m", "mslam_jax.cli", "demo", "--out", directory, "--steps", str(steps),
-          "--finetune-steps", str(finetune_steps), f"--gin.Trainer.seed={seed}", f"--gin.DATA_SEED={seed}"]
+          "--finetune-steps", str(finetune_steps), "--no-translation", f"--gin.Trainer.seed={seed}",
+          f"--gin.DATA_SEED={seed}"]
          + extra, os.path.join(out, f"seed_{seed}.log"))
     if not os.path.isdir(corpus) and os.path.isdir(os.path.join(directory, "corpus")):
       os.rename(os.path.join(directory, "corpus"), corpus)

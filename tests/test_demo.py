@@ -40,12 +40,12 @@ SMOKE_ARGS = [
 ]
 
 
-def _demo(out: str) -> subprocess.CompletedProcess:
+def _demo(out: str, extra=()) -> subprocess.CompletedProcess:
   # The suite's compilation cache (conftest), not OUT/jax_cache: a second suite run compiles little.
   env = dict(helpers.env(1), **{compilation_cache.ENV_VAR: conftest.TEST_CACHE_DIR or "off"})
   # The checkout's gin configs, whatever an installed package maps `mslam_jax.gin_configs` to.
   command = [sys.executable, "-c", "import sys; from mslam_jax import cli; sys.exit(cli.main(sys.argv[1:]))",
-             "demo", "--out", out, "--gin_search_path", os.path.join(REPO, "gin_configs")] + SMOKE_ARGS
+             "demo", "--out", out, "--gin_search_path", os.path.join(REPO, "gin_configs")] + SMOKE_ARGS + list(extra)
   return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -133,6 +133,20 @@ def test_demo_rerun_on_the_same_directory_redoes_nothing(demo_run):
     assert second["timings"][stage]["skipped"], stage
   for key in demo.REQUIRED_METRICS:
     assert second[key] == first[key], key
+
+
+def test_no_translation_skips_the_stage_and_nulls_only_its_figures(demo_run):
+  out, _ = demo_run  # after the rerun test: every other stage is done and is read back
+  with open(os.path.join(out, "report.json")) as f:
+    first = json.load(f)
+  proc = _demo(out, ["--no-translation"])
+  assert proc.returncode == 0, proc.stderr[-5000:]
+  with open(os.path.join(out, "report.json")) as f:
+    second = json.load(f)
+  assert "translation" not in second["timings"] and second["runs"]["translation"] is None
+  for key in demo.REQUIRED_METRICS:
+    assert second[key] == (None if key.startswith(demo.TRANSLATION_PREFIX) else first[key]), key
+  assert "No finite value" not in proc.stderr  # skipped figures are not reported missing
 
 
 def test_training_curves_merge_a_resumed_run_and_skip_torn_lines(tmp_path):

@@ -1,7 +1,7 @@
 """`mslam demo`: the whole system at toy scale on a CPU (14 to 18 minutes on 2 idle cores).
 
   mslam demo [--out ./mslam_demo] [--steps 420] [--finetune-steps 800] [--translation-steps N]
-      [--gin.NAME=VALUE ...]
+      [--no-ablation] [--no-translation] [--gin.NAME=VALUE ...]
 
 1. builds the built-in corpus (10 languages, 2 held out for zero-shot ASR) into OUT/corpus;
 2. pre-trains the tiny model with mSLAM-CTC + the cross-modal loss into OUT/pretrain;
@@ -250,6 +250,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "as in runs/demo.gin)")
   parser.add_argument("--no-ablation", action="store_true",
                       help="skip the speech-only ablation (its zero-shot figure is then null)")
+  parser.add_argument("--no-translation", action="store_true",
+                      help="skip the speech translation fine-tuning (its figures are then null)")
   config.add_gin_arguments(parser)
 
 
@@ -323,12 +325,13 @@ def run(args: argparse.Namespace) -> int:
                                       search_paths=search, output_dir=os.path.join(out, "eval"))
       stage.skipped = steps_before
 
-    with Stage(timings, "translation", f"5/6 speech translation X->En fine-tuning -> {translation_dir}") as stage:
-      translated, stage.skipped = finetune_translation(model_dir, corpus_dir, translation_dir, gin_files[3:], user,
-                                                       search)
-      metrics = {**metrics, **{k: v for k, v in translated.items() if k.startswith(TRANSLATION_PREFIX)}}
-      if translated.get("eval_failed/translation"):
-        logging.warning("The translation evaluator failed (see the log above); its figures are null")
+    if not args.no_translation:
+      with Stage(timings, "translation", f"5/6 speech translation X->En fine-tuning -> {translation_dir}") as stage:
+        translated, stage.skipped = finetune_translation(model_dir, corpus_dir, translation_dir, gin_files[3:],
+                                                         user, search)
+        metrics = {**metrics, **{k: v for k, v in translated.items() if k.startswith(TRANSLATION_PREFIX)}}
+        if translated.get("eval_failed/translation"):
+          logging.warning("The translation evaluator failed (see the log above); its figures are null")
 
     with Stage(timings, "report", f"6/6 report -> {os.path.join(out, REPORT_FILE)}"):
       report = _write_report(out, manifest, metrics, summaries, timings, train_steps, args,
@@ -372,7 +375,9 @@ def _write_report(out: str, manifest: dict, metrics: dict, summaries: dict, timi
   if png:
     figures.append(png)
 
-  missing = [k for k in REQUIRED_METRICS if _finite_or_none(metrics.get(k)) is None]
+  skipped = TRANSLATION_PREFIX if args.no_translation else None
+  missing = [k for k in REQUIRED_METRICS if _finite_or_none(metrics.get(k)) is None
+             and not (skipped and k.startswith(skipped))]
   if missing:
     logging.warning("No finite value for %s (see the evaluation log above)", missing)
   report = {k: _finite_or_none(metrics.get(k)) for k in REQUIRED_METRICS}
@@ -388,7 +393,7 @@ def _write_report(out: str, manifest: dict, metrics: dict, summaries: dict, timi
                  "hours": {s: round(sum(v.get("hours", 0.0) for v in by_split.values()), 4)
                            for s, by_split in manifest["totals"].items()}},
       "runs": {"pretrain": model_dir, "pretrain_speech_only": None if args.no_ablation else ablation_dir,
-               "eval": os.path.join(out, "eval"), "translation": translation_dir},
+               "eval": os.path.join(out, "eval"), "translation": None if args.no_translation else translation_dir},
       "xtreme_table": xtreme_table.rows_as_dicts(xtreme_table.xtreme_rows(metrics)),
       "figures": figures,
       "command": " ".join(["mslam", "demo"] + sys.argv[2:]) if sys.argv[1:2] == ["demo"] else None,
