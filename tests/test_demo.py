@@ -144,6 +144,8 @@ def test_no_translation_skips_the_stage_and_nulls_only_its_figures(demo_run):
   with open(os.path.join(out, "report.json")) as f:
     second = json.load(f)
   assert "translation" not in second["timings"] and second["runs"]["translation"] is None
+  assert "translation" not in second["loss_curves"]  # the earlier run's curves are not reported either
+  assert not any("translation" in os.path.basename(png) for png in second["figures"])
   for key in demo.REQUIRED_METRICS:
     assert second[key] == (None if key.startswith(demo.TRANSLATION_PREFIX) else first[key]), key
   assert "No finite value" not in proc.stderr  # skipped figures are not reported missing

@@ -367,13 +367,14 @@ def _write_report(out: str, manifest: dict, metrics: dict, summaries: dict, timi
   eval_dir = os.path.join(out, "eval", f"step_{summaries['pretrain']['final_step']}")
   if os.path.isdir(eval_dir):
     figures += sorted(os.path.join(eval_dir, f) for f in os.listdir(eval_dir) if f.endswith(".png"))
-  if os.path.exists(os.path.join(translation_dir, "metrics.jsonl")):
-    png = os.path.join(out, "training_curves_translation.png")
-    curves["translation"], _ = _curves(translation_dir, png, "speech translation X->En fine-tuning")
-    figures.append(png)
-  png = bleu_over_steps(translation_dir, os.path.join(out, "translation_bleu_over_steps.png"))
-  if png:
-    figures.append(png)
+  if not args.no_translation:  # a skipped stage's earlier run, if any, is not reported
+    if os.path.exists(os.path.join(translation_dir, "metrics.jsonl")):
+      png = os.path.join(out, "training_curves_translation.png")
+      curves["translation"], _ = _curves(translation_dir, png, "speech translation X->En fine-tuning")
+      figures.append(png)
+    png = bleu_over_steps(translation_dir, os.path.join(out, "translation_bleu_over_steps.png"))
+    if png:
+      figures.append(png)
 
   skipped = TRANSLATION_PREFIX if args.no_translation else None
   missing = [k for k in REQUIRED_METRICS if _finite_or_none(metrics.get(k)) is None
