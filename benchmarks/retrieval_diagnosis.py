@@ -48,7 +48,7 @@ def respeak(items, variants, seed: int = SEED):
   rng = np.random.default_rng(seed)
   jobs = [(u.text, espeak.sample_style(rng, languages.get(u.lang).espeak_voices, variants)) for u in items]
   results = espeak.synthesize_all(espeak.synthesize, jobs)
-  kept = [(u, r.audio) for u, r in zip(items, results) if not isinstance(r, Exception) and len(r.audio)]
+  kept = [(u, r.audio) for u, r in zip(items, results) if not isinstance(r, espeak.EspeakError) and len(r.audio)]
   if len(kept) < len(items):
     print(f"{len(items) - len(kept)} of {len(items)} sentences could not be spoken; skipped")
   return [u for u, _ in kept], [a for _, a in kept]

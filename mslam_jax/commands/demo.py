@@ -376,9 +376,8 @@ def _write_report(out: str, manifest: dict, metrics: dict, summaries: dict, timi
     if png:
       figures.append(png)
 
-  skipped = TRANSLATION_PREFIX if args.no_translation else None
   missing = [k for k in REQUIRED_METRICS if _finite_or_none(metrics.get(k)) is None
-             and not (skipped and k.startswith(skipped))]
+             and not (args.no_translation and k.startswith(TRANSLATION_PREFIX))]
   if missing:
     logging.warning("No finite value for %s (see the evaluation log above)", missing)
   report = {k: _finite_or_none(metrics.get(k)) for k in REQUIRED_METRICS}

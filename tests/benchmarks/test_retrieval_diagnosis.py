@@ -1,6 +1,6 @@
 """benchmarks/retrieval_diagnosis.py on the session's tiny run: its test pool is the evaluation
-sweep's retrieval figure, the re-spoken pool holds the same sentences, the train pool only
-languages with training pairs."""
+sweep's retrieval figure, the re-spoken pool holds as many pairs as the test pool, and every
+figure is a share."""
 import importlib.util
 import json
 import os
@@ -21,7 +21,7 @@ def _load():
   return module
 
 
-def test_pools_agree_with_the_sweep(tiny_run, builtin_corpus_dir, capsys):
+def test_pools_agree_with_the_sweep(tiny_run, builtin_corpus_dir):
   gin.clear_config()
   try:
     out = _load().diagnose(tiny_run, builtin_corpus_dir, per_lang=50)
