@@ -88,7 +88,8 @@ def final_frame_cosine(model_dir: str | None) -> float | None:
 
 
 def run_w2v_bert(out: str, steps: int) -> list[dict]:
-  """Speech-only w2v-BERT pre-training on the benchmark's corpus; its metrics.jsonl records."""
+  """Speech-only w2v-BERT pre-training on the benchmark's corpus; its logged metrics, one record a
+  step (a resumed run's rewritten steps: the later line wins; unreadable lines skipped and counted)."""
   model_dir = os.path.join(out, "w2v_bert_speech_only")
   metrics = os.path.join(model_dir, "metrics.jsonl")
   # The demo's masked spans (runs/demo.gin: 3 frames, 120 ms, from 20 % of the frames), not the
@@ -108,8 +109,7 @@ def run_w2v_bert(out: str, steps: int) -> list[dict]:
   _run([sys.executable, "-m", "mslam_jax.cli", "train", "--gin_file=models/tiny.gin",
         "--gin_file=experiments/mslam_ctc_xmodal.gin", "--gin_file=runs/pretrain.gin", "--gin_file=runs/demo.gin"]
        + [f"--gin.{b}" for b in bindings], os.path.join(out, "w2v_bert.log"))
-  with open(metrics, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [dict(m, step=step) for step, m in training_curves.read_metrics(metrics).items()]
 
 
 def summarize(reports: list[dict], w2v: list[dict] | None) -> dict:
