@@ -135,19 +135,23 @@ def test_demo_rerun_on_the_same_directory_redoes_nothing(demo_run):
     assert second[key] == first[key], key
 
 
-def test_no_translation_skips_the_stage_and_nulls_only_its_figures(demo_run):
+def test_skip_flags_skip_their_stages_and_null_only_their_figures(demo_run):
   out, _ = demo_run  # after the rerun test: every other stage is done and is read back
   with open(os.path.join(out, "report.json")) as f:
     first = json.load(f)
-  proc = _demo(out, ["--no-translation"])
+  assert first[demo.ABLATION_FIGURE] is not None  # the checkpoint's report holds it: it must not leak back
+  proc = _demo(out, ["--no-translation", "--no-ablation"])
   assert proc.returncode == 0, proc.stderr[-5000:]
   with open(os.path.join(out, "report.json")) as f:
     second = json.load(f)
-  assert "translation" not in second["timings"] and second["runs"]["translation"] is None
-  assert "translation" not in second["loss_curves"]  # the earlier run's curves are not reported either
-  assert not any("translation" in os.path.basename(png) for png in second["figures"])
+  for stage in ("translation", "pretrain_speech_only"):
+    assert stage not in second["timings"] and second["runs"][stage] is None, stage
+  assert set(second["loss_curves"]) == {"pretrain"}  # the skipped stages' earlier curves are not reported
+  assert not any(word in os.path.basename(png) for png in second["figures"] for word in ("translation", "speech_only"))
+  assert not any(k.startswith(demo.ABLATION_FIGURE) for k in second["metrics"])
   for key in demo.REQUIRED_METRICS:
-    assert second[key] == (None if key.startswith(demo.TRANSLATION_PREFIX) else first[key]), key
+    skipped = key.startswith(demo.TRANSLATION_PREFIX) or key == demo.ABLATION_FIGURE
+    assert second[key] == (None if skipped else first[key]), key
   assert "No finite value" not in proc.stderr  # skipped figures are not reported missing
 
 
