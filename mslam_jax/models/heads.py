@@ -7,7 +7,7 @@
 - `CTCHead`: frame logits over the character vocabulary (its CTC blank included).
 - `ContrastiveProjection`: the linear map of context vectors / quantized targets into the space
   where InfoNCE takes cosine similarities (wav2vec 2.0's final_proj / project_q).
-- `EmbeddingHead`: a pooled utterance -> the cross-modal embedding space (one per modality, as
+- `EmbeddingHead`: a pooled utterance (or its frames) -> the cross-modal embedding space (one per modality, as
   CLIP has one projection per tower).
 """
 from typing import Any, Optional
@@ -16,6 +16,8 @@ import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
+
+from mslam_jax.layers import pooling
 
 Array = jax.Array
 DType = Any
@@ -123,24 +125,33 @@ class ContrastiveProjection(nn.Module):
 
 
 class EmbeddingHead(nn.Module):
-  """Pooled encoder output [B, D] -> cross-modal embedding [B, features] (cosine space).
+  """An utterance -> the cross-modal embedding [B, features] (cosine space).
 
   One per modality: mean-pooled speech and text encodings share a large modality-specific offset
   that dominates their cosine similarity; a head of its own per modality can remove it, where a
   loss on the raw pooled vectors must reshape the whole encoder to do so. `hidden` > 0 adds a
-  GELU hidden layer (SimCLR's projection MLP); 0 is CLIP's linear projection.
+  GELU hidden layer on the pooled vector (SimCLR's projection MLP); 0 is CLIP's linear projection.
+  `frame_hidden` > 0 reads the frames instead ([B, T, D] and their mask): a GELU layer on every
+  frame, then the masked mean. A mean of per-frame features can weigh what each frame says
+  (a bag of sounds or characters), which a linear map of the mean frame cannot.
   """
   features: int
   hidden: int = 0
+  frame_hidden: int = 0
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array, mask: Optional[Array] = None) -> Array:
+    axis = "embed"
+    if self.frame_hidden:
+      if x.ndim != 3 or mask is None:
+        raise ValueError(f"EmbeddingHead(frame_hidden={self.frame_hidden}) takes frames [B, T, D] and their "
+                         f"mask, got shape {x.shape}" + (" and no mask" if mask is None else ""))
+      x = _Dense(self.frame_hidden, (axis, "mlp"), True, self.dtype, self.param_dtype, name="frame_hidden")(x)
+      x, axis = pooling.masked_mean(nn.gelu(x), mask), "mlp"
     if self.hidden:
-      x = _Dense(self.hidden, ("embed", "mlp"), True, self.dtype, self.param_dtype, name="hidden")(x)
-      x = nn.gelu(x)
-      axes = ("mlp", None)
-    else:
-      axes = ("embed", None)
-    return _Dense(self.features, axes, False, self.dtype, self.param_dtype, name="proj")(x)
+      out_axis = "mlp" if axis == "embed" else None
+      x = nn.gelu(_Dense(self.hidden, (axis, out_axis), True, self.dtype, self.param_dtype, name="hidden")(x))
+      axis = out_axis
+    return _Dense(self.features, (axis, None), False, self.dtype, self.param_dtype, name="proj")(x)

@@ -212,6 +212,7 @@ class MSLAMNetwork(nn.Module):
   cross_modal_max_temperature: float = 1.0
   cross_modal_dim: int = 256
   cross_modal_hidden: int = 0
+  cross_modal_frame_hidden: int = 0
   tlm_items: Optional[int] = None
   stack_merge_ratio: float = 1.0
 
@@ -227,10 +228,10 @@ class MSLAMNetwork(nn.Module):
       self.target_projection = heads.ContrastiveProjection(self.contrastive_dim, **dtypes,
                                                            name="target_projection")
     if self.weights.cross_modal > 0:
-      self.speech_embedding_head = heads.EmbeddingHead(self.cross_modal_dim, self.cross_modal_hidden, **dtypes,
-                                                       name="speech_embedding_head")
-      self.text_embedding_head = heads.EmbeddingHead(self.cross_modal_dim, self.cross_modal_hidden, **dtypes,
-                                                     name="text_embedding_head")
+      sizes = dict(features=self.cross_modal_dim, hidden=self.cross_modal_hidden,
+                   frame_hidden=self.cross_modal_frame_hidden)
+      self.speech_embedding_head = heads.EmbeddingHead(**sizes, **dtypes, name="speech_embedding_head")
+      self.text_embedding_head = heads.EmbeddingHead(**sizes, **dtypes, name="text_embedding_head")
       self.cross_modal_log_temperature = self.param(
           "cross_modal_log_temperature",
           nn.with_logical_partitioning(
@@ -244,6 +245,12 @@ class MSLAMNetwork(nn.Module):
       return self.text_head(x)
     table = self.encoder.variables["params"]["text_embedding"]["token_embedding"]["embedding"]
     return self.text_head(x, flax.core.meta.unbox(table))
+
+  def _embedding(self, head: nn.Module, frames: Array, mask: Array, pooled: Optional[Array] = None) -> Array:
+    """Frames of one modality -> its cross-modal embedding (`pooled`: the encoder's, if at hand)."""
+    if self.cross_modal_frame_hidden:
+      return head(frames, mask)  # a layer on every frame, then the mean
+    return head(self.encoder.pool(frames, mask) if pooled is None else pooled)
 
   def _quantize(self, audio: Array, audio_mask: Array, features: Array, mask: Array, step: Array,
                 deterministic: bool) -> quantizers_lib.QuantizerOutput:
@@ -396,8 +403,8 @@ class MSLAMNetwork(nn.Module):
       temperature = losses.clipped_temperature(
           self.cross_modal_log_temperature, self.cross_modal_min_temperature, self.cross_modal_max_temperature)
       metrics["paired/cross_modal_loss"], metrics["paired/cross_modal_accuracy"] = losses.symmetric_infonce(
-          self.speech_embedding_head(enc.pool(shared_out["full"], paired_mask)),
-          self.text_embedding_head(enc.pool(shared_out["transcript"], paired_tokens_mask)), valid, temperature)
+          self._embedding(self.speech_embedding_head, shared_out["full"], paired_mask),
+          self._embedding(self.text_embedding_head, shared_out["transcript"], paired_tokens_mask), valid, temperature)
       metrics["paired/cross_modal_temperature"] = temperature
 
     # A micro-batch's share of what is not summed over the whole batch's items: 1/microbatches.
@@ -440,8 +447,8 @@ class MSLAMNetwork(nn.Module):
       self.context_projection(frames)
       self.target_projection(quantized.quantized)
     if self.weights.cross_modal > 0:
-      self.speech_embedding_head(outputs["speech"][2])
-      self.text_embedding_head(outputs["text"][2])
+      self._embedding(self.speech_embedding_head, *outputs["speech"])
+      self._embedding(self.text_embedding_head, *outputs["text"])
 
   # ---- inference ----
 
@@ -462,11 +469,15 @@ class MSLAMNetwork(nn.Module):
 
   def embed_speech(self, audio: Array, audio_mask: Array):
     frames, mask, pooled = self.encoder.encode_speech(audio, audio_mask, True)
-    return frames, mask, self.speech_embedding_head(pooled) if self.weights.cross_modal > 0 else pooled
+    if self.weights.cross_modal > 0:
+      return frames, mask, self._embedding(self.speech_embedding_head, frames, mask, pooled)
+    return frames, mask, pooled
 
   def embed_text(self, tokens: Array, tokens_mask: Array):
     frames, mask, pooled = self.encoder.encode_text(tokens, tokens_mask, True)
-    return frames, mask, self.text_embedding_head(pooled) if self.weights.cross_modal > 0 else pooled
+    if self.weights.cross_modal > 0:
+      return frames, mask, self._embedding(self.text_embedding_head, frames, mask, pooled)
+    return frames, mask, pooled
 
 
 @gin.configurable
@@ -483,8 +494,10 @@ class MSLAMModel:
     tie_text_head: the text LM head reuses the token embedding table (scaled by 1/sqrt(D));
       separate by default (4M parameters at 1024 x 4096, and a cross-entropy at init of log V).
     cross_modal_*_temperature: the learned temperature's start and clipping range.
-    cross_modal_dim / cross_modal_hidden: the embedding heads of the cross-modal loss (one per
-      modality): output size, and the size of a GELU hidden layer (0: linear, as CLIP).
+    cross_modal_dim / cross_modal_hidden / cross_modal_frame_hidden: the embedding heads of the
+      cross-modal loss (one per modality, heads.EmbeddingHead): output size, the size of a GELU
+      hidden layer on the pooled vector (0: linear, as CLIP), and of a GELU layer on every frame
+      before a masked mean (0: the encoder's pooled vector; > 0 needs MSLAMEncoder.pooling = "mean").
     tlm_items: TLM reads the first `tlm_items` items of the paired batch (None: all of them), CTC
       and the cross-modal term all of them. TLM's speech-and-text sequence is the step's longest
       and needs its own masked pass of the speech-only stack: at the demo's sizes TLM on every
@@ -513,6 +526,7 @@ class MSLAMModel:
       cross_modal_max_temperature: float = 1.0,
       cross_modal_dim: int = 256,
       cross_modal_hidden: int = 0,
+      cross_modal_frame_hidden: int = 0,
       tlm_items: Optional[int] = None,
       stack_merge_ratio: float = 1.0,
       dummy_audio_samples: int = 16000,
@@ -533,6 +547,7 @@ class MSLAMModel:
     self.network = MSLAMNetwork(
         encoder=self.encoder, quantizer=quantizer_module, weights=self.weights, schedule=self.schedule,
         masks=self.masks, cross_modal_dim=cross_modal_dim, cross_modal_hidden=cross_modal_hidden,
+        cross_modal_frame_hidden=cross_modal_frame_hidden,
         quantize_log_mel=quantizer == "best_rq", num_negatives=num_negatives,
         contrastive_temperature=contrastive_temperature, contrastive_dim=contrastive_dim,
         tie_text_head=tie_text_head, cross_modal_init_temperature=cross_modal_init_temperature,
@@ -584,6 +599,13 @@ class MSLAMModel:
           "need 0 < MSLAMModel.cross_modal_min_temperature <= cross_modal_init_temperature <= "
           f"cross_modal_max_temperature, got {net.cross_modal_min_temperature}, "
           f"{net.cross_modal_init_temperature}, {net.cross_modal_max_temperature}")
+    if net.cross_modal_hidden < 0 or net.cross_modal_frame_hidden < 0:
+      raise ValueError("MSLAMModel.cross_modal_hidden and cross_modal_frame_hidden must be >= 0 (0: no such layer), "
+                       f"got {net.cross_modal_hidden} and {net.cross_modal_frame_hidden}")
+    if net.cross_modal_frame_hidden and enc.pooling != "mean":
+      raise ValueError(f"MSLAMModel.cross_modal_frame_hidden={net.cross_modal_frame_hidden} pools its frames by "
+                       f"their mean: set MSLAMEncoder.pooling = 'mean' (got {enc.pooling!r}) or "
+                       "cross_modal_frame_hidden = 0")
 
   # ---- t5x-like interface ----
 

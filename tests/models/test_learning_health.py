@@ -11,6 +11,8 @@ from mslam_jax import optimizers
 from mslam_jax import partitioning
 from mslam_jax import trainer as trainer_lib
 from mslam_jax.data import vocabularies
+from mslam_jax.models import heads
+from mslam_jax.models import losses
 from mslam_jax.models import mslam
 from tests.models import test_mslam
 
@@ -83,3 +85,41 @@ def test_health_metrics_embedding_heads_and_objective_gradients(scheduled_model)
   for name in ("speech_mlm", "text_mlm", "cross_modal", "tlm"):
     assert norms[f"grad_norm/encoder/shared/{name}"] > 0.0, name
   assert norms["grad_norm/encoder/speech_lower/speech_contrastive"] > 0.0
+
+
+def test_frame_embedding_head_weighs_each_frame_and_ignores_padding():
+  head = heads.EmbeddingHead(features=4, frame_hidden=8)
+  spread = jnp.array([[[1.0, -2.0, 0.5], [-1.0, 2.0, -0.5], [9.0, 9.0, 9.0]]])  # mean of the valid two: 0
+  mask = jnp.array([[1, 1, 0]])
+  params = head.init(jax.random.PRNGKey(0), spread, mask)
+  embed = lambda frames, m: np.asarray(head.apply(params, frames, m))  # pylint: disable=unnecessary-lambda-assignment
+  # The padded frame changes nothing; two utterances with the same mean frame differ, which no
+  # head on the mean-pooled vector can tell apart.
+  np.testing.assert_allclose(embed(spread, mask), embed(spread.at[0, 2].set(-7.0), mask), rtol=1e-6)
+  assert np.abs(embed(spread, mask) - embed(jnp.zeros_like(spread), mask)).max() > 1e-3
+  with pytest.raises(ValueError, match="takes frames"):
+    head.apply(params, spread[:, 0])
+
+
+def test_frame_embedding_head_scores_retrieval_as_training_does():
+  config.parse_gin(["models/tiny.gin", "experiments/mslam_ctc_xmodal.gin"],
+                   test_mslam.TINY_BINDINGS + ["MSLAMModel.cross_modal_dim = 16",
+                                               "MSLAMModel.cross_modal_frame_hidden = 24"])
+  try:
+    model = mslam.MSLAMModel()
+  finally:
+    gin.clear_config()
+  batch = test_mslam._fixed_batch()  # pylint: disable=protected-access
+  params = model.init(jax.random.PRNGKey(0), batch)
+  assert params["speech_embedding_head"]["frame_hidden"]["dense"]["kernel"].value.shape == (32, 24)
+  def run(params, batch):
+    paired = batch["paired"]
+    return (model.loss_fn(params, batch, jax.random.PRNGKey(1), 0)[1],
+            model.embed_speech(params, paired["audio"], paired["audio_mask"])[2],
+            model.embed_text(params, paired["tokens"], paired["tokens_mask"])[2])
+
+  metrics, speech, text = test_mslam._fast_jit(run, params, batch)(params, batch)  # pylint: disable=protected-access
+  # The evaluators' embeddings are the ones the training loss contrasts.
+  loss, _ = losses.symmetric_infonce(speech, text, jnp.ones(speech.shape[0], bool),
+                                     float(metrics["paired/cross_modal_temperature"]))
+  assert float(loss) == pytest.approx(float(metrics["paired/cross_modal_loss"]), rel=1e-5)

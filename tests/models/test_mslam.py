@@ -326,6 +326,7 @@ def test_micro_batches_give_the_whole_batch_gradient(gin_tiny, batch):
     (dict(weights=mslam.ObjectiveWeights(text_mlm=-1.0)), "ObjectiveWeights.text_mlm"),
     (dict(masks=mslam.masking.MaskingConfig(speech_start_prob=0.0)), "MaskingConfig.speech_start_prob"),
     (dict(cross_modal_init_temperature=5.0), "MSLAMModel.cross_modal_min_temperature"),
+    (dict(cross_modal_frame_hidden=8, encoder=dict(pooling="attention")), "MSLAMEncoder.pooling"),
 ])
 def test_misconfiguration_fails_at_construction_naming_the_binding(gin_tiny, overrides, binding):
   overrides = dict(overrides)
