@@ -7,8 +7,8 @@
 - `CTCHead`: frame logits over the character vocabulary (its CTC blank included).
 - `ContrastiveProjection`: the linear map of context vectors / quantized targets into the space
   where InfoNCE takes cosine similarities (wav2vec 2.0's final_proj / project_q).
-- `EmbeddingHead`: a pooled utterance (or its frames) -> the cross-modal embedding space (one per modality, as
-  CLIP has one projection per tower).
+- `EmbeddingHead`: a pooled utterance (or its frames) -> the cross-modal embedding space (one per
+  modality, as CLIP has one projection per tower).
 """
 from typing import Any, Optional
 
