@@ -244,9 +244,9 @@ def train(*,
   `log_config=False` writes MODEL_DIR/operative_config.gin without logging it (a fine-tuning job
   run by an evaluator).
 
-  Health: every `health_every` steps (0: never) the step's batch is differentiated objective by
-  objective and each one's gradient norm over the parameters under `health_params` is logged
-  (`grad_norm/<objective>`). When the model's `health/frame_cosine` or `health/utterance_cosine`
+  Health: every `health_every` steps (0: never; with length buckets, the next step whose batch has
+  the iterator's main shapes) the step's batch is differentiated objective by objective and each
+  one's gradient norm over the parameters under `health_params` is logged (`grad_norm/<objective>`). When the model's `health/frame_cosine` or `health/utterance_cosine`
   rises above `collapse_cosine`, the log says that the encoder is collapsing (once, and again when
   it falls back below).
   """
@@ -267,8 +267,9 @@ def train(*,
   mesh = mesh if mesh is not None else partitioning.make_mesh()
 
   iterator = make_iterator(iterator_fn, jax.process_index(), jax.process_count())
+  iterator_spec = _peek_batch(iterator)
   batch_spec = partitioning.global_batch_spec(
-      jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _peek_batch(iterator)))
+      jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), iterator_spec))
   trainer = trainer_lib.Trainer(model, optimizer, mesh, batch_spec)
   expected_rows = {}
   for path, (start, stop) in trainer.process_rows().items():
@@ -362,6 +363,7 @@ def train(*,
 
   pending = None
   step = start
+  main_shapes, health_due = _shapes(iterator_spec), False
   try:
     while step < train_steps:
       if watcher.should_stop(step):
@@ -376,8 +378,11 @@ def train(*,
       batch = trainer.shard_batch(host_batch)
       state, metrics = trainer.train_step(state, batch)
       step += 1
-      if health_every and step % health_every == 0:
+      health_due = health_due or bool(health_every and step % health_every == 0)
+      # On a batch of the spec's shapes only: a length bucket's would compile the check again.
+      if health_due and _shapes(host_batch) == main_shapes:
         metrics = {**metrics, **trainer.objective_grad_norms(state, batch, params_under=health_params)}
+        health_due = False
       audio_seconds_total += seconds
       if pending is not None:
         handle(*pending)
@@ -411,6 +416,11 @@ def train(*,
     logging.info("Training stopped at step %d (%s); %d non-finite updates skipped",
                  step, summary["stopped"], summary["nonfinite_count"])
   return summary
+
+
+def _shapes(batch) -> list:
+  import jax  # pylint: disable=g-import-not-at-top
+  return [tuple(x.shape) for x in jax.tree.leaves(batch)]
 
 
 def _warn_on_collapse(step: int, metrics: dict, threshold: float, collapsed: set[str]) -> None:

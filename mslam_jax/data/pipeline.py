@@ -9,6 +9,16 @@ are zipped. Batch sizes in gin are global; each host yields `global / num_hosts`
 host read all data and keep its rows of the global batch, so that the global batches are the same
 for any number of hosts (for equivalence tests, or to resume on a different host count).
 
+Length buckets (`make_step_iterator.paired_buckets` / `speech_buckets`). Padding every item to
+the stream's longest length wastes the compute of the padding: the demo's pairs up to 4 s average
+2.3 s. With buckets, a stream has a few shapes (batch_size, lengths), shorter ones with more rows;
+an item goes to the first shape it fits, the main shape (the element spec, which init and AOT
+compiles use) takes the rest. Each step's batch of the stream has ONE shape, drawn from a seeded
+sequence that is the same on every host (the hosts' rows must form one global array), with
+probabilities p_k ∝ share_k / batch_k so that every bucket's items are drawn at the rate the data
+holds them (shares measured on `bucket_sample_items` items at start). The step compiles once per
+shape. The price is one read of the stream per shape, each keeping its own items.
+
 Exact resume. The pipeline is deterministic: every random choice (file order, shuffle buffers,
 mixture sampling, crop windows) is seeded from `seed`, and tf.data runs with
 `deterministic=True`, so the k-th batch depends only on the config and k. `get_state()` returns
@@ -47,7 +57,7 @@ import os
 import tarfile
 import tempfile
 import time
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import gin
 import numpy as np
@@ -82,6 +92,14 @@ class StreamConfig:
   # fine-tuning tasks of evaluation/xtreme_s_data.py) brings one: its MODEL_FEATURES and
   # get_model_feature_lengths give the batch's spec, its describe() enters the fingerprint.
   converter: Optional[Callable[..., seqio.FeatureConverter]] = None
+  # Length buckets: shorter shapes [(batch_size, lengths), ...] before the main one (batch_size,
+  # lengths). An item goes to the first shape it fits; the main shape takes the rest under the
+  # over-length policy. Each step's batch of the stream has one bucket's shape (module docstring).
+  buckets: Tuple[Tuple[int, Mapping[str, int]], ...] = ()
+
+  def shapes(self) -> Tuple[Tuple[int, Mapping[str, int]], ...]:
+    """Every (batch_size, lengths) the stream yields, the main shape last."""
+    return tuple(self.buckets) + ((self.batch_size, self.lengths),)
 
   def model_lengths(self) -> Dict[str, int]:
     out = {}
@@ -139,7 +157,8 @@ class StepIterator:
                setup: Optional[Callable[[], Any]] = None, prefetch: int = 2,
                strict_resume: bool = True, log_every: int = 1000, host_split: str = "shard",
                num_threads: int = 0, max_consecutive_drops: int = 2_000,
-               checkpoint_pipeline: bool = True, corpus_dir: Optional[str] = None):
+               checkpoint_pipeline: bool = True, corpus_dir: Optional[str] = None,
+               bucket_sample_items: int = 2048):
     unknown = set(streams) - set(STREAMS)
     if unknown:
       raise ValueError(f"unknown streams {sorted(unknown)}; streams are {STREAMS}")
@@ -163,6 +182,7 @@ class StepIterator:
     self.shuffle = shuffle
     self.repeat = repeat
     self.prefetch = prefetch
+    self.bucket_sample_items = bucket_sample_items
     self.strict_resume = strict_resume
     self._setup = setup
     self._setup_done = setup is None
@@ -170,6 +190,9 @@ class StepIterator:
     self._iterator = None
     self.log_every = log_every
     self._logged_counts = {}
+    for stream, config in self.streams.items():
+      self._check_buckets(stream, config)
+    self._bucket_probabilities = {}  # stream -> per-shape step probabilities, from the data
     self.converters = {
         s: (c.converter or feature_converters.CONVERTERS[s])(over_length=c.over_length,
                                                              seed=_stream_seed(self.seed, s),
@@ -178,11 +201,24 @@ class StepIterator:
 
   def _set_shard_info(self, shard_info: seqio.ShardInfo) -> None:
     for stream, config in self.streams.items():
-      if config.batch_size % shard_info.num_shards:
-        raise ValueError(
-            f"make_step_iterator.{stream}_batch_size={config.batch_size} (global) is not divisible "
-            f"by the number of hosts ({shard_info.num_shards})")
+      for batch_size, _ in config.shapes():
+        if batch_size % shard_info.num_shards:
+          raise ValueError(
+              f"make_step_iterator.{stream}_batch_size (or a {stream}_buckets size) = {batch_size} (global) "
+              f"is not divisible by the number of hosts ({shard_info.num_shards})")
     self._shard_info = shard_info
+
+  @staticmethod
+  def _check_buckets(stream: str, config: StreamConfig) -> None:
+    binding = f"make_step_iterator.{stream}_buckets"
+    if config.buckets and config.converter is not None:
+      raise ValueError(f"{binding}: length buckets need the stream's own feature converter")
+    for batch_size, lengths in config.buckets:
+      if batch_size <= 0 or set(lengths) != set(config.lengths) or any(
+          not 0 < lengths[k] <= config.lengths[k] for k in lengths):
+        raise ValueError(
+            f"{binding}: the bucket {batch_size} x {dict(lengths)} needs a positive batch size and "
+            f"positive lengths of {sorted(config.lengths)} no longer than the stream's {dict(config.lengths)}")
 
   @property
   def shard_info(self) -> seqio.ShardInfo:
@@ -193,8 +229,10 @@ class StepIterator:
     return self._shard_info
 
   # -- shapes, without reading data -----------------------------------------------------------
-  def local_batch_size(self, stream: str) -> int:
-    return self.streams[stream].batch_size // self.shard_info.num_shards
+  def local_batch_size(self, stream: str, batch_size: Optional[int] = None) -> int:
+    """This host's rows of `stream`'s main shape, or of a global `batch_size` (a bucket's)."""
+    batch_size = self.streams[stream].batch_size if batch_size is None else batch_size
+    return batch_size // self.shard_info.num_shards
 
   def _spec(self, global_shapes: bool):
     sizes = {s: c.batch_size if global_shapes else self.local_batch_size(s) for s, c in self.streams.items()}
@@ -255,25 +293,106 @@ class StepIterator:
     """The shard_info the Tasks read with: this host's under "shard", none (all data) under "slice"."""
     return self.shard_info if self.host_split == "shard" else None
 
-  def _stream_dataset(self, stream: str, skip_batches: int) -> tf.data.Dataset:
-    config = self.streams[stream]
+  def _source(self, stream: str, shard_info: Optional[seqio.ShardInfo], repeat: bool) -> tf.data.Dataset:
+    """The stream's Task items (variable lengths), in the seeded order of `shard_info`'s shard."""
     provider = self._provider(stream)
     kwargs = dict(sequence_length=None, split=self.split, shuffle=self.shuffle,
-                  seed=_stream_seed(self.seed, stream), shard_info=self._read_shard_info(),
-                  num_epochs=None if self.repeat else 1, trim_output_features=False,
+                  seed=_stream_seed(self.seed, stream), shard_info=shard_info,
+                  num_epochs=None if repeat else 1, trim_output_features=False,
                   try_in_mem_cache=False)
     if isinstance(provider, seqio.Mixture):
       kwargs["log_mixing_proportions"] = False
-    ds = provider.get_dataset(**kwargs)
-    lengths = dict(config.lengths, lang=0)
-    ds = self._converted_with_progress_guard(stream, ds, lengths)
-    b = self.local_batch_size(stream)
+    return provider.get_dataset(**kwargs)
+
+  def _batched(self, stream: str, ds: tf.data.Dataset, batch_size: int, skip_items: int) -> tf.data.Dataset:
+    """Converted items -> this host's rows of global batches of `batch_size`."""
+    b = self.local_batch_size(stream, batch_size)
     if self.host_split == "shard":
-      return ds.skip(skip_batches * b).batch(b, drop_remainder=True)
+      return ds.skip(skip_items // self.shard_info.num_shards).batch(b, drop_remainder=True)
     # "slice": every host makes the global batch and keeps its rows.
     start = self.shard_info.index * b
-    ds = ds.skip(skip_batches * config.batch_size).batch(config.batch_size, drop_remainder=True)
+    ds = ds.skip(skip_items).batch(batch_size, drop_remainder=True)
     return ds.map(lambda batch: {k: v[start:start + b] for k, v in batch.items()})
+
+  def _stream_dataset(self, stream: str, skip_batches: int) -> tf.data.Dataset:
+    config = self.streams[stream]
+    if config.buckets:
+      return self._bucketed_dataset(stream).skip(skip_batches)
+    ds = self._source(stream, self._read_shard_info(), self.repeat)
+    ds = self._converted_with_progress_guard(stream, ds, dict(config.lengths, lang=0))
+    return self._batched(stream, ds, config.batch_size, skip_batches * config.batch_size)
+
+  # -- length buckets ---------------------------------------------------------------------------
+  @staticmethod
+  def _bucket_index(shapes, ex) -> tf.Tensor:
+    """The first of `shapes` whose lengths `ex` fits; the last (main) one when none does."""
+    index = tf.constant(len(shapes) - 1, tf.int32)
+    for i in reversed(range(len(shapes) - 1)):
+      fits = tf.reduce_all([tf.shape(ex[key])[0] <= n for key, n in shapes[i][1].items()])
+      index = tf.where(fits, tf.constant(i, tf.int32), index)
+    return index
+
+  def bucket_probabilities(self, stream: str) -> np.ndarray:
+    """The probability that a step's batch of `stream` has each shape (`StreamConfig.shapes()`).
+
+    Chosen so that every bucket's items are drawn at the rate the data holds them: p_k ∝ share_k /
+    batch_k, with each share measured on the first `bucket_sample_items` items of the stream's
+    unsharded order, the same on every host (all hosts must pick the same shape at each step).
+    """
+    if stream in self._bucket_probabilities:
+      return self._bucket_probabilities[stream]
+    config = self.streams[stream]
+    shapes = config.shapes()
+    counts = np.zeros(len(shapes))
+    over = 0
+    start = time.time()
+
+    def index_of(ex):
+      too_long = tf.reduce_any([tf.shape(ex[key])[0] > n for key, n in config.lengths.items()])
+      return self._bucket_index(shapes, ex), too_long
+    sample = self._source(stream, None, repeat=False).take(self.bucket_sample_items)
+    for index, too_long in sample.map(index_of).as_numpy_iterator():
+      if too_long and config.over_length == "drop":
+        over += 1  # the converter drops it
+      else:
+        counts[index] += 1
+    if not counts.sum():
+      raise ValueError(f"the {stream} stream ({config.mixture}, split {self.split!r}) has no item within "
+                       f"{dict(config.lengths)} among its first {self.bucket_sample_items}; raise the lengths")
+    shares = counts / counts.sum()
+    weights = np.array([share / batch for share, (batch, _) in zip(shares, shapes)])
+    probabilities = weights / weights.sum()
+    rows = sum(p * batch for p, (batch, _) in zip(probabilities, shapes))
+    logging.info("%s length buckets from %d items in %.1f s (%d over length): %s; %.1f items a step on "
+                 "average", stream, counts.sum() + over, time.time() - start, over,
+                 "; ".join(f"{batch} x {dict(lengths)}: {share:.1%} of the items, {p:.1%} of the steps"
+                           for (batch, lengths), share, p in zip(shapes, shares, probabilities)), rows)
+    self._bucket_probabilities[stream] = probabilities
+    return probabilities
+
+  def _bucketed_dataset(self, stream: str) -> tf.data.Dataset:
+    """One batch per step, of the shape a seeded draw picks for that step (the same draw on every
+    host); each shape's batches come from a read of the stream that keeps that shape's items."""
+    config = self.streams[stream]
+    shapes = config.shapes()
+    probabilities = self.bucket_probabilities(stream)
+    per_shape = []
+    for i, (batch_size, lengths) in enumerate(shapes):
+      ds = self._source(stream, self._read_shard_info(), self.repeat)
+      if probabilities[i] == 0:  # no item of the sample fits it: never drawn, never read
+        ds = ds.take(0)
+      ds = ds.filter(lambda ex, i=i: tf.equal(self._bucket_index(shapes, ex), i))
+      if i == len(shapes) - 1:
+        ds = self._converted_with_progress_guard(stream, ds, dict(lengths, lang=0))
+      else:
+        ds = self.converters[stream](ds, dict(lengths, lang=0))
+      per_shape.append(self._batched(stream, ds, batch_size, 0))
+    logits = tf.constant(np.log(np.maximum(probabilities, 1e-30))[None], tf.float32)
+    seed = _stream_seed(self.seed, f"{stream}/buckets")
+    choices = tf.data.Dataset.counter().map(
+        lambda step: tf.cast(tf.random.stateless_categorical(logits, 1, seed=tf.stack(
+            [tf.constant(seed, tf.int64), step]))[0, 0], tf.int64))
+    return tf.data.Dataset.choose_from_datasets(per_shape, choices, stop_on_empty_dataset=True)
 
   def _converted_with_progress_guard(self, stream: str, ds: tf.data.Dataset, lengths) -> tf.data.Dataset:
     """The stream's feature converter, stopped with an error when it drops `max_consecutive_drops`
@@ -408,6 +527,8 @@ class StepIterator:
           "mixture": config.mixture, "batch_size": config.batch_size, "lengths": dict(config.lengths),
           "over_length": config.over_length,
           "rates": {k: round(v, 12) for k, v in sorted(rates.items())} if rates is not None else None}
+      if config.buckets:  # (only then: the fingerprints of unbucketed runs stay as they were)
+        streams[stream]["buckets"] = [[batch, dict(lengths)] for batch, lengths in config.buckets]
       if config.converter is not None:
         describe = getattr(self.converters[stream], "describe", None)
         streams[stream]["converter"] = describe() if describe else type(self.converters[stream]).__name__
@@ -518,6 +639,9 @@ def make_step_iterator(
     max_consecutive_drops: int = 2_000,
     checkpoint_pipeline: bool = True,
     corpus_dir: Optional[str] = None,
+    speech_buckets: Sequence[Sequence[int]] = (),
+    paired_buckets: Sequence[Sequence[int]] = (),
+    bucket_sample_items: int = 2048,
 ) -> StepIterator:
   """Builds the step iterator (gin: `train.iterator_fn = @make_step_iterator`).
 
@@ -542,6 +666,12 @@ def make_step_iterator(
       resume costs the same at any position (see the module docstring); False: resume by skipping.
     corpus_dir: the corpus the mixtures read (data/builtin.gin binds CORPUS_DIR): its manifest and
       vocabulary become part of the data fingerprint.
+    speech_buckets: length buckets of the speech stream below its main shape, as (samples,
+      batch_size) pairs: a step's speech batch is one bucket's (see the module docstring).
+    paired_buckets: the same for the paired stream, as (samples, text_length, batch_size) triples,
+      e.g. [(32000, 64, 96)] beside 48 pairs of 4 s and 96 characters: pairs up to 2 s and 64
+      characters come 96 at a time, the rest 48 at a time.
+    bucket_sample_items: items read (the same on every host) to measure the share of each bucket.
 
   Nothing is read until the first `next()`, so `element_spec` costs nothing.
   """
@@ -549,17 +679,28 @@ def make_step_iterator(
                       ("paired_samples", paired_samples), ("paired_text_length", paired_text_length)):
     if value <= 0:
       raise ValueError(f"make_step_iterator.{name} must be positive, got {value}")
+  def buckets(stream, given, keys):
+    out = []
+    for bucket in given:
+      if len(bucket) != len(keys) + 1:
+        raise ValueError(f"make_step_iterator.{stream}_buckets: each bucket is ({', '.join(keys)}, "
+                         f"batch_size), got {tuple(bucket)}")
+      out.append((int(bucket[-1]), {k: int(n) for k, n in zip(keys, bucket)}))
+    return tuple(out)
+
   streams = {}
   if speech_batch_size:
     streams["speech"] = StreamConfig(speech_mixture, speech_batch_size, {"audio": speech_samples},
-                                     speech_over_length)
+                                     speech_over_length,
+                                     buckets=buckets("speech", speech_buckets, ("audio",)))
   if text_batch_size:
     streams["text"] = StreamConfig(text_mixture, text_batch_size, {"tokens": text_length},
                                    text_over_length)
   if paired_batch_size:
     streams["paired"] = StreamConfig(paired_mixture, paired_batch_size,
                                      {"audio": paired_samples, "tokens": paired_text_length},
-                                     paired_over_length)
+                                     paired_over_length,
+                                     buckets=buckets("paired", paired_buckets, ("audio", "tokens")))
   for stream, config in streams.items():
     if config.batch_size < 0:
       raise ValueError(f"make_step_iterator.{stream}_batch_size must be >= 0, got {config.batch_size}")
@@ -567,7 +708,8 @@ def make_step_iterator(
                       shard_info=shard_info, setup=setup, prefetch=prefetch, strict_resume=strict_resume,
                       log_every=log_every, host_split=host_split, num_threads=num_threads,
                       max_consecutive_drops=max_consecutive_drops,
-                      checkpoint_pipeline=checkpoint_pipeline, corpus_dir=corpus_dir)
+                      checkpoint_pipeline=checkpoint_pipeline, corpus_dir=corpus_dir,
+                      bucket_sample_items=bucket_sample_items)
 
 
 BUILTIN_GIN = "data/builtin.gin"

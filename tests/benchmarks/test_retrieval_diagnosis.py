@@ -39,5 +39,8 @@ def test_pools_agree_with_the_sweep(tiny_run, builtin_corpus_dir):
   assert pools["test, training voices"]["pairs"] == pools["test"]["pairs"] > 1
   assert pools["train"]["pairs"] > 1
   for figures in pools.values():
-    for key in ("r1_speech_to_text", "r1_text_to_speech", "misses_in_another_language"):
+    for key in ("r1_speech_to_text", "r1_text_to_speech", "misses_in_another_language",
+                "r1_speech_to_text_within_language"):
       assert 0.0 <= figures[key] <= 1.0, key
+    # Fewer candidates (its own language's only) never lose a hit.
+    assert figures["r1_speech_to_text_within_language"] >= figures["r1_speech_to_text"]

@@ -233,6 +233,83 @@ def test_resume_refuses_a_changed_config(mixtures, tmp_path):
   assert lenient.position == 3
 
 
+# -- length buckets ---------------------------------------------------------------------------------
+BUCKETS = dict(speech=0, text=0, paired=2, paired_buckets=[(2000, 64, 4)])  # pairs up to 2,000 samples: 4 a step
+
+
+def _paired_lengths(batches):
+  return [int(n) for b in batches for n in b["paired"]["audio_mask"].sum(axis=1)]
+
+
+def test_length_buckets_batch_each_item_in_the_first_shape_it_fits(mixtures):
+  it = make(mixtures, **BUCKETS)
+  assert it.element_spec["paired"]["audio"].shape == (2, 4000)  # the main shape: init and AOT compiles
+  batches = take(it, 150)
+  shapes = collections.Counter(b["paired"]["audio"].shape for b in batches)
+  assert set(shapes) == {(4, 2000), (2, 4000)}, shapes
+  for b in batches:
+    paired = b["paired"]
+    assert paired["tokens"].shape == (paired["audio"].shape[0], 64)
+    assert {k: v.shape[0] for k, v in paired.items()} == {k: paired["audio"].shape[0] for k in paired}
+    if paired["audio"].shape == (2, 4000):  # only what the short bucket cannot take
+      assert paired["audio_mask"].sum(axis=1).min() > 2000
+  # Unbiased: the buckets are drawn so that short and long pairs come at the rate the data holds them.
+  source = it._source("paired", None, repeat=False)  # pylint: disable=protected-access
+  data = [len(ex["audio"]) for ex in source.as_numpy_iterator()]
+  drawn = _paired_lengths(batches)
+  expected = np.mean(np.array(data) <= 2000)
+  assert 0.2 < expected < 0.6  # the synthetic clips are 800-4000 samples
+  assert abs(np.mean(np.array(drawn) <= 2000) - expected) < 0.1, (np.mean(np.array(drawn) <= 2000), expected)
+  probabilities = it.bucket_probabilities("paired")
+  np.testing.assert_allclose(probabilities[0] / probabilities[1], expected / 4 / ((1 - expected) / 2), rtol=0.3)
+
+
+def test_length_buckets_pick_the_same_shape_on_every_host(mixtures):
+  hosts = [take(make(mixtures, **BUCKETS, shard_info=seqio.ShardInfo(i, 2)), 40) for i in range(2)]
+  shapes = [[b["paired"]["audio"].shape for b in batches] for batches in hosts]
+  assert shapes[0] == shapes[1]
+  assert {s[0] for s in shapes[0]} == {2, 1}  # global 4 and 2, over 2 hosts
+  rows = [{tuple(r) for b in batches for r in b["paired"]["tokens"].tolist()} for batches in hosts]
+  assert not rows[0] & rows[1]  # each host still reads its own shard
+
+
+@pytest.mark.parametrize("checkpoint_pipeline", [True, False], ids=["pipeline_checkpoint", "skip"])
+def test_length_buckets_resume_exactly(mixtures, checkpoint_pipeline):
+  run = make(mixtures, **BUCKETS, checkpoint_pipeline=checkpoint_pipeline)
+  take(run, 7)
+  state = run.get_state()
+  uninterrupted = take(run, 12)
+  resumed = make(mixtures, **BUCKETS, checkpoint_pipeline=checkpoint_pipeline)
+  resumed.set_state(state)
+  after = take(resumed, 12)
+  assert len({b["paired"]["audio"].shape for b in uninterrupted}) == 2
+  for expected, got in zip(uninterrupted, after):
+    for key in expected["paired"]:
+      np.testing.assert_array_equal(expected["paired"][key], got["paired"][key], err_msg=key)
+
+
+def test_length_buckets_are_part_of_the_data_config(mixtures, tmp_path):
+  plain = make(mixtures, speech=0, text=0, paired=2)
+  assert "buckets" not in plain.config_dict()["streams"]["paired"]  # unbucketed fingerprints unchanged
+  bucketed = make(mixtures, **BUCKETS)
+  assert bucketed.config_dict()["streams"]["paired"]["buckets"] == [[4, {"audio": 2000, "tokens": 64}]]
+  plain.set_state({**plain.get_state(), "position": 3})
+  plain.save(str(tmp_path))
+  with pytest.raises(ValueError, match="strict_resume"):
+    bucketed.restore(str(tmp_path))
+
+
+@pytest.mark.parametrize("buckets, message", [
+    ([(8000, 64, 4)], "no longer than"),  # longer than the main shape
+    ([(2000, 4)], r"\(audio, tokens, batch_size\)"),
+    ([(2000, 64, 0)], "positive batch size"),
+    ([(2000, 64, 3)], "not divisible"),
+])
+def test_bad_length_buckets_name_the_binding(mixtures, buckets, message):
+  with pytest.raises(ValueError, match=message):
+    make(mixtures, speech=0, text=0, paired=2, paired_buckets=buckets, shard_info=seqio.ShardInfo(0, 2))
+
+
 def test_end_to_end_on_the_built_in_corpus(builtin_corpus_dir):
   """The real built-in corpus (tests/conftest.py) through data/builtin.gin: contract, held-out language."""
   import gin  # pylint: disable=g-import-not-at-top

@@ -215,3 +215,55 @@ def test_a_collapsing_encoder_is_named_in_the_log_once_until_it_recovers(caplog)
   with caplog.at_level("WARNING"):
     train._warn_on_collapse(11, {"health/utterance_cosine": 0.995}, 0.99, collapsed)
   assert "Step 11: the encoder is collapsing" in caplog.text
+
+
+def test_a_length_bucket_batch_of_other_rows_and_lengths_trains_through_the_same_trainer():
+  """The step iterator's length buckets (data/pipeline.py) give the paired sub-batch other shapes
+  than the spec's; the Trainer shards and steps them (one compile per shape)."""
+  from mslam_jax import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  from tests.trainer import standin  # pylint: disable=g-import-not-at-top
+  main = standin.SyntheticIterator(paired_batch=4, paired_samples=128, paired_length=8).global_batch(0)
+  bucket = standin.SyntheticIterator(paired_batch=8, paired_samples=64, paired_length=4).global_batch(1)
+  spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), main)
+  trainer = trainer_lib.Trainer(standin.StandInModel(), optimizers.make_optimizer(), partitioning.make_mesh(), spec)
+  state = trainer.init_state()
+  for batch in (main, bucket, main):
+    state, metrics = trainer.train_step(state, trainer.shard_batch(batch))
+    assert np.isfinite(float(metrics["loss"])) and not float(metrics["nonfinite"])
+  assert int(state.step) == 3
+  assert trainer.shard_batch(bucket)["paired"]["audio"].shape == (8, 64)
+
+
+def test_the_health_check_waits_for_a_batch_of_the_main_shapes(tmp_path, monkeypatch):
+  """With length buckets, a due health check runs on the next batch of the spec's shapes: a bucket's
+  batch would compile the check's jacrev again."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from mslam_jax import config  # pylint: disable=g-import-not-at-top
+  from mslam_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  from mslam_jax import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  from tests.trainer import standin  # pylint: disable=g-import-not-at-top
+
+  class Bucketed(standin.SyntheticIterator):
+    """Steps 2, 3 and 5 (1-based) bring a paired sub-batch of twice the rows at half the length."""
+    def global_batch(self, position):
+      if position not in (1, 2, 4):
+        return super().global_batch(position)
+      short = standin.SyntheticIterator(paired_batch=16, paired_samples=64, paired_length=4)
+      return short.global_batch(position)
+
+  checked = []
+
+  def record(self, state, batch, **kwargs):
+    del self, kwargs
+    checked.append((int(state.step), batch["paired"]["audio"].shape))
+    return {}
+  monkeypatch.setattr(trainer_lib.Trainer, "objective_grad_norms", record)
+  gin.clear_config()
+  try:
+    config.parse_gin([helpers.STANDIN_GIN], [f"MODEL_DIR = {str(tmp_path / 'run')!r}", "TRAIN_STEPS = 6"])
+    train_lib.train(iterator_fn=lambda shard_index, num_shards: Bucketed(shard_index, num_shards),
+                    health_every=2)
+  finally:
+    gin.clear_config()
+  # Due at 2 (a bucket's batch) -> 4; due at 4 -> 4; due at 6 -> 6.
+  assert checked == [(4, (8, 128)), (6, (8, 128))]
