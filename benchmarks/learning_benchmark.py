@@ -65,7 +65,7 @@ def run_demo(out: str, seed: int, steps: int, finetune_steps: int, extra: list[s
       os.symlink(corpus, os.path.join(directory, "corpus"))
     _run([sys.executable, "-m", "mslam_jax.cli", "demo", "--out", directory, "--steps", str(steps),
           "--finetune-steps", str(finetune_steps), "--no-translation", f"--gin.Trainer.seed={seed}",
-          f"--gin.DATA_SEED={seed}"]
+          f"--gin.DATA_SEED={seed}", "--gin.train.health_every=50"]  # each objective's gradient norm
          + extra, os.path.join(out, f"seed_{seed}.log"))
     if not os.path.isdir(corpus) and os.path.isdir(os.path.join(directory, "corpus")):
       os.rename(os.path.join(directory, "corpus"), corpus)
