@@ -42,5 +42,7 @@ def test_pools_agree_with_the_sweep(tiny_run, builtin_corpus_dir):
     for key in ("r1_speech_to_text", "r1_text_to_speech", "misses_in_another_language",
                 "r1_speech_to_text_within_language"):
       assert 0.0 <= figures[key] <= 1.0, key
-    # Fewer candidates (its own language's only) never lose a hit.
+    # Fewer candidates (its own language's, or those of a similar duration) never lose a hit.
     assert figures["r1_speech_to_text_within_language"] >= figures["r1_speech_to_text"]
+    assert 1.0 >= figures["r1_speech_to_text_similar_duration"] >= figures["r1_speech_to_text"]
+    assert 0.0 <= figures["duration_gap_wrong_answer_s"] and 0.0 < figures["duration_gap_random_pair_s"]
