@@ -17,7 +17,9 @@ compiles use) takes the rest. Each step's batch of the stream has ONE shape, dra
 sequence that is the same on every host (the hosts' rows must form one global array), with
 probabilities p_k ∝ share_k / batch_k so that every bucket's items are drawn at the rate the data
 holds them (shares measured on `bucket_sample_items` items at start). The step compiles once per
-shape. The price is one read of the stream per shape, each keeping its own items.
+shape. The price is one read of the stream per shape, each keeping its own items. Without
+`repeat`, the stream ends when a drawn shape has no full batch left (a pass then misses the other
+shapes' last items): buckets are for training streams.
 
 Exact resume. The pipeline is deterministic: every random choice (file order, shuffle buffers,
 mixture sampling, crop windows) is seeded from `seed`, and tf.data runs with
