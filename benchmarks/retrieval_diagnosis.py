@@ -43,18 +43,19 @@ def pool_figures(encoder, vocab, items, audios) -> dict:
   scores = retrieval.normalize(speech, True) @ retrieval.normalize(text, True).T
   best = np.argmax(scores, axis=1)
   miss = best != np.arange(len(items))
-  own = np.argmax(np.where(langs[None, :] == langs[:, None], scores, -np.inf), axis=1)
-  seconds = np.array([len(a) for a in audios]) / 16000
+  seconds = np.array([len(a) for a in audios]) / eval_data.SAMPLE_RATE
   gaps = np.abs(seconds[:, None] - seconds[None, :])
-  near = np.argmax(np.where(gaps <= DURATION_WINDOW_S, scores, -np.inf), axis=1)
+
+  def r1_among(allowed):  # speech->text R@1 with each clip's candidates limited to `allowed[i]`
+    return float(np.mean(np.argmax(np.where(allowed, scores, -np.inf), axis=1) == np.arange(len(items))))
   return {"pairs": len(items),
           "r1_speech_to_text": metrics["retrieval_r1_speech_to_text"],
           "r1_text_to_speech": metrics["retrieval_r1_text_to_speech"],
           "misses_in_another_language": float(np.mean(langs[best][miss] != langs[miss])) if miss.any() else 0.0,
-          "r1_speech_to_text_within_language": float(np.mean(own == np.arange(len(items)))),
+          "r1_speech_to_text_within_language": r1_among(langs[None, :] == langs[:, None]),
           "duration_gap_wrong_answer_s": float(np.median(gaps[miss, best[miss]])) if miss.any() else 0.0,
           "duration_gap_random_pair_s": float(np.median(gaps)),
-          "r1_speech_to_text_similar_duration": float(np.mean(near == np.arange(len(items))))}
+          "r1_speech_to_text_similar_duration": r1_among(gaps <= DURATION_WINDOW_S)}
 
 
 def respeak(items, variants, seed: int = SEED):

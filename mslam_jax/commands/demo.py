@@ -1,4 +1,4 @@
-"""`mslam demo`: the whole system at toy scale on a CPU (14 to 18 minutes on 2 idle cores).
+"""`mslam demo`: the whole system at toy scale on a CPU (13 to 16 minutes on 2 idle cores).
 
   mslam demo [--out ./mslam_demo] [--steps 420] [--finetune-steps 600] [--translation-steps N]
       [--no-ablation] [--no-translation] [--gin.NAME=VALUE ...]
