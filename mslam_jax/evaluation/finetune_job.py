@@ -19,7 +19,6 @@ Evaluators that need a fine-tuned head (ctc, zero_shot, alignment, langid_finetu
 job through `checkpoint_head`, into RUN_DIR/finetune/<task>_step<N>_<settings hash>/, so a head is
 trained once per checkpoint and settings, and a sweep killed mid-way resumes it.
 """
-import bisect
 import dataclasses
 import functools
 import hashlib
@@ -145,8 +144,7 @@ def _train_in_process(ctx: base.EvalContext, task: str, examples: finetune.Examp
     return params
   _write_source(model_dir, source)
   task_model = task_model or finetune.head_task(task, ctx.model, num_classes, settings)
-  iterator_fn = functools.partial(finetune.ExampleBatches, len(examples.audios),
-                                  finetune.example_batch_fn(examples, task), settings.batch_size, settings.seed)
+  iterator_fn = finetune.example_batches(examples, task, settings)
   summary = train_task(task_model, iterator_fn, model_dir, settings, pretrained=lambda: ctx.params,
                        head_init=head_init, log_config=False)
   if summary["stopped"] != "done":
@@ -280,8 +278,7 @@ def finetune_run(task: str = "ctc", init_from_dir: str = gin.REQUIRED, model_dir
     raise ValueError(f"--task {task} needs its data: bind finetune_run.iterator_fn in its run config")
   _write_source(model_dir, {**source, "langs": langs, "classes": classes, "num_classes": num_classes})
   task_model = model if model is not None else finetune.head_task(task, base_model, num_classes, settings)
-  iterator_fn = functools.partial(finetune.ExampleBatches, len(examples.audios),
-                                  finetune.example_batch_fn(examples, task), settings.batch_size, settings.seed)
+  iterator_fn = finetune.example_batches(examples, task, settings)
   summary = train_task(task_model, iterator_fn, model_dir, settings, pretrained, head_init,
                        progress_bar=progress_bar, tensorboard=tensorboard)
   if summary["stopped"] != "done":
@@ -324,14 +321,11 @@ def _finetune_translation(init_from_dir, model_dir, corpus_dir, langs, max_train
   audio_samples = min(max_samples, -(-max(len(x.audio) for x in items) // eval_data.SAMPLE_RATE) * eval_data.SAMPLE_RATE)
   target_length = -(-max(len(vocab.encode(x.target)) + 1 for x in items) // 32) * 32
   text_length = -(-max(len(vocab.encode(x.text)) for x in items) // 32) * 32
-  # Length buckets: a batch pads its audio to its bucket's bound, not to the longest clip's.
-  bounds = [min(audio_samples, int(b * eval_data.SAMPLE_RATE)) for b in settings.length_buckets] + [audio_samples]
-  bounds = sorted(set(bounds))
-  bucket_of = [min(bisect.bisect_left(bounds, len(x.audio)), len(bounds) - 1) for x in items]
-  groups = [[i for i, k in enumerate(bucket_of) if k == b] for b in range(len(bounds))]
+  bounds, groups = finetune.length_buckets([len(x.audio) for x in items], settings.length_buckets, audio_samples)
   make = lambda idx: {  # pylint: disable=g-long-lambda
       stream: translation_data.make_batch([items[i] for i in idx], vocab, stream, target_length,
-                                          bounds[max(bucket_of[i] for i in idx)], text_length)
+                                          finetune.padded_length(bounds, max(len(items[i].audio) for i in idx)),
+                                          text_length)
       for stream in streams}
   task_model = model if model is not None else finetune.task_model("translate")()
   _write_source(model_dir, {**source, "target_length": target_length, "audio_samples": audio_samples,
@@ -339,7 +333,7 @@ def _finetune_translation(init_from_dir, model_dir, corpus_dir, langs, max_train
   if hasattr(vocab, "save"):
     vocab.save(os.path.join(model_dir, "vocab"))
   iterator_fn = functools.partial(finetune.ExampleBatches, len(items), make, settings.batch_size, settings.seed,
-                                  groups=groups if len(bounds) > 1 else None)
+                                  groups=groups)
   summary = train_task(task_model, iterator_fn, model_dir, settings, pretrained, progress_bar=progress_bar,
                        tensorboard=tensorboard, eval_every=eval_every, evaluators=evaluators, corpus_dir=corpus_dir)
   final_step = summary["final_step"]

@@ -51,6 +51,25 @@ def test_length_buckets_must_increase():
   assert finetune.FinetuneConfig(length_buckets=(1.0, 2.5)).length_buckets == (1.0, 2.5)
 
 
+def test_ctc_batches_in_length_buckets_are_padded_to_their_bucket_not_the_longest_clip():
+  sr = 16000
+  seconds = [0.5, 0.9, 1.0, 1.4, 2.0, 2.6, 3.0, 0.7]
+  examples = finetune.Examples([np.ones(int(s * sr), np.float32) for s in seconds],
+                               [np.array([5, 6], np.int32)] * len(seconds), audio_samples=3 * sr, label_length=32)
+  bucketed = finetune.example_batches(examples, "ctc", finetune.FinetuneConfig(batch_size=2, length_buckets=(1.0, 2.0)))()
+  shapes = set()
+  for _ in range(60):
+    paired = next(bucketed)["paired"]
+    lengths = paired["audio_mask"].sum(-1) / sr
+    width = paired["audio"].shape[1] / sr
+    shapes.add(width)
+    # Every clip sits in the first bucket that holds it: never padded past that bucket's bound.
+    assert {width} == {1.0 if l <= 1.0 else 2.0 if l <= 2.0 else 3.0 for l in lengths}, (width, lengths)
+  assert shapes == {1.0, 2.0, 3.0}
+  plain = finetune.example_batches(examples, "ctc", finetune.FinetuneConfig(batch_size=2))()
+  assert {next(plain)["paired"]["audio"].shape[1] for _ in range(10)} == {3 * sr}
+
+
 def test_a_ctc_head_starts_from_the_pretrained_one_only_if_the_run_trained_it():
   params = {"ctc_head": {"dense": {"kernel": np.ones((4, 10), np.float32), "bias": np.zeros((10,), np.float32)}}}
   joint = types.SimpleNamespace(weights=types.SimpleNamespace(ctc=0.3))
