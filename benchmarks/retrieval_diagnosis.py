@@ -20,7 +20,7 @@ and speech->text R@1 within a language (each clip against its own language's tra
 far above the pool's R@1 says the embedding confuses languages more than sentences. And how much
 of it rests on the clips' durations: the median duration gap between a clip and the clip of its
 wrong first answer (against that of random pairs), and R@1 among the transcripts of clips within
-`DURATION_WINDOW_S` of its own duration, where duration no longer tells them apart.
+`retrieval.DURATION_WINDOW_S` (0.3 s) of its own duration, where duration no longer tells them apart.
 The second pool needs eSpeak (the built-in corpus' synthesizer); its clips are not written anywhere.
 """
 import argparse
@@ -29,7 +29,6 @@ import json
 import numpy as np
 
 SEED = 0
-DURATION_WINDOW_S = 0.3
 
 
 def pool_figures(encoder, vocab, items, audios) -> dict:
@@ -46,8 +45,7 @@ def pool_figures(encoder, vocab, items, audios) -> dict:
   seconds = np.array([len(a) for a in audios]) / eval_data.SAMPLE_RATE
   gaps = np.abs(seconds[:, None] - seconds[None, :])
 
-  def r1_among(allowed):  # speech->text R@1 with each clip's candidates limited to `allowed[i]`
-    return float(np.mean(np.argmax(np.where(allowed, scores, -np.inf), axis=1) == np.arange(len(items))))
+  r1_among = lambda allowed: retrieval.r1_among(scores, allowed)  # speech->text, candidates limited
   return {"pairs": len(items),
           "r1_speech_to_text": metrics["retrieval_r1_speech_to_text"],
           "r1_text_to_speech": metrics["retrieval_r1_text_to_speech"],
@@ -55,7 +53,7 @@ def pool_figures(encoder, vocab, items, audios) -> dict:
           "r1_speech_to_text_within_language": r1_among(langs[None, :] == langs[:, None]),
           "duration_gap_wrong_answer_s": float(np.median(gaps[miss, best[miss]])) if miss.any() else 0.0,
           "duration_gap_random_pair_s": float(np.median(gaps)),
-          "r1_speech_to_text_similar_duration": r1_among(gaps <= DURATION_WINDOW_S)}
+          "r1_speech_to_text_similar_duration": r1_among(gaps <= retrieval.DURATION_WINDOW_S)}
 
 
 def respeak(items, variants, seed: int = SEED):
@@ -97,6 +95,7 @@ def main(argv=None) -> int:
   parser.add_argument("--per-lang", type=int, default=50, help="pairs of each language in every pool")
   parser.add_argument("--json", action="store_true")
   args = parser.parse_args(argv)
+  from mslam_jax.evaluation import retrieval  # pylint: disable=g-import-not-at-top
   out = diagnose(args.model_dir, args.corpus_dir, args.per_lang)
   if args.json:
     print(json.dumps(out, indent=2))
@@ -104,7 +103,7 @@ def main(argv=None) -> int:
   print(f"step {out['step']} of {out['model_dir']}")
   print(f"{'pool':24s} {'pairs':>5s} {'R@1 s->t':>9s} {'R@1 t->s':>9s} {'misses in another language':>27s} "
         f"{'R@1 s->t within a language':>27s} {'duration gap, wrong answer / random':>36s} "
-        f"{f'R@1 s->t within {DURATION_WINDOW_S} s':>22s}")
+        f"{f'R@1 s->t within {retrieval.DURATION_WINDOW_S} s':>22s}")
   for name, f in out["pools"].items():
     gap = f"{f['duration_gap_wrong_answer_s']:.2f} s / {f['duration_gap_random_pair_s']:.2f} s"
     print(f"{name:24s} {f['pairs']:5d} {f['r1_speech_to_text']:9.3f} {f['r1_text_to_speech']:9.3f} "

@@ -3,6 +3,10 @@
 Row i of the speech and text embedding matrices are the same utterance (a paired test item).
 Scores are cosine similarities; the rank of the true partner counts every other candidate scoring
 at least as high (ties count against the query, so a collapsed encoder scores R@1 = 0, not 1).
+
+With clip durations the report adds R@1 among the candidates whose clips last about as long as the
+query's (within DURATION_WINDOW_S), with its own chance level: an encoder can rank a pool by duration
+alone (long clips with long transcripts), and this figure says how much of R@1 rests on content.
 """
 import os
 from typing import Sequence
@@ -13,6 +17,8 @@ import numpy as np
 from mslam_jax import storage
 from mslam_jax.evaluation import data as eval_data
 from mslam_jax.evaluation import base
+
+DURATION_WINDOW_S = 0.3
 
 
 def normalize(embeddings: np.ndarray, center: bool = False) -> np.ndarray:
@@ -34,6 +40,11 @@ def ranks(similarity: np.ndarray) -> np.ndarray:
   return (similarity >= true).sum(axis=1) - 1
 
 
+def r1_among(similarity: np.ndarray, allowed: np.ndarray) -> float:
+  """R@1 of the diagonal with row i's candidates limited to `allowed[i]` (which must hold i)."""
+  return float(np.mean(ranks(np.where(allowed, similarity, -np.inf)) < 1))
+
+
 def retrieval_metrics(query: np.ndarray, candidates: np.ndarray, ks: Sequence[int] = (1, 5),
                       center: bool = True) -> dict[str, float]:
   """R@k and MRR of retrieving candidates[i] for query[i]."""
@@ -47,21 +58,30 @@ def retrieval_metrics(query: np.ndarray, candidates: np.ndarray, ks: Sequence[in
 
 
 def speech_text_retrieval(speech: np.ndarray, text: np.ndarray, langs: Sequence[str] | None = None,
-                          center: bool = True) -> dict[str, float]:
+                          center: bool = True, seconds: Sequence[float] | None = None) -> dict[str, float]:
   """Both directions with the metric names of the evaluation report.
 
-  With `langs`, adds R@1 per language of the query (the pool still holds every language).
+  With `langs`, adds R@1 per language of the query (the pool still holds every language). With
+  `seconds` (each clip's duration), adds R@1 among candidates within DURATION_WINDOW_S of the query's
+  clip (`*_similar_duration`) and that figure's chance level.
   """
   metrics = {}
+  similar = None
+  if seconds is not None:
+    seconds = np.asarray(seconds, np.float64)
+    similar = np.abs(seconds[:, None] - seconds[None, :]) <= DURATION_WINDOW_S
+    metrics["retrieval_chance_r1_similar_duration"] = float(np.mean(1.0 / similar.sum(axis=1)))
   for direction, (q, c) in {"speech_to_text": (speech, text), "text_to_speech": (text, speech)}.items():
     m = retrieval_metrics(q, c, center=center)
     metrics.update({f"retrieval_{name}_{direction}": value for name, value in m.items()})
+    sim = normalize(q, center) @ normalize(c, center).T
     if langs is not None:
-      sim = normalize(q, center) @ normalize(c, center).T
       r = ranks(sim)
       langs_arr = np.asarray(langs)
       for lang in sorted(set(langs)):
         metrics[f"retrieval_r1_{direction}/{lang}"] = float(np.mean(r[langs_arr == lang] < 1))
+    if similar is not None:  # symmetric: the same window for either direction
+      metrics[f"retrieval_r1_{direction}_similar_duration"] = r1_among(sim, similar)
   metrics["retrieval_pool_size"] = float(speech.shape[0])
   metrics["retrieval_chance_r1"] = 1.0 / max(1, speech.shape[0])
   return metrics
@@ -109,7 +129,8 @@ class RetrievalEvaluator:
     speech = encoder.speech([u.audio for u in utts])
     text = encoder.text(eval_data.tokenize(vocab, [u.text for u in utts]))
     langs = [u.lang for u in utts]
-    metrics = speech_text_retrieval(speech, text, langs, center=self.center)
+    metrics = speech_text_retrieval(speech, text, langs, center=self.center,
+                                    seconds=[len(u.audio) / eval_data.SAMPLE_RATE for u in utts])
     if out_dir:
       sim = normalize(speech, self.center) @ normalize(text, self.center).T
       plot_similarity(os.path.join(out_dir, "retrieval_similarity.png"), sim, langs,

@@ -40,6 +40,29 @@ def test_noisy_partners_and_per_language_scores():
                                           for l in ("eng", "deu")}
 
 
+def test_an_embedding_of_duration_alone_scores_at_chance_among_clips_of_similar_duration():
+  rng = np.random.default_rng(3)
+  seconds = rng.uniform(1.0, 5.0, size=400)
+  # Both modalities encode only how long the utterance is (plus noise): ranking the whole pool by
+  # it beats chance many times over, yet among clips of about the same duration it is a guess.
+  # Each modality knows the duration to about 0.2 s (a transcript's length says how long it is spoken);
+  # Fourier features of it, so that cosine similarity falls with the gap.
+  freqs = np.array([0.5, 1.0, 2.0])
+  def duration_only():
+    guess = seconds + 0.2 * rng.normal(size=seconds.shape)
+    return np.concatenate([np.cos(guess[:, None] * freqs), np.sin(guess[:, None] * freqs)], 1)
+  m = retrieval.speech_text_retrieval(duration_only(), duration_only(), seconds=seconds)
+  chance = m["retrieval_chance_r1_similar_duration"]
+  assert 5 * m["retrieval_chance_r1"] < chance < 0.05  # the window holds some 60 clips of 400
+  for direction in ("speech_to_text", "text_to_speech"):
+    assert m[f"retrieval_r1_{direction}"] > 4 * m["retrieval_chance_r1"]
+    assert m[f"retrieval_r1_{direction}_similar_duration"] < 2 * chance
+  # Content survives the window: partners that share their own content keep their R@1 there.
+  x = rng.normal(size=(400, 16))
+  m = retrieval.speech_text_retrieval(x, x + 0.1 * rng.normal(size=x.shape), seconds=seconds)
+  assert m["retrieval_r1_speech_to_text_similar_duration"] >= m["retrieval_r1_speech_to_text"] > 0.9
+
+
 def _clusters(rng, n_per, centers, noise):
   x = np.concatenate([c + noise * rng.normal(size=(n_per, centers.shape[1])) for c in centers])
   labels = np.repeat([f"l{i}" for i in range(len(centers))], n_per)
