@@ -2,7 +2,9 @@
 quantizer's health beside it (at most ~45 minutes on 2 CPU cores at the defaults).
 
   python benchmarks/learning_benchmark.py [--out ./learning_benchmark] [--steps 500]
-      [--finetune-steps 1200] [--seeds 0 1] [--w2v-steps 1500] [--json]
+      [--finetune-steps 1200] [--seeds 0 1] [--w2v-steps 1500] [--jobs 2] [--json]
+
+0. The corpus is built once (`mslam demo --corpus-only`) and shared by every run.
 
 1. `mslam demo --no-translation` once per seed (same corpus; the seed changes initialisation, masking
    and the data order): joint mSLAM-CTC + cross-modal pre-training, the speech-only ablation at the
@@ -15,6 +17,10 @@ quantizer's health beside it (at most ~45 minutes on 2 CPU cores at the defaults
    next to chance or the trivial baseline and the issue's target; the joint-vs-speech-only
    zero-shot comparison (not judged where a seed's speech-only ablation ended collapsed: the gain
    would measure the collapse); curves PNG and `learning_benchmark.json` under --out.
+
+The runs below are independent processes, `--jobs` at a time (logs: OUT/seed_N.log, OUT/w2v_bert.log):
+one JAX process keeps 2 CPU cores busy only part of the time (its ops run one after another, each
+on one thread), so two side by side finish the same work sooner than one after the other.
 
 Re-running on the same --out resumes (finished demo stages and runs are skipped).
 """
@@ -34,6 +40,7 @@ from mslam_jax import training_curves
 TARGETS = {
     "retrieval_r1_speech_to_text": (0.8, "min", "retrieval_chance_r1"),
     "retrieval_r1_text_to_speech": (None, "min", "retrieval_chance_r1"),
+    "retrieval_r1_speech_to_text_similar_duration": (None, "min", "retrieval_chance_r1_similar_duration"),
     "langid_accuracy_speech": (0.9, "min", "langid_chance_speech"),
     "langid_accuracy_text": (None, "min", "langid_chance_text"),
     "ctc_cer": (0.15, "max", None),
@@ -54,23 +61,58 @@ def _run(cmd: list[str], log_path: str) -> None:
     subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
 
 
-def run_demo(out: str, seed: int, steps: int, finetune_steps: int, extra: list[str]) -> dict:
+def run_parallel(jobs: list[tuple[str, list[str], str]], max_jobs: int, poll_s: float = 2.0) -> dict[str, float]:
+  """Runs (name, command, log path) jobs, at most `max_jobs` at once, in the given order; returns each
+  job's wall seconds. After a failure no new job starts; the running ones finish, then SystemExit
+  names the failed jobs and their logs."""
+  pending, running, walls, failed = list(jobs), {}, {}, []
+  while pending or running:
+    while pending and len(running) < max(1, max_jobs) and not failed:
+      name, cmd, log_path = pending.pop(0)
+      print(f"[{time.strftime('%H:%M:%S')}] start {name}: " + " ".join(cmd), flush=True)
+      log = open(log_path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
+      running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log, time.time(), log_path)
+    time.sleep(poll_s if running else 0)
+    for name, (proc, log, started, log_path) in list(running.items()):
+      if proc.poll() is None:
+        continue
+      log.close()
+      del running[name]
+      walls[name] = round(time.time() - started, 1)
+      state = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}; see {log_path})"
+      print(f"[{time.strftime('%H:%M:%S')}] {name} {state} after {walls[name]:.0f} s", flush=True)
+      if proc.returncode:
+        failed.append(f"{name} ({log_path})")
+    if failed and not running:
+      raise SystemExit(f"learning_benchmark: failed: {', '.join(failed)}")
+  return walls
+
+
+def build_corpus(out: str, extra: list[str]) -> None:
+  """OUT/corpus per the demo's config (and the user's flags): one corpus for every run."""
+  if not os.path.exists(os.path.join(out, "corpus", "manifest.json")):
+    _run([sys.executable, "-m", "mslam_jax.cli", "demo", "--out", out, "--corpus-only"] + extra,
+         os.path.join(out, "corpus.log"))
+
+
+def demo_job(out: str, seed: int, steps: int, finetune_steps: int, extra: list[str]
+             ) -> tuple[str, list[str], str] | None:
+  """The demo run of one seed as a job (None when its report exists); its corpus is OUT/corpus."""
   directory = os.path.join(out, f"seed_{seed}")
-  report = os.path.join(directory, "report.json")
-  if not os.path.exists(report):
-    os.makedirs(directory, exist_ok=True)
-    # The corpus is shared: every seed trains on the same data (its seed is the corpus's own).
-    corpus = os.path.join(out, "corpus")
-    if os.path.isdir(corpus) and not os.path.exists(os.path.join(directory, "corpus")):
-      os.symlink(corpus, os.path.join(directory, "corpus"))
-    _run([sys.executable, "-m", "mslam_jax.cli", "demo", "--out", directory, "--steps", str(steps),
-          "--finetune-steps", str(finetune_steps), "--no-translation", f"--gin.Trainer.seed={seed}",
-          f"--gin.DATA_SEED={seed}", "--gin.train.health_every=50"]  # each objective's gradient norm
-         + extra, os.path.join(out, f"seed_{seed}.log"))
-    if not os.path.isdir(corpus) and os.path.isdir(os.path.join(directory, "corpus")):
-      os.rename(os.path.join(directory, "corpus"), corpus)
-      os.symlink(corpus, os.path.join(directory, "corpus"))
-  with open(report, encoding="utf-8") as f:
+  if os.path.exists(os.path.join(directory, "report.json")):
+    return None
+  os.makedirs(directory, exist_ok=True)
+  if not os.path.exists(os.path.join(directory, "corpus")):
+    os.symlink(os.path.join(out, "corpus"), os.path.join(directory, "corpus"))
+  return (f"seed_{seed}",
+          [sys.executable, "-m", "mslam_jax.cli", "demo", "--out", directory, "--steps", str(steps),
+           "--finetune-steps", str(finetune_steps), "--no-translation", f"--gin.Trainer.seed={seed}",
+           f"--gin.DATA_SEED={seed}", "--gin.train.health_every=50"]  # each objective's gradient norm
+          + extra, os.path.join(out, f"seed_{seed}.log"))
+
+
+def read_demo(out: str, seed: int) -> dict:
+  with open(os.path.join(out, f"seed_{seed}", "report.json"), encoding="utf-8") as f:
     report = json.load(f)
   report["seed"] = seed
   report["ablation_final_frame_cosine"] = final_frame_cosine(report.get("runs", {}).get("pretrain_speech_only"))
@@ -87,11 +129,13 @@ def final_frame_cosine(model_dir: str | None) -> float | None:
   return logged[-1] if logged else None
 
 
-def run_w2v_bert(out: str, steps: int) -> list[dict]:
-  """Speech-only w2v-BERT pre-training on the benchmark's corpus; its logged metrics, one record a
-  step (a resumed run's rewritten steps: the later line wins; unreadable lines skipped and counted)."""
-  model_dir = os.path.join(out, "w2v_bert_speech_only")
-  metrics = os.path.join(model_dir, "metrics.jsonl")
+W2V_DIR = "w2v_bert_speech_only"
+
+
+def w2v_bert_job(out: str, steps: int) -> tuple[str, list[str], str]:
+  """Speech-only w2v-BERT pre-training on the benchmark's corpus, as a job (a finished run resumes
+  at its last step and stops)."""
+  model_dir = os.path.join(out, W2V_DIR)
   # The demo's masked spans (runs/demo.gin: 3 frames, 120 ms, from 20 % of the frames), not the
   # paper's 10 (400 ms at 40 ms frames): with those the tiny encoder's frames stayed collapsed to
   # step 200-400 and accuracy held at 0.11-0.22 for diversity weights 0.5 to 0.01; with these they
@@ -106,9 +150,16 @@ def run_w2v_bert(out: str, steps: int) -> list[dict]:
               "PAIRED_BATCH = 0", f"TRAIN_STEPS = {steps}", f"MODEL_DIR = '{model_dir}'",
               f"CORPUS_DIR = '{os.path.join(out, 'corpus')}'", "train.log_every = 10",
               "train.checkpoint_every = 500"]
-  _run([sys.executable, "-m", "mslam_jax.cli", "train", "--gin_file=models/tiny.gin",
-        "--gin_file=experiments/mslam_ctc_xmodal.gin", "--gin_file=runs/pretrain.gin", "--gin_file=runs/demo.gin"]
-       + [f"--gin.{b}" for b in bindings], os.path.join(out, "w2v_bert.log"))
+  return ("w2v_bert",
+          [sys.executable, "-m", "mslam_jax.cli", "train", "--gin_file=models/tiny.gin",
+           "--gin_file=experiments/mslam_ctc_xmodal.gin", "--gin_file=runs/pretrain.gin", "--gin_file=runs/demo.gin"]
+          + [f"--gin.{b}" for b in bindings], os.path.join(out, "w2v_bert.log"))
+
+
+def read_w2v_bert(out: str) -> list[dict]:
+  """The w2v-BERT run's logged metrics, one record a step (a resumed run's rewritten steps: the later
+  line wins; unreadable lines skipped and counted)."""
+  metrics = os.path.join(out, W2V_DIR, "metrics.jsonl")
   return [dict(m, step=step) for step, m in training_curves.read_metrics(metrics).items()]
 
 
@@ -180,15 +231,19 @@ def main(argv=None) -> int:
                       help="CTC fine-tuning steps of each demo run (the demo's own: 800)")
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
   parser.add_argument("--w2v-steps", type=int, default=1500, help="0 skips the w2v-BERT run")
+  parser.add_argument("--jobs", type=int, default=2, help="runs at once (each a process of its own)")
   parser.add_argument("--json", action="store_true")
   args, extra = parser.parse_known_args(argv)
   out = os.path.abspath(args.out)
   os.makedirs(out, exist_ok=True)
   start = time.time()
-  reports = [run_demo(out, seed, args.steps, args.finetune_steps, extra) for seed in args.seeds]
-  w2v = run_w2v_bert(out, args.w2v_steps) if args.w2v_steps else None
-  summary = summarize(reports, w2v)
+  build_corpus(out, extra)
+  jobs = [demo_job(out, seed, args.steps, args.finetune_steps, extra) for seed in args.seeds]
+  jobs += [w2v_bert_job(out, args.w2v_steps)] if args.w2v_steps else []
+  walls = run_parallel([j for j in jobs if j is not None], args.jobs)
+  summary = summarize([read_demo(out, seed) for seed in args.seeds], read_w2v_bert(out) if args.w2v_steps else None)
   summary["wall_s"] = round(time.time() - start, 1)
+  summary["run_wall_s"] = walls
   summary["command"] = " ".join(["python", "benchmarks/learning_benchmark.py"] + (argv or sys.argv[1:]))
   with open(os.path.join(out, "learning_benchmark.json"), "w", encoding="utf-8") as f:
     json.dump(summary, f, indent=1)

@@ -155,6 +155,15 @@ def test_skip_flags_skip_their_stages_and_null_only_their_figures(demo_run):
   assert "No finite value" not in proc.stderr  # skipped figures are not reported missing
 
 
+def test_corpus_only_builds_the_corpus_and_nothing_else(tmp_path):
+  out = str(tmp_path / "shared")
+  proc = _demo(out, ["--corpus-only"])
+  assert proc.returncode == 0, proc.stderr[-5000:]
+  assert os.path.exists(os.path.join(out, "corpus", "manifest.json"))
+  assert not set(os.listdir(out)) & {"pretrain", "pretrain_speech_only", "eval", "translation", "report.json"}
+  assert "the corpus is in" in proc.stdout
+
+
 def test_training_curves_merge_a_resumed_run_and_skip_torn_lines(tmp_path):
   path = tmp_path / "metrics.jsonl"
   path.write_text("\n".join([

@@ -1,6 +1,7 @@
 """benchmarks/learning_benchmark.py's summary: means, seed spreads, targets and the zero-shot gain."""
 import importlib.util
 import os
+import sys
 
 import pytest
 
@@ -48,3 +49,34 @@ def test_a_collapsed_ablation_leaves_the_zero_shot_gain_unjudged(tmp_path):
   assert "not comparable: the ablation collapsed on seed(s) 7" in learning_benchmark.format_table(summary)
   healthy2 = dict(collapsed, ablation_final_frame_cosine=0.5)
   assert learning_benchmark.summarize([healthy, healthy2], None)["zero_shot_relative_gain"]["met"] is True
+
+
+def _job(tmp_path, name, seconds, rc=0):
+  # Each job records when it ran, then sleeps and exits with rc.
+  code = (f"import time, sys; open({str(tmp_path / (name + '.t'))!r}, 'w').write(str(time.time())); "
+          f"time.sleep({seconds}); open({str(tmp_path / (name + '.t'))!r}, 'a').write(' ' + str(time.time())); "
+          f"sys.exit({rc})")
+  return (name, [sys.executable, "-c", code], str(tmp_path / f"{name}.log"))
+
+
+def _spans(tmp_path, names):
+  return {n: tuple(map(float, (tmp_path / f"{n}.t").read_text().split())) for n in names}
+
+
+def test_runs_go_side_by_side_at_most_jobs_at_a_time(tmp_path):
+  names = ["a", "b", "c"]
+  walls = learning_benchmark.run_parallel([_job(tmp_path, n, 1.0) for n in names], 2, poll_s=0.05)
+  assert set(walls) == set(names)
+  spans = _spans(tmp_path, names)
+  overlaps = lambda x, y: spans[x][0] < spans[y][1] and spans[y][0] < spans[x][1]
+  assert overlaps("a", "b")  # two at once
+  assert not overlaps("a", "c") or not overlaps("b", "c")  # never three
+  assert spans["c"][0] >= min(spans["a"][1], spans["b"][1]) - 0.05
+
+
+def test_a_failed_run_stops_new_ones_and_names_its_log(tmp_path):
+  jobs = [_job(tmp_path, "bad", 0.2, rc=3), _job(tmp_path, "slow", 1.0), _job(tmp_path, "never", 0.1)]
+  with pytest.raises(SystemExit, match=r"failed: bad \(.*bad\.log\)"):
+    learning_benchmark.run_parallel(jobs, 2, poll_s=0.05)
+  assert len(_spans(tmp_path, ["slow"])["slow"]) == 2  # the running one finished
+  assert not (tmp_path / "never.t").exists()
