@@ -111,6 +111,10 @@ def test_demo_reports_every_figure_and_draws_the_curves(demo_run):
   assert report["corpus"]["held_out_languages"] == ["ukr"]
   for stage in ("corpus", "pretrain", "pretrain_speech_only", "eval", "translation", "total"):
     assert report["timings"][stage]["cpu_s"] > 0, stage
+  # The ablation's zero-shot evaluation and the translation ran in a second process beside the sweep.
+  assert report["timings"]["ablation_eval"]["beside"] == report["timings"]["translation"]["beside"] == "eval"
+  with open(os.path.join(out, demo.SIDE_LOG)) as f:
+    assert "speech translation X->En fine-tuning" in f.read()
   for name in ("training_curves_pretrain.png", "training_curves_pretrain_speech_only.png",
                "training_curves_joint_vs_speech_only.png", "training_curves_translation.png"):
     assert os.path.join(out, name) in report["figures"]

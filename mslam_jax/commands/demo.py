@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import resource
+import subprocess
 import sys
 import time
 from typing import Any, Sequence
@@ -45,6 +46,7 @@ ABLATION_FIGURE = "zero_shot_cer_speech_only_ablation"
 REPORT_MD = "report.md"
 RUN_GIN_FILES = ("models/tiny.gin", "experiments/mslam_ctc_xmodal.gin", "runs/pretrain.gin", "runs/demo.gin")
 REPORT_FILE = "report.json"
+SIDE_SPEC, SIDE_RESULT, SIDE_LOG = "side_stages_spec.json", "side_stages.json", "side_stages.log"
 # The figures every demo report holds (null when an evaluator could not produce one), in table order.
 REQUIRED_METRICS = (
     "retrieval_r1_speech_to_text",
@@ -235,6 +237,58 @@ def _curves(model_dir: str, out_png: str, title: str) -> tuple[dict, Any]:
   return training_curves.summarize(records), records
 
 
+# -- the second process ---------------------------------------------------------------------------
+# The speech-only ablation's zero-shot evaluation and the translation fine-tuning need only the
+# pre-trained checkpoints, and like the sweep they spend much of their time where one process leaves
+# a core idle (XLA compiles, fine-tuning batches of 8 clips): they run in a second process beside
+# the sweep. Each leaves its results where this process's own stages read them back, so a failed
+# second process only costs time: the stages then do the work here.
+
+def _start_side_stages(out: str, spec: dict) -> subprocess.Popen:
+  with open(os.path.join(out, SIDE_SPEC), "w", encoding="utf-8") as f:
+    json.dump(spec, f)
+  if os.path.exists(os.path.join(out, SIDE_RESULT)):
+    os.remove(os.path.join(out, SIDE_RESULT))
+  with open(os.path.join(out, SIDE_LOG), "w", encoding="utf-8") as log:
+    return subprocess.Popen(
+        [sys.executable, "-c", "import sys; from mslam_jax.commands import demo; sys.exit(demo.side_stages(sys.argv[1]))",
+         out], stdout=log, stderr=subprocess.STDOUT)
+
+
+def _finish_side_stages(out: str, proc: subprocess.Popen) -> dict:
+  """Waits for the second process; its stages' timings ({} when it failed: this process then does its work)."""
+  if proc.wait() == 0 and os.path.exists(os.path.join(out, SIDE_RESULT)):
+    with open(os.path.join(out, SIDE_RESULT), encoding="utf-8") as f:
+      return json.load(f)
+  logging.warning("The ablation's evaluation / translation beside the sweep failed (exit %s; see %s): running "
+                  "what is left of them here", proc.returncode, os.path.join(out, SIDE_LOG))
+  return {}
+
+
+def side_stages(out: str) -> int:
+  """The second process: OUT/side_stages_spec.json's stages; their timings go to OUT/side_stages.json."""
+  common.setup_logging()
+  with open(os.path.join(out, SIDE_SPEC), encoding="utf-8") as f:
+    spec = json.load(f)
+  timings: dict[str, dict] = {}
+  try:
+    if spec["ablation_dir"]:
+      from mslam_jax.evaluation import sweep  # pylint: disable=g-import-not-at-top
+      with Stage(timings, "ablation_eval", "speech-only ablation: zero-shot evaluation"):
+        sweep.ablation_figures(spec["model_dir"], spec["ablation_dir"], corpus_dir=spec["corpus_dir"],
+                               bindings=spec["eval_bindings"], search_paths=spec["search"],
+                               output_dir=spec["eval_dir"])
+    if spec["translation_dir"]:
+      with Stage(timings, "translation", "speech translation X->En fine-tuning") as stage:
+        _, stage.skipped = finetune_translation(spec["model_dir"], spec["corpus_dir"], spec["translation_dir"],
+                                                spec["gin_files"], spec["user"], spec["search"])
+  finally:
+    gin.clear_config()
+  with open(os.path.join(out, SIDE_RESULT), "w", encoding="utf-8") as f:
+    json.dump(timings, f)
+  return 0
+
+
 # -- the command -------------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -324,26 +378,50 @@ def run(args: argparse.Namespace) -> int:
           print(f"mslam demo: {name} stopped early ({summaries[name].get('stopped')})", file=sys.stderr)
           return 1
 
-    with Stage(timings, "eval", f"4/6 evaluation sweep -> {os.path.join(out, 'eval')}") as stage:
-      from mslam_jax.evaluation import sweep  # pylint: disable=g-import-not-at-top
-      includes = [f"include '{config.resolve_gin_file(f, search)}'" for f in gin_files[3:]]
-      steps_before = os.path.exists(os.path.join(out, "eval", f"step_{summaries['pretrain']['final_step']}",
-                                                 "metrics.json"))
-      metrics = sweep.evaluate_run(model_dir, corpus_dir=corpus_dir, bindings=includes + user,
-                                      ablation_model_dir=None if args.no_ablation else ablation_dir,
-                                      search_paths=search, output_dir=os.path.join(out, "eval"))
-      stage.skipped = steps_before
-      if args.no_ablation:  # an earlier run's ablation figures stay in the checkpoint's report: not this run's
-        from mslam_jax.evaluation import zero_shot  # pylint: disable=g-import-not-at-top
-        metrics = {k: v for k, v in metrics.items() if not k.partition("/")[0].endswith(zero_shot.ABLATION_SUFFIX)}
+    includes = [f"include '{config.resolve_gin_file(f, search)}'" for f in gin_files[3:]]
+    side, beside = None, {}
+    if not (args.no_ablation and args.no_translation):
+      side = _start_side_stages(out, {
+          "model_dir": model_dir, "corpus_dir": corpus_dir, "eval_dir": os.path.join(out, "eval"),
+          "ablation_dir": None if args.no_ablation else ablation_dir,
+          "translation_dir": None if args.no_translation else translation_dir,
+          "eval_bindings": includes + user, "gin_files": gin_files[3:], "user": user, "search": list(search or [])})
+      parts = [p for p, off in (("the ablation's zero-shot evaluation", args.no_ablation),
+                                ("the translation fine-tuning", args.no_translation)) if not off]
+      print(f"\n   {' and '.join(parts)} run beside the sweep (log: {os.path.join(out, SIDE_LOG)})", flush=True)
+    try:
+      with Stage(timings, "eval", f"4/6 evaluation sweep -> {os.path.join(out, 'eval')}") as stage:
+        from mslam_jax.evaluation import sweep  # pylint: disable=g-import-not-at-top
+        steps_before = os.path.exists(os.path.join(out, "eval", f"step_{summaries['pretrain']['final_step']}",
+                                                   "metrics.json"))
+        metrics = sweep.evaluate_run(model_dir, corpus_dir=corpus_dir, bindings=includes + user,
+                                     search_paths=search, output_dir=os.path.join(out, "eval"))
+        if side is not None:
+          beside, side = _finish_side_stages(out, side), None
+        if not args.no_ablation:  # its figures join the checkpoint's report (read back when done beside)
+          metrics = sweep.evaluate_run(model_dir, corpus_dir=corpus_dir, bindings=includes + user,
+                                       ablation_model_dir=ablation_dir, search_paths=search,
+                                       output_dir=os.path.join(out, "eval"))
+        stage.skipped = steps_before
+    finally:
+      if side is not None:  # this process failed or was interrupted: the second one must not outlive it
+        side.kill()
+    if "ablation_eval" in beside:
+      timings["ablation_eval"] = dict(beside["ablation_eval"], beside="eval")
+    if args.no_ablation:  # an earlier run's ablation figures stay in the checkpoint's report: not this run's
+      from mslam_jax.evaluation import zero_shot  # pylint: disable=g-import-not-at-top
+      metrics = {k: v for k, v in metrics.items() if not k.partition("/")[0].endswith(zero_shot.ABLATION_SUFFIX)}
 
     if not args.no_translation:
       with Stage(timings, "translation", f"5/6 speech translation X->En fine-tuning -> {translation_dir}") as stage:
         translated, stage.skipped = finetune_translation(model_dir, corpus_dir, translation_dir, gin_files[3:],
                                                          user, search)
+        done_beside = beside.get("translation")
         metrics = {**metrics, **{k: v for k, v in translated.items() if k.startswith(TRANSLATION_PREFIX)}}
         if translated.get("eval_failed/translation"):
           logging.warning("The translation evaluator failed (see the log above); its figures are null")
+      if done_beside:  # the work was the second process's: its time, not this read-back's
+        timings["translation"] = dict(done_beside, beside="eval")
 
     with Stage(timings, "report", f"6/6 report -> {os.path.join(out, REPORT_FILE)}"):
       report = _write_report(out, manifest, metrics, summaries, timings, train_steps, args,
@@ -451,7 +529,8 @@ def _format_summary(report: dict) -> str:
     parts = [f"{k} {v['first']:.4g} -> {v['last']:.4g}" for k, v in terms.items()]
     lines.append(f"{name} (steps {summary['first_step']}..{summary['last_step']}): " + "; ".join(parts))
   t = report["timings"]
-  lines += ["", "timings: " + ", ".join(f"{k} {v['wall_s']:.0f} s wall / {v['cpu_s']:.0f} s CPU" for k, v in t.items())
+  lines += ["", "timings: " + ", ".join(f"{k} {v['wall_s']:.0f} s wall / {v['cpu_s']:.0f} s CPU"
+                                       + (" (beside the sweep)" if v.get("beside") else "") for k, v in t.items())
             + f" (idle-machine estimate {t['total']['idle_machine_estimate_s']:.0f} s)",
             f"report: {os.path.join(os.path.dirname(report['runs']['eval']), REPORT_FILE)} (and {REPORT_MD}, with "
             "the XTREME-S-style table)",

@@ -99,14 +99,26 @@ def sweep(model_dir: str, checkpoints: str | int = "latest", corpus_dir: str | N
   output_dir = output_dir or os.path.join(model_dir, "eval")
   ablation = {}
   if ablation_model_dir:
-    _parse_run(model_dir, gin_files, bindings, search_paths, corpus_dir, evaluators)
-    # The ablation is scored on the main run's corpus.
-    ablation = evaluate_ablation(ablation_model_dir, config.macro("CORPUS_DIR"), gin_files=gin_files,
-                                 bindings=[b for b in bindings if _binding_name(b) != "MODEL_DIR"],
-                                 search_paths=search_paths, output_dir=output_dir, force=force)
+    ablation = ablation_figures(model_dir, ablation_model_dir, corpus_dir=corpus_dir, evaluators=evaluators,
+                                gin_files=gin_files, bindings=bindings, search_paths=search_paths,
+                                output_dir=output_dir, force=force)
   _parse_run(model_dir, gin_files, bindings, search_paths, corpus_dir, evaluators)
   return evaluate_checkpoints(model_dir=model_dir, checkpoints=checkpoints, output_dir=output_dir,
                               extra_metrics=ablation, force=force)
+
+
+def ablation_figures(model_dir: str, ablation_model_dir: str, corpus_dir: str | None = None,
+                     evaluators: Sequence[str] | None = None, gin_files: Sequence[str] = ("runs/eval.gin",),
+                     bindings: Sequence[str] = (), search_paths: Sequence[str] = (), output_dir: str | None = None,
+                     force: bool = False) -> dict[str, float]:
+  """The speech-only ablation's figures exactly as `sweep` adds them to `model_dir`'s (its arguments):
+  scored on the main run's corpus, under the ablation run's own config. A later sweep with the same
+  arguments reads them back (`mslam demo` computes them in a second process beside its sweep)."""
+  _parse_run(model_dir, gin_files, bindings, search_paths, corpus_dir, evaluators)
+  return evaluate_ablation(ablation_model_dir, config.macro("CORPUS_DIR"), gin_files=gin_files,
+                           bindings=[b for b in bindings if _binding_name(b) != "MODEL_DIR"],
+                           search_paths=search_paths, output_dir=output_dir or os.path.join(model_dir, "eval"),
+                           force=force)
 
 
 @gin.configurable(denylist=["ablation_model_dir", "corpus_dir", "gin_files", "bindings", "search_paths",
