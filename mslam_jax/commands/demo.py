@@ -418,12 +418,11 @@ def run(args: argparse.Namespace) -> int:
       with Stage(timings, "translation", f"5/6 speech translation X->En fine-tuning -> {translation_dir}") as stage:
         translated, stage.skipped = finetune_translation(model_dir, corpus_dir, translation_dir, gin_files[3:],
                                                          user, search)
-        done_beside = beside.get("translation")
         metrics = {**metrics, **{k: v for k, v in translated.items() if k.startswith(TRANSLATION_PREFIX)}}
         if translated.get("eval_failed/translation"):
           logging.warning("The translation evaluator failed (see the log above); its figures are null")
-      if done_beside:  # the work was the second process's: its time, not this read-back's
-        timings["translation"] = dict(done_beside, beside="eval")
+      if "translation" in beside:  # the work was the second process's: its time, not this read-back's
+        timings["translation"] = dict(beside["translation"], beside="eval")
 
     with Stage(timings, "report", f"6/6 report -> {os.path.join(out, REPORT_FILE)}"):
       report = _write_report(out, manifest, metrics, summaries, timings, train_steps, args,

@@ -491,7 +491,7 @@ def example_batches(examples: Examples, task: str, settings: FinetuneConfig) -> 
   bounds, groups = length_buckets([len(a) for a in examples.audios], settings.length_buckets,
                                   examples.audio_samples)
   return functools.partial(ExampleBatches, len(examples.audios),
-                           example_batch_fn(examples, task, bounds if groups else None), settings.batch_size,
+                           example_batch_fn(examples, task, bounds), settings.batch_size,
                            settings.seed, groups=groups)
 
 

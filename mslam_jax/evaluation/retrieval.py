@@ -50,8 +50,11 @@ def retrieval_metrics(query: np.ndarray, candidates: np.ndarray, ks: Sequence[in
   """R@k and MRR of retrieving candidates[i] for query[i]."""
   if query.shape[0] != candidates.shape[0]:
     raise ValueError(f"need as many queries as candidates: {query.shape[0]} vs {candidates.shape[0]}")
-  sim = normalize(query, center) @ normalize(candidates, center).T
-  r = ranks(sim)
+  return rank_metrics(ranks(normalize(query, center) @ normalize(candidates, center).T), ks)
+
+
+def rank_metrics(r: np.ndarray, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+  """R@k and MRR from the true partners' 0-based ranks (`ranks`)."""
   out = {f"r{k}": float(np.mean(r < k)) for k in ks}
   out["mrr"] = float(np.mean(1.0 / (r + 1)))
   return out
@@ -71,12 +74,13 @@ def speech_text_retrieval(speech: np.ndarray, text: np.ndarray, langs: Sequence[
     seconds = np.asarray(seconds, np.float64)
     similar = np.abs(seconds[:, None] - seconds[None, :]) <= DURATION_WINDOW_S
     metrics["retrieval_chance_r1_similar_duration"] = float(np.mean(1.0 / similar.sum(axis=1)))
+  if speech.shape[0] != text.shape[0]:
+    raise ValueError(f"need as many queries as candidates: {speech.shape[0]} vs {text.shape[0]}")
   for direction, (q, c) in {"speech_to_text": (speech, text), "text_to_speech": (text, speech)}.items():
-    m = retrieval_metrics(q, c, center=center)
-    metrics.update({f"retrieval_{name}_{direction}": value for name, value in m.items()})
-    sim = normalize(q, center) @ normalize(c, center).T
+    sim = normalize(q, center) @ normalize(c, center).T  # one similarity matrix for every figure below
+    r = ranks(sim)
+    metrics.update({f"retrieval_{name}_{direction}": value for name, value in rank_metrics(r).items()})
     if langs is not None:
-      r = ranks(sim)
       langs_arr = np.asarray(langs)
       for lang in sorted(set(langs)):
         metrics[f"retrieval_r1_{direction}/{lang}"] = float(np.mean(r[langs_arr == lang] < 1))
