@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
   speech = encoder.speech(audios)
   text = encoder.text(eval_data.tokenize(vocab, texts))
   center = not args.no_center and len(texts) > 1 and len(audios) > 1
-  sim = retrieval.normalize(speech, center) @ retrieval.normalize(text, center).T
+  sim = retrieval.similarity(speech, text, center)
   top = min(args.top, len(texts))
   result = {"step": step, "audio_to_text": [], "text_to_audio": []}
   for i, path in enumerate(args.audio):

@@ -33,6 +33,16 @@ def normalize(embeddings: np.ndarray, center: bool = False) -> np.ndarray:
   return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
+def similarity(query: np.ndarray, candidates: np.ndarray, center: bool = False) -> np.ndarray:
+  """Cosine similarity [queries, candidates] of the `normalize`d rows."""
+  return normalize(query, center) @ normalize(candidates, center).T
+
+
+def _check_paired(query: np.ndarray, candidates: np.ndarray) -> None:
+  if query.shape[0] != candidates.shape[0]:
+    raise ValueError(f"need as many queries as candidates: {query.shape[0]} vs {candidates.shape[0]}")
+
+
 def ranks(similarity: np.ndarray) -> np.ndarray:
   """0-based rank of the diagonal entry in each row (ties counted against it)."""
   similarity = np.asarray(similarity)
@@ -48,9 +58,8 @@ def r1_among(similarity: np.ndarray, allowed: np.ndarray) -> float:
 def retrieval_metrics(query: np.ndarray, candidates: np.ndarray, ks: Sequence[int] = (1, 5),
                       center: bool = True) -> dict[str, float]:
   """R@k and MRR of retrieving candidates[i] for query[i]."""
-  if query.shape[0] != candidates.shape[0]:
-    raise ValueError(f"need as many queries as candidates: {query.shape[0]} vs {candidates.shape[0]}")
-  return rank_metrics(ranks(normalize(query, center) @ normalize(candidates, center).T), ks)
+  _check_paired(query, candidates)
+  return rank_metrics(ranks(similarity(query, candidates, center)), ks)
 
 
 def rank_metrics(r: np.ndarray, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
@@ -68,16 +77,15 @@ def speech_text_retrieval(speech: np.ndarray, text: np.ndarray, langs: Sequence[
   `seconds` (each clip's duration), adds R@1 among candidates within DURATION_WINDOW_S of the query's
   clip (`*_similar_duration`) and that figure's chance level.
   """
+  _check_paired(speech, text)
   metrics = {}
   similar = None
   if seconds is not None:
     seconds = np.asarray(seconds, np.float64)
     similar = np.abs(seconds[:, None] - seconds[None, :]) <= DURATION_WINDOW_S
     metrics["retrieval_chance_r1_similar_duration"] = float(np.mean(1.0 / similar.sum(axis=1)))
-  if speech.shape[0] != text.shape[0]:
-    raise ValueError(f"need as many queries as candidates: {speech.shape[0]} vs {text.shape[0]}")
   for direction, (q, c) in {"speech_to_text": (speech, text), "text_to_speech": (text, speech)}.items():
-    sim = normalize(q, center) @ normalize(c, center).T  # one similarity matrix for every figure below
+    sim = similarity(q, c, center)  # one similarity matrix for every figure below
     r = ranks(sim)
     metrics.update({f"retrieval_{name}_{direction}": value for name, value in rank_metrics(r).items()})
     if langs is not None:
@@ -136,7 +144,6 @@ class RetrievalEvaluator:
     metrics = speech_text_retrieval(speech, text, langs, center=self.center,
                                     seconds=[len(u.audio) / eval_data.SAMPLE_RATE for u in utts])
     if out_dir:
-      sim = normalize(speech, self.center) @ normalize(text, self.center).T
-      plot_similarity(os.path.join(out_dir, "retrieval_similarity.png"), sim, langs,
+      plot_similarity(os.path.join(out_dir, "retrieval_similarity.png"), similarity(speech, text, self.center), langs,
                       f"speech-text cosine similarity, step {step}")
     return metrics
