@@ -43,6 +43,9 @@ TARGETS = {
     "retrieval_r1_speech_to_text": (0.8, "min", "retrieval_chance_r1"),
     "retrieval_r1_text_to_speech": (None, "min", "retrieval_chance_r1"),
     "retrieval_r1_speech_to_text_similar_duration": (None, "min", "retrieval_chance_r1_similar_duration"),
+    # Queries of the languages with paired training data, and of the held-out ones (same pool).
+    "retrieval_r1_speech_to_text_seen": (None, "min", "retrieval_chance_r1"),
+    "retrieval_r1_speech_to_text_heldout": (None, "min", "retrieval_chance_r1"),
     "langid_accuracy_speech": (0.9, "min", "langid_chance_speech"),
     "langid_accuracy_text": (None, "min", "langid_chance_text"),
     "ctc_cer": (0.15, "max", None),

@@ -75,6 +75,9 @@ TABLE_ROWS = (
     # Among candidates whose clips last about as long as the query's: what R@1 owes to content, not duration.
     ("retrieval_r1_speech_to_text_similar_duration", "retrieval R@1 speech->text, clips within 0.3 s",
      "retrieval_chance_r1_similar_duration"),
+    # The same pool, queries of the training languages / of the held-out ones (no pairs pre-trained).
+    ("retrieval_r1_speech_to_text_seen", "retrieval R@1 speech->text, training languages", "retrieval_chance_r1"),
+    ("retrieval_r1_speech_to_text_heldout", "retrieval R@1 speech->text, held-out languages", "retrieval_chance_r1"),
     ("langid_accuracy_speech", "language ID accuracy, speech", "langid_chance_speech"),
     ("langid_accuracy_text", "language ID accuracy, text", "langid_chance_text"),
     ("ctc_cer", "CTC CER, training languages", None),

@@ -70,12 +70,15 @@ def rank_metrics(r: np.ndarray, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
 
 
 def speech_text_retrieval(speech: np.ndarray, text: np.ndarray, langs: Sequence[str] | None = None,
-                          center: bool = True, seconds: Sequence[float] | None = None) -> dict[str, float]:
+                          center: bool = True, seconds: Sequence[float] | None = None,
+                          held_out: Sequence[str] = ()) -> dict[str, float]:
   """Both directions with the metric names of the evaluation report.
 
-  With `langs`, adds R@1 per language of the query (the pool still holds every language). With
-  `seconds` (each clip's duration), adds R@1 among candidates within DURATION_WINDOW_S of the query's
-  clip (`*_similar_duration`) and that figure's chance level.
+  With `langs`, adds R@1 per language of the query (the pool still holds every language), and with
+  `held_out` (languages whose pairs pre-training never saw) R@1 of their queries (`*_heldout`) and
+  of the others' (`*_seen`): cross-modal transfer to a language and fit to the trained ones are
+  apart. With `seconds` (each clip's duration), adds R@1 among candidates within DURATION_WINDOW_S
+  of the query's clip (`*_similar_duration`) and that figure's chance level.
   """
   _check_paired(speech, text)
   metrics = {}
@@ -92,6 +95,10 @@ def speech_text_retrieval(speech: np.ndarray, text: np.ndarray, langs: Sequence[
       langs_arr = np.asarray(langs)
       for lang in sorted(set(langs)):
         metrics[f"retrieval_r1_{direction}/{lang}"] = float(np.mean(r[langs_arr == lang] < 1))
+      unseen = np.isin(langs_arr, list(held_out))
+      for suffix, queries in (("_heldout", unseen), ("_seen", ~unseen)):
+        if held_out and queries.any():
+          metrics[f"retrieval_r1_{direction}{suffix}"] = float(np.mean(r[queries] < 1))
     if similar is not None:  # symmetric: the same window for either direction
       metrics[f"retrieval_r1_{direction}_similar_duration"] = r1_among(sim, similar)
   metrics["retrieval_pool_size"] = float(speech.shape[0])
@@ -142,7 +149,8 @@ class RetrievalEvaluator:
     text = encoder.text(eval_data.tokenize(vocab, [u.text for u in utts]))
     langs = [u.lang for u in utts]
     metrics = speech_text_retrieval(speech, text, langs, center=self.center,
-                                    seconds=[len(u.audio) / eval_data.SAMPLE_RATE for u in utts])
+                                    seconds=[len(u.audio) / eval_data.SAMPLE_RATE for u in utts],
+                                    held_out=eval_data.held_out_languages(corpus_dir))
     if out_dir:
       plot_similarity(os.path.join(out_dir, "retrieval_similarity.png"), similarity(speech, text, self.center), langs,
                       f"speech-text cosine similarity, step {step}")

@@ -40,6 +40,21 @@ def test_noisy_partners_and_per_language_scores():
                                           for l in ("eng", "deu")}
 
 
+def test_held_out_languages_are_scored_apart_from_the_seen_ones_in_one_pool():
+  """A held-out language whose speech lands off its transcripts scores apart (`*_heldout`), the
+  others keep theirs (`*_seen`); the pool, and so the overall R@1, is still every language's."""
+  rng = np.random.default_rng(4)
+  x = rng.normal(size=(60, 32))
+  y = x.copy()
+  y[40:] = rng.normal(size=(20, 32))  # "swa": no relation between its speech and text
+  langs = ["eng"] * 20 + ["deu"] * 20 + ["swa"] * 20
+  m = retrieval.speech_text_retrieval(x, y, langs, held_out=["swa", "afr"])
+  for d in ("speech_to_text", "text_to_speech"):
+    assert m[f"retrieval_r1_{d}_seen"] == 1.0 and m[f"retrieval_r1_{d}_heldout"] < 0.2
+    assert m[f"retrieval_r1_{d}"] == pytest.approx((40 + 20 * m[f"retrieval_r1_{d}_heldout"]) / 60)
+  assert not any(k.endswith(("_seen", "_heldout")) for k in retrieval.speech_text_retrieval(x, y, langs))
+
+
 def test_an_embedding_of_duration_alone_scores_at_chance_among_clips_of_similar_duration():
   rng = np.random.default_rng(3)
   seconds = rng.uniform(1.0, 5.0, size=400)
