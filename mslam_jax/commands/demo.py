@@ -78,6 +78,11 @@ TABLE_ROWS = (
     # The same pool, queries of the training languages / of the held-out ones (no pairs pre-trained).
     ("retrieval_r1_speech_to_text_seen", "retrieval R@1 speech->text, training languages", "retrieval_chance_r1"),
     ("retrieval_r1_speech_to_text_heldout", "retrieval R@1 speech->text, held-out languages", "retrieval_chance_r1"),
+    # Two stages: the embedding's top 50 reordered by the pre-trained CTC head (RetrievalEvaluator).
+    ("retrieval_r1_speech_to_text_ctc_rerank", "retrieval R@1 speech->text, top 50 reranked by CTC",
+     "retrieval_chance_r1"),
+    ("retrieval_r1_text_to_speech_ctc_rerank", "retrieval R@1 text->speech, top 50 reranked by CTC",
+     "retrieval_chance_r1"),
     ("langid_accuracy_speech", "language ID accuracy, speech", "langid_chance_speech"),
     ("langid_accuracy_text", "language ID accuracy, text", "langid_chance_text"),
     ("ctc_cer", "CTC CER, training languages", None),

@@ -1,6 +1,9 @@
 """`mslam retrieve`: rank texts for each audio file (and audio files for each text) by the encoder.
 
-  mslam retrieve --model_dir=/tmp/run [--step=STEP] --audio A.wav B.wav --texts texts.txt
+  mslam retrieve --model_dir=/tmp/run [--step=STEP] --audio A.wav B.wav --texts texts.txt [--rerank_top_k 50]
+
+In the cross-modal embedding space, then (for an mSLAM-CTC run) each query's top candidates are
+reordered by the pre-trained CTC head's likelihood of the text given the clip (evaluation/retrieval.py).
 """
 import argparse
 
@@ -20,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--top", type=int, default=5)
   parser.add_argument("--no_center", action="store_true",
                       help="do not remove each modality's mean before cosine similarity")
+  parser.add_argument("--rerank_top_k", type=int, default=50,
+                      help="reorder each query's top K candidates by the pre-trained CTC head (runs with a CTC "
+                           "objective; 0: embedding similarity alone)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,7 +33,10 @@ def run(args: argparse.Namespace) -> int:
   from mslam_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from mslam_jax.data import audio as audio_lib  # pylint: disable=g-import-not-at-top
   from mslam_jax.evaluation import data as eval_data  # pylint: disable=g-import-not-at-top
+  from mslam_jax.data.special_ids import BLANK_ID  # pylint: disable=g-import-not-at-top
   from mslam_jax.evaluation import retrieval  # pylint: disable=g-import-not-at-top
+  if args.rerank_top_k < 0:
+    raise ValueError(f"--rerank_top_k must be >= 0 (0: no reranking), got {args.rerank_top_k}")
   with open(args.texts, encoding="utf-8") as f:
     texts = [line.strip() for line in f if line.strip()]
   if not texts:
@@ -41,17 +50,25 @@ def run(args: argparse.Namespace) -> int:
   vocab = eval_data.load_vocabulary(corpus_dir)
   encoder = eval_data.Encoder(model, params, cross_modal=True)
   speech = encoder.speech(audios)
-  text = encoder.text(eval_data.tokenize(vocab, texts))
+  tokens = eval_data.tokenize(vocab, texts)
+  text = encoder.text(tokens)
   center = not args.no_center and len(texts) > 1 and len(audios) > 1
   sim = retrieval.similarity(speech, text, center)
+  reranked = bool(args.rerank_top_k) and getattr(model, "has_ctc_head", False)
+  if reranked:
+    log_probs = encoder.speech_ctc_log_probs(audios)
+    cost = lambda pairs: retrieval.ctc_costs(log_probs, tokens, pairs, BLANK_ID)  # (clip, text) pairs
+    audio_order = retrieval.reranked_order(sim, cost, args.rerank_top_k)
+    text_order = retrieval.reranked_order(sim.T, lambda pairs: cost(pairs[:, ::-1]), args.rerank_top_k)
+  else:
+    audio_order, text_order = np.argsort(-sim, axis=1, kind="stable"), np.argsort(-sim.T, axis=1, kind="stable")
   top = min(args.top, len(texts))
-  result = {"step": step, "audio_to_text": [], "text_to_audio": []}
+  result = {"step": step, "reranked_by_ctc": reranked, "audio_to_text": [], "text_to_audio": []}
   for i, path in enumerate(args.audio):
-    order = np.argsort(-sim[i])[:top]
     result["audio_to_text"].append({"audio": path, "best": [{"text": texts[j], "score": round(float(sim[i, j]), 4)}
-                                                            for j in order]})
+                                                            for j in audio_order[i, :top]]})
   for j, t in enumerate(texts):
-    i = int(np.argmax(sim[:, j]))
+    i = int(text_order[j, 0])
     result["text_to_audio"].append({"text": t, "audio": args.audio[i], "score": round(float(sim[i, j]), 4)})
   common.print_json(result)
   return 0

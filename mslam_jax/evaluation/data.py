@@ -204,6 +204,13 @@ class Encoder:
     return self._run(lambda params, x, mask: (None, None, stats(params, x, mask)), audios, pad_audio,
                      self.audio_multiple, False)
 
+  def speech_ctc_log_probs(self, audios: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Each utterance's [T_i, vocab] log-probabilities of the model's CTC head (`speech_ctc_log_probs`)."""
+    fn = cached_jit(self._cache, ("speech_ctc_log_probs",), self.model, self.model.speech_ctc_log_probs)
+    dummy = np.zeros((self.batch_size, 1), np.float32)
+    return self._run(lambda params, x, mask: (*fn(params, x, mask), dummy), audios, pad_audio,
+                     self.audio_multiple, True)[1]
+
   def text(self, token_lists: Sequence[Sequence[int]], frames: bool = False):
     token_lists = [list(t)[:self.max_text_length] or [0] for t in token_lists]
     return self._run(self._text, token_lists, pad_tokens, self.text_multiple, frames)

@@ -9,12 +9,13 @@ query's (within DURATION_WINDOW_S), with its own chance level: an encoder can ra
 alone (long clips with long transcripts), and this figure says how much of R@1 rests on content.
 """
 import os
-from typing import Sequence
+from typing import Callable, Sequence
 
 import gin
 import numpy as np
 
 from mslam_jax import storage
+from mslam_jax.data.special_ids import BLANK_ID
 from mslam_jax.evaluation import data as eval_data
 from mslam_jax.evaluation import base
 
@@ -69,9 +70,65 @@ def rank_metrics(r: np.ndarray, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
   return out
 
 
+def reranked_order(similarity: np.ndarray, cost: Callable[[np.ndarray], np.ndarray], top_k: int) -> np.ndarray:
+  """Each query's candidates [Q, C], best first, after a second stage: its `top_k` by similarity
+  reordered by `cost` (lower first; equal costs keep the similarity order), the rest behind them in
+  similarity order.
+
+  `cost`: [P, 2] (query, candidate) index pairs -> [P] costs; only shortlisted pairs are scored.
+  """
+  order = np.argsort(-similarity, axis=1, kind="stable")
+  queries, top_k = similarity.shape[0], min(top_k, similarity.shape[1])
+  shortlist = order[:, :top_k]
+  costs = np.asarray(cost(np.stack([np.repeat(np.arange(queries), top_k), shortlist.reshape(-1)], axis=1)))
+  within = np.argsort(costs.reshape(queries, top_k), axis=1, kind="stable")
+  order[:, :top_k] = np.take_along_axis(shortlist, within, axis=1)
+  return order
+
+
+def reranked_ranks(similarity: np.ndarray, cost: Callable[[np.ndarray], np.ndarray], top_k: int) -> np.ndarray:
+  """`ranks` of each row's diagonal partner in `reranked_order`; a partner outside the shortlist
+  keeps its first-stage rank (ties counted against it), behind the whole shortlist."""
+  order = reranked_order(similarity, cost, top_k)
+  position = np.argmax(order == np.arange(order.shape[0])[:, None], axis=1)
+  top_k = min(top_k, similarity.shape[1])
+  return np.where(position < top_k, position, np.maximum(ranks(similarity), top_k))
+
+
+def ctc_costs(log_probs: Sequence[np.ndarray], token_lists: Sequence[Sequence[int]], pairs: np.ndarray,
+              blank_id: int, batch_size: int = 256) -> np.ndarray:
+  """CTC negative log-likelihood per character of transcript `pairs[p, 1]` given clip `pairs[p, 0]`
+  (its CTC head's log-probabilities [T, vocab]): how well the clip spells the text, comparable
+  between texts of different lengths. One padded shape for every batch: one compile."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  frames = max(len(x) for x in log_probs)
+  chars = max(1, max(len(t) for t in token_lists))
+  vocab = log_probs[0].shape[-1]
+  loss = jax.jit(lambda lp, lp_pad, labels, label_pad: optax.ctc_loss(lp, lp_pad, labels, label_pad,
+                                                                       blank_id=blank_id))
+  out = np.zeros(len(pairs), np.float64)
+  for start in range(0, len(pairs), batch_size):
+    chunk = pairs[start:start + batch_size]
+    lp = np.zeros((batch_size, frames, vocab), np.float32)
+    lp_pad = np.ones((batch_size, frames), np.float32)
+    labels = np.zeros((batch_size, chars), np.int32)
+    label_pad = np.ones((batch_size, chars), np.float32)
+    lengths = np.ones(len(chunk))
+    for row, (clip, text) in enumerate(chunk):
+      n, tokens = len(log_probs[clip]), token_lists[text]
+      lp[row, :n], lp_pad[row, :n] = log_probs[clip], 0.0
+      labels[row, :len(tokens)], label_pad[row, :len(tokens)] = tokens, 0.0
+      lengths[row] = max(1, len(tokens))
+    out[start:start + len(chunk)] = np.asarray(loss(lp, lp_pad, labels, label_pad))[:len(chunk)] / lengths
+  return out
+
+
 def speech_text_retrieval(speech: np.ndarray, text: np.ndarray, langs: Sequence[str] | None = None,
                           center: bool = True, seconds: Sequence[float] | None = None,
-                          held_out: Sequence[str] = ()) -> dict[str, float]:
+                          held_out: Sequence[str] = (),
+                          pair_cost: Callable[[np.ndarray], np.ndarray] | None = None,
+                          rerank_top_k: int = 50) -> dict[str, float]:
   """Both directions with the metric names of the evaluation report.
 
   With `langs`, adds R@1 per language of the query (the pool still holds every language), and with
@@ -79,6 +136,11 @@ def speech_text_retrieval(speech: np.ndarray, text: np.ndarray, langs: Sequence[
   of the others' (`*_seen`): cross-modal transfer to a language and fit to the trained ones are
   apart. With `seconds` (each clip's duration), adds R@1 among candidates within DURATION_WINDOW_S
   of the query's clip (`*_similar_duration`) and that figure's chance level.
+
+  With `pair_cost` ([P, 2] (clip, transcript) index pairs -> [P] costs, e.g. `ctc_costs`), the
+  same figures again for two-stage retrieval (`*_ctc_rerank`): the embedding's `rerank_top_k`
+  candidates reordered by cost (`reranked_ranks`), as image-text retrieval reranks its shortlist
+  with a matching head.
   """
   _check_paired(speech, text)
   metrics = {}
@@ -87,18 +149,24 @@ def speech_text_retrieval(speech: np.ndarray, text: np.ndarray, langs: Sequence[
     seconds = np.asarray(seconds, np.float64)
     similar = np.abs(seconds[:, None] - seconds[None, :]) <= DURATION_WINDOW_S
     metrics["retrieval_chance_r1_similar_duration"] = float(np.mean(1.0 / similar.sum(axis=1)))
-  for direction, (q, c) in {"speech_to_text": (speech, text), "text_to_speech": (text, speech)}.items():
+  directions = {"speech_to_text": (speech, text, lambda pairs: pairs),
+                "text_to_speech": (text, speech, lambda pairs: pairs[:, ::-1])}
+  for direction, (q, c, as_clip_text) in directions.items():
     sim = similarity(q, c, center)  # one similarity matrix for every figure below
-    r = ranks(sim)
-    metrics.update({f"retrieval_{name}_{direction}": value for name, value in rank_metrics(r).items()})
-    if langs is not None:
-      langs_arr = np.asarray(langs)
-      for lang in sorted(set(langs)):
-        metrics[f"retrieval_r1_{direction}/{lang}"] = float(np.mean(r[langs_arr == lang] < 1))
-      unseen = np.isin(langs_arr, list(held_out))
-      for suffix, queries in (("_heldout", unseen), ("_seen", ~unseen)):
-        if held_out and queries.any():
-          metrics[f"retrieval_r1_{direction}{suffix}"] = float(np.mean(r[queries] < 1))
+    stages = {"": ranks(sim)}
+    if pair_cost is not None:
+      stages["_ctc_rerank"] = reranked_ranks(sim, lambda pairs: pair_cost(as_clip_text(pairs)), rerank_top_k)
+    for stage, r in stages.items():
+      metrics.update({f"retrieval_{name}_{direction}{stage}": value for name, value in rank_metrics(r).items()})
+      if langs is not None:
+        langs_arr = np.asarray(langs)
+        if not stage:
+          for lang in sorted(set(langs)):
+            metrics[f"retrieval_r1_{direction}/{lang}"] = float(np.mean(r[langs_arr == lang] < 1))
+        unseen = np.isin(langs_arr, list(held_out))
+        for suffix, queries in (("_heldout", unseen), ("_seen", ~unseen)):
+          if held_out and queries.any():
+            metrics[f"retrieval_r1_{direction}{stage}{suffix}"] = float(np.mean(r[queries] < 1))
     if similar is not None:  # symmetric: the same window for either direction
       metrics[f"retrieval_r1_{direction}_similar_duration"] = r1_among(sim, similar)
   metrics["retrieval_pool_size"] = float(speech.shape[0])
@@ -128,13 +196,22 @@ def plot_similarity(path: str, similarity: np.ndarray, langs: Sequence[str], tit
 @base.register("retrieval")
 @gin.configurable
 class RetrievalEvaluator:
-  """Speech<->text retrieval over the paired test split of every language, pooled into one set."""
+  """Speech<->text retrieval over the paired test split of every language, pooled into one set.
+
+  In the cross-modal embedding space, and (for a model whose pre-training trains a CTC head,
+  mSLAM-CTC) in two stages: the embedding's `rerank_top_k` candidates reordered by the pre-trained
+  CTC head's likelihood of each transcript given each clip (`ctc_costs`; `*_ctc_rerank` figures;
+  0: off).
+  """
 
   def __init__(self, corpus_dir: str | None = None, split: str = "test", langs: Sequence[str] | None = None,
-               max_per_lang: int | None = 50, batch_size: int = 16, center: bool = True):
+               max_per_lang: int | None = 50, batch_size: int = 16, center: bool = True, rerank_top_k: int = 50):
+    if rerank_top_k < 0:
+      raise ValueError(f"RetrievalEvaluator.rerank_top_k must be >= 0 (0: no reranking), got {rerank_top_k}")
     self.corpus_dir = corpus_dir
     self.split, self.langs = split, langs
     self.max_per_lang, self.batch_size, self.center = max_per_lang, batch_size, center
+    self.rerank_top_k = rerank_top_k
 
   def evaluate(self, ctx: base.EvalContext) -> dict[str, float]:
     corpus_dir = ctx.corpus(self.corpus_dir, type(self).__name__)
@@ -146,11 +223,17 @@ class RetrievalEvaluator:
     vocab = eval_data.load_vocabulary(corpus_dir)
     encoder = eval_data.Encoder(ctx.model, ctx.params, self.batch_size, cross_modal=True, cache=ctx.compiled)
     speech = encoder.speech([u.audio for u in utts])
-    text = encoder.text(eval_data.tokenize(vocab, [u.text for u in utts]))
+    tokens = eval_data.tokenize(vocab, [u.text for u in utts])
+    text = encoder.text(tokens)
     langs = [u.lang for u in utts]
+    pair_cost = None
+    if self.rerank_top_k and getattr(ctx.model, "has_ctc_head", False):
+      log_probs = encoder.speech_ctc_log_probs([u.audio for u in utts])
+      pair_cost = lambda pairs: ctc_costs(log_probs, tokens, pairs, BLANK_ID)
     metrics = speech_text_retrieval(speech, text, langs, center=self.center,
                                     seconds=[len(u.audio) / eval_data.SAMPLE_RATE for u in utts],
-                                    held_out=eval_data.held_out_languages(corpus_dir))
+                                    held_out=eval_data.held_out_languages(corpus_dir), pair_cost=pair_cost,
+                                    rerank_top_k=self.rerank_top_k)
     if out_dir:
       plot_similarity(os.path.join(out_dir, "retrieval_similarity.png"), similarity(speech, text, self.center), langs,
                       f"speech-text cosine similarity, step {step}")

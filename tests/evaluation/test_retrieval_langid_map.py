@@ -55,6 +55,52 @@ def test_held_out_languages_are_scored_apart_from_the_seen_ones_in_one_pool():
   assert not any(k.endswith(("_seen", "_heldout")) for k in retrieval.speech_text_retrieval(x, y, langs))
 
 
+def test_a_second_stage_reorders_only_the_shortlist():
+  """reranked_ranks: the cost decides the order within each query's top-k by similarity (equal
+  costs keep the similarity order); a partner outside the top-k keeps its rank, behind them."""
+  sim = np.array([[0.1, 0.9, 0.8, 0.7, 0.0],    # partner 0 is 4th by similarity: outside a top-3
+                  [0.2, 0.5, 0.9, 0.8, 0.0],    # partner 1 is 3rd: the cost makes it 1st
+                  [0.3, 0.4, 0.9, 0.8, 0.0],    # partner 2 is 1st: candidate 3 costs less
+                  [0.9, 0.4, 0.1, 0.8, 0.0],    # partner 3 is 2nd: equal costs, it stays 2nd
+                  [0.0, 0.0, 0.0, 0.0, 1.0]])
+  cost = {(1, 1): 0.1, (2, 2): 0.5, (2, 3): 0.4}
+  seen = []
+  def pair_cost(pairs):
+    seen.extend(map(tuple, pairs))
+    return np.array([cost.get(tuple(p), 1.0) for p in pairs])
+  r = retrieval.reranked_ranks(sim, pair_cost, top_k=3)
+  assert r.tolist() == [3, 0, 1, 1, 0]
+  assert len(seen) == 15 and (0, 0) not in seen  # only shortlisted pairs are scored
+
+
+def test_ctc_costs_prefer_the_transcript_the_clip_spells():
+  """ctc_costs: a clip whose CTC head spells "3 4 5" scores that transcript far below one
+  character off or one character short, per character (blank id 0)."""
+  vocab, spelled = 8, [3, 4, 5]
+  log_probs = np.full((9, vocab), np.log(0.01 / (vocab - 1)), np.float32)
+  for t, token in enumerate([0, 3, 0, 4, 0, 0, 5, 0, 0]):
+    log_probs[t, token] = np.log(0.99)
+  other = np.full((6, vocab), -np.log(vocab), np.float32)  # a clip that says nothing in particular
+  texts = [spelled, [3, 4, 6], [3, 4], [3, 4, 5, 5]]
+  pairs = np.array([[0, i] for i in range(len(texts))] + [[1, 0]])
+  costs = retrieval.ctc_costs([log_probs, other], texts, pairs, blank_id=0, batch_size=2)
+  assert costs[0] < 0.1 and all(costs[0] + 1.0 < c for c in costs[1:4])
+  assert costs[4] > costs[0] + 1.0  # the same transcript, from a clip that does not spell it
+
+
+def test_two_stage_figures_sit_beside_the_embedding_ones():
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(40, 16))
+  y = x + 1.5 * rng.normal(size=x.shape)  # a weak embedding
+  langs = ["eng"] * 30 + ["swa"] * 10
+  exact = lambda pairs: (pairs[:, 0] != pairs[:, 1]).astype(float)  # a second stage that knows
+  m = retrieval.speech_text_retrieval(x, y, langs, held_out=["swa"], pair_cost=exact, rerank_top_k=40)
+  for d in ("speech_to_text", "text_to_speech"):
+    assert m[f"retrieval_r1_{d}"] < 0.9 and m[f"retrieval_r1_{d}_ctc_rerank"] == 1.0
+    assert m[f"retrieval_r1_{d}_ctc_rerank_seen"] == m[f"retrieval_r1_{d}_ctc_rerank_heldout"] == 1.0
+  assert not any(k.endswith("_ctc_rerank") for k in retrieval.speech_text_retrieval(x, y, langs))
+
+
 def test_an_embedding_of_duration_alone_scores_at_chance_among_clips_of_similar_duration():
   rng = np.random.default_rng(3)
   seconds = rng.uniform(1.0, 5.0, size=400)

@@ -209,6 +209,7 @@ def test_finetune_align_retrieve_langid_commands(run_dir, tmp_path, capsys):
   assert cli.main(["retrieve", "--model_dir", model_dir, "--audio", wav, wav, "--texts", str(texts)]) == 0
   out = json.loads(capsys.readouterr().out)
   assert len(out["audio_to_text"]) == 2 and len(out["text_to_audio"]) == 2
+  assert out["reranked_by_ctc"] is False  # the stand-in model has no CTC head to rerank with
   assert {b["text"] for b in out["audio_to_text"][0]["best"]} == {"abc dea", "fed cab"}
 
   bbb = str(tmp_path / "bbb.wav")
