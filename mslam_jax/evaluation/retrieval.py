@@ -8,6 +8,7 @@ With clip durations the report adds R@1 among the candidates whose clips last ab
 query's (within DURATION_WINDOW_S), with its own chance level: an encoder can rank a pool by duration
 alone (long clips with long transcripts), and this figure says how much of R@1 rests on content.
 """
+import functools
 import os
 from typing import Callable, Sequence
 
@@ -95,33 +96,67 @@ def reranked_ranks(similarity: np.ndarray, cost: Callable[[np.ndarray], np.ndarr
   return np.where(position < top_k, position, np.maximum(ranks(similarity), top_k))
 
 
+def _bucket(length: int, unit: int = 64) -> int:
+  return max(unit, -(-length // unit) * unit)
+
+
 def ctc_costs(log_probs: Sequence[np.ndarray], token_lists: Sequence[Sequence[int]], pairs: np.ndarray,
-              blank_id: int, batch_size: int = 256) -> np.ndarray:
+              blank_id: int, batch_size: int = 1024) -> np.ndarray:
   """CTC negative log-likelihood per character of transcript `pairs[p, 1]` given clip `pairs[p, 0]`
   (its CTC head's log-probabilities [T, vocab]): how well the clip spells the text, comparable
-  between texts of different lengths. One padded shape for every batch: one compile."""
+  between texts of different lengths.
+
+  Clips and texts are padded once; pairs go in batches of like lengths (frames and characters in
+  multiples of 64: a few shapes, a few compiles), gathered inside the compiled program."""
   import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  frames = max(len(x) for x in log_probs)
-  chars = max(1, max(len(t) for t in token_lists))
-  vocab = log_probs[0].shape[-1]
-  loss = jax.jit(lambda lp, lp_pad, labels, label_pad: optax.ctc_loss(lp, lp_pad, labels, label_pad,
-                                                                       blank_id=blank_id))
+  clip_len = np.array([len(x) for x in log_probs])
+  text_len = np.array([len(t) for t in token_lists])
+  frames, chars = _bucket(int(clip_len.max())), _bucket(int(max(1, text_len.max())))
+  clips = np.zeros((len(log_probs), frames, log_probs[0].shape[-1]), np.float32)
+  labels = np.zeros((len(token_lists), chars), np.int32)
+  for i, x in enumerate(log_probs):
+    clips[i, :len(x)] = x
+  for i, tokens in enumerate(token_lists):
+    labels[i, :len(tokens)] = tokens
+  clip_pad = (np.arange(frames)[None] >= clip_len[:, None]).astype(np.float32)
+  label_pad = (np.arange(chars)[None] >= text_len[:, None]).astype(np.float32)
+  per_char = np.maximum(text_len, 1).astype(np.float32)
+  arrays = [jnp.asarray(a) for a in (clips, clip_pad, labels, label_pad, per_char)]
+
+  @functools.partial(jax.jit, static_argnums=(0, 1))
+  def cost(t, l, clips, clip_pad, labels, label_pad, per_char, clip, text):
+    nll = optax.ctc_loss(clips[clip, :t], clip_pad[clip, :t], labels[text, :l], label_pad[text, :l],
+                         blank_id=blank_id)
+    return nll / per_char[text]
+
+  pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+  shape = np.array([[_bucket(clip_len[c]), _bucket(max(1, text_len[t]))] for c, t in pairs]).reshape(-1, 2)
   out = np.zeros(len(pairs), np.float64)
-  for start in range(0, len(pairs), batch_size):
-    chunk = pairs[start:start + batch_size]
-    lp = np.zeros((batch_size, frames, vocab), np.float32)
-    lp_pad = np.ones((batch_size, frames), np.float32)
-    labels = np.zeros((batch_size, chars), np.int32)
-    label_pad = np.ones((batch_size, chars), np.float32)
-    lengths = np.ones(len(chunk))
-    for row, (clip, text) in enumerate(chunk):
-      n, tokens = len(log_probs[clip]), token_lists[text]
-      lp[row, :n], lp_pad[row, :n] = log_probs[clip], 0.0
-      labels[row, :len(tokens)], label_pad[row, :len(tokens)] = tokens, 0.0
-      lengths[row] = max(1, len(tokens))
-    out[start:start + len(chunk)] = np.asarray(loss(lp, lp_pad, labels, label_pad))[:len(chunk)] / lengths
+  for t, l in sorted({tuple(x) for x in shape}):
+    index = np.flatnonzero((shape[:, 0] == t) & (shape[:, 1] == l))
+    for start in range(0, len(index), batch_size):
+      part = index[start:start + batch_size]
+      chunk = np.zeros((batch_size, 2), np.int32)  # the last batch padded with pair (0, 0)
+      chunk[:len(part)] = pairs[part]
+      out[part] = np.asarray(cost(t, l, *arrays, chunk[:, 0], chunk[:, 1]))[:len(part)]
   return out
+
+
+def _remembered(cost: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+  """`cost` that scores each pair once, however often it is asked (both directions' shortlists
+  share most of their pairs)."""
+  known: dict[tuple[int, int], float] = {}
+
+  def lookup(pairs: np.ndarray) -> np.ndarray:
+    keys = [tuple(p) for p in np.asarray(pairs).tolist()]
+    new = sorted(set(keys) - known.keys())
+    if new:
+      known.update(zip(new, np.asarray(cost(np.array(new))).tolist()))
+    return np.array([known[k] for k in keys])
+
+  return lookup
 
 
 def speech_text_retrieval(speech: np.ndarray, text: np.ndarray, langs: Sequence[str] | None = None,
@@ -149,6 +184,8 @@ def speech_text_retrieval(speech: np.ndarray, text: np.ndarray, langs: Sequence[
     seconds = np.asarray(seconds, np.float64)
     similar = np.abs(seconds[:, None] - seconds[None, :]) <= DURATION_WINDOW_S
     metrics["retrieval_chance_r1_similar_duration"] = float(np.mean(1.0 / similar.sum(axis=1)))
+  if pair_cost is not None:
+    pair_cost = _remembered(pair_cost)
   directions = {"speech_to_text": (speech, text, lambda pairs: pairs),
                 "text_to_speech": (text, speech, lambda pairs: pairs[:, ::-1])}
   for direction, (q, c, as_clip_text) in directions.items():
