@@ -7,9 +7,12 @@ import os
 import subprocess
 import sys
 
+import gin
 import numpy as np
 import pytest
+import soundfile
 
+from mslam_jax import cli
 from mslam_jax import compilation_cache
 from mslam_jax import training_curves
 from mslam_jax.commands import demo
@@ -126,6 +129,29 @@ def test_demo_reports_every_figure_and_draws_the_curves(demo_run):
   # The table is printed with the zero-shot ablation next to the joint model's figure.
   assert "zero-shot CER, speech-only ablation" in proc.stdout and "retrieval R@1 speech->text" in proc.stdout
   assert "speech translation BLEU, training sources" in proc.stdout and "most frequent target" in proc.stdout
+
+
+def test_retrieve_reranks_a_ctc_runs_shortlist_by_its_ctc_head(demo_run, tmp_path, capsys):
+  """`mslam retrieve` on the demo's mSLAM-CTC run: the embedding's candidates, reordered by the
+  pre-trained CTC head (`--rerank_top_k`), and the embedding alone with 0."""
+  out, _ = demo_run
+  audio = []
+  for i, seconds in enumerate((1.0, 1.5)):
+    path = str(tmp_path / f"clip{i}.wav")
+    soundfile.write(path, 0.1 * np.random.default_rng(i).standard_normal(int(16000 * seconds)).astype(np.float32),
+                    16000)
+    audio.append(path)
+  texts = tmp_path / "texts.txt"
+  texts.write_text("one two\nthree\nfour five six\n")
+  command = ["retrieve", "--model_dir", os.path.join(out, "pretrain"), "--audio", *audio, "--texts", str(texts)]
+  for extra, reranked in (([], True), (["--rerank_top_k", "0"], False)):
+    gin.clear_config()
+    assert cli.main(command + extra) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["reranked_by_ctc"] is reranked
+    assert [len(r["best"]) for r in result["audio_to_text"]] == [3, 3]
+    assert {b["text"] for b in result["audio_to_text"][0]["best"]} == {"one two", "three", "four five six"}
+  gin.clear_config()
 
 
 def test_demo_rerun_on_the_same_directory_redoes_nothing(demo_run):

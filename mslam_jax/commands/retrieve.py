@@ -49,14 +49,13 @@ def run(args: argparse.Namespace) -> int:
   checkpoints.check_corpus(checkpoints.step_dir(args.model_dir, step), corpus_dir, args.model_dir)
   vocab = eval_data.load_vocabulary(corpus_dir)
   encoder = eval_data.Encoder(model, params, cross_modal=True)
-  speech = encoder.speech(audios)
   tokens = eval_data.tokenize(vocab, texts)
   text = encoder.text(tokens)
+  reranked = bool(args.rerank_top_k) and getattr(model, "has_ctc_head", False)
+  speech, log_probs = encoder.speech_with_ctc(audios) if reranked else (encoder.speech(audios), None)
   center = not args.no_center and len(texts) > 1 and len(audios) > 1
   sim = retrieval.similarity(speech, text, center)
-  reranked = bool(args.rerank_top_k) and getattr(model, "has_ctc_head", False)
   if reranked:
-    log_probs = encoder.speech_ctc_log_probs(audios)
     cost = lambda pairs: retrieval.ctc_costs(log_probs, tokens, pairs, BLANK_ID)  # (clip, text) pairs
     audio_order = retrieval.reranked_order(sim, cost, args.rerank_top_k)
     text_order = retrieval.reranked_order(sim.T, lambda pairs: cost(pairs[:, ::-1]), args.rerank_top_k)

@@ -204,12 +204,11 @@ class Encoder:
     return self._run(lambda params, x, mask: (None, None, stats(params, x, mask)), audios, pad_audio,
                      self.audio_multiple, False)
 
-  def speech_ctc_log_probs(self, audios: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Each utterance's [T_i, vocab] log-probabilities of the model's CTC head (`speech_ctc_log_probs`)."""
-    fn = cached_jit(self._cache, ("speech_ctc_log_probs",), self.model, self.model.speech_ctc_log_probs)
-    dummy = np.zeros((self.batch_size, 1), np.float32)
-    return self._run(lambda params, x, mask: (*fn(params, x, mask), dummy), audios, pad_audio,
-                     self.audio_multiple, True)[1]
+  def speech_with_ctc(self, audios: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """`speech`'s pooled embeddings [N, D] and each utterance's [T_i, vocab] log-probabilities of the
+    model's CTC head, from one pass (`embed_speech_with_ctc`)."""
+    fn = cached_jit(self._cache, ("embed_speech_with_ctc",), self.model, self.model.embed_speech_with_ctc)
+    return self._run(fn, audios, pad_audio, self.audio_multiple, True)
 
   def text(self, token_lists: Sequence[Sequence[int]], frames: bool = False):
     token_lists = [list(t)[:self.max_text_length] or [0] for t in token_lists]

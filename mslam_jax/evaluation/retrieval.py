@@ -259,14 +259,15 @@ class RetrievalEvaluator:
       raise ValueError(f"retrieval needs at least 2 paired {self.split} utterances in {corpus_dir}")
     vocab = eval_data.load_vocabulary(corpus_dir)
     encoder = eval_data.Encoder(ctx.model, ctx.params, self.batch_size, cross_modal=True, cache=ctx.compiled)
-    speech = encoder.speech([u.audio for u in utts])
     tokens = eval_data.tokenize(vocab, [u.text for u in utts])
     text = encoder.text(tokens)
     langs = [u.lang for u in utts]
     pair_cost = None
     if self.rerank_top_k and getattr(ctx.model, "has_ctc_head", False):
-      log_probs = encoder.speech_ctc_log_probs([u.audio for u in utts])
+      speech, log_probs = encoder.speech_with_ctc([u.audio for u in utts])
       pair_cost = lambda pairs: ctc_costs(log_probs, tokens, pairs, BLANK_ID)
+    else:
+      speech = encoder.speech([u.audio for u in utts])
     metrics = speech_text_retrieval(speech, text, langs, center=self.center,
                                     seconds=[len(u.audio) / eval_data.SAMPLE_RATE for u in utts],
                                     held_out=eval_data.held_out_languages(corpus_dir), pair_cost=pair_cost,

@@ -25,7 +25,7 @@ Interface (t5x-like; the optimizer lives outside):
   frames, mask, pooled = model.encode_speech(params, audio, audio_mask)
   frames, mask, pooled = model.encode_text(params, tokens, tokens_mask)
   ... = model.embed_speech / embed_text(...)   # pooled -> the cross-modal (retrieval) space
-  log_probs, mask = model.speech_ctc_log_probs(params, audio, audio_mask)   # the CTC head's
+  log_probs, mask, pooled = model.embed_speech_with_ctc(params, audio, audio_mask)   # + the CTC head's
 """
 import dataclasses
 from typing import Any, Mapping, Optional
@@ -468,9 +468,11 @@ class MSLAMNetwork(nn.Module):
   def speech_statistics(self, audio: Array, audio_mask: Array):
     return self.encoder.speech_statistics(audio, audio_mask, True)
 
-  def speech_ctc_log_probs(self, audio: Array, audio_mask: Array):
-    frames, mask, _ = self.encoder.encode_speech(audio, audio_mask, True)
-    return jax.nn.log_softmax(self.ctc_head(frames).astype(jnp.float32), axis=-1), mask
+  def embed_speech_with_ctc(self, audio: Array, audio_mask: Array):
+    frames, mask, pooled = self.encoder.encode_speech(audio, audio_mask, True)
+    if self.weights.cross_modal > 0:
+      pooled = self._embedding(self.speech_embedding_head, frames, mask, pooled)
+    return jax.nn.log_softmax(self.ctc_head(frames).astype(jnp.float32), axis=-1), mask, pooled
 
   def embed_speech(self, audio: Array, audio_mask: Array):
     frames, mask, pooled = self.encoder.encode_speech(audio, audio_mask, True)
@@ -667,14 +669,14 @@ class MSLAMModel:
 
   @property
   def has_ctc_head(self) -> bool:
-    """Whether pre-training trains the CTC head (mSLAM-CTC): `speech_ctc_log_probs` means something."""
+    """Whether pre-training trains the CTC head (mSLAM-CTC): `embed_speech_with_ctc` means something."""
     return self.weights.ctc > 0
 
-  def speech_ctc_log_probs(self, params: Any, audio: Array, audio_mask: Array) -> tuple[Array, Array]:
-    """(log-probabilities [B, T, vocab] of the pre-trained CTC head over the full encoder, mask [B, T]);
-    no masking, no dropout."""
+  def embed_speech_with_ctc(self, params: Any, audio: Array, audio_mask: Array) -> tuple[Array, Array, Array]:
+    """(log-probabilities [B, T, vocab] of the pre-trained CTC head, mask [B, T], embed_speech's
+    pooled vector) from one pass of the encoder; no masking, no dropout."""
     return self.network.apply({"params": flax.core.meta.unbox(params)}, audio, audio_mask,
-                              method=MSLAMNetwork.speech_ctc_log_probs)
+                              method=MSLAMNetwork.embed_speech_with_ctc)
 
   def embed_speech(self, params: Any, audio: Array, audio_mask: Array) -> tuple[Array, Array, Array]:
     """encode_speech with the pooled vector mapped into the cross-modal space (retrieval), when the
