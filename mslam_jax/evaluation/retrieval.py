@@ -100,6 +100,22 @@ def _bucket(length: int, unit: int = 64) -> int:
   return max(unit, -(-length // unit) * unit)
 
 
+@functools.lru_cache(maxsize=None)
+def _pair_cost_program(blank_id: int):
+  """The jitted (frames, characters, padded clips and texts, pair indices) -> per-character CTC cost;
+  one per process, so that every call of `ctc_costs` reuses its compiled shapes."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+
+  @functools.partial(jax.jit, static_argnums=(0, 1))
+  def cost(t, l, clips, clip_pad, labels, label_pad, per_char, clip, text):
+    nll = optax.ctc_loss(clips[clip, :t], clip_pad[clip, :t], labels[text, :l], label_pad[text, :l],
+                         blank_id=blank_id)
+    return nll / per_char[text]
+
+  return cost
+
+
 def ctc_costs(log_probs: Sequence[np.ndarray], token_lists: Sequence[Sequence[int]], pairs: np.ndarray,
               blank_id: int, batch_size: int = 1024) -> np.ndarray:
   """CTC negative log-likelihood per character of transcript `pairs[p, 1]` given clip `pairs[p, 0]`
@@ -108,9 +124,7 @@ def ctc_costs(log_probs: Sequence[np.ndarray], token_lists: Sequence[Sequence[in
 
   Clips and texts are padded once; pairs go in batches of like lengths (frames and characters in
   multiples of 64: a few shapes, a few compiles), gathered inside the compiled program."""
-  import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
   clip_len = np.array([len(x) for x in log_probs])
   text_len = np.array([len(t) for t in token_lists])
   frames, chars = _bucket(int(clip_len.max())), _bucket(int(max(1, text_len.max())))
@@ -124,13 +138,7 @@ def ctc_costs(log_probs: Sequence[np.ndarray], token_lists: Sequence[Sequence[in
   label_pad = (np.arange(chars)[None] >= text_len[:, None]).astype(np.float32)
   per_char = np.maximum(text_len, 1).astype(np.float32)
   arrays = [jnp.asarray(a) for a in (clips, clip_pad, labels, label_pad, per_char)]
-
-  @functools.partial(jax.jit, static_argnums=(0, 1))
-  def cost(t, l, clips, clip_pad, labels, label_pad, per_char, clip, text):
-    nll = optax.ctc_loss(clips[clip, :t], clip_pad[clip, :t], labels[text, :l], label_pad[text, :l],
-                         blank_id=blank_id)
-    return nll / per_char[text]
-
+  cost = _pair_cost_program(blank_id)
   pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
   shape = np.array([[_bucket(clip_len[c]), _bucket(max(1, text_len[t]))] for c, t in pairs]).reshape(-1, 2)
   out = np.zeros(len(pairs), np.float64)
