@@ -33,7 +33,6 @@ def run(args: argparse.Namespace) -> int:
   from mslam_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from mslam_jax.data import audio as audio_lib  # pylint: disable=g-import-not-at-top
   from mslam_jax.evaluation import data as eval_data  # pylint: disable=g-import-not-at-top
-  from mslam_jax.data.special_ids import BLANK_ID  # pylint: disable=g-import-not-at-top
   from mslam_jax.evaluation import retrieval  # pylint: disable=g-import-not-at-top
   if args.rerank_top_k < 0:
     raise ValueError(f"--rerank_top_k must be >= 0 (0: no reranking), got {args.rerank_top_k}")
@@ -56,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
   center = not args.no_center and len(texts) > 1 and len(audios) > 1
   sim = retrieval.similarity(speech, text, center)
   if reranked:
-    cost = lambda pairs: retrieval.ctc_costs(log_probs, tokens, pairs, BLANK_ID)  # (clip, text) pairs
+    cost = retrieval.ctc_pair_cost(log_probs, tokens)  # of (clip, text) pairs
     audio_order = retrieval.reranked_order(sim, cost, args.rerank_top_k)
     text_order = retrieval.reranked_order(sim.T, lambda pairs: cost(pairs[:, ::-1]), args.rerank_top_k)
   else:

@@ -96,8 +96,9 @@ def reranked_ranks(similarity: np.ndarray, cost: Callable[[np.ndarray], np.ndarr
   return np.where(position < top_k, position, np.maximum(ranks(similarity), top_k))
 
 
-def _bucket(length: int, unit: int = 64) -> int:
-  return max(unit, -(-length // unit) * unit)
+def _bucket(length, unit: int = 64):
+  """`length` (an int or an array of them) rounded up to a multiple of `unit`, at least `unit`."""
+  return np.maximum(unit, -(-np.asarray(length) // unit) * unit)
 
 
 @functools.lru_cache(maxsize=None)
@@ -127,7 +128,7 @@ def ctc_costs(log_probs: Sequence[np.ndarray], token_lists: Sequence[Sequence[in
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   clip_len = np.array([len(x) for x in log_probs])
   text_len = np.array([len(t) for t in token_lists])
-  frames, chars = _bucket(int(clip_len.max())), _bucket(int(max(1, text_len.max())))
+  frames, chars = int(_bucket(clip_len.max())), int(_bucket(text_len.max()))
   clips = np.zeros((len(log_probs), frames, log_probs[0].shape[-1]), np.float32)
   labels = np.zeros((len(token_lists), chars), np.int32)
   for i, x in enumerate(log_probs):
@@ -140,7 +141,7 @@ def ctc_costs(log_probs: Sequence[np.ndarray], token_lists: Sequence[Sequence[in
   arrays = [jnp.asarray(a) for a in (clips, clip_pad, labels, label_pad, per_char)]
   cost = _pair_cost_program(blank_id)
   pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
-  shape = np.array([[_bucket(clip_len[c]), _bucket(max(1, text_len[t]))] for c, t in pairs]).reshape(-1, 2)
+  shape = np.stack([_bucket(clip_len[pairs[:, 0]]), _bucket(text_len[pairs[:, 1]])], axis=1)
   out = np.zeros(len(pairs), np.float64)
   for t, l in sorted({tuple(x) for x in shape}):
     index = np.flatnonzero((shape[:, 0] == t) & (shape[:, 1] == l))
@@ -152,9 +153,15 @@ def ctc_costs(log_probs: Sequence[np.ndarray], token_lists: Sequence[Sequence[in
   return out
 
 
+def ctc_pair_cost(log_probs: Sequence[np.ndarray], token_lists: Sequence[Sequence[int]]
+                  ) -> Callable[[np.ndarray], np.ndarray]:
+  """[P, 2] (clip, transcript) index pairs -> `ctc_costs`, each pair scored once however often it is
+  asked (both directions' shortlists share most of their pairs): the second stage's cost."""
+  return _remembered(lambda pairs: ctc_costs(log_probs, token_lists, pairs, BLANK_ID))
+
+
 def _remembered(cost: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
-  """`cost` that scores each pair once, however often it is asked (both directions' shortlists
-  share most of their pairs)."""
+  """`cost` that scores each pair once, however often it is asked."""
   known: dict[tuple[int, int], float] = {}
 
   def lookup(pairs: np.ndarray) -> np.ndarray:
@@ -180,7 +187,7 @@ def speech_text_retrieval(speech: np.ndarray, text: np.ndarray, langs: Sequence[
   apart. With `seconds` (each clip's duration), adds R@1 among candidates within DURATION_WINDOW_S
   of the query's clip (`*_similar_duration`) and that figure's chance level.
 
-  With `pair_cost` ([P, 2] (clip, transcript) index pairs -> [P] costs, e.g. `ctc_costs`), the
+  With `pair_cost` ([P, 2] (clip, transcript) index pairs -> [P] costs, e.g. `ctc_pair_cost`), the
   same figures again for two-stage retrieval (`*_ctc_rerank`): the embedding's `rerank_top_k`
   candidates reordered by cost (`reranked_ranks`), as image-text retrieval reranks its shortlist
   with a matching head.
@@ -192,8 +199,6 @@ def speech_text_retrieval(speech: np.ndarray, text: np.ndarray, langs: Sequence[
     seconds = np.asarray(seconds, np.float64)
     similar = np.abs(seconds[:, None] - seconds[None, :]) <= DURATION_WINDOW_S
     metrics["retrieval_chance_r1_similar_duration"] = float(np.mean(1.0 / similar.sum(axis=1)))
-  if pair_cost is not None:
-    pair_cost = _remembered(pair_cost)
   directions = {"speech_to_text": (speech, text, lambda pairs: pairs),
                 "text_to_speech": (text, speech, lambda pairs: pairs[:, ::-1])}
   for direction, (q, c, as_clip_text) in directions.items():
@@ -273,7 +278,7 @@ class RetrievalEvaluator:
     pair_cost = None
     if self.rerank_top_k and getattr(ctx.model, "has_ctc_head", False):
       speech, log_probs = encoder.speech_with_ctc([u.audio for u in utts])
-      pair_cost = lambda pairs: ctc_costs(log_probs, tokens, pairs, BLANK_ID)
+      pair_cost = ctc_pair_cost(log_probs, tokens)
     else:
       speech = encoder.speech([u.audio for u in utts])
     metrics = speech_text_retrieval(speech, text, langs, center=self.center,

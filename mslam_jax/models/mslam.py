@@ -469,9 +469,7 @@ class MSLAMNetwork(nn.Module):
     return self.encoder.speech_statistics(audio, audio_mask, True)
 
   def embed_speech_with_ctc(self, audio: Array, audio_mask: Array):
-    frames, mask, pooled = self.encoder.encode_speech(audio, audio_mask, True)
-    if self.weights.cross_modal > 0:
-      pooled = self._embedding(self.speech_embedding_head, frames, mask, pooled)
+    frames, mask, pooled = self.embed_speech(audio, audio_mask)
     return jax.nn.log_softmax(self.ctc_head(frames).astype(jnp.float32), axis=-1), mask, pooled
 
   def embed_speech(self, audio: Array, audio_mask: Array):
