@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     logging.info("No saved probe for step %d: training one on %s", step, corpus_dir)
     evaluator = langid.LangIDEvaluator(corpus_dir=corpus_dir, modalities=("speech",))
     x, y = evaluator.embed(encoder, "speech", "train", evaluator.max_train_per_lang)
-    probe = langid.LinearProbe(features=evaluator.speech_features).fit(x, y)
+    probe = langid.LinearProbe(features=evaluator.speech_features, classifier=evaluator.probes["speech"]).fit(x, y)
   probs = probe.predict_proba(langid.speech_features(encoder, audios, probe.features))
   results = []
   for path, p in zip(args.files, probs):

@@ -147,6 +147,29 @@ def test_probe_separates_languages_and_reloads(tmp_path):
   assert reloaded.predict_proba(test_x).sum(-1) == pytest.approx(np.ones(len(test_x)))
 
 
+def test_lda_probe_is_sklearns_classifier_and_reloads_as_one(tmp_path):
+  from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+  rng = np.random.default_rng(7)
+  centers = rng.normal(size=(5, 12))
+  train_x, train_y = _clusters(rng, 30, centers, 1.0)
+  test_x, test_y = _clusters(rng, 20, centers, 1.0)
+  probe = langid.LinearProbe(classifier="lda", features="statistics").fit(train_x, train_y)
+  # The saved linear form decides as scikit-learn's LDA does (LDA is affine-invariant: the
+  # standardisation changes nothing), and its probabilities are LDA's posteriors.
+  reference = LinearDiscriminantAnalysis(solver="svd").fit(train_x, train_y)
+  np.testing.assert_array_equal(probe.predict(test_x), reference.predict(test_x))
+  np.testing.assert_allclose(probe.predict_proba(test_x), reference.predict_proba(test_x), atol=1e-6)
+  assert (probe.predict(test_x) == test_y).mean() > 0.8
+  probe.save(str(tmp_path / "probe.npz"))
+  reloaded = langid.LinearProbe.load(str(tmp_path / "probe.npz"))
+  assert reloaded.classifier == "lda"
+  np.testing.assert_array_equal(reloaded.predict(test_x), reference.predict(test_x))
+  with pytest.raises(ValueError, match="qda"):
+    langid.LinearProbe(classifier="qda")
+  with pytest.raises(ValueError, match="speech_probe"):
+    langid.LangIDEvaluator(speech_probe="svm")
+
+
 def test_probe_on_noise_is_near_chance():
   rng = np.random.default_rng(4)
   labels = np.repeat(["a", "b", "c", "d"], 50)
