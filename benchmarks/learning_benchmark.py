@@ -2,7 +2,7 @@
 quantizer's health beside it (at most ~45 minutes on 2 CPU cores at the defaults).
 
   python benchmarks/learning_benchmark.py [--out ./learning_benchmark] [--steps 700]
-      [--finetune-steps 1200] [--seeds 0 1] [--w2v-steps 1500] [--jobs 2] [--json]
+      [--finetune-steps 2400] [--seeds 0 1] [--w2v-steps 1500] [--jobs 2] [--json]
 
 0. The corpus is built once (`mslam demo --corpus-only`) and shared by every run.
 
@@ -235,8 +235,8 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", default="./learning_benchmark")
   parser.add_argument("--steps", type=int, default=700, help="pre-training steps of every run (the demo's: 420)")
-  parser.add_argument("--finetune-steps", type=int, default=1200,
-                      help="CTC fine-tuning steps of each demo run (the demo's own: 600)")
+  parser.add_argument("--finetune-steps", type=int, default=2400,
+                      help="CTC fine-tuning steps of each demo run (the demo's own: 800)")
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
   parser.add_argument("--w2v-steps", type=int, default=1500, help="0 skips the w2v-BERT run")
   parser.add_argument("--jobs", type=int, default=2, help="runs at once (each a process of its own)")

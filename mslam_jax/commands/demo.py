@@ -1,6 +1,6 @@
 """`mslam demo`: the whole system at toy scale on a CPU (13 to 15 minutes on 2 idle cores).
 
-  mslam demo [--out ./mslam_demo] [--steps 420] [--finetune-steps 600] [--translation-steps N]
+  mslam demo [--out ./mslam_demo] [--steps 420] [--finetune-steps 800] [--translation-steps N]
       [--no-ablation] [--no-translation] [--corpus-only] [--gin.NAME=VALUE ...]
 
 1. builds the built-in corpus (10 languages, 2 held out for zero-shot ASR) into OUT/corpus;
