@@ -1,4 +1,4 @@
-"""`mslam demo`: the whole system at toy scale on a CPU (13 to 15 minutes on 2 idle cores).
+"""`mslam demo`: the whole system at toy scale on a CPU (13 to 17 minutes on 2 idle cores, by the day).
 
   mslam demo [--out ./mslam_demo] [--steps 420] [--finetune-steps 800] [--translation-steps N]
       [--no-ablation] [--no-translation] [--corpus-only] [--gin.NAME=VALUE ...]
