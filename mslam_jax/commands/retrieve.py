@@ -50,12 +50,11 @@ def run(args: argparse.Namespace) -> int:
   encoder = eval_data.Encoder(model, params, cross_modal=True)
   tokens = eval_data.tokenize(vocab, texts)
   text = encoder.text(tokens)
-  reranked = bool(args.rerank_top_k) and getattr(model, "has_ctc_head", False)
-  speech, log_probs = encoder.speech_with_ctc(audios) if reranked else (encoder.speech(audios), None)
+  speech, cost = retrieval.speech_and_pair_cost(encoder, audios, tokens, args.rerank_top_k)  # of (clip, text) pairs
+  reranked = cost is not None
   center = not args.no_center and len(texts) > 1 and len(audios) > 1
   sim = retrieval.similarity(speech, text, center)
   if reranked:
-    cost = retrieval.ctc_pair_cost(log_probs, tokens)  # of (clip, text) pairs
     audio_order = retrieval.reranked_order(sim, cost, args.rerank_top_k)
     text_order = retrieval.reranked_order(sim.T, lambda pairs: cost(pairs[:, ::-1]), args.rerank_top_k)
   else:

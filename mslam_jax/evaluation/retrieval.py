@@ -160,6 +160,17 @@ def ctc_pair_cost(log_probs: Sequence[np.ndarray], token_lists: Sequence[Sequenc
   return _remembered(lambda pairs: ctc_costs(log_probs, token_lists, pairs, BLANK_ID))
 
 
+def speech_and_pair_cost(encoder: "eval_data.Encoder", audios: Sequence[np.ndarray],
+                         token_lists: Sequence[Sequence[int]], rerank_top_k: int):
+  """The clips' embeddings [N, D] and the second stage's cost (`ctc_pair_cost`) from the same encoder
+  pass, where `rerank_top_k` asks for it and the model pre-trained a CTC head (mSLAM-CTC); else
+  (`encoder.speech`, None)."""
+  if rerank_top_k and getattr(encoder.model, "has_ctc_head", False):
+    speech, log_probs = encoder.speech_with_ctc(audios)
+    return speech, ctc_pair_cost(log_probs, token_lists)
+  return encoder.speech(audios), None
+
+
 def _remembered(cost: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
   """`cost` that scores each pair once, however often it is asked."""
   known: dict[tuple[int, int], float] = {}
@@ -275,12 +286,7 @@ class RetrievalEvaluator:
     tokens = eval_data.tokenize(vocab, [u.text for u in utts])
     text = encoder.text(tokens)
     langs = [u.lang for u in utts]
-    pair_cost = None
-    if self.rerank_top_k and getattr(ctx.model, "has_ctc_head", False):
-      speech, log_probs = encoder.speech_with_ctc([u.audio for u in utts])
-      pair_cost = ctc_pair_cost(log_probs, tokens)
-    else:
-      speech = encoder.speech([u.audio for u in utts])
+    speech, pair_cost = speech_and_pair_cost(encoder, [u.audio for u in utts], tokens, self.rerank_top_k)
     metrics = speech_text_retrieval(speech, text, langs, center=self.center,
                                     seconds=[len(u.audio) / eval_data.SAMPLE_RATE for u in utts],
                                     held_out=eval_data.held_out_languages(corpus_dir), pair_cost=pair_cost,
