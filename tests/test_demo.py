@@ -154,6 +154,28 @@ def test_retrieve_reranks_a_ctc_runs_shortlist_by_its_ctc_head(demo_run, tmp_pat
   gin.clear_config()
 
 
+def test_speech_language_id_reads_the_ctc_heads_phonotactics(demo_run, tmp_path, capsys):
+  """The joint run has a CTC head: its speech probe reads the head's phonotactics beside the
+  statistics, records their units, and `mslam langid` computes the same features."""
+  from mslam_jax.evaluation import langid  # pylint: disable=g-import-not-at-top
+  out, _ = demo_run
+  probe = langid.LinearProbe.load(os.path.join(out, "eval", "step_2", "langid_probe_speech.npz"))
+  assert probe.features == langid.PHONOTACTICS and 0 < len(probe.units) <= 16
+  assert min(probe.units) >= 5  # characters, no reserved id (blank among them)
+  k = len(probe.units)
+  assert probe.coef_.shape[1] == 6 * 64 + k + k * k  # models/tiny.gin: EMBED_DIM 64
+  wav = str(tmp_path / "clip.wav")
+  soundfile.write(wav, 0.1 * np.random.default_rng(0).standard_normal(16000).astype(np.float32), 16000)
+  gin.clear_config()
+  # The demo's evaluation lives in OUT/eval, not the run's: `mslam langid` fits a probe from the corpus.
+  assert cli.main(["langid", "--model_dir", os.path.join(out, "pretrain"), "--corpus_dir",
+                   os.path.join(out, "corpus"), wav]) == 0
+  result = json.loads(capsys.readouterr().out)["results"][0]
+  assert result["language"] in set(probe.classes_.tolist())
+  assert sum(t["probability"] for t in result["top"]) <= 1.0 + 1e-3
+  gin.clear_config()
+
+
 def test_demo_rerun_on_the_same_directory_redoes_nothing(demo_run):
   out, _ = demo_run
   with open(os.path.join(out, "report.json")) as f:

@@ -47,9 +47,10 @@ def run(args: argparse.Namespace) -> int:
     checkpoints.check_corpus(checkpoints.step_dir(args.model_dir, step), corpus_dir, args.model_dir)
     logging.info("No saved probe for step %d: training one on %s", step, corpus_dir)
     evaluator = langid.LangIDEvaluator(corpus_dir=corpus_dir, modalities=("speech",))
-    x, y = evaluator.embed(encoder, "speech", "train", evaluator.max_train_per_lang)
-    probe = langid.LinearProbe(features=evaluator.speech_features, classifier=evaluator.probes["speech"]).fit(x, y)
-  probs = probe.predict_proba(langid.speech_features(encoder, audios, probe.features))
+    features, units = evaluator.speech_setup(model)
+    x, y = evaluator.embed(encoder, "speech", "train", evaluator.max_train_per_lang, units=units)
+    probe = langid.LinearProbe(features=features, classifier=evaluator.probes["speech"], units=units).fit(x, y)
+  probs = probe.predict_proba(langid.speech_features(encoder, audios, probe.features, probe.units))
   results = []
   for path, p in zip(args.files, probs):
     order = p.argsort()[::-1][:args.top]

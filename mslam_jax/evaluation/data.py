@@ -198,9 +198,17 @@ class Encoder:
     """Pooled embeddings [N, D] (and, with `frames`, each utterance's valid frames [T_i, D])."""
     return self._run(self._speech, audios, pad_audio, self.audio_multiple, frames)
 
-  def speech_statistics(self, audios: Sequence[np.ndarray]) -> np.ndarray:
-    """[N, 6 D] per-stage frame statistics (the model's `speech_statistics`: language-ID features)."""
-    stats = cached_jit(self._cache, ("speech_statistics",), self.model, self.model.speech_statistics)
+  def speech_statistics(self, audios: Sequence[np.ndarray], units: Sequence[int] | None = None) -> np.ndarray:
+    """[N, 6 D] per-stage frame statistics (the model's `speech_statistics`: language-ID features);
+    with `units`, the CTC head's phonotactics over those vocabulary ids beside them
+    (`speech_statistics_and_phonotactics`, [N, 6 D + K + K^2])."""
+    if units is None:
+      stats = cached_jit(self._cache, ("speech_statistics",), self.model, self.model.speech_statistics)
+    else:
+      both = cached_jit(self._cache, ("speech_statistics_and_phonotactics",), self.model,
+                        self.model.speech_statistics_and_phonotactics)
+      ids = np.asarray(units, np.int32)
+      stats = lambda params, x, mask: both(params, x, mask, ids)
     return self._run(lambda params, x, mask: (None, None, stats(params, x, mask)), audios, pad_audio,
                      self.audio_multiple, False)
 

@@ -10,9 +10,16 @@ regression at C = 1 fits its training voices (the learning benchmark's 700-step 
 voices never heard in training: 0.904 / 0.869 against 0.884 / 0.818 on seeds 0 / 1). Text keeps
 logistic regression (its pooled vector: 0.686 against 0.644 with LDA).
 
-Speech features are, by default, the mean and standard deviation of each encoder stage's frames
-(`speech_statistics`: x-vector statistics pooling over every stage, as SUPERB's probes read every
-layer); "pooled" is the top layer's pooled vector. Text features are the pooled vector.
+Speech features (`SPEECH_FEATURES`) are, by default, the mean and standard deviation of each encoder
+stage's frames (`speech_statistics`: x-vector statistics pooling over every stage, as SUPERB's probes
+read every layer) and, where pre-training trained a CTC head (mSLAM-CTC), that head's phonotactics:
+the clip's expected frequency of the corpus' 16 most frequent characters and of each pair of them
+in consecutive frames (`mslam.ctc_phonotactics`; PRLM's phone n-grams, read from posteriors). On
+the learning benchmark's 700-step checkpoints they took speech language ID from 0.887 to 0.923 on
+the validation split and from 0.887 to 0.926 on the test split (both seeds' mean); the character
+set, the single frame of lag and the 16 were chosen on the validation split. A model without a
+CTC head gets the statistics alone; "pooled" is the top layer's pooled vector. Text features are
+the pooled vector.
 """
 import io
 import json
@@ -25,6 +32,7 @@ import numpy as np
 from etils import epath
 
 from mslam_jax import storage
+from mslam_jax.data import special_ids
 from mslam_jax.evaluation import data as eval_data
 from mslam_jax.evaluation import base
 
@@ -35,10 +43,12 @@ PROBES = ("logistic", "lda")
 class LinearProbe:
   """Standardize + a linear classifier (PROBES); saved as plain arrays (npz) so a CLI can reload it."""
 
-  def __init__(self, c: float = 1.0, max_iter: int = 2000, features: str = "pooled", classifier: str = "logistic"):
+  def __init__(self, c: float = 1.0, max_iter: int = 2000, features: str = "pooled", classifier: str = "logistic",
+               units: Sequence[int] | None = None):
     if classifier not in PROBES:
       raise ValueError(f"language-ID probe {classifier!r}: use one of {PROBES}")
     self.c, self.max_iter, self.features, self.classifier = c, max_iter, features, classifier
+    self.units = None if units is None else [int(u) for u in units]  # PHONOTACTICS' vocabulary ids
     self.classes_: np.ndarray | None = None
     self.mean_ = self.scale_ = self.coef_ = self.intercept_ = None
 
@@ -80,29 +90,64 @@ class LinearProbe:
     with epath.Path(path).open("wb") as f:  # local or remote (gs://...)
       np.savez(f, classes=self.classes_.astype(str), features=np.asarray(self.features),
                classifier=np.asarray(self.classifier), mean=self.mean_,
-               scale=self.scale_, coef=self.coef_, intercept=self.intercept_)
+               scale=self.scale_, coef=self.coef_, intercept=self.intercept_,
+               **({} if self.units is None else {"units": np.asarray(self.units, np.int32)}))
 
   @classmethod
   def load(cls, path: str) -> "LinearProbe":
     with epath.Path(path).open("rb") as f:
       data = dict(np.load(io.BytesIO(f.read())))
     probe = cls(features=str(data["features"]) if "features" in data else "pooled",
-                classifier=str(data["classifier"]) if "classifier" in data else "logistic")
+                classifier=str(data["classifier"]) if "classifier" in data else "logistic",
+                units=data["units"].tolist() if "units" in data else None)
     probe.classes_ = data["classes"]
     probe.mean_, probe.scale_ = data["mean"], data["scale"]
     probe.coef_, probe.intercept_ = data["coef"], data["intercept"]
     return probe
 
 
-SPEECH_FEATURES = ("statistics", "pooled")
+PHONOTACTICS = "statistics+phonotactics"
+SPEECH_FEATURES = (PHONOTACTICS, "statistics", "pooled")
 
 
-def speech_features(encoder: "eval_data.Encoder", audios: Sequence[np.ndarray], features: str) -> np.ndarray:
-  """The probe's speech features of `audios` (SPEECH_FEATURES; "statistics" needs a model with
-  `speech_statistics`, else the pooled vector is used)."""
+def model_speech_features(model, features: str) -> str:
+  """The first of SPEECH_FEATURES, from `features` on, that `model` can give: PHONOTACTICS needs a
+  pre-trained CTC head, "statistics" a model with `speech_statistics`."""
   if features not in SPEECH_FEATURES:
     raise ValueError(f"language-ID speech features {features!r}: use one of {SPEECH_FEATURES}")
-  if features == "statistics" and hasattr(encoder.model, "speech_statistics"):
+  if features == PHONOTACTICS and not getattr(model, "has_ctc_head", False):
+    features = "statistics"
+  if features == "statistics" and not hasattr(model, "speech_statistics"):
+    features = "pooled"
+  return features
+
+
+def phonotactic_units(corpus_dir: str, count: int = 16, max_per_lang: int = 200) -> list[int]:
+  """The `count` most frequent vocabulary ids (reserved ids aside) in the corpus' text: the text
+  stream's train split, else the paired transcripts', at most `max_per_lang` rows a language."""
+  import collections  # pylint: disable=g-import-not-at-top
+  vocab = eval_data.load_vocabulary(corpus_dir)
+  counts = collections.Counter()
+  for stream in ("text", "paired"):
+    if eval_data.corpus_languages(corpus_dir, stream, "train"):
+      for utt in eval_data.read_utterances(corpus_dir, stream, "train", max_per_lang=max_per_lang):
+        counts.update(i for i in vocab.encode(utt.text) if i >= special_ids.NUM_RESERVED)
+      break
+  if not counts:
+    raise ValueError(f"{corpus_dir} has no text or paired train split to choose the phonotactic units from")
+  return [i for i, _ in counts.most_common(count)]
+
+
+def speech_features(encoder: "eval_data.Encoder", audios: Sequence[np.ndarray], features: str,
+                    units: Sequence[int] | None = None) -> np.ndarray:
+  """The probe's speech features of `audios`: `model_speech_features(encoder.model, features)`'s
+  (PHONOTACTICS reads the vocabulary ids `units`)."""
+  features = model_speech_features(encoder.model, features)
+  if features == PHONOTACTICS:
+    if units is None:
+      raise ValueError(f"{PHONOTACTICS} language-ID features need their units (phonotactic_units)")
+    return encoder.speech_statistics(audios, units)
+  if features == "statistics":
     return encoder.speech_statistics(audios)
   return encoder.speech(audios)
 
@@ -110,10 +155,10 @@ def speech_features(encoder: "eval_data.Encoder", audios: Sequence[np.ndarray], 
 def probe_metrics(train_x: np.ndarray, train_labels: Sequence[str], test_x: np.ndarray,
                   test_labels: Sequence[str], modality: str, plot_path: str | None = None,
                   probe_path: str | None = None, features: str = "pooled",
-                  classifier: str = "logistic") -> dict[str, float]:
+                  classifier: str = "logistic", units: Sequence[int] | None = None) -> dict[str, float]:
   """Trains a probe; returns langid_{accuracy,macro_f1,...}_{modality}; optionally a confusion PNG."""
   from sklearn.metrics import accuracy_score, f1_score  # pylint: disable=g-import-not-at-top
-  probe = LinearProbe(features=features, classifier=classifier).fit(train_x, train_labels)
+  probe = LinearProbe(features=features, classifier=classifier, units=units).fit(train_x, train_labels)
   predicted = probe.predict(test_x)
   labels = sorted(set(train_labels) | set(test_labels))
   accuracy = float(accuracy_score(test_labels, predicted))
@@ -155,14 +200,16 @@ class LangIDEvaluator:
   """Linear probes for speech (speech stream) and text (text stream): train split -> test split.
 
   With an `out_dir`, writes confusion matrices and the probes (`langid_probe_{modality}.npz`, what
-  `mslam langid` loads). `speech_features`: "statistics" (every stage's frame mean and standard
-  deviation) or "pooled" (the top layer's pooled vector). `speech_probe` / `text_probe`: the
+  `mslam langid` loads). `speech_features`: one of SPEECH_FEATURES (the module docstring), the first
+  the model can give from there on (`model_speech_features`); `num_phonotactic_units`: how many of
+  the corpus' most frequent characters the phonotactics read. `speech_probe` / `text_probe`: the
   classifier of each modality's probe (PROBES; the module docstring says why speech uses LDA).
   """
 
   def __init__(self, corpus_dir: str | None = None, modalities: Sequence[str] = ("speech", "text"),
                max_train_per_lang: int | None = 60, max_test_per_lang: int | None = 30, batch_size: int = 16,
-               speech_features: str = "statistics", speech_probe: str = "lda", text_probe: str = "logistic"):
+               speech_features: str = PHONOTACTICS, speech_probe: str = "lda", text_probe: str = "logistic",
+               num_phonotactic_units: int = 16):
     for m in modalities:
       if m not in ("speech", "text"):
         raise ValueError(f"LangIDEvaluator.modalities holds {m!r}; use 'speech' and/or 'text'")
@@ -171,20 +218,32 @@ class LangIDEvaluator:
     for name, value in (("speech_probe", speech_probe), ("text_probe", text_probe)):
       if value not in PROBES:
         raise ValueError(f"LangIDEvaluator.{name} is {value!r}; use one of {PROBES}")
-    self.speech_features = speech_features
+    if num_phonotactic_units < 1:
+      raise ValueError(f"LangIDEvaluator.num_phonotactic_units is {num_phonotactic_units}; use at least 1 "
+                       f"(speech_features = 'statistics' leaves the phonotactics out)")
+    self.speech_features, self.num_phonotactic_units = speech_features, num_phonotactic_units
     self.probes = {"speech": speech_probe, "text": text_probe}
     self.corpus_dir = corpus_dir
     self.modalities = tuple(modalities)
     self.max_train_per_lang, self.max_test_per_lang, self.batch_size = max_train_per_lang, max_test_per_lang, batch_size
 
+  def speech_setup(self, model, corpus_dir: str | None = None) -> tuple[str, list[int] | None]:
+    """The speech features `model` gives (model_speech_features) and, for PHONOTACTICS, their units
+    (phonotactic_units of `corpus_dir`, default the evaluator's own); else None."""
+    features = model_speech_features(model, self.speech_features)
+    if features != PHONOTACTICS:
+      return features, None
+    return features, phonotactic_units(corpus_dir or self.corpus_dir, self.num_phonotactic_units)
+
   def embed(self, encoder: "eval_data.Encoder", modality: str, split: str, max_per_lang: int | None,
-            corpus_dir: str | None = None):
-    """The probe's features and languages of a split (of `corpus_dir`, default the evaluator's own)."""
+            corpus_dir: str | None = None, units: Sequence[int] | None = None):
+    """The probe's features and languages of a split (of `corpus_dir`, default the evaluator's own);
+    speech reads `units` where its features are PHONOTACTICS (speech_setup)."""
     corpus_dir = corpus_dir or self.corpus_dir
     utts = eval_data.read_utterances(corpus_dir, modality, split, max_per_lang=max_per_lang)
     if modality == "speech":
       utts = [u for u in utts if len(u.audio)]
-      return speech_features(encoder, [u.audio for u in utts], self.speech_features), [u.lang for u in utts]
+      return speech_features(encoder, [u.audio for u in utts], self.speech_features, units), [u.lang for u in utts]
     vocab = eval_data.load_vocabulary(corpus_dir)
     utts = [u for u in utts if u.text.strip()]
     return encoder.text(eval_data.tokenize(vocab, [u.text for u in utts])), [u.lang for u in utts]
@@ -195,11 +254,12 @@ class LangIDEvaluator:
     encoder = eval_data.Encoder(ctx.model, ctx.params, self.batch_size, cache=ctx.compiled)
     metrics = {}
     for modality in self.modalities:
-      train_x, train_y = self.embed(encoder, modality, "train", self.max_train_per_lang, corpus_dir)
-      test_x, test_y = self.embed(encoder, modality, "test", self.max_test_per_lang, corpus_dir)
+      features, units = self.speech_setup(ctx.model, corpus_dir) if modality == "speech" else ("pooled", None)
+      train_x, train_y = self.embed(encoder, modality, "train", self.max_train_per_lang, corpus_dir, units)
+      test_x, test_y = self.embed(encoder, modality, "test", self.max_test_per_lang, corpus_dir, units)
       metrics.update(probe_metrics(
           train_x, train_y, test_x, test_y, modality,
           plot_path=os.path.join(out_dir, f"langid_confusion_{modality}.png") if out_dir else None,
           probe_path=os.path.join(out_dir, f"langid_probe_{modality}.npz") if out_dir else None,
-          features=self.speech_features if modality == "speech" else "pooled", classifier=self.probes[modality]))
+          features=features, classifier=self.probes[modality], units=units))
     return metrics

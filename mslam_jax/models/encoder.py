@@ -143,11 +143,13 @@ class MSLAMEncoder(nn.Module):
     x = self.shared_layers(x, mask, deterministic)
     return x, mask, self.pool(x, mask)
 
-  def speech_statistics(self, audio: Array, audio_mask: Array, deterministic: bool = True) -> Array:
+  def speech_statistics(self, audio: Array, audio_mask: Array, deterministic: bool = True,
+                        with_frames: bool = False) -> Array | tuple[Array, Array, Array]:
     """Audio -> [B, 6 D]: the mean and standard deviation over valid frames of each stage's output
     (projected features, speech stack, shared stack). Utterance-level traits such
     as the language sit in lower layers and in frame statistics as much as in the top layer's mean
-    (x-vector statistics pooling; SUPERB's probes read every layer)."""
+    (x-vector statistics pooling; SUPERB's probes read every layer). `with_frames`: also the shared
+    stack's frames [B, T, D] and mask [B, T] (encode_speech's), from the same pass."""
     features, mask = self.speech_frontend(audio, audio_mask, deterministic)
     projected = self.project_speech(features, deterministic)
     _, speech_out = self.speech_layers(projected, mask, deterministic)
@@ -160,6 +162,8 @@ class MSLAMEncoder(nn.Module):
       mean = (x * weight).sum(axis=1) / count
       var = (jnp.square(x - mean[:, None]) * weight).sum(axis=1) / count
       stats += [mean, jnp.sqrt(var + 1e-6)]
+    if with_frames:
+      return jnp.concatenate(stats, axis=-1), shared_out, mask
     return jnp.concatenate(stats, axis=-1)
 
   def encode_text(self, tokens: Array, tokens_mask: Array,

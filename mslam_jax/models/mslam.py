@@ -26,6 +26,7 @@ Interface (t5x-like; the optimizer lives outside):
   frames, mask, pooled = model.encode_text(params, tokens, tokens_mask)
   ... = model.embed_speech / embed_text(...)   # pooled -> the cross-modal (retrieval) space
   log_probs, mask, pooled = model.embed_speech_with_ctc(params, audio, audio_mask)   # + the CTC head's
+  stats = model.speech_statistics(params, audio, audio_mask)   # language-ID features (encoder.py)
 """
 import dataclasses
 from typing import Any, Mapping, Optional
@@ -194,6 +195,21 @@ def mean_pairwise_cosine(x: Array, mask: Array) -> Array:
   per_set = (total - n) / jnp.maximum(pairs, 1.0)
   has_pairs = (pairs > 0).astype(jnp.float32)
   return jnp.sum(per_set * has_pairs) / jnp.maximum(jnp.sum(has_pairs), 1.0)
+
+
+def ctc_phonotactics(log_probs: Array, mask: Array, units: Array) -> Array:
+  """A clip's expected unit frequencies and frame-to-next-frame co-occurrences under a CTC head:
+  log_probs [B, T, V], mask [B, T], units [K] (vocabulary ids) -> [B, K + K * K], square-rooted.
+
+  Phonotactic language-ID features (the posteriors' counterpart of PRLM's phone n-grams): which
+  characters a clip sounds like and which follow which. Both are sums over valid frames divided by
+  their number; only `units`' columns count (blank and rare characters would only add dimensions)."""
+  valid = (mask != 0).astype(jnp.float32)
+  q = jnp.take(jnp.exp(log_probs.astype(jnp.float32)), units, axis=-1) * valid[..., None]
+  count = jnp.maximum(valid.sum(axis=1), 1.0)[:, None]
+  unigram = q.sum(axis=1) / count
+  bigram = jnp.einsum("btk,btl->bkl", q[:, :-1], q[:, 1:]).reshape(q.shape[0], -1) / count
+  return jnp.sqrt(jnp.concatenate([unigram, bigram], axis=-1))
 
 
 class MSLAMNetwork(nn.Module):
@@ -468,6 +484,11 @@ class MSLAMNetwork(nn.Module):
   def speech_statistics(self, audio: Array, audio_mask: Array):
     return self.encoder.speech_statistics(audio, audio_mask, True)
 
+  def speech_statistics_and_phonotactics(self, audio: Array, audio_mask: Array, units: Array):
+    stats, frames, mask = self.encoder.speech_statistics(audio, audio_mask, True, with_frames=True)
+    log_probs = jax.nn.log_softmax(self.ctc_head(frames).astype(jnp.float32), axis=-1)
+    return jnp.concatenate([stats, ctc_phonotactics(log_probs, mask, units)], axis=-1)
+
   def embed_speech_with_ctc(self, audio: Array, audio_mask: Array):
     frames, mask, pooled = self.embed_speech(audio, audio_mask)
     return jax.nn.log_softmax(self.ctc_head(frames).astype(jnp.float32), axis=-1), mask, pooled
@@ -664,6 +685,13 @@ class MSLAMModel:
     """[B, 6 D] per-stage frame statistics of the encoder (language-ID features; encoder.py)."""
     return self.network.apply({"params": flax.core.meta.unbox(params)}, audio, audio_mask,
                               method=MSLAMNetwork.speech_statistics)
+
+  def speech_statistics_and_phonotactics(self, params: Any, audio: Array, audio_mask: Array, units: Array
+                                         ) -> Array:
+    """[B, 6 D + K + K^2]: speech_statistics and, from the same pass, the pre-trained CTC head's
+    `ctc_phonotactics` over the vocabulary ids `units` [K] (language-ID features; needs has_ctc_head)."""
+    return self.network.apply({"params": flax.core.meta.unbox(params)}, audio, audio_mask, units,
+                              method=MSLAMNetwork.speech_statistics_and_phonotactics)
 
   @property
   def has_ctc_head(self) -> bool:

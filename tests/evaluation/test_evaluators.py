@@ -176,6 +176,39 @@ def test_embedding_evaluators(corpus, model_and_params, tmp_path):
     assert (tmp_path / name).exists(), name
 
 
+def test_speech_language_id_features_fall_back_to_what_the_model_gives(corpus):
+  import collections  # pylint: disable=g-import-not-at-top
+  from mslam_jax.evaluation import langid  # pylint: disable=g-import-not-at-top
+
+  class WithCTC:
+    has_ctc_head = True
+    def speech_statistics(self):
+      pass
+
+  class WithoutCTC(WithCTC):
+    has_ctc_head = False
+
+  assert langid.model_speech_features(WithCTC(), langid.PHONOTACTICS) == langid.PHONOTACTICS
+  assert langid.model_speech_features(WithoutCTC(), langid.PHONOTACTICS) == "statistics"
+  assert langid.model_speech_features(synthetic.SpectralModel(), langid.PHONOTACTICS) == "pooled"
+  assert langid.model_speech_features(WithCTC(), "pooled") == "pooled"
+  with pytest.raises(ValueError, match="speech features"):
+    langid.model_speech_features(WithCTC(), "mfcc")
+  # The units: the corpus text's most frequent characters, reserved ids (blank among them) aside.
+  vocab = eval_data.load_vocabulary(corpus)
+  counts = collections.Counter()
+  for utt in eval_data.read_utterances(corpus, "text", "train"):
+    counts.update(vocab.encode(utt.text))
+  units = langid.phonotactic_units(corpus, 5)
+  assert len(units) == 5 and min(units) >= 5
+  assert sorted(counts[u] for u in units) == sorted(counts[i] for i in counts if i >= 5)[-5:]
+  evaluator = langid.LangIDEvaluator(corpus_dir=corpus, num_phonotactic_units=5)
+  assert evaluator.speech_setup(WithCTC()) == (langid.PHONOTACTICS, units)
+  assert evaluator.speech_setup(WithoutCTC()) == ("statistics", None)
+  with pytest.raises(ValueError, match="num_phonotactic_units"):
+    langid.LangIDEvaluator(num_phonotactic_units=0)
+
+
 def test_build_from_gin_and_failures_are_counted(corpus, model_and_params):
   model, params = model_and_params
   gin.parse_config("""

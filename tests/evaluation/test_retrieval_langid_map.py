@@ -160,9 +160,10 @@ def test_lda_probe_is_sklearns_classifier_and_reloads_as_one(tmp_path):
   np.testing.assert_array_equal(probe.predict(test_x), reference.predict(test_x))
   np.testing.assert_allclose(probe.predict_proba(test_x), reference.predict_proba(test_x), atol=1e-6)
   assert (probe.predict(test_x) == test_y).mean() > 0.8
+  probe.units = [7, 9, 30]  # what `mslam langid` needs to compute phonotactic features again
   probe.save(str(tmp_path / "probe.npz"))
   reloaded = langid.LinearProbe.load(str(tmp_path / "probe.npz"))
-  assert reloaded.classifier == "lda"
+  assert reloaded.classifier == "lda" and reloaded.units == [7, 9, 30]
   np.testing.assert_array_equal(reloaded.predict(test_x), reference.predict(test_x))
   with pytest.raises(ValueError, match="qda"):
     langid.LinearProbe(classifier="qda")

@@ -185,6 +185,45 @@ def test_encodings_do_not_depend_on_batch_padding(model, boxed_params):
   np.testing.assert_allclose(text_a[2], text_b[2], atol=2e-4, rtol=1e-4)
 
 
+def test_ctc_phonotactics_count_valid_frames_and_consecutive_pairs():
+  rng = np.random.default_rng(11)
+  probs = rng.dirichlet(np.ones(6), size=(2, 7))
+  mask = np.array([[1] * 7, [1] * 4 + [0] * 3])
+  probs[1, 4:] = 0.0
+  probs[1, 4:, 2] = 1.0  # padding that reads as unit 2 must not count
+  units = np.array([2, 5, 0])
+  got = np.asarray(mslam.ctc_phonotactics(jnp.log(jnp.asarray(probs) + 1e-30), jnp.asarray(mask), jnp.asarray(units)))
+  assert got.shape == (2, 3 + 9)
+  for b in range(2):
+    q = probs[b, :mask[b].sum()][:, units]
+    want = np.concatenate([q.sum(0), (q[:-1].T @ q[1:]).ravel()]) / len(q)
+    np.testing.assert_allclose(got[b], np.sqrt(want), atol=1e-5)
+  # A clip that alternates two characters puts its pairs on them, in both orders, and none on repeats.
+  alternating = np.zeros((1, 6, 4))
+  alternating[0, ::2, 1], alternating[0, 1::2, 3] = 1.0, 1.0
+  pairs = np.asarray(mslam.ctc_phonotactics(jnp.log(jnp.asarray(alternating) + 1e-30), jnp.ones((1, 6)),
+                                            jnp.array([1, 3])))[0, 2:].reshape(2, 2)
+  np.testing.assert_allclose(pairs ** 2, [[0, 3 / 6], [2 / 6, 0]], atol=1e-6)
+
+
+def test_phonotactic_language_features_are_the_statistics_and_the_ctc_heads(model, boxed_params):
+  rng = np.random.default_rng(5)
+  audio = np.zeros((2, 16000), np.float32)
+  audio[0], audio[1, :9000] = _audio(rng, 16000), _audio(rng, 9000)
+  mask = jnp.asarray(np.arange(16000)[None] < np.array([[16000], [9000]]), jnp.int32)
+  params = flax.core.meta.unbox(boxed_params)
+  units = jnp.array([5, 9, 12], jnp.int32)
+  assert model.has_ctc_head
+  got = np.asarray(_fast_jit(model.speech_statistics_and_phonotactics, params, audio, mask, units)(
+      params, audio, mask, units))
+  stats = np.asarray(_fast_jit(model.speech_statistics, params, audio, mask)(params, audio, mask))
+  log_probs, frame_mask, _ = _fast_jit(model.embed_speech_with_ctc, params, audio, mask)(params, audio, mask)
+  np.testing.assert_allclose(got[:, :stats.shape[1]], stats, atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(got[:, stats.shape[1]:], mslam.ctc_phonotactics(log_probs, frame_mask, units),
+                             atol=1e-5, rtol=1e-5)
+  assert got.shape == (2, stats.shape[1] + 3 + 9)
+
+
 def test_fine_tuning_time_masking_replaces_spans_by_the_mask_embedding(model, boxed_params, batch):
   params = flax.core.meta.unbox(boxed_params)
   audio, audio_mask = batch["paired"]["audio"], batch["paired"]["audio_mask"]
