@@ -320,7 +320,7 @@ def train(*,
     from mslam_jax.evaluation import runner  # pylint: disable=g-import-not-at-top
     ctx = eval_base.EvalContext(
         model=model, params=params, step=step, model_dir=model_dir, corpus_dir=corpus_dir,
-        out_dir=os.path.join(model_dir, "eval", f"step_{step}") if primary else None, compiled=compiled)
+        out_dir=eval_base.step_eval_dir(model_dir, step) if primary else None, compiled=compiled)
     result = runner.evaluate_checkpoint(evaluators, ctx, source=checkpoints.step_dir(model_dir, step))
     if result.failed:
       logging.warning("Step %d: evaluator(s) %s failed; training goes on", step, result.failed)

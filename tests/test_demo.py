@@ -2,6 +2,7 @@
 nothing. The full-size demo is run by hand (its figures are in the project notes), never here."""
 import argparse
 import json
+import logging
 import math
 import os
 import subprocess
@@ -154,7 +155,7 @@ def test_retrieve_reranks_a_ctc_runs_shortlist_by_its_ctc_head(demo_run, tmp_pat
   gin.clear_config()
 
 
-def test_speech_language_id_reads_the_ctc_heads_phonotactics(demo_run, tmp_path, capsys):
+def test_speech_language_id_reads_the_ctc_heads_phonotactics(demo_run, tmp_path, capsys, caplog):
   """The joint run has a CTC head: its speech probe reads the head's phonotactics beside the
   statistics, records their units, and `mslam langid` computes the same features."""
   from mslam_jax.evaluation import langid  # pylint: disable=g-import-not-at-top
@@ -166,13 +167,18 @@ def test_speech_language_id_reads_the_ctc_heads_phonotactics(demo_run, tmp_path,
   assert probe.coef_.shape[1] == 6 * 64 + k + k * k  # models/tiny.gin: EMBED_DIM 64
   wav = str(tmp_path / "clip.wav")
   soundfile.write(wav, 0.1 * np.random.default_rng(0).standard_normal(16000).astype(np.float32), 16000)
-  gin.clear_config()
-  # The demo's evaluation lives in OUT/eval, not the run's: `mslam langid` fits a probe from the corpus.
-  assert cli.main(["langid", "--model_dir", os.path.join(out, "pretrain"), "--corpus_dir",
-                   os.path.join(out, "corpus"), wav]) == 0
-  result = json.loads(capsys.readouterr().out)["results"][0]
-  assert result["language"] in set(probe.classes_.tolist())
-  assert sum(t["probability"] for t in result["top"]) <= 1.0 + 1e-3
+  # The demo's evaluation lives in OUT/eval (--eval_dir reads its probe); with --corpus_dir alone
+  # `mslam langid` fits one from the corpus, on the same features.
+  for where, fitted_here in ((["--eval_dir", os.path.join(out, "eval")], False),
+                             (["--corpus_dir", os.path.join(out, "corpus")], True)):
+    gin.clear_config()
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+      assert cli.main(["langid", "--model_dir", os.path.join(out, "pretrain"), *where, wav]) == 0
+    assert any("No saved probe" in r.getMessage() for r in caplog.records) is fitted_here
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    assert result["language"] in set(probe.classes_.tolist())
+    assert sum(t["probability"] for t in result["top"]) <= 1.0 + 1e-3
   gin.clear_config()
 
 

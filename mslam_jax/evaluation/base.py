@@ -11,6 +11,7 @@ imports in a cycle.
 """
 import dataclasses
 import logging
+import os
 import time
 from typing import Any, Callable, Protocol, Sequence
 
@@ -22,6 +23,16 @@ _REGISTRY: dict[str, Callable[..., "Evaluator"]] = {}
 FAILED_KEY = "eval_failed_evaluators"
 # ... and one key per failed evaluator: eval_failed/<name> = 1.
 FAILED_PREFIX = "eval_failed/"
+
+
+def eval_dir(model_dir: str, out: str | None = None) -> str:
+  """Where a run's evaluations go: `out` (`mslam eval --out`), default MODEL_DIR/eval."""
+  return out or os.path.join(model_dir, "eval")
+
+
+def step_eval_dir(model_dir: str, step: int, out: str | None = None) -> str:
+  """One checkpoint's evaluation (metrics.json, pictures, saved probes): eval_dir(...)/step_<N>."""
+  return os.path.join(eval_dir(model_dir, out), f"step_{step}")
 
 
 @dataclasses.dataclass

@@ -341,7 +341,7 @@ def _finetune_translation(init_from_dir, model_dir, corpus_dir, langs, max_train
     return {"final_step": float(final_step)}
   # The test split's BLEU/chrF of the final checkpoint, unless the periodic evaluation scored it.
   evaluator = translation_eval.TranslationEvaluator(corpus_dir=corpus_dir, streams=streams)
-  out_dir = os.path.join(model_dir, "eval", f"step_{final_step}")
+  out_dir = base.step_eval_dir(model_dir, final_step)
   metrics = report.read_checkpoint_metrics(out_dir, [evaluator.name])
   if metrics is None:
     ctx = base.EvalContext(model=task_model, step=final_step, model_dir=model_dir, corpus_dir=corpus_dir,

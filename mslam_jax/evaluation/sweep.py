@@ -39,11 +39,11 @@ def evaluate_checkpoints(model_dir: str = gin.REQUIRED, model: Any = None, check
   if not evaluators:
     raise ValueError("no evaluators: set build_evaluators.names in gin (runs/eval.gin lists them)")
   names = [e.name for e in evaluators]
-  output_dir = output_dir or os.path.join(model_dir, "eval")
+  output_dir = base.eval_dir(model_dir, output_dir)
   extra = dict(extra_metrics or {})
   results, compiled = {}, {}
   for step in checkpoints_lib.select_steps(model_dir, checkpoints):
-    out_dir = os.path.join(output_dir, f"step_{step}")
+    out_dir = base.step_eval_dir(model_dir, step, output_dir)
     checkpoint_dir = checkpoints_lib.step_dir(model_dir, step)
     previous = None if force else report.read_checkpoint_metrics(out_dir, names)
     if previous is not None:
@@ -96,7 +96,7 @@ def sweep(model_dir: str, checkpoints: str | int = "latest", corpus_dir: str | N
   those of the gin files). `corpus_dir`: default, the run's CORPUS_DIR. `ablation_model_dir`: a
   speech-only pre-trained run, evaluated first under its own config (`evaluate_ablation`).
   """
-  output_dir = output_dir or os.path.join(model_dir, "eval")
+  output_dir = base.eval_dir(model_dir, output_dir)
   ablation = {}
   if ablation_model_dir:
     ablation = ablation_figures(model_dir, ablation_model_dir, corpus_dir=corpus_dir, evaluators=evaluators,
@@ -117,7 +117,7 @@ def ablation_figures(model_dir: str, ablation_model_dir: str, corpus_dir: str | 
   _parse_run(model_dir, gin_files, bindings, search_paths, corpus_dir, evaluators)
   return evaluate_ablation(ablation_model_dir, config.macro("CORPUS_DIR"), gin_files=gin_files,
                            bindings=[b for b in bindings if _binding_name(b) != "MODEL_DIR"],
-                           search_paths=search_paths, output_dir=output_dir or os.path.join(model_dir, "eval"),
+                           search_paths=search_paths, output_dir=base.eval_dir(model_dir, output_dir),
                            force=force)
 
 
