@@ -124,7 +124,8 @@ def model_speech_features(model, features: str) -> str:
 
 def phonotactic_units(corpus_dir: str, count: int = 16, max_per_lang: int = 200) -> list[int]:
   """The `count` most frequent vocabulary ids (reserved ids aside) in the corpus' text: the text
-  stream's train split, else the paired transcripts', at most `max_per_lang` rows a language."""
+  stream's train split, else the paired transcripts', at most `max_per_lang` rows a language
+  (empty for a corpus with neither)."""
   import collections  # pylint: disable=g-import-not-at-top
   vocab = eval_data.load_vocabulary(corpus_dir)
   counts = collections.Counter()
@@ -133,8 +134,6 @@ def phonotactic_units(corpus_dir: str, count: int = 16, max_per_lang: int = 200)
       for utt in eval_data.read_utterances(corpus_dir, stream, "train", max_per_lang=max_per_lang):
         counts.update(i for i in vocab.encode(utt.text) if i >= special_ids.NUM_RESERVED)
       break
-  if not counts:
-    raise ValueError(f"{corpus_dir} has no text or paired train split to choose the phonotactic units from")
   return [i for i, _ in counts.most_common(count)]
 
 
@@ -233,7 +232,12 @@ class LangIDEvaluator:
     features = model_speech_features(model, self.speech_features)
     if features != PHONOTACTICS:
       return features, None
-    return features, phonotactic_units(corpus_dir or self.corpus_dir, self.num_phonotactic_units)
+    units = phonotactic_units(corpus_dir or self.corpus_dir, self.num_phonotactic_units)
+    if not units:
+      logging.warning("Language ID: the corpus has no text to choose the phonotactic units from; the "
+                      "speech probe reads the frame statistics alone")
+      return "statistics", None
+    return features, units
 
   def embed(self, encoder: "eval_data.Encoder", modality: str, split: str, max_per_lang: int | None,
             corpus_dir: str | None = None, units: Sequence[int] | None = None):

@@ -2,6 +2,7 @@
 import dataclasses
 import math
 import os
+import shutil
 
 import gin
 import jax
@@ -176,7 +177,7 @@ def test_embedding_evaluators(corpus, model_and_params, tmp_path):
     assert (tmp_path / name).exists(), name
 
 
-def test_speech_language_id_features_fall_back_to_what_the_model_gives(corpus):
+def test_speech_language_id_features_fall_back_to_what_the_model_gives(corpus, tmp_path):
   import collections  # pylint: disable=g-import-not-at-top
   from mslam_jax.evaluation import langid  # pylint: disable=g-import-not-at-top
 
@@ -207,6 +208,13 @@ def test_speech_language_id_features_fall_back_to_what_the_model_gives(corpus):
   assert evaluator.speech_setup(WithoutCTC()) == ("statistics", None)
   with pytest.raises(ValueError, match="num_phonotactic_units"):
     langid.LangIDEvaluator(num_phonotactic_units=0)
+  # A corpus of speech alone: nothing to choose the units from, the statistics alone.
+  speech_only = tmp_path / "speech_only"
+  shutil.copytree(os.path.join(corpus, "speech"), speech_only / "speech")
+  for name in ("vocab", "manifest.json"):
+    (shutil.copytree if name == "vocab" else shutil.copy)(os.path.join(corpus, name), speech_only / name)
+  assert langid.phonotactic_units(str(speech_only)) == []
+  assert evaluator.speech_setup(WithCTC(), str(speech_only)) == ("statistics", None)
 
 
 def test_build_from_gin_and_failures_are_counted(corpus, model_and_params):
