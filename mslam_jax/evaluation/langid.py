@@ -15,8 +15,8 @@ stage's frames (`speech_statistics`: x-vector statistics pooling over every stag
 read every layer) and, where pre-training trained a CTC head (mSLAM-CTC), that head's phonotactics:
 the clip's expected frequency of the corpus' 16 most frequent characters and of each pair of them
 in consecutive frames (`mslam.ctc_phonotactics`; PRLM's phone n-grams, read from posteriors). On
-the learning benchmark's 700-step checkpoints they took speech language ID from 0.887 to 0.923 on
-the validation split and from 0.887 to 0.926 on the test split (both seeds' mean); the character
+the learning benchmark's 700-step checkpoints they took speech language ID from 0.868 to 0.926 on
+the validation split and from 0.887 to 0.931 on the test split (both seeds' mean); the character
 set, the single frame of lag and the 16 were chosen on the validation split. A model without a
 CTC head gets the statistics alone; "pooled" is the top layer's pooled vector. Text features are
 the pooled vector.
