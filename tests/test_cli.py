@@ -51,3 +51,18 @@ def test_an_in_process_call_leaves_sigpipe_to_the_caller(capsys):
   assert cli.main(["data", "languages", "--json"]) == 0
   assert capsys.readouterr().out.strip()
   assert signal.getsignal(signal.SIGPIPE) == before
+
+
+def test_the_demo_table_shows_every_figure_with_its_reference():
+  """`demo.results_table`: one row per figure the report holds, labels filled in (the duration window
+  is retrieval's own), required figures shown as n/a when missing, references named."""
+  from mslam_jax.commands import demo  # pylint: disable=g-import-not-at-top
+  from mslam_jax.evaluation import retrieval  # pylint: disable=g-import-not-at-top
+  table = demo.results_table({"retrieval_r1_speech_to_text": 0.5, "retrieval_chance_r1": 0.01,
+                              "retrieval_r1_speech_to_text_similar_duration": 0.25})
+  rows = {cells[0]: cells[1:] for cells in ([c.strip() for c in line.split("|")] for line in table.splitlines())}
+  assert "{" not in table
+  assert rows[f"retrieval R@1 speech->text, clips within {retrieval.DURATION_WINDOW_S:g} s"][0] == "0.25"
+  assert rows["retrieval R@1 speech->text"] == ["0.5", "chance 0.01"]
+  assert rows["CTC CER, training languages"][0] == "n/a"  # required: shown even when missing
+  assert "CTC WER, training languages" not in rows  # optional: only when the report holds it

@@ -73,7 +73,7 @@ TABLE_ROWS = (
     ("retrieval_r5_speech_to_text", "retrieval R@5 speech->text", None),
     ("retrieval_mrr_speech_to_text", "retrieval MRR speech->text", None),
     # Among candidates whose clips last about as long as the query's: what R@1 owes to content, not duration.
-    ("retrieval_r1_speech_to_text_similar_duration", "retrieval R@1 speech->text, clips within 0.3 s",
+    ("retrieval_r1_speech_to_text_similar_duration", "retrieval R@1 speech->text, clips within {window:g} s",
      "retrieval_chance_r1_similar_duration"),
     # The same pool, queries of the training languages / of the held-out ones (no pairs pre-trained).
     ("retrieval_r1_speech_to_text_seen", "retrieval R@1 speech->text, training languages", "retrieval_chance_r1"),
@@ -222,8 +222,10 @@ def _finite_or_none(value: Any) -> float | None:
 
 def results_table(metrics: dict[str, float]) -> str:
   """The demo's results as a plain-text table (metric, value, reference figure)."""
+  from mslam_jax.evaluation import retrieval  # pylint: disable=g-import-not-at-top
   rows = [("figure", "value", "reference")]
   for key, label, reference in TABLE_ROWS:
+    label = label.format(window=retrieval.DURATION_WINDOW_S)
     if key not in metrics and key not in REQUIRED_METRICS:
       continue
     value = _finite_or_none(metrics.get(key))
