@@ -105,9 +105,11 @@ def build_corpus(out: str, extra: list[str]) -> None:
          os.path.join(out, "corpus.log"))
 
 
-def demo_job(out: str, seed: int, steps: int, finetune_steps: int, extra: list[str]
+def demo_job(out: str, seed: int, steps: int, finetune_steps: int, extra: list[str], shared: bool = False
              ) -> tuple[str, list[str], str] | None:
-  """The demo run of one seed as a job (None when its report exists); its corpus is OUT/corpus."""
+  """The demo run of one seed as a job (None when its report exists); its corpus is OUT/corpus.
+  `shared`: other jobs run beside it, so the demo keeps its ablation's evaluation in its own process
+  (four processes on 2 cores evaluated 100 s slower than two: benchmarks/README.md, seventeenth pass)."""
   directory = os.path.join(out, f"seed_{seed}")
   if os.path.exists(os.path.join(directory, "report.json")):
     return None
@@ -118,7 +120,7 @@ def demo_job(out: str, seed: int, steps: int, finetune_steps: int, extra: list[s
           [sys.executable, "-m", "mslam_jax.cli", "demo", "--out", directory, "--steps", str(steps),
            "--finetune-steps", str(finetune_steps), "--no-translation", f"--gin.Trainer.seed={seed}",
            f"--gin.DATA_SEED={seed}", "--gin.train.health_every=50"]  # each objective's gradient norm
-          + extra, os.path.join(out, f"seed_{seed}.log"))
+          + (["--one-process"] if shared else []) + extra, os.path.join(out, f"seed_{seed}.log"))
 
 
 def read_demo(out: str, seed: int) -> dict:
@@ -248,7 +250,8 @@ def main(argv=None) -> int:
   os.makedirs(out, exist_ok=True)
   start = time.time()
   build_corpus(out, extra)
-  jobs = [demo_job(out, seed, args.steps, args.finetune_steps, extra) for seed in args.seeds]
+  shared = args.jobs > 1 and len(args.seeds) + bool(args.w2v_steps) > 1
+  jobs = [demo_job(out, seed, args.steps, args.finetune_steps, extra, shared) for seed in args.seeds]
   jobs += [w2v_bert_job(out, args.w2v_steps)] if args.w2v_steps else []
   walls = run_parallel([j for j in jobs if j is not None], args.jobs)
   summary = summarize([read_demo(out, seed) for seed in args.seeds], read_w2v_bert(out) if args.w2v_steps else None)

@@ -80,3 +80,14 @@ def test_a_failed_run_stops_new_ones_and_names_its_log(tmp_path):
     learning_benchmark.run_parallel(jobs, 2, poll_s=0.05)
   assert len(_spans(tmp_path, ["slow"])["slow"]) == 2  # the running one finished
   assert not (tmp_path / "never.t").exists()
+
+
+def test_seeds_sharing_the_cores_keep_their_ablation_in_one_process(tmp_path):
+  """With other jobs beside it a seed's demo runs `--one-process` (a second process per demo only adds
+  contention on 2 cores); alone, it keeps the demo's second process. The user's flags come last."""
+  (tmp_path / "corpus").mkdir()
+  shared = learning_benchmark.demo_job(str(tmp_path), 0, 10, 20, ["--gin.X=1"], shared=True)
+  alone = learning_benchmark.demo_job(str(tmp_path), 1, 10, 20, ["--gin.X=1"], shared=False)
+  assert "--one-process" in shared[1] and "--one-process" not in alone[1]
+  assert shared[1][-1] == alone[1][-1] == "--gin.X=1"
+  assert shared[1][shared[1].index("--steps") + 1] == "10" and os.path.islink(tmp_path / "seed_0" / "corpus")

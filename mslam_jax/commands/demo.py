@@ -322,6 +322,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="skip the speech-only ablation (its zero-shot figure is then null)")
   parser.add_argument("--no-translation", action="store_true",
                       help="skip the speech translation fine-tuning (its figures are then null)")
+  parser.add_argument("--one-process", action="store_true",
+                      help="run the ablation's evaluation and the translation in this process after the sweep, "
+                           "not in a second one beside it: for runs that already share the cores with another "
+                           "job (the learning benchmark's seeds), where a second process only adds contention")
   parser.add_argument("--corpus-only", action="store_true",
                       help="build (or check) OUT/corpus and stop: several demo runs can then share it")
   config.add_gin_arguments(parser)
@@ -392,7 +396,7 @@ def run(args: argparse.Namespace) -> int:
 
     includes = [f"include '{config.resolve_gin_file(f, search)}'" for f in gin_files[3:]]
     side, beside = None, {}
-    if not (args.no_ablation and args.no_translation):
+    if not (args.no_ablation and args.no_translation) and not args.one_process:
       side = _start_side_stages(out, {
           "model_dir": model_dir, "corpus_dir": corpus_dir, "eval_dir": os.path.join(out, "eval"),
           "ablation_dir": None if args.no_ablation else ablation_dir,
