@@ -23,8 +23,10 @@ Two side by side on 2 cores: the pre-training steps gain nothing (each takes twi
 stages one process leaves a core idle in (XLA compiles, the small fine-tuning batches, evaluation)
 overlap: at 500 steps the whole benchmark took 33.9 minutes, against about 41 estimated for its runs one
 after the other (benchmarks/README.md, seventeenth pass); at the default 700, 39 minutes with 1,200 fine-tuning
-steps (eighteenth pass) and 47 minutes with 2,400 on a slower day (twentieth pass); the default 1,600: about 44
-minutes that day, estimated from its stages.
+steps (eighteenth pass) and 47 minutes with 2,400 on a slower day (twentieth pass); the default 1,600 on a fresh
+machine: 46.3 minutes with each seed's ablation evaluated in a second process beside its sweep, 45.1 with
+`--one-process` (twenty-second pass). Seeds that share the cores run their demos `--one-process`: four XLA
+processes on 2 cores only add contention.
 
 Re-running on the same --out resumes (finished demo stages and runs are skipped).
 """
