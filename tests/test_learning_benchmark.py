@@ -34,6 +34,18 @@ def test_summary_reports_mean_spread_targets_and_zero_shot_gain():
   assert "| ctc_cer | 0.125 | 0.05 |" in table and "codebook perplexity (lowest logged) | 30 | | | 32 | no |" in table
 
 
+def test_the_lm_fused_zero_shot_gain_is_its_own_row():
+  with_lm = [dict(r["metrics"], zero_shot_cer_lm=lm, zero_shot_cer_lm_speech_only_ablation=lm_ablation)
+             for r, lm, lm_ablation in ((_report(0.3, 0.2, 0.36, 0.38), 0.2, 0.28), (_report(0.3, 0.2, 0.36, 0.38), 0.2, 0.32))]
+  summary = learning_benchmark.summarize([{"metrics": m} for m in with_lm], None)
+  assert summary["zero_shot_relative_gain"]["value"] == pytest.approx(1 - 0.36 / 0.38)
+  assert summary["zero_shot_relative_gain_lm"]["value"] == pytest.approx(1 / 3)  # 1 - 0.2 / 0.3
+  assert summary["zero_shot_relative_gain_lm"]["met"] and not summary["zero_shot_relative_gain"]["met"]
+  table = learning_benchmark.format_table(summary)
+  assert "| zero-shot CER gain of joint over speech-only, with a character LM | 0.333 | | | 0.2 | yes |" in table
+  assert summary["figures"]["zero_shot_cer_lm_speech_only_ablation"]["spread"] == pytest.approx(0.04)
+
+
 def test_a_collapsed_ablation_leaves_the_zero_shot_gain_unjudged(tmp_path):
   (tmp_path / "metrics.jsonl").write_text(
       '{"step": 5, "health/frame_cosine": 0.4}\n{"step": 10, "loss": 1.0}\n{"step": 10, "health/frame_cosine": 1.0}\n')

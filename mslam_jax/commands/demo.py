@@ -89,6 +89,10 @@ TABLE_ROWS = (
     ("ctc_wer", "CTC WER, training languages", None),
     ("zero_shot_cer", "zero-shot CER, held-out languages", None),
     (ABLATION_FIGURE, "zero-shot CER, speech-only ablation", None),
+    # Beam search fused with a character 6-gram LM of the train text (finetune_job.ctc_language_models).
+    ("ctc_cer_lm", "CTC CER, training languages, with a character LM", None),
+    ("zero_shot_cer_lm", "zero-shot CER, with a character LM", None),
+    ("zero_shot_cer_lm_speech_only_ablation", "zero-shot CER, speech-only ablation, with a character LM", None),
     ("alignment_word_boundary_error_ms", "word-boundary error (ms; offsets fitted on train)",
      "alignment_word_boundary_error_ms_uniform_baseline"),
     ("alignment_word_boundary_error_ms_uncalibrated", "word-boundary error (ms), uncalibrated", None),

@@ -1,11 +1,14 @@
-"""CTC decoding (greedy and prefix beam search) and error rates per language.
+"""CTC decoding (greedy, prefix beam search, beam search fused with a character LM) and error rates
+per language.
 
 Decoders take per-utterance log-probabilities [T, V] (numpy, valid frames only) and return token
 ids with blanks removed and repeats merged. Error rates come from jiwer; this module only groups
 utterances by language and skips those that cannot be scored (empty reference).
 """
 import collections
+import heapq
 import logging
+import math
 from typing import Iterable, Mapping, Sequence
 
 import jiwer
@@ -13,7 +16,7 @@ import numpy as np
 
 # The reserved ids of mslam_jax.data.vocabularies (PAD 0, EOS 1, UNK 2, MASK 3, CTC blank 4): none
 # belongs in a transcript. Kept here as literals so decoding needs no TF/SeqIO import.
-BLANK_ID = 4
+EOS_ID, BLANK_ID = 1, 4
 _RESERVED_IDS = frozenset(range(BLANK_ID + 1))
 
 
@@ -36,35 +39,68 @@ def beam_decode(log_probs: np.ndarray, beam_size: int = 8, blank_id: int = BLANK
   that "a a" (with a blank between) and "a" (a repeat) are told apart. Only the `token_prune` most
   likely tokens of a frame are expanded, which keeps a 4k-symbol vocabulary cheap.
   """
-  log_probs = np.asarray(log_probs, np.float64)
-  neg_inf = -np.inf
-  # prefix (tuple of ids) -> (log p ending in blank, log p ending in non-blank)
-  beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, neg_inf)}
-  for frame in log_probs:
-    candidates = np.argsort(frame)[::-1][:token_prune]
-    next_beams: dict[tuple[int, ...], list[float]] = collections.defaultdict(lambda: [neg_inf, neg_inf])
-    for prefix, (p_blank, p_token) in beams.items():
-      p_total = np.logaddexp(p_blank, p_token)
-      for token in candidates.tolist():
-        p = frame[token]
+  return _prefix_beam_search(log_probs, None, 0.0, 0.0, beam_size, blank_id, token_prune, -math.inf)
+
+
+def lm_beam_decode(log_probs: np.ndarray, lm, weight: float, length_bonus: float, beam_size: int = 8,
+                   blank_id: int = BLANK_ID, token_prune: int = 8, prune_log_prob: float = -10.0) -> list[int]:
+  """CTC prefix beam search with shallow fusion of a character LM (evaluation.char_lm.CharNgramLM).
+
+  A prefix ranks by log p_ctc + weight * log p_lm + length_bonus * len; the LM scores a symbol when it
+  extends a prefix, and the end of the sentence (EOS) once at the end. A frame expands at most
+  `token_prune` symbols, and none less likely than `prune_log_prob`.
+  """
+  return _prefix_beam_search(log_probs, lm, weight, length_bonus, beam_size, blank_id, token_prune, prune_log_prob)
+
+
+def _prefix_beam_search(log_probs, lm, weight, length_bonus, beam_size, blank_id, token_prune, prune_log_prob):
+  neg_inf = -math.inf
+  # prefix -> [log p ending in blank, log p ending in its last symbol, weighted LM + length score]
+  beams: dict[tuple[int, ...], list[float]] = {(): [0.0, neg_inf, 0.0]}
+  for frame in np.asarray(log_probs, np.float64):
+    order = np.argsort(frame)[::-1][:token_prune]
+    # Python floats from here: scalar numpy arithmetic would triple the search's time.
+    candidates = [(int(t), float(frame[t])) for t in order if frame[t] >= prune_log_prob] or [
+        (int(order[0]), float(frame[order[0]]))]
+    next_beams: dict[tuple[int, ...], list[float]] = {}
+    for prefix, (p_blank, p_token, fused) in beams.items():
+      p_total = _logaddexp(p_blank, p_token)
+      last = prefix[-1] if prefix else None
+      lm_next = None
+      for token, p in candidates:
         if token == blank_id:
-          entry = next_beams[prefix]
-          entry[0] = np.logaddexp(entry[0], p_total + p)
+          same = next_beams.setdefault(prefix, [neg_inf, neg_inf, fused])
+          same[0] = _logaddexp(same[0], p_total + p)
           continue
-        last = prefix[-1] if prefix else None
-        extended = prefix + (token,)
-        entry = next_beams[extended]
         if token == last:
           # A repeat extends the prefix only through a blank; otherwise it collapses into it.
-          entry[1] = np.logaddexp(entry[1], p_blank + p)
-          same = next_beams[prefix]
-          same[1] = np.logaddexp(same[1], p_token + p)
+          same = next_beams.setdefault(prefix, [neg_inf, neg_inf, fused])
+          same[1] = _logaddexp(same[1], p_token + p)
+          source = p_blank
         else:
-          entry[1] = np.logaddexp(entry[1], p_total + p)
-    ranked = sorted(next_beams.items(), key=lambda kv: -np.logaddexp(*kv[1]))[:beam_size]
-    beams = {prefix: (scores[0], scores[1]) for prefix, scores in ranked}
-  best = max(beams.items(), key=lambda kv: np.logaddexp(*kv[1]))[0]
-  return list(best)
+          source = p_total
+        if source == neg_inf:
+          continue
+        extended = next_beams.get(prefix + (token,))
+        if extended is None:
+          step = 0.0
+          if lm is not None:
+            lm_next = lm.log_probs(prefix) if lm_next is None else lm_next
+            step = weight * float(lm_next[token]) + length_bonus
+          extended = next_beams[prefix + (token,)] = [neg_inf, neg_inf, fused + step]
+        extended[1] = _logaddexp(extended[1], source + p)
+    beams = dict(heapq.nlargest(beam_size, next_beams.items(),
+                                key=lambda kv: _logaddexp(kv[1][0], kv[1][1]) + kv[1][2]))
+  end = (lambda prefix: weight * float(lm.log_probs(prefix)[EOS_ID])) if lm is not None else (lambda prefix: 0.0)
+  return list(max(beams.items(), key=lambda kv: _logaddexp(kv[1][0], kv[1][1]) + kv[1][2] + end(kv[0]))[0])
+
+
+def _logaddexp(a: float, b: float) -> float:
+  if a < b:
+    a, b = b, a
+  if b == -math.inf:
+    return a
+  return a + math.log1p(math.exp(b - a))
 
 
 def ids_to_text(vocab, ids: Iterable[int]) -> str:
@@ -87,6 +123,28 @@ def decode_batch(log_probs: np.ndarray, mask: np.ndarray, method: str = "greedy"
     else:
       out.append(beam_decode(valid, beam_size, blank_id))
   return out
+
+
+def tune_lm_fusion(lms, rows: Sequence[tuple[str, str, np.ndarray]], vocab,
+                   weights: Sequence[float] = (0.6, 1.2), length_bonuses: Sequence[float] = (1.5, 3.0),
+                   beam_size: int = 8) -> dict[str, float]:
+  """Sets `lms.weight` and `lms.length_bonus` (evaluation.char_lm.LanguageModels) to the point with
+  the lowest CER on `rows`, (language, reference, log-probabilities) of held-aside utterances: the
+  grid, or no LM at all (weight 0, no bonus) where it does not help. Returns the point and its CER."""
+  if not rows:
+    raise ValueError("no utterances to tune the LM fusion weights on")
+  refs = [ref for _, ref, _ in rows]
+  best = None
+  for weight, bonus in [(0.0, 0.0)] + [(w, b) for w in weights for b in length_bonuses]:
+    hyps = [ids_to_text(vocab, lm_beam_decode(lp, lms.for_language(lang), weight, bonus, beam_size))
+            for lang, _, lp in rows]
+    cer = float(jiwer.cer(refs, hyps))
+    logging.info("LM fusion: weight %.2f, length bonus %.2f: CER %.4f on %d utterances", weight, bonus, cer,
+                 len(rows))
+    if best is None or cer < best[0]:
+      best = (cer, weight, bonus)
+  cer, lms.weight, lms.length_bonus = best
+  return {"weight": lms.weight, "length_bonus": lms.length_bonus, "cer": cer}
 
 
 def error_rates_by_language(references: Sequence[str], hypotheses: Sequence[str],

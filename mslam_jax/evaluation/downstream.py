@@ -19,23 +19,27 @@ class CTCFinetuneEvaluator:
   """CTC fine-tuning on paired train data, CER/WER on paired test data of the same languages.
 
   `langs` defaults to the corpus' training languages (paired train data, not held out).
+  `lm_order` > 0 adds ctc_cer_lm: beam search fused with a character n-gram LM of that order
+  (finetune_job.ctc_language_models); 0 turns it off.
   """
 
   def __init__(self, corpus_dir: str | None = None, langs: Sequence[str] | None = None,
                max_train_per_lang: int | None = None, max_test_per_lang: int | None = 50,
-               beam_size: int = 8, config: finetune.FinetuneConfig | None = None):
+               beam_size: int = 8, config: finetune.FinetuneConfig | None = None, lm_order: int = 6):
     self.corpus_dir = corpus_dir
     self.langs = langs
     self.max_train_per_lang, self.max_test_per_lang = max_train_per_lang, max_test_per_lang
     self.beam_size = beam_size
     self.config = config or finetune.FinetuneConfig()
+    self.lm_order = lm_order
 
   def evaluate(self, ctx: base.EvalContext) -> dict[str, float]:
     corpus_dir = ctx.corpus(self.corpus_dir, type(self).__name__)
     tuned = finetune_job.checkpoint_ctc_head(ctx, corpus_dir, self.langs, self.max_train_per_lang, self.config)
     langs = self.langs or eval_data.training_languages(corpus_dir)
     test = eval_data.read_utterances(corpus_dir, "paired", "test", langs, self.max_test_per_lang)
-    metrics = finetune.ctc_metrics(tuned, test, "ctc", self.beam_size)
+    lms = finetune_job.ctc_language_models(ctx, corpus_dir, tuned, langs, self.lm_order, beam_size=self.beam_size)
+    metrics = finetune.ctc_metrics(tuned, test, "ctc", self.beam_size, lms)
     if ctx.out_dir:
       finetune._plot_losses(os.path.join(ctx.out_dir, "ctc_finetune_loss.png"), tuned.losses,  # pylint: disable=protected-access
                             f"CTC fine-tuning ({self.config.freeze}), step {ctx.step}")

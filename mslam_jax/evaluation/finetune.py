@@ -505,6 +505,7 @@ class FinetunedCTC:
   vocab: Any
   losses: list[float] = dataclasses.field(default_factory=list)
   batch_size: int = 8
+  directory: str | None = None  # where it was fine-tuned (its character LM's fusion weights go there)
 
   def __post_init__(self):
     self._log_probs = _ctc_log_probs_fn(self.model)
@@ -564,18 +565,25 @@ def pretrained_head(params: Any, name: str | None, dim: int, num_classes: int, m
   return {"kernel": kernel, "bias": bias}
 
 
-def ctc_metrics(tuned: FinetunedCTC, utterances: Iterable[Any], prefix: str, beam_size: int = 8) -> dict[str, float]:
-  """{prefix}_cer / _wer (greedy), {prefix}_cer_beam / _wer_beam, and per language.
+def ctc_metrics(tuned: FinetunedCTC, utterances: Iterable[Any], prefix: str, beam_size: int = 8,
+                lms: Any = None) -> dict[str, float]:
+  """{prefix}_cer / _wer (greedy), {prefix}_cer_beam / _wer_beam, and per language; with `lms`
+  (char_lm.LanguageModels, fusion weights tuned) also {prefix}_cer_lm / _wer_lm: beam search fused
+  with the utterance's language's character LM.
 
   `utterances` may be a stream (e.g. a benchmark's test split): they are decoded a batch at a time
   and only the texts are kept."""
-  refs, langs, decoded = [], [], {"greedy": [], "beam": []}
+  methods = ("greedy", "beam") + (("lm",) if lms is not None else ())
+  refs, langs, decoded = [], [], {method: [] for method in methods}
   chunk = []
 
   def decode():
-    for lp in tuned.log_probs([u.audio for u in chunk]):
+    for u, lp in zip(chunk, tuned.log_probs([u.audio for u in chunk])):
       decoded["greedy"].append(asr.ids_to_text(tuned.vocab, asr.greedy_decode(lp)))
       decoded["beam"].append(asr.ids_to_text(tuned.vocab, asr.beam_decode(lp, beam_size)))
+      if lms is not None:
+        ids = asr.lm_beam_decode(lp, lms.for_language(u.lang), lms.weight, lms.length_bonus, beam_size)
+        decoded["lm"].append(asr.ids_to_text(tuned.vocab, ids))
     chunk.clear()
 
   for u in utterances:
@@ -590,9 +598,9 @@ def ctc_metrics(tuned: FinetunedCTC, utterances: Iterable[Any], prefix: str, bea
   if not refs:
     raise ValueError(f"{prefix}: no test utterances to score")
   metrics = {}
-  for method in ("greedy", "beam"):
+  for method in methods:
     hyps = decoded[method]
-    suffix = "" if method == "greedy" else "_beam"
+    suffix = "" if method == "greedy" else f"_{method}"
     for lang, rates in asr.error_rates_by_language(refs, hyps, langs).items():
       if lang == "all":
         metrics[f"{prefix}_cer{suffix}"] = rates["cer"]
@@ -603,6 +611,8 @@ def ctc_metrics(tuned: FinetunedCTC, utterances: Iterable[Any], prefix: str, bea
     if method == "greedy":
       for ref, hyp, lang in list(zip(refs, hyps, langs))[:3]:
         logging.info("%s [%s] ref: %s | hyp: %s", prefix, lang, ref, hyp)
+  if lms is not None:
+    metrics[f"{prefix}_lm_weight"], metrics[f"{prefix}_lm_length_bonus"] = lms.weight, lms.length_bonus
   metrics[f"{prefix}_num_test"] = float(len(refs))
   metrics[f"{prefix}_final_train_loss"] = float(np.mean(tuned.losses[-10:])) if tuned.losses else float("nan")
   return metrics

@@ -37,7 +37,9 @@ from mslam_jax import config as config_lib
 from mslam_jax import storage
 from mslam_jax import train as train_lib
 from mslam_jax.data import translation as translation_data
+from mslam_jax.evaluation import asr
 from mslam_jax.evaluation import base
+from mslam_jax.evaluation import char_lm
 from mslam_jax.evaluation import data as eval_data
 from mslam_jax.evaluation import finetune
 from mslam_jax.evaluation import report
@@ -176,9 +178,53 @@ def checkpoint_ctc_head(ctx: base.EvalContext, corpus_dir: str, train_langs: Seq
             "step": ctx.step, "corpus_dir": storage.absolute(corpus_dir), "langs": langs,
             "num_classes": vocab.vocab_size, "settings": _settings_dict(settings)}
   params = _train_in_process(ctx, "ctc", examples, vocab.vocab_size, settings, model_dir, source, head_init)
-  tuned = finetune.FinetunedCTC(ctx.model, params, vocab, losses(model_dir), settings.batch_size)
+  tuned = finetune.FinetunedCTC(ctx.model, params, vocab, losses(model_dir), settings.batch_size, model_dir)
   ctx.shared[memo] = tuned
   return tuned
+
+
+def ctc_language_models(ctx: base.EvalContext | None, corpus_dir: str, tuned: finetune.FinetunedCTC,
+                        tune_langs: Sequence[str], order: int, max_tune_per_lang: int = 15,
+                        beam_size: int = 8) -> char_lm.LanguageModels | None:
+  """Character LMs of the corpus' train text (the text stream's and the paired transcripts', one
+  model a language) with their fusion weights tuned for `tuned` on the paired validation utterances
+  of `tune_langs` (never a test utterance, never a held-out language's). The weights are saved in
+  the head's directory and read back; the models are refit (seconds). None when `order` is 0 or
+  the corpus has no train text."""
+  if order <= 0:
+    return None
+  memo = ("ctc_lm", tuned.directory, order, storage.absolute(corpus_dir))
+  if ctx is not None and memo in ctx.shared:
+    return ctx.shared[memo]
+  vocab = tuned.vocab
+  sentences = [(u.lang, vocab.encode(u.text)) for stream in ("text", "paired")
+               if eval_data.corpus_languages(corpus_dir, stream, "train")
+               for u in eval_data.read_utterances(corpus_dir, stream, "train") if u.text.strip()]
+  if not sentences:
+    logging.warning("%s has no train text: CTC decoding without a character LM", corpus_dir)
+    return None
+  lms = char_lm.LanguageModels.fit(sentences, order, vocab.vocab_size)
+  path = epath.Path(tuned.directory) / f"char_lm_{order}gram_fusion.json" if tuned.directory else None
+  if path and path.exists():
+    saved = json.loads(path.read_text())
+    lms.weight, lms.length_bonus = saved["weight"], saved["length_bonus"]
+  else:
+    validation = [u for u in eval_data.read_utterances(corpus_dir, "paired", "validation", list(tune_langs),
+                                                       max_tune_per_lang) if len(u.audio) and u.text.strip()]
+    if validation:
+      rows = [(u.lang, vocab.decode(vocab.encode(u.text)), lp)
+              for u, lp in zip(validation, tuned.log_probs([u.audio for u in validation]))]
+      chosen = asr.tune_lm_fusion(lms, rows, vocab, beam_size=beam_size)
+      logging.info("Character %d-gram LM fusion tuned on %d validation utterances: %s", order, len(rows), chosen)
+      if path:
+        path.write_text(json.dumps({**chosen, "order": order, "num_sentences": len(sentences),
+                                    "num_validation": len(rows)}))
+    else:
+      logging.warning("no paired validation utterances of %s to tune the LM fusion on: weight %.1f, length "
+                      "bonus %.1f", list(tune_langs), lms.weight, lms.length_bonus)
+  if ctx is not None:
+    ctx.shared[memo] = lms
+  return lms
 
 
 def checkpoint_classifier(ctx: base.EvalContext, name: str, audios: Sequence[np.ndarray], labels: Sequence[str],
@@ -214,7 +260,7 @@ def finetune_run(task: str = "ctc", init_from_dir: str = gin.REQUIRED, model_dir
                  model: Any = None, iterator_fn: Callable[..., Any] | None = None,
                  progress_bar: bool = True, tensorboard: bool = True, eval_every: int = 0,
                  evaluators: Sequence[Any] = (), translation_streams: Sequence[str] = ("speech",),
-                 xtreme_s: str | None = None, corpora: Mapping[str, str] | None = None
+                 xtreme_s: str | None = None, corpora: Mapping[str, str] | None = None, lm_order: int = 6
                  ) -> dict[str, float]:
   """`mslam finetune`: fine-tunes `task` from a checkpoint of `init_from_dir` into `model_dir`, then
   scores the corpus' test split (ctc: CER/WER; classify: language-ID accuracy). A restarted job
@@ -224,6 +270,9 @@ def finetune_run(task: str = "ctc", init_from_dir: str = gin.REQUIRED, model_dir
   ({"fleurs": DIR, ...}) instead of the built-in corpus: its head comes from the task (`task` is
   ignored), its batches stream from the task's SeqIO Mixture (evaluation/xtreme_s_data.py) and its
   test split (validation without one) is scored with the benchmark's metric.
+
+  `lm_order` (ctc on the built-in corpus): > 0 adds ctc_cer_lm, beam search fused with a character
+  n-gram LM of the corpus' train text (ctc_language_models); 0 turns it off.
 
   `model` / `iterator_fn`: the task model and its batches, for tasks whose data the corpus readers
   here do not make (translate: bound in its run config); default: the task's own.
@@ -286,9 +335,10 @@ def finetune_run(task: str = "ctc", init_from_dir: str = gin.REQUIRED, model_dir
   params = checkpoints.load_params(checkpoints.step_dir(model_dir, summary["final_step"]))
   curve = losses(model_dir)
   if task == "ctc":
-    tuned = finetune.FinetunedCTC(base_model, params, vocab, curve, settings.batch_size)
+    tuned = finetune.FinetunedCTC(base_model, params, vocab, curve, settings.batch_size, model_dir)
     test = eval_data.read_utterances(corpus_dir, "paired", "test", langs, max_test_per_lang)
-    metrics = finetune.ctc_metrics(tuned, test, "ctc", beam_size)
+    lms = ctc_language_models(None, corpus_dir, tuned, langs, lm_order, beam_size=beam_size)
+    metrics = finetune.ctc_metrics(tuned, test, "ctc", beam_size, lms)
     finetune._plot_losses(os.path.join(model_dir, "ctc_finetune_loss.png"), curve,  # pylint: disable=protected-access
                           f"CTC fine-tuning ({settings.freeze}) from step {chosen}")
   else:

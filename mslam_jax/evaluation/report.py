@@ -32,8 +32,11 @@ HEADLINE_METRICS = (
     "ctc_cer",
     "ctc_wer",
     "ctc_cer_beam",
+    "ctc_cer_lm",
     "zero_shot_cer",
     "zero_shot_cer_speech_only_ablation",
+    "zero_shot_cer_lm",
+    "zero_shot_cer_lm_speech_only_ablation",
     "alignment_word_boundary_error_ms",
 )
 METRICS_FILE = "metrics.json"

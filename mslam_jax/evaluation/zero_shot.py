@@ -41,8 +41,9 @@ class ZeroShotEvaluator:
 
   def __init__(self, corpus_dir: str | None = None, held_out_langs: Sequence[str] | None = None,
                train_langs: Sequence[str] | None = None, max_train_per_lang: int | None = None,
-               max_test_per_lang: int | None = 50, beam_size: int = 8):
+               max_test_per_lang: int | None = 50, beam_size: int = 8, lm_order: int = 6):
     self.corpus_dir = corpus_dir
+    self.lm_order = lm_order
     self.held_out_langs, self.train_langs = held_out_langs, train_langs
     self.max_train_per_lang, self.max_test_per_lang, self.beam_size = max_train_per_lang, max_test_per_lang, beam_size
 
@@ -56,7 +57,11 @@ class ZeroShotEvaluator:
     tuned = finetune_job.checkpoint_ctc_head(ctx, corpus_dir, train_langs, self.max_train_per_lang,
                                              finetune.FinetuneConfig())
     test = eval_data.read_utterances(corpus_dir, "paired", "test", held_out, self.max_test_per_lang)
-    metrics = finetune.ctc_metrics(tuned, test, "zero_shot", self.beam_size)
+    # The fusion weights are tuned on the training languages' validation utterances; a held-out
+    # language is decoded with the LM of its train text (text is what it has; never its speech).
+    lms = finetune_job.ctc_language_models(ctx, corpus_dir, tuned, train_langs, self.lm_order,
+                                           beam_size=self.beam_size)
+    metrics = finetune.ctc_metrics(tuned, test, "zero_shot", self.beam_size, lms)
     metrics["zero_shot_num_languages"] = float(len(held_out))
     return metrics
 

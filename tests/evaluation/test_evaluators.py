@@ -1,7 +1,9 @@
 """Evaluators end to end on a synthetic corpus whose audio spells its text (see synthetic.py)."""
 import dataclasses
+import json
 import math
 import os
+import pathlib
 import shutil
 
 import gin
@@ -17,7 +19,9 @@ from tests.evaluation import synthetic
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory):
-  return synthetic.write_corpus(str(tmp_path_factory.mktemp("synthetic_corpus")))
+  # A validation split: the CTC evaluators tune their LM fusion on it.
+  return synthetic.write_corpus(str(tmp_path_factory.mktemp("synthetic_corpus")),
+                                per_split={"train": 24, "validation": 6, "test": 8})
 
 
 @pytest.fixture(scope="session")
@@ -139,6 +143,14 @@ def test_ctc_alignment_and_zero_shot_evaluators(corpus, model_and_params, tmp_pa
   assert ctc["ctc_cer_beam"] <= ctc["ctc_cer"] + 0.05
   assert set(k for k in ctc if k.startswith("ctc_cer/")) == {"ctc_cer/aaa", "ctc_cer/bbb"}
   assert ctc["ctc_final_train_loss"] < 1.0
+  # Beam search fused with a character LM of the train text, its weights tuned on validation once
+  # (saved beside the head) and shared with zero_shot.
+  assert ctc["ctc_cer_lm"] < 0.25 and set(k for k in ctc if k.startswith("ctc_cer_lm/")) == {"ctc_cer_lm/aaa", "ctc_cer_lm/bbb"}
+  assert [k for k in ctx.shared if isinstance(k, tuple) and k[0] == "ctc_lm"] and "zero_shot_cer_lm" in zs
+  head = next(v for k, v in ctx.shared.items() if isinstance(k, tuple) and k[0] == "ctc_head")
+  fusion = json.loads((pathlib.Path(head.directory) / "char_lm_6gram_fusion.json").read_text())
+  assert fusion["num_validation"] > 0 and (fusion["weight"], fusion["length_bonus"]) == (
+      ctc["ctc_lm_weight"], ctc["ctc_lm_length_bonus"])
   assert os.path.exists(tmp_path / "ctc_finetune_loss.png")
   # Characters are 80 ms long and frames 40 ms: boundaries within about a frame.
   assert aligned["alignment_num_scored"] >= 12
