@@ -14,10 +14,10 @@ from typing import Iterable, Mapping, Sequence
 import jiwer
 import numpy as np
 
-# The reserved ids of mslam_jax.data.vocabularies (PAD 0, EOS 1, UNK 2, MASK 3, CTC blank 4): none
-# belongs in a transcript. Kept here as literals so decoding needs no TF/SeqIO import.
-EOS_ID, BLANK_ID = 1, 4
-_RESERVED_IDS = frozenset(range(BLANK_ID + 1))
+from mslam_jax.data.special_ids import BLANK_ID, EOS_ID, NUM_RESERVED
+
+# The reserved ids (PAD, EOS, UNK, MASK, CTC blank): none belongs in a transcript.
+_RESERVED_IDS = frozenset(range(NUM_RESERVED))
 
 
 def greedy_decode(log_probs: np.ndarray, blank_id: int = BLANK_ID) -> list[int]:

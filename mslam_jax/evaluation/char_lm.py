@@ -16,7 +16,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-EOS_ID = 1  # mslam_jax.data.vocabularies: the sentence boundary on both sides
+from mslam_jax.data.special_ids import EOS_ID  # the sentence boundary on both sides
 
 
 class CharNgramLM:
