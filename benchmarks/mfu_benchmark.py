@@ -41,6 +41,7 @@ unrolled (on CPU the Conformer scan is unrolled; elsewhere pass --gin=SCAN_LAYER
   python benchmarks/mfu_benchmark.py --model 600m [--speech-batch 16 ...]
   python benchmarks/mfu_benchmark.py --model 2b
   python benchmarks/mfu_benchmark.py            # on CPU: the tiny config
+  python benchmarks/mfu_benchmark.py --model 600m --profile /tmp/prof   # + the top ops of 3 steps
 
 It needs JAX, Flax, Optax, gin-config and etils only (the model imports no data pipeline), so on a
 bare accelerator image `PYTHONPATH=.` from a checkout is enough besides gin-config.
@@ -55,6 +56,11 @@ import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import profile_summary  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+PROFILED_STEPS = 3
 
 # bf16 dense peak FLOP/s per device, matched against jax.devices()[0].device_kind.
 PEAK_BF16_FLOPS = {
@@ -241,7 +247,7 @@ def random_batch(shapes: Shapes, vocab_size: int, seed: int = 0) -> dict:
 
 
 def run(model: str, shapes: Shapes, steps: int = 5, warmup: int = 1, dtype: str | None = None,
-        bindings=()) -> dict:
+        bindings=(), profile_dir: str | None = None) -> dict:
   """Builds, compiles and times the step; returns every figure the script prints."""
   import gin  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
@@ -282,6 +288,13 @@ def run(model: str, shapes: Shapes, steps: int = 5, warmup: int = 1, dtype: str 
     step()
     times.append(time.perf_counter() - t0)
   step_s = statistics.median(times)
+  profile = None
+  if profile_dir:
+    profile_summary.profiled(step, profile_dir, PROFILED_STEPS)
+    try:
+      profile = profile_summary.summarize(profile_dir, PROFILED_STEPS)
+    except (OSError, ValueError, KeyError) as e:  # the timings stand without it
+      print(f"profile summary failed ({e}); the trace is in {profile_dir}", file=sys.stderr)
   flops = step_flops(arch, shapes)
   tokens = step_tokens(arch, shapes)
   devices = jax.devices()
@@ -295,6 +308,7 @@ def run(model: str, shapes: Shapes, steps: int = 5, warmup: int = 1, dtype: str 
       "achieved_flops_per_s": flops["total"] / step_s,
       "peak_flops_per_device": peak,
       "mfu": None if peak is None else flops["total"] / (step_s * len(devices) * peak),
+      "profile": profile,
   }
 
 
@@ -320,6 +334,8 @@ def main(argv=None) -> int:
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--warmup", type=int, default=1)
   parser.add_argument("--gin", action="append", default=[], help="extra gin binding")
+  parser.add_argument("--profile", help=f"trace {PROFILED_STEPS} more steps here and print the top ops")
+  parser.add_argument("--top", type=int, default=40, help="ops the profile summary lists")
   parser.add_argument("--json", action="store_true")
   args = parser.parse_args(argv)
 
@@ -337,7 +353,7 @@ def main(argv=None) -> int:
       pick(args.text_batch, base.text_batch), pick(args.text_length, base.text_length),
       pick(args.paired_batch, base.paired_batch), seconds(args.paired_seconds, base.paired_samples),
       pick(args.paired_length, base.paired_length))
-  r = run(model, shapes, args.steps, args.warmup, args.dtype, args.gin)
+  r = run(model, shapes, args.steps, args.warmup, args.dtype, args.gin, args.profile)
   if args.json:
     print(json.dumps(r))
     return 0
@@ -354,6 +370,8 @@ def main(argv=None) -> int:
     print("  MFU: not applicable (no bf16 peak for this device)")
   else:
     print(f"  MFU {100 * r['mfu']:.1f} % of {r['peak_flops_per_device'] / 1e12:.0f} TFLOP/s per device")
+  if r["profile"]:
+    print(profile_summary.format_summary(r["profile"], args.top))
   return 0
 
 

@@ -31,7 +31,7 @@ sub-batches) and reports its compile time; there is no peer for it.
   python benchmarks/step_benchmark.py --size tiny
   python benchmarks/step_benchmark.py --size small
   python benchmarks/step_benchmark.py --joint
-  python benchmarks/step_benchmark.py --size tiny --profile /tmp/prof   # + a jax.profiler trace
+  python benchmarks/step_benchmark.py --size tiny --profile /tmp/prof   # + the top ops of 3 steps
 
 The persistent compilation cache is off here (compile times are measured); `--cache` turns it on.
 """
@@ -45,7 +45,11 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import profile_summary  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 SAMPLE_RATE = 16_000
+PROFILED_STEPS = 3
 
 SIZES = {
     "tiny": dict(EMBED_DIM=144, MLP_DIM=576, NUM_HEADS=4, NUM_SPEECH_LAYERS=2, NUM_SHARED_LAYERS=2),
@@ -80,14 +84,15 @@ def _timed(step, warmup: int, steps: int) -> list[float]:
   return times
 
 
-def _profiled(step, profile_dir: str | None, steps: int = 3) -> None:
-  """A jax.profiler trace of `steps` more steps in `profile_dir` (nothing when it is None)."""
+def _profiled(step, profile_dir: str | None) -> None:
+  """A jax.profiler trace of PROFILED_STEPS more steps in `profile_dir` (nothing when it is None)."""
   if profile_dir:
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.profiler.start_trace(profile_dir)
-    for _ in range(steps):
-      step()
-    jax.profiler.stop_trace()
+    profile_summary.profiled(step, profile_dir, PROFILED_STEPS)
+
+
+def _print_profile(profile_dir: str | None) -> None:
+  if profile_dir:
+    print(profile_summary.format_summary(profile_summary.summarize(profile_dir, PROFILED_STEPS)))
 
 
 # -- ours --------------------------------------------------------------------------------------
@@ -290,7 +295,7 @@ def main(argv=None) -> int:
   parser.add_argument("--joint", action="store_true", help="time the demo's three-stream step (no peer)")
   parser.add_argument("--no-peer", action="store_true")
   parser.add_argument("--cache", action="store_true", help="use the persistent compilation cache")
-  parser.add_argument("--profile", help="write a jax.profiler trace of 3 of our steps here")
+  parser.add_argument("--profile", help=f"trace {PROFILED_STEPS} more of our steps here and print the top ops")
   parser.add_argument("--gin", action="append", default=[], help="extra gin binding for ours")
   parser.add_argument("--rounds", type=int, default=2, help="alternations of ours and the peer")
   parser.add_argument("--microbatches", type=int, default=4,
@@ -317,6 +322,7 @@ def main(argv=None) -> int:
       print(f"joint demo step (tiny, speech+text+paired) on {device}")
       print(f"  compile {r['compile_s']:.1f} s   step median {med:.3f} s   "
             f"{r['audio_seconds'] / med:.1f} audio s/s")
+      _print_profile(args.profile)
     return 0
 
   audio_seconds = args.batch * args.seconds
@@ -349,13 +355,13 @@ def main(argv=None) -> int:
           f"   (compile {result[key]['compile_s']:.1f} s)")
   if not have_peer:
     print("  peer skipped (needs the hf extra: torch, transformers)" if not args.no_peer else "")
-    return 0
   for key, label in (("peer_features_outside", "peer, features outside its step"),
-                     ("peer_features_inside", "peer, features inside its step")):
+                     ("peer_features_inside", "peer, features inside its step")) if have_peer else ():
     peer_s = result[key]["step_s"]
     ratios = " / ".join(f"{peer_s / result[k]['step_s']:.2f}" for k, _ in ours)
     print(f"  {label:34s} median {peer_s:.3f} s  {audio_seconds / peer_s:7.1f} audio s/s"
           f"   ratio peer/ours {ratios}")
+  _print_profile(args.profile)
   return 0
 
 

@@ -28,16 +28,19 @@ def clean_gin():
 
 
 @pytest.mark.slow
-def test_tiny_step_runs_and_analytic_flops_match_xla():
+def test_tiny_step_runs_and_analytic_flops_match_xla(tmp_path):
   mfu = _load()
   shapes = mfu.Shapes(speech_batch=2, speech_samples=8000, text_batch=2, text_length=16, paired_batch=2,
                       paired_samples=8000, paired_length=8)
-  r = mfu.run("tiny", shapes, steps=1, warmup=1, bindings=["NUM_SPEECH_LAYERS = 1", "NUM_SHARED_LAYERS = 1"])
+  r = mfu.run("tiny", shapes, steps=1, warmup=1, bindings=["NUM_SPEECH_LAYERS = 1", "NUM_SHARED_LAYERS = 1"],
+              profile_dir=str(tmp_path))
   assert r["mfu"] is None and r["peak_flops_per_device"] is None  # CPU: no peak
   assert r["step_s"] > 0 and r["tokens_per_s"] > 0
   assert r["tokens_per_step"] == 2 * 12 + 2 * 16 + 2 * (12 + 8)  # 0.5 s: 48 mel frames -> 12 after conv2d
   lo, hi = XLA_OVER_ANALYTIC
   assert lo <= r["xla_over_analytic"] <= hi, r["model_flops_by_stream"]
+  # --profile: the traced steps' XLA ops, matmuls among them.
+  assert r["profile"]["scope"] == "XLA ops, all threads" and r["profile"]["kinds"]["matmul"] > 0
 
 
 def test_peak_table_matches_device_kinds():
