@@ -40,11 +40,14 @@ class TextEmbedding(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: Array, tokens_mask: Array, deterministic: bool = True) -> Array:
+    # The lookup runs in the parameters' dtype and casts after: the same values, and its gradient is
+    # a scatter-add in float32, which GPUs do with native atomics (bfloat16's are compare-and-swap
+    # loops).
     embedding = nn.Embed(
-        self.vocab_size, self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype,
+        self.vocab_size, self.embed_dim, dtype=self.param_dtype, param_dtype=self.param_dtype,
         embedding_init=attention.partitioned(nn.initializers.normal(1.0), ("vocab", "embed")),
         name="token_embedding")
-    x = embedding(tokens.astype(jnp.int32))
+    x = embedding(tokens.astype(jnp.int32)).astype(self.dtype)
     x = x + sinusoidal_positions(tokens.shape[1], self.embed_dim).astype(self.dtype)[None]
     x = nn.LayerNorm(
         epsilon=self.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype,

@@ -71,6 +71,21 @@ def test_masked_cross_entropy_of_uniform_logits_is_log_vocab():
   np.testing.assert_allclose(float(loss), math.log(16), rtol=1e-5)
 
 
+def test_masked_cross_entropy_and_its_gradient_match_the_log_softmax_reference():
+  logits = 3.0 * jax.random.normal(jax.random.key(7), (2, 5, 2, 33))
+  targets = jax.random.randint(jax.random.key(8), (2, 5, 2), 0, 33)
+  weights = jnp.array([[1, 1, 0, 1, 0], [0, 1, 1, 1, 1]])
+
+  def reference(x):
+    picked = jnp.take_along_axis(jax.nn.log_softmax(x, axis=-1), targets[..., None], axis=-1)[..., 0]
+    w = jnp.broadcast_to(weights[..., None], picked.shape).astype(jnp.float32)
+    return -jnp.sum(picked * w) / jnp.sum(w)
+
+  ours = lambda x: losses.masked_cross_entropy(x, targets, weights)[0]
+  np.testing.assert_allclose(float(ours(logits)), float(reference(logits)), rtol=1e-6)
+  np.testing.assert_allclose(jax.grad(ours)(logits), jax.grad(reference)(logits), atol=1e-7)
+
+
 def _brute_force_ctc_nll(log_probs, label, blank):
   """-log sum over every frame labelling whose collapse (merge repeats, drop blanks) is `label`."""
   num_frames, vocab = log_probs.shape
