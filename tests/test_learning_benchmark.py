@@ -1,14 +1,12 @@
 """benchmarks/learning_benchmark.py's summary: means, seed spreads, targets and the zero-shot gain."""
-import importlib.util
 import os
 import sys
 
 import pytest
 
-_PATH = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "learning_benchmark.py")
-spec = importlib.util.spec_from_file_location("learning_benchmark", _PATH)
-learning_benchmark = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(learning_benchmark)
+from tests import benchmark_scripts
+
+learning_benchmark = benchmark_scripts.load("learning_benchmark")
 
 
 def _report(r1, cer, zero_shot, ablation):

@@ -1,12 +1,10 @@
 """benchmarks/mfu_benchmark.py on CPU: it runs the tiny config, and its analytic FLOP count agrees
 with XLA's cost analysis of the compiled step."""
-import importlib.util
-import os
-
 import gin
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests import benchmark_scripts
+
 # XLA also counts elementwise work (norms, activations, softmax, masking, Adam) that the analytic
 # count (matmuls and convolutions only) leaves out: at the tiny config's width (64) that is
 # 10-25 % on top; more would mean a matmul counted wrong or missing, less one counted twice.
@@ -14,10 +12,7 @@ XLA_OVER_ANALYTIC = (1.0, 1.3)
 
 
 def _load():
-  spec = importlib.util.spec_from_file_location("mfu_benchmark", os.path.join(REPO, "benchmarks", "mfu_benchmark.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return benchmark_scripts.load("mfu_benchmark")
 
 
 @pytest.fixture(autouse=True)

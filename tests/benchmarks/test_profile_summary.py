@@ -1,20 +1,14 @@
 """benchmarks/profile_summary.py: which rows of a Perfetto trace count, and how they add up."""
 import gzip
-import importlib.util
 import json
-import os
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests import benchmark_scripts
 
 
 def _load():
-  spec = importlib.util.spec_from_file_location(
-      "profile_summary", os.path.join(REPO, "benchmarks", "profile_summary.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return benchmark_scripts.load("profile_summary")
 
 
 def _write_trace(directory, events):

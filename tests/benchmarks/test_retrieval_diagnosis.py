@@ -1,24 +1,19 @@
 """benchmarks/retrieval_diagnosis.py on the session's tiny run: its test pool is the evaluation
 sweep's retrieval figure, the re-spoken pool holds as many pairs as the test pool, and every
 figure is a share."""
-import importlib.util
 import json
 import os
 
 import gin
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests import benchmark_scripts
 
 pytestmark = pytest.mark.slow  # reads the session's trained and evaluated tiny run
 
 
 def _load():
-  spec = importlib.util.spec_from_file_location(
-      "retrieval_diagnosis", os.path.join(REPO, "benchmarks", "retrieval_diagnosis.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return benchmark_scripts.load("retrieval_diagnosis")
 
 
 def test_pools_agree_with_the_sweep(tiny_run, builtin_corpus_dir):
