@@ -353,15 +353,16 @@ def main(argv=None) -> int:
     step_s = result[key]["step_s"]
     print(f"  {label:34s} median {step_s:.3f} s  {audio_seconds / step_s:7.1f} audio s/s"
           f"   (compile {result[key]['compile_s']:.1f} s)")
+  _print_profile(args.profile)
   if not have_peer:
     print("  peer skipped (needs the hf extra: torch, transformers)" if not args.no_peer else "")
+    return 0
   for key, label in (("peer_features_outside", "peer, features outside its step"),
-                     ("peer_features_inside", "peer, features inside its step")) if have_peer else ():
+                     ("peer_features_inside", "peer, features inside its step")):
     peer_s = result[key]["step_s"]
     ratios = " / ".join(f"{peer_s / result[k]['step_s']:.2f}" for k, _ in ours)
     print(f"  {label:34s} median {peer_s:.3f} s  {audio_seconds / peer_s:7.1f} audio s/s"
           f"   ratio peer/ours {ratios}")
-  _print_profile(args.profile)
   return 0
 
 
