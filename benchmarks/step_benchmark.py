@@ -264,8 +264,8 @@ def _worker(side: str, args, profile: str | None = None) -> dict:
     command += ["--profile", profile]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   if side.startswith("ours"):  # ours runs with the compiler settings every `mslam` command uses
-    from mslam_jax import compilation_cache  # pylint: disable=g-import-not-at-top
-    env["XLA_FLAGS"] = compilation_cache.cpu_compiler_flags(env.get("XLA_FLAGS"))
+    from mslam_jax import cpu_host  # pylint: disable=g-import-not-at-top
+    env["XLA_FLAGS"] = cpu_host.compiler_flags(env.get("XLA_FLAGS"))
   proc = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
   lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
   if proc.returncode or not lines:
@@ -274,12 +274,16 @@ def _worker(side: str, args, profile: str | None = None) -> dict:
 
 
 def _run_worker(args) -> int:
-  audio = random_audio(args.batch, args.seconds)
   if args.worker.startswith("ours"):
+    # The allocator settings every `mslam` command uses (the peer's step measured the same with them).
+    from mslam_jax import cpu_host  # pylint: disable=g-import-not-at-top
+    cpu_host.tune_allocator()
+    audio = random_audio(args.batch, args.seconds)
     _configure_cache(args.cache)
     micro = [f"Trainer.num_microbatches = {args.microbatches}"] if args.worker == "ours_micro" else []
     r = run_ours(args.size, audio, args.warmup, args.steps, list(args.gin) + micro, args.profile)
   else:
+    audio = random_audio(args.batch, args.seconds)
     r = run_peer(args.size, audio, args.warmup, args.steps, features_inside=args.worker.endswith("inside"))
   print(json.dumps(r))
   return 0
@@ -307,6 +311,10 @@ def main(argv=None) -> int:
     return _run_worker(args)
 
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  if args.joint:
+    from mslam_jax import cpu_host  # pylint: disable=g-import-not-at-top
+    cpu_host.tune_allocator()
+    os.environ["XLA_FLAGS"] = cpu_host.compiler_flags(os.environ.get("XLA_FLAGS"))
   import jax  # pylint: disable=g-import-not-at-top
   _configure_cache(args.cache)
   device = f"{jax.default_backend()} x{jax.device_count()} ({os.cpu_count()} host cores)"

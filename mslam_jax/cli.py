@@ -18,6 +18,7 @@ import sys
 import tempfile
 
 from mslam_jax import compilation_cache
+from mslam_jax import cpu_host
 
 # command -> (module, one-line help)
 COMMANDS = {
@@ -144,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
   quiet_accelerator_probe()
+  cpu_host.tune_allocator()  # before JAX or TensorFlow starts a thread
   argv = sys.argv[1:] if argv is None else list(argv)
   saved, sys.argv = sys.argv, [sys.argv[0]] + argv
   try:
@@ -159,7 +161,7 @@ def main(argv=None) -> int:
   args.gin_bindings = [flag[len("--gin."):] for flag in gin_flags]
   # Every command: compiled programs are reused across processes (it imports no JAX itself).
   compilation_cache.enable()
-  compilation_cache.tune_cpu_compiler()
+  cpu_host.tune_compiler()
   import_tensorflow_quietly()
   module = importlib.import_module(args._module)
   try:
