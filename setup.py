@@ -61,5 +61,5 @@ setuptools.setup(
     package_data={"mslam_jax.gin_configs": ["*.gin", "*/*.gin"], "mslam_jax": ["data/language_inventory.tsv"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
-    entry_points={"console_scripts": ["mslam=mslam_jax.cli:main"]},
+    entry_points={"console_scripts": ["mslam=mslam_jax.cli:entry"]},
 )

@@ -263,9 +263,11 @@ def _worker(side: str, args, profile: str | None = None) -> dict:
   if profile:
     command += ["--profile", profile]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  from mslam_jax import cpu_host  # pylint: disable=g-import-not-at-top
   if side.startswith("ours"):  # ours runs with the compiler settings every `mslam` command uses
-    from mslam_jax import cpu_host  # pylint: disable=g-import-not-at-top
     env["XLA_FLAGS"] = cpu_host.compiler_flags(env.get("XLA_FLAGS"))
+  if side.startswith("ours") or args.peer_allocator:  # and its allocator (cpu_host)
+    env = cpu_host.allocator_environment(env) or env
   proc = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
   lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
   if proc.returncode or not lines:
@@ -273,18 +275,19 @@ def _worker(side: str, args, profile: str | None = None) -> dict:
   return json.loads(lines[-1])
 
 
+def _allocator() -> str:
+  return os.path.basename(os.environ.get("LD_PRELOAD", "")) or "glibc malloc"
+
+
 def _run_worker(args) -> int:
+  audio = random_audio(args.batch, args.seconds)
   if args.worker.startswith("ours"):
-    # The allocator settings every `mslam` command uses (the peer's step measured the same with them).
-    from mslam_jax import cpu_host  # pylint: disable=g-import-not-at-top
-    cpu_host.tune_allocator()
-    audio = random_audio(args.batch, args.seconds)
     _configure_cache(args.cache)
     micro = [f"Trainer.num_microbatches = {args.microbatches}"] if args.worker == "ours_micro" else []
     r = run_ours(args.size, audio, args.warmup, args.steps, list(args.gin) + micro, args.profile)
   else:
-    audio = random_audio(args.batch, args.seconds)
     r = run_peer(args.size, audio, args.warmup, args.steps, features_inside=args.worker.endswith("inside"))
+  r["allocator"] = _allocator()
   print(json.dumps(r))
   return 0
 
@@ -304,6 +307,8 @@ def main(argv=None) -> int:
   parser.add_argument("--rounds", type=int, default=2, help="alternations of ours and the peer")
   parser.add_argument("--microbatches", type=int, default=4,
                       help="ours again as this many exact micro-batches (0: skip)")
+  parser.add_argument("--peer-allocator", action="store_true",
+                      help="run the peer under the allocator ours uses (tcmalloc, where installed) too")
   parser.add_argument("--json", action="store_true")
   parser.add_argument("--worker", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -311,10 +316,12 @@ def main(argv=None) -> int:
     return _run_worker(args)
 
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  if args.joint:
+  if args.joint:  # in this process: the compiler settings and allocator every `mslam` command uses
     from mslam_jax import cpu_host  # pylint: disable=g-import-not-at-top
-    cpu_host.tune_allocator()
     os.environ["XLA_FLAGS"] = cpu_host.compiler_flags(os.environ.get("XLA_FLAGS"))
+    environ = cpu_host.allocator_environment() if argv is None else None
+    if environ is not None:
+      os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)] + sys.argv[1:], environ)
   import jax  # pylint: disable=g-import-not-at-top
   _configure_cache(args.cache)
   device = f"{jax.default_backend()} x{jax.device_count()} ({os.cpu_count()} host cores)"
@@ -322,12 +329,12 @@ def main(argv=None) -> int:
   if args.joint:
     r = run_joint(args.warmup, args.steps, args.gin, args.profile)
     med = _median(r["times"])
-    result = {"mode": "joint", "device": device, "compile_s": r["compile_s"], "step_s": med,
+    result = {"mode": "joint", "device": device, "allocator": _allocator(), "compile_s": r["compile_s"], "step_s": med,
               "audio_s_per_s": r["audio_seconds"] / med, "times": r["times"]}
     if args.json:
       print(json.dumps(result))
     else:
-      print(f"joint demo step (tiny, speech+text+paired) on {device}")
+      print(f"joint demo step (tiny, speech+text+paired) on {device}, {result['allocator']}")
       print(f"  compile {r['compile_s']:.1f} s   step median {med:.3f} s   "
             f"{r['audio_seconds'] / med:.1f} audio s/s")
       _print_profile(args.profile)
@@ -360,7 +367,7 @@ def main(argv=None) -> int:
   for key, label in ours:
     step_s = result[key]["step_s"]
     print(f"  {label:34s} median {step_s:.3f} s  {audio_seconds / step_s:7.1f} audio s/s"
-          f"   (compile {result[key]['compile_s']:.1f} s)")
+          f"   (compile {result[key]['compile_s']:.1f} s; {result[key]['allocator']})")
   _print_profile(args.profile)
   if not have_peer:
     print("  peer skipped (needs the hf extra: torch, transformers)" if not args.no_peer else "")
@@ -370,7 +377,7 @@ def main(argv=None) -> int:
     peer_s = result[key]["step_s"]
     ratios = " / ".join(f"{peer_s / result[k]['step_s']:.2f}" for k, _ in ours)
     print(f"  {label:34s} median {peer_s:.3f} s  {audio_seconds / peer_s:7.1f} audio s/s"
-          f"   ratio peer/ours {ratios}")
+          f"   ratio peer/ours {ratios}   ({result[key]['allocator']})")
   return 0
 
 

@@ -1,8 +1,6 @@
 """`python -m mslam_jax COMMAND ...`: the same as `mslam COMMAND ...` (e.g. where no console script
 was installed)."""
-import sys
-
 from mslam_jax import cli
 
 if __name__ == "__main__":
-  sys.exit(cli.main())
+  cli.entry()

@@ -143,9 +143,20 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def entry() -> None:
+  """The `mslam` console script and `python -m mslam_jax`: on a CPU-only host with tcmalloc
+  installed, the command starts once more under it (`cpu_host.allocator_environment`), then runs."""
+  environ = cpu_host.allocator_environment()
+  if environ is not None:
+    try:
+      os.execve(sys.executable, [sys.executable, "-m", "mslam_jax"] + sys.argv[1:], environ)
+    except OSError as e:  # the command still runs, on glibc's malloc
+      logging.getLogger(__name__).warning("could not start under %s: %s", environ["LD_PRELOAD"], e)
+  sys.exit(main())
+
+
 def main(argv=None) -> int:
   quiet_accelerator_probe()
-  cpu_host.tune_allocator()  # before JAX or TensorFlow starts a thread
   argv = sys.argv[1:] if argv is None else list(argv)
   saved, sys.argv = sys.argv, [sys.argv[0]] + argv
   try:
@@ -205,4 +216,4 @@ def one_line(error: BaseException) -> str:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  entry()

@@ -4,42 +4,38 @@
 by 15 % (42.7 s -> 36.5 s) with the step no slower (the step's time sits in matmul library calls,
 not in LLVM-generated loops).
 
-`tune_allocator` keeps glibc's malloc from handing memory back to the kernel between steps. XLA's
-CPU runtime allocates a program's buffers (hundreds of MB for a train step) with malloc at every
-call and frees them after; glibc maps allocations above its mmap threshold (32 MiB at most) afresh
-and unmaps its per-thread arenas' heaps once empty, so every step faults all those pages in again:
-4.9 million page faults in 22 of the demo's joint steps, a 0.78 s step of which the kernel took
-0.3 s. One arena, no mmap and no trimming keep the pages mapped: 0.45 s a step, for a peak
-resident size of 4.3 GB instead of 2.8 GB (benchmarks/README.md, twenty-fifth pass).
+`allocator_environment` puts tcmalloc under the process. XLA's CPU runtime allocates a program's
+buffers (hundreds of MB for a train step) with malloc at every call and frees them after; glibc maps
+allocations above its mmap threshold (32 MiB at most) afresh and unmaps its per-thread arenas'
+heaps once empty, so every step faults all those pages in again: 17 million page faults in 80 of
+the demo's pre-training steps, a third of the CPU time in the kernel. tcmalloc keeps freed memory
+in its caches: 1.3 million faults, and the demo's pre-training steps 1.9 times as fast
+(benchmarks/README.md, twenty-fifth pass). glibc's own knobs (one arena, no mmap, no trimming) took
+the faults only part of the way down, slowed XLA's compile and grew the heap over a long run.
+It takes effect at a process' start (LD_PRELOAD), so `cli.entry` starts the command again under it;
+where the library is not installed (Debian/Ubuntu: libtcmalloc-minimal4) everything runs as before.
 
 Both leave an accelerator host alone (the GPU backend reads the same optimisation level; device
 memory is not malloc's, and a data pipeline's many threads want glibc's per-thread arenas) and
-never override what the user set: XLA_FLAGS that name the level, MALLOC_* variables or glibc
-malloc tunables. MSLAM_JAX_MALLOC=default keeps glibc's defaults.
+never override what the user set: XLA_FLAGS that name the level, or an LD_PRELOAD of their own.
+MSLAM_JAX_MALLOC=default keeps glibc's malloc.
 """
-import ctypes
 import ctypes.util
 import importlib.util
-import logging
 import os
-import platform
+import sys
 
 COMPILER_FLAGS = ("--xla_backend_optimization_level=1",)
 # Where one of these is installed, XLA_FLAGS also reach an accelerator compiler: leave them alone.
 _ACCELERATOR_MODULES = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin",
                         "libtpu")
 ALLOCATOR_ENV_VAR = "MSLAM_JAX_MALLOC"
-# mallopt(3) parameters, and the values set: one arena, nothing served by mmap, trimming only past
-# 2 GiB of free memory at the heap's top (mallopt takes an int).
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
-ALLOCATOR_SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
-_USER_MALLOC_VARS = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
-                     "MALLOC_TOP_PAD_")
+ALLOCATOR_LIBRARY = "tcmalloc_minimal"
 
 
-def cpu_only_host() -> bool:
+def cpu_only_host(environ=None) -> bool:
   """JAX_PLATFORMS=cpu, or no accelerator plugin installed."""
-  platforms = os.environ.get("JAX_PLATFORMS", "").strip().lower()
+  platforms = (os.environ if environ is None else environ).get("JAX_PLATFORMS", "").strip().lower()
   return platforms == "cpu" or (not platforms and not any(
       importlib.util.find_spec(name) is not None for name in _ACCELERATOR_MODULES))
 
@@ -62,23 +58,23 @@ def tune_compiler() -> None:
     os.environ["XLA_FLAGS"] = flags
 
 
-def _user_set_malloc() -> bool:
-  return (any(name in os.environ for name in _USER_MALLOC_VARS)
-          or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""))
+def allocator_library() -> str | None:
+  """tcmalloc's shared library (its soname, which the dynamic loader finds), or None where not installed."""
+  return ctypes.util.find_library(ALLOCATOR_LIBRARY)
 
 
-def tune_allocator() -> bool:
-  """Sets ALLOCATOR_SETTINGS with mallopt(3) on a CPU-only glibc host; True when it did. Call before
-  JAX (or TensorFlow) starts threads: a thread that has already allocated keeps its own arena."""
-  if os.environ.get(ALLOCATOR_ENV_VAR, "").strip().lower() in ("default", "off", "0", "false"):
-    return False
-  if _user_set_malloc() or not cpu_only_host() or platform.libc_ver()[0] != "glibc":
-    return False
-  try:
-    mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-  except (OSError, AttributeError):
-    return False
-  mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-  applied = all(mallopt(param, value) == 1 for param, value in ALLOCATOR_SETTINGS)
-  logging.debug("glibc malloc tuned for XLA's CPU runtime: %s", applied)
-  return applied
+def allocator_environment(environ=None) -> dict | None:
+  """`environ` (default os.environ) with tcmalloc in LD_PRELOAD, for a command to start again under;
+  None where nothing is to change: an accelerator host, MSLAM_JAX_MALLOC=default, an LD_PRELOAD
+  already set (by the user, or by an earlier start), a platform without LD_PRELOAD, or tcmalloc not
+  installed."""
+  environ = dict(os.environ if environ is None else environ)
+  if environ.get(ALLOCATOR_ENV_VAR, "").strip().lower() in ("default", "off", "0", "false"):
+    return None
+  if environ.get("LD_PRELOAD") or not sys.platform.startswith("linux") or not cpu_only_host(environ):
+    return None
+  library = allocator_library()
+  if library is None:
+    return None
+  environ["LD_PRELOAD"] = library
+  return environ

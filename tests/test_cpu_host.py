@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from mslam_jax import cli
 from mslam_jax import cpu_host
 
 
@@ -33,46 +34,74 @@ def test_tune_compiler_sets_the_environment(monkeypatch):
   assert os.environ["XLA_FLAGS"] == "--xla_backend_optimization_level=1"
 
 
-# Allocates and frees 128 MiB five times after a first round, and prints whether the allocator was
-# tuned and the page faults those five rounds took.
+# Allocates and frees 128 MiB five times after a first round; prints the page faults those five took.
 _FAULTS = """
 import resource
 import numpy as np
-from mslam_jax import cpu_host
-tuned = cpu_host.tune_allocator()
 np.ones(2**25, np.float32).sum()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(5):
   np.ones(2**25, np.float32).sum()
-print(tuned, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def _faults(**env) -> tuple[str, int]:
-  base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != cpu_host.ALLOCATOR_ENV_VAR}
-  out = subprocess.run([sys.executable, "-c", _FAULTS], env={**base, "JAX_PLATFORMS": "cpu", **env},
-                       capture_output=True, text=True, check=True).stdout.split()
-  return out[0], int(out[1])
+def _faults(environ: dict) -> int:
+  out = subprocess.run([sys.executable, "-c", _FAULTS], env=environ, capture_output=True, text=True, check=True)
+  return int(out.stdout.split()[-1])
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_tuned_allocator_keeps_freed_pages_mapped():
-  tuned, faults_tuned = _faults()
-  default, faults_default = _faults(**{cpu_host.ALLOCATOR_ENV_VAR: "default"})
-  assert (tuned, default) == ("True", "False")
-  # glibc's defaults map each 128 MiB afresh (32,768 pages, fewer with transparent huge pages);
-  # tuned, the second allocation reuses the first one's pages.
-  assert faults_default > 100
-  assert faults_tuned * 10 < faults_default
+def _plain_environment() -> dict:
+  return {**{k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", cpu_host.ALLOCATOR_ENV_VAR)},
+          "JAX_PLATFORMS": "cpu"}
+
+
+@pytest.mark.skipif(cpu_host.allocator_library() is None, reason="tcmalloc is not installed (libtcmalloc-minimal4)")
+def test_allocator_environment_keeps_freed_pages_mapped():
+  plain = _plain_environment()
+  tuned = cpu_host.allocator_environment(plain)
+  assert tuned["LD_PRELOAD"] == cpu_host.allocator_library()
+  # glibc maps each 128 MiB afresh (32,768 pages, fewer with transparent huge pages); under tcmalloc
+  # the second allocation reuses the first one's pages.
+  faults_plain, faults_tuned = _faults(plain), _faults(tuned)
+  assert faults_plain > 100
+  assert faults_tuned * 10 < faults_plain
 
 
 def test_allocator_left_alone_where_the_user_or_an_accelerator_decides(monkeypatch):
+  monkeypatch.setattr(cpu_host, "allocator_library", lambda: "libtcmalloc_minimal.so.4")
+  plain = _plain_environment()
+  assert cpu_host.allocator_environment(plain)["LD_PRELOAD"] == "libtcmalloc_minimal.so.4"
+  assert cpu_host.allocator_environment({**plain, "LD_PRELOAD": "libmine.so"}) is None
+  assert cpu_host.allocator_environment({**plain, cpu_host.ALLOCATOR_ENV_VAR: "default"}) is None
+  assert cpu_host.allocator_environment({**plain, "JAX_PLATFORMS": "cuda"}) is None
+  monkeypatch.setattr(cpu_host, "allocator_library", lambda: None)
+  assert cpu_host.allocator_environment(plain) is None
+
+
+def test_entry_starts_the_command_again_under_the_allocator_once(monkeypatch):
+  monkeypatch.setattr(cpu_host, "allocator_library", lambda: "libtcmalloc_minimal.so.4")
+  monkeypatch.setattr(sys, "argv", ["mslam", "data", "languages"])
+  monkeypatch.delenv("LD_PRELOAD", raising=False)
+  monkeypatch.delenv(cpu_host.ALLOCATOR_ENV_VAR, raising=False)
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-  monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
-  assert cpu_host.tune_allocator() is False
-  monkeypatch.delenv("MALLOC_ARENA_MAX")
-  monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0")
-  assert cpu_host.tune_allocator() is False
-  monkeypatch.delenv("GLIBC_TUNABLES")
-  monkeypatch.setenv("JAX_PLATFORMS", "cuda")
-  assert cpu_host.tune_allocator() is False
+  started = []
+
+  class Started(Exception):
+    pass
+
+  def execve(path, args, environ):
+    started.append((path, args, environ["LD_PRELOAD"]))
+    raise Started
+
+  monkeypatch.setattr(cli.os, "execve", execve)
+  monkeypatch.setattr(cli, "main", lambda: 0)
+  with pytest.raises(Started):
+    cli.entry()
+  assert started == [(sys.executable, [sys.executable, "-m", "mslam_jax", "data", "languages"],
+                      "libtcmalloc_minimal.so.4")]
+  # Started again, LD_PRELOAD is set: the command runs.
+  monkeypatch.setenv("LD_PRELOAD", "libtcmalloc_minimal.so.4")
+  with pytest.raises(SystemExit) as done:
+    cli.entry()
+  assert done.value.code == 0 and len(started) == 1
