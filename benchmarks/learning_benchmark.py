@@ -1,7 +1,7 @@
 """Does pre-training learn? The demo's recipe, longer, over several seeds, with the w2v-BERT
 quantizer's health beside it (at most ~45 minutes on 2 CPU cores at the defaults).
 
-  python benchmarks/learning_benchmark.py [--out ./learning_benchmark] [--steps 700]
+  python benchmarks/learning_benchmark.py [--out ./learning_benchmark] [--steps 1000]
       [--finetune-steps 1600] [--seeds 0 1] [--w2v-steps 1500] [--jobs 2] [--json]
 
 0. The corpus is built once (`mslam demo --corpus-only`) and shared by every run.
@@ -25,7 +25,9 @@ overlap: at 500 steps the whole benchmark took 33.9 minutes, against about 41 es
 after the other (benchmarks/README.md, seventeenth pass); at the default 700, 39 minutes with 1,200 fine-tuning
 steps (eighteenth pass) and 47 minutes with 2,400 on a slower day (twentieth pass); the default 1,600 on a fresh
 machine: 46.3 minutes with each seed's ablation evaluated in a second process beside its sweep, 45.1 with
-`--one-process` (twenty-second pass). Seeds that share the cores run their demos `--one-process`: four XLA
+`--one-process` (twenty-second pass). Under tcmalloc (every `mslam` command on a CPU-only host,
+mslam_jax/cpu_host.py) the pre-training steps run about 1.4 times as fast side by side, and the default
+became 1,000 steps: 38.0 minutes (twenty-fifth pass). Seeds that share the cores run their demos `--one-process`: four XLA
 processes on 2 cores only add contention.
 
 Re-running on the same --out resumes (finished demo stages and runs are skipped).
@@ -247,7 +249,7 @@ def format_table(summary: dict) -> str:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", default="./learning_benchmark")
-  parser.add_argument("--steps", type=int, default=700, help="pre-training steps of every run (the demo's: 420)")
+  parser.add_argument("--steps", type=int, default=1000, help="pre-training steps of every run (the demo's: 420)")
   parser.add_argument("--finetune-steps", type=int, default=1600,
                       help="CTC fine-tuning steps of each demo run (the demo's own: 800)")
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])

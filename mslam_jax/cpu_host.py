@@ -9,8 +9,8 @@ buffers (hundreds of MB for a train step) with malloc at every call and frees th
 allocations above its mmap threshold (32 MiB at most) afresh and unmaps its per-thread arenas'
 heaps once empty, so every step faults all those pages in again: 17 million page faults in 80 of
 the demo's pre-training steps, a third of the CPU time in the kernel. tcmalloc keeps freed memory
-in its caches: 1.3 million faults, and the demo's pre-training steps 1.9 times as fast
-(benchmarks/README.md, twenty-fifth pass). glibc's own knobs (one arena, no mmap, no trimming) took
+in its caches: 1.3 million faults, and the demo's joint step 1.7 times as fast (0.42 s against
+0.70 s; benchmarks/README.md, twenty-fifth pass). glibc's own knobs (one arena, no mmap, no trimming) took
 the faults only part of the way down, slowed XLA's compile and grew the heap over a long run.
 It takes effect at a process' start (LD_PRELOAD), so `cli.entry` starts the command again under it;
 where the library is not installed (Debian/Ubuntu: libtcmalloc-minimal4) everything runs as before.
