@@ -184,9 +184,11 @@ def main(argv=None) -> int:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     return 0
-  except (*USER_ERRORS, KeyError) as e:
+  except (*USER_ERRORS, KeyError, RuntimeError) as e:
     if isinstance(e, KeyError) and not _is_name_lookup(e):
       raise  # a bare missing key is a bug: keep its traceback
+    if isinstance(e, RuntimeError) and not _GIN_MISSING_BINDINGS.match(one_line(e)):
+      raise
     logging.getLogger(__name__).debug("mslam %s failed", args.command, exc_info=True)
     print(f"mslam {args.command}: {one_line(e)}", file=sys.stderr)
     return EXIT_USER_ERROR
@@ -198,6 +200,8 @@ def _is_name_lookup(error: KeyError) -> bool:
   return " " in one_line(error).strip()
 
 
+# gin's error for a configurable called without its required arguments (e.g. no --gin_file at all).
+_GIN_MISSING_BINDINGS = re.compile(r"^Required bindings for `\w+` not provided in config")
 # gin appends "  In call to configurable 'train' (<function ...>)" lines to an error it passes on.
 _GIN_CONTEXT = re.compile(r"^\s*In call to configurable ")
 

@@ -43,6 +43,14 @@ def test_configuration_mistakes_are_one_line_with_exit_2(capsys, flags, expected
   assert "Traceback" not in err
 
 
+def test_a_command_without_its_gin_files_names_the_missing_bindings_with_exit_2(capsys):
+  assert cli.main(["train"]) == 2
+  err = capsys.readouterr().err
+  assert "Traceback" not in err
+  line = [l for l in err.splitlines() if l.startswith("mslam train:")][0]
+  assert "Required bindings for `train` not provided in config" in line and "model_dir" in line
+
+
 def test_an_in_process_call_leaves_sigpipe_to_the_caller(capsys):
   # Only the `mslam` process itself dies quietly on a closed pipe; a test session calling main()
   # must keep Python's BrokenPipeError (a dead worker's pipe would otherwise kill the session).
