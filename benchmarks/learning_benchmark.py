@@ -26,9 +26,9 @@ after the other (benchmarks/README.md, seventeenth pass); at the default 700, 39
 steps (eighteenth pass) and 47 minutes with 2,400 on a slower day (twentieth pass); the default 1,600 on a fresh
 machine: 46.3 minutes with each seed's ablation evaluated in a second process beside its sweep, 45.1 with
 `--one-process` (twenty-second pass). Under tcmalloc (every `mslam` command on a CPU-only host,
-mslam_jax/cpu_host.py) the pre-training steps run about 1.4 times as fast side by side, and the default
-became 1,000 steps: 38.0 minutes (twenty-fifth pass). Seeds that share the cores run their demos `--one-process`: four XLA
-processes on 2 cores only add contention.
+mslam_jax/cpu_host.py) the pre-training steps run about 1.4 times as fast side by side, and the
+default became 1,000 steps: 38.0 minutes (twenty-fifth pass). Seeds that share the cores run their
+demos `--one-process`: four XLA processes on 2 cores only add contention.
 
 Re-running on the same --out resumes (finished demo stages and runs are skipped).
 """

@@ -10,15 +10,16 @@ allocations above its mmap threshold (32 MiB at most) afresh and unmaps its per-
 heaps once empty, so every step faults all those pages in again: 17 million page faults in 80 of
 the demo's pre-training steps, a third of the CPU time in the kernel. tcmalloc keeps freed memory
 in its caches: 1.3 million faults, and the demo's joint step 1.7 times as fast (0.42 s against
-0.70 s; benchmarks/README.md, twenty-fifth pass). glibc's own knobs (one arena, no mmap, no trimming) took
-the faults only part of the way down, slowed XLA's compile and grew the heap over a long run.
-It takes effect at a process' start (LD_PRELOAD), so `cli.entry` starts the command again under it;
-where the library is not installed (Debian/Ubuntu: libtcmalloc-minimal4) everything runs as before.
+0.70 s; benchmarks/README.md, twenty-fifth pass). glibc's own knobs (one arena, no mmap, no
+trimming) took the faults only part of the way down, slowed XLA's compile and grew the heap over a
+long run. It takes effect at a process' start (LD_PRELOAD), so `cli.entry` starts the command again
+under it; where the library is not installed (Debian/Ubuntu: libtcmalloc-minimal4) everything runs
+as before.
 
-Both leave an accelerator host alone (the GPU backend reads the same optimisation level; device
-memory is not malloc's, and a data pipeline's many threads want glibc's per-thread arenas) and
-never override what the user set: XLA_FLAGS that name the level, or an LD_PRELOAD of their own.
-MSLAM_JAX_MALLOC=default keeps glibc's malloc.
+Both leave an accelerator host alone (the GPU backend reads the same optimisation level; a train
+step's buffers live in device memory there, not malloc's, and the allocator was measured on CPU
+hosts only) and never override what the user set: XLA_FLAGS that name the level, or an LD_PRELOAD
+of their own. MSLAM_JAX_MALLOC=default keeps glibc's malloc.
 """
 import ctypes.util
 import importlib.util
