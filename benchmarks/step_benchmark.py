@@ -318,10 +318,9 @@ def main(argv=None) -> int:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   if args.joint:  # in this process: the compiler settings and allocator every `mslam` command uses
     from mslam_jax import cpu_host  # pylint: disable=g-import-not-at-top
-    os.environ["XLA_FLAGS"] = cpu_host.compiler_flags(os.environ.get("XLA_FLAGS"))
-    environ = cpu_host.allocator_environment() if argv is None else None
-    if environ is not None:
-      os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)] + sys.argv[1:], environ)
+    cpu_host.tune_compiler()
+    if argv is None:  # run as a script, not called by a test
+      cpu_host.restart_under_allocator([sys.executable, os.path.abspath(__file__)] + sys.argv[1:])
   import jax  # pylint: disable=g-import-not-at-top
   _configure_cache(args.cache)
   device = f"{jax.default_backend()} x{jax.device_count()} ({os.cpu_count()} host cores)"

@@ -146,12 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 def entry() -> None:
   """The `mslam` console script and `python -m mslam_jax`: on a CPU-only host with tcmalloc
   installed, the command starts once more under it (`cpu_host.allocator_environment`), then runs."""
-  environ = cpu_host.allocator_environment()
-  if environ is not None:
-    try:
-      os.execve(sys.executable, [sys.executable, "-m", "mslam_jax"] + sys.argv[1:], environ)
-    except OSError as e:  # the command still runs, on glibc's malloc
-      logging.getLogger(__name__).warning("could not start under %s: %s", environ["LD_PRELOAD"], e)
+  cpu_host.restart_under_allocator([sys.executable, "-m", "mslam_jax"] + sys.argv[1:])
   sys.exit(main())
 
 

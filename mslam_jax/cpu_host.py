@@ -13,7 +13,7 @@ in its caches: 1.3 million faults, and the demo's joint step 1.7 times as fast (
 0.70 s; benchmarks/README.md, twenty-fifth pass). glibc's own knobs (one arena, no mmap, no
 trimming) took the faults only part of the way down, slowed XLA's compile and grew the heap over a
 long run. It takes effect at a process' start (LD_PRELOAD), so `cli.entry` starts the command again
-under it; where the library is not installed (Debian/Ubuntu: libtcmalloc-minimal4) everything runs
+under it (`restart_under_allocator`); where the library is not installed (Debian/Ubuntu: libtcmalloc-minimal4) everything runs
 as before.
 
 Both leave an accelerator host alone (the GPU backend reads the same optimisation level; a train
@@ -23,6 +23,7 @@ of their own. MSLAM_JAX_MALLOC=default keeps glibc's malloc.
 """
 import ctypes.util
 import importlib.util
+import logging
 import os
 import sys
 
@@ -79,3 +80,16 @@ def allocator_environment(environ=None) -> dict | None:
     return None
   environ["LD_PRELOAD"] = library
   return environ
+
+
+def restart_under_allocator(argv: list[str]) -> None:
+  """Replaces this process by `argv` (its argv[0] the executable) under `allocator_environment`;
+  returns where that changes nothing, or where the start fails (the caller goes on, on glibc's
+  malloc)."""
+  environ = allocator_environment()
+  if environ is None:
+    return
+  try:
+    os.execve(argv[0], argv, environ)
+  except OSError as e:
+    logging.getLogger(__name__).warning("could not start under %s: %s", environ["LD_PRELOAD"], e)

@@ -94,7 +94,7 @@ def test_entry_starts_the_command_again_under_the_allocator_once(monkeypatch):
     started.append((path, args, environ["LD_PRELOAD"]))
     raise Started
 
-  monkeypatch.setattr(cli.os, "execve", execve)
+  monkeypatch.setattr(cpu_host.os, "execve", execve)
   monkeypatch.setattr(cli, "main", lambda: 0)
   with pytest.raises(Started):
     cli.entry()
