@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def entry() -> None:
   """The `mslam` console script and `python -m mslam_jax`: on a CPU-only host with tcmalloc
-  installed, the command starts once more under it (`cpu_host.allocator_environment`), then runs."""
+  installed, the command starts once more under it (`cpu_host.restart_under_allocator`), then runs."""
   cpu_host.restart_under_allocator([sys.executable, "-m", "mslam_jax"] + sys.argv[1:])
   sys.exit(main())
 

@@ -13,8 +13,8 @@ in its caches: 1.3 million faults, and the demo's joint step 1.7 times as fast (
 0.70 s; benchmarks/README.md, twenty-fifth pass). glibc's own knobs (one arena, no mmap, no
 trimming) took the faults only part of the way down, slowed XLA's compile and grew the heap over a
 long run. It takes effect at a process' start (LD_PRELOAD), so `cli.entry` starts the command again
-under it (`restart_under_allocator`); where the library is not installed (Debian/Ubuntu: libtcmalloc-minimal4) everything runs
-as before.
+under it (`restart_under_allocator`); where the library is not installed (Debian/Ubuntu:
+libtcmalloc-minimal4) everything runs as before.
 
 Both leave an accelerator host alone (the GPU backend reads the same optimisation level; a train
 step's buffers live in device memory there, not malloc's, and the allocator was measured on CPU
