@@ -22,6 +22,23 @@ def masked_mean(x: Array, mask: Array) -> Array:
   return (total / count).astype(x.dtype)
 
 
+def segment_means(x: Array, mask: Array, segments: int) -> Array:
+  """Weighted means over `segments` stretches of each row's valid frames, in order: [B, T, D],
+  [B, T] -> [B, segments, D]. A frame's place is its share of the row's valid length, so a
+  clip and its transcript split alike however their lengths differ; the weights are hat functions
+  over the stretches' centres (neighbours overlap, and every place's weights sum to 1)."""
+  valid = (mask != 0).astype(jnp.float32)
+  length = jnp.maximum(jnp.sum(valid, axis=1, keepdims=True), 1.0)
+  place = (jnp.cumsum(valid, axis=1) - 0.5) / length * segments  # [B, T] in (0, segments)
+  centres = jnp.arange(segments, dtype=jnp.float32) + 0.5
+  hat = jnp.clip(1.0 - jnp.abs(place[..., None] - centres), 0.0, 1.0)
+  hat = jnp.where((place[..., None] < 0.5) & (centres == 0.5), 1.0, hat)  # the ends weigh fully
+  hat = jnp.where((place[..., None] > segments - 0.5) & (centres == segments - 0.5), 1.0, hat)
+  weights = hat * valid[..., None]  # [B, T, S]
+  total = jnp.einsum("bts,btd->bsd", weights, x.astype(jnp.float32))
+  return (total / jnp.maximum(jnp.sum(weights, axis=1), 1e-6)[..., None]).astype(x.dtype)
+
+
 @gin.configurable
 class Pooling(nn.Module):
   """[B, T, D] with mask [B, T] -> [B, D].

@@ -133,11 +133,14 @@ class EmbeddingHead(nn.Module):
   GELU hidden layer on the pooled vector (SimCLR's projection MLP); 0 is CLIP's linear projection.
   `frame_hidden` > 0 reads the frames instead ([B, T, D] and their mask): a GELU layer on every
   frame, then the masked mean. A mean of per-frame features can weigh what each frame says
-  (a bag of sounds or characters), which a linear map of the mean frame cannot.
+  (a bag of sounds or characters), which a linear map of the mean frame cannot. `segments` > 1
+  (with `frame_hidden`) takes that mean over each of `segments` stretches of the utterance in
+  order and projects them together: where things are said, not only what.
   """
   features: int
   hidden: int = 0
   frame_hidden: int = 0
+  segments: int = 1
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
 
@@ -149,7 +152,11 @@ class EmbeddingHead(nn.Module):
         raise ValueError(f"EmbeddingHead(frame_hidden={self.frame_hidden}) takes frames [B, T, D] and their "
                          f"mask, got shape {x.shape}" + (" and no mask" if mask is None else ""))
       x = _Dense(self.frame_hidden, (axis, "mlp"), True, self.dtype, self.param_dtype, name="frame_hidden")(x)
-      x, axis = pooling.masked_mean(nn.gelu(x), mask), "mlp"
+      if self.segments > 1:
+        x = pooling.segment_means(nn.gelu(x), mask, self.segments)
+        x, axis = x.reshape(x.shape[0], -1), None
+      else:
+        x, axis = pooling.masked_mean(nn.gelu(x), mask), "mlp"
     if self.hidden:
       out_axis = "mlp" if axis == "embed" else None
       x = nn.gelu(_Dense(self.hidden, (axis, out_axis), True, self.dtype, self.param_dtype, name="hidden")(x))

@@ -230,6 +230,7 @@ class MSLAMNetwork(nn.Module):
   cross_modal_dim: int = 256
   cross_modal_hidden: int = 0
   cross_modal_frame_hidden: int = 0
+  cross_modal_segments: int = 1
   tlm_items: Optional[int] = None
   stack_merge_ratio: float = 1.0
 
@@ -246,7 +247,7 @@ class MSLAMNetwork(nn.Module):
                                                            name="target_projection")
     if self.weights.cross_modal > 0:
       sizes = dict(features=self.cross_modal_dim, hidden=self.cross_modal_hidden,
-                   frame_hidden=self.cross_modal_frame_hidden)
+                   frame_hidden=self.cross_modal_frame_hidden, segments=self.cross_modal_segments)
       self.speech_embedding_head = heads.EmbeddingHead(**sizes, **dtypes, name="speech_embedding_head")
       self.text_embedding_head = heads.EmbeddingHead(**sizes, **dtypes, name="text_embedding_head")
       self.cross_modal_log_temperature = self.param(
@@ -524,6 +525,10 @@ class MSLAMModel:
       cross-modal loss (one per modality, heads.EmbeddingHead): output size, the size of a GELU
       hidden layer on the pooled vector (0: linear, as CLIP), and of a GELU layer on every frame
       before a masked mean (0: the encoder's pooled vector; > 0 needs MSLAMEncoder.pooling = "mean").
+    cross_modal_segments: with `cross_modal_frame_hidden`, the frame heads pool `segments` stretches
+      of each utterance in order (pooling.segment_means) and project them together, instead of
+      one mean: the embedding then says what comes first and what last, which a bag of frames
+      cannot (a list of names and the same names in another order; two lists that share a name).
     tlm_items: TLM reads the first `tlm_items` items of the paired batch (None: all of them), CTC
       and the cross-modal term all of them. TLM's speech-and-text sequence is the step's longest
       and needs its own masked pass of the speech-only stack: at the demo's sizes TLM on every
@@ -553,6 +558,7 @@ class MSLAMModel:
       cross_modal_dim: int = 256,
       cross_modal_hidden: int = 0,
       cross_modal_frame_hidden: int = 0,
+      cross_modal_segments: int = 1,
       tlm_items: Optional[int] = None,
       stack_merge_ratio: float = 1.0,
       dummy_audio_samples: int = 16000,
@@ -573,7 +579,7 @@ class MSLAMModel:
     self.network = MSLAMNetwork(
         encoder=self.encoder, quantizer=quantizer_module, weights=self.weights, schedule=self.schedule,
         masks=self.masks, cross_modal_dim=cross_modal_dim, cross_modal_hidden=cross_modal_hidden,
-        cross_modal_frame_hidden=cross_modal_frame_hidden,
+        cross_modal_frame_hidden=cross_modal_frame_hidden, cross_modal_segments=cross_modal_segments,
         quantize_log_mel=quantizer == "best_rq", num_negatives=num_negatives,
         contrastive_temperature=contrastive_temperature, contrastive_dim=contrastive_dim,
         tie_text_head=tie_text_head, cross_modal_init_temperature=cross_modal_init_temperature,
@@ -628,6 +634,9 @@ class MSLAMModel:
     if net.cross_modal_hidden < 0 or net.cross_modal_frame_hidden < 0:
       raise ValueError("MSLAMModel.cross_modal_hidden and cross_modal_frame_hidden must be >= 0 (0: no such layer), "
                        f"got {net.cross_modal_hidden} and {net.cross_modal_frame_hidden}")
+    if net.cross_modal_segments < 1 or (net.cross_modal_segments > 1 and not net.cross_modal_frame_hidden):
+      raise ValueError(f"MSLAMModel.cross_modal_segments={net.cross_modal_segments}: must be >= 1, and above 1 it "
+                       "pools the frame heads' frames, so it needs MSLAMModel.cross_modal_frame_hidden > 0")
     if net.cross_modal_frame_hidden and enc.pooling != "mean":
       raise ValueError(f"MSLAMModel.cross_modal_frame_hidden={net.cross_modal_frame_hidden} pools its frames by "
                        f"their mean: set MSLAMEncoder.pooling = 'mean' (got {enc.pooling!r}) or "

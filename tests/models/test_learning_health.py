@@ -101,10 +101,21 @@ def test_frame_embedding_head_weighs_each_frame_and_ignores_padding():
     head.apply(params, spread[:, 0])
 
 
+def test_segments_need_the_frame_heads():
+  config.parse_gin(["models/tiny.gin", "experiments/mslam_ctc_xmodal.gin"],
+                   test_mslam.TINY_BINDINGS + ["MSLAMModel.cross_modal_segments = 4"])
+  try:
+    with pytest.raises(ValueError, match="needs MSLAMModel.cross_modal_frame_hidden > 0"):
+      mslam.MSLAMModel()
+  finally:
+    gin.clear_config()
+
+
 def test_frame_embedding_head_scores_retrieval_as_training_does():
   config.parse_gin(["models/tiny.gin", "experiments/mslam_ctc_xmodal.gin"],
                    test_mslam.TINY_BINDINGS + ["MSLAMModel.cross_modal_dim = 16",
-                                               "MSLAMModel.cross_modal_frame_hidden = 24"])
+                                               "MSLAMModel.cross_modal_frame_hidden = 24",
+                                               "MSLAMModel.cross_modal_segments = 3"])
   try:
     model = mslam.MSLAMModel()
   finally:
@@ -112,6 +123,7 @@ def test_frame_embedding_head_scores_retrieval_as_training_does():
   batch = test_mslam._fixed_batch()  # pylint: disable=protected-access
   params = model.init(jax.random.PRNGKey(0), batch)
   assert params["speech_embedding_head"]["frame_hidden"]["dense"]["kernel"].value.shape == (32, 24)
+  assert params["speech_embedding_head"]["proj"]["dense"]["kernel"].value.shape == (3 * 24, 16)
   def run(params, batch):
     paired = batch["paired"]
     return (model.loss_fn(params, batch, jax.random.PRNGKey(1), 0)[1],
