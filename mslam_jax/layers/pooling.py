@@ -30,11 +30,10 @@ def segment_means(x: Array, mask: Array, segments: int) -> Array:
   valid = (mask != 0).astype(jnp.float32)
   length = jnp.maximum(jnp.sum(valid, axis=1, keepdims=True), 1.0)
   place = (jnp.cumsum(valid, axis=1) - 0.5) / length * segments  # [B, T] in (0, segments)
+  # Places before the first centre or past the last belong wholly to that stretch.
+  place = jnp.clip(place, 0.5, segments - 0.5)
   centres = jnp.arange(segments, dtype=jnp.float32) + 0.5
-  hat = jnp.clip(1.0 - jnp.abs(place[..., None] - centres), 0.0, 1.0)
-  hat = jnp.where((place[..., None] < 0.5) & (centres == 0.5), 1.0, hat)  # the ends weigh fully
-  hat = jnp.where((place[..., None] > segments - 0.5) & (centres == segments - 0.5), 1.0, hat)
-  weights = hat * valid[..., None]  # [B, T, S]
+  weights = jnp.clip(1.0 - jnp.abs(place[..., None] - centres), 0.0, 1.0) * valid[..., None]  # [B, T, S]
   total = jnp.einsum("bts,btd->bsd", weights, x.astype(jnp.float32))
   return (total / jnp.maximum(jnp.sum(weights, axis=1), 1e-6)[..., None]).astype(x.dtype)
 
