@@ -113,8 +113,11 @@ def losses(model_dir: str) -> list[float]:
   return [by_step[s] for s in sorted(by_step)]
 
 
-def _write_source(model_dir: str, source: dict) -> None:
+def _write_source(model_dir: str, source: dict, vocab: Any = None) -> None:
+  """source.json, and the CTC vocabulary under vocab/ (what `load_finetuned` reads back)."""
   storage.write_text(os.path.join(model_dir, SOURCE_FILE), json.dumps(source, indent=1))
+  if hasattr(vocab, "save"):
+    vocab.save(os.path.join(model_dir, "vocab"))
 
 
 def _settings_dict(settings: finetune.FinetuneConfig) -> dict:
@@ -139,12 +142,12 @@ def _head_dir(ctx: base.EvalContext, name: str, key: dict) -> str:
 def _train_in_process(ctx: base.EvalContext, task: str, examples: finetune.Examples, num_classes: int,
                       settings: finetune.FinetuneConfig, model_dir: str, source: dict,
                       head_init: Callable[[Any], dict | None] | None = None,
-                      task_model: Any = None) -> Any:
+                      task_model: Any = None, vocab: Any = None) -> Any:
   params = finished_params(model_dir, settings.steps)
   if params is not None:
     logging.info("Fine-tuned %s head found in %s", task, model_dir)
     return params
-  _write_source(model_dir, source)
+  _write_source(model_dir, source, vocab)
   task_model = task_model or finetune.head_task(task, ctx.model, num_classes, settings)
   iterator_fn = finetune.example_batches(examples, task, settings)
   summary = train_task(task_model, iterator_fn, model_dir, settings, pretrained=lambda: ctx.params,
@@ -177,7 +180,8 @@ def checkpoint_ctc_head(ctx: base.EvalContext, corpus_dir: str, train_langs: Seq
   source = {"task": "ctc", "model_dir": storage.absolute(ctx.model_dir) if ctx.model_dir else None,
             "step": ctx.step, "corpus_dir": storage.absolute(corpus_dir), "langs": langs,
             "num_classes": vocab.vocab_size, "settings": _settings_dict(settings)}
-  params = _train_in_process(ctx, "ctc", examples, vocab.vocab_size, settings, model_dir, source, head_init)
+  params = _train_in_process(ctx, "ctc", examples, vocab.vocab_size, settings, model_dir, source, head_init,
+                             vocab=vocab)
   tuned = finetune.FinetunedCTC(ctx.model, params, vocab, losses(model_dir), settings.batch_size, model_dir)
   ctx.shared[memo] = tuned
   return tuned
@@ -312,20 +316,18 @@ def finetune_run(task: str = "ctc", init_from_dir: str = gin.REQUIRED, model_dir
     head_init = lambda params: finetune.pretrained_head(  # pylint: disable=g-long-lambda
         params["encoder"], settings.pretrained_head, finetune._embed_dim(base_model, params["encoder"]),  # pylint: disable=protected-access
         vocab.vocab_size, base_model, settings.ctc_upsample)
-    if hasattr(vocab, "save"):
-      vocab.save(os.path.join(model_dir, "vocab"))
   elif task == "classify":
     train = [u for u in eval_data.read_utterances(corpus_dir, "speech", "train", langs, max_train_per_lang) if len(u.audio)]
     examples, classes = finetune.class_examples([u.audio for u in train], [u.lang for u in train],
                                                 settings.max_audio_seconds)
-    num_classes, head_init = len(classes), None
+    num_classes, head_init, vocab = len(classes), None, None
   elif task == "translate":
     return _finetune_translation(init_from_dir, model_dir, corpus_dir, langs, max_train_per_lang, settings, model,
                                  pretrained, source, progress_bar, tensorboard, eval_every, evaluators,
                                  translation_streams)
   else:
     raise ValueError(f"--task {task} needs its data: bind finetune_run.iterator_fn in its run config")
-  _write_source(model_dir, {**source, "langs": langs, "classes": classes, "num_classes": num_classes})
+  _write_source(model_dir, {**source, "langs": langs, "classes": classes, "num_classes": num_classes}, vocab)
   task_model = model if model is not None else finetune.head_task(task, base_model, num_classes, settings)
   iterator_fn = finetune.example_batches(examples, task, settings)
   summary = train_task(task_model, iterator_fn, model_dir, settings, pretrained, head_init,

@@ -148,6 +148,9 @@ def test_ctc_alignment_and_zero_shot_evaluators(corpus, model_and_params, tmp_pa
   assert ctc["ctc_cer_lm"] < 0.25 and set(k for k in ctc if k.startswith("ctc_cer_lm/")) == {"ctc_cer_lm/aaa", "ctc_cer_lm/bbb"}
   assert [k for k in ctx.shared if isinstance(k, tuple) and k[0] == "ctc_lm"] and "zero_shot_cer_lm" in zs
   head = next(v for k, v in ctx.shared.items() if isinstance(k, tuple) and k[0] == "ctc_head")
+  # The head's directory is a fine-tuning directory like `mslam finetune`'s: its vocabulary beside it
+  # (`mslam align --model_dir` reads it from there).
+  assert eval_data.load_vocabulary(head.directory).vocab_size == head.vocab.vocab_size
   fusion = json.loads((pathlib.Path(head.directory) / "char_lm_6gram_fusion.json").read_text())
   assert fusion["num_validation"] > 0 and (fusion["weight"], fusion["length_bonus"]) == (
       ctc["ctc_lm_weight"], ctc["ctc_lm_length_bonus"])
