@@ -381,9 +381,7 @@ def _finetune_translation(init_from_dir, model_dir, corpus_dir, langs, max_train
       for stream in streams}
   task_model = model if model is not None else finetune.task_model("translate")()
   _write_source(model_dir, {**source, "target_length": target_length, "audio_samples": audio_samples,
-                            "streams": list(streams)})
-  if hasattr(vocab, "save"):
-    vocab.save(os.path.join(model_dir, "vocab"))
+                            "streams": list(streams)}, vocab)
   iterator_fn = functools.partial(finetune.ExampleBatches, len(items), make, settings.batch_size, settings.seed,
                                   groups=groups)
   summary = train_task(task_model, iterator_fn, model_dir, settings, pretrained, progress_bar=progress_bar,
@@ -430,9 +428,7 @@ def _finetune_xtreme_s(benchmark, corpora, init_from_dir, model_dir, step, max_t
       "task": kind, "xtreme_s": name, "metric": spec.metric, "model_dir": storage.absolute(init_from_dir),
       "step": chosen, "corpora": {k: storage.absolute(str(v)) for k, v in sorted(corpora.items())}, "langs": langs,
       "classes": classes, "audio_samples": audio_samples, "target_length": data.target_length,
-      "settings": _settings_dict(settings)})
-  if hasattr(vocab, "save"):
-    vocab.save(os.path.join(model_dir, "vocab"))
+      "settings": _settings_dict(settings)}, vocab)
   # The CTC head starts fresh: a pre-trained CTC head's ids are those of the pre-training vocabulary.
   iterator_fn = functools.partial(xtreme_s_data.step_iterator, name, corpora, settings.batch_size, audio_samples,
                                   seed=settings.seed, classes=classes, data=data)
