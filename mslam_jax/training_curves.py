@@ -18,7 +18,8 @@ Records = dict[int, dict[str, float]]
 TOTAL_LOSS = "loss"
 # Health figures worth a panel of their own (those a run logs; others are ignored).
 HEALTH_FIGURES = ("codebook/perplexity", "codebook/usage", "speech/contrastive_accuracy", "speech/mlm_accuracy",
-                  "text/mlm_accuracy", "paired/tlm_text_accuracy", "paired/cross_modal_accuracy")
+                  "text/mlm_accuracy", "paired/tlm_text_accuracy", "paired/cross_modal_accuracy",
+                  "paired/local_cross_modal_accuracy")
 OPTIMIZER_FIGURES = ("learning_rate", "grad_norm")
 # Collapse watch (near 1: frames or utterances have become one vector; every frame blank).
 COLLAPSE_FIGURES = ("health/frame_cosine", "health/utterance_cosine", "health/ctc_blank_share")

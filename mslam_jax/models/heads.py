@@ -136,17 +136,25 @@ class EmbeddingHead(nn.Module):
   (a bag of sounds or characters), which a linear map of the mean frame cannot. `segments` > 1
   (with `frame_hidden`) takes that mean over each of `segments` stretches of the utterance in
   order and projects them together: where things are said, not only what.
+
+  `with_local=True` (with `segments` > 1 and `local_features` > 0) also returns each stretch's own
+  embedding [B, segments, local_features], one shared linear map of its mean: what the
+  stretch-level cross-modal term (ObjectiveWeights.local_cross_modal) matches across modalities.
   """
   features: int
   hidden: int = 0
   frame_hidden: int = 0
   segments: int = 1
+  local_features: int = 0
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, mask: Optional[Array] = None) -> Array:
-    axis = "embed"
+  def __call__(self, x: Array, mask: Optional[Array] = None, with_local: bool = False):
+    axis, local = "embed", None
+    if with_local and not (self.frame_hidden and self.segments > 1 and self.local_features):
+      raise ValueError("EmbeddingHead(with_local=True) needs frame_hidden > 0, segments > 1 and local_features > 0, "
+                       f"got {self.frame_hidden}, {self.segments} and {self.local_features}")
     if self.frame_hidden:
       if x.ndim != 3 or mask is None:
         raise ValueError(f"EmbeddingHead(frame_hidden={self.frame_hidden}) takes frames [B, T, D] and their "
@@ -154,6 +162,9 @@ class EmbeddingHead(nn.Module):
       x = _Dense(self.frame_hidden, (axis, "mlp"), True, self.dtype, self.param_dtype, name="frame_hidden")(x)
       if self.segments > 1:
         x = pooling.segment_means(nn.gelu(x), mask, self.segments)
+        if with_local:
+          local = _Dense(self.local_features, ("mlp", None), False, self.dtype, self.param_dtype,
+                         name="local_proj")(x)
         x, axis = x.reshape(x.shape[0], -1), None
       else:
         x, axis = pooling.masked_mean(nn.gelu(x), mask), "mlp"
@@ -161,4 +172,5 @@ class EmbeddingHead(nn.Module):
       out_axis = "mlp" if axis == "embed" else None
       x = nn.gelu(_Dense(self.hidden, (axis, out_axis), True, self.dtype, self.param_dtype, name="hidden")(x))
       axis = out_axis
-    return _Dense(self.features, (axis, None), False, self.dtype, self.param_dtype, name="proj")(x)
+    embedding = _Dense(self.features, (axis, None), False, self.dtype, self.param_dtype, name="proj")(x)
+    return (embedding, local) if with_local else embedding

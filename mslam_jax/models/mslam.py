@@ -12,7 +12,9 @@ One training step sees three sub-batches (the batch contract, mslam_jax/data/con
             -> shared layers -> codebook ids of masked frames, characters of masked characters
           CTC: unmasked speech through the whole encoder -> character logits (mSLAM-CTC)
           cross-modal (beyond the paper): symmetric InfoNCE between pooled speech and pooled
-            transcript encodings, each through its modality's embedding head, learned temperature
+            transcript encodings, each through its modality's embedding head, learned temperature;
+            and, stretch by stretch, between the k-th stretch of a clip and the k-th of its
+            transcript against every stretch of the batch (local_cross_modal)
 
 Every objective has a weight in `ObjectiveWeights` and optionally a start and ramp in
 `ObjectiveSchedule` (gin); every term and health figure (codebook perplexity and usage, masked
@@ -59,6 +61,7 @@ OBJECTIVE_OF_TERM = {
     "speech/contrastive_loss": "speech_contrastive", "speech/diversity_loss": "diversity",
     "speech/mlm_loss": "speech_mlm", "text/mlm_loss": "text_mlm", "paired/tlm_loss": "tlm",
     "paired/ctc_loss": "ctc", "paired/cross_modal_loss": "cross_modal",
+    "paired/local_cross_modal_loss": "local_cross_modal",
 }
 # rng streams the network draws from (besides "params" at init).
 RNG_STREAMS = ("dropout", "masking", "negatives")
@@ -135,7 +138,10 @@ class ObjectiveWeights:
   """The weight of every objective in the total loss (0 switches an objective off).
 
   Paper figures: speech 1.0 (contrastive and masked prediction alike), diversity 0.1, text 0.3,
-  paired 0.03 (unconfirmed), for TLM and CTC alike; the cross-modal loss is not in the paper.
+  paired 0.03 (unconfirmed), for TLM and CTC alike; the cross-modal losses are not in the paper.
+  `local_cross_modal` matches stretches of a clip and its transcript (MSLAMModel.cross_modal_segments
+  of them) against every stretch of the batch, its own neighbours included: where the utterance
+  term can tell clips apart by a word or two, it must match what each stretch says.
   """
   speech_contrastive: float = 1.0
   diversity: float = 0.1
@@ -144,6 +150,7 @@ class ObjectiveWeights:
   tlm: float = 0.03
   ctc: float = 0.03
   cross_modal: float = 0.0
+  local_cross_modal: float = 0.0
 
   def validate(self) -> None:
     for field in dataclasses.fields(self):
@@ -247,11 +254,18 @@ class MSLAMNetwork(nn.Module):
                                                            name="target_projection")
     if self.weights.cross_modal > 0:
       sizes = dict(features=self.cross_modal_dim, hidden=self.cross_modal_hidden,
-                   frame_hidden=self.cross_modal_frame_hidden, segments=self.cross_modal_segments)
+                   frame_hidden=self.cross_modal_frame_hidden, segments=self.cross_modal_segments,
+                   local_features=self.cross_modal_dim if self.weights.local_cross_modal > 0 else 0)
       self.speech_embedding_head = heads.EmbeddingHead(**sizes, **dtypes, name="speech_embedding_head")
       self.text_embedding_head = heads.EmbeddingHead(**sizes, **dtypes, name="text_embedding_head")
       self.cross_modal_log_temperature = self.param(
           "cross_modal_log_temperature",
+          nn.with_logical_partitioning(
+              nn.initializers.constant(jnp.log(self.cross_modal_init_temperature)), ()),
+          (), jnp.float32)
+    if self.weights.local_cross_modal > 0:
+      self.local_cross_modal_log_temperature = self.param(
+          "local_cross_modal_log_temperature",
           nn.with_logical_partitioning(
               nn.initializers.constant(jnp.log(self.cross_modal_init_temperature)), ()),
           (), jnp.float32)
@@ -264,10 +278,12 @@ class MSLAMNetwork(nn.Module):
     table = self.encoder.variables["params"]["text_embedding"]["token_embedding"]["embedding"]
     return self.text_head(x, flax.core.meta.unbox(table))
 
-  def _embedding(self, head: nn.Module, frames: Array, mask: Array, pooled: Optional[Array] = None) -> Array:
-    """Frames of one modality -> its cross-modal embedding (`pooled`: the encoder's, if at hand)."""
+  def _embedding(self, head: nn.Module, frames: Array, mask: Array, pooled: Optional[Array] = None,
+                 with_local: bool = False):
+    """Frames of one modality -> its cross-modal embedding (`pooled`: the encoder's, if at hand);
+    `with_local`: (embedding, its stretches' embeddings [B, segments, D])."""
     if self.cross_modal_frame_hidden:
-      return head(frames, mask)  # a layer on every frame, then the mean
+      return head(frames, mask, with_local=with_local)  # a layer on every frame, then the mean
     return head(self.encoder.pool(frames, mask) if pooled is None else pooled)
 
   def _quantize(self, audio: Array, audio_mask: Array, features: Array, mask: Array, step: Array,
@@ -418,11 +434,24 @@ class MSLAMNetwork(nn.Module):
       metrics["health/ctc_blank_share"] = _share(decodes_blank & (paired_mask != 0), paired_mask)
     if paired is not None and w.cross_modal > 0:
       valid = (jnp.sum(paired_mask, axis=-1) > 0) & (jnp.sum(paired_tokens_mask, axis=-1) > 0)
-      temperature = losses.clipped_temperature(
-          self.cross_modal_log_temperature, self.cross_modal_min_temperature, self.cross_modal_max_temperature)
+      clipped = lambda log_t: losses.clipped_temperature(
+          log_t, self.cross_modal_min_temperature, self.cross_modal_max_temperature)
+      local = w.local_cross_modal > 0
+      speech_embedding = self._embedding(self.speech_embedding_head, shared_out["full"], paired_mask,
+                                         with_local=local)
+      text_embedding = self._embedding(self.text_embedding_head, shared_out["transcript"], paired_tokens_mask,
+                                       with_local=local)
+      if local:
+        (speech_embedding, speech_local), (text_embedding, text_local) = speech_embedding, text_embedding
+        temperature = clipped(self.local_cross_modal_log_temperature)
+        flat = lambda x: x.reshape(-1, x.shape[-1])  # [B * segments, D]: every stretch is a candidate
+        (metrics["paired/local_cross_modal_loss"],
+         metrics["paired/local_cross_modal_accuracy"]) = losses.symmetric_infonce(
+             flat(speech_local), flat(text_local), jnp.repeat(valid, self.cross_modal_segments), temperature)
+        metrics["paired/local_cross_modal_temperature"] = temperature
+      temperature = clipped(self.cross_modal_log_temperature)
       metrics["paired/cross_modal_loss"], metrics["paired/cross_modal_accuracy"] = losses.symmetric_infonce(
-          self._embedding(self.speech_embedding_head, shared_out["full"], paired_mask),
-          self._embedding(self.text_embedding_head, shared_out["transcript"], paired_tokens_mask), valid, temperature)
+          speech_embedding, text_embedding, valid, temperature)
       metrics["paired/cross_modal_temperature"] = temperature
 
     # A micro-batch's share of what is not summed over the whole batch's items: 1/microbatches.
@@ -465,8 +494,9 @@ class MSLAMNetwork(nn.Module):
       self.context_projection(frames)
       self.target_projection(quantized.quantized)
     if self.weights.cross_modal > 0:
-      self._embedding(self.speech_embedding_head, *outputs["speech"])
-      self._embedding(self.text_embedding_head, *outputs["text"])
+      local = self.weights.local_cross_modal > 0
+      self._embedding(self.speech_embedding_head, *outputs["speech"], with_local=local)
+      self._embedding(self.text_embedding_head, *outputs["text"], with_local=local)
 
   # ---- inference ----
 
@@ -529,6 +559,7 @@ class MSLAMModel:
       of each utterance in order (pooling.segment_means) and project them together, instead of
       one mean: the embedding then says what comes first and what last, which a bag of frames
       cannot (a list of names and the same names in another order; two lists that share a name).
+      ObjectiveWeights.local_cross_modal > 0 also matches those stretches one by one.
     tlm_items: TLM reads the first `tlm_items` items of the paired batch (None: all of them), CTC
       and the cross-modal term all of them. TLM's speech-and-text sequence is the step's longest
       and needs its own masked pass of the speech-only stack: at the demo's sizes TLM on every
@@ -637,6 +668,13 @@ class MSLAMModel:
     if net.cross_modal_segments < 1 or (net.cross_modal_segments > 1 and not net.cross_modal_frame_hidden):
       raise ValueError(f"MSLAMModel.cross_modal_segments={net.cross_modal_segments}: must be >= 1, and above 1 it "
                        "pools the frame heads' frames, so it needs MSLAMModel.cross_modal_frame_hidden > 0")
+    if self.weights.local_cross_modal > 0 and not (
+        self.weights.cross_modal > 0 and net.cross_modal_frame_hidden and net.cross_modal_segments > 1):
+      raise ValueError(
+          f"ObjectiveWeights.local_cross_modal={self.weights.local_cross_modal} matches the stretches of the "
+          "cross-modal frame heads: it needs ObjectiveWeights.cross_modal > 0, MSLAMModel.cross_modal_frame_hidden "
+          f"> 0 and MSLAMModel.cross_modal_segments > 1 (got {self.weights.cross_modal}, "
+          f"{net.cross_modal_frame_hidden}, {net.cross_modal_segments})")
     if net.cross_modal_frame_hidden and enc.pooling != "mean":
       raise ValueError(f"MSLAMModel.cross_modal_frame_hidden={net.cross_modal_frame_hidden} pools its frames by "
                        f"their mean: set MSLAMEncoder.pooling = 'mean' (got {enc.pooling!r}) or "
