@@ -173,6 +173,19 @@ def test_ctc_alignment_and_zero_shot_evaluators(corpus, model_and_params, tmp_pa
   assert "zero_shot_cer_speech_only_ablation" in renamed and "zero_shot_cer_speech_only_ablation/ccc" in renamed
 
 
+def test_speech_only_bindings_switch_off_every_objective_that_reads_text():
+  from mslam_jax.models import mslam  # pylint: disable=import-outside-toplevel
+  fields = [f.name for f in dataclasses.fields(mslam.ObjectiveWeights)]
+  gin.parse_config([f"ObjectiveWeights.{name} = 1.0" for name in fields] + [
+      b for b in zero_shot.SPEECH_ONLY_BINDINGS if b.startswith("ObjectiveWeights.")])
+  try:
+    weights = mslam.ObjectiveWeights()
+  finally:
+    gin.clear_config()
+  on = {name for name in fields if getattr(weights, name) > 0}
+  assert on == {"speech_contrastive", "diversity", "speech_mlm"}
+
+
 def test_embedding_evaluators(corpus, model_and_params, tmp_path):
   model, params = model_and_params
   evaluators = [registry.get(n)() for n in ("retrieval", "langid", "embedding_map")]
