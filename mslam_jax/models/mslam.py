@@ -258,17 +258,14 @@ class MSLAMNetwork(nn.Module):
                    local_features=self.cross_modal_dim if self.weights.local_cross_modal > 0 else 0)
       self.speech_embedding_head = heads.EmbeddingHead(**sizes, **dtypes, name="speech_embedding_head")
       self.text_embedding_head = heads.EmbeddingHead(**sizes, **dtypes, name="text_embedding_head")
-      self.cross_modal_log_temperature = self.param(
-          "cross_modal_log_temperature",
-          nn.with_logical_partitioning(
-              nn.initializers.constant(jnp.log(self.cross_modal_init_temperature)), ()),
-          (), jnp.float32)
+      self.cross_modal_log_temperature = self._log_temperature("cross_modal_log_temperature")
     if self.weights.local_cross_modal > 0:
-      self.local_cross_modal_log_temperature = self.param(
-          "local_cross_modal_log_temperature",
-          nn.with_logical_partitioning(
-              nn.initializers.constant(jnp.log(self.cross_modal_init_temperature)), ()),
-          (), jnp.float32)
+      self.local_cross_modal_log_temperature = self._log_temperature("local_cross_modal_log_temperature")
+
+  def _log_temperature(self, name: str) -> Array:
+    """A learned InfoNCE log-temperature (a scalar), starting at cross_modal_init_temperature."""
+    return self.param(name, nn.with_logical_partitioning(
+        nn.initializers.constant(jnp.log(self.cross_modal_init_temperature)), ()), (), jnp.float32)
 
   # ---- pieces ----
 

@@ -1,9 +1,11 @@
 """What makes pre-training learn and what shows it: objective schedules, collapse measures, the
 cross-modal embedding heads, per-objective gradient norms, the corpus-sized vocabulary."""
+import flax
 import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from mslam_jax import config
@@ -101,25 +103,24 @@ def test_frame_embedding_head_weighs_each_frame_and_ignores_padding():
     head.apply(params, spread[:, 0])
 
 
-def test_segments_need_the_frame_heads():
-  config.parse_gin(["models/tiny.gin", "experiments/mslam_ctc_xmodal.gin"],
-                   test_mslam.TINY_BINDINGS + ["MSLAMModel.cross_modal_segments = 4"])
+def _model(bindings):
+  """The tiny joint model (models/tiny.gin, experiments/mslam_ctc_xmodal.gin) under `bindings`."""
+  config.parse_gin(["models/tiny.gin", "experiments/mslam_ctc_xmodal.gin"], bindings)
   try:
-    with pytest.raises(ValueError, match="needs MSLAMModel.cross_modal_frame_hidden > 0"):
-      mslam.MSLAMModel()
+    return mslam.MSLAMModel()
   finally:
     gin.clear_config()
+
+
+def test_segments_need_the_frame_heads():
+  with pytest.raises(ValueError, match="needs MSLAMModel.cross_modal_frame_hidden > 0"):
+    _model(test_mslam.TINY_BINDINGS + ["MSLAMModel.cross_modal_segments = 4"])
 
 
 def test_frame_embedding_head_scores_retrieval_as_training_does():
-  config.parse_gin(["models/tiny.gin", "experiments/mslam_ctc_xmodal.gin"],
-                   test_mslam.TINY_BINDINGS + ["MSLAMModel.cross_modal_dim = 16",
-                                               "MSLAMModel.cross_modal_frame_hidden = 24",
-                                               "MSLAMModel.cross_modal_segments = 3"])
-  try:
-    model = mslam.MSLAMModel()
-  finally:
-    gin.clear_config()
+  model = _model(test_mslam.TINY_BINDINGS + ["MSLAMModel.cross_modal_dim = 16",
+                                             "MSLAMModel.cross_modal_frame_hidden = 24",
+                                             "MSLAMModel.cross_modal_segments = 3"])
   batch = test_mslam._fixed_batch()  # pylint: disable=protected-access
   params = model.init(jax.random.PRNGKey(0), batch)
   assert params["speech_embedding_head"]["frame_hidden"]["dense"]["kernel"].value.shape == (32, 24)
@@ -142,17 +143,9 @@ LOCAL_BINDINGS = test_mslam.TINY_BINDINGS + [
     "ObjectiveWeights.local_cross_modal = 1.0"]
 
 
-def _local_model(bindings):
-  config.parse_gin(["models/tiny.gin", "experiments/mslam_ctc_xmodal.gin"], bindings)
-  try:
-    return mslam.MSLAMModel()
-  finally:
-    gin.clear_config()
-
-
 def test_local_cross_modal_term_needs_segmented_frame_heads():
   with pytest.raises(ValueError, match="needs ObjectiveWeights.cross_modal > 0, MSLAMModel.cross_modal_frame_hidden"):
-    _local_model(test_mslam.TINY_BINDINGS + ["ObjectiveWeights.local_cross_modal = 1.0"])
+    _model(test_mslam.TINY_BINDINGS + ["ObjectiveWeights.local_cross_modal = 1.0"])
   with pytest.raises(ValueError, match="with_local=True"):
     heads.EmbeddingHead(features=4, frame_hidden=8, segments=2).init(
         jax.random.PRNGKey(0), jnp.ones((1, 4, 3)), jnp.ones((1, 4)), with_local=True)
@@ -160,9 +153,8 @@ def test_local_cross_modal_term_needs_segmented_frame_heads():
 
 @pytest.mark.slow  # compiles the joint loss's gradient (~30 s)
 def test_local_cross_modal_term_matches_stretches_and_learns():
-  model, batch = _local_model(LOCAL_BINDINGS), test_mslam._fixed_batch()  # pylint: disable=protected-access
-  params = jax.tree_util.tree_map(lambda p: p.value, model.init(jax.random.PRNGKey(0), batch),
-                                  is_leaf=lambda p: hasattr(p, "value"))
+  model, batch = _model(LOCAL_BINDINGS), test_mslam._fixed_batch()  # pylint: disable=protected-access
+  params = flax.core.meta.unbox(model.init(jax.random.PRNGKey(0), batch))
   assert params["text_embedding_head"]["local_proj"]["dense"]["kernel"].shape == (24, 16)
   local = jax.jit(lambda p: model.loss_fn(p, batch, jax.random.PRNGKey(1), 0)[1]["objective/local_cross_modal"])
   grad = jax.jit(jax.grad(local))
@@ -171,22 +163,16 @@ def test_local_cross_modal_term_matches_stretches_and_learns():
   @jax.jit
   def step(p, opt_state):
     updates, opt_state = optimizer.update(grad(p), opt_state, p)
-    return jax.tree_util.tree_map(lambda a, u: a + u, p, updates), opt_state
+    return optax.apply_updates(p, updates), opt_state
 
   first = grad(params)
   # The stretches are matched by what the shared layers make of the clip and of its transcript.
-  for path in (("encoder", "shared"), ("speech_embedding_head", "local_proj"), ("text_embedding_head", "local_proj")):
-    sub = first
-    for key in path:
-      sub = sub[key]
-    assert float(_global_norm(sub)) > 0.0, path
+  for outer, inner in (("encoder", "shared"), ("speech_embedding_head", "local_proj"),
+                       ("text_embedding_head", "local_proj")):
+    assert float(optax.global_norm(first[outer][inner])) > 0.0, (outer, inner)
   chance = np.log(2 * 3)  # 2 pairs x 3 stretches: every stretch of the batch is a candidate
   start = float(local(params))
   opt_state = optimizer.init(params)
   for _ in range(30):
     params, opt_state = step(params, opt_state)
   assert float(local(params)) < 0.5 * min(start, chance), start
-
-
-def _global_norm(tree):
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
