@@ -110,6 +110,8 @@ class MaskingConfig:
     tlm_speech_span_length: TLM frame span length.
     tlm_text_rate: share of transcript characters masked for TLM (SLAM: 50 %).
     tlm_text_span_length: TLM character span length.
+    text_ctc_rate: share of characters masked in the text CTC objective's input (spans of
+      text_span_length, a draw of its own); None: the text MLM's masked characters are reused.
     min_spans: every non-empty sequence gets at least this many spans.
   """
   speech_start_prob: float = 0.065
@@ -120,6 +122,7 @@ class MaskingConfig:
   tlm_speech_span_length: int = 10
   tlm_text_rate: float = 0.5
   tlm_text_span_length: int = 5
+  text_ctc_rate: float | None = None
   min_spans: int = 1
 
   def validate(self) -> None:
@@ -128,6 +131,8 @@ class MaskingConfig:
       value = getattr(self, name)
       if not 0.0 < value <= 1.0:
         raise ValueError(f"MaskingConfig.{name} must be in (0, 1], got {value}")
+    if self.text_ctc_rate is not None and not 0.0 < self.text_ctc_rate < 1.0:
+      raise ValueError(f"MaskingConfig.text_ctc_rate must be in (0, 1) (None: text_rate's mask), got {self.text_ctc_rate}")
     for name in ("speech_span_length", "text_span_length", "tlm_speech_span_length", "tlm_text_span_length"):
       value = getattr(self, name)
       if value < 1:

@@ -8,6 +8,9 @@ One training step sees three sub-batches (the batch contract, mslam_jax/data/con
              (+ codebook diversity)
           -> remaining speech layers -> shared layers -> masked prediction of codebook ids
   text    span masking -> embedding -> shared layers -> span-masked LM over the vocabulary
+          text CTC (beyond the paper; text injection): the same masked characters, each repeated
+            `text_ctc_upsample` times to speech's frame rate -> shared layers -> the CTC head,
+            against the whole text: every language's text trains the head that speech CTC uses
   paired  TLM: masked speech frames (after the speech-only layers) ++ masked transcript characters
             -> shared layers -> codebook ids of masked frames, characters of masked characters
           CTC: unmasked speech through the whole encoder -> character logits (mSLAM-CTC)
@@ -61,7 +64,7 @@ OBJECTIVE_OF_TERM = {
     "speech/contrastive_loss": "speech_contrastive", "speech/diversity_loss": "diversity",
     "speech/mlm_loss": "speech_mlm", "text/mlm_loss": "text_mlm", "paired/tlm_loss": "tlm",
     "paired/ctc_loss": "ctc", "paired/cross_modal_loss": "cross_modal",
-    "paired/local_cross_modal_loss": "local_cross_modal",
+    "paired/local_cross_modal_loss": "local_cross_modal", "text/ctc_loss": "text_ctc",
 }
 # rng streams the network draws from (besides "params" at init).
 RNG_STREAMS = ("dropout", "masking", "negatives")
@@ -76,6 +79,7 @@ COUNTED_METRICS = {
     "tlm_speech": ("paired/tlm_speech_loss", "paired/tlm_speech_accuracy", "paired/tlm_loss"),
     "tlm_text": ("paired/tlm_text_loss", "paired/tlm_text_accuracy", "paired/tlm_loss"),
     "ctc": ("paired/ctc_loss", "paired/ctc_infeasible"),
+    "text_ctc": ("text/ctc_loss", "text/ctc_infeasible"),
 }
 
 
@@ -142,6 +146,9 @@ class ObjectiveWeights:
   `local_cross_modal` matches stretches of a clip and its transcript (MSLAMModel.cross_modal_segments
   of them) against every stretch of the batch, its own neighbours included: where the utterance
   term can tell clips apart by a word or two, it must match what each stretch says.
+  `text_ctc` (text injection) trains the CTC head on the text stream's masked, upsampled characters
+  through the shared layers: a path from the text of languages without transcribed speech to the
+  head that writes speech out.
   """
   speech_contrastive: float = 1.0
   diversity: float = 0.1
@@ -151,6 +158,7 @@ class ObjectiveWeights:
   ctc: float = 0.03
   cross_modal: float = 0.0
   local_cross_modal: float = 0.0
+  text_ctc: float = 0.0
 
   def validate(self) -> None:
     for field in dataclasses.fields(self):
@@ -240,6 +248,7 @@ class MSLAMNetwork(nn.Module):
   cross_modal_segments: int = 1
   tlm_items: Optional[int] = None
   stack_merge_ratio: float = 1.0
+  text_ctc_upsample: int = 2
 
   def setup(self):
     enc, dtypes = self.encoder, dict(dtype=self.encoder.dtype, param_dtype=self.encoder.param_dtype)
@@ -268,6 +277,19 @@ class MSLAMNetwork(nn.Module):
         nn.initializers.constant(jnp.log(self.cross_modal_init_temperature)), ()), (), jnp.float32)
 
   # ---- pieces ----
+
+  def _text_ctc_mask(self, tokens_mask: Array) -> Array:
+    """The characters text CTC masks: MaskingConfig.text_ctc_rate's share, or text_rate's."""
+    mc = self.masks
+    rate = mc.text_rate if mc.text_ctc_rate is None else mc.text_ctc_rate
+    return masking.rate_span_mask(self.make_rng("masking"), tokens_mask, rate, mc.text_span_length, mc.min_spans)
+
+  def _text_ctc_input(self, masked_tokens: Array, tokens_mask: Array, deterministic: bool) -> tuple[Array, Array]:
+    """Masked characters at speech's frame rate, embedded: each repeated text_ctc_upsample times
+    before the embedding, so that every copy gets a position of its own, as speech frames do."""
+    up = lambda x: jnp.repeat(x, self.text_ctc_upsample, axis=1)
+    mask = up(tokens_mask)
+    return self.encoder.embed_text(up(masked_tokens), mask, deterministic), mask
 
   def _text_logits(self, x: Array) -> Array:
     if not self.tie_text_head:
@@ -359,8 +381,13 @@ class MSLAMNetwork(nn.Module):
       tokens, tokens_mask = text["tokens"], _int(text["tokens_mask"])
       text_masked = masking.rate_span_mask(
           self.make_rng("masking"), tokens_mask, mc.text_rate, mc.text_span_length, mc.min_spans)
-      shared_in["text"] = (enc.embed_text(masking.apply_token_mask(tokens, text_masked, MASK_ID), tokens_mask,
-                                          deterministic), tokens_mask)
+      masked_tokens = masking.apply_token_mask(tokens, text_masked, MASK_ID)
+      shared_in["text"] = (enc.embed_text(masked_tokens, tokens_mask, deterministic), tokens_mask)
+      if w.text_ctc > 0:
+        if mc.text_ctc_rate is not None:
+          masked_tokens = masking.apply_token_mask(tokens, self._text_ctc_mask(tokens_mask), MASK_ID)
+        shared_in["text_ctc"] = self._text_ctc_input(masked_tokens, tokens_mask, deterministic)
+        text_ctc_mask = shared_in["text_ctc"][1]
     if paired is not None:
       paired_tokens, paired_tokens_mask = paired["tokens"], _int(paired["tokens_mask"])
     if want_tlm:
@@ -407,6 +434,10 @@ class MSLAMNetwork(nn.Module):
           self._text_logits(shared_out["text"]), tokens, text_masked,
           denominator("text_mlm", losses.masked_count(tokens, text_masked)))
       metrics["text/masked_share"] = _share(text_masked, tokens_mask)
+      if w.text_ctc > 0:
+        metrics["text/ctc_loss"], metrics["text/ctc_infeasible"] = losses.ctc_loss(
+            self.ctc_head(shared_out["text_ctc"]), text_ctc_mask, tokens, tokens_mask, blank_id=BLANK_ID,
+            denominator=denominator("text_ctc", losses.ctc_count(text_ctc_mask, tokens, tokens_mask)))
     if want_tlm:
       joint, num_frames = shared_out["tlm"], frames.shape[1]
       speech_loss, speech_acc = losses.masked_cross_entropy(
@@ -503,6 +534,13 @@ class MSLAMNetwork(nn.Module):
   def encode_text(self, tokens: Array, tokens_mask: Array):
     return self.encoder.encode_text(tokens, tokens_mask, True)
 
+  def encode_text_for_ctc(self, tokens: Array, tokens_mask: Array):
+    """The text CTC objective's input through the shared stack: span-masked as text MLM masks,
+    upsampled (_text_ctc_input)."""
+    x, mask = self._text_ctc_input(masking.apply_token_mask(tokens, self._text_ctc_mask(tokens_mask), MASK_ID),
+                                   tokens_mask, True)
+    return self.encoder.shared_layers(x, mask, True), mask
+
   def encode_speech_for_training(self, audio: Array, audio_mask: Array, time_mask_prob: float,
                                  time_mask_length: int):
     """encode_speech as fine-tuning trains it: dropout as configured, and time masking
@@ -565,6 +603,9 @@ class MSLAMModel:
       share one call when their lengths are at least this share of the longest of the call,
       padded to it; 1.0: only equal lengths. Fewer calls compile faster and run larger matmuls,
       for the padding's compute; the losses are the same up to float rounding.
+    text_ctc_upsample: how many CTC frames each character of ObjectiveWeights.text_ctc's input
+      fills (>= 2: CTC needs a blank between doubled letters; speech gives ~1.7 frames a character
+      at 40 ms frames and 15 characters a second).
     schedule: ObjectiveSchedule, when each objective joins the loss (gin-configured when not given).
     dummy_audio_samples / dummy_text_length: shapes of `dummy_batch()` (init-time shapes only).
   """
@@ -589,6 +630,7 @@ class MSLAMModel:
       cross_modal_segments: int = 1,
       tlm_items: Optional[int] = None,
       stack_merge_ratio: float = 1.0,
+      text_ctc_upsample: int = 2,
       dummy_audio_samples: int = 16000,
       dummy_text_length: int = 16,
   ):
@@ -613,7 +655,7 @@ class MSLAMModel:
         tie_text_head=tie_text_head, cross_modal_init_temperature=cross_modal_init_temperature,
         cross_modal_min_temperature=cross_modal_min_temperature,
         cross_modal_max_temperature=cross_modal_max_temperature, tlm_items=tlm_items,
-        stack_merge_ratio=stack_merge_ratio)
+        stack_merge_ratio=stack_merge_ratio, text_ctc_upsample=text_ctc_upsample)
     self.validate()
 
   def validate(self) -> None:
@@ -646,6 +688,9 @@ class MSLAMModel:
                        "ObjectiveWeights.speech_contrastive = 0.0 and ObjectiveWeights.diversity = 0.0")
     if net.tlm_items is not None and net.tlm_items < 1:
       raise ValueError(f"MSLAMModel.tlm_items must be >= 1 (None: every paired item), got {net.tlm_items}")
+    if net.text_ctc_upsample < 2:
+      raise ValueError(f"MSLAMModel.text_ctc_upsample={net.text_ctc_upsample} must be >= 2: CTC needs a blank "
+                       "between doubled letters")
     if not 0 < net.stack_merge_ratio <= 1:
       raise ValueError(f"MSLAMModel.stack_merge_ratio must be in (0, 1], got {net.stack_merge_ratio}")
     if net.num_negatives < 1:
@@ -724,6 +769,13 @@ class MSLAMModel:
     """(frames [B, L, D], mask [B, L], pooled [B, D]) of text through the shared stack."""
     return self.network.apply({"params": flax.core.meta.unbox(params)}, tokens, tokens_mask,
                               method=MSLAMNetwork.encode_text)
+
+  def encode_text_for_ctc(self, params: Any, tokens: Array, tokens_mask: Array, rng: Array
+                          ) -> tuple[Array, Array]:
+    """(frames [B, k L, D], mask [B, k L]): text as ObjectiveWeights.text_ctc feeds the CTC head,
+    masked and upsampled k = text_ctc_upsample times (fine-tuning's text injection reads it too)."""
+    return self.network.apply({"params": flax.core.meta.unbox(params)}, tokens,
+                              _int(tokens_mask), method=MSLAMNetwork.encode_text_for_ctc, rngs=self._rngs(rng, False))
 
   def speech_statistics(self, params: Any, audio: Array, audio_mask: Array) -> Array:
     """[B, 6 D] per-stage frame statistics of the encoder (language-ID features; encoder.py)."""

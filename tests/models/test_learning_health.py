@@ -176,3 +176,57 @@ def test_local_cross_modal_term_matches_stretches_and_learns():
   for _ in range(30):
     params, opt_state = step(params, opt_state)
   assert float(local(params)) < 0.5 * min(start, chance), start
+
+
+def test_text_ctc_needs_two_frames_a_character():
+  with pytest.raises(ValueError, match="text_ctc_upsample=1 must be >= 2"):
+    _model(test_mslam.TINY_BINDINGS + ["ObjectiveWeights.text_ctc = 1.0", "MSLAMModel.text_ctc_upsample = 1"])
+
+
+@pytest.mark.slow  # compiles the joint loss's gradient (~30 s)
+def test_text_ctc_trains_the_speech_ctc_head_from_text_alone_and_learns():
+  model, batch = _model(test_mslam.TINY_BINDINGS + ["ObjectiveWeights.text_ctc = 1.0"]), test_mslam._fixed_batch()  # pylint: disable=protected-access
+  params = flax.core.meta.unbox(model.init(jax.random.PRNGKey(0), batch))
+  text_ctc = jax.jit(lambda p: model.loss_fn(p, batch, jax.random.PRNGKey(1), 0)[1]["objective/text_ctc"])
+  grad = jax.jit(jax.grad(text_ctc))
+  first = grad(params)
+  # Text reaches the head speech CTC uses, through the text embedding and the shared layers; the
+  # speech-only layers never see it.
+  for outer, inner in (("ctc_head", None), ("encoder", "shared"), ("encoder", "text_embedding")):
+    tree = first[outer] if inner is None else first[outer][inner]
+    assert float(optax.global_norm(tree)) > 0.0, (outer, inner)
+  assert float(optax.global_norm(first["encoder"]["speech_lower"])) == 0.0
+  # The paired stream's CTC is the same head's: the text term is an addition, not a second head.
+  metrics = model.loss_fn(params, batch, jax.random.PRNGKey(1), 0)[1]
+  assert {"text/ctc_loss", "paired/ctc_loss"} <= set(metrics) and float(metrics["text/ctc_infeasible"]) == 0.0
+
+  optimizer = optimizers.make_optimizer(peak_learning_rate=1e-2, warmup_steps=1).tx
+
+  @jax.jit
+  def step(p, opt_state):
+    updates, opt_state = optimizer.update(grad(p), opt_state, p)
+    return optax.apply_updates(p, updates), opt_state
+
+  start = float(text_ctc(params))
+  opt_state = optimizer.init(params)
+  for _ in range(40):  # CTC's all-blank plateau comes first
+    params, opt_state = step(params, opt_state)
+  assert float(text_ctc(params)) < 0.5 * start, start
+
+
+@pytest.mark.slow  # compiles the fine-tuning loss's gradient (~20 s)
+def test_ctc_finetuning_with_text_injection_trains_the_text_path_into_the_same_head():
+  from mslam_jax.evaluation import finetune  # pylint: disable=g-import-not-at-top
+  model, batch = _model(test_mslam.TINY_BINDINGS), test_mslam._fixed_batch()  # pylint: disable=protected-access
+  task = finetune.CTCTask(model, num_classes=test_mslam.VOCAB, text_weight=0.5)
+  params = flax.core.meta.unbox(task.init(jax.random.PRNGKey(0), None))
+  task_batch = {"paired": batch["paired"], "text": batch["text"]}
+  (loss, metrics), grads = jax.jit(jax.value_and_grad(lambda p: task.loss_fn(p, task_batch, jax.random.PRNGKey(1), 0),
+                                                      has_aux=True))(params)
+  assert float(loss) == pytest.approx(float(metrics["ctc_loss_per_char"] + 0.5 * metrics["text_ctc_loss_per_char"]),
+                                      rel=1e-5)
+  assert float(metrics["text_ctc_infeasible"]) == 0.0
+  assert float(optax.global_norm(grads["encoder"]["encoder"]["text_embedding"])) > 0.0
+  # Without text in the batch (or at weight 0) it is the speech loss alone: the text path gets nothing.
+  speech_only = jax.grad(lambda p: task.loss_fn(p, {"paired": batch["paired"]}, jax.random.PRNGKey(1), 0)[0])(params)
+  assert float(optax.global_norm(speech_only["encoder"]["encoder"]["text_embedding"])) == 0.0
