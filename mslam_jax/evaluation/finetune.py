@@ -86,6 +86,13 @@ class FinetuneConfig:
   # 2 on the learning benchmark's checkpoint: CER 0.211 either way (French 0.34 -> 0.30, the others
   # a little worse; benchmarks/README.md, twelfth pass).
   ctc_upsample: int = 1
+  # Text injection (CTC only): each step also trains the head on `text_batch_size` rows of the
+  # corpus' train text of every language, the held-out ones included, masked and upsampled as the
+  # pre-training's text CTC objective makes them (MSLAMModel.encode_text_for_ctc), at this weight
+  # beside the speech loss. 0: speech alone. A path from a language's text to the head that writes
+  # its speech out, for languages with text and no transcribed speech.
+  text_ctc: float = 0.0
+  text_batch_size: int = 8
 
   def __post_init__(self):
     if self.freeze not in FREEZE_MODES:
@@ -94,6 +101,9 @@ class FinetuneConfig:
       raise ValueError("FinetuneConfig.top_k must be >= 1 with freeze='top_k'")
     if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
       raise ValueError("FinetuneConfig.steps, batch_size and checkpoint_every must be >= 1")
+    if not self.text_ctc >= 0.0 or self.text_batch_size < 1:
+      raise ValueError(f"FinetuneConfig.text_ctc={self.text_ctc} must be >= 0 and text_batch_size="
+                       f"{self.text_batch_size} >= 1")
     if self.ctc_upsample < 1:
       raise ValueError(f"FinetuneConfig.ctc_upsample={self.ctc_upsample} must be >= 1")
     if not 0.0 <= self.time_mask_prob < 1.0 or self.time_mask_length < 1:
@@ -221,7 +231,7 @@ def task_model(name: str) -> Callable[..., Any]:
 
 def head_task(task: str, base: Any, num_classes: int, settings: FinetuneConfig) -> Any:
   """The task model of a head task ("ctc", "classify") on `base`, as `settings` fine-tune it."""
-  extra = {"upsample": settings.ctc_upsample} if task == "ctc" else {}
+  extra = {"upsample": settings.ctc_upsample, "text_weight": settings.text_ctc} if task == "ctc" else {}
   return task_model(task)(base, num_classes, freeze_encoder=settings.freeze == "frozen", seed=settings.seed,
                           time_mask_prob=settings.time_mask_prob, time_mask_length=settings.time_mask_length,
                           **extra)
@@ -291,11 +301,13 @@ register_task("translate")(translation_model.TranslationModel)
 @register_task("ctc")
 class CTCTask(_HeadTask):
   """CTC over the corpus' characters, `upsample` CTC steps on every encoder frame. Batches: the
-  contract's paired stream, {"paired": {"audio", "audio_mask", "tokens", "tokens_mask", "lang"}}."""
+  contract's paired stream, {"paired": {"audio", "audio_mask", "tokens", "tokens_mask", "lang"}},
+  and with `text_weight` > 0 its text stream too ({"text": {"tokens", "tokens_mask", "lang"}}): text
+  through the base's text CTC path (MSLAMModel.encode_text_for_ctc) into the same head."""
 
-  def __init__(self, base: Any, num_classes: int, upsample: int = 1, **kwargs):
+  def __init__(self, base: Any, num_classes: int, upsample: int = 1, text_weight: float = 0.0, **kwargs):
     super().__init__(base, num_classes, **kwargs)
-    self.upsample = upsample
+    self.upsample, self.text_weight = upsample, text_weight
 
   def _head_params(self, rng, dim: int) -> dict:
     if self.upsample == 1:
@@ -313,12 +325,26 @@ class CTCTask(_HeadTask):
           self._encoder(params), p["audio"], p["audio_mask"], rng, self.time_mask_prob, self.time_mask_length)
     else:
       frames, frame_mask, _ = self.base.encode_speech(self._encoder(params), p["audio"], p["audio_mask"])
-    logits, frame_mask = ctc_logits(params["head"], frames, frame_mask)
-    per_seq = optax.ctc_loss(logits, 1.0 - frame_mask, p["tokens"], 1.0 - p["tokens_mask"], blank_id=asr.BLANK_ID)
-    # Utterances whose frames cannot hold their transcript contribute nothing (not a 1e5 spike).
-    ok = per_seq < _INFEASIBLE
-    loss = jnp.sum(jnp.where(ok, per_seq, 0.0)) / jnp.maximum(jnp.sum(p["tokens_mask"].sum(-1) * ok), 1)
-    return loss, {"ctc_loss_per_char": loss, "ctc_infeasible": jnp.sum(~ok).astype(jnp.float32)}
+    loss, infeasible = _ctc_per_char(params["head"], frames, frame_mask, p["tokens"], p["tokens_mask"])
+    metrics = {"ctc_loss_per_char": loss, "ctc_infeasible": infeasible}
+    if self.text_weight > 0 and "text" in batch:
+      t = batch["text"]
+      frames, frame_mask = self.base.encode_text_for_ctc(self._encoder(params), t["tokens"], t["tokens_mask"],
+                                                         jax.random.fold_in(rng, 1))
+      metrics["text_ctc_loss_per_char"], metrics["text_ctc_infeasible"] = _ctc_per_char(
+          params["head"], frames, frame_mask, t["tokens"], t["tokens_mask"])
+      loss = loss + self.text_weight * metrics["text_ctc_loss_per_char"]
+    return loss, metrics
+
+
+def _ctc_per_char(head, frames, frame_mask, tokens, tokens_mask) -> tuple[jax.Array, jax.Array]:
+  """(CTC per label character, utterances dropped): those whose frames cannot hold their
+  transcript contribute nothing (not a 1e5 spike)."""
+  logits, frame_mask = ctc_logits(head, frames, frame_mask)
+  per_seq = optax.ctc_loss(logits, 1.0 - frame_mask, tokens, 1.0 - tokens_mask, blank_id=asr.BLANK_ID)
+  ok = per_seq < _INFEASIBLE
+  loss = jnp.sum(jnp.where(ok, per_seq, 0.0)) / jnp.maximum(jnp.sum(tokens_mask.sum(-1) * ok), 1)
+  return loss, jnp.sum(~ok).astype(jnp.float32)
 
 
 @register_task("classify")
@@ -356,6 +382,7 @@ class Examples:
   labels: list[Any]  # int32 arrays (ctc) or class indices (classify)
   audio_samples: int  # the longest batch's audio length (without buckets: every batch's)
   label_length: int = 0
+  texts: list[np.ndarray] = dataclasses.field(default_factory=list)  # ctc's text injection (with_texts)
 
 
 def length_buckets(lengths: Sequence[int], seconds: Sequence[float], longest: int
@@ -397,6 +424,16 @@ def ctc_examples(utterances: Sequence[Any], vocab: Any, max_audio_seconds: float
   return Examples(audios, labels, audio_len, label_len)
 
 
+def with_texts(examples: Examples, utterances: Iterable[Any], vocab: Any) -> Examples:
+  """`examples` plus text rows for FinetuneConfig.text_ctc: each text's characters, cut to the
+  transcripts' padded length (text rows then look like the transcripts); empty texts skipped."""
+  texts = [ids[:examples.label_length] for ids in
+           (np.asarray([i for i in vocab.encode(u.text) if i >= 5], np.int32) for u in utterances) if len(ids)]
+  if not texts:
+    raise ValueError("FinetuneConfig.text_ctc > 0, but the corpus has no train text")
+  return dataclasses.replace(examples, texts=texts)
+
+
 def class_examples(audios: Sequence[np.ndarray], labels: Sequence[str], max_audio_seconds: float
                    ) -> tuple[Examples, list[str]]:
   """Clips and class names -> Examples with class indices, and the sorted class names."""
@@ -413,19 +450,25 @@ def class_examples(audios: Sequence[np.ndarray], labels: Sequence[str], max_audi
 
 
 def example_batch_fn(examples: Examples, task: str, bounds: Sequence[int] | None = None
-                     ) -> Callable[[Sequence[int]], dict]:
-  """indices -> a task batch of those examples: the contract's paired stream (ctc) or speech
-  stream with the class index as "lang" (classify). `bounds` (`length_buckets`): the audio is padded
-  to the smallest that holds the batch; None: to `examples.audio_samples`."""
+                     ) -> Callable[..., dict]:
+  """indices (and text indices) -> a task batch of those examples: the contract's paired stream
+  (ctc; its text stream with `text_idx`) or speech stream with the class index as "lang"
+  (classify). `bounds` (`length_buckets`): the audio is padded to the smallest that holds the
+  batch; None: to `examples.audio_samples`."""
 
-  def make(idx):
+  def make(idx, text_idx=None):
     clips = [examples.audios[i] for i in idx]
     samples = padded_length(bounds, max(len(a) for a in clips)) if bounds else examples.audio_samples
     audio, audio_mask = eval_data.pad_audio(clips, len(idx), samples)
     if task == "ctc":
       tokens, tokens_mask = eval_data.pad_tokens([examples.labels[i] for i in idx], len(idx), examples.label_length)
-      return {"paired": {"audio": audio, "audio_mask": audio_mask, "tokens": tokens, "tokens_mask": tokens_mask,
-                         "lang": np.zeros((len(idx),), np.int32)}}
+      batch = {"paired": {"audio": audio, "audio_mask": audio_mask, "tokens": tokens, "tokens_mask": tokens_mask,
+                          "lang": np.zeros((len(idx),), np.int32)}}
+      if text_idx is not None:
+        tokens, tokens_mask = eval_data.pad_tokens([examples.texts[i] for i in text_idx], len(text_idx),
+                                                   examples.label_length)
+        batch["text"] = {"tokens": tokens, "tokens_mask": tokens_mask, "lang": np.zeros((len(text_idx),), np.int32)}
+      return batch
     return {"speech": {"audio": audio, "audio_mask": audio_mask,
                        "lang": np.asarray([examples.labels[i] for i in idx], np.int32)}}
 
@@ -438,26 +481,34 @@ class ExampleBatches:
   Trainer's resume contract: the generator is replayed over n index draws, which reads no data).
   `make_batch(indices)` builds the global batch; each process yields its rows of it."""
 
-  def __init__(self, num_examples: int, make_batch: Callable[[Sequence[int]], dict], batch_size: int,
+  def __init__(self, num_examples: int, make_batch: Callable[..., dict], batch_size: int,
                seed: int = 0, shard_index: int = 0, num_shards: int = 1,
-               groups: Sequence[Sequence[int]] | None = None):
+               groups: Sequence[Sequence[int]] | None = None, num_texts: int = 0, text_batch_size: int = 0):
     """`groups`: index groups (e.g. length buckets); each batch then draws from one group, chosen
-    with probability proportional to its size."""
+    with probability proportional to its size. `num_texts` > 0: each batch also draws
+    `text_batch_size` text indices, `make_batch(indices, text_indices)`."""
     if num_examples < 1:
       raise ValueError("fine-tuning has no examples")
     if batch_size % num_shards:
       raise ValueError(f"FinetuneConfig.batch_size={batch_size} does not divide over {num_shards} processes")
     self.num_examples, self.make_batch, self.batch_size, self.seed = num_examples, make_batch, batch_size, seed
     self.shard_index, self.num_shards = shard_index, num_shards
+    self.num_texts, self.text_batch_size = num_texts, text_batch_size
+    if num_texts and text_batch_size % num_shards:
+      raise ValueError(f"FinetuneConfig.text_batch_size={text_batch_size} does not divide over {num_shards} processes")
     self.groups = [np.asarray(g, np.int64) for g in (groups or [range(num_examples)]) if len(g)]
     sizes = np.array([len(g) for g in self.groups], np.float64)
     self._group_p = sizes / sizes.sum()
     self.set_state({"position": 0})
 
-  def _draw(self, rng: np.random.Generator) -> list[int]:
+  def _draw(self, rng: np.random.Generator) -> tuple[list[int], ...]:
     group = self.groups[0] if len(self.groups) == 1 else self.groups[rng.choice(len(self.groups), p=self._group_p)]
     replace = len(group) < self.batch_size
-    return [int(i) for i in group[rng.choice(len(group), size=self.batch_size, replace=replace)]]
+    drawn = ([int(i) for i in group[rng.choice(len(group), size=self.batch_size, replace=replace)]],)
+    if self.num_texts:
+      replace = self.num_texts < self.text_batch_size
+      drawn += ([int(i) for i in rng.choice(self.num_texts, size=self.text_batch_size, replace=replace)],)
+    return drawn
 
   def get_state(self) -> dict:
     return {"position": self.position}
@@ -472,17 +523,21 @@ class ExampleBatches:
     return self
 
   def __next__(self) -> dict:
-    batch = self.make_batch(self._draw(self._rng))
+    batch = self.make_batch(*self._draw(self._rng))
     self.position += 1
-    per = self.batch_size // self.num_shards
-    return jax.tree.map(lambda x: x[self.shard_index * per:(self.shard_index + 1) * per], batch)
+    return jax.tree.map(lambda x: x[self._rows(x)], batch)
+
+  def _rows(self, x) -> slice:
+    """This process's rows of a global batch array (each stream divides over the processes)."""
+    per = x.shape[0] // self.num_shards
+    return slice(self.shard_index * per, (self.shard_index + 1) * per)
 
   @property
   def element_spec(self) -> dict:
     """This process's batch structure (the Trainer reads it without consuming a batch)."""
-    per = self.batch_size // self.num_shards
-    first = self.make_batch(self._draw(np.random.default_rng(self.seed)))
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((per,) + x.shape[1:], x.dtype), first)
+    first = self.make_batch(*self._draw(np.random.default_rng(self.seed)))
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((x.shape[0] // self.num_shards,) + x.shape[1:], x.dtype),
+                        first)
 
 
 def example_batches(examples: Examples, task: str, settings: FinetuneConfig) -> Callable[..., ExampleBatches]:
@@ -490,9 +545,10 @@ def example_batches(examples: Examples, task: str, settings: FinetuneConfig) -> 
   `settings.length_buckets` where set."""
   bounds, groups = length_buckets([len(a) for a in examples.audios], settings.length_buckets,
                                   examples.audio_samples)
+  texts = len(examples.texts) if task == "ctc" and settings.text_ctc > 0 else 0
   return functools.partial(ExampleBatches, len(examples.audios),
                            example_batch_fn(examples, task, bounds), settings.batch_size,
-                           settings.seed, groups=groups)
+                           settings.seed, groups=groups, num_texts=texts, text_batch_size=settings.text_batch_size)
 
 
 # -- inference with a fine-tuned head --------------------------------------------------------------

@@ -157,6 +157,17 @@ def _train_in_process(ctx: base.EvalContext, task: str, examples: finetune.Examp
   return checkpoints.load_params(checkpoints.step_dir(model_dir, summary["final_step"]))
 
 
+def _ctc_examples(corpus_dir: str, langs: Sequence[str], max_per_lang: int | None, vocab: Any,
+                  settings: finetune.FinetuneConfig) -> finetune.Examples:
+  """The CTC fine-tuning examples: `langs`' transcribed train speech and, with
+  FinetuneConfig.text_ctc, the train text of every language of the corpus (held-out ones too)."""
+  examples = finetune.ctc_examples(eval_data.read_utterances(corpus_dir, "paired", "train", langs, max_per_lang),
+                                   vocab, settings.max_audio_seconds)
+  if settings.text_ctc > 0:
+    examples = finetune.with_texts(examples, eval_data.read_utterances(corpus_dir, "text", "train"), vocab)
+  return examples
+
+
 def checkpoint_ctc_head(ctx: base.EvalContext, corpus_dir: str, train_langs: Sequence[str] | None,
                         max_per_lang: int | None, settings: finetune.FinetuneConfig) -> finetune.FinetunedCTC:
   """The CTC head fine-tuned on this checkpoint (the ctc, zero_shot and alignment evaluators share
@@ -169,8 +180,7 @@ def checkpoint_ctc_head(ctx: base.EvalContext, corpus_dir: str, train_langs: Seq
     return ctx.shared[memo]
   vocab = eval_data.load_vocabulary(corpus_dir)
   model_dir = _head_dir(ctx, "ctc", key)
-  examples = finetune.ctc_examples(eval_data.read_utterances(corpus_dir, "paired", "train", langs, max_per_lang),
-                                   vocab, settings.max_audio_seconds)
+  examples = _ctc_examples(corpus_dir, langs, max_per_lang, vocab, settings)
 
   def head_init(params):
     dim = finetune._embed_dim(ctx.model, params["encoder"])  # pylint: disable=protected-access
@@ -310,8 +320,7 @@ def finetune_run(task: str = "ctc", init_from_dir: str = gin.REQUIRED, model_dir
   if task == "ctc":
     langs = list(langs or eval_data.training_languages(corpus_dir))
     vocab = eval_data.load_vocabulary(corpus_dir)
-    examples = finetune.ctc_examples(eval_data.read_utterances(corpus_dir, "paired", "train", langs, max_train_per_lang),
-                                     vocab, settings.max_audio_seconds)
+    examples = _ctc_examples(corpus_dir, langs, max_train_per_lang, vocab, settings)
     num_classes, classes = vocab.vocab_size, None
     head_init = lambda params: finetune.pretrained_head(  # pylint: disable=g-long-lambda
         params["encoder"], settings.pretrained_head, finetune._embed_dim(base_model, params["encoder"]),  # pylint: disable=protected-access

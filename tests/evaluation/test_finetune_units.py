@@ -121,3 +121,43 @@ def test_a_pretrained_ctc_head_is_repeated_into_every_upsampled_step():
     np.testing.assert_array_equal(head["bias"][i], np.arange(6))
   with pytest.raises(ValueError, match="ctc_upsample"):
     finetune.FinetuneConfig(ctc_upsample=0)
+
+
+def _text_examples():
+  sr = 16000
+  examples = finetune.Examples([np.ones(sr, np.float32) * i for i in range(4)],
+                               [np.array([5, 6], np.int32)] * 4, audio_samples=sr, label_length=32)
+  vocab = types.SimpleNamespace(encode=lambda text: [1] + [ord(c) - 90 for c in text])  # 1: a reserved id
+  utterances = [types.SimpleNamespace(text=t) for t in ("abc", "", "d" * 40, "efg")]
+  return finetune.with_texts(examples, utterances, vocab)
+
+
+def test_text_rows_keep_their_characters_cut_to_the_transcripts_length():
+  examples = _text_examples()
+  assert [t.tolist() for t in examples.texts] == [[7, 8, 9], [10] * 32, [11, 12, 13]]  # the empty one skipped
+  with pytest.raises(ValueError, match="no train text"):
+    finetune.with_texts(examples, [types.SimpleNamespace(text="")], types.SimpleNamespace(encode=lambda t: []))
+
+
+def test_ctc_batches_with_text_injection_carry_text_rows_and_resume_exactly():
+  examples = _text_examples()
+  settings = finetune.FinetuneConfig(batch_size=2, text_ctc=0.5, text_batch_size=4)
+  batches = finetune.example_batches(examples, "ctc", settings)()
+  first = next(batches)
+  assert first["text"]["tokens"].shape == (4, 32) and first["paired"]["audio"].shape[0] == 2
+  rows = {tuple(t[m > 0].tolist()) for t, m in zip(first["text"]["tokens"], first["text"]["tokens_mask"])}
+  assert rows <= {tuple(t.tolist()) for t in examples.texts}
+  want = [next(batches) for _ in range(5)]
+  again = finetune.example_batches(examples, "ctc", settings)()
+  again.set_state({"position": 1})
+  for batch in want:
+    got = next(again)
+    np.testing.assert_array_equal(got["text"]["tokens"], batch["text"]["tokens"])
+    np.testing.assert_array_equal(got["paired"]["audio"], batch["paired"]["audio"])
+  # Each of two processes gets its share of both streams.
+  shard = finetune.example_batches(examples, "ctc", settings)(shard_index=1, num_shards=2)
+  assert shard.element_spec["text"]["tokens"].shape == (2, 32)
+  assert shard.element_spec["paired"]["audio"].shape == (1, 16000)
+  # Without the weight the text stays out of the batch.
+  plain = finetune.example_batches(examples, "ctc", finetune.FinetuneConfig(batch_size=2))()
+  assert set(next(plain)) == {"paired"}
