@@ -90,7 +90,10 @@ class FinetuneConfig:
   # corpus' train text of every language, the held-out ones included, masked and upsampled as the
   # pre-training's text CTC objective makes them (MSLAMModel.encode_text_for_ctc), at this weight
   # beside the speech loss. 0: speech alone. A path from a language's text to the head that writes
-  # its speech out, for languages with text and no transcribed speech.
+  # its speech out, for languages with text and no transcribed speech. On the learning benchmark's
+  # seed-0 checkpoints, at 0.5, it did not help the held-out languages: zero-shot CER 0.353 -> 0.357
+  # (the speech-only ablation's 0.369 -> 0.362), and 0.335 -> 0.371 where pre-training had trained
+  # the same path (ObjectiveWeights.text_ctc; benchmarks/README.md, thirtieth pass).
   text_ctc: float = 0.0
   text_batch_size: int = 8
 
