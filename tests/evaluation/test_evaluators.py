@@ -42,6 +42,18 @@ def test_reader_and_languages(corpus):
   assert len(utts) == 3 and all(u.lang == "aaa" and len(u.words) == len(u.text.split()) for u in utts)
 
 
+def test_ctc_fine_tuning_with_text_reads_every_languages_train_text(corpus):
+  vocab = eval_data.load_vocabulary(corpus)
+  texts = eval_data.read_utterances(corpus, "text", "train")
+  assert {u.lang for u in texts} == {"aaa", "bbb", "ccc"}  # the held-out language's text too
+  examples = finetune_job._ctc_examples(corpus, ["aaa", "bbb"], None, vocab,  # pylint: disable=protected-access
+                                        finetune.FinetuneConfig(text_ctc=0.5))
+  assert {len(a) > 0 for a in examples.audios} == {True} and len(examples.texts) == len(texts)
+  assert all(0 < len(t) <= examples.label_length and t.min() >= 5 for t in examples.texts)
+  plain = finetune_job._ctc_examples(corpus, ["aaa", "bbb"], None, vocab, finetune.FinetuneConfig())  # pylint: disable=protected-access
+  assert not plain.texts and len(plain.audios) == len(examples.audios)
+
+
 @pytest.mark.parametrize("scanned", [False, True])
 def test_gradient_masks(scanned):
   model = synthetic.SpectralModel(dim=4, vocab_size=8, num_layers=3, scanned=scanned)
