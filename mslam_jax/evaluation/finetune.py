@@ -40,6 +40,7 @@ from flax.core import meta
 
 from mslam_jax import optimizers
 from mslam_jax import storage
+from mslam_jax.data.special_ids import NUM_RESERVED
 from mslam_jax.evaluation import asr
 from mslam_jax.evaluation import data as eval_data
 from mslam_jax.models import translation as translation_model
@@ -406,12 +407,17 @@ def padded_length(bounds: Sequence[int], longest_in_batch: int) -> int:
   return bounds[min(bisect.bisect_left(bounds, longest_in_batch), len(bounds) - 1)]
 
 
+def label_ids(vocab: Any, text: str) -> list[int]:
+  """A text's CTC labels: its vocabulary ids without the reserved ones (padding, EOS, ...)."""
+  return [i for i in vocab.encode(text) if i >= NUM_RESERVED]
+
+
 def ctc_examples(utterances: Sequence[Any], vocab: Any, max_audio_seconds: float) -> Examples:
   """Paired utterances -> audio and character ids; empty, unlabelled or too long ones skipped."""
   max_samples = int(max_audio_seconds * eval_data.SAMPLE_RATE)
   audios, labels, dropped = [], [], 0
   for utt in utterances:
-    ids = [i for i in vocab.encode(utt.text) if i >= 5]
+    ids = label_ids(vocab, utt.text)
     if not len(utt.audio) or not ids or len(utt.audio) > max_samples:
       dropped += 1
       continue
@@ -430,8 +436,8 @@ def ctc_examples(utterances: Sequence[Any], vocab: Any, max_audio_seconds: float
 def with_texts(examples: Examples, utterances: Iterable[Any], vocab: Any) -> Examples:
   """`examples` plus text rows for FinetuneConfig.text_ctc: each text's characters, cut to the
   transcripts' padded length (text rows then look like the transcripts); empty texts skipped."""
-  texts = [ids[:examples.label_length] for ids in
-           (np.asarray([i for i in vocab.encode(u.text) if i >= 5], np.int32) for u in utterances) if len(ids)]
+  texts = [np.asarray(ids[:examples.label_length], np.int32) for ids in
+           (label_ids(vocab, u.text) for u in utterances) if ids]
   if not texts:
     raise ValueError("FinetuneConfig.text_ctc > 0, but the corpus has no train text")
   return dataclasses.replace(examples, texts=texts)

@@ -21,7 +21,7 @@ from mslam_jax.evaluation import base
 ABLATION_SUFFIX = "_speech_only_ablation"
 
 # gin bindings that turn a pre-training run into the speech-only ablation: every objective that
-# reads text (text MLM and CTC, TLM, CTC, the cross-modal losses) is off and the text and paired streams are
+# reads text (text MLM, text CTC, TLM, CTC, the cross-modal losses) is off and the text and paired streams are
 # not read at all; the speech objectives, the speech batch and the step budget stay as they are.
 # E.g. `mslam train ... $(printf -- "--gin.%s " "${SPEECH_ONLY_BINDINGS[@]}")`.
 SPEECH_ONLY_BINDINGS = (
