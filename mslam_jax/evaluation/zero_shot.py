@@ -21,8 +21,9 @@ from mslam_jax.evaluation import base
 ABLATION_SUFFIX = "_speech_only_ablation"
 
 # gin bindings that turn a pre-training run into the speech-only ablation: every objective that
-# reads text (text MLM, text CTC, TLM, CTC, the cross-modal losses) is off and the text and paired streams are
-# not read at all; the speech objectives, the speech batch and the step budget stay as they are.
+# reads text (text MLM, text CTC, TLM, CTC, consistency, the cross-modal losses) is off and the
+# text and paired streams are not read at all; the speech objectives, the speech batch and the
+# step budget stay as they are.
 # E.g. `mslam train ... $(printf -- "--gin.%s " "${SPEECH_ONLY_BINDINGS[@]}")`.
 SPEECH_ONLY_BINDINGS = (
     "ObjectiveWeights.text_mlm = 0.0",
@@ -31,6 +32,7 @@ SPEECH_ONLY_BINDINGS = (
     "ObjectiveWeights.cross_modal = 0.0",
     "ObjectiveWeights.local_cross_modal = 0.0",
     "ObjectiveWeights.text_ctc = 0.0",
+    "ObjectiveWeights.consistency = 0.0",
     "TEXT_BATCH = 0",
     "PAIRED_BATCH = 0",
 )

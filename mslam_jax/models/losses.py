@@ -230,6 +230,13 @@ def ctc_loss(
   return loss, num_infeasible
 
 
+def frame_mse(prediction: jax.Array, target: jax.Array, weights: jax.Array,
+              denominator: Optional[jax.Array] = None) -> jax.Array:
+  """Mean over the weighted frames of the per-frame mean squared difference ([B, T, D], [B, T])."""
+  per_frame = jnp.mean(jnp.square(prediction.astype(jnp.float32) - target.astype(jnp.float32)), axis=-1)
+  return _safe_mean(per_frame, weights, denominator)
+
+
 def clipped_temperature(log_temperature: jax.Array, min_temperature: float, max_temperature: float) -> jax.Array:
   """exp of a log-parameterized temperature, clipped to [min, max] (CLIP clamps its scale alike)."""
   return jnp.exp(jnp.clip(log_temperature.astype(jnp.float32), jnp.log(min_temperature), jnp.log(max_temperature)))

@@ -230,3 +230,43 @@ def test_ctc_finetuning_with_text_injection_trains_the_text_path_into_the_same_h
   # Without text in the batch (or at weight 0) it is the speech loss alone: the text path gets nothing.
   speech_only = jax.grad(lambda p: task.loss_fn(p, {"paired": batch["paired"]}, jax.random.PRNGKey(1), 0)[0])(params)
   assert float(optax.global_norm(speech_only["encoder"]["encoder"]["text_embedding"])) == 0.0
+
+
+def test_consistency_needs_ctc_and_a_known_layer():
+  with pytest.raises(ValueError, match="needs ObjectiveWeights.ctc > 0"):
+    _model(test_mslam.TINY_BINDINGS + ["ObjectiveWeights.consistency = 1.0", "ObjectiveWeights.ctc = 0.0"])
+  with pytest.raises(ValueError, match="consistency_layer='middle'"):
+    _model(test_mslam.TINY_BINDINGS + ["ObjectiveWeights.consistency = 1.0", "MSLAMModel.consistency_layer = 'middle'"])
+
+
+@pytest.mark.slow  # compiles the joint loss's gradient twice (~40 s)
+# A character's embedding is one vector for all its frames: at the input it can reach only their
+# mean (2.11 -> 1.73 in 30 steps here); through the shared stack context lets it go further.
+@pytest.mark.parametrize("layer, trained, drop", [("input", {"text_embedding"}, 0.9),
+                                                  ("output", {"text_embedding", "shared"}, 0.5)])
+def test_consistency_moves_only_the_text_path_toward_the_speech_and_learns(layer, trained, drop):
+  model = _model(test_mslam.TINY_BINDINGS + ["ObjectiveWeights.consistency = 1.0",
+                                             f"MSLAMModel.consistency_layer = '{layer}'"])
+  batch = test_mslam._fixed_batch()  # pylint: disable=protected-access
+  params = flax.core.meta.unbox(model.init(jax.random.PRNGKey(0), batch))
+  consistency = jax.jit(lambda p: model.loss_fn(p, batch, jax.random.PRNGKey(1), 0)[1]["objective/consistency"])
+  grad = jax.jit(jax.grad(consistency))
+  first = grad(params)
+  # The speech frames are targets: the speech path, the CTC head that aligns and the frontend get
+  # nothing; the text path (and the shared stack, where it compares outputs) learns.
+  norms = {name: float(optax.global_norm(tree)) for name, tree in first["encoder"].items()}
+  assert {name for name, norm in norms.items() if norm > 0} == trained, norms
+  assert float(optax.global_norm(first["ctc_head"])) == 0.0
+
+  optimizer = optimizers.make_optimizer(peak_learning_rate=1e-2, warmup_steps=1).tx
+
+  @jax.jit
+  def step(p, opt_state):
+    updates, opt_state = optimizer.update(grad(p), opt_state, p)
+    return optax.apply_updates(p, updates), opt_state
+
+  start = float(consistency(params))
+  opt_state = optimizer.init(params)
+  for _ in range(30):
+    params, opt_state = step(params, opt_state)
+  assert float(consistency(params)) < drop * start, start

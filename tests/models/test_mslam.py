@@ -327,7 +327,8 @@ def test_micro_batches_give_the_whole_batch_gradient(gin_tiny, batch):
   """Trainer.num_microbatches: each micro-batch's per-item objectives are summed over the whole
   batch's items (the model's count/ metrics, totalled first), so two micro-batches of one row step
   exactly as the batch does; the mean of the two rows' own means would not."""
-  weights = mslam.ObjectiveWeights(speech_contrastive=0.0, diversity=0.0, text_mlm=0.0, tlm=0.0, cross_modal=0.0)
+  weights = mslam.ObjectiveWeights(speech_contrastive=0.0, diversity=0.0, text_mlm=0.0, tlm=0.0, cross_modal=0.0,
+                                   consistency=1.0)
   # Every speech frame masked: the micro-batches' masks are the batch's whatever their keys.
   model = mslam.MSLAMModel(quantizer="best_rq", weights=weights,
                            masks=mslam.masking.MaskingConfig(speech_start_prob=1.0))
@@ -342,7 +343,7 @@ def test_micro_batches_give_the_whole_batch_gradient(gin_tiny, batch):
     steps[k] = jax.device_get((state.params, new_state.params, metrics))
   (before, whole, m1), (_, micro, m2) = steps[1], steps[2]
   for key in ("loss", "grad_norm", "speech/mlm_loss", "speech/mlm_accuracy", "paired/ctc_loss",
-              "count/speech_mlm", "count/ctc"):
+              "paired/consistency_loss", "count/speech_mlm", "count/ctc", "count/consistency"):
     np.testing.assert_allclose(m2[key], m1[key], rtol=1e-5, err_msg=key)
   for a, b in zip(jax.tree.leaves(micro), jax.tree.leaves(whole)):
     np.testing.assert_allclose(a, b, atol=1e-6)
