@@ -112,6 +112,22 @@ def _model(bindings):
     gin.clear_config()
 
 
+def _after_adam_steps(objective, params, steps: int, peak_learning_rate: float) -> float:
+  """`objective`'s value after `steps` Adam steps on it alone from `params`."""
+  grad = jax.jit(jax.grad(objective))
+  optimizer = optimizers.make_optimizer(peak_learning_rate=peak_learning_rate, warmup_steps=1).tx
+
+  @jax.jit
+  def step(p, opt_state):
+    updates, opt_state = optimizer.update(grad(p), opt_state, p)
+    return optax.apply_updates(p, updates), opt_state
+
+  opt_state = optimizer.init(params)
+  for _ in range(steps):
+    params, opt_state = step(params, opt_state)
+  return float(objective(params))
+
+
 def test_segments_need_the_frame_heads():
   with pytest.raises(ValueError, match="needs MSLAMModel.cross_modal_frame_hidden > 0"):
     _model(test_mslam.TINY_BINDINGS + ["MSLAMModel.cross_modal_segments = 4"])
@@ -157,25 +173,14 @@ def test_local_cross_modal_term_matches_stretches_and_learns():
   params = flax.core.meta.unbox(model.init(jax.random.PRNGKey(0), batch))
   assert params["text_embedding_head"]["local_proj"]["dense"]["kernel"].shape == (24, 16)
   local = jax.jit(lambda p: model.loss_fn(p, batch, jax.random.PRNGKey(1), 0)[1]["objective/local_cross_modal"])
-  grad = jax.jit(jax.grad(local))
-  optimizer = optimizers.make_optimizer(peak_learning_rate=3e-3, warmup_steps=1).tx
-
-  @jax.jit
-  def step(p, opt_state):
-    updates, opt_state = optimizer.update(grad(p), opt_state, p)
-    return optax.apply_updates(p, updates), opt_state
-
-  first = grad(params)
+  first = jax.jit(jax.grad(local))(params)
   # The stretches are matched by what the shared layers make of the clip and of its transcript.
   for outer, inner in (("encoder", "shared"), ("speech_embedding_head", "local_proj"),
                        ("text_embedding_head", "local_proj")):
     assert float(optax.global_norm(first[outer][inner])) > 0.0, (outer, inner)
   chance = np.log(2 * 3)  # 2 pairs x 3 stretches: every stretch of the batch is a candidate
   start = float(local(params))
-  opt_state = optimizer.init(params)
-  for _ in range(30):
-    params, opt_state = step(params, opt_state)
-  assert float(local(params)) < 0.5 * min(start, chance), start
+  assert _after_adam_steps(local, params, 30, 3e-3) < 0.5 * min(start, chance), start
 
 
 def test_text_ctc_needs_two_frames_a_character():
@@ -188,8 +193,7 @@ def test_text_ctc_trains_the_speech_ctc_head_from_text_alone_and_learns():
   model, batch = _model(test_mslam.TINY_BINDINGS + ["ObjectiveWeights.text_ctc = 1.0"]), test_mslam._fixed_batch()  # pylint: disable=protected-access
   params = flax.core.meta.unbox(model.init(jax.random.PRNGKey(0), batch))
   text_ctc = jax.jit(lambda p: model.loss_fn(p, batch, jax.random.PRNGKey(1), 0)[1]["objective/text_ctc"])
-  grad = jax.jit(jax.grad(text_ctc))
-  first = grad(params)
+  first = jax.jit(jax.grad(text_ctc))(params)
   # Text reaches the head speech CTC uses, through the text embedding and the shared layers; the
   # speech-only layers never see it.
   for outer, inner in (("ctc_head", None), ("encoder", "shared"), ("encoder", "text_embedding")):
@@ -200,18 +204,9 @@ def test_text_ctc_trains_the_speech_ctc_head_from_text_alone_and_learns():
   metrics = model.loss_fn(params, batch, jax.random.PRNGKey(1), 0)[1]
   assert {"text/ctc_loss", "paired/ctc_loss"} <= set(metrics) and float(metrics["text/ctc_infeasible"]) == 0.0
 
-  optimizer = optimizers.make_optimizer(peak_learning_rate=1e-2, warmup_steps=1).tx
-
-  @jax.jit
-  def step(p, opt_state):
-    updates, opt_state = optimizer.update(grad(p), opt_state, p)
-    return optax.apply_updates(p, updates), opt_state
-
   start = float(text_ctc(params))
-  opt_state = optimizer.init(params)
-  for _ in range(40):  # CTC's all-blank plateau comes first
-    params, opt_state = step(params, opt_state)
-  assert float(text_ctc(params)) < 0.5 * start, start
+  # 40 steps: CTC's all-blank plateau comes first.
+  assert _after_adam_steps(text_ctc, params, 40, 1e-2) < 0.5 * start, start
 
 
 @pytest.mark.slow  # compiles the fine-tuning loss's gradient (~20 s)
@@ -250,23 +245,12 @@ def test_consistency_moves_only_the_text_path_toward_the_speech_and_learns(layer
   batch = test_mslam._fixed_batch()  # pylint: disable=protected-access
   params = flax.core.meta.unbox(model.init(jax.random.PRNGKey(0), batch))
   consistency = jax.jit(lambda p: model.loss_fn(p, batch, jax.random.PRNGKey(1), 0)[1]["objective/consistency"])
-  grad = jax.jit(jax.grad(consistency))
-  first = grad(params)
+  first = jax.jit(jax.grad(consistency))(params)
   # The speech frames are targets: the speech path, the CTC head that aligns and the frontend get
   # nothing; the text path (and the shared stack, where it compares outputs) learns.
   norms = {name: float(optax.global_norm(tree)) for name, tree in first["encoder"].items()}
   assert {name for name, norm in norms.items() if norm > 0} == trained, norms
   assert float(optax.global_norm(first["ctc_head"])) == 0.0
 
-  optimizer = optimizers.make_optimizer(peak_learning_rate=1e-2, warmup_steps=1).tx
-
-  @jax.jit
-  def step(p, opt_state):
-    updates, opt_state = optimizer.update(grad(p), opt_state, p)
-    return optax.apply_updates(p, updates), opt_state
-
   start = float(consistency(params))
-  opt_state = optimizer.init(params)
-  for _ in range(30):
-    params, opt_state = step(params, opt_state)
-  assert float(consistency(params)) < drop * start, start
+  assert _after_adam_steps(consistency, params, 30, 1e-2) < drop * start, start
