@@ -40,6 +40,7 @@ from flax.core import meta
 
 from mslam_jax import optimizers
 from mslam_jax import storage
+from mslam_jax.data import languages
 from mslam_jax.data.special_ids import NUM_RESERVED
 from mslam_jax.evaluation import asr
 from mslam_jax.evaluation import data as eval_data
@@ -326,19 +327,26 @@ class CTCTask(_HeadTask):
     p = batch["paired"]
     if self.time_mask_prob > 0 and not self.freeze_encoder:
       frames, frame_mask, _ = self.base.encode_speech_for_training(
-          self._encoder(params), p["audio"], p["audio_mask"], rng, self.time_mask_prob, self.time_mask_length)
+          self._encoder(params), p["audio"], p["audio_mask"], rng, self.time_mask_prob, self.time_mask_length,
+          **_language(self.base, p))
     else:
-      frames, frame_mask, _ = self.base.encode_speech(self._encoder(params), p["audio"], p["audio_mask"])
+      frames, frame_mask, _ = self.base.encode_speech(self._encoder(params), p["audio"], p["audio_mask"],
+                                                      **_language(self.base, p))
     loss, infeasible = _ctc_per_char(params["head"], frames, frame_mask, p["tokens"], p["tokens_mask"])
     metrics = {"ctc_loss_per_char": loss, "ctc_infeasible": infeasible}
     if self.text_weight > 0 and "text" in batch:
       t = batch["text"]
       frames, frame_mask = self.base.encode_text_for_ctc(self._encoder(params), t["tokens"], t["tokens_mask"],
-                                                         jax.random.fold_in(rng, 1))
+                                                         jax.random.fold_in(rng, 1), **_language(self.base, t))
       metrics["text_ctc_loss_per_char"], metrics["text_ctc_infeasible"] = _ctc_per_char(
           params["head"], frames, frame_mask, t["tokens"], t["tokens_mask"])
       loss = loss + self.text_weight * metrics["text_ctc_loss_per_char"]
     return loss, metrics
+
+
+def _language(base: Any, stream: dict) -> dict:
+  """{"lang": the rows' language ids} for a base that reads them (has_language_vectors), else {}."""
+  return {"lang": stream["lang"]} if getattr(base, "has_language_vectors", False) else {}
 
 
 def _ctc_per_char(head, frames, frame_mask, tokens, tokens_mask) -> tuple[jax.Array, jax.Array]:
@@ -387,6 +395,9 @@ class Examples:
   audio_samples: int  # the longest batch's audio length (without buckets: every batch's)
   label_length: int = 0
   texts: list[np.ndarray] = dataclasses.field(default_factory=list)  # ctc's text injection (with_texts)
+  # ctc: each clip's and each text's language id (-1 unknown), the batches' "lang"
+  langs: list[int] = dataclasses.field(default_factory=list)
+  text_langs: list[int] = dataclasses.field(default_factory=list)
 
 
 def length_buckets(lengths: Sequence[int], seconds: Sequence[float], longest: int
@@ -407,6 +418,14 @@ def padded_length(bounds: Sequence[int], longest_in_batch: int) -> int:
   return bounds[min(bisect.bisect_left(bounds, longest_in_batch), len(bounds) - 1)]
 
 
+def language_id(code: str) -> int:
+  """The batch contract's id of a language code; -1 (unknown: no language vector) outside the registry."""
+  try:
+    return languages.lang_id(code)
+  except KeyError:
+    return -1
+
+
 def label_ids(vocab: Any, text: str) -> list[int]:
   """A text's CTC labels: its vocabulary ids without the reserved ones (padding, EOS, ...)."""
   return [i for i in vocab.encode(text) if i >= NUM_RESERVED]
@@ -415,7 +434,7 @@ def label_ids(vocab: Any, text: str) -> list[int]:
 def ctc_examples(utterances: Sequence[Any], vocab: Any, max_audio_seconds: float) -> Examples:
   """Paired utterances -> audio and character ids; empty, unlabelled or too long ones skipped."""
   max_samples = int(max_audio_seconds * eval_data.SAMPLE_RATE)
-  audios, labels, dropped = [], [], 0
+  audios, labels, langs, dropped = [], [], [], 0
   for utt in utterances:
     ids = label_ids(vocab, utt.text)
     if not len(utt.audio) or not ids or len(utt.audio) > max_samples:
@@ -423,6 +442,7 @@ def ctc_examples(utterances: Sequence[Any], vocab: Any, max_audio_seconds: float
       continue
     audios.append(np.asarray(utt.audio, np.float32))
     labels.append(np.asarray(ids, np.int32))
+    langs.append(language_id(utt.lang))
   if dropped:
     logging.warning("CTC fine-tuning: skipped %d utterances (no audio, empty transcript or longer "
                     "than FinetuneConfig.max_audio_seconds)", dropped)
@@ -430,17 +450,17 @@ def ctc_examples(utterances: Sequence[Any], vocab: Any, max_audio_seconds: float
     raise ValueError("CTC fine-tuning has no usable paired utterances")
   audio_len = -(-max(len(a) for a in audios) // eval_data.SAMPLE_RATE) * eval_data.SAMPLE_RATE
   label_len = -(-max(len(l) for l in labels) // 32) * 32
-  return Examples(audios, labels, audio_len, label_len)
+  return Examples(audios, labels, audio_len, label_len, langs=langs)
 
 
 def with_texts(examples: Examples, utterances: Iterable[Any], vocab: Any) -> Examples:
   """`examples` plus text rows for FinetuneConfig.text_ctc: each text's characters, cut to the
   transcripts' padded length (text rows then look like the transcripts); empty texts skipped."""
-  texts = [np.asarray(ids[:examples.label_length], np.int32) for ids in
-           (label_ids(vocab, u.text) for u in utterances) if ids]
-  if not texts:
+  rows = [(np.asarray(ids[:examples.label_length], np.int32), language_id(u.lang)) for u, ids in
+          ((u, label_ids(vocab, u.text)) for u in utterances) if ids]
+  if not rows:
     raise ValueError("FinetuneConfig.text_ctc > 0, but the corpus has no train text")
-  return dataclasses.replace(examples, texts=texts)
+  return dataclasses.replace(examples, texts=[r for r, _ in rows], text_langs=[l for _, l in rows])
 
 
 def class_examples(audios: Sequence[np.ndarray], labels: Sequence[str], max_audio_seconds: float
@@ -458,6 +478,11 @@ def class_examples(audios: Sequence[np.ndarray], labels: Sequence[str], max_audi
   return Examples([a for a, _ in kept], [classes.index(l) for _, l in kept], audio_len), classes
 
 
+def _langs(langs: Sequence[int], idx: Sequence[int]) -> np.ndarray:
+  """The rows' language ids; -1 (unknown) where the examples carry none."""
+  return np.asarray([langs[i] if langs else -1 for i in idx], np.int32)
+
+
 def example_batch_fn(examples: Examples, task: str, bounds: Sequence[int] | None = None
                      ) -> Callable[..., dict]:
   """indices (and text indices) -> a task batch of those examples: the contract's paired stream
@@ -472,11 +497,11 @@ def example_batch_fn(examples: Examples, task: str, bounds: Sequence[int] | None
     if task == "ctc":
       tokens, tokens_mask = eval_data.pad_tokens([examples.labels[i] for i in idx], len(idx), examples.label_length)
       batch = {"paired": {"audio": audio, "audio_mask": audio_mask, "tokens": tokens, "tokens_mask": tokens_mask,
-                          "lang": np.zeros((len(idx),), np.int32)}}
+                          "lang": _langs(examples.langs, idx)}}
       if text_idx is not None:
         tokens, tokens_mask = eval_data.pad_tokens([examples.texts[i] for i in text_idx], len(text_idx),
                                                    examples.label_length)
-        batch["text"] = {"tokens": tokens, "tokens_mask": tokens_mask, "lang": np.zeros((len(text_idx),), np.int32)}
+        batch["text"] = {"tokens": tokens, "tokens_mask": tokens_mask, "lang": _langs(examples.text_langs, text_idx)}
       return batch
     return {"speech": {"audio": audio, "audio_mask": audio_mask,
                        "lang": np.asarray([examples.labels[i] for i in idx], np.int32)}}
@@ -576,13 +601,17 @@ class FinetunedCTC:
     self._log_probs = _ctc_log_probs_fn(self.model)
     self.params = meta.unbox(self.params)
 
-  def log_probs(self, audios: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Per utterance, the [T_i, V] log-probabilities of its valid frames."""
+  def log_probs(self, audios: Sequence[np.ndarray], langs: Sequence[str] | None = None) -> list[np.ndarray]:
+    """Per utterance, the [T_i, V] log-probabilities of its valid frames; `langs`: their language
+    codes, where the encoder has language vectors (MSLAMEncoder.num_languages) and they are known."""
     out = []
     for start in range(0, len(audios), self.batch_size):
       chunk = audios[start:start + self.batch_size]
       audio, mask = eval_data.pad_audio(chunk, self.batch_size, eval_data.AUDIO_BUCKET)
-      lp, fmask = self._log_probs(self.params, audio, mask)
+      lang = np.full((self.batch_size,), -1, np.int32)
+      if langs is not None:
+        lang[:len(chunk)] = [language_id(code) for code in langs[start:start + self.batch_size]]
+      lp, fmask = self._log_probs(self.params, audio, mask, lang)
       lp, fmask = np.asarray(lp), np.asarray(fmask)
       out.extend(lp[i, :int(fmask[i].sum())] for i in range(len(chunk)))
     return out
@@ -597,8 +626,8 @@ class FinetunedCTC:
 
 def _ctc_log_probs_fn(model):
   """The jitted CTC forward of one fine-tuned model (each audio shape compiles once for it)."""
-  def log_probs(params, audio, mask):
-    frames, frame_mask, _ = model.encode_speech(params["encoder"], audio, mask)
+  def log_probs(params, audio, mask, lang):
+    frames, frame_mask, _ = model.encode_speech(params["encoder"], audio, mask, **_language(model, {"lang": lang}))
     logits, frame_mask = ctc_logits(params["head"], frames, frame_mask)
     return jax.nn.log_softmax(logits), frame_mask
   return jax.jit(log_probs)
@@ -643,7 +672,7 @@ def ctc_metrics(tuned: FinetunedCTC, utterances: Iterable[Any], prefix: str, bea
   chunk = []
 
   def decode():
-    for u, lp in zip(chunk, tuned.log_probs([u.audio for u in chunk])):
+    for u, lp in zip(chunk, tuned.log_probs([u.audio for u in chunk], [u.lang for u in chunk])):
       decoded["greedy"].append(asr.ids_to_text(tuned.vocab, asr.greedy_decode(lp)))
       decoded["beam"].append(asr.ids_to_text(tuned.vocab, asr.beam_decode(lp, beam_size)))
       if lms is not None:

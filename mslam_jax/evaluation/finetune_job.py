@@ -226,8 +226,8 @@ def ctc_language_models(ctx: base.EvalContext | None, corpus_dir: str, tuned: fi
     validation = [u for u in eval_data.read_utterances(corpus_dir, "paired", "validation", list(tune_langs),
                                                        max_tune_per_lang) if len(u.audio) and u.text.strip()]
     if validation:
-      rows = [(u.lang, vocab.decode(vocab.encode(u.text)), lp)
-              for u, lp in zip(validation, tuned.log_probs([u.audio for u in validation]))]
+      log_probs = tuned.log_probs([u.audio for u in validation], [u.lang for u in validation])
+      rows = [(u.lang, vocab.decode(vocab.encode(u.text)), lp) for u, lp in zip(validation, log_probs)]
       chosen = asr.tune_lm_fusion(lms, rows, vocab, beam_size=beam_size)
       logging.info("Character %d-gram LM fusion tuned on %d validation utterances: %s", order, len(rows), chosen)
       if path:

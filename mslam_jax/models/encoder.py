@@ -42,6 +42,11 @@ class MSLAMEncoder(nn.Module):
     vocab_size: text vocabulary (4096 characters).
     dropout_rate: dropout after the speech projection and the text embedding.
     pooling: "mean" or "attention" (see layers/pooling.py); pooling_heads for "attention".
+    num_languages: 0, or the size of a table of language vectors (above every language id of the
+      batch contract's `lang`; the registry holds ~355): each is added to every input of the
+      shared stack of its language, text and speech alike (Maestro-U's language embeddings), so
+      that the shared layers can write a clip in its language's spelling. Zero at init; a
+      negative id adds nothing (language unknown).
     dtype: compute dtype (e.g. jnp.bfloat16); param_dtype: parameter dtype (float32).
   """
   embed_dim: int = 1024
@@ -52,6 +57,7 @@ class MSLAMEncoder(nn.Module):
   dropout_rate: float = 0.0
   pooling: str = "mean"
   pooling_heads: int = 8
+  num_languages: int = 0
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
 
@@ -79,6 +85,10 @@ class MSLAMEncoder(nn.Module):
     self.speech_mask_embedding = self.param(
         "speech_mask_embedding", attention.partitioned(nn.initializers.uniform(1.0), ("embed",)),
         (self.embed_dim,), self.param_dtype)
+    if self.num_languages > 0:
+      self.language_embedding = self.param(
+          "language_embedding", attention.partitioned(nn.initializers.zeros, (None, "embed")),
+          (self.num_languages, self.embed_dim), self.param_dtype)
 
   # ---- stages ----
 
@@ -111,9 +121,18 @@ class MSLAMEncoder(nn.Module):
     speech_out = self.speech_upper(contrastive_out, mask, deterministic)
     return contrastive_out, speech_out
 
-  def shared_layers(self, x: Array, mask: Array, deterministic: bool = True) -> Array:
-    """[B, T, D] -> [B, T, D] through the M shared blocks (speech, text or both concatenated)."""
-    x = jnp.where(mask[..., None] != 0, x, 0.0)
+  def add_language(self, x: Array, lang: Array | None) -> Array:
+    """[B, T, D] + each row's language vector (num_languages); unchanged without a table, without
+    `lang` [B], or where it is negative (unknown)."""
+    if self.num_languages <= 0 or lang is None:
+      return x
+    vectors = jnp.take(jnp.asarray(self.language_embedding, x.dtype), jnp.maximum(lang, 0), axis=0)
+    return x + jnp.where((lang >= 0)[:, None], vectors, 0.0)[:, None, :]
+
+  def shared_layers(self, x: Array, mask: Array, deterministic: bool = True, lang: Array | None = None) -> Array:
+    """[B, T, D] -> [B, T, D] through the M shared blocks (speech, text or both concatenated);
+    `lang` [B]: add_language first."""
+    x = jnp.where(mask[..., None] != 0, self.add_language(x, lang), 0.0)
     return self.shared(x, mask, deterministic)
 
   def embed_text(self, tokens: Array, tokens_mask: Array, deterministic: bool = True) -> Array:
@@ -127,8 +146,10 @@ class MSLAMEncoder(nn.Module):
   # ---- inference entry points ----
 
   def encode_speech(self, audio: Array, audio_mask: Array, deterministic: bool = True,
-                    time_mask_prob: float = 0.0, time_mask_length: int = 10) -> tuple[Array, Array, Array]:
-    """Audio -> (frames [B, T, D], mask [B, T], pooled [B, D]) after the shared stack.
+                    time_mask_prob: float = 0.0, time_mask_length: int = 10,
+                    lang: Array | None = None) -> tuple[Array, Array, Array]:
+    """Audio -> (frames [B, T, D], mask [B, T], pooled [B, D]) after the shared stack (`lang`: the
+    clips' languages, where known; add_language).
 
     `time_mask_prob` > 0: SpecAugment's time masking as HF's `mask_time_prob` does it (about that
     share of the frames, in spans of `time_mask_length`, replaced by the mask embedding after the
@@ -140,7 +161,7 @@ class MSLAMEncoder(nn.Module):
                                             time_mask_length, min_spans=1)
       x = self.mask_speech(x, masked)
     _, x = self.speech_layers(x, mask, deterministic)
-    x = self.shared_layers(x, mask, deterministic)
+    x = self.shared_layers(x, mask, deterministic, lang)
     return x, mask, self.pool(x, mask)
 
   def speech_statistics(self, audio: Array, audio_mask: Array, deterministic: bool = True,

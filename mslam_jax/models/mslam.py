@@ -89,6 +89,9 @@ COUNTED_METRICS = {
     "consistency": ("paired/consistency_loss",),
 }
 CONSISTENCY_LAYERS = ("input", "output")
+# The stream each input of the shared stack comes from (its items' languages).
+_STREAM_OF_SHARED_INPUT = {"speech": "speech", "text": "text", "text_ctc": "text", "tlm": "paired", "full": "paired",
+                           "transcript": "paired"}
 
 
 def _int(mask: Array) -> Array:
@@ -265,6 +268,7 @@ class MSLAMNetwork(nn.Module):
   stack_merge_ratio: float = 1.0
   text_ctc_upsample: int = 2
   consistency_layer: str = "input"
+  language_dropout: float = 0.2
 
   def setup(self):
     enc, dtypes = self.encoder, dict(dtype=self.encoder.dtype, param_dtype=self.encoder.param_dtype)
@@ -308,7 +312,7 @@ class MSLAMNetwork(nn.Module):
     return self.encoder.embed_text(up(masked_tokens), mask, deterministic), mask
 
   def _consistency(self, ctc_logits: Array, speech_in: Array, speech_out: Array, mask: Array, tokens: Array,
-                   tokens_mask: Array, deterministic: bool, denominator) -> Array:
+                   tokens_mask: Array, lang: Array, deterministic: bool, denominator) -> Array:
     """ObjectiveWeights.consistency: the transcript, each character held for the frames the CTC
     head's forced alignment gives it, embedded (and through the shared stack for
     consistency_layer "output") against the speech frames there, which are targets only."""
@@ -316,10 +320,19 @@ class MSLAMNetwork(nn.Module):
     text = self.encoder.embed_text(ctc_alignment.held_characters(states, tokens), mask, deterministic)
     target = speech_in
     if self.consistency_layer == "output":
-      text, target = self.encoder.shared_layers(text, mask, deterministic), speech_out
+      text, target = self.encoder.shared_layers(text, mask, deterministic, lang), speech_out
     scored = mask * losses.ctc_feasible(mask, tokens, tokens_mask)[:, None]
     return losses.frame_mse(text, jax.lax.stop_gradient(target), scored,
                             denominator("consistency", jnp.sum(scored).astype(jnp.float32)))
+
+  def _withhold_language(self, lang: Array, deterministic: bool) -> Array:
+    """The items' language ids, each replaced by -1 (unknown) with probability language_dropout
+    while training: the encoder must also work where the language is not given (language ID,
+    retrieval)."""
+    if deterministic or self.language_dropout <= 0:
+      return lang
+    keep = jax.random.bernoulli(self.make_rng("masking"), 1.0 - self.language_dropout, lang.shape)
+    return jnp.where(keep, lang, -1)
 
   def _text_logits(self, x: Array) -> Array:
     if not self.tie_text_head:
@@ -434,6 +447,12 @@ class MSLAMNetwork(nn.Module):
       shared_in["full"] = (lower_out["full"][1], paired_mask)
     if paired is not None and w.cross_modal > 0:
       shared_in["transcript"] = (enc.embed_text(paired_tokens, paired_tokens_mask, deterministic), paired_tokens_mask)
+    if enc.num_languages > 0:  # each input of the shared stack gets its items' language vector
+      langs = {name: self._withhold_language(batch[name]["lang"], deterministic)
+               for name in ("speech", "text", "paired") if batch.get(name) is not None}
+      for key, (x, m) in shared_in.items():
+        lang = langs[_STREAM_OF_SHARED_INPUT[key]]
+        shared_in[key] = (enc.add_language(x, lang[:x.shape[0]]), m)  # TLM reads the first pairs
     shared_out = _grouped(lambda x, m: enc.shared_layers(x, m, deterministic), shared_in, self.stack_merge_ratio)
 
     # 4. Heads and losses.
@@ -493,7 +512,7 @@ class MSLAMNetwork(nn.Module):
       if w.consistency > 0:
         metrics["paired/consistency_loss"] = self._consistency(
             ctc_logits, lower_out["full"][1], shared_out["full"], paired_mask, paired_tokens, paired_tokens_mask,
-            deterministic, denominator)
+            paired["lang"], deterministic, denominator)
     if paired is not None and w.cross_modal > 0:
       valid = (jnp.sum(paired_mask, axis=-1) > 0) & (jnp.sum(paired_tokens_mask, axis=-1) > 0)
       clipped = lambda log_t: losses.clipped_temperature(
@@ -562,24 +581,24 @@ class MSLAMNetwork(nn.Module):
 
   # ---- inference ----
 
-  def encode_speech(self, audio: Array, audio_mask: Array):
-    return self.encoder.encode_speech(audio, audio_mask, True)
+  def encode_speech(self, audio: Array, audio_mask: Array, lang: Optional[Array] = None):
+    return self.encoder.encode_speech(audio, audio_mask, True, lang=lang)
 
   def encode_text(self, tokens: Array, tokens_mask: Array):
     return self.encoder.encode_text(tokens, tokens_mask, True)
 
-  def encode_text_for_ctc(self, tokens: Array, tokens_mask: Array):
+  def encode_text_for_ctc(self, tokens: Array, tokens_mask: Array, lang: Optional[Array] = None):
     """The text CTC objective's input through the shared stack: span-masked as text MLM masks,
     upsampled (_text_ctc_input)."""
     x, mask = self._text_ctc_input(masking.apply_token_mask(tokens, self._text_ctc_mask(tokens_mask), MASK_ID),
                                    tokens_mask, True)
-    return self.encoder.shared_layers(x, mask, True), mask
+    return self.encoder.shared_layers(x, mask, True, lang), mask
 
   def encode_speech_for_training(self, audio: Array, audio_mask: Array, time_mask_prob: float,
-                                 time_mask_length: int):
+                                 time_mask_length: int, lang: Optional[Array] = None):
     """encode_speech as fine-tuning trains it: dropout as configured, and time masking
     (MSLAMEncoder.encode_speech)."""
-    return self.encoder.encode_speech(audio, audio_mask, False, time_mask_prob, time_mask_length)
+    return self.encoder.encode_speech(audio, audio_mask, False, time_mask_prob, time_mask_length, lang)
 
   def speech_statistics(self, audio: Array, audio_mask: Array):
     return self.encoder.speech_statistics(audio, audio_mask, True)
@@ -644,6 +663,9 @@ class MSLAMModel:
       speech: "input" (the text embedding against the speech-only stack's output, Maestro's
       place; no extra pass) or "output" (both through the shared stack: one more shared pass of
       the paired batch).
+    language_dropout: with MSLAMEncoder.num_languages > 0, the share of each stream's items whose
+      language is withheld in a training step (no vector added), so that the encoder also serves
+      where the language is not given.
     schedule: ObjectiveSchedule, when each objective joins the loss (gin-configured when not given).
     dummy_audio_samples / dummy_text_length: shapes of `dummy_batch()` (init-time shapes only).
   """
@@ -670,6 +692,7 @@ class MSLAMModel:
       stack_merge_ratio: float = 1.0,
       text_ctc_upsample: int = 2,
       consistency_layer: str = "input",
+      language_dropout: float = 0.2,
       dummy_audio_samples: int = 16000,
       dummy_text_length: int = 16,
   ):
@@ -695,7 +718,7 @@ class MSLAMModel:
         cross_modal_min_temperature=cross_modal_min_temperature,
         cross_modal_max_temperature=cross_modal_max_temperature, tlm_items=tlm_items,
         stack_merge_ratio=stack_merge_ratio, text_ctc_upsample=text_ctc_upsample,
-        consistency_layer=consistency_layer)
+        consistency_layer=consistency_layer, language_dropout=language_dropout)
     self.validate()
 
   def validate(self) -> None:
@@ -731,6 +754,10 @@ class MSLAMModel:
     if net.text_ctc_upsample < 2:
       raise ValueError(f"MSLAMModel.text_ctc_upsample={net.text_ctc_upsample} must be >= 2: CTC needs a blank "
                        "between doubled letters")
+    if not 0.0 <= net.language_dropout < 1.0:
+      raise ValueError(f"MSLAMModel.language_dropout must be in [0, 1), got {net.language_dropout}")
+    if enc.num_languages < 0:
+      raise ValueError(f"MSLAMEncoder.num_languages must be >= 0 (0: no language vectors), got {enc.num_languages}")
     if net.consistency_layer not in CONSISTENCY_LAYERS:
       raise ValueError(f"MSLAMModel.consistency_layer={net.consistency_layer!r}; choose one of {CONSISTENCY_LAYERS}")
     if self.weights.consistency > 0 and not self.weights.ctc > 0:
@@ -796,18 +823,20 @@ class MSLAMModel:
     return self.network.apply({"params": params}, batch, jnp.asarray(step, jnp.int32),
                               deterministic=deterministic, normalizers=normalizers, rngs=self._rngs(rng, False))
 
-  def encode_speech(self, params: Any, audio: Array, audio_mask: Array) -> tuple[Array, Array, Array]:
-    """(frames [B, T, D], mask [B, T], pooled [B, D]) of the full encoder, no masking, no dropout."""
-    return self.network.apply({"params": flax.core.meta.unbox(params)}, audio, audio_mask,
+  def encode_speech(self, params: Any, audio: Array, audio_mask: Array, lang: Optional[Array] = None
+                    ) -> tuple[Array, Array, Array]:
+    """(frames [B, T, D], mask [B, T], pooled [B, D]) of the full encoder, no masking, no dropout.
+    `lang` [B]: the clips' language ids where known (MSLAMEncoder.num_languages)."""
+    return self.network.apply({"params": flax.core.meta.unbox(params)}, audio, audio_mask, lang,
                               method=MSLAMNetwork.encode_speech)
 
   def encode_speech_for_training(self, params: Any, audio: Array, audio_mask: Array, rng: Array,
-                                 time_mask_prob: float = 0.0, time_mask_length: int = 10
-                                 ) -> tuple[Array, Array, Array]:
+                                 time_mask_prob: float = 0.0, time_mask_length: int = 10,
+                                 lang: Optional[Array] = None) -> tuple[Array, Array, Array]:
     """encode_speech with fine-tuning's noise: dropout (the model's rate) and time masking
     (MSLAMNetwork.encode_speech_for_training)."""
     return self.network.apply({"params": flax.core.meta.unbox(params)}, audio, audio_mask, time_mask_prob,
-                              time_mask_length, method=MSLAMNetwork.encode_speech_for_training,
+                              time_mask_length, lang, method=MSLAMNetwork.encode_speech_for_training,
                               rngs=self._rngs(rng, False))
 
   def encode_text(self, params: Any, tokens: Array, tokens_mask: Array) -> tuple[Array, Array, Array]:
@@ -815,12 +844,12 @@ class MSLAMModel:
     return self.network.apply({"params": flax.core.meta.unbox(params)}, tokens, tokens_mask,
                               method=MSLAMNetwork.encode_text)
 
-  def encode_text_for_ctc(self, params: Any, tokens: Array, tokens_mask: Array, rng: Array
-                          ) -> tuple[Array, Array]:
+  def encode_text_for_ctc(self, params: Any, tokens: Array, tokens_mask: Array, rng: Array,
+                          lang: Optional[Array] = None) -> tuple[Array, Array]:
     """(frames [B, k L, D], mask [B, k L]): text as ObjectiveWeights.text_ctc feeds the CTC head,
     masked and upsampled k = text_ctc_upsample times (fine-tuning's text injection reads it too)."""
-    return self.network.apply({"params": flax.core.meta.unbox(params)}, tokens,
-                              _int(tokens_mask), method=MSLAMNetwork.encode_text_for_ctc, rngs=self._rngs(rng, False))
+    return self.network.apply({"params": flax.core.meta.unbox(params)}, tokens, _int(tokens_mask), lang,
+                              method=MSLAMNetwork.encode_text_for_ctc, rngs=self._rngs(rng, False))
 
   def speech_statistics(self, params: Any, audio: Array, audio_mask: Array) -> Array:
     """[B, 6 D] per-stage frame statistics of the encoder (language-ID features; encoder.py)."""
@@ -833,6 +862,12 @@ class MSLAMModel:
     `ctc_phonotactics` over the vocabulary ids `units` [K] (language-ID features; needs has_ctc_head)."""
     return self.network.apply({"params": flax.core.meta.unbox(params)}, audio, audio_mask, units,
                               method=MSLAMNetwork.speech_statistics_and_phonotactics)
+
+  @property
+  def has_language_vectors(self) -> bool:
+    """Whether the encoder reads each item's language (MSLAMEncoder.num_languages): fine-tuning and
+    decoding then pass it (`lang`) to encode_speech and encode_text_for_ctc."""
+    return self.encoder.num_languages > 0
 
   @property
   def has_ctc_head(self) -> bool:

@@ -128,13 +128,15 @@ def _text_examples():
   examples = finetune.Examples([np.ones(sr, np.float32) * i for i in range(4)],
                                [np.array([5, 6], np.int32)] * 4, audio_samples=sr, label_length=32)
   vocab = types.SimpleNamespace(encode=lambda text: [1] + [ord(c) - 90 for c in text])  # 1: a reserved id
-  utterances = [types.SimpleNamespace(text=t) for t in ("abc", "", "d" * 40, "efg")]
+  utterances = [types.SimpleNamespace(text=t, lang=l) for t, l in (("abc", "afr"), ("", "eng"), ("d" * 40, "swa"),
+                                                                    ("efg", "xx-unknown"))]
   return finetune.with_texts(examples, utterances, vocab)
 
 
 def test_text_rows_keep_their_characters_cut_to_the_transcripts_length():
   examples = _text_examples()
   assert [t.tolist() for t in examples.texts] == [[7, 8, 9], [10] * 32, [11, 12, 13]]  # the empty one skipped
+  assert examples.text_langs == [finetune.language_id("afr"), finetune.language_id("swa"), -1]
   with pytest.raises(ValueError, match="no train text"):
     finetune.with_texts(examples, [types.SimpleNamespace(text="")], types.SimpleNamespace(encode=lambda t: []))
 
@@ -161,3 +163,25 @@ def test_ctc_batches_with_text_injection_carry_text_rows_and_resume_exactly():
   # Without the weight the text stays out of the batch.
   plain = finetune.example_batches(examples, "ctc", finetune.FinetuneConfig(batch_size=2))()
   assert set(next(plain)) == {"paired"}
+
+
+def test_ctc_batches_carry_each_clips_and_each_texts_language():
+  """The batches' "lang" is the contract's language id of each row (-1 where unknown), for the
+  encoder's language vectors (MSLAMEncoder.num_languages)."""
+  sr = 16000
+  vocab = types.SimpleNamespace(encode=lambda text: [ord(c) - 90 for c in text])
+  codes = ["afr", "eng", "xx-unknown", "swa"]
+  utterances = [types.SimpleNamespace(text="ab", lang=code, audio=np.ones(sr // 2, np.float32) * i)
+                for i, code in enumerate(codes)]
+  examples = finetune.ctc_examples(utterances, vocab, max_audio_seconds=1.0)
+  ids = [finetune.language_id(code) for code in codes]
+  assert examples.langs == ids and ids[2] == -1 and len(set(ids)) == 4
+  examples = finetune.with_texts(examples, utterances, vocab)
+  settings = finetune.FinetuneConfig(batch_size=2, text_ctc=0.5, text_batch_size=2)
+  batches = finetune.example_batches(examples, "ctc", settings)()
+  for _ in range(5):
+    batch = next(batches)
+    # Each clip's audio is its index times one: its row says which example it is.
+    rows = batch["paired"]["audio"][:, 0].astype(int)
+    np.testing.assert_array_equal(batch["paired"]["lang"], [ids[i] for i in rows])
+    assert set(batch["text"]["lang"].tolist()) <= set(ids)

@@ -254,3 +254,35 @@ def test_consistency_moves_only_the_text_path_toward_the_speech_and_learns(layer
 
   start = float(consistency(params))
   assert _after_adam_steps(consistency, params, 30, 1e-2) < drop * start, start
+
+
+def test_language_vectors_need_a_valid_setting():
+  with pytest.raises(ValueError, match="language_dropout"):
+    _model(test_mslam.TINY_BINDINGS + ["MSLAMEncoder.num_languages = 8", "MSLAMModel.language_dropout = 1.0"])
+  with pytest.raises(ValueError, match="num_languages"):
+    _model(test_mslam.TINY_BINDINGS + ["MSLAMEncoder.num_languages = -1"])
+
+
+@pytest.mark.slow  # compiles the joint loss's gradient (~30 s)
+def test_language_vectors_start_as_nothing_and_learn_from_every_stream_of_their_language():
+  model = _model(test_mslam.TINY_BINDINGS + ["MSLAMEncoder.num_languages = 8", "ObjectiveWeights.text_ctc = 1.0",
+                                             "MSLAMModel.language_dropout = 0.0"])
+  batch = test_mslam._fixed_batch()  # pylint: disable=protected-access
+  params = flax.core.meta.unbox(model.init(jax.random.PRNGKey(0), batch))
+  audio, audio_mask = batch["speech"]["audio"], batch["speech"]["audio_mask"]
+  encode = jax.jit(lambda p, lang: model.encode_speech(p, audio, audio_mask, lang)[0])
+  known, unknown = jnp.asarray([3, 5]), jnp.asarray([-1, -1])
+  # Zero at init: a pre-trained encoder without them and one with them start alike.
+  np.testing.assert_array_equal(encode(params, known), encode(params, unknown))
+  # Every stream's items teach their own language's row, and no other.
+  for stream in ("speech", "text", "paired"):
+    only = {stream: dict(batch[stream], lang=known)}
+    grad = jax.grad(lambda p, b=only: model.loss_fn(p, b, jax.random.PRNGKey(1), 300)[0])(params)
+    rows = np.abs(np.asarray(grad["encoder"]["language_embedding"])).sum(-1)
+    assert (rows[[3, 5]] > 0).all() and (np.delete(rows, [3, 5]) == 0).all(), (stream, rows)
+  # Once learned, a clip's language changes its frames; an unknown one (-1) adds nothing.
+  table = params["encoder"]["language_embedding"]
+  learned = jax.tree.map(lambda x: x, params)
+  learned["encoder"]["language_embedding"] = table.at[3].set(jax.random.normal(jax.random.PRNGKey(2), table.shape[1:]))
+  assert float(jnp.abs(encode(learned, known) - encode(learned, unknown)).max()) > 1e-3
+  np.testing.assert_array_equal(encode(learned, unknown), encode(params, unknown))
