@@ -48,7 +48,7 @@ class MSLAMEncoder(nn.Module):
       that the shared layers can write a clip in its language's spelling. Zero at init; a
       negative id adds nothing (language unknown). On the learning benchmark (two seeds): greedy CER
       0.196 -> 0.182, but the speech-only ablation's zero-shot CER improved more than the joint
-      model's (gain 8.3 % -> 4.2 %; benchmarks/README.md, thirty-first pass): off by default.
+      model's (gain 8.3 % -> 4.3 %; benchmarks/README.md, thirty-first pass): off by default.
     dtype: compute dtype (e.g. jnp.bfloat16); param_dtype: parameter dtype (float32).
   """
   embed_dim: int = 1024
