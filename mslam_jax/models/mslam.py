@@ -55,6 +55,7 @@ from mslam_jax.models import losses
 from mslam_jax.models import masking
 
 from mslam_jax.data import contract
+from mslam_jax.data import languages
 from mslam_jax.data.special_ids import BLANK_ID, MASK_ID
 
 Array = jax.Array
@@ -758,6 +759,10 @@ class MSLAMModel:
       raise ValueError(f"MSLAMModel.language_dropout must be in [0, 1), got {net.language_dropout}")
     if enc.num_languages < 0:
       raise ValueError(f"MSLAMEncoder.num_languages must be >= 0 (0: no language vectors), got {enc.num_languages}")
+    # A language id past the table would read NaN vectors (jnp.take fills out-of-range rows).
+    if 0 < enc.num_languages < len(languages.all_languages()):
+      raise ValueError(f"MSLAMEncoder.num_languages={enc.num_languages} is below the language registry's "
+                       f"{len(languages.all_languages())} ids: set it to at least that (e.g. 512)")
     if net.consistency_layer not in CONSISTENCY_LAYERS:
       raise ValueError(f"MSLAMModel.consistency_layer={net.consistency_layer!r}; choose one of {CONSISTENCY_LAYERS}")
     if self.weights.consistency > 0 and not self.weights.ctc > 0:

@@ -258,14 +258,16 @@ def test_consistency_moves_only_the_text_path_toward_the_speech_and_learns(layer
 
 def test_language_vectors_need_a_valid_setting():
   with pytest.raises(ValueError, match="language_dropout"):
-    _model(test_mslam.TINY_BINDINGS + ["MSLAMEncoder.num_languages = 8", "MSLAMModel.language_dropout = 1.0"])
+    _model(test_mslam.TINY_BINDINGS + ["MSLAMEncoder.num_languages = 512", "MSLAMModel.language_dropout = 1.0"])
   with pytest.raises(ValueError, match="num_languages"):
     _model(test_mslam.TINY_BINDINGS + ["MSLAMEncoder.num_languages = -1"])
+  with pytest.raises(ValueError, match="below the language registry"):
+    _model(test_mslam.TINY_BINDINGS + ["MSLAMEncoder.num_languages = 8"])
 
 
 @pytest.mark.slow  # compiles the joint loss's gradient (~30 s)
 def test_language_vectors_start_as_nothing_and_learn_from_every_stream_of_their_language():
-  model = _model(test_mslam.TINY_BINDINGS + ["MSLAMEncoder.num_languages = 8", "ObjectiveWeights.text_ctc = 1.0",
+  model = _model(test_mslam.TINY_BINDINGS + ["MSLAMEncoder.num_languages = 512", "ObjectiveWeights.text_ctc = 1.0",
                                              "MSLAMModel.language_dropout = 0.0"])
   batch = test_mslam._fixed_batch()  # pylint: disable=protected-access
   params = flax.core.meta.unbox(model.init(jax.random.PRNGKey(0), batch))
