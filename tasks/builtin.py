@@ -129,8 +129,12 @@ def register_builtin_corpus(corpus_dir: str = gin.REQUIRED,
                             rate_units: Optional[Mapping[str, str]] = None,
                             shuffle_buffer_sizes: Optional[Mapping[str, int]] = None,
                             prefix: str = PREFIX,
-                            cycle_length: int = 1) -> Dict[str, str]:
-  """Registers the corpus' Tasks and Mixtures (idempotent); returns {stream: mixture name}."""
+                            cycle_length: int = 1,
+                            phones: bool = False) -> Dict[str, str]:
+  """Registers the corpus' Tasks and Mixtures (idempotent); returns {stream: mixture name}.
+
+  `phones`: the text Tasks' items carry the phones their corpus stores (preprocessors.prepare_records), for
+  phone-level text injection (gin_configs/experiments/phone_injection.gin)."""
   from mslam_jax.data import languages  # pylint: disable=g-import-not-at-top
   if not isinstance(corpus_dir, (str, os.PathLike)):
     raise ValueError("register_builtin_corpus.corpus_dir is not set: bind the gin macro CORPUS_DIR "
@@ -144,7 +148,7 @@ def register_builtin_corpus(corpus_dir: str = gin.REQUIRED,
   # A corpus rebuilt in place (another config hash) is registered afresh.
   key = (storage.absolute(corpus_dir), manifest.get("config_hash"), manifest.get("build_seconds"),
          float(temperature), tuple(sorted(rate_units.items())), tuple(sorted(buffers.items())),
-         cycle_length)
+         cycle_length, bool(phones))
   mixtures = {stream: mixture_name(stream, prefix) for stream in records.STREAMS}
   if _registered.get(prefix) == key:
     return {s: m for s, m in mixtures.items() if m in seqio.MixtureRegistry.names()}
@@ -188,8 +192,10 @@ def register_builtin_corpus(corpus_dir: str = gin.REQUIRED,
               # One parallel interleave per Task: wide ones (seqio's default 16) start threads per
               # open file, which swamps the host when a Mixture holds hundreds of Tasks.
               cycle_length=cycle_length, block_length=1),
-          preprocessors=preprocessors.record_preprocessors(stream, vocabulary, lang_id, name),
-          output_features=feature_converters.task_output_features(stream, vocabulary),
+          preprocessors=preprocessors.record_preprocessors(stream, vocabulary, lang_id, name,
+                                                           phones=phones),
+          output_features=feature_converters.task_output_features(stream, vocabulary,
+                                                                  phones=phones and stream == "text"),
           # A buffer larger than the language's data only repeats it (and costs start-up time).
           shuffle_buffer_size=max(1, min(buffers[stream], max(num_examples.values()))))
       if stream == "paired" and lang in held_out:

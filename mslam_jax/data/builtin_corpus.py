@@ -31,6 +31,7 @@ import numpy as np
 from mslam_jax.data import audio as audio_lib
 from mslam_jax.data import espeak
 from mslam_jax.data import languages
+from mslam_jax.data import phones
 from mslam_jax.data import records
 from mslam_jax.data import text_sources
 
@@ -383,6 +384,8 @@ def _build_languages(out_dir, selected, held, config, counter, synthesize, progr
     text_items = list(audio_lib.validate_items(
         (audio_lib.RawItem(id=f"{code}-text-{i:05d}", lang=code, text=t) for i, t in enumerate(text_texts)),
         counter, config.max_seconds))
+    for item in text_items:  # what phone-level text injection reads (mslam_jax.data.phones)
+      item.phones = phones.phonemize(item.text, code)
     if text_items:
       by_stream["text"] = _assign_splits(text_items, held_out=False)
     entry = {"lang_id": languages.lang_id(code), "name": lang.name, "script": lang.script,

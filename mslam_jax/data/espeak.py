@@ -27,6 +27,7 @@ _EVENT_WORD = 1
 _PARAM_RATE = 1
 _PARAM_PITCH = 3
 _PARAM_RANGE = 4
+_PHONEMES_IPA = 0x02  # espeak_TextToPhonemes' phonememode: UTF-8 IPA instead of eSpeak's mnemonics
 
 # Voice variants (espeak-ng-data/voices/!v) that change formants and pitch: distinct "speakers".
 VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "f1", "f2", "f3", "f4")
@@ -153,6 +154,8 @@ class _Engine:
     lib.espeak_Synth.restype = ctypes.c_int
     lib.espeak_ListVoices.argtypes = [ctypes.c_void_p]
     lib.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_Voice))
+    lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
+    lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
     self.native_rate = lib.espeak_Initialize(
         _AUDIO_OUTPUT_SYNCHRONOUS, 0, self.data_path.encode(), _INITIALIZE_DONT_EXIT)
     if self.native_rate <= 0:
@@ -212,6 +215,24 @@ def list_voices() -> tuple[Voice, ...]:
         out.append(voice)
       i += 1
   return tuple(out)
+
+
+def text_to_phonemes(text: str, voice: str) -> str:
+  """`text` as the IPA phonemes `voice` would speak (eSpeak's own letter-to-sound rules and
+  dictionary: what its synthesis says), words separated by spaces; "" when eSpeak has no such
+  voice. Clauses (eSpeak stops at punctuation) are joined by a space."""
+  encoded = ctypes.create_string_buffer(text.encode("utf-8") + b"\0")
+  with _LOCK:
+    lib = _engine().lib
+    if lib.espeak_SetVoiceByName(voice.encode()) != 0:
+      return ""
+    pointer = ctypes.c_void_p(ctypes.addressof(encoded))
+    clauses = []
+    while pointer.value:
+      out = lib.espeak_TextToPhonemes(ctypes.byref(pointer), _CHARS_UTF8, _PHONEMES_IPA)
+      if out:
+        clauses.append(out.decode("utf-8", "replace").strip())
+  return " ".join(c for c in clauses if c)
 
 
 def _has_dictionary(identifier: str, voice: Voice) -> bool:

@@ -22,15 +22,17 @@ from mslam_jax.data import preprocessors
 FeatureSpec = seqio.FeatureConverter.FeatureSpec
 AUDIO_VOCABULARY = seqio.PassThroughVocabulary(size=0)
 LANG_VOCABULARY = seqio.PassThroughVocabulary(size=0)
+PHONE_VOCABULARY = seqio.PassThroughVocabulary(size=0)
 
 SPEECH_POLICIES = ("crop", "drop")
 TEXT_POLICIES = ("truncate", "drop")
 PAIRED_POLICIES = ("drop", "truncate")
 
 
-def task_output_features(stream: str, vocabulary: Optional[seqio.Vocabulary] = None
+def task_output_features(stream: str, vocabulary: Optional[seqio.Vocabulary] = None, phones: bool = False
                          ) -> Mapping[str, seqio.Feature]:
-  """The output features every Task of `stream` declares (same for every corpus)."""
+  """The output features every Task of `stream` declares (same for every corpus); `phones`: the
+  text stream's `phones` too (mslam_jax.data.phones ids)."""
   audio = seqio.Feature(AUDIO_VOCABULARY, add_eos=False, dtype=tf.float32, rank=1)
   lang = seqio.Feature(LANG_VOCABULARY, add_eos=False, dtype=tf.int32, rank=0)
   if stream == "speech":
@@ -39,6 +41,9 @@ def task_output_features(stream: str, vocabulary: Optional[seqio.Vocabulary] = N
     raise ValueError(f"stream {stream!r} needs a vocabulary")
   tokens = seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32, rank=1)
   if stream == "text":
+    if phones:
+      return {"tokens": tokens, "phones": seqio.Feature(PHONE_VOCABULARY, add_eos=False, dtype=tf.int32, rank=1),
+              "lang": lang}
     return {"tokens": tokens, "lang": lang}
   if stream == "paired":
     return {"audio": audio, "tokens": tokens, "lang": lang}
@@ -151,6 +156,47 @@ class TextFeatureConverter(_StreamConverter):
   def get_model_feature_lengths(self, task_feature_lengths):
     n = task_feature_lengths["tokens"]
     return {"tokens": n, "tokens_mask": n, "lang": 0}
+
+
+@gin.register
+class TextPhonesFeatureConverter(_StreamConverter):
+  """{tokens i32[m], phones i32[k], lang} -> TextFeatureConverter's features plus
+  {phones i32[P], phones_mask i32[P]} (phone-level text injection; over-long phones are cut,
+  counted as `truncated_phones/...`, and follow the tokens' policy otherwise)."""
+
+  POLICIES = TEXT_POLICIES
+  DEFAULT_POLICY = "truncate"
+  TASK_FEATURES = {"tokens": FeatureSpec(tf.int32), "phones": FeatureSpec(tf.int32),
+                   "lang": FeatureSpec(tf.int32, rank=0)}
+  MODEL_FEATURES = {"tokens": FeatureSpec(tf.int32), "tokens_mask": FeatureSpec(tf.int32),
+                    "phones": FeatureSpec(tf.int32), "phones_mask": FeatureSpec(tf.int32),
+                    "lang": FeatureSpec(tf.int32, rank=0)}
+
+  def __call__(self, ds, task_feature_lengths):
+    if "phones" not in ds.element_spec:
+      raise ValueError("make_step_iterator.text_phones_length is set, but the text Tasks carry no phones: "
+                       "register the corpus with them (register_builtin_corpus.phones = True or "
+                       "register_prepared_corpora.phones = True; gin_configs/experiments/phone_injection.gin)")
+    return super().__call__(ds, task_feature_lengths)
+
+  def _convert_features(self, ds, task_feature_lengths):
+    length, phones_length = task_feature_lengths["tokens"], task_feature_lengths["phones"]
+    ds = self._drop_over_length(ds, lambda ex: tf.shape(ex["tokens"])[0] > length)
+
+    @tf.autograph.experimental.do_not_convert
+    def convert(ex):
+      if self.over_length == "truncate":
+        preprocessors.count_if(tf.shape(ex["tokens"])[0] > length, self.counter_name("truncated"))
+      preprocessors.count_if(tf.shape(ex["phones"])[0] > phones_length, self.counter_name("truncated_phones"))
+      tokens, mask = _pad(ex["tokens"], length)
+      phones, phones_mask = _pad(ex["phones"], phones_length)
+      return {"tokens": tokens, "tokens_mask": mask, "phones": phones, "phones_mask": phones_mask,
+              "lang": ex["lang"]}
+    return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+
+  def get_model_feature_lengths(self, task_feature_lengths):
+    n, k = task_feature_lengths["tokens"], task_feature_lengths["phones"]
+    return {"tokens": n, "tokens_mask": n, "phones": k, "phones_mask": k, "lang": 0}
 
 
 @gin.register

@@ -644,6 +644,7 @@ def make_step_iterator(
     speech_buckets: Sequence[Sequence[int]] = (),
     paired_buckets: Sequence[Sequence[int]] = (),
     bucket_sample_items: int = 2048,
+    text_phones_length: int = 0,
 ) -> StepIterator:
   """Builds the step iterator (gin: `train.iterator_fn = @make_step_iterator`).
 
@@ -674,6 +675,9 @@ def make_step_iterator(
       e.g. [(32000, 64, 96)] beside 48 pairs of 4 s and 96 characters: pairs up to 2 s and 64
       characters come 96 at a time, the rest 48 at a time.
     bucket_sample_items: items read (the same on every host) to measure the share of each bucket.
+    text_phones_length: P > 0: the text stream carries `phones`/`phones_mask` [Bt, P] too, the
+      text's eSpeak phones (its Tasks must be registered with phones, e.g.
+      `register_builtin_corpus.phones = True`; gin_configs/experiments/phone_injection.gin).
 
   Nothing is read until the first `next()`, so `element_spec` costs nothing.
   """
@@ -695,9 +699,16 @@ def make_step_iterator(
     streams["speech"] = StreamConfig(speech_mixture, speech_batch_size, {"audio": speech_samples},
                                      speech_over_length,
                                      buckets=buckets("speech", speech_buckets, ("audio",)))
+  if text_phones_length < 0:
+    raise ValueError(f"make_step_iterator.text_phones_length must be >= 0, got {text_phones_length}")
   if text_batch_size:
-    streams["text"] = StreamConfig(text_mixture, text_batch_size, {"tokens": text_length},
-                                   text_over_length)
+    if text_phones_length:
+      streams["text"] = StreamConfig(text_mixture, text_batch_size,
+                                     {"tokens": text_length, "phones": text_phones_length}, text_over_length,
+                                     converter=feature_converters.TextPhonesFeatureConverter)
+    else:
+      streams["text"] = StreamConfig(text_mixture, text_batch_size, {"tokens": text_length},
+                                     text_over_length)
   if paired_batch_size:
     streams["paired"] = StreamConfig(paired_mixture, paired_batch_size,
                                      {"audio": paired_samples, "tokens": paired_text_length},

@@ -13,11 +13,12 @@ from typing import Dict, Optional
 import seqio
 import tensorflow as tf
 
+from mslam_jax.data import phones as phones_lib
 from mslam_jax.data import records
 
 # Only the fields a training stream uses are parsed: ids, voices and word timings stay on disk for
 # evaluation (the speech stream's text too: unlabeled speech must not leak its transcript).
-_STREAM_FIELDS = {"speech": ("audio_pcm16",), "text": ("text",), "paired": ("audio_pcm16", "text")}
+_STREAM_FIELDS = {"speech": ("audio_pcm16",), "text": ("text", "phones"), "paired": ("audio_pcm16", "text")}
 
 _counters: Dict[str, tf.Variable] = {}
 _counters_lock = threading.Lock()
@@ -57,12 +58,16 @@ def decode_audio(pcm16: tf.Tensor) -> tf.Tensor:
 
 
 def prepare_records(dataset: tf.data.Dataset, stream: str, vocabulary: Optional[seqio.Vocabulary],
-                    lang_id: int, counter_prefix: str) -> tf.data.Dataset:
+                    lang_id: int, counter_prefix: str, phones: bool = False) -> tf.data.Dataset:
   """Parsed records of `stream` -> {audio f32[n]?, tokens i32[m]?, lang i32[]}, empty items dropped.
 
   `audio` (speech, paired) is the decoded PCM; `tokens` (text, paired) is the text in `vocabulary`
   without EOS (text batches carry none); `lang` is the registry id of the Task's language. Items
   whose audio or tokens come out empty are dropped and counted as `empty_{key}/{counter_prefix}`.
+  `phones` (text stream only) adds `phones` i32[k]: the record's stored IPA as
+  mslam_jax.data.phones ids; an item without (its language has no eSpeak voice, or the corpus was
+  written before phones were stored) gets none, counted as `no_phones/{counter_prefix}` (the item
+  stays: only phone-level text injection skips it).
   One map and one filter per Task: a corpus has hundreds of Tasks, and each traced tf.data
   function costs start-up time.
   """
@@ -72,6 +77,8 @@ def prepare_records(dataset: tf.data.Dataset, stream: str, vocabulary: Optional[
       ("tokens",) if stream in ("text", "paired") else ())
   if "tokens" in keys and vocabulary is None:
     raise ValueError(f"stream {stream!r} needs a vocabulary")
+  if phones and stream != "text":
+    raise ValueError(f"phones are stored for the text stream only, not {stream!r}")
 
   @tf.autograph.experimental.do_not_convert
   def convert(ex):
@@ -80,6 +87,10 @@ def prepare_records(dataset: tf.data.Dataset, stream: str, vocabulary: Optional[
       out["audio"] = decode_audio(ex["audio_pcm16"])
     if "tokens" in keys:
       out["tokens"] = tf.cast(vocabulary.encode_tf(ex["text"]), tf.int32)
+    if phones:
+      ids = phones_lib.encode_tf(ex["phones"])
+      count_if(tf.equal(tf.size(ids), 0), f"no_phones/{counter_prefix}")
+      out["phones"] = ids
     return out
 
   @tf.autograph.experimental.do_not_convert
@@ -96,7 +107,8 @@ def prepare_records(dataset: tf.data.Dataset, stream: str, vocabulary: Optional[
 
 
 def record_preprocessors(stream: str, vocabulary: Optional[seqio.Vocabulary], lang_id: int,
-                         task_name: str):
-  """The preprocessor list of a per-language Task of `stream` over records.py shards."""
+                         task_name: str, phones: bool = False):
+  """The preprocessor list of a per-language Task of `stream` over records.py shards (`phones`: the
+  text stream's items carry their phones too; prepare_records)."""
   return [functools.partial(prepare_records, stream=stream, vocabulary=vocabulary, lang_id=lang_id,
-                            counter_prefix=task_name)]
+                            counter_prefix=task_name, phones=phones and stream == "text")]

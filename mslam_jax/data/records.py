@@ -29,6 +29,7 @@ class Utterance:
   words: Sequence[str] = ()
   word_starts_ms: Sequence[int] = ()
   word_ends_ms: Sequence[int] = ()
+  phones: str = ""  # text items: the text as eSpeak's IPA for the language, "" where it has no voice
 
 
 def shard_pattern(stream: str, lang: str, split: str) -> str:
@@ -68,6 +69,7 @@ def to_example_bytes(utt: Utterance) -> bytes:
       "words": b([w.encode("utf-8") for w in utt.words]),
       "word_starts_ms": i(utt.word_starts_ms),
       "word_ends_ms": i(utt.word_ends_ms),
+      "phones": b([utt.phones.encode("utf-8")]),
   }
   return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
@@ -85,6 +87,8 @@ def feature_description():
       "words": tf.io.VarLenFeature(tf.string),
       "word_starts_ms": tf.io.VarLenFeature(tf.int64),
       "word_ends_ms": tf.io.VarLenFeature(tf.int64),
+      # Corpora written before phones were stored read as "" (no phones).
+      "phones": tf.io.FixedLenFeature([], tf.string, default_value=""),
   }
 
 
@@ -102,6 +106,7 @@ def from_example_bytes(data: bytes) -> Utterance:
       words=[w.decode("utf-8") for w in f["words"].bytes_list.value],
       word_starts_ms=list(f["word_starts_ms"].int64_list.value),
       word_ends_ms=list(f["word_ends_ms"].int64_list.value),
+      phones=f["phones"].bytes_list.value[0].decode("utf-8") if "phones" in f else "",
   )
 
 

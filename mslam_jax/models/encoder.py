@@ -18,6 +18,7 @@ import gin
 import jax
 import jax.numpy as jnp
 
+from mslam_jax.data import phones
 from mslam_jax.layers import attention
 from mslam_jax.layers import conformer
 from mslam_jax.layers import frontend
@@ -49,6 +50,8 @@ class MSLAMEncoder(nn.Module):
       negative id adds nothing (language unknown). On the learning benchmark (two seeds): greedy CER
       0.196 -> 0.182, but the speech-only ablation's zero-shot CER improved more than the joint
       model's (gain 8.3 % -> 4.3 %; benchmarks/README.md, thirty-first pass): off by default.
+    phone_inputs: a second input embedding, of IPA phones (mslam_jax.data.phones), for phone-level
+      text injection (MSLAMModel.text_ctc_input = "phones").
     dtype: compute dtype (e.g. jnp.bfloat16); param_dtype: parameter dtype (float32).
   """
   embed_dim: int = 1024
@@ -60,6 +63,7 @@ class MSLAMEncoder(nn.Module):
   pooling: str = "mean"
   pooling_heads: int = 8
   num_languages: int = 0
+  phone_inputs: bool = False
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
 
@@ -83,6 +87,10 @@ class MSLAMEncoder(nn.Module):
     self.text_embedding = text_embedding.TextEmbedding(
         vocab_size=self.vocab_size, embed_dim=self.embed_dim, dropout_rate=self.dropout_rate, **dtypes,
         name="text_embedding")
+    if self.phone_inputs:
+      self.phone_embedding = text_embedding.TextEmbedding(
+          vocab_size=phones.VOCAB_SIZE, embed_dim=self.embed_dim, dropout_rate=self.dropout_rate, **dtypes,
+          name="phone_embedding")
     self.pooler = pooling.Pooling(kind=self.pooling, num_heads=self.pooling_heads, **dtypes, name="pooler")
     self.speech_mask_embedding = self.param(
         "speech_mask_embedding", attention.partitioned(nn.initializers.uniform(1.0), ("embed",)),
@@ -140,6 +148,12 @@ class MSLAMEncoder(nn.Module):
   def embed_text(self, tokens: Array, tokens_mask: Array, deterministic: bool = True) -> Array:
     """Tokens [B, L] -> [B, L, D]."""
     return self.text_embedding(tokens, tokens_mask, deterministic)
+
+  def embed_phones(self, phone_ids: Array, phones_mask: Array, deterministic: bool = True) -> Array:
+    """Phone ids [B, P] (mslam_jax.data.phones) -> [B, P, D]; needs phone_inputs."""
+    if not self.phone_inputs:
+      raise ValueError("phone inputs need MSLAMEncoder.phone_inputs = True")
+    return self.phone_embedding(phone_ids, phones_mask, deterministic)
 
   def pool(self, x: Array, mask: Array) -> Array:
     """[B, T, D] -> [B, D]."""

@@ -90,6 +90,7 @@ COUNTED_METRICS = {
     "consistency": ("paired/consistency_loss",),
 }
 CONSISTENCY_LAYERS = ("input", "output")
+TEXT_CTC_INPUTS = ("characters", "phones")
 # The stream each input of the shared stack comes from (its items' languages).
 _STREAM_OF_SHARED_INPUT = {"speech": "speech", "text": "text", "text_ctc": "text", "tlm": "paired", "full": "paired",
                            "transcript": "paired"}
@@ -270,6 +271,7 @@ class MSLAMNetwork(nn.Module):
   text_ctc_upsample: int = 2
   consistency_layer: str = "input"
   language_dropout: float = 0.2
+  text_ctc_input: str = "characters"
 
   def setup(self):
     enc, dtypes = self.encoder, dict(dtype=self.encoder.dtype, param_dtype=self.encoder.param_dtype)
@@ -305,12 +307,29 @@ class MSLAMNetwork(nn.Module):
     rate = mc.text_rate if mc.text_ctc_rate is None else mc.text_ctc_rate
     return masking.rate_span_mask(self.make_rng("masking"), tokens_mask, rate, mc.text_span_length, mc.min_spans)
 
-  def _text_ctc_input(self, masked_tokens: Array, tokens_mask: Array, deterministic: bool) -> tuple[Array, Array]:
-    """Masked characters at speech's frame rate, embedded: each repeated text_ctc_upsample times
-    before the embedding, so that every copy gets a position of its own, as speech frames do."""
+  def _text_ctc_input(self, masked_tokens: Array, tokens_mask: Array, deterministic: bool,
+                      phone_ids: bool = False) -> tuple[Array, Array]:
+    """Masked characters (or phones) at speech's frame rate, embedded: each repeated
+    text_ctc_upsample times before the embedding, so that every copy gets a position of its own,
+    as speech frames do."""
     up = lambda x: jnp.repeat(x, self.text_ctc_upsample, axis=1)
     mask = up(tokens_mask)
-    return self.encoder.embed_text(up(masked_tokens), mask, deterministic), mask
+    embed = self.encoder.embed_phones if phone_ids else self.encoder.embed_text
+    return embed(up(masked_tokens), mask, deterministic), mask
+
+  def _text_ctc_phones(self, text: Mapping[str, Array], deterministic: bool) -> tuple[Array, Array]:
+    """text_ctc_input "phones": the text stream's phones, span-masked, as _text_ctc_input embeds
+    them. Items without phones (eSpeak has no voice for the language) or whose phones fill the
+    whole length (cut: the characters would outrun them) get no frames, so no loss."""
+    if "phones" not in text:
+      raise ValueError("MSLAMModel.text_ctc_input = 'phones' needs the text stream's phones: set "
+                       "make_step_iterator.text_phones_length and register the corpus with phones "
+                       "(gin_configs/experiments/phone_injection.gin)")
+    phone_ids, phones_mask = text["phones"], _int(text["phones_mask"])
+    count = jnp.sum(phones_mask, axis=1)
+    phones_mask = phones_mask * ((count > 0) & (count < phones_mask.shape[1])).astype(jnp.int32)[:, None]
+    masked = masking.apply_token_mask(phone_ids, self._text_ctc_mask(phones_mask), MASK_ID)
+    return self._text_ctc_input(masked, phones_mask, deterministic, phone_ids=True)
 
   def _consistency(self, ctc_logits: Array, speech_in: Array, speech_out: Array, mask: Array, tokens: Array,
                    tokens_mask: Array, lang: Array, deterministic: bool, denominator) -> Array:
@@ -427,11 +446,16 @@ class MSLAMNetwork(nn.Module):
           self.make_rng("masking"), tokens_mask, mc.text_rate, mc.text_span_length, mc.min_spans)
       masked_tokens = masking.apply_token_mask(tokens, text_masked, MASK_ID)
       shared_in["text"] = (enc.embed_text(masked_tokens, tokens_mask, deterministic), tokens_mask)
-      if w.text_ctc > 0:
+      if w.text_ctc > 0 and self.text_ctc_input == "phones":
+        shared_in["text_ctc"] = self._text_ctc_phones(text, deterministic)
+        text_ctc_mask = shared_in["text_ctc"][1]
+        # An item without frames scores no characters.
+        text_ctc_labels_mask = tokens_mask * (jnp.sum(text_ctc_mask, axis=1) > 0).astype(jnp.int32)[:, None]
+      elif w.text_ctc > 0:
         if mc.text_ctc_rate is not None:
           masked_tokens = masking.apply_token_mask(tokens, self._text_ctc_mask(tokens_mask), MASK_ID)
         shared_in["text_ctc"] = self._text_ctc_input(masked_tokens, tokens_mask, deterministic)
-        text_ctc_mask = shared_in["text_ctc"][1]
+        text_ctc_mask, text_ctc_labels_mask = shared_in["text_ctc"][1], tokens_mask
     if paired is not None:
       paired_tokens, paired_tokens_mask = paired["tokens"], _int(paired["tokens_mask"])
     if want_tlm:
@@ -486,8 +510,8 @@ class MSLAMNetwork(nn.Module):
       metrics["text/masked_share"] = _share(text_masked, tokens_mask)
       if w.text_ctc > 0:
         metrics["text/ctc_loss"], metrics["text/ctc_infeasible"] = losses.ctc_loss(
-            self.ctc_head(shared_out["text_ctc"]), text_ctc_mask, tokens, tokens_mask, blank_id=BLANK_ID,
-            denominator=denominator("text_ctc", losses.ctc_count(text_ctc_mask, tokens, tokens_mask)))
+            self.ctc_head(shared_out["text_ctc"]), text_ctc_mask, tokens, text_ctc_labels_mask, blank_id=BLANK_ID,
+            denominator=denominator("text_ctc", losses.ctc_count(text_ctc_mask, tokens, text_ctc_labels_mask)))
     if want_tlm:
       joint, num_frames = shared_out["tlm"], frames.shape[1]
       speech_loss, speech_acc = losses.masked_cross_entropy(
@@ -572,6 +596,8 @@ class MSLAMNetwork(nn.Module):
     self.codebook_head(frames)
     self._text_logits(outputs["text"][0])
     self.ctc_head(frames)
+    if enc.phone_inputs:
+      enc.embed_phones(jnp.zeros_like(text["tokens"]), _int(text["tokens_mask"]))
     if self.weights.speech_contrastive > 0:
       self.context_projection(frames)
       self.target_projection(quantized.quantized)
@@ -660,6 +686,11 @@ class MSLAMModel:
     text_ctc_upsample: how many CTC frames each character of ObjectiveWeights.text_ctc's input
       fills (>= 2: CTC needs a blank between doubled letters; speech gives ~1.7 frames a character
       at 40 ms frames and 15 characters a second).
+    text_ctc_input: what ObjectiveWeights.text_ctc feeds the shared layers to write the text's
+      characters from: "characters" (the text itself, masked: mostly a copy task) or "phones" (its
+      eSpeak IPA, mslam_jax.data.phones: the shared layers learn how each language spells its
+      sounds, from text alone; needs the text stream's phones and MSLAMEncoder.phone_inputs,
+      gin_configs/experiments/phone_injection.gin).
     consistency_layer: where ObjectiveWeights.consistency compares an aligned transcript with its
       speech: "input" (the text embedding against the speech-only stack's output, Maestro's
       place; no extra pass) or "output" (both through the shared stack: one more shared pass of
@@ -694,6 +725,7 @@ class MSLAMModel:
       text_ctc_upsample: int = 2,
       consistency_layer: str = "input",
       language_dropout: float = 0.2,
+      text_ctc_input: str = "characters",
       dummy_audio_samples: int = 16000,
       dummy_text_length: int = 16,
   ):
@@ -719,7 +751,7 @@ class MSLAMModel:
         cross_modal_min_temperature=cross_modal_min_temperature,
         cross_modal_max_temperature=cross_modal_max_temperature, tlm_items=tlm_items,
         stack_merge_ratio=stack_merge_ratio, text_ctc_upsample=text_ctc_upsample,
-        consistency_layer=consistency_layer, language_dropout=language_dropout)
+        consistency_layer=consistency_layer, language_dropout=language_dropout, text_ctc_input=text_ctc_input)
     self.validate()
 
   def validate(self) -> None:
@@ -755,6 +787,11 @@ class MSLAMModel:
     if net.text_ctc_upsample < 2:
       raise ValueError(f"MSLAMModel.text_ctc_upsample={net.text_ctc_upsample} must be >= 2: CTC needs a blank "
                        "between doubled letters")
+    if net.text_ctc_input not in TEXT_CTC_INPUTS:
+      raise ValueError(f"MSLAMModel.text_ctc_input={net.text_ctc_input!r}; choose one of {TEXT_CTC_INPUTS}")
+    if net.text_ctc_input == "phones" and not enc.phone_inputs:
+      raise ValueError("MSLAMModel.text_ctc_input = 'phones' needs MSLAMEncoder.phone_inputs = True "
+                       "(gin_configs/experiments/phone_injection.gin binds both)")
     if not 0.0 <= net.language_dropout < 1.0:
       raise ValueError(f"MSLAMModel.language_dropout must be in [0, 1), got {net.language_dropout}")
     if enc.num_languages < 0:

@@ -288,3 +288,56 @@ def test_language_vectors_start_as_nothing_and_learn_from_every_stream_of_their_
   learned["encoder"]["language_embedding"] = table.at[3].set(jax.random.normal(jax.random.PRNGKey(2), table.shape[1:]))
   assert float(jnp.abs(encode(learned, known) - encode(learned, unknown)).max()) > 1e-3
   np.testing.assert_array_equal(encode(learned, unknown), encode(params, unknown))
+
+
+def _batch_with_phones(width: int = 20):
+  """The fixed batch, its text rows with phones: a fixed id per character for the first row (a
+  language eSpeak speaks), none for the second (a language without a voice)."""
+  from mslam_jax.data import phones  # pylint: disable=g-import-not-at-top
+  batch = test_mslam._fixed_batch()  # pylint: disable=protected-access
+  tokens, mask = np.asarray(batch["text"]["tokens"]), np.asarray(batch["text"]["tokens_mask"])
+  ids = np.zeros((tokens.shape[0], width), np.int32)
+  n = int(mask[0].sum())
+  ids[0, :n] = phones.WORD_BOUNDARY_ID + 1 + (tokens[0, :n] * 7) % (phones.VOCAB_SIZE - phones.WORD_BOUNDARY_ID - 1)
+  batch["text"] = dict(batch["text"], phones=jnp.asarray(ids), phones_mask=jnp.asarray((ids > 0).astype(np.int32)))
+  return batch
+
+
+PHONE_BINDINGS = ["ObjectiveWeights.text_ctc = 1.0", "MSLAMEncoder.phone_inputs = True",
+                  "MSLAMModel.text_ctc_input = 'phones'"]
+
+
+def test_phone_injection_fails_at_start_without_its_pieces():
+  with pytest.raises(ValueError, match="needs MSLAMEncoder.phone_inputs = True"):
+    _model(test_mslam.TINY_BINDINGS + PHONE_BINDINGS[:1] + PHONE_BINDINGS[2:])
+  with pytest.raises(ValueError, match="text_ctc_input='ipa'"):
+    _model(test_mslam.TINY_BINDINGS + ["MSLAMModel.text_ctc_input = 'ipa'"])
+  model, batch = _model(test_mslam.TINY_BINDINGS + PHONE_BINDINGS), test_mslam._fixed_batch()  # pylint: disable=protected-access
+  params = flax.core.meta.unbox(model.init(jax.random.PRNGKey(0), batch))
+  with pytest.raises(ValueError, match="needs the text stream's phones"):
+    model.loss_fn(params, batch, jax.random.PRNGKey(1), 0)
+
+
+@pytest.mark.slow  # compiles the joint loss's gradient (~30 s)
+def test_phone_injection_writes_characters_from_phones_and_learns():
+  model, batch = _model(test_mslam.TINY_BINDINGS + PHONE_BINDINGS), _batch_with_phones()
+  params = flax.core.meta.unbox(model.init(jax.random.PRNGKey(0), batch))
+  text_ctc = jax.jit(lambda p: model.loss_fn(p, batch, jax.random.PRNGKey(1), 0)[1]["objective/text_ctc"])
+  first = jax.jit(jax.grad(text_ctc))(params)
+  # Phones reach the speech CTC head through their own embedding and the shared layers; the
+  # characters' embedding and the speech-only layers get nothing from this term.
+  for outer, inner in (("ctc_head", None), ("encoder", "shared"), ("encoder", "phone_embedding")):
+    tree = first[outer] if inner is None else first[outer][inner]
+    assert float(optax.global_norm(tree)) > 0.0, (outer, inner)
+  for inner in ("speech_lower", "text_embedding"):
+    assert float(optax.global_norm(first["encoder"][inner])) == 0.0, inner
+  # The row without phones scores nothing (it is not counted as infeasible either): the loss is
+  # the first row's alone.
+  metrics = model.loss_fn(params, batch, jax.random.PRNGKey(1), 0)[1]
+  assert float(metrics["text/ctc_infeasible"]) == 0.0
+  only_first = {**batch, "text": {k: v[:1] for k, v in batch["text"].items()}}
+  alone = model.loss_fn(params, only_first, jax.random.PRNGKey(1), 0)[1]["text/ctc_loss"]
+  assert float(metrics["text/ctc_loss"]) == pytest.approx(float(alone), rel=0.2)
+
+  start = float(text_ctc(params))
+  assert _after_adam_steps(text_ctc, params, 40, 1e-2) < 0.5 * start, start

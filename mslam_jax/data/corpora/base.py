@@ -17,6 +17,7 @@ import numpy as np
 
 from mslam_jax.data import audio as audio_lib
 from mslam_jax.data import inventory
+from mslam_jax.data import phones
 from mslam_jax.data import records
 
 SPLIT_NAMES = {"train": "train", "dev": "validation", "validation": "validation", "valid": "validation",
@@ -115,7 +116,8 @@ def to_utterances(record: Record, counter: audio_lib.SkipCounter, max_clip_secon
     if not record.has_audio:
       if not text:
         raise audio_lib.BadItem(audio_lib.EMPTY_TEXT, "no text")
-      return [records.Utterance(id=record.id, lang=record.lang, text=text)]
+      # Its phones are what phone-level text injection reads (mslam_jax.data.phones).
+      return [records.Utterance(id=record.id, lang=record.lang, text=text, phones=phones.phonemize(text, record.lang))]
     data, rate = _read_audio(record)
     audio = audio_lib.validate_audio(data, rate, record.id, counter, max_seconds=math.inf)
   except audio_lib.BadItem as e:

@@ -111,7 +111,8 @@ def register_prepared_corpora(corpus_dirs: Mapping[str, str] = gin.REQUIRED,
                               temperature: float | Mapping[str, float] = 3.0,
                               rate_units: Optional[Mapping[str, str]] = None,
                               shuffle_buffer_sizes: Optional[Mapping[str, int]] = None,
-                              prefix: str = PREFIX) -> Dict[str, str]:
+                              prefix: str = PREFIX,
+                              phones: bool = False) -> Dict[str, str]:
   """Registers the Tasks and Mixtures (idempotent); returns {stream: mixture name}.
 
   Args:
@@ -119,6 +120,8 @@ def register_prepared_corpora(corpus_dirs: Mapping[str, str] = gin.REQUIRED,
     streams: {stream: corpus names feeding it}; default: every corpus feeds every stream it has.
     temperature: T of p_l ∝ n_l^(1/T), one for all streams or per stream.
     rate_units: per stream, "hours", "characters" or "clips" (default hours / characters / hours).
+    phones: the text Tasks' items carry the phones their corpus stores (preprocessors.prepare_records), for
+      phone-level text injection (gin_configs/experiments/phone_injection.gin).
   """
   if not isinstance(corpus_dirs, Mapping) or not corpus_dirs:
     raise ValueError("register_prepared_corpora.corpus_dirs is not set: bind PREPARED_CORPORA to "
@@ -131,7 +134,7 @@ def register_prepared_corpora(corpus_dirs: Mapping[str, str] = gin.REQUIRED,
   if unknown:
     raise ValueError(f"register_prepared_corpora.streams names corpora {unknown} missing from corpus_dirs")
   key = (_key(corpus_dirs), json.dumps(streams, sort_keys=True), json.dumps(temps, sort_keys=True),
-         json.dumps(units, sort_keys=True), json.dumps(buffers, sort_keys=True))
+         json.dumps(units, sort_keys=True), json.dumps(buffers, sort_keys=True), bool(phones))
   manifests = {name: load_manifest(d) for name, d in corpus_dirs.items()}
   mixtures = {s: f"{prefix}_{s}" for s in streams}
   if _registered.get(prefix) == key:
@@ -152,8 +155,10 @@ def register_prepared_corpora(corpus_dirs: Mapping[str, str] = gin.REQUIRED,
         task = f"{prefix}_{corpus}_{stream}_{lang}"
         seqio.TaskRegistry.add(
             task, source=source,
-            preprocessors=preprocessors.record_preprocessors(stream, vocabulary, inventory.get(lang).id, task),
-            output_features=feature_converters.task_output_features(stream, vocabulary),
+            preprocessors=preprocessors.record_preprocessors(stream, vocabulary, inventory.get(lang).id, task,
+                                                             phones=phones),
+            output_features=feature_converters.task_output_features(stream, vocabulary,
+                                                                    phones=phones and stream == "text"),
             shuffle_buffer_size=max(1, min(buffers[stream], max(source_sizes(source).values()))))
         if "train" in source.splits:
           sizes.setdefault(lang, {})[task] = _count(stats["train"], units[stream])
