@@ -133,7 +133,7 @@ def register_builtin_corpus(corpus_dir: str = gin.REQUIRED,
                             phones: bool = False) -> Dict[str, str]:
   """Registers the corpus' Tasks and Mixtures (idempotent); returns {stream: mixture name}.
 
-  `phones`: the text Tasks' items carry the phones their corpus stores (preprocessors.prepare_records), for
+  `phones`: the text and paired Tasks' items carry the phones their corpus stores (preprocessors.prepare_records), for
   phone-level text injection (gin_configs/experiments/phone_injection.gin)."""
   from mslam_jax.data import languages  # pylint: disable=g-import-not-at-top
   if not isinstance(corpus_dir, (str, os.PathLike)):
@@ -195,7 +195,7 @@ def register_builtin_corpus(corpus_dir: str = gin.REQUIRED,
           preprocessors=preprocessors.record_preprocessors(stream, vocabulary, lang_id, name,
                                                            phones=phones),
           output_features=feature_converters.task_output_features(stream, vocabulary,
-                                                                  phones=phones and stream == "text"),
+                                                                  phones=phones and stream != "speech"),
           # A buffer larger than the language's data only repeats it (and costs start-up time).
           shuffle_buffer_size=max(1, min(buffers[stream], max(num_examples.values()))))
       if stream == "paired" and lang in held_out:

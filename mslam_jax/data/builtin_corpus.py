@@ -384,7 +384,8 @@ def _build_languages(out_dir, selected, held, config, counter, synthesize, progr
     text_items = list(audio_lib.validate_items(
         (audio_lib.RawItem(id=f"{code}-text-{i:05d}", lang=code, text=t) for i, t in enumerate(text_texts)),
         counter, config.max_seconds))
-    for item in text_items:  # what phone-level text injection reads (mslam_jax.data.phones)
+    # What the phone-level objectives read (mslam_jax.data.phones).
+    for item in text_items + [u for split in by_stream.get("paired", {}).values() for u in split]:
       item.phones = phones.phonemize(item.text, code)
     if text_items:
       by_stream["text"] = _assign_splits(text_items, held_out=False)

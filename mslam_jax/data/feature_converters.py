@@ -32,7 +32,7 @@ PAIRED_POLICIES = ("drop", "truncate")
 def task_output_features(stream: str, vocabulary: Optional[seqio.Vocabulary] = None, phones: bool = False
                          ) -> Mapping[str, seqio.Feature]:
   """The output features every Task of `stream` declares (same for every corpus); `phones`: the
-  text stream's `phones` too (mslam_jax.data.phones ids)."""
+  text's `phones` too (text and paired streams; mslam_jax.data.phones ids)."""
   audio = seqio.Feature(AUDIO_VOCABULARY, add_eos=False, dtype=tf.float32, rank=1)
   lang = seqio.Feature(LANG_VOCABULARY, add_eos=False, dtype=tf.int32, rank=0)
   if stream == "speech":
@@ -40,13 +40,11 @@ def task_output_features(stream: str, vocabulary: Optional[seqio.Vocabulary] = N
   if vocabulary is None:
     raise ValueError(f"stream {stream!r} needs a vocabulary")
   tokens = seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32, rank=1)
+  extra = {"phones": seqio.Feature(PHONE_VOCABULARY, add_eos=False, dtype=tf.int32, rank=1)} if phones else {}
   if stream == "text":
-    if phones:
-      return {"tokens": tokens, "phones": seqio.Feature(PHONE_VOCABULARY, add_eos=False, dtype=tf.int32, rank=1),
-              "lang": lang}
-    return {"tokens": tokens, "lang": lang}
+    return {"tokens": tokens, **extra, "lang": lang}
   if stream == "paired":
-    return {"audio": audio, "tokens": tokens, "lang": lang}
+    return {"audio": audio, "tokens": tokens, **extra, "lang": lang}
   raise ValueError(f"unknown stream {stream!r}")
 
 
@@ -87,6 +85,11 @@ class _StreamConverter(seqio.FeatureConverter):
 
   def counter_name(self, what: str) -> str:
     return f"{what}/{self.name}"
+
+  def _extra(self, ex, out, task_feature_lengths):
+    """The converted item `out` plus what a subclass adds from the Task's item `ex`."""
+    del ex, task_feature_lengths
+    return out
 
   def _drop_over_length(self, ds: tf.data.Dataset, too_long_fn) -> tf.data.Dataset:
     """Under the "drop" policy, filters out (and counts) items for which `too_long_fn` holds."""
@@ -150,53 +153,12 @@ class TextFeatureConverter(_StreamConverter):
       if self.over_length == "truncate":
         preprocessors.count_if(tf.shape(ex["tokens"])[0] > length, self.counter_name("truncated"))
       tokens, mask = _pad(ex["tokens"], length)
-      return {"tokens": tokens, "tokens_mask": mask, "lang": ex["lang"]}
+      return self._extra(ex, {"tokens": tokens, "tokens_mask": mask, "lang": ex["lang"]}, task_feature_lengths)
     return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
 
   def get_model_feature_lengths(self, task_feature_lengths):
     n = task_feature_lengths["tokens"]
     return {"tokens": n, "tokens_mask": n, "lang": 0}
-
-
-@gin.register
-class TextPhonesFeatureConverter(_StreamConverter):
-  """{tokens i32[m], phones i32[k], lang} -> TextFeatureConverter's features plus
-  {phones i32[P], phones_mask i32[P]} (phone-level text injection; over-long phones are cut,
-  counted as `truncated_phones/...`, and follow the tokens' policy otherwise)."""
-
-  POLICIES = TEXT_POLICIES
-  DEFAULT_POLICY = "truncate"
-  TASK_FEATURES = {"tokens": FeatureSpec(tf.int32), "phones": FeatureSpec(tf.int32),
-                   "lang": FeatureSpec(tf.int32, rank=0)}
-  MODEL_FEATURES = {"tokens": FeatureSpec(tf.int32), "tokens_mask": FeatureSpec(tf.int32),
-                    "phones": FeatureSpec(tf.int32), "phones_mask": FeatureSpec(tf.int32),
-                    "lang": FeatureSpec(tf.int32, rank=0)}
-
-  def __call__(self, ds, task_feature_lengths):
-    if "phones" not in ds.element_spec:
-      raise ValueError("make_step_iterator.text_phones_length is set, but the text Tasks carry no phones: "
-                       "register the corpus with them (register_builtin_corpus.phones = True or "
-                       "register_prepared_corpora.phones = True; gin_configs/experiments/phone_injection.gin)")
-    return super().__call__(ds, task_feature_lengths)
-
-  def _convert_features(self, ds, task_feature_lengths):
-    length, phones_length = task_feature_lengths["tokens"], task_feature_lengths["phones"]
-    ds = self._drop_over_length(ds, lambda ex: tf.shape(ex["tokens"])[0] > length)
-
-    @tf.autograph.experimental.do_not_convert
-    def convert(ex):
-      if self.over_length == "truncate":
-        preprocessors.count_if(tf.shape(ex["tokens"])[0] > length, self.counter_name("truncated"))
-      preprocessors.count_if(tf.shape(ex["phones"])[0] > phones_length, self.counter_name("truncated_phones"))
-      tokens, mask = _pad(ex["tokens"], length)
-      phones, phones_mask = _pad(ex["phones"], phones_length)
-      return {"tokens": tokens, "tokens_mask": mask, "phones": phones, "phones_mask": phones_mask,
-              "lang": ex["lang"]}
-    return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
-
-  def get_model_feature_lengths(self, task_feature_lengths):
-    n, k = task_feature_lengths["tokens"], task_feature_lengths["phones"]
-    return {"tokens": n, "tokens_mask": n, "phones": k, "phones_mask": k, "lang": 0}
 
 
 @gin.register
@@ -227,13 +189,54 @@ class PairedFeatureConverter(_StreamConverter):
         preprocessors.count_if(too_long(ex), self.counter_name("truncated"))
       audio, audio_mask = _pad(ex["audio"], audio_length)
       tokens, tokens_mask = _pad(ex["tokens"], tokens_length)
-      return {"audio": audio, "audio_mask": audio_mask, "tokens": tokens,
-              "tokens_mask": tokens_mask, "lang": ex["lang"]}
+      return self._extra(ex, {"audio": audio, "audio_mask": audio_mask, "tokens": tokens,
+                              "tokens_mask": tokens_mask, "lang": ex["lang"]}, task_feature_lengths)
     return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
 
   def get_model_feature_lengths(self, task_feature_lengths):
     s, n = task_feature_lengths["audio"], task_feature_lengths["tokens"]
     return {"audio": s, "audio_mask": s, "tokens": n, "tokens_mask": n, "lang": 0}
+
+
+class _PhonesMixin:
+  """A stream's features plus {phones i32[P], phones_mask i32[P]}: the text's stored eSpeak phones
+  (mslam_jax.data.phones) for the phone-level objectives. Phones over P are cut, counted as
+  `truncated_phones/...`; the item's other features follow the stream's policy."""
+
+  def __call__(self, ds, task_feature_lengths):
+    if "phones" not in ds.element_spec:
+      raise ValueError("make_step_iterator.*_phones_length is set, but the Tasks carry no phones: register "
+                       "the corpus with them (register_builtin_corpus.phones = True or "
+                       "register_prepared_corpora.phones = True; gin_configs/experiments/phone_injection.gin)")
+    return super().__call__(ds, task_feature_lengths)
+
+  def _extra(self, ex, out, task_feature_lengths):
+    length = task_feature_lengths["phones"]
+    preprocessors.count_if(tf.shape(ex["phones"])[0] > length, self.counter_name("truncated_phones"))
+    out["phones"], out["phones_mask"] = _pad(ex["phones"], length)
+    return out
+
+  def get_model_feature_lengths(self, task_feature_lengths):
+    n = task_feature_lengths["phones"]
+    return {**super().get_model_feature_lengths(task_feature_lengths), "phones": n, "phones_mask": n}
+
+
+_PHONE_TASK_FEATURES = {"phones": FeatureSpec(tf.int32)}
+_PHONE_MODEL_FEATURES = {"phones": FeatureSpec(tf.int32), "phones_mask": FeatureSpec(tf.int32)}
+
+
+@gin.register
+class TextPhonesFeatureConverter(_PhonesMixin, TextFeatureConverter):
+  """TextFeatureConverter's features plus the text's phones (_PhonesMixin)."""
+  TASK_FEATURES = {**TextFeatureConverter.TASK_FEATURES, **_PHONE_TASK_FEATURES}
+  MODEL_FEATURES = {**TextFeatureConverter.MODEL_FEATURES, **_PHONE_MODEL_FEATURES}
+
+
+@gin.register
+class PairedPhonesFeatureConverter(_PhonesMixin, PairedFeatureConverter):
+  """PairedFeatureConverter's features plus the transcript's phones (_PhonesMixin)."""
+  TASK_FEATURES = {**PairedFeatureConverter.TASK_FEATURES, **_PHONE_TASK_FEATURES}
+  MODEL_FEATURES = {**PairedFeatureConverter.MODEL_FEATURES, **_PHONE_MODEL_FEATURES}
 
 
 CONVERTERS = {"speech": SpeechFeatureConverter, "text": TextFeatureConverter,

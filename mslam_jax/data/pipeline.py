@@ -645,6 +645,7 @@ def make_step_iterator(
     paired_buckets: Sequence[Sequence[int]] = (),
     bucket_sample_items: int = 2048,
     text_phones_length: int = 0,
+    paired_phones_length: int = 0,
 ) -> StepIterator:
   """Builds the step iterator (gin: `train.iterator_fn = @make_step_iterator`).
 
@@ -678,6 +679,7 @@ def make_step_iterator(
     text_phones_length: P > 0: the text stream carries `phones`/`phones_mask` [Bt, P] too, the
       text's eSpeak phones (its Tasks must be registered with phones, e.g.
       `register_builtin_corpus.phones = True`; gin_configs/experiments/phone_injection.gin).
+    paired_phones_length: the same for the paired stream (its transcripts' phones; no length buckets).
 
   Nothing is read until the first `next()`, so `element_spec` costs nothing.
   """
@@ -699,8 +701,11 @@ def make_step_iterator(
     streams["speech"] = StreamConfig(speech_mixture, speech_batch_size, {"audio": speech_samples},
                                      speech_over_length,
                                      buckets=buckets("speech", speech_buckets, ("audio",)))
-  if text_phones_length < 0:
-    raise ValueError(f"make_step_iterator.text_phones_length must be >= 0, got {text_phones_length}")
+  for name, value in (("text_phones_length", text_phones_length), ("paired_phones_length", paired_phones_length)):
+    if value < 0:
+      raise ValueError(f"make_step_iterator.{name} must be >= 0, got {value}")
+  if paired_phones_length and paired_buckets:
+    raise ValueError("make_step_iterator.paired_phones_length does not work with paired_buckets yet: set one")
   if text_batch_size:
     if text_phones_length:
       streams["text"] = StreamConfig(text_mixture, text_batch_size,
@@ -709,7 +714,12 @@ def make_step_iterator(
     else:
       streams["text"] = StreamConfig(text_mixture, text_batch_size, {"tokens": text_length},
                                      text_over_length)
-  if paired_batch_size:
+  if paired_batch_size and paired_phones_length:
+    streams["paired"] = StreamConfig(paired_mixture, paired_batch_size,
+                                     {"audio": paired_samples, "tokens": paired_text_length,
+                                      "phones": paired_phones_length}, paired_over_length,
+                                     converter=feature_converters.PairedPhonesFeatureConverter)
+  elif paired_batch_size:
     streams["paired"] = StreamConfig(paired_mixture, paired_batch_size,
                                      {"audio": paired_samples, "tokens": paired_text_length},
                                      paired_over_length,

@@ -18,7 +18,7 @@ from mslam_jax.data import records
 
 # Only the fields a training stream uses are parsed: ids, voices and word timings stay on disk for
 # evaluation (the speech stream's text too: unlabeled speech must not leak its transcript).
-_STREAM_FIELDS = {"speech": ("audio_pcm16",), "text": ("text", "phones"), "paired": ("audio_pcm16", "text")}
+_STREAM_FIELDS = {"speech": ("audio_pcm16",), "text": ("text", "phones"), "paired": ("audio_pcm16", "text", "phones")}
 
 _counters: Dict[str, tf.Variable] = {}
 _counters_lock = threading.Lock()
@@ -64,7 +64,7 @@ def prepare_records(dataset: tf.data.Dataset, stream: str, vocabulary: Optional[
   `audio` (speech, paired) is the decoded PCM; `tokens` (text, paired) is the text in `vocabulary`
   without EOS (text batches carry none); `lang` is the registry id of the Task's language. Items
   whose audio or tokens come out empty are dropped and counted as `empty_{key}/{counter_prefix}`.
-  `phones` (text stream only) adds `phones` i32[k]: the record's stored IPA as
+  `phones` (text and paired streams) adds `phones` i32[k]: the record's stored IPA as
   mslam_jax.data.phones ids; an item without (its language has no eSpeak voice, or the corpus was
   written before phones were stored) gets none, counted as `no_phones/{counter_prefix}` (the item
   stays: only phone-level text injection skips it).
@@ -77,8 +77,8 @@ def prepare_records(dataset: tf.data.Dataset, stream: str, vocabulary: Optional[
       ("tokens",) if stream in ("text", "paired") else ())
   if "tokens" in keys and vocabulary is None:
     raise ValueError(f"stream {stream!r} needs a vocabulary")
-  if phones and stream != "text":
-    raise ValueError(f"phones are stored for the text stream only, not {stream!r}")
+  if phones and stream == "speech":
+    raise ValueError("the speech stream has no text, so no phones")
 
   @tf.autograph.experimental.do_not_convert
   def convert(ex):
@@ -109,6 +109,6 @@ def prepare_records(dataset: tf.data.Dataset, stream: str, vocabulary: Optional[
 def record_preprocessors(stream: str, vocabulary: Optional[seqio.Vocabulary], lang_id: int,
                          task_name: str, phones: bool = False):
   """The preprocessor list of a per-language Task of `stream` over records.py shards (`phones`: the
-  text stream's items carry their phones too; prepare_records)."""
+  text's phones too, in the text and paired streams; prepare_records)."""
   return [functools.partial(prepare_records, stream=stream, vocabulary=vocabulary, lang_id=lang_id,
-                            counter_prefix=task_name, phones=phones and stream == "text")]
+                            counter_prefix=task_name, phones=phones and stream != "speech")]

@@ -33,6 +33,7 @@ SPEECH_ONLY_BINDINGS = (
     "ObjectiveWeights.local_cross_modal = 0.0",
     "ObjectiveWeights.text_ctc = 0.0",
     "ObjectiveWeights.consistency = 0.0",
+    "ObjectiveWeights.phone_ctc = 0.0",
     "TEXT_BATCH = 0",
     "PAIRED_BATCH = 0",
 )

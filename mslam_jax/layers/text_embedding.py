@@ -38,21 +38,29 @@ class TextEmbedding(nn.Module):
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
 
-  @nn.compact
-  def __call__(self, tokens: Array, tokens_mask: Array, deterministic: bool = True) -> Array:
+  def setup(self):
     # The lookup runs in the parameters' dtype and casts after: the same values, and its gradient is
     # a scatter-add in float32, which GPUs do with native atomics (bfloat16's are compare-and-swap
     # loops).
-    embedding = nn.Embed(
+    self.token_embedding = nn.Embed(
         self.vocab_size, self.embed_dim, dtype=self.param_dtype, param_dtype=self.param_dtype,
-        embedding_init=attention.partitioned(nn.initializers.normal(1.0), ("vocab", "embed")),
-        name="token_embedding")
-    x = embedding(tokens.astype(jnp.int32)).astype(self.dtype)
-    x = x + sinusoidal_positions(tokens.shape[1], self.embed_dim).astype(self.dtype)[None]
-    x = nn.LayerNorm(
+        embedding_init=attention.partitioned(nn.initializers.normal(1.0), ("vocab", "embed")))
+    self.layer_norm = nn.LayerNorm(
         epsilon=self.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
         use_fast_variance=False, scale_init=attention.partitioned(nn.initializers.ones, ("embed",)),
-        bias_init=attention.partitioned(nn.initializers.zeros, ("embed",)), name="layer_norm")(x)
-    x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+        bias_init=attention.partitioned(nn.initializers.zeros, ("embed",)))
+    self.dropout = nn.Dropout(self.dropout_rate)
+
+  def __call__(self, tokens: Array, tokens_mask: Array, deterministic: bool = True) -> Array:
+    x = self.token_embedding(tokens.astype(jnp.int32)).astype(self.dtype)
+    x = x + sinusoidal_positions(tokens.shape[1], self.embed_dim).astype(self.dtype)[None]
+    x = self.layer_norm(x)
+    x = self.dropout(x, deterministic=deterministic)
     x = jnp.where(tokens_mask[..., None] != 0, x, 0.0)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+  def attend(self, x: Array) -> Array:
+    """[..., D] -> [..., vocab_size]: each vector's dot product with every token's embedding over
+    sqrt(D) (a classifier tied to the table, which starts at unit scale per dimension)."""
+    table = jnp.asarray(self.token_embedding.embedding, self.dtype)
+    return jnp.einsum("...d,vd->...v", x, table) / jnp.sqrt(jnp.asarray(self.embed_dim, self.dtype))

@@ -71,7 +71,7 @@ OBJECTIVE_OF_TERM = {
     "speech/mlm_loss": "speech_mlm", "text/mlm_loss": "text_mlm", "paired/tlm_loss": "tlm",
     "paired/ctc_loss": "ctc", "paired/cross_modal_loss": "cross_modal",
     "paired/local_cross_modal_loss": "local_cross_modal", "text/ctc_loss": "text_ctc",
-    "paired/consistency_loss": "consistency",
+    "paired/consistency_loss": "consistency", "paired/phone_ctc_loss": "phone_ctc",
 }
 # rng streams the network draws from (besides "params" at init).
 RNG_STREAMS = ("dropout", "masking", "negatives")
@@ -88,6 +88,7 @@ COUNTED_METRICS = {
     "ctc": ("paired/ctc_loss", "paired/ctc_infeasible"),
     "text_ctc": ("text/ctc_loss", "text/ctc_infeasible"),
     "consistency": ("paired/consistency_loss",),
+    "phone_ctc": ("paired/phone_ctc_loss", "paired/phone_ctc_infeasible"),
 }
 CONSISTENCY_LAYERS = ("input", "output")
 TEXT_CTC_INPUTS = ("characters", "phones")
@@ -168,6 +169,11 @@ class ObjectiveWeights:
   benchmark's seed-0 recipe (text CTC at 0.3) it did not help the held-out languages: zero-shot
   CER 0.346 at the input, 0.362 at the output, against 0.335 without it (benchmarks/README.md,
   thirty-first pass): off by default.
+  `phone_ctc` trains the paired speech, where it enters the shared layers, to say its transcript's
+  eSpeak phones through a CTC head tied to the phone embedding (MSLAMEncoder.phone_inputs): the
+  speech frames of a phone are pulled toward the vector phone-level text injection
+  (MSLAMModel.text_ctc_input = "phones") feeds the shared layers for it, so that what those layers
+  learn to spell from text applies to speech. Needs the paired stream's phones.
   """
   speech_contrastive: float = 1.0
   diversity: float = 0.1
@@ -179,6 +185,7 @@ class ObjectiveWeights:
   local_cross_modal: float = 0.0
   text_ctc: float = 0.0
   consistency: float = 0.0
+  phone_ctc: float = 0.0
 
   def validate(self) -> None:
     for field in dataclasses.fields(self):
@@ -317,17 +324,22 @@ class MSLAMNetwork(nn.Module):
     embed = self.encoder.embed_phones if phone_ids else self.encoder.embed_text
     return embed(up(masked_tokens), mask, deterministic), mask
 
-  def _text_ctc_phones(self, text: Mapping[str, Array], deterministic: bool) -> tuple[Array, Array]:
-    """text_ctc_input "phones": the text stream's phones, span-masked, as _text_ctc_input embeds
-    them. Items without phones (eSpeak has no voice for the language) or whose phones fill the
-    whole length (cut: the characters would outrun them) get no frames, so no loss."""
-    if "phones" not in text:
-      raise ValueError("MSLAMModel.text_ctc_input = 'phones' needs the text stream's phones: set "
-                       "make_step_iterator.text_phones_length and register the corpus with phones "
+  @staticmethod
+  def _usable_phones(batch: Mapping[str, Array], stream: str) -> tuple[Array, Array]:
+    """(phones, phones_mask) of a stream's items, the mask zero for items without phones (eSpeak
+    has no voice for the language) and for those whose phones fill the whole length (cut)."""
+    if "phones" not in batch:
+      raise ValueError(f"the phone-level objectives need the {stream} stream's phones: set "
+                       f"make_step_iterator.{stream}_phones_length and register the corpus with phones "
                        "(gin_configs/experiments/phone_injection.gin)")
-    phone_ids, phones_mask = text["phones"], _int(text["phones_mask"])
+    phone_ids, phones_mask = batch["phones"], _int(batch["phones_mask"])
     count = jnp.sum(phones_mask, axis=1)
-    phones_mask = phones_mask * ((count > 0) & (count < phones_mask.shape[1])).astype(jnp.int32)[:, None]
+    return phone_ids, phones_mask * ((count > 0) & (count < phones_mask.shape[1])).astype(jnp.int32)[:, None]
+
+  def _text_ctc_phones(self, text: Mapping[str, Array], deterministic: bool) -> tuple[Array, Array]:
+    """text_ctc_input "phones": the text stream's usable phones, span-masked, as _text_ctc_input
+    embeds them (an item without gets no frames, so no loss)."""
+    phone_ids, phones_mask = self._usable_phones(text, "text")
     masked = masking.apply_token_mask(phone_ids, self._text_ctc_mask(phones_mask), MASK_ID)
     return self._text_ctc_input(masked, phones_mask, deterministic, phone_ids=True)
 
@@ -404,7 +416,7 @@ class MSLAMNetwork(nn.Module):
     speech, text, paired = batch.get("speech"), batch.get("text"), batch.get("paired")
     want_tlm = paired is not None and w.tlm > 0
     n = self.tlm_items  # TLM's pairs: the first n (slicing past the batch keeps it whole)
-    want_full = paired is not None and (w.ctc > 0 or w.cross_modal > 0)
+    want_full = paired is not None and (w.ctc > 0 or w.cross_modal > 0 or w.phone_ctc > 0)
     metrics: dict[str, Array] = {}
 
     # 1. Frontend features of the speech stream and of the paired speech.
@@ -538,6 +550,12 @@ class MSLAMNetwork(nn.Module):
         metrics["paired/consistency_loss"] = self._consistency(
             ctc_logits, lower_out["full"][1], shared_out["full"], paired_mask, paired_tokens, paired_tokens_mask,
             paired["lang"], deterministic, denominator)
+    if want_full and w.phone_ctc > 0:
+      phone_ids, phones_mask = self._usable_phones(paired, "paired")
+      phone_logits = enc.phone_embedding.attend(lower_out["full"][1])
+      metrics["paired/phone_ctc_loss"], metrics["paired/phone_ctc_infeasible"] = losses.ctc_loss(
+          phone_logits, paired_mask, phone_ids, phones_mask, blank_id=BLANK_ID,
+          denominator=denominator("phone_ctc", losses.ctc_count(paired_mask, phone_ids, phones_mask)))
     if paired is not None and w.cross_modal > 0:
       valid = (jnp.sum(paired_mask, axis=-1) > 0) & (jnp.sum(paired_tokens_mask, axis=-1) > 0)
       clipped = lambda log_t: losses.clipped_temperature(
@@ -792,6 +810,9 @@ class MSLAMModel:
     if net.text_ctc_input == "phones" and not enc.phone_inputs:
       raise ValueError("MSLAMModel.text_ctc_input = 'phones' needs MSLAMEncoder.phone_inputs = True "
                        "(gin_configs/experiments/phone_injection.gin binds both)")
+    if self.weights.phone_ctc > 0 and not enc.phone_inputs:
+      raise ValueError("ObjectiveWeights.phone_ctc > 0 needs MSLAMEncoder.phone_inputs = True (its head is "
+                       "the phone embedding)")
     if not 0.0 <= net.language_dropout < 1.0:
       raise ValueError(f"MSLAMModel.language_dropout must be in [0, 1), got {net.language_dropout}")
     if enc.num_languages < 0:

@@ -300,6 +300,12 @@ def _batch_with_phones(width: int = 20):
   n = int(mask[0].sum())
   ids[0, :n] = phones.WORD_BOUNDARY_ID + 1 + (tokens[0, :n] * 7) % (phones.VOCAB_SIZE - phones.WORD_BOUNDARY_ID - 1)
   batch["text"] = dict(batch["text"], phones=jnp.asarray(ids), phones_mask=jnp.asarray((ids > 0).astype(np.int32)))
+  # Paired transcripts' phones: both rows.
+  tokens, mask = np.asarray(batch["paired"]["tokens"]), np.asarray(batch["paired"]["tokens_mask"])
+  paired_ids = np.where(mask > 0, phones.WORD_BOUNDARY_ID + 1 + (tokens * 7) % (phones.VOCAB_SIZE - phones.WORD_BOUNDARY_ID - 1), 0)
+  paired_ids = np.pad(paired_ids, ((0, 0), (0, width - paired_ids.shape[1]))).astype(np.int32)
+  batch["paired"] = dict(batch["paired"], phones=jnp.asarray(paired_ids),
+                         phones_mask=jnp.asarray((paired_ids > 0).astype(np.int32)))
   return batch
 
 
@@ -314,7 +320,7 @@ def test_phone_injection_fails_at_start_without_its_pieces():
     _model(test_mslam.TINY_BINDINGS + ["MSLAMModel.text_ctc_input = 'ipa'"])
   model, batch = _model(test_mslam.TINY_BINDINGS + PHONE_BINDINGS), test_mslam._fixed_batch()  # pylint: disable=protected-access
   params = flax.core.meta.unbox(model.init(jax.random.PRNGKey(0), batch))
-  with pytest.raises(ValueError, match="needs the text stream's phones"):
+  with pytest.raises(ValueError, match="need the text stream.s phones"):
     model.loss_fn(params, batch, jax.random.PRNGKey(1), 0)
 
 
@@ -341,3 +347,27 @@ def test_phone_injection_writes_characters_from_phones_and_learns():
 
   start = float(text_ctc(params))
   assert _after_adam_steps(text_ctc, params, 40, 1e-2) < 0.5 * start, start
+
+
+@pytest.mark.slow  # compiles the joint loss's gradient (~30 s)
+def test_phone_ctc_pulls_paired_speech_toward_the_phone_embedding_and_learns():
+  model = _model(test_mslam.TINY_BINDINGS + ["ObjectiveWeights.phone_ctc = 1.0", "MSLAMEncoder.phone_inputs = True"])
+  batch = _batch_with_phones()
+  params = flax.core.meta.unbox(model.init(jax.random.PRNGKey(0), batch))
+  phone_ctc = jax.jit(lambda p: model.loss_fn(p, batch, jax.random.PRNGKey(1), 0)[1]["objective/phone_ctc"])
+  first = jax.jit(jax.grad(phone_ctc))(params)
+  # The head is the phone embedding itself, read by the speech-only layers' output: the shared
+  # layers and the character CTC head get nothing from it.
+  for inner in ("phone_embedding", "speech_lower", "speech_projection"):
+    assert float(optax.global_norm(first["encoder"][inner])) > 0.0, inner
+  assert float(optax.global_norm(first["encoder"]["shared"])) == 0.0
+  assert float(optax.global_norm(first["ctc_head"])) == 0.0
+  metrics = model.loss_fn(params, batch, jax.random.PRNGKey(1), 0)[1]
+  assert float(metrics["paired/phone_ctc_infeasible"]) == 0.0 and float(metrics["count/phone_ctc"]) > 0
+  start = float(phone_ctc(params))
+  assert _after_adam_steps(phone_ctc, params, 40, 1e-2) < 0.5 * start, start
+
+
+def test_phone_ctc_needs_the_phone_embedding():
+  with pytest.raises(ValueError, match="phone_ctc > 0 needs MSLAMEncoder.phone_inputs"):
+    _model(test_mslam.TINY_BINDINGS + ["ObjectiveWeights.phone_ctc = 1.0"])

@@ -116,7 +116,7 @@ def to_utterances(record: Record, counter: audio_lib.SkipCounter, max_clip_secon
     if not record.has_audio:
       if not text:
         raise audio_lib.BadItem(audio_lib.EMPTY_TEXT, "no text")
-      # Its phones are what phone-level text injection reads (mslam_jax.data.phones).
+      # Its phones are what the phone-level objectives read (mslam_jax.data.phones).
       return [records.Utterance(id=record.id, lang=record.lang, text=text, phones=phones.phonemize(text, record.lang))]
     data, rate = _read_audio(record)
     audio = audio_lib.validate_audio(data, rate, record.id, counter, max_seconds=math.inf)
@@ -128,7 +128,8 @@ def to_utterances(record: Record, counter: audio_lib.SkipCounter, max_clip_secon
     counter.skip(TOO_SHORT, record.id, f"{seconds:.2f} s < {min_clip_seconds} s")
     return []
   if seconds <= max_clip_seconds:
-    return [records.Utterance(id=record.id, lang=record.lang, text=text, audio=audio, voice=record.speaker)]
+    return [records.Utterance(id=record.id, lang=record.lang, text=text, audio=audio, voice=record.speaker,
+                              phones=phones.phonemize(text, record.lang))]
   if text:  # a transcript cannot be cut without an alignment
     counter.skip(audio_lib.TOO_LONG, record.id, f"labeled clip of {seconds:.1f} s > {max_clip_seconds} s")
     return []

@@ -120,7 +120,7 @@ def register_prepared_corpora(corpus_dirs: Mapping[str, str] = gin.REQUIRED,
     streams: {stream: corpus names feeding it}; default: every corpus feeds every stream it has.
     temperature: T of p_l ∝ n_l^(1/T), one for all streams or per stream.
     rate_units: per stream, "hours", "characters" or "clips" (default hours / characters / hours).
-    phones: the text Tasks' items carry the phones their corpus stores (preprocessors.prepare_records), for
+    phones: the text and paired Tasks' items carry the phones their corpus stores (preprocessors.prepare_records), for
       phone-level text injection (gin_configs/experiments/phone_injection.gin).
   """
   if not isinstance(corpus_dirs, Mapping) or not corpus_dirs:
@@ -158,7 +158,7 @@ def register_prepared_corpora(corpus_dirs: Mapping[str, str] = gin.REQUIRED,
             preprocessors=preprocessors.record_preprocessors(stream, vocabulary, inventory.get(lang).id, task,
                                                              phones=phones),
             output_features=feature_converters.task_output_features(stream, vocabulary,
-                                                                    phones=phones and stream == "text"),
+                                                                    phones=phones and stream != "speech"),
             shuffle_buffer_size=max(1, min(buffers[stream], max(source_sizes(source).values()))))
         if "train" in source.splits:
           sizes.setdefault(lang, {})[task] = _count(stats["train"], units[stream])
