@@ -1,5 +1,7 @@
 """What makes pre-training learn and what shows it: objective schedules, collapse measures, the
 cross-modal embedding heads, per-objective gradient norms, the corpus-sized vocabulary."""
+import functools
+
 import flax
 import gin
 import jax
@@ -188,18 +190,29 @@ def test_text_ctc_needs_two_frames_a_character():
     _model(test_mslam.TINY_BINDINGS + ["ObjectiveWeights.text_ctc = 1.0", "MSLAMModel.text_ctc_upsample = 1"])
 
 
+def _objective_and_its_gradient(model, batch, name: str):
+  """(params at init, the jitted objective/<name> of them, its gradient there)."""
+  params = flax.core.meta.unbox(model.init(jax.random.PRNGKey(0), batch))
+  objective = jax.jit(lambda p: model.loss_fn(p, batch, jax.random.PRNGKey(1), 0)[1][f"objective/{name}"])
+  return params, objective, jax.jit(jax.grad(objective))(params)
+
+
+def _assert_reaches(grads, reached=(), untouched=()):
+  """Which parameter subtrees ("ctc_head", "encoder/shared") a gradient reaches and which not."""
+  norm = lambda path: float(optax.global_norm(functools.reduce(lambda t, k: t[k], path.split("/"), grads)))
+  for path in reached:
+    assert norm(path) > 0.0, path
+  for path in untouched:
+    assert norm(path) == 0.0, path
+
+
 @pytest.mark.slow  # compiles the joint loss's gradient (~30 s)
 def test_text_ctc_trains_the_speech_ctc_head_from_text_alone_and_learns():
   model, batch = _model(test_mslam.TINY_BINDINGS + ["ObjectiveWeights.text_ctc = 1.0"]), test_mslam._fixed_batch()  # pylint: disable=protected-access
-  params = flax.core.meta.unbox(model.init(jax.random.PRNGKey(0), batch))
-  text_ctc = jax.jit(lambda p: model.loss_fn(p, batch, jax.random.PRNGKey(1), 0)[1]["objective/text_ctc"])
-  first = jax.jit(jax.grad(text_ctc))(params)
+  params, text_ctc, first = _objective_and_its_gradient(model, batch, "text_ctc")
   # Text reaches the head speech CTC uses, through the text embedding and the shared layers; the
   # speech-only layers never see it.
-  for outer, inner in (("ctc_head", None), ("encoder", "shared"), ("encoder", "text_embedding")):
-    tree = first[outer] if inner is None else first[outer][inner]
-    assert float(optax.global_norm(tree)) > 0.0, (outer, inner)
-  assert float(optax.global_norm(first["encoder"]["speech_lower"])) == 0.0
+  _assert_reaches(first, ("ctc_head", "encoder/shared", "encoder/text_embedding"), ("encoder/speech_lower",))
   # The paired stream's CTC is the same head's: the text term is an addition, not a second head.
   metrics = model.loss_fn(params, batch, jax.random.PRNGKey(1), 0)[1]
   assert {"text/ctc_loss", "paired/ctc_loss"} <= set(metrics) and float(metrics["text/ctc_infeasible"]) == 0.0
@@ -327,16 +340,11 @@ def test_phone_injection_fails_at_start_without_its_pieces():
 @pytest.mark.slow  # compiles the joint loss's gradient (~30 s)
 def test_phone_injection_writes_characters_from_phones_and_learns():
   model, batch = _model(test_mslam.TINY_BINDINGS + PHONE_BINDINGS), _batch_with_phones()
-  params = flax.core.meta.unbox(model.init(jax.random.PRNGKey(0), batch))
-  text_ctc = jax.jit(lambda p: model.loss_fn(p, batch, jax.random.PRNGKey(1), 0)[1]["objective/text_ctc"])
-  first = jax.jit(jax.grad(text_ctc))(params)
+  params, text_ctc, first = _objective_and_its_gradient(model, batch, "text_ctc")
   # Phones reach the speech CTC head through their own embedding and the shared layers; the
   # characters' embedding and the speech-only layers get nothing from this term.
-  for outer, inner in (("ctc_head", None), ("encoder", "shared"), ("encoder", "phone_embedding")):
-    tree = first[outer] if inner is None else first[outer][inner]
-    assert float(optax.global_norm(tree)) > 0.0, (outer, inner)
-  for inner in ("speech_lower", "text_embedding"):
-    assert float(optax.global_norm(first["encoder"][inner])) == 0.0, inner
+  _assert_reaches(first, ("ctc_head", "encoder/shared", "encoder/phone_embedding"),
+                  ("encoder/speech_lower", "encoder/text_embedding"))
   # The row without phones scores nothing (it is not counted as infeasible either): the loss is
   # the first row's alone.
   metrics = model.loss_fn(params, batch, jax.random.PRNGKey(1), 0)[1]
@@ -353,15 +361,11 @@ def test_phone_injection_writes_characters_from_phones_and_learns():
 def test_phone_ctc_pulls_paired_speech_toward_the_phone_embedding_and_learns():
   model = _model(test_mslam.TINY_BINDINGS + ["ObjectiveWeights.phone_ctc = 1.0", "MSLAMEncoder.phone_inputs = True"])
   batch = _batch_with_phones()
-  params = flax.core.meta.unbox(model.init(jax.random.PRNGKey(0), batch))
-  phone_ctc = jax.jit(lambda p: model.loss_fn(p, batch, jax.random.PRNGKey(1), 0)[1]["objective/phone_ctc"])
-  first = jax.jit(jax.grad(phone_ctc))(params)
+  params, phone_ctc, first = _objective_and_its_gradient(model, batch, "phone_ctc")
   # The head is the phone embedding itself, read by the speech-only layers' output: the shared
   # layers and the character CTC head get nothing from it.
-  for inner in ("phone_embedding", "speech_lower", "speech_projection"):
-    assert float(optax.global_norm(first["encoder"][inner])) > 0.0, inner
-  assert float(optax.global_norm(first["encoder"]["shared"])) == 0.0
-  assert float(optax.global_norm(first["ctc_head"])) == 0.0
+  _assert_reaches(first, ("encoder/phone_embedding", "encoder/speech_lower", "encoder/speech_projection"),
+                  ("encoder/shared", "ctc_head"))
   metrics = model.loss_fn(params, batch, jax.random.PRNGKey(1), 0)[1]
   assert float(metrics["paired/phone_ctc_infeasible"]) == 0.0 and float(metrics["count/phone_ctc"]) > 0
   start = float(phone_ctc(params))
