@@ -174,10 +174,11 @@ class ObjectiveWeights:
   speech frames of a phone are pulled toward the vector phone-level text injection
   (MSLAMModel.text_ctc_input = "phones") feeds the shared layers for it, so that what those layers
   learn to spell from text applies to speech. Needs the paired stream's phones
-  (gin_configs/experiments/phone_ctc.gin). On the learning benchmark's seed-0 arm at 0.3, beside
-  character text CTC: zero-shot CER with the character LM 0.170 -> 0.157 (20.6 % below the
-  speech-only ablation's), greedy 0.335 -> 0.346; with phone-level injection 0.365 (benchmarks/
-  README.md, thirty-second pass). Off by default.
+  (gin_configs/experiments/phone_ctc.gin). On the learning benchmark's two seeds at 0.3, beside
+  character text CTC: the LM-fused zero-shot gain over the speech-only ablation 13.5 % -> 16.5 %
+  (20.6 % on seed 0, 12.5 % on seed 1), the greedy one 8.3 % -> 7.0 %; with phone-level injection
+  instead of characters, seed 0's greedy gain fell to 1.1 % (benchmarks/README.md, thirty-second
+  pass). Off by default.
   """
   speech_contrastive: float = 1.0
   diversity: float = 0.1
