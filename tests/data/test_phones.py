@@ -90,3 +90,30 @@ def test_phones_need_a_registered_corpus_that_carries_them(builtin_corpus_dir):
     with pytest.raises(ValueError, match="register_builtin_corpus.phones = True"):
       next(it)
     gin.clear_config()
+
+
+def test_paired_stream_carries_each_transcripts_phones(builtin_corpus_dir):
+  with gin.unlock_config():
+    gin.clear_config()
+    it = pipeline.builtin_step_iterator(builtin_corpus_dir, [
+        "SPEECH_BATCH = 0", "TEXT_BATCH = 0", "PAIRED_BATCH = 2", "PAIRED_SAMPLES = 128000",
+        "PAIRED_TEXT_LENGTH = 256", "register_builtin_corpus.phones = True",
+        "make_step_iterator.paired_phones_length = 320"], shard_info=seqio.ShardInfo(0, 1))
+    batches = [next(it) for _ in range(2)]
+    gin.clear_config()
+  vocab = vocabularies.vocabulary_for_corpus(builtin_corpus_dir)
+  for batch in batches:
+    paired = batch["paired"]
+    assert paired["phones"].shape == (2, 320) and "audio" in paired
+    for tokens, mask, ids, phones_mask, lang in zip(paired["tokens"], paired["tokens_mask"], paired["phones"],
+                                                    paired["phones_mask"], paired["lang"]):
+      said = phones.phonemize(vocab.decode(tokens[mask == 1].tolist()), languages.all_languages()[lang].code)
+      assert said and phones_mask.sum() > 0
+      np.testing.assert_array_equal(ids[phones_mask == 1], phones.encode(said)[:320])
+
+
+def test_paired_phones_and_length_buckets_fail_at_start():
+  with pytest.raises(ValueError, match="paired_phones_length does not work with paired_buckets"):
+    pipeline.make_step_iterator(speech_batch_size=0, text_batch_size=0, paired_batch_size=2, speech_samples=1,
+                                text_length=1, paired_samples=16000, paired_text_length=16,
+                                paired_buckets=[(8000, 8, 4)], paired_phones_length=16)
