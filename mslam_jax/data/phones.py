@@ -25,46 +25,25 @@ from mslam_jax.data import special_ids
 # IPA letters outside a-z and U+0250-U+036F, and the tone numbers of eSpeak's tonal languages.
 _EXTRA = "æçðøħŋœβθχ0123456789"
 WORD_BOUNDARY_ID = special_ids.NUM_RESERVED
-_LATIN = WORD_BOUNDARY_ID + 1
-_IPA_FIRST, _IPA_LAST = 0x250, 0x36F
-_IPA = _LATIN + 26
-_EXTRA_FIRST = _IPA + (_IPA_LAST - _IPA_FIRST + 1)
-VOCAB_SIZE = _EXTRA_FIRST + len(_EXTRA)
+# The inventory, in id order from WORD_BOUNDARY_ID: the one table encode, decode and encode_tf read.
+_SYMBOLS = " " + "abcdefghijklmnopqrstuvwxyz" + "".join(map(chr, range(0x250, 0x370))) + _EXTRA
+VOCAB_SIZE = WORD_BOUNDARY_ID + len(_SYMBOLS)
+# Code point -> id (UNK_ID for any other below the table's end).
+_ID_OF_CODE_POINT = np.full(max(map(ord, _SYMBOLS)) + 1, special_ids.UNK_ID, np.int32)
+_ID_OF_CODE_POINT[[ord(ch) for ch in _SYMBOLS]] = np.arange(WORD_BOUNDARY_ID, VOCAB_SIZE, dtype=np.int32)
 
 
 def encode(ipa: str) -> np.ndarray:
   """IPA text -> int32 ids (runs of whitespace -> one WORD_BOUNDARY_ID, none at either end)."""
-  out = []
-  for ch in " ".join(ipa.split()):
-    c = ord(ch)
-    if ch == " ":
-      out.append(WORD_BOUNDARY_ID)
-    elif "a" <= ch <= "z":
-      out.append(_LATIN + c - ord("a"))
-    elif _IPA_FIRST <= c <= _IPA_LAST:
-      out.append(_IPA + c - _IPA_FIRST)
-    elif ch in _EXTRA:
-      out.append(_EXTRA_FIRST + _EXTRA.index(ch))
-    else:
-      out.append(special_ids.UNK_ID)
-  return np.asarray(out, np.int32)
+  code_points = np.asarray([ord(ch) for ch in " ".join(ipa.split())], np.int64)
+  known = code_points < len(_ID_OF_CODE_POINT)
+  return np.where(known, _ID_OF_CODE_POINT[np.where(known, code_points, 0)], special_ids.UNK_ID).astype(np.int32)
 
 
 def decode(ids) -> str:
   """The inverse of `encode` (UNK_ID -> "?"; reserved ids are skipped)."""
-  out = []
-  for i in np.asarray(ids).tolist():
-    if i == WORD_BOUNDARY_ID:
-      out.append(" ")
-    elif _LATIN <= i < _IPA:
-      out.append(chr(ord("a") + i - _LATIN))
-    elif _IPA <= i < _EXTRA_FIRST:
-      out.append(chr(_IPA_FIRST + i - _IPA))
-    elif _EXTRA_FIRST <= i < VOCAB_SIZE:
-      out.append(_EXTRA[i - _EXTRA_FIRST])
-    elif i == special_ids.UNK_ID:
-      out.append("?")
-  return "".join(out)
+  return "".join(_SYMBOLS[i - WORD_BOUNDARY_ID] if WORD_BOUNDARY_ID <= i < VOCAB_SIZE else
+                 "?" if i == special_ids.UNK_ID else "" for i in np.asarray(ids).tolist())
 
 
 @functools.cache
@@ -86,14 +65,10 @@ def phonemize(text: str, lang: str) -> str:
 
 
 def encode_tf(ipa):
-  """`encode` inside tf.data: a scalar UTF-8 IPA string tensor -> int32 [n] ids (same ids)."""
+  """`encode` inside tf.data: a scalar UTF-8 IPA string tensor -> int32 [n] ids (same ids; stored
+  phones are whitespace-normalized already)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  c = tf.strings.unicode_decode(tf.strings.strip(ipa), "UTF-8")
-  extra = tf.constant([ord(ch) for ch in _EXTRA], tf.int32)
-  hit = tf.equal(c[:, None], extra[None, :])
-  ids = tf.fill(tf.shape(c), special_ids.UNK_ID)
-  ids = tf.where(tf.reduce_any(hit, axis=1), _EXTRA_FIRST + tf.argmax(tf.cast(hit, tf.int32), axis=1,
-                                                                      output_type=tf.int32), ids)
-  ids = tf.where((c >= _IPA_FIRST) & (c <= _IPA_LAST), _IPA + c - _IPA_FIRST, ids)
-  ids = tf.where((c >= ord("a")) & (c <= ord("z")), _LATIN + c - ord("a"), ids)
-  return tf.where(tf.equal(c, ord(" ")), WORD_BOUNDARY_ID, ids)
+  code_points = tf.strings.unicode_decode(tf.strings.strip(ipa), "UTF-8")
+  known = code_points < len(_ID_OF_CODE_POINT)
+  ids = tf.gather(tf.constant(_ID_OF_CODE_POINT), tf.where(known, code_points, 0))
+  return tf.where(known, ids, special_ids.UNK_ID)
