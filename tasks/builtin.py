@@ -186,7 +186,7 @@ def register_builtin_corpus(corpus_dir: str = gin.REQUIRED,
           name,
           source=seqio.TFExampleDataSource(
               split_to_filepattern=patterns,
-              feature_description=preprocessors.training_feature_description(stream),
+              feature_description=preprocessors.training_feature_description(stream, phones),
               reader_cls=tf.data.TFRecordDataset,
               num_input_examples=num_examples,
               # One parallel interleave per Task: wide ones (seqio's default 16) start threads per
@@ -194,8 +194,7 @@ def register_builtin_corpus(corpus_dir: str = gin.REQUIRED,
               cycle_length=cycle_length, block_length=1),
           preprocessors=preprocessors.record_preprocessors(stream, vocabulary, lang_id, name,
                                                            phones=phones),
-          output_features=feature_converters.task_output_features(stream, vocabulary,
-                                                                  phones=phones and stream != "speech"),
+          output_features=feature_converters.task_output_features(stream, vocabulary, phones=phones),
           # A buffer larger than the language's data only repeats it (and costs start-up time).
           shuffle_buffer_size=max(1, min(buffers[stream], max(num_examples.values()))))
       if stream == "paired" and lang in held_out:

@@ -706,24 +706,19 @@ def make_step_iterator(
       raise ValueError(f"make_step_iterator.{name} must be >= 0, got {value}")
   if paired_phones_length and paired_buckets:
     raise ValueError("make_step_iterator.paired_phones_length does not work with paired_buckets yet: set one")
+  # A stream with phones: its lengths name them, and its converter pads them (None: the stream's own).
+  phones = lambda length: {"phones": length} if length else {}
   if text_batch_size:
-    if text_phones_length:
-      streams["text"] = StreamConfig(text_mixture, text_batch_size,
-                                     {"tokens": text_length, "phones": text_phones_length}, text_over_length,
-                                     converter=feature_converters.TextPhonesFeatureConverter)
-    else:
-      streams["text"] = StreamConfig(text_mixture, text_batch_size, {"tokens": text_length},
-                                     text_over_length)
-  if paired_batch_size and paired_phones_length:
+    streams["text"] = StreamConfig(text_mixture, text_batch_size, {"tokens": text_length, **phones(text_phones_length)},
+                                   text_over_length,
+                                   converter=feature_converters.TextPhonesFeatureConverter if text_phones_length else None)
+  if paired_batch_size:
     streams["paired"] = StreamConfig(paired_mixture, paired_batch_size,
                                      {"audio": paired_samples, "tokens": paired_text_length,
-                                      "phones": paired_phones_length}, paired_over_length,
-                                     converter=feature_converters.PairedPhonesFeatureConverter)
-  elif paired_batch_size:
-    streams["paired"] = StreamConfig(paired_mixture, paired_batch_size,
-                                     {"audio": paired_samples, "tokens": paired_text_length},
-                                     paired_over_length,
-                                     buckets=buckets("paired", paired_buckets, ("audio", "tokens")))
+                                      **phones(paired_phones_length)}, paired_over_length,
+                                     buckets=buckets("paired", paired_buckets, ("audio", "tokens")),
+                                     converter=feature_converters.PairedPhonesFeatureConverter
+                                     if paired_phones_length else None)
   for stream, config in streams.items():
     if config.batch_size < 0:
       raise ValueError(f"make_step_iterator.{stream}_batch_size must be >= 0, got {config.batch_size}")

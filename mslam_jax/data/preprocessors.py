@@ -18,7 +18,7 @@ from mslam_jax.data import records
 
 # Only the fields a training stream uses are parsed: ids, voices and word timings stay on disk for
 # evaluation (the speech stream's text too: unlabeled speech must not leak its transcript).
-_STREAM_FIELDS = {"speech": ("audio_pcm16",), "text": ("text", "phones"), "paired": ("audio_pcm16", "text", "phones")}
+_STREAM_FIELDS = {"speech": ("audio_pcm16",), "text": ("text",), "paired": ("audio_pcm16", "text")}
 
 _counters: Dict[str, tf.Variable] = {}
 _counters_lock = threading.Lock()
@@ -47,9 +47,11 @@ def count_if(flag: tf.Tensor, name: str) -> tf.Tensor:
     return tf.identity(flag)
 
 
-def training_feature_description(stream: str):
-  """The parse spec of the record fields `stream` reads (a subset of records.feature_description)."""
-  return {k: v for k, v in records.feature_description().items() if k in _STREAM_FIELDS[stream]}
+def training_feature_description(stream: str, phones: bool = False):
+  """The parse spec of the record fields `stream` reads (a subset of records.feature_description);
+  `phones`: the stored phones too (text and paired streams; prepare_records)."""
+  fields = _STREAM_FIELDS[stream] + (("phones",) if phones and stream != "speech" else ())
+  return {k: v for k, v in records.feature_description().items() if k in fields}
 
 
 def decode_audio(pcm16: tf.Tensor) -> tf.Tensor:

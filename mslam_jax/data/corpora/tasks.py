@@ -149,7 +149,7 @@ def register_prepared_corpora(corpus_dirs: Mapping[str, str] = gin.REQUIRED,
       corpus_dir = str(corpus_dirs[corpus])
       for lang, entry in sorted(manifests[corpus].get("languages", {}).items()):
         stats = entry.get("streams", {}).get(stream, {})
-        source = language_source(corpus_dir, stream, lang, stats, preprocessors.training_feature_description(stream))
+        source = language_source(corpus_dir, stream, lang, stats, preprocessors.training_feature_description(stream, phones))
         if source is None:
           continue
         task = f"{prefix}_{corpus}_{stream}_{lang}"
@@ -157,8 +157,7 @@ def register_prepared_corpora(corpus_dirs: Mapping[str, str] = gin.REQUIRED,
             task, source=source,
             preprocessors=preprocessors.record_preprocessors(stream, vocabulary, inventory.get(lang).id, task,
                                                              phones=phones),
-            output_features=feature_converters.task_output_features(stream, vocabulary,
-                                                                    phones=phones and stream != "speech"),
+            output_features=feature_converters.task_output_features(stream, vocabulary, phones=phones),
             shuffle_buffer_size=max(1, min(buffers[stream], max(source_sizes(source).values()))))
         if "train" in source.splits:
           sizes.setdefault(lang, {})[task] = _count(stats["train"], units[stream])
