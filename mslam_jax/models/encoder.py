@@ -50,8 +50,9 @@ class MSLAMEncoder(nn.Module):
       negative id adds nothing (language unknown). On the learning benchmark (two seeds): greedy CER
       0.196 -> 0.182, but the speech-only ablation's zero-shot CER improved more than the joint
       model's (gain 8.3 % -> 4.3 %; benchmarks/README.md, thirty-first pass): off by default.
-    phone_inputs: a second input embedding, of IPA phones (mslam_jax.data.phones), for phone-level
-      text injection (MSLAMModel.text_ctc_input = "phones").
+    phone_inputs: a second input embedding, of IPA phones (mslam_jax.data.phones): the input of
+      phone-level text injection (MSLAMModel.text_ctc_input = "phones") and the tied head of
+      ObjectiveWeights.phone_ctc.
     dtype: compute dtype (e.g. jnp.bfloat16); param_dtype: parameter dtype (float32).
   """
   embed_dim: int = 1024
