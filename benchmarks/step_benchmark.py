@@ -21,8 +21,8 @@ audio seconds per second and the ratio peer time / ours (> 1: ours is faster). T
 `hf` extra (torch, transformers); without it only ours runs.
 
 Ours runs twice: the batch in one pass, and as `--microbatches` exact micro-batches
-(Trainer.num_microbatches: the same gradient, summed in a scan; on a CPU each micro-batch's
-activations stay in cache). 0 skips the second.
+(Trainer.num_microbatches: the same gradient, summed in a scan that is unrolled on a CPU, where the
+micro-batches' independent passes keep both cores busy). 0 skips the second.
 
 `--joint` times the demo's three-stream step instead (models/tiny.gin,
 experiments/mslam_ctc_xmodal.gin, runs/pretrain.gin, runs/demo.gin: speech, text and paired
@@ -305,7 +305,7 @@ def main(argv=None) -> int:
   parser.add_argument("--profile", help=f"trace {PROFILED_STEPS} more of our steps here and print the top ops")
   parser.add_argument("--gin", action="append", default=[], help="extra gin binding for ours")
   parser.add_argument("--rounds", type=int, default=2, help="alternations of ours and the peer")
-  parser.add_argument("--microbatches", type=int, default=4,
+  parser.add_argument("--microbatches", type=int, default=2,
                       help="ours again as this many exact micro-batches (0: skip)")
   parser.add_argument("--peer-allocator", action="store_true",
                       help="run the peer under the allocator ours uses (tcmalloc, where installed) too")

@@ -336,17 +336,19 @@ def test_micro_batches_give_the_whole_batch_gradient(gin_tiny, batch):
   mesh = partitioning.make_mesh(devices=jax.devices()[:1])
   sgd = optimizers.Optimizer(tx=optax.sgd(1.0), schedule=lambda step: jnp.float32(1.0), name="sgd")
   steps = {}
-  for k in (1, 2):
-    trainer = trainer_lib.Trainer(model, sgd, mesh, batch, num_microbatches=k)
+  for k, unroll in ((1, 1), (2, 1), (2, 2)):  # the micro-batches' scan rolled, then unrolled
+    trainer = trainer_lib.Trainer(model, sgd, mesh, batch, num_microbatches=k, microbatch_unroll=unroll)
     state = trainer.init_state()
     new_state, metrics = trainer.train_step(trainer.init_state(), trainer.shard_batch(batch))
-    steps[k] = jax.device_get((state.params, new_state.params, metrics))
-  (before, whole, m1), (_, micro, m2) = steps[1], steps[2]
-  for key in ("loss", "grad_norm", "speech/mlm_loss", "speech/mlm_accuracy", "paired/ctc_loss",
-              "paired/consistency_loss", "count/speech_mlm", "count/ctc", "count/consistency"):
-    np.testing.assert_allclose(m2[key], m1[key], rtol=1e-5, err_msg=key)
-  for a, b in zip(jax.tree.leaves(micro), jax.tree.leaves(whole)):
-    np.testing.assert_allclose(a, b, atol=1e-6)
+    steps[k, unroll] = jax.device_get((state.params, new_state.params, metrics))
+  assert trainer_lib.Trainer(model, sgd, mesh, batch, num_microbatches=2).microbatch_unroll == 2  # CPU's default
+  before, whole, m1 = steps[1, 1]
+  for _, micro, m2 in (steps[2, 1], steps[2, 2]):
+    for key in ("loss", "grad_norm", "speech/mlm_loss", "speech/mlm_accuracy", "paired/ctc_loss",
+                "paired/consistency_loss", "count/speech_mlm", "count/ctc", "count/consistency"):
+      np.testing.assert_allclose(m2[key], m1[key], rtol=1e-5, err_msg=key)
+    for a, b in zip(jax.tree.leaves(micro), jax.tree.leaves(whole)):
+      np.testing.assert_allclose(a, b, atol=1e-6)
   assert max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(before))) > 1e-3
   # The rows differ in length: the mean of their own means is another loss.
   rows = [model.loss_fn(before, jax.tree.map(lambda x, i=i: x[i:i + 1], batch), jax.random.key(0), 0)[0]
