@@ -174,11 +174,11 @@ class ObjectiveWeights:
   speech frames of a phone are pulled toward the vector phone-level text injection
   (MSLAMModel.text_ctc_input = "phones") feeds the shared layers for it, so that what those layers
   learn to spell from text applies to speech. Needs the paired stream's phones
-  (gin_configs/experiments/phone_ctc.gin). On the learning benchmark's two seeds at 0.3, beside
-  character text CTC: the LM-fused zero-shot gain over the speech-only ablation 13.5 % -> 16.5 %
-  (20.6 % on seed 0, 12.5 % on seed 1), the greedy one 8.3 % -> 7.0 %; with phone-level injection
-  instead of characters, seed 0's greedy gain fell to 1.1 % (benchmarks/README.md, thirty-second
-  pass). Off by default.
+  (gin_configs/experiments/phone_ctc.gin). On the learning benchmark's seeds 0-2 at 0.3, beside
+  character text CTC: the LM-fused zero-shot gain over the speech-only ablation 17.4 % (20.6 %,
+  12.5 %, 19.0 %; 13.5 % without phone CTC on seeds 0-1), the greedy one 5.4 % against 8.3 %; at
+  1.0 (seed 0) both fall; with phone-level injection instead of characters, seed 0's greedy gain
+  fell to 1.1 % (benchmarks/README.md, thirty-second and thirty-third passes). Off by default.
   """
   speech_contrastive: float = 1.0
   diversity: float = 0.1
