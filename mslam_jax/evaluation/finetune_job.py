@@ -34,6 +34,7 @@ from etils import epath
 
 from mslam_jax import checkpoints
 from mslam_jax import config as config_lib
+from mslam_jax import resume_checks
 from mslam_jax import storage
 from mslam_jax import train as train_lib
 from mslam_jax.data import translation as translation_data
@@ -130,7 +131,8 @@ def _head_dir(ctx: base.EvalContext, name: str, key: dict) -> str:
   # The whole gin config joins the key: the model reads settings that change what it computes
   # without changing its parameters (the frontend's normalisation, ...) from gin as it runs, so a
   # head tuned under other bindings is another head, never one to read back.
-  key = {**key, "gin": gin.config_str()}
+  # Bindings, not the text: gin names the modules it imports with aliases that vary between processes.
+  key = {**key, "gin": resume_checks.bindings(gin.config_str())}
   digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
   if ctx.model_dir:
     return os.path.join(ctx.model_dir, FINETUNE_SUBDIR, f"{name}_step{ctx.step}_{digest}")

@@ -185,6 +185,18 @@ def test_ctc_alignment_and_zero_shot_evaluators(corpus, model_and_params, tmp_pa
   assert "zero_shot_cer_speech_only_ablation" in renamed and "zero_shot_cer_speech_only_ablation/ccc" in renamed
 
 
+def test_a_heads_directory_follows_the_bindings_not_gins_import_aliases(monkeypatch, tmp_path):
+  # gin names imported modules with aliases (mslam_jax8, mslam_jax62, ...) that vary between
+  # processes; a head trained once per checkpoint and config must be found again by the next one.
+  texts = iter(["import m.finetune as mslam_jax8\nFinetuneConfig.steps = 3\n",
+                "import m.finetune as mslam_jax62\nFinetuneConfig.steps = 3",
+                "import m.finetune as mslam_jax8\nFinetuneConfig.steps = 4\n"])
+  monkeypatch.setattr(gin, "config_str", lambda: next(texts))
+  ctx = base.EvalContext(None, None, 5, model_dir=str(tmp_path))
+  first, again, other = [finetune_job._head_dir(ctx, "ctc", {"task": "ctc"}) for _ in range(3)]  # pylint: disable=protected-access
+  assert first == again != other and first.startswith(str(tmp_path / "finetune" / "ctc_step5_"))
+
+
 def test_speech_only_bindings_switch_off_every_objective_that_reads_text():
   from mslam_jax.models import mslam  # pylint: disable=import-outside-toplevel
   fields = [f.name for f in dataclasses.fields(mslam.ObjectiveWeights)]
