@@ -20,18 +20,22 @@ class CTCFinetuneEvaluator:
 
   `langs` defaults to the corpus' training languages (paired train data, not held out).
   `lm_order` > 0 adds ctc_cer_lm: beam search fused with a character n-gram LM of that order
-  (finetune_job.ctc_language_models); 0 turns it off.
+  (finetune_job.ctc_language_models); 0 turns it off. With self-training over every language's
+  untranscribed speech (SelfTrainingConfig.steps > 0, pool "all"), the student's figures follow as
+  ctc_self_trained_*.
   """
 
   def __init__(self, corpus_dir: str | None = None, langs: Sequence[str] | None = None,
                max_train_per_lang: int | None = None, max_test_per_lang: int | None = 50,
-               beam_size: int = 8, config: finetune.FinetuneConfig | None = None, lm_order: int = 6):
+               beam_size: int = 8, config: finetune.FinetuneConfig | None = None, lm_order: int = 6,
+               self_training: finetune.SelfTrainingConfig | None = None):
     self.corpus_dir = corpus_dir
     self.langs = langs
     self.max_train_per_lang, self.max_test_per_lang = max_train_per_lang, max_test_per_lang
     self.beam_size = beam_size
     self.config = config or finetune.FinetuneConfig()
     self.lm_order = lm_order
+    self.self_training = self_training or finetune.SelfTrainingConfig()
 
   def evaluate(self, ctx: base.EvalContext) -> dict[str, float]:
     corpus_dir = ctx.corpus(self.corpus_dir, type(self).__name__)
@@ -40,6 +44,10 @@ class CTCFinetuneEvaluator:
     test = eval_data.read_utterances(corpus_dir, "paired", "test", langs, self.max_test_per_lang)
     lms = finetune_job.ctc_language_models(ctx, corpus_dir, tuned, langs, self.lm_order, beam_size=self.beam_size)
     metrics = finetune.ctc_metrics(tuned, test, "ctc", self.beam_size, lms)
+    if self.self_training.pool == "all":  # the held-out pool's student is zero_shot's
+      metrics.update(finetune_job.self_training_metrics(
+          ctx, corpus_dir, tuned, lms, langs, self.max_train_per_lang, eval_data.held_out_languages(corpus_dir),
+          test, "ctc", self.self_training, self.config, self.beam_size, self.lm_order))
     if ctx.out_dir:
       finetune._plot_losses(os.path.join(ctx.out_dir, "ctc_finetune_loss.png"), tuned.losses,  # pylint: disable=protected-access
                             f"CTC fine-tuning ({self.config.freeze}), step {ctx.step}")

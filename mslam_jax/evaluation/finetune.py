@@ -125,6 +125,43 @@ class FinetuneConfig:
     return self.encoder_learning_rate
 
 
+SELF_TRAINING_POOLS = ("held_out", "all")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class SelfTrainingConfig:
+  """One round of self-training after a CTC head is fine-tuned (gin: SelfTrainingConfig.steps = 800
+  turns it on; finetune_job.self_training_metrics runs it).
+
+  The head, as teacher, transcribes untranscribed speech (the corpus' speech stream, train split;
+  its stored text is never trained on) by beam search fused with each clip's language's character
+  LM; the student, a copy of the teacher, trains on for `steps` over the teacher's own training
+  examples and those transcripts (`share` of the draws), at `learning_rate` for head and encoder.
+  `pool`: whose speech is transcribed, the held-out languages' ("held_out": zero-shot ASR learns
+  from their speech) or every language's ("all": the training languages' too).
+  `max_per_lang`: at most this many clips a language (None: all). `rounds` > 1: each student is the
+  next round's teacher, transcribing the same clips anew."""
+  steps: int = 0
+  rounds: int = 1
+  learning_rate: float = 3e-3
+  share: float = 0.5
+  pool: str = "held_out"
+  max_per_lang: int | None = None
+
+  def __post_init__(self):
+    if self.steps < 0 or self.rounds < 1 or not 0.0 < self.share < 1.0 or self.learning_rate <= 0:
+      raise ValueError(f"SelfTrainingConfig: steps={self.steps} must be >= 0, rounds={self.rounds} >= 1, "
+                       f"share={self.share} in (0, 1) and learning_rate={self.learning_rate} > 0")
+    if self.pool not in SELF_TRAINING_POOLS:
+      raise ValueError(f"SelfTrainingConfig.pool={self.pool!r}; choose one of {SELF_TRAINING_POOLS}")
+
+  def student(self, teacher: FinetuneConfig) -> FinetuneConfig:
+    """The student's fine-tuning settings: the teacher's, with this round's steps and rate."""
+    return dataclasses.replace(teacher, steps=self.steps, learning_rate=self.learning_rate,
+                               encoder_learning_rate=self.learning_rate, encoder_lr_multiplier=None)
+
+
 # -- which parameters train ----------------------------------------------------------------------
 
 def _keys(path) -> list[str]:

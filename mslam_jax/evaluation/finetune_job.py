@@ -132,7 +132,10 @@ def _head_dir(ctx: base.EvalContext, name: str, key: dict) -> str:
   # without changing its parameters (the frontend's normalisation, ...) from gin as it runs, so a
   # head tuned under other bindings is another head, never one to read back.
   # Bindings, not the text: gin names the modules it imports with aliases that vary between processes.
-  key = {**key, "gin": resume_checks.bindings(gin.config_str())}
+  # Self-training's settings shape only the students, whose own keys hold them.
+  bindings = {k: v for k, v in resume_checks.bindings(gin.config_str()).items()
+              if not k.startswith("SelfTrainingConfig.")}
+  key = {**key, "gin": bindings}
   digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
   if ctx.model_dir:
     return os.path.join(ctx.model_dir, FINETUNE_SUBDIR, f"{name}_step{ctx.step}_{digest}")
@@ -144,7 +147,9 @@ def _head_dir(ctx: base.EvalContext, name: str, key: dict) -> str:
 def _train_in_process(ctx: base.EvalContext, task: str, examples: finetune.Examples, num_classes: int,
                       settings: finetune.FinetuneConfig, model_dir: str, source: dict,
                       head_init: Callable[[Any], dict | None] | None = None,
-                      task_model: Any = None, vocab: Any = None) -> Any:
+                      task_model: Any = None, vocab: Any = None, pretrained: Callable[[], Any] | None = None) -> Any:
+  """Trains a head job to its end (or reads a finished one back); `pretrained()` gives the encoder's
+  starting parameters (default: the context's checkpoint)."""
   params = finished_params(model_dir, settings.steps)
   if params is not None:
     logging.info("Fine-tuned %s head found in %s", task, model_dir)
@@ -152,7 +157,7 @@ def _train_in_process(ctx: base.EvalContext, task: str, examples: finetune.Examp
   _write_source(model_dir, source, vocab)
   task_model = task_model or finetune.head_task(task, ctx.model, num_classes, settings)
   iterator_fn = finetune.example_batches(examples, task, settings)
-  summary = train_task(task_model, iterator_fn, model_dir, settings, pretrained=lambda: ctx.params,
+  summary = train_task(task_model, iterator_fn, model_dir, settings, pretrained=pretrained or (lambda: ctx.params),
                        head_init=head_init, log_config=False)
   if summary["stopped"] != "done":
     raise RuntimeError(f"fine-tuning in {model_dir} stopped early ({summary['stopped']})")
@@ -197,6 +202,121 @@ def checkpoint_ctc_head(ctx: base.EvalContext, corpus_dir: str, train_langs: Seq
   tuned = finetune.FinetunedCTC(ctx.model, params, vocab, losses(model_dir), settings.batch_size, model_dir)
   ctx.shared[memo] = tuned
   return tuned
+
+
+PSEUDO_LABELS_FILE = "pseudo_labels.jsonl"
+
+
+def pseudo_labels(teacher: finetune.FinetunedCTC, utterances: Sequence[Any], lms: char_lm.LanguageModels | None,
+                  beam_size: int = 8) -> list[Any]:
+  """`utterances` with `teacher`'s transcripts as their text: beam search fused with each clip's
+  language's character LM (plain beam search without `lms`). A clip's own text is never read; clips
+  that decode to nothing are dropped."""
+  out = []
+  for start in range(0, len(utterances), teacher.batch_size):
+    chunk = utterances[start:start + teacher.batch_size]
+    for u, lp in zip(chunk, teacher.log_probs([u.audio for u in chunk], [u.lang for u in chunk])):
+      ids = (asr.beam_decode(lp, beam_size) if lms is None else
+             asr.lm_beam_decode(lp, lms.for_language(u.lang), lms.weight, lms.length_bonus, beam_size))
+      text = asr.ids_to_text(teacher.vocab, ids).strip()
+      if text:
+        out.append(dataclasses.replace(u, text=text))
+  return out
+
+
+def _with_share(labelled: finetune.Examples, extra: finetune.Examples, share: float) -> finetune.Examples:
+  """`labelled` plus `extra`, the latter repeated so that it makes about `share` of the draws."""
+  repeats = max(1, round(share / (1.0 - share) * len(labelled.audios) / len(extra.audios)))
+  return dataclasses.replace(
+      labelled, audios=labelled.audios + extra.audios * repeats, labels=labelled.labels + extra.labels * repeats,
+      langs=labelled.langs + extra.langs * repeats,
+      audio_samples=max(labelled.audio_samples, extra.audio_samples),
+      label_length=max(labelled.label_length, extra.label_length))
+
+
+def self_trained_ctc_head(ctx: base.EvalContext, corpus_dir: str, teacher: finetune.FinetunedCTC,
+                          lms: char_lm.LanguageModels | None, train_langs: Sequence[str],
+                          max_train_per_lang: int | None, untranscribed: Sequence[Any],
+                          settings: finetune.FinetuneConfig, share: float = 0.5,
+                          beam_size: int = 8) -> tuple[finetune.FinetunedCTC, list[Any]]:
+  """One round of self-training: the `teacher` head transcribes the `untranscribed` clips
+  (`pseudo_labels`, with the LM of each clip's language), then trains on, as the student, for
+  `settings.steps` over its own training examples and those transcripts (`share` of the draws).
+  Returns the student and the pseudo-labelled clips.
+
+  The job lives in the run directory beside the teacher's, keyed by the teacher and the settings;
+  the transcripts are written there (pseudo_labels.jsonl: id, lang, text) and read back on resume."""
+  key = {"task": "ctc_self_training", "teacher": teacher.directory, "langs": list(train_langs),
+         "max_per_lang": max_train_per_lang, "untranscribed": sorted(u.id for u in untranscribed),
+         "settings": _settings_dict(settings), "share": share, "beam_size": beam_size,
+         "lm": None if lms is None else [lms.order, lms.weight, lms.length_bonus]}
+  memo = ("ctc_self_training", json.dumps(key, sort_keys=True, default=str))
+  if memo in ctx.shared:
+    return ctx.shared[memo]
+  model_dir = _head_dir(ctx, "ctc_self_trained", key)
+  path = epath.Path(model_dir) / PSEUDO_LABELS_FILE
+  by_id = {u.id: u for u in untranscribed}
+  if path.exists():
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    labelled = [dataclasses.replace(by_id[r["id"]], text=r["text"]) for r in rows if r["id"] in by_id]
+  else:
+    labelled = pseudo_labels(teacher, list(untranscribed), lms, beam_size)
+    storage.makedirs(model_dir)
+    path.write_text("".join(json.dumps({"id": u.id, "lang": u.lang, "text": u.text}, ensure_ascii=False) + "\n"
+                            for u in labelled), encoding="utf-8")
+  logging.info("Self-training: %d of %d untranscribed clips pseudo-labelled by %s", len(labelled),
+               len(untranscribed), teacher.directory)
+  if not labelled:
+    raise ValueError(f"self-training: the teacher {teacher.directory} transcribed none of {len(untranscribed)} clips")
+  vocab = teacher.vocab
+  examples = _ctc_examples(corpus_dir, train_langs, max_train_per_lang, vocab, settings)
+  examples = _with_share(examples, finetune.ctc_examples(labelled, vocab, settings.max_audio_seconds), share)
+  source = {"task": "ctc", "model_dir": storage.absolute(ctx.model_dir) if ctx.model_dir else None,
+            "step": ctx.step, "teacher": teacher.directory, "corpus_dir": storage.absolute(corpus_dir),
+            "langs": list(train_langs), "num_classes": vocab.vocab_size, "settings": _settings_dict(settings),
+            "pseudo_labelled": len(labelled), "share": share}
+  params = _train_in_process(ctx, "ctc", examples, vocab.vocab_size, settings, model_dir, source,
+                             head_init=lambda _: teacher.params["head"], vocab=vocab,
+                             pretrained=lambda: teacher.params["encoder"])
+  student = finetune.FinetunedCTC(ctx.model, params, vocab, losses(model_dir), settings.batch_size, model_dir)
+  ctx.shared[memo] = (student, labelled)
+  return student, labelled
+
+
+def self_training_metrics(ctx: base.EvalContext, corpus_dir: str, teacher: finetune.FinetunedCTC,
+                          lms: char_lm.LanguageModels | None, train_langs: Sequence[str],
+                          max_train_per_lang: int | None, held_out: Sequence[str], test: Sequence[Any],
+                          prefix: str, config: finetune.SelfTrainingConfig, teacher_settings: finetune.FinetuneConfig,
+                          beam_size: int = 8, lm_order: int = 6) -> dict[str, float]:
+  """`config`'s round of self-training on `teacher` (`self_trained_ctc_head`, the pool of
+  untranscribed speech `config.pool` names) and the student's figures on `test`:
+  {prefix}_self_trained_cer (_beam, _lm, per language), {prefix}_pseudo_labelled (clips) and
+  {prefix}_pseudo_label_cer (the teacher's transcripts against the clips' stored text, which is
+  only scored, never trained on). {} when `config.steps` is 0."""
+  if not config.steps:
+    return {}
+  have = eval_data.corpus_languages(corpus_dir, "speech", "train")
+  wanted = list(held_out) if config.pool == "held_out" else list(held_out) + list(train_langs)
+  langs = [l for l in wanted if l in have]
+  if not langs:
+    raise ValueError(f"SelfTrainingConfig.steps is set, but {corpus_dir} has no untranscribed train speech "
+                     f"(speech stream) of {wanted} (SelfTrainingConfig.pool = {config.pool!r})")
+  untranscribed = [u for u in eval_data.read_utterances(corpus_dir, "speech", "train", langs, config.max_per_lang)
+                   if len(u.audio)]
+  stored = {u.id: u.text for u in untranscribed if u.text.strip()}
+  student, student_lms, metrics = teacher, lms, {}
+  for _ in range(config.rounds):  # the last round's transcripts are the ones reported
+    student, labelled = self_trained_ctc_head(ctx, corpus_dir, student, student_lms, train_langs, max_train_per_lang,
+                                              untranscribed, config.student(teacher_settings), config.share, beam_size)
+    student_lms = ctc_language_models(ctx, corpus_dir, student, train_langs, lm_order, beam_size=beam_size)
+    metrics[f"{prefix}_pseudo_labelled"] = float(len(labelled))
+    scored = [u for u in labelled if u.id in stored]
+    if scored:
+      refs = [teacher.vocab.decode(teacher.vocab.encode(stored[u.id])) for u in scored]
+      metrics[f"{prefix}_pseudo_label_cer"] = asr.error_rates_by_language(
+          refs, [u.text for u in scored], [u.lang for u in scored])["all"]["cer"]
+  metrics.update(finetune.ctc_metrics(student, test, f"{prefix}_self_trained", beam_size, student_lms))
+  return metrics
 
 
 def ctc_language_models(ctx: base.EvalContext | None, corpus_dir: str, tuned: finetune.FinetunedCTC,

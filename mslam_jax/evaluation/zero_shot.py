@@ -4,6 +4,12 @@ The held-out languages are those the corpus manifest marks (their paired data ne
 pre-training nor fine-tuning). The fine-tuned head is the one the "ctc" evaluator trains on the
 same checkpoint (shared, so a sweep running both trains it once).
 
+With self-training on (`SelfTrainingConfig.steps`), the head then transcribes the held-out
+languages' untranscribed speech (the speech stream's train split) with each language's character
+LM, trains on over those transcripts and its own training data, and is scored again, as
+zero_shot_self_trained_*. No transcribed speech of a held-out language enters at any point, so
+it stays zero-shot ASR.
+
 The speech-only ablation is the same evaluator run on a model pre-trained without the text and
 paired objectives at the same step budget; `mslam eval --ablation_model_dir` (or
 `eval.sweep(..., ablation_model_dir=...)`) scores it under its own run config and reports its
@@ -46,8 +52,11 @@ class ZeroShotEvaluator:
 
   def __init__(self, corpus_dir: str | None = None, held_out_langs: Sequence[str] | None = None,
                train_langs: Sequence[str] | None = None, max_train_per_lang: int | None = None,
-               max_test_per_lang: int | None = 50, beam_size: int = 8, lm_order: int = 6):
+               max_test_per_lang: int | None = 50, beam_size: int = 8, lm_order: int = 6,
+               self_training: finetune.SelfTrainingConfig | None = None):
+    """`self_training`: its round after the head is fine-tuned (default: SelfTrainingConfig() from gin)."""
     self.corpus_dir = corpus_dir
+    self.self_training = self_training or finetune.SelfTrainingConfig()
     self.lm_order = lm_order
     self.held_out_langs, self.train_langs = held_out_langs, train_langs
     self.max_train_per_lang, self.max_test_per_lang, self.beam_size = max_train_per_lang, max_test_per_lang, beam_size
@@ -68,6 +77,9 @@ class ZeroShotEvaluator:
                                            beam_size=self.beam_size)
     metrics = finetune.ctc_metrics(tuned, test, "zero_shot", self.beam_size, lms)
     metrics["zero_shot_num_languages"] = float(len(held_out))
+    metrics.update(finetune_job.self_training_metrics(
+        ctx, corpus_dir, tuned, lms, train_langs, self.max_train_per_lang, held_out, test, "zero_shot",
+        self.self_training, finetune.FinetuneConfig(), self.beam_size, self.lm_order))
     return metrics
 
 
