@@ -42,6 +42,16 @@ def test_the_lm_fused_zero_shot_gain_is_its_own_row():
   table = learning_benchmark.format_table(summary)
   assert "| zero-shot CER gain of joint over speech-only, with a character LM | 0.333 | | | 0.2 | yes |" in table
   assert summary["figures"]["zero_shot_cer_lm_speech_only_ablation"]["spread"] == pytest.approx(0.04)
+  assert "zero_shot_relative_gain_self_trained" not in summary  # the reports hold no self-trained figure
+
+
+def test_the_self_trained_zero_shot_gain_is_its_own_row():
+  reports = [{"metrics": dict(_report(0.3, 0.2, 0.36, 0.38)["metrics"], zero_shot_self_trained_cer=0.2,
+                              zero_shot_self_trained_cer_speech_only_ablation=0.32)}]
+  summary = learning_benchmark.summarize(reports, None)
+  assert summary["zero_shot_relative_gain_self_trained"]["value"] == pytest.approx(0.375)
+  assert "| zero-shot CER gain of joint over speech-only, after self-training | 0.375 | | | 0.2 | yes |" in (
+      learning_benchmark.format_table(summary))
 
 
 def test_a_collapsed_ablation_leaves_the_zero_shot_gain_unjudged(tmp_path):

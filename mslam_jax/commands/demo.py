@@ -93,6 +93,12 @@ TABLE_ROWS = (
     ("ctc_cer_lm", "CTC CER, training languages, with a character LM", None),
     ("zero_shot_cer_lm", "zero-shot CER, with a character LM", None),
     ("zero_shot_cer_lm_speech_only_ablation", "zero-shot CER, speech-only ablation, with a character LM", None),
+    # With self-training on (runs/eval_self_training.gin): the head trained on on its own transcripts
+    # of the held-out languages' untranscribed speech (finetune_job.self_training_metrics).
+    ("zero_shot_self_trained_cer", "zero-shot CER after self-training", None),
+    ("zero_shot_self_trained_cer_speech_only_ablation", "zero-shot CER after self-training, speech-only ablation",
+     None),
+    ("ctc_self_trained_cer", "CTC CER after self-training on every language's speech", None),
     ("alignment_word_boundary_error_ms", "word-boundary error (ms; offsets fitted on train)",
      "alignment_word_boundary_error_ms_uniform_baseline"),
     ("alignment_word_boundary_error_ms_uncalibrated", "word-boundary error (ms), uncalibrated", None),
