@@ -237,6 +237,13 @@ def test_self_training_config_is_checked_and_makes_the_students_settings():
       finetune.FinetuneConfig(steps=300, encoder_lr_multiplier=0.1, freeze="all", batch_size=4))
   assert (student.steps, student.learning_rate, student.encoder_rate, student.freeze, student.batch_size) == (
       40, 1e-3, 1e-3, "all", 4)
+  from mslam_jax import config  # pylint: disable=import-outside-toplevel
+  try:  # the run config parses on its own, e.g. as `mslam demo --gin_file=runs/eval_self_training.gin`
+    config.parse_gin(["runs/eval_self_training.gin"])
+    configured = finetune.SelfTrainingConfig()
+  finally:
+    gin.clear_config()
+  assert (configured.steps, configured.rounds, configured.pool) == (800, 2, "held_out")
 
 
 def test_a_heads_directory_follows_the_bindings_not_gins_import_aliases(monkeypatch, tmp_path):
