@@ -131,8 +131,8 @@ SELF_TRAINING_POOLS = ("held_out", "all")
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class SelfTrainingConfig:
-  """One round of self-training after a CTC head is fine-tuned (gin: SelfTrainingConfig.steps = 800
-  turns it on; finetune_job.self_training_metrics runs it).
+  """Self-training after a CTC head is fine-tuned (gin: SelfTrainingConfig.steps = 800 turns it on;
+  finetune_job.self_training_metrics runs it).
 
   The head, as teacher, transcribes untranscribed speech (the corpus' speech stream, train split;
   its stored text is never trained on) by beam search fused with each clip's language's character

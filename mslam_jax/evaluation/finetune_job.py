@@ -211,16 +211,21 @@ def pseudo_labels(teacher: finetune.FinetunedCTC, utterances: Sequence[Any], lms
                   beam_size: int = 8) -> list[Any]:
   """`utterances` with `teacher`'s transcripts as their text: beam search fused with each clip's
   language's character LM (plain beam search without `lms`). A clip's own text is never read; clips
-  that decode to nothing are dropped."""
+  that decode to nothing are dropped. A bar shows the audio seconds transcribed a second."""
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   out = []
-  for start in range(0, len(utterances), teacher.batch_size):
-    chunk = utterances[start:start + teacher.batch_size]
-    for u, lp in zip(chunk, teacher.log_probs([u.audio for u in chunk], [u.lang for u in chunk])):
-      ids = (asr.beam_decode(lp, beam_size) if lms is None else
-             asr.lm_beam_decode(lp, lms.for_language(u.lang), lms.weight, lms.length_bonus, beam_size))
-      text = asr.ids_to_text(teacher.vocab, ids).strip()
-      if text:
-        out.append(dataclasses.replace(u, text=text))
+  seconds = sum(len(u.audio) for u in utterances) / eval_data.SAMPLE_RATE
+  with tqdm(total=seconds, desc="pseudo-labelling", unit="audio s", dynamic_ncols=True,
+            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} audio s [{elapsed}<{remaining}, {rate_fmt}]") as bar:
+    for start in range(0, len(utterances), teacher.batch_size):
+      chunk = utterances[start:start + teacher.batch_size]
+      for u, lp in zip(chunk, teacher.log_probs([u.audio for u in chunk], [u.lang for u in chunk])):
+        ids = (asr.beam_decode(lp, beam_size) if lms is None else
+               asr.lm_beam_decode(lp, lms.for_language(u.lang), lms.weight, lms.length_bonus, beam_size))
+        text = asr.ids_to_text(teacher.vocab, ids).strip()
+        if text:
+          out.append(dataclasses.replace(u, text=text))
+        bar.update(len(u.audio) / eval_data.SAMPLE_RATE)
   return out
 
 
@@ -288,8 +293,8 @@ def self_training_metrics(ctx: base.EvalContext, corpus_dir: str, teacher: finet
                           max_train_per_lang: int | None, held_out: Sequence[str], test: Sequence[Any],
                           prefix: str, config: finetune.SelfTrainingConfig, teacher_settings: finetune.FinetuneConfig,
                           beam_size: int = 8, lm_order: int = 6) -> dict[str, float]:
-  """`config`'s round of self-training on `teacher` (`self_trained_ctc_head`, the pool of
-  untranscribed speech `config.pool` names) and the student's figures on `test`:
+  """`config.rounds` rounds of self-training from `teacher` (`self_trained_ctc_head`, over the
+  untranscribed speech of the pool `config.pool` names) and the last student's figures on `test`:
   {prefix}_self_trained_cer (_beam, _lm, per language), {prefix}_pseudo_labelled (clips) and
   {prefix}_pseudo_label_cer (the teacher's transcripts against the clips' stored text, which is
   only scored, never trained on). {} when `config.steps` is 0."""

@@ -54,7 +54,7 @@ class ZeroShotEvaluator:
                train_langs: Sequence[str] | None = None, max_train_per_lang: int | None = None,
                max_test_per_lang: int | None = 50, beam_size: int = 8, lm_order: int = 6,
                self_training: finetune.SelfTrainingConfig | None = None):
-    """`self_training`: its round after the head is fine-tuned (default: SelfTrainingConfig() from gin)."""
+    """`self_training`: its rounds after the head is fine-tuned (default: SelfTrainingConfig() from gin)."""
     self.corpus_dir = corpus_dir
     self.self_training = self_training or finetune.SelfTrainingConfig()
     self.lm_order = lm_order
