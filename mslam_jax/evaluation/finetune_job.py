@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 from typing import Any, Callable, Mapping, Sequence
 
@@ -127,14 +128,16 @@ def _settings_dict(settings: finetune.FinetuneConfig) -> dict:
 
 # -- heads for the evaluators ----------------------------------------------------------------------
 
+_STUDENT_ONLY = re.compile(r"^(.*/)?SelfTrainingConfig\.")  # bindings no teacher's key holds (scoped ones too)
+
+
 def _head_dir(ctx: base.EvalContext, name: str, key: dict) -> str:
   # The whole gin config joins the key: the model reads settings that change what it computes
   # without changing its parameters (the frontend's normalisation, ...) from gin as it runs, so a
   # head tuned under other bindings is another head, never one to read back.
   # Bindings, not the text: gin names the modules it imports with aliases that vary between processes.
   # Self-training's settings shape only the students, whose own keys hold them.
-  bindings = {k: v for k, v in resume_checks.bindings(gin.config_str()).items()
-              if not k.startswith("SelfTrainingConfig.")}
+  bindings = {k: v for k, v in resume_checks.bindings(gin.config_str()).items() if not _STUDENT_ONLY.match(k)}
   key = {**key, "gin": bindings}
   digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
   if ctx.model_dir:
@@ -308,19 +311,19 @@ def self_training_metrics(ctx: base.EvalContext, corpus_dir: str, teacher: finet
                      f"(speech stream) of {wanted} (SelfTrainingConfig.pool = {config.pool!r})")
   untranscribed = [u for u in eval_data.read_utterances(corpus_dir, "speech", "train", langs, config.max_per_lang)
                    if len(u.audio)]
-  stored = {u.id: u.text for u in untranscribed if u.text.strip()}
-  student, student_lms, metrics = teacher, lms, {}
-  for _ in range(config.rounds):  # the last round's transcripts are the ones reported
+  student, student_lms = teacher, lms
+  for _ in range(config.rounds):
     student, labelled = self_trained_ctc_head(ctx, corpus_dir, student, student_lms, train_langs, max_train_per_lang,
                                               untranscribed, config.student(teacher_settings), config.share, beam_size)
     student_lms = ctc_language_models(ctx, corpus_dir, student, train_langs, lm_order, beam_size=beam_size)
-    metrics[f"{prefix}_pseudo_labelled"] = float(len(labelled))
-    scored = [u for u in labelled if u.id in stored]
-    if scored:
-      refs = [teacher.vocab.decode(teacher.vocab.encode(stored[u.id])) for u in scored]
-      metrics[f"{prefix}_pseudo_label_cer"] = asr.error_rates_by_language(
-          refs, [u.text for u in scored], [u.lang for u in scored])["all"]["cer"]
-  metrics.update(finetune.ctc_metrics(student, test, f"{prefix}_self_trained", beam_size, student_lms))
+  metrics = finetune.ctc_metrics(student, test, f"{prefix}_self_trained", beam_size, student_lms)
+  metrics[f"{prefix}_pseudo_labelled"] = float(len(labelled))  # the last round's transcripts
+  stored = {u.id: u.text for u in untranscribed if u.text.strip()}
+  scored = [u for u in labelled if u.id in stored]
+  if scored:
+    refs = [teacher.vocab.decode(teacher.vocab.encode(stored[u.id])) for u in scored]
+    metrics[f"{prefix}_pseudo_label_cer"] = asr.error_rates_by_language(
+        refs, [u.text for u in scored], [u.lang for u in scored])["all"]["cer"]
   return metrics
 
 

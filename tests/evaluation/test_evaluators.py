@@ -251,7 +251,8 @@ def test_a_heads_directory_follows_the_bindings_not_gins_import_aliases(monkeypa
   # processes; a head trained once per checkpoint and config must be found again by the next one,
   # also when only the self-training that follows it changed (the students' keys hold that).
   texts = iter(["import m.finetune as mslam_jax8\nFinetuneConfig.steps = 3\n",
-                "import m.finetune as mslam_jax62\nFinetuneConfig.steps = 3\nSelfTrainingConfig.steps = 800\n",
+                "import m.finetune as mslam_jax62\nFinetuneConfig.steps = 3\nSelfTrainingConfig.steps = 800\n"
+                "st/SelfTrainingConfig.rounds = 2\n",
                 "import m.finetune as mslam_jax8\nFinetuneConfig.steps = 4\n"])
   monkeypatch.setattr(gin, "config_str", lambda: next(texts))
   ctx = base.EvalContext(None, None, 5, model_dir=str(tmp_path))
