@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mslam_jax.layers import matmul
+
 Array = jax.Array
 DType = Any
 Initializer = Callable[..., Array]
@@ -48,7 +50,7 @@ def relative_key_logits_gather(query: Array, table: Array, left_max: int, right_
   pass scatter-adds into [B, H, L, R].
   """
   length = query.shape[2]
-  per_distance = jnp.einsum("bhqd,rd->bhqr", query, table, preferred_element_type=jnp.float32)
+  per_distance = matmul.einsum("bhqd,rd->bhqr", query, table, preferred_element_type=jnp.float32)
   indices = relative_key_indices(length, length, left_max, right_max)[None, None]
   return jnp.take_along_axis(per_distance, indices, axis=-1)
 
@@ -143,7 +145,7 @@ class MultiHeadSelfAttention(nn.Module):
     def project(name):
       kernel, bias = self._projection(name, in_dim, head_dim)
       xx, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-      y = jnp.einsum("bld,dhk->bhlk", xx, kernel)
+      y = matmul.einsum("bld,dhk->bhlk", xx, kernel)
       if bias is not None:
         y = y + jnp.asarray(bias, self.dtype)[:, None, :]
       return nn.with_logical_constraint(y, ("batch", "heads", "length", "kv"))
@@ -184,7 +186,7 @@ class MultiHeadSelfAttention(nn.Module):
         partitioned(nn.initializers.variance_scaling(1.0, "fan_in", "normal", in_axis=(0, 1), out_axis=2),
                     ("heads", "kv", "embed")),
         (self.num_heads, head_dim, in_dim), self.param_dtype)
-    out = jnp.einsum("bhlk,hkd->bld", context, jnp.asarray(out_kernel, self.dtype))
+    out = matmul.einsum("bhlk,hkd->bld", context, jnp.asarray(out_kernel, self.dtype))
     if self.use_bias:
       out_bias = self.param("out_bias", partitioned(nn.initializers.zeros, ("embed",)), (in_dim,), self.param_dtype)
       out = out + jnp.asarray(out_bias, self.dtype)

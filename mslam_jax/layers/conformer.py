@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from mslam_jax.layers import attention
+from mslam_jax.layers import matmul
 
 Array = jax.Array
 DType = Any
@@ -72,7 +73,7 @@ def layer_norm(epsilon: float, dtype: DType, param_dtype: DType, axis_name: str 
 def dense(features: int, axes: tuple[str, str], use_bias: bool, dtype: DType, param_dtype: DType,
           name: str | None = None) -> nn.Dense:
   return nn.Dense(
-      features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+      features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, dot_general=matmul.dot_general,
       kernel_init=attention.partitioned(nn.initializers.lecun_normal(), axes),
       bias_init=attention.partitioned(nn.initializers.zeros, (axes[1],)), name=name)
 

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from mslam_jax.layers import attention
 from mslam_jax.layers import logmel
+from mslam_jax.layers import matmul
 
 Array = jax.Array
 DType = Any
@@ -143,7 +144,7 @@ class FeatureProjection(nn.Module):
         use_fast_variance=False, scale_init=attention.partitioned(nn.initializers.ones, (None,)),
         bias_init=attention.partitioned(nn.initializers.zeros, (None,)))
     self.projection = nn.Dense(
-        self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype,
+        self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype, dot_general=matmul.dot_general,
         kernel_init=attention.partitioned(nn.initializers.lecun_normal(), (None, "embed")),
         bias_init=attention.partitioned(nn.initializers.zeros, ("embed",)))
     self.dropout = nn.Dropout(self.dropout_rate)

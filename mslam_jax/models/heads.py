@@ -17,6 +17,7 @@ import gin
 import jax
 import jax.numpy as jnp
 
+from mslam_jax.layers import matmul
 from mslam_jax.layers import pooling
 
 Array = jax.Array
@@ -54,7 +55,7 @@ class _Dense(nn.Module):
   def __call__(self, x: Array) -> Array:
     return nn.Dense(
         self.features, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=_kernel_init(self.axes, self.init_scale), bias_init=_bias_init(self.axes[1:]), name="dense")(x)
+        dot_general=matmul.dot_general, kernel_init=_kernel_init(self.axes, self.init_scale), bias_init=_bias_init(self.axes[1:]), name="dense")(x)
 
 
 class CodebookPredictionHead(nn.Module):
@@ -95,7 +96,7 @@ class TextLMHead(nn.Module):
     bias = self.param("bias", _bias_init(("vocab",)), (embedding.shape[0],), self.param_dtype)
     # Unit-scale embeddings against unit-scale (layer-normed) states: 1/sqrt(D) keeps the logits
     # at unit scale, as T5 does for its tied head.
-    logits = jnp.einsum("...d,vd->...v", x.astype(self.dtype), embedding.astype(self.dtype))
+    logits = matmul.einsum("...d,vd->...v", x.astype(self.dtype), embedding.astype(self.dtype))
     logits = logits * (embedding.shape[-1] ** -0.5) + bias.astype(self.dtype)
     return _constrain(logits, ("batch", "length", "vocab"))
 

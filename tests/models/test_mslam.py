@@ -159,6 +159,47 @@ def test_bf16_training_drives_fixed_batch_loss_down(gin_tiny, batch, boxed_param
   assert float(metrics["speech/contrastive_accuracy"]) > 0.9 and float(metrics["text/mlm_accuracy"]) > 0.9
 
 
+def _dot_operand_dtypes(jaxpr) -> list[str]:
+  """The operand dtypes of every dot_general in `jaxpr` and its sub-jaxprs (scans, custom vjps)."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      found.append("/".join(str(v.aval.dtype) for v in eqn.invars))
+    for value in eqn.params.values():
+      for item in value if isinstance(value, (tuple, list)) else (value,):
+        inner = getattr(item, "jaxpr", None)
+        if inner is not None and hasattr(inner, "eqns"):
+          found += _dot_operand_dtypes(inner)
+        elif hasattr(item, "eqns"):
+          found += _dot_operand_dtypes(item)
+  return found
+
+
+def test_bf16_matmul_operands_reach_every_weight_product_and_leave_the_loss_close(gin_tiny, batch, boxed_params):
+  """matmul_precision "bfloat16": the gradient's weight products take bf16 operands (attention's
+  two-activation products stay float32), and the loss moves by bf16 rounding only."""
+  params = flax.core.meta.unbox(boxed_params)
+  rng = jax.random.key(1)
+
+  def loss_and_dots(precision):
+    gin.bind_parameter("matmul_precision.precision", precision)
+    try:
+      model = mslam.MSLAMModel()
+      grad = jax.grad(lambda p: model.loss_fn(p, batch, rng, 0)[0])
+      dots = _dot_operand_dtypes(jax.make_jaxpr(grad)(params).jaxpr)
+      return float(_fast_jit(lambda p: model.loss_fn(p, batch, rng, 0)[0], params)(params)), dots
+    finally:
+      gin.bind_parameter("matmul_precision.precision", "float32")
+
+  loss32, dots32 = loss_and_dots("float32")
+  loss16, dots16 = loss_and_dots("bfloat16")
+  print("dot operand dtypes, bfloat16:", {d: dots16.count(d) for d in set(dots16)})
+  assert "bfloat16/bfloat16" not in dots32
+  # Each bf16 product of the forward pass has two in the backward: the weight products dominate.
+  assert dots16.count("bfloat16/bfloat16") > 2 * dots16.count("float32/float32") > 0, dots16
+  assert loss16 != loss32 and abs(loss16 - loss32) < 0.02 * abs(loss32), (loss16, loss32)
+
+
 def test_encodings_do_not_depend_on_batch_padding(model, boxed_params):
   rng = np.random.default_rng(3)
   clip = _audio(rng, 7000)

@@ -1,0 +1,121 @@
+"""The encoder's products with a weight, at one chosen operand precision.
+
+`einsum(spec, a, b)` and `dot_general` (flax's `nn.Dense(dot_general=...)`) are jnp.einsum and
+lax.dot_general when `matmul_precision` is "float32", the default: the HF parity tests hold to it.
+The layers route their products with a weight through them (dense layers, attention projections,
+the relative-key table, output heads); attention's products of two activations stay float32: on
+XLA:CPU their batched backward products, in bf16, become transposes and upcasts that cost more than
+they save.
+
+"bfloat16" rounds both operands to bfloat16 and accumulates in float32, in the forward pass and in
+both products of the backward pass (whose cotangent is rounded too). That is what a TPU does for a
+float32 matmul at JAX's default precision. XLA:CPU ignores precision settings, and its bf16-in,
+bf16-out dots take a slow path, but a bf16-in, f32-out dot runs on AMX / AVX512-BF16 tiles 3-5 times
+faster than float32 (benchmarks/README.md, thirty-fifth pass). Outputs and gradients keep the
+inputs' dtypes, so parameters, optimizer state and every non-matmul op stay as they were.
+"""
+import functools
+import logging
+import string
+from typing import Any
+
+import gin
+import jax
+import jax.numpy as jnp
+
+from mslam_jax import cpu_host
+
+Array = jax.Array
+
+PRECISIONS = ("float32", "bfloat16", "auto")
+
+
+@gin.configurable
+def matmul_precision(precision: str = "float32") -> str:
+  """The operand precision of the encoder's weight matmuls (gin: matmul_precision.precision = ...).
+
+  "auto" is "bfloat16" on a CPU backend with a bfloat16 matrix unit (cpu_host.bf16_matmul_units)
+  and "float32" elsewhere: accelerators apply their own default precision to float32 dots.
+  """
+  if precision not in PRECISIONS:
+    raise ValueError(f"matmul_precision.precision={precision!r}; choose one of {PRECISIONS}")
+  if precision == "auto":
+    return _auto_precision()
+  return precision
+
+
+@functools.lru_cache(maxsize=None)
+def _auto_precision() -> str:
+  chosen = "bfloat16" if jax.default_backend() == "cpu" and cpu_host.bf16_matmul_units() else "float32"
+  logging.info("matmul_precision auto: %s matmul operands on this %s host", chosen, jax.default_backend())
+  return chosen
+
+
+def _operands(spec: str) -> tuple[str, str, str]:
+  inputs, out = spec.replace(" ", "").split("->")
+  a, b = inputs.split(",")
+  return a, b, out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _bf16_einsum(spec: str, a: Array, b: Array) -> Array:
+  return jnp.einsum(spec, a.astype(jnp.bfloat16), b.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
+
+
+def _bf16_einsum_fwd(spec, a, b):
+  a16, b16 = a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
+  out = jnp.einsum(spec, a16, b16, preferred_element_type=jnp.float32)
+  # Zero-size stand-ins carry the inputs' dtypes to the backward pass (residuals must be arrays).
+  return out, (a16, b16, jnp.zeros((0,), a.dtype), jnp.zeros((0,), b.dtype))
+
+
+def _bf16_einsum_bwd(spec, residuals, g):
+  a16, b16, a_dtype, b_dtype = residuals
+  sa, sb, so = _operands(spec)
+  g16 = g.astype(jnp.bfloat16)
+  # Each operand's cotangent is the product of the output's with the other operand.
+  da = jnp.einsum(f"{so},{sb}->{sa}", g16, b16, preferred_element_type=jnp.float32)
+  db = jnp.einsum(f"{sa},{so}->{sb}", a16, g16, preferred_element_type=jnp.float32)
+  return da.astype(a_dtype.dtype), db.astype(b_dtype.dtype)
+
+
+_bf16_einsum.defvjp(_bf16_einsum_fwd, _bf16_einsum_bwd)
+
+
+def _check_transposable(spec: str) -> None:
+  sa, sb, so = _operands(spec)
+  for name, operand, other in (("first", sa, sb), ("second", sb, sa)):
+    alone = set(operand.replace("...", "")) - set(so) - set(other)
+    if alone:
+      raise ValueError(f"einsum {spec!r}: the {name} operand's axes {sorted(alone)} are summed within it "
+                       "alone; sum them before the product")
+
+
+def einsum(spec: str, a: Array, b: Array, preferred_element_type: Any = None) -> Array:
+  """jnp.einsum of two operands at `matmul_precision()`; the result has einsum's dtype (or the
+  preferred one)."""
+  if matmul_precision() == "float32":
+    return jnp.einsum(spec, a, b, preferred_element_type=preferred_element_type)
+  _check_transposable(spec)
+  out_dtype = preferred_element_type or jnp.result_type(a, b)
+  return _bf16_einsum(spec, a, b).astype(out_dtype)
+
+
+def dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None,
+                preferred_element_type: Any = None) -> Array:
+  """lax.dot_general's signature (flax's `dot_general` hook) at `matmul_precision()`."""
+  if matmul_precision() == "float32":
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                               preferred_element_type=preferred_element_type)
+  (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
+  letters = iter(string.ascii_letters)
+  lhs_axes = [next(letters) for _ in range(lhs.ndim)]
+  rhs_axes = [next(letters) for _ in range(rhs.ndim)]
+  for l, r in zip(list(lhs_contract) + list(lhs_batch), list(rhs_contract) + list(rhs_batch)):
+    rhs_axes[r] = lhs_axes[l]
+  # dot_general's output order: batch axes, then the lhs' free axes, then the rhs'.
+  out = ([lhs_axes[i] for i in lhs_batch]
+         + [a for i, a in enumerate(lhs_axes) if i not in lhs_contract and i not in lhs_batch]
+         + [a for i, a in enumerate(rhs_axes) if i not in rhs_contract and i not in rhs_batch])
+  spec = f"{''.join(lhs_axes)},{''.join(rhs_axes)}->{''.join(out)}"
+  return einsum(spec, lhs, rhs, preferred_element_type)
