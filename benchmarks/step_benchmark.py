@@ -186,7 +186,8 @@ def peer_available() -> bool:
   return True
 
 
-def run_peer(size: str, audio: np.ndarray, warmup: int, steps: int, features_inside: bool) -> dict:
+def run_peer(size: str, audio: np.ndarray, warmup: int, steps: int, features_inside: bool,
+             bf16: bool = False) -> dict:
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   from transformers.models.wav2vec2 import modeling_wav2vec2  # pylint: disable=g-import-not-at-top
@@ -225,8 +226,10 @@ def run_peer(size: str, audio: np.ndarray, warmup: int, steps: int, features_ins
     masked = modeling_wav2vec2._compute_mask_indices(  # pylint: disable=protected-access
         tuple(feats.shape[:2]), mask_prob=0.065, mask_length=10, attention_mask=mask, min_masks=1)
     masked = torch.from_numpy(masked) & mask.bool()
-    hidden = model(feats, attention_mask=mask, mask_time_indices=masked).last_hidden_state
-    loss = torch.nn.functional.cross_entropy(head(hidden[masked]), targets[masked])
+    # bf16: torch's CPU autocast, whose matmuls take bfloat16 operands (oneDNN, AMX where present).
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+      hidden = model(feats, attention_mask=mask, mask_time_indices=masked).last_hidden_state
+      loss = torch.nn.functional.cross_entropy(head(hidden[masked]), targets[masked])
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -260,6 +263,8 @@ def _worker(side: str, args, profile: str | None = None) -> dict:
              "--warmup", str(args.warmup), "--microbatches", str(args.microbatches)] + [f"--gin={g}" for g in args.gin]
   if args.cache:
     command.append("--cache")
+  if args.bf16:
+    command.append("--bf16")
   if profile:
     command += ["--profile", profile]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
@@ -284,12 +289,18 @@ def _run_worker(args) -> int:
   if args.worker.startswith("ours"):
     _configure_cache(args.cache)
     micro = [f"Trainer.num_microbatches = {args.microbatches}"] if args.worker == "ours_micro" else []
-    r = run_ours(args.size, audio, args.warmup, args.steps, list(args.gin) + micro, args.profile)
+    r = run_ours(args.size, audio, args.warmup, args.steps, list(args.gin) + micro + _precision_bindings(args),
+                 args.profile)
   else:
-    r = run_peer(args.size, audio, args.warmup, args.steps, features_inside=args.worker.endswith("inside"))
+    r = run_peer(args.size, audio, args.warmup, args.steps, features_inside=args.worker.endswith("inside"),
+                 bf16=args.bf16)
   r["allocator"] = _allocator()
   print(json.dumps(r))
   return 0
+
+
+def _precision_bindings(args) -> list[str]:
+  return ["matmul_precision.precision = 'bfloat16'"] if args.bf16 else []
 
 
 def main(argv=None) -> int:
@@ -309,6 +320,9 @@ def main(argv=None) -> int:
                       help="ours again as this many exact micro-batches (0: skip)")
   parser.add_argument("--peer-allocator", action="store_true",
                       help="run the peer under the allocator ours uses (tcmalloc, where installed) too")
+  parser.add_argument("--bf16", action="store_true",
+                      help="both sides' matmuls take bfloat16 operands: ours by matmul_precision, the "
+                           "peer's by torch.autocast")
   parser.add_argument("--json", action="store_true")
   parser.add_argument("--worker", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -326,7 +340,7 @@ def main(argv=None) -> int:
   device = f"{jax.default_backend()} x{jax.device_count()} ({os.cpu_count()} host cores)"
 
   if args.joint:
-    r = run_joint(args.warmup, args.steps, args.gin, args.profile)
+    r = run_joint(args.warmup, args.steps, list(args.gin) + _precision_bindings(args), args.profile)
     med = _median(r["times"])
     result = {"mode": "joint", "device": device, "allocator": _allocator(), "compile_s": r["compile_s"], "step_s": med,
               "audio_s_per_s": r["audio_seconds"] / med, "times": r["times"]}
@@ -340,7 +354,8 @@ def main(argv=None) -> int:
     return 0
 
   audio_seconds = args.batch * args.seconds
-  result = {"mode": "step", "size": args.size, "device": device, "batch": args.batch, "seconds": args.seconds}
+  result = {"mode": "step", "size": args.size, "device": device, "batch": args.batch, "seconds": args.seconds,
+            "matmul_operands": "bfloat16" if args.bf16 else "float32"}
   have_peer = not args.no_peer and peer_available()
   # Each side runs in its own process (torch's and TensorFlow's OpenMP runtimes, and XLA's thread
   # pool, must not share one), alternating for `--rounds` rounds so that load from other processes
@@ -362,7 +377,8 @@ def main(argv=None) -> int:
   ours = [("ours", "ours (Trainer.train_step)")]
   if "ours_micro" in result:
     ours.append(("ours_micro", f"ours, {args.microbatches} micro-batches"))
-  print(f"train step, size {args.size}, {args.batch} clips x {args.seconds:g} s, on {device}")
+  print(f"train step, size {args.size}, {args.batch} clips x {args.seconds:g} s, on {device}, "
+        f"{result['matmul_operands']} matmul operands")
   for key, label in ours:
     step_s = result[key]["step_s"]
     print(f"  {label:34s} median {step_s:.3f} s  {audio_seconds / step_s:7.1f} audio s/s"
