@@ -24,12 +24,18 @@ Ours runs twice: the batch in one pass, and as `--microbatches` exact micro-batc
 (Trainer.num_microbatches: the same gradient, summed in a scan that is unrolled on a CPU, where the
 micro-batches' independent passes keep both cores busy). 0 skips the second.
 
+`--bf16` gives both sides' matmuls bfloat16 operands with float32 accumulation: ours by
+`matmul_precision.precision = "bfloat16"` (mslam_jax/layers/matmul.py; its weight matmuls), the
+peer's by torch.autocast("cpu", bfloat16); the peer also runs in float32, as it does by default.
+On a CPU with AMX-BF16 both sides' matmuls run several times faster.
+
 `--joint` times the demo's three-stream step instead (models/tiny.gin,
 experiments/mslam_ctc_xmodal.gin, runs/pretrain.gin, runs/demo.gin: speech, text and paired
 sub-batches) and reports its compile time; there is no peer for it.
 
   python benchmarks/step_benchmark.py --size tiny
   python benchmarks/step_benchmark.py --size small
+  python benchmarks/step_benchmark.py --size tiny --bf16
   python benchmarks/step_benchmark.py --joint
   python benchmarks/step_benchmark.py --size tiny --profile /tmp/prof   # + the top ops of 3 steps
 
@@ -293,7 +299,7 @@ def _run_worker(args) -> int:
                  args.profile)
   else:
     r = run_peer(args.size, audio, args.warmup, args.steps, features_inside=args.worker.endswith("inside"),
-                 bf16=args.bf16)
+                 bf16=args.bf16 and "float32" not in args.worker)
   r["allocator"] = _allocator()
   print(json.dumps(r))
   return 0
@@ -301,6 +307,18 @@ def _run_worker(args) -> int:
 
 def _precision_bindings(args) -> list[str]:
   return ["matmul_precision.precision = 'bfloat16'"] if args.bf16 else []
+
+
+def _peer_sides(args) -> list[tuple[str, str]]:
+  """(worker, label) of each peer run: at our precision; with --bf16 also in float32, as the peer
+  runs by default."""
+  sides = [("peer_features_outside", "peer, features outside its step"),
+           ("peer_features_inside", "peer, features inside its step")]
+  if args.bf16:
+    sides = [(k, label.replace("peer,", "peer (autocast),")) for k, label in sides] + [
+        ("peer_float32_features_outside", "peer (float32), features outside"),
+        ("peer_float32_features_inside", "peer (float32), features inside")]
+  return sides
 
 
 def main(argv=None) -> int:
@@ -361,7 +379,7 @@ def main(argv=None) -> int:
   # pool, must not share one), alternating for `--rounds` rounds so that load from other processes
   # hits both alike; a side's figure is the median over all of its timed steps.
   sides = (["ours"] + (["ours_micro"] if args.microbatches > 1 else [])
-           + (["peer_features_outside", "peer_features_inside"] if have_peer else []))
+           + ([key for key, _ in _peer_sides(args)] if have_peer else []))
   for round_index in range(args.rounds):
     for side in sides:
       r = _worker(side, args, profile=args.profile if round_index == 0 and side == "ours" else None)
@@ -381,17 +399,16 @@ def main(argv=None) -> int:
         f"{result['matmul_operands']} matmul operands")
   for key, label in ours:
     step_s = result[key]["step_s"]
-    print(f"  {label:34s} median {step_s:.3f} s  {audio_seconds / step_s:7.1f} audio s/s"
+    print(f"  {label:44s} median {step_s:.3f} s  {audio_seconds / step_s:7.1f} audio s/s"
           f"   (compile {result[key]['compile_s']:.1f} s; {result[key]['allocator']})")
   _print_profile(args.profile)
   if not have_peer:
     print("  peer skipped (needs the hf extra: torch, transformers)" if not args.no_peer else "")
     return 0
-  for key, label in (("peer_features_outside", "peer, features outside its step"),
-                     ("peer_features_inside", "peer, features inside its step")):
+  for key, label in _peer_sides(args):
     peer_s = result[key]["step_s"]
     ratios = " / ".join(f"{peer_s / result[k]['step_s']:.2f}" for k, _ in ours)
-    print(f"  {label:34s} median {peer_s:.3f} s  {audio_seconds / peer_s:7.1f} audio s/s"
+    print(f"  {label:44s} median {peer_s:.3f} s  {audio_seconds / peer_s:7.1f} audio s/s"
           f"   ratio peer/ours {ratios}   ({result[key]['allocator']})")
   return 0
 

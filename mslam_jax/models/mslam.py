@@ -47,6 +47,7 @@ import jax
 import jax.numpy as jnp
 
 from mslam_jax import trainer as trainer_contract
+from mslam_jax.layers import matmul
 from mslam_jax.layers import quantizers as quantizers_lib
 from mslam_jax.models import ctc_alignment
 from mslam_jax.models import encoder as encoder_lib
@@ -782,6 +783,7 @@ class MSLAMModel:
   def validate(self) -> None:
     """Rejects impossible settings before anything is traced, naming the gin binding to fix."""
     enc, net, q = self.encoder, self.network, self.network.quantizer
+    matmul.matmul_precision()  # an unknown precision names its binding here, not at trace time
     self.weights.validate()
     self.schedule.validate()
     self.masks.validate()

@@ -17,7 +17,9 @@ def test_bf16_runs_both_sides_with_bfloat16_matmul_operands(capsys):
   assert result["matmul_operands"] == "bfloat16"
   assert result["ours"]["step_s"] > 0 and result["ours"]["loss"] > 0
   if step_benchmark.peer_available():
-    assert result["peer_features_outside"]["step_s"] > 0 and result["peer_features_inside"]["step_s"] > 0
+    for side in ("peer_features_outside", "peer_features_inside", "peer_float32_features_outside",
+                 "peer_float32_features_inside"):
+      assert result[side]["step_s"] > 0, side
 
 
 def test_bf16_binds_our_matmul_precision_only_when_asked():

@@ -417,3 +417,12 @@ def test_misconfiguration_fails_at_construction_naming_the_binding(gin_tiny, ove
     overrides["encoder"] = mslam.encoder_lib.MSLAMEncoder(**overrides["encoder"])
   with pytest.raises(ValueError, match=binding.replace(".", r"\.")):
     mslam.MSLAMModel(**overrides)
+
+
+def test_an_unknown_matmul_precision_fails_at_construction(gin_tiny):
+  gin.bind_parameter("matmul_precision.precision", "fp8")
+  try:
+    with pytest.raises(ValueError, match=r"matmul_precision\.precision='fp8'"):
+      mslam.MSLAMModel()
+  finally:
+    gin.bind_parameter("matmul_precision.precision", "float32")
