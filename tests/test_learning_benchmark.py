@@ -110,4 +110,7 @@ def test_seeds_sharing_the_cores_keep_their_ablation_in_one_process(tmp_path):
   alone = learning_benchmark.demo_job(str(tmp_path), 1, 10, 20, ["--gin.X=1"], shared=False)
   assert "--one-process" in shared[1] and "--one-process" not in alone[1]
   assert shared[1][-1] == alone[1][-1] == "--gin.X=1"
+  # Float32 matmuls on every host, before the user's flags (which may override it).
+  assert shared[1].index("--gin.matmul_precision.precision = 'float32'") < shared[1].index("--gin.X=1")
+  assert "--gin.matmul_precision.precision = 'float32'" in learning_benchmark.w2v_bert_job(str(tmp_path), 10)[1]
   assert shared[1][shared[1].index("--steps") + 1] == "10" and os.path.islink(tmp_path / "seed_0" / "corpus")
