@@ -18,10 +18,10 @@ import re
 import sys
 
 # Coarse kinds of ops, first match wins (kernel names on GPUs, XLA op names on CPUs).
-KINDS = (("matmul", r"gemm|nvjet|cutlass|xmma|cublas|\bdot|matmul|ynn_fusion"), ("convolution", r"conv"),
+KINDS = (("matmul", r"gemm|nvjet|cutlass|xmma|cublas|\bdot|matmul|ynn_fusion"), ("convolution", r"conv(?!ert)"),
          ("rng", r"rng|threefry|philox|random"), ("reduction", r"reduce"),
          ("copy/transpose", r"copy|transpose|memcpy|memset|dynamic.update.slice"),
-         ("other fusion", r"fusion"), ("other", r""))
+         ("dtype conversion", r"convert"), ("other fusion", r"fusion"), ("other", r""))
 
 
 def kind_of(name: str) -> str:

@@ -55,6 +55,13 @@ def test_a_cpu_trace_counts_xla_ops_on_every_thread(tmp_path):
   assert s["kinds"] == {"matmul": 0.6, "reduction": 0.2, "copy/transpose": 0.2}
 
 
+def test_dtype_conversions_are_not_convolutions():
+  profile_summary = _load()
+  assert profile_summary.kind_of("convolution.10") == profile_summary.kind_of("conv_general_dilated") == "convolution"
+  assert profile_summary.kind_of("add_convert_fusion.13") == "dtype conversion"
+  assert profile_summary.kind_of("copy_convert_fusion.2") == "copy/transpose"
+
+
 def test_a_directory_without_a_trace_says_how_to_make_one(tmp_path):
   with pytest.raises(FileNotFoundError, match="create_perfetto_trace=True"):
     _load().summarize(str(tmp_path))
