@@ -64,7 +64,7 @@ def relative_key_logits_skew(query: Array, table: Array, left_max: int, right_ma
   """
   length = query.shape[2]
   distances = jnp.clip(jnp.arange(-(length - 1), length), -left_max, right_max) + left_max
-  all_distances = jnp.einsum("bhqd,md->bhqm", query, table[distances], preferred_element_type=jnp.float32)
+  all_distances = matmul.einsum("bhqd,md->bhqm", query, table[distances], preferred_element_type=jnp.float32)
   if length == 1:
     return all_distances
   batch, heads = all_distances.shape[:2]

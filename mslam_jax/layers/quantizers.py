@@ -135,12 +135,12 @@ class GumbelVectorQuantizer(nn.Module):
         (groups, entries, self.codevector_dim // groups), self.param_dtype)
 
     if deterministic:
-      ids = jnp.argmax(logits, axis=-1)
+      ids = first_argmax(logits)
       selection = jax.nn.one_hot(ids, entries, dtype=jnp.float32)
     else:
       gumbel = jax.random.gumbel(self.make_rng(self.rng_collection), logits.shape, jnp.float32)
       soft = jax.nn.softmax((logits + gumbel) / temperature, axis=-1)
-      ids = jnp.argmax(soft, axis=-1)
+      ids = first_argmax(soft)
       hard = jax.nn.one_hot(ids, entries, dtype=jnp.float32)
       selection = hard + soft - jax.lax.stop_gradient(soft)  # straight-through
     quantized = jnp.einsum("btgv,gvd->btgd", selection.astype(self.dtype), jnp.asarray(codebook, self.dtype))
@@ -201,13 +201,22 @@ class RandomProjectionQuantizer(nn.Module):
     projected = projected / jnp.linalg.norm(projected, axis=-1, keepdims=True).clip(1e-6)
     # For unit vectors the nearest neighbour in l2 is the one of largest cosine.
     similarity = jnp.einsum("btge,gve->btgv", projected, codebook, precision=jax.lax.Precision.HIGHEST)
-    ids = jnp.argmax(similarity, axis=-1).astype(jnp.int32)
+    ids = first_argmax(similarity)
     quantized = codebook[jnp.arange(groups)[None, None, :], ids]  # [B, T, G, entry_dim]
     quantized = quantized.reshape(batch, length, groups * self.entry_dim).astype(self.dtype)
     code_perplexity, usage = _hard_statistics(ids, mask, entries)
     return QuantizerOutput(
         quantized=quantized, ids=ids, diversity_loss=jnp.zeros((), jnp.float32),
         perplexity=code_perplexity, code_perplexity=code_perplexity, usage=usage)
+
+
+def first_argmax(x: Array) -> Array:
+  """jnp.argmax over the last axis (the first of tied maxima), as int32, by a max and a min: XLA:CPU
+  runs argmax's variadic reduce about 3 times slower (the BEST-RQ targets' 6.4 ms of the tiny step)."""
+  largest = jnp.max(x, axis=-1, keepdims=True)
+  positions = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+  # No position equals a NaN maximum: the last entry then, never one past it.
+  return jnp.minimum(jnp.min(jnp.where(x == largest, positions, x.shape[-1]), axis=-1), x.shape[-1] - 1)
 
 
 def _is_frozen_path(path: tuple[Any, ...]) -> bool:

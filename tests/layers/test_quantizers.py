@@ -136,3 +136,12 @@ def test_utterance_norm_spreads_frames_that_share_an_offset_and_ignores_padding(
   padded_mask = jnp.concatenate([mask, jnp.zeros((4, 20), jnp.int32)], axis=1)
   ids = normed.apply(variables, padded, padded_mask, 2.0, True).ids[:, :50]
   np.testing.assert_array_equal(ids, normed.apply(variables, frames, mask, 2.0, True).ids)
+
+
+def test_first_argmax_is_argmax_with_its_tie_rule():
+  x = jax.random.normal(jax.random.key(0), (3, 5, 2, 64))
+  np.testing.assert_array_equal(quantizers.first_argmax(x), jnp.argmax(x, axis=-1))
+  ties = jnp.array([[0.0, 2.0, 2.0, 1.0], [3.0, 3.0, 3.0, 3.0]])
+  np.testing.assert_array_equal(quantizers.first_argmax(ties), [1, 0])
+  assert quantizers.first_argmax(ties).dtype == jnp.int32
+  assert 0 <= int(quantizers.first_argmax(jnp.array([1.0, jnp.nan, 0.0]))) < 3  # a NaN row stays in range
