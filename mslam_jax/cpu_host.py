@@ -16,10 +16,13 @@ long run. It takes effect at a process' start (LD_PRELOAD), so `cli.entry` start
 under it (`restart_under_allocator`); where the library is not installed (Debian/Ubuntu:
 libtcmalloc-minimal4) everything runs as before.
 
-Both leave an accelerator host alone (the GPU backend reads the same optimisation level; a train
-step's buffers live in device memory there, not malloc's, and the allocator was measured on CPU
-hosts only) and never override what the user set: XLA_FLAGS that name the level, or an LD_PRELOAD
-of their own. MSLAM_JAX_MALLOC=default keeps glibc's malloc.
+`bf16_matmul_units` tells whether the CPU multiplies bfloat16 matrices in hardware (AMX-BF16), for
+`matmul_precision.precision = "auto"` (mslam_jax/layers/matmul.py).
+
+The first two leave an accelerator host alone (the GPU backend reads the same optimisation level;
+a train step's buffers live in device memory there, not malloc's, and the allocator was measured on
+CPU hosts only) and never override what the user set: XLA_FLAGS that name the level, or an
+LD_PRELOAD of their own. MSLAM_JAX_MALLOC=default keeps glibc's malloc.
 """
 import ctypes.util
 import functools
@@ -33,10 +36,10 @@ COMPILER_FLAGS = ("--xla_backend_optimization_level=1",)
 _ACCELERATOR_MODULES = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin",
                         "libtpu")
 ALLOCATOR_ENV_VAR = "MSLAM_JAX_MALLOC"
+ALLOCATOR_LIBRARY = "tcmalloc_minimal"
 # CPU flags (Linux /proc/cpuinfo) of bfloat16 matrix units that XLA:CPU's bf16-in, f32-out dots use:
 # measured on AMX-BF16 (Sapphire Rapids), 3-5 times float32's speed. AVX512-BF16 alone is not measured.
 BF16_MATMUL_FLAGS = ("amx_bf16",)
-ALLOCATOR_LIBRARY = "tcmalloc_minimal"
 
 
 def cpu_only_host(environ=None) -> bool:
