@@ -10,8 +10,8 @@ they save.
 "bfloat16" rounds both operands to bfloat16 and accumulates in float32, in the forward pass and in
 both products of the backward pass (whose cotangent is rounded too). That is what a TPU does for a
 float32 matmul at JAX's default precision. XLA:CPU ignores precision settings, and its bf16-in,
-bf16-out dots take a slow path, but a bf16-in, f32-out dot runs on AMX / AVX512-BF16 tiles 3-5 times
-faster than float32 (benchmarks/README.md, thirty-fifth pass). Outputs and gradients keep the
+bf16-out dots take a slow path, but a bf16-in, f32-out dot runs on AMX-BF16 tiles 3-5 times faster
+than float32 (benchmarks/README.md, thirty-fifth pass). Outputs and gradients keep the
 inputs' dtypes, so parameters, optimizer state and every non-matmul op stay as they were.
 """
 import functools
@@ -32,16 +32,21 @@ PRECISIONS = ("float32", "bfloat16", "auto")
 
 @gin.configurable
 def matmul_precision(precision: str = "float32") -> str:
-  """The operand precision of the encoder's weight matmuls (gin: matmul_precision.precision = ...).
+  """The configured operand precision of the encoder's weight matmuls (gin: matmul_precision.precision
+  = ...), checked; it touches no JAX backend, so a command may check it before jax.distributed starts.
 
   "auto" is "bfloat16" on a CPU backend with a bfloat16 matrix unit (cpu_host.bf16_matmul_units)
   and "float32" elsewhere: accelerators apply their own default precision to float32 dots.
   """
   if precision not in PRECISIONS:
     raise ValueError(f"matmul_precision.precision={precision!r}; choose one of {PRECISIONS}")
-  if precision == "auto":
-    return _auto_precision()
   return precision
+
+
+def operand_precision() -> str:
+  """`matmul_precision()` with "auto" resolved on this process' backend: "float32" or "bfloat16"."""
+  precision = matmul_precision()
+  return _auto_precision() if precision == "auto" else precision
 
 
 @functools.lru_cache(maxsize=None)
@@ -59,7 +64,7 @@ def _operands(spec: str) -> tuple[str, str, str]:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _bf16_einsum(spec: str, a: Array, b: Array) -> Array:
-  return jnp.einsum(spec, a.astype(jnp.bfloat16), b.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
+  return _bf16_einsum_fwd(spec, a, b)[0]
 
 
 def _bf16_einsum_fwd(spec, a, b):
@@ -92,9 +97,9 @@ def _check_transposable(spec: str) -> None:
 
 
 def einsum(spec: str, a: Array, b: Array, preferred_element_type: Any = None) -> Array:
-  """jnp.einsum of two operands at `matmul_precision()`; the result has einsum's dtype (or the
+  """jnp.einsum of two operands at `operand_precision()`; the result has einsum's dtype (or the
   preferred one)."""
-  if matmul_precision() == "float32":
+  if operand_precision() == "float32":
     return jnp.einsum(spec, a, b, preferred_element_type=preferred_element_type)
   _check_transposable(spec)
   out_dtype = preferred_element_type or jnp.result_type(a, b)
@@ -103,8 +108,8 @@ def einsum(spec: str, a: Array, b: Array, preferred_element_type: Any = None) ->
 
 def dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None,
                 preferred_element_type: Any = None) -> Array:
-  """lax.dot_general's signature (flax's `dot_general` hook) at `matmul_precision()`."""
-  if matmul_precision() == "float32":
+  """lax.dot_general's signature (flax's `dot_general` hook) at `operand_precision()`."""
+  if operand_precision() == "float32":
     return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                preferred_element_type=preferred_element_type)
   (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers

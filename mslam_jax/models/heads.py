@@ -55,7 +55,8 @@ class _Dense(nn.Module):
   def __call__(self, x: Array) -> Array:
     return nn.Dense(
         self.features, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-        dot_general=matmul.dot_general, kernel_init=_kernel_init(self.axes, self.init_scale), bias_init=_bias_init(self.axes[1:]), name="dense")(x)
+        dot_general=matmul.dot_general, kernel_init=_kernel_init(self.axes, self.init_scale),
+        bias_init=_bias_init(self.axes[1:]), name="dense")(x)
 
 
 class CodebookPredictionHead(nn.Module):
