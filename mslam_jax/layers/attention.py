@@ -11,6 +11,7 @@ Position schemes (`position_type`):
 Masks are [B, L] with 1 for valid and 0 for padding. Padding keys are never attended; a query row
 whose keys are all padding gets a uniform distribution (finite output), never NaN.
 """
+import functools
 import math
 from typing import Any, Callable
 
@@ -42,17 +43,51 @@ def relative_key_indices(query_length: int, key_length: int, left_max: int, righ
   return (jnp.clip(distance, -left_max, right_max) + left_max).astype(jnp.int32)
 
 
+def _leading(index: Array, ndim: int) -> Array:
+  return index.reshape((1,) * (ndim - index.ndim) + index.shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _spread_distances(per_distance: Array, left_max: int, right_max: int) -> Array:
+  """[..., L, R] scores per clipped distance -> [..., L, L] scores per key (a gather along R)."""
+  length = per_distance.shape[-2]
+  indices = relative_key_indices(length, length, left_max, right_max)
+  return jnp.take_along_axis(per_distance, _leading(indices, per_distance.ndim), axis=-1)
+
+
+def _spread_distances_fwd(per_distance, left_max, right_max):
+  return _spread_distances(per_distance, left_max, right_max), None
+
+
+def _spread_distances_bwd(left_max, right_max, _, cotangent):
+  # The gather's own gradient is a scatter-add into [..., L, R], which XLA:CPU runs on one thread
+  # (3 ms a layer on the tiny step). Each unclipped distance is one key (j = i + r - left_max): a
+  # gather of the cotangent; the two clipped ends are masked sums over the rows.
+  length = cotangent.shape[-1]
+  if left_max + right_max == 0:  # one distance: every key
+    return (jnp.sum(cotangent, axis=-1, keepdims=True),)
+  query, key = jnp.arange(length)[:, None], jnp.arange(length)[None, :]
+  inner = query + jnp.arange(1 - left_max, right_max)[None, :]  # [L, R - 2]: key of each inner distance
+  picked = jnp.take_along_axis(cotangent, _leading(jnp.clip(inner, 0, length - 1), cotangent.ndim), axis=-1)
+  picked = jnp.where((inner >= 0) & (inner < length), picked, 0)
+  zero = jnp.zeros((), cotangent.dtype)
+  left = jnp.sum(jnp.where(key - query <= -left_max, cotangent, zero), axis=-1, keepdims=True)
+  right = jnp.sum(jnp.where(key - query >= right_max, cotangent, zero), axis=-1, keepdims=True)
+  return (jnp.concatenate([left, picked, right], axis=-1),)
+
+
+_spread_distances.defvjp(_spread_distances_fwd, _spread_distances_bwd)
+
+
 def relative_key_logits_gather(query: Array, table: Array, left_max: int, right_max: int) -> Array:
   """q . E[clip(k - q)] for every (q, k): [B, H, L, D], [R, D] -> [B, H, L, L] (float32).
 
   Scores each query against the R = left + right + 1 distinct distances, then gathers per key:
   memory O(B H L (L + R)), never the [L, L, D] table a direct einsum would build. The backward
-  pass scatter-adds into [B, H, L, R].
+  pass gathers too (`_spread_distances_bwd`), with no scatter.
   """
-  length = query.shape[2]
   per_distance = matmul.einsum("bhqd,rd->bhqr", query, table, preferred_element_type=jnp.float32)
-  indices = relative_key_indices(length, length, left_max, right_max)[None, None]
-  return jnp.take_along_axis(per_distance, indices, axis=-1)
+  return _spread_distances(per_distance, left_max, right_max)
 
 
 def relative_key_logits_skew(query: Array, table: Array, left_max: int, right_max: int) -> Array:

@@ -67,6 +67,21 @@ def test_skew_and_gather_relative_logits_agree():
     np.testing.assert_allclose(attention.relative_key_logits_skew(query, table, 3, 2), direct, atol=1e-5)
 
 
+
+@pytest.mark.parametrize("length,left,right", [(7, 3, 2), (5, 8, 8), (1, 2, 2), (6, 0, 0), (6, 0, 3), (6, 2, 0)])
+def test_relative_key_gradient_equals_the_direct_tables(length, left, right):
+  # The gather's backward pass is written by hand (no scatter): it must equal the gradient of the
+  # direct [L, L, D] table, clipped ends included, for the query and the table alike.
+  rng = np.random.default_rng(1)
+  query = jnp.asarray(rng.standard_normal((2, HEADS, length, 4)), jnp.float32)
+  table = jnp.asarray(rng.standard_normal((left + right + 1, 4)), jnp.float32)
+  weights = jnp.asarray(rng.standard_normal((2, HEADS, length, length)), jnp.float32)
+  indices = attention.relative_key_indices(length, length, left, right)
+  direct = lambda q, t: jnp.sum(jnp.einsum("bhqd,qkd->bhqk", q, t[indices]) * weights)
+  gathered = lambda q, t: jnp.sum(attention.relative_key_logits_gather(q, t, left, right) * weights)
+  for want, got in zip(jax.grad(direct, (0, 1))(query, table), jax.grad(gathered, (0, 1))(query, table)):
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
 @pytest.mark.parametrize("position_type", attention.POSITION_TYPES)
 def test_padding_keys_never_attended_and_padded_rows_finite(position_type):
   layer = attention.MultiHeadSelfAttention(HEADS, position_type=position_type, left_max_position=4,
