@@ -15,8 +15,10 @@ def _report(r1, cer, zero_shot, ablation):
 
 
 def test_summary_reports_mean_spread_targets_and_zero_shot_gain():
-  w2v = [{"step": s, "speech/contrastive_accuracy": a, "codebook/perplexity": p}
-         for s, a, p in ((10, 0.05, 40.0), (20, 0.2, 30.0), (30, 0.35, 50.0), (40, 0.45, 52.0))]
+  w2v = [[{"step": s, "speech/contrastive_accuracy": a, "codebook/perplexity": p}
+          for s, a, p in ((10, 0.05, 40.0), (20, 0.2, 30.0), (30, 0.35, 50.0), (40, 0.45, 52.0))],
+         [{"step": s, "speech/contrastive_accuracy": a, "codebook/perplexity": p}  # a second seed
+          for s, a, p in ((10, 0.05, 45.0), (20, 0.2, 40.0), (30, 0.2, 41.0), (40, 0.3, 42.0))]]
   summary = learning_benchmark.summarize([_report(0.7, 0.1, 0.5, 0.7), _report(0.9, 0.15, 0.5, 0.7)], w2v)
   r1 = summary["figures"]["retrieval_r1_speech_to_text"]
   assert r1["mean"] == pytest.approx(0.8) and r1["spread"] == pytest.approx(0.2)
@@ -26,10 +28,16 @@ def test_summary_reports_mean_spread_targets_and_zero_shot_gain():
   gain = summary["zero_shot_relative_gain"]
   assert gain["value"] == pytest.approx(2 / 7) and gain["met"]
   w = summary["w2v_bert"]
-  assert w["contrastive_accuracy_final"] == pytest.approx(0.4)
+  # Each seed's accuracy over its second half (0.4 and 0.25): their mean and spread.
+  assert w["contrastive_accuracy_final"] == pytest.approx(0.325) and w["seeds"] == 2
+  assert w["contrastive_accuracy_spread"] == pytest.approx(0.15)
+  # Perplexity "throughout": the lowest of any seed at any logged step.
   assert w["perplexity_min"] == 30.0 and w["perplexity_min"] < w["perplexity_target"]
+  assert [r["perplexity_min"] for r in w["runs"]] == [30.0, 40.0]
   table = learning_benchmark.format_table(summary)
-  assert "| ctc_cer | 0.125 | 0.05 |" in table and "codebook perplexity (lowest logged) | 30 | | | 32 | no |" in table
+  assert "| ctc_cer | 0.125 | 0.05 |" in table
+  assert "contrastive accuracy (2nd half, 40 steps) | 0.325 | 0.15 | chance ~0.01 | 0.3 | yes |" in table
+  assert "codebook perplexity (lowest logged, any seed) | 30 | | | 32 | no |" in table
 
 
 def test_the_lm_fused_zero_shot_gain_is_its_own_row():
@@ -112,5 +120,9 @@ def test_seeds_sharing_the_cores_keep_their_ablation_in_one_process(tmp_path):
   assert shared[1][-1] == alone[1][-1] == "--gin.X=1"
   # Float32 matmuls on every host, before the user's flags (which may override it).
   assert shared[1].index("--gin.matmul_precision.precision = 'float32'") < shared[1].index("--gin.X=1")
-  assert "--gin.matmul_precision.precision = 'float32'" in learning_benchmark.w2v_bert_job(str(tmp_path), 10)[1]
+  w2v = [learning_benchmark.w2v_bert_job(str(tmp_path), 10, seed) for seed in (0, 1)]
+  assert all("--gin.matmul_precision.precision = 'float32'" in job[1] for job in w2v)
+  # One w2v-BERT run a seed, each in its own directory and log.
+  assert [job[0] for job in w2v] == ["w2v_bert_seed_0", "w2v_bert_seed_1"] and w2v[0][2] != w2v[1][2]
+  assert "--gin.Trainer.seed = 1" in w2v[1][1] and learning_benchmark.w2v_dir(str(tmp_path), 1) in " ".join(w2v[1][1])
   assert shared[1][shared[1].index("--steps") + 1] == "10" and os.path.islink(tmp_path / "seed_0" / "corpus")
