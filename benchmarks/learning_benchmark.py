@@ -19,9 +19,9 @@ quantizer's health beside it (at most ~45 minutes on 2 CPU cores at the defaults
    would measure the collapse); curves PNG and `learning_benchmark.json` under --out.
 
 The runs below are independent processes, `--jobs` at a time (logs: OUT/seed_N.log,
-OUT/w2v_bert_seed_N.log). Two side by side on 2 cores: the pre-training steps gain nothing (each takes twice as long), but the
-stages one process leaves a core idle in (XLA compiles, the small fine-tuning batches, evaluation)
-overlap: at 500 steps the whole benchmark took 33.9 minutes, against about 41 estimated for its runs one
+OUT/w2v_bert_seed_N.log). Two side by side on 2 cores: the pre-training steps gain nothing (each
+takes twice as long), but the stages one process leaves a core idle in (XLA compiles, the small
+fine-tuning batches, evaluation) overlap: at 500 steps the whole benchmark took 33.9 minutes, against about 41 estimated for its runs one
 after the other (benchmarks/README.md, seventeenth pass); at the default 700, 39 minutes with 1,200 fine-tuning
 steps (eighteenth pass) and 47 minutes with 2,400 on a slower day (twentieth pass); the default 1,600 on a fresh
 machine: 46.3 minutes with each seed's ablation evaluated in a second process beside its sweep, 45.1 with

@@ -66,13 +66,13 @@ def _spread_distances_bwd(left_max, right_max, _, cotangent):
   length = cotangent.shape[-1]
   if left_max + right_max == 0:  # one distance: every key
     return (jnp.sum(cotangent, axis=-1, keepdims=True),)
-  query, key = jnp.arange(length)[:, None], jnp.arange(length)[None, :]
-  inner = query + jnp.arange(1 - left_max, right_max)[None, :]  # [L, R - 2]: key of each inner distance
+  inner = jnp.arange(length)[:, None] + jnp.arange(1 - left_max, right_max)[None, :]  # [L, R - 2]: their keys
   picked = jnp.take_along_axis(cotangent, _leading(jnp.clip(inner, 0, length - 1), cotangent.ndim), axis=-1)
   picked = jnp.where((inner >= 0) & (inner < length), picked, 0)
+  indices = relative_key_indices(length, length, left_max, right_max)
   zero = jnp.zeros((), cotangent.dtype)
-  left = jnp.sum(jnp.where(key - query <= -left_max, cotangent, zero), axis=-1, keepdims=True)
-  right = jnp.sum(jnp.where(key - query >= right_max, cotangent, zero), axis=-1, keepdims=True)
+  left = jnp.sum(jnp.where(indices == 0, cotangent, zero), axis=-1, keepdims=True)
+  right = jnp.sum(jnp.where(indices == left_max + right_max, cotangent, zero), axis=-1, keepdims=True)
   return (jnp.concatenate([left, picked, right], axis=-1),)
 
 

@@ -67,7 +67,6 @@ def test_skew_and_gather_relative_logits_agree():
     np.testing.assert_allclose(attention.relative_key_logits_skew(query, table, 3, 2), direct, atol=1e-5)
 
 
-
 @pytest.mark.parametrize("length,left,right", [(7, 3, 2), (5, 8, 8), (1, 2, 2), (6, 0, 0), (6, 0, 3), (6, 2, 0)])
 def test_relative_key_gradient_equals_the_direct_tables(length, left, right):
   # The gather's backward pass is written by hand (no scatter): it must equal the gradient of the
@@ -81,6 +80,7 @@ def test_relative_key_gradient_equals_the_direct_tables(length, left, right):
   gathered = lambda q, t: jnp.sum(attention.relative_key_logits_gather(q, t, left, right) * weights)
   for want, got in zip(jax.grad(direct, (0, 1))(query, table), jax.grad(gathered, (0, 1))(query, table)):
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
 
 @pytest.mark.parametrize("position_type", attention.POSITION_TYPES)
 def test_padding_keys_never_attended_and_padded_rows_finite(position_type):
