@@ -111,9 +111,13 @@ def test_a_bad_precision_names_the_binding(precision):
     matmul.matmul_precision()
 
 
-@pytest.mark.parametrize("units, chosen", [(True, "bfloat16"), (False, "float32")])
-def test_auto_follows_the_hosts_bf16_matrix_units(precision, monkeypatch, units, chosen):
+@pytest.mark.parametrize("backend, units, chosen", [("cpu", True, "bfloat16"), ("cpu", False, "float32"),
+                                                     ("gpu", True, "float32"), ("tpu", False, "float32")])
+def test_auto_follows_the_hosts_bf16_matrix_units(precision, monkeypatch, backend, units, chosen):
+  # Accelerators keep float32 operands whatever the host's CPU has: they apply their own precision.
   monkeypatch.setattr(cpu_host, "bf16_matmul_units", lambda: units)
+  monkeypatch.setattr(jax, "default_backend", lambda: backend)
+  matmul._auto_precision.cache_clear()  # pylint: disable=protected-access
   precision("auto")
   assert matmul.matmul_precision() == "auto"  # the configured value; resolving it touches the backend
   assert matmul.operand_precision() == chosen
