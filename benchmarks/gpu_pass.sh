@@ -28,7 +28,7 @@ if [ -n "${WHEELS:-}" ]; then
     "$WHEELS"/*.whl || exit 1
 fi
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>/dev/null
-  PYTHONPATH=$SITE:$ROOT python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', \
+  PYTHONPATH=${SITE:+$SITE:}$ROOT python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', \
 flax.__version__, 'optax', optax.__version__, jax.devices())" 2>&1
   echo "host cores: $(nproc)"; } | tee "$OUT/env.txt"
 
@@ -37,7 +37,7 @@ job() {  # NAME MIN_SECONDS TREE ARGS...: mfu_benchmark.py from TREE with ARGS
   local left=$((LIMIT - ($(date +%s) - T0)))
   if [ "$left" -lt "$need" ]; then echo "SKIP $name: $left s left" | tee -a "$OUT/summary.txt"; return; fi
   local start=$(date +%s)
-  (cd "$tree" && PYTHONPATH=$SITE:$tree timeout "$left" python3 benchmarks/mfu_benchmark.py "$@") \
+  (cd "$tree" && PYTHONPATH=${SITE:+$SITE:}$tree timeout "$left" python3 benchmarks/mfu_benchmark.py "$@") \
     > "$OUT/$name.log" 2>&1
   local rc=$?
   { echo "== $name (rc $rc, $(( $(date +%s) - start )) s)"

@@ -21,14 +21,16 @@ quantizer's health beside it (at most ~45 minutes on 2 CPU cores at the defaults
 The runs below are independent processes, `--jobs` at a time (logs: OUT/seed_N.log,
 OUT/w2v_bert_seed_N.log). Two side by side on 2 cores: the pre-training steps gain nothing (each
 takes twice as long), but the stages one process leaves a core idle in (XLA compiles, the small
-fine-tuning batches, evaluation) overlap: at 500 steps the whole benchmark took 33.9 minutes, against about 41 estimated for its runs one
-after the other (benchmarks/README.md, seventeenth pass); at the default 700, 39 minutes with 1,200 fine-tuning
-steps (eighteenth pass) and 47 minutes with 2,400 on a slower day (twentieth pass); the default 1,600 on a fresh
-machine: 46.3 minutes with each seed's ablation evaluated in a second process beside its sweep, 45.1 with
-`--one-process` (twenty-second pass). Under tcmalloc (every `mslam` command on a CPU-only host,
+fine-tuning batches, evaluation) overlap: at 500 steps the whole benchmark took 33.9 minutes,
+against about 41 estimated for its runs one after the other (benchmarks/README.md, seventeenth
+pass); at the default 700, 39 minutes with 1,200 fine-tuning steps (eighteenth pass) and 47 minutes
+with 2,400 on a slower day (twentieth pass); the default 1,600 on a fresh machine: 46.3 minutes with
+each seed's ablation evaluated in a second process beside its sweep, 45.1 with `--one-process`
+(twenty-second pass). Under tcmalloc (every `mslam` command on a CPU-only host,
 mslam_jax/cpu_host.py) the pre-training steps run about 1.4 times as fast side by side, and the
-default became 1,000 steps: 38.0 minutes (twenty-fifth pass). Seeds that share the cores run their
-demos `--one-process`: four XLA processes on 2 cores only add contention.
+default became 1,000 steps: 38.0 minutes (twenty-fifth pass); with a w2v-BERT run a seed at 2,500
+steps, 36.9 minutes from scratch (thirty-seventh pass). Seeds that share the cores run their demos
+`--one-process`: four XLA processes on 2 cores only add contention.
 
 Re-running on the same --out resumes (finished demo stages and runs are skipped).
 """
