@@ -80,8 +80,24 @@ def _bf16_einsum_bwd(spec, residuals, g):
   g16 = g.astype(jnp.bfloat16)
   # Each operand's cotangent is the product of the output's with the other operand.
   da = jnp.einsum(f"{so},{sb}->{sa}", g16, b16, preferred_element_type=jnp.float32)
-  db = jnp.einsum(f"{sa},{so}->{sb}", a16, g16, preferred_element_type=jnp.float32)
+  db = _sum_over_rows(sa, so, sb, a16, g16)
   return da.astype(a_dtype.dtype), db.astype(b_dtype.dtype)
+
+
+def _sum_over_rows(sa: str, so: str, sb: str, a16: Array, g16: Array) -> Array:
+  """The weight's cotangent, einsum(sa, so -> sb) in float32: a contraction over the rows that a
+  and g share. XLA:CPU's YNNPACK dot contracts its first operand over its minor axis only, so XLA
+  transposes the first operand into a copy first: for the feed-forward's output weight that is the
+  [rows, 576] activation, 1.5 ms a layer on the tiny step (benchmarks/README.md, thirty-eighth
+  pass). Where g is the smaller operand, it goes first; the product comes out transposed, behind an
+  optimization barrier (without it XLA folds the transpose back into the dot and takes a bf16 dot
+  path that XLA:CPU lacks), and the weight-sized result is transposed back."""
+  if (jax.default_backend() != "cpu" or g16.size >= a16.size or "." in sa + so + sb
+      or set(sa) & set(so) & set(sb)):
+    return jnp.einsum(f"{sa},{so}->{sb}", a16, g16, preferred_element_type=jnp.float32)
+  g_axes, a_axes = "".join(c for c in sb if c in so), "".join(c for c in sb if c in sa)
+  swapped = jnp.einsum(f"{so},{sa}->{g_axes}{a_axes}", g16, a16, preferred_element_type=jnp.float32)
+  return jnp.einsum(f"{g_axes}{a_axes}->{sb}", jax.lax.optimization_barrier(swapped))
 
 
 _bf16_einsum.defvjp(_bf16_einsum_fwd, _bf16_einsum_bwd)

@@ -131,3 +131,23 @@ def test_bf16_matmul_units_read_the_cpu_flags(tmp_path):
   assert cpu_host.bf16_matmul_units(str(amx))
   assert not cpu_host.bf16_matmul_units(str(plain))
   assert not cpu_host.bf16_matmul_units(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("spec,a_shape,b_shape", [
+    ("btf,fo->bto", (2, 9, 12), (12, 3)),    # the activation wider than the output: g goes first
+    ("btf,of->bto", (2, 9, 12), (3, 12)),
+    ("btd,dhk->bthk", (2, 9, 12), (12, 2, 2)),
+    ("btd,dv->btv", (2, 9, 3), (3, 12)),     # the output wider: a goes first, as before
+])
+def test_bfloat16_weight_cotangent_is_the_rounded_product_whichever_operand_goes_first(
+    precision, spec, a_shape, b_shape):
+  precision("bfloat16")
+  a = jax.random.normal(jax.random.key(0), a_shape)
+  b = jax.random.normal(jax.random.key(1), b_shape)
+  out, vjp = jax.vjp(lambda x, y: matmul.einsum(spec, x, y), a, b)
+  g = jax.random.normal(jax.random.key(2), out.shape)
+  _, db = jax.jit(vjp)(g)
+  sa, sb, so = spec.replace("->", ",").split(",")[0], spec.split(",")[1].split("->")[0], spec.split("->")[1]
+  want = jnp.einsum(f"{sa},{so}->{sb}", _round(a), _round(g), precision=jax.lax.Precision.HIGHEST)
+  assert db.shape == b.shape and db.dtype == jnp.float32
+  np.testing.assert_allclose(db, want, rtol=1e-5, atol=1e-5)
