@@ -133,21 +133,23 @@ def test_bf16_matmul_units_read_the_cpu_flags(tmp_path):
   assert not cpu_host.bf16_matmul_units(str(tmp_path / "missing"))
 
 
-@pytest.mark.parametrize("spec,a_shape,b_shape", [
-    ("btf,fo->bto", (2, 9, 12), (12, 3)),    # the activation wider than the output: g goes first
-    ("btf,of->bto", (2, 9, 12), (3, 12)),
-    ("btd,dhk->bthk", (2, 9, 12), (12, 2, 2)),
-    ("btd,dv->btv", (2, 9, 3), (3, 12)),     # the output wider: a goes first, as before
+@pytest.mark.parametrize("spec,a_shape,b_shape,g_first", [
+    ("btf,fo->bto", (2, 9, 12), (12, 3), True),   # the activation wider than the output: g goes first
+    ("btf,of->bto", (2, 9, 12), (3, 12), True),
+    ("btd,dhk->bthk", (2, 9, 12), (12, 2, 2), True),
+    ("btd,dv->btv", (2, 9, 3), (3, 12), False),   # the output wider: a goes first, as before
 ])
 def test_bfloat16_weight_cotangent_is_the_rounded_product_whichever_operand_goes_first(
-    precision, spec, a_shape, b_shape):
+    precision, spec, a_shape, b_shape, g_first):
   precision("bfloat16")
   a = jax.random.normal(jax.random.key(0), a_shape)
   b = jax.random.normal(jax.random.key(1), b_shape)
   out, vjp = jax.vjp(lambda x, y: matmul.einsum(spec, x, y), a, b)
   g = jax.random.normal(jax.random.key(2), out.shape)
   _, db = jax.jit(vjp)(g)
-  sa, sb, so = spec.replace("->", ",").split(",")[0], spec.split(",")[1].split("->")[0], spec.split("->")[1]
+  sa, sb, so = matmul._operands(spec)  # pylint: disable=protected-access
   want = jnp.einsum(f"{sa},{so}->{sb}", _round(a), _round(g), precision=jax.lax.Precision.HIGHEST)
   assert db.shape == b.shape and db.dtype == jnp.float32
   np.testing.assert_allclose(db, want, rtol=1e-5, atol=1e-5)
+  # The swapped product is the one behind a barrier (on this CPU backend).
+  assert ("optimization_barrier" in str(jax.make_jaxpr(vjp)(g))) == g_first
