@@ -16,7 +16,8 @@ long run. It takes effect at a process' start (LD_PRELOAD), so `cli.entry` start
 under it (`restart_under_allocator`); where the library is not installed (Debian/Ubuntu:
 libtcmalloc-minimal4) everything runs as before.
 
-`bf16_matmul_units` tells whether the CPU multiplies bfloat16 matrices in hardware (AMX-BF16), for
+`bf16_matmul_units` tells whether the CPU multiplies bfloat16 matrices in hardware (AMX-BF16 or
+AVX512-BF16), for
 `matmul_precision.precision = "auto"` (mslam_jax/layers/matmul.py).
 
 The first two leave an accelerator host alone (the GPU backend reads the same optimisation level;
@@ -38,8 +39,9 @@ _ACCELERATOR_MODULES = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_pl
 ALLOCATOR_ENV_VAR = "MSLAM_JAX_MALLOC"
 ALLOCATOR_LIBRARY = "tcmalloc_minimal"
 # CPU flags (Linux /proc/cpuinfo) of bfloat16 matrix units that XLA:CPU's bf16-in, f32-out dots use:
-# measured on AMX-BF16 (Sapphire Rapids), 3-5 times float32's speed. AVX512-BF16 alone is not measured.
-BF16_MATMUL_FLAGS = ("amx_bf16",)
+# AMX-BF16 (Intel Sapphire Rapids) 3-5 times float32's speed, AVX512-BF16 alone (AMD Zen 4) about twice
+# (benchmarks/README.md, thirty-fifth and thirty-ninth passes).
+BF16_MATMUL_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 def cpu_only_host(environ=None) -> bool:

@@ -11,7 +11,8 @@ they save.
 both products of the backward pass (whose cotangent is rounded too). That is what a TPU does for a
 float32 matmul at JAX's default precision. XLA:CPU ignores precision settings, and its bf16-in,
 bf16-out dots take a slow path, but a bf16-in, f32-out dot runs on AMX-BF16 tiles 3-5 times faster
-than float32 (benchmarks/README.md, thirty-fifth pass). Outputs and gradients keep the
+than float32, and about twice as fast with AVX512-BF16 alone (benchmarks/README.md, thirty-fifth and
+thirty-ninth passes). Outputs and gradients keep the
 inputs' dtypes, so parameters, optimizer state and every non-matmul op stay as they were.
 """
 import functools

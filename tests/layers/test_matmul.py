@@ -126,9 +126,12 @@ def test_auto_follows_the_hosts_bf16_matrix_units(precision, monkeypatch, backen
 def test_bf16_matmul_units_read_the_cpu_flags(tmp_path):
   amx = tmp_path / "amx"
   amx.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f amx_bf16 amx_tile\n")
+  avx512 = tmp_path / "avx512"
+  avx512.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
   plain = tmp_path / "plain"
-  plain.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512_bf16\n")
+  plain.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
   assert cpu_host.bf16_matmul_units(str(amx))
+  assert cpu_host.bf16_matmul_units(str(avx512))
   assert not cpu_host.bf16_matmul_units(str(plain))
   assert not cpu_host.bf16_matmul_units(str(tmp_path / "missing"))
 
