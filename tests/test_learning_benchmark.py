@@ -126,3 +126,24 @@ def test_seeds_sharing_the_cores_keep_their_ablation_in_one_process(tmp_path):
   assert [job[0] for job in w2v] == ["w2v_bert_seed_0", "w2v_bert_seed_1"] and w2v[0][2] != w2v[1][2]
   assert "--gin.Trainer.seed = 1" in w2v[1][1] and learning_benchmark.w2v_dir(str(tmp_path), 1) in " ".join(w2v[1][1])
   assert shared[1][shared[1].index("--steps") + 1] == "10" and os.path.islink(tmp_path / "seed_0" / "corpus")
+
+
+def test_the_training_languages_ctc_head_fine_tunes_on_its_own_batch(tmp_path):
+  """The demo job's gin flags give the ctc evaluator 16 clips a step and leave the zero-shot and
+  alignment heads (FinetuneConfig unscoped) at the demo's 8, with the job's steps for both."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from mslam_jax import config  # pylint: disable=g-import-not-at-top
+  from mslam_jax.commands import demo  # pylint: disable=g-import-not-at-top
+  from mslam_jax.evaluation import downstream, finetune  # pylint: disable=g-import-not-at-top
+  (tmp_path / "corpus").mkdir()
+  command = learning_benchmark.demo_job(str(tmp_path), 0, 10, 20, [], shared=True)[1]
+  bindings = [arg[len("--gin."):] for arg in command if arg.startswith("--gin.")]
+  bindings += ["FinetuneConfig.steps = 20", f"CORPUS_DIR = '{tmp_path}'", f"MODEL_DIR = '{tmp_path}'"]
+  gin.clear_config()
+  try:
+    config.parse_gin(list(demo.RUN_GIN_FILES), bindings, [])
+    ctc, shared = downstream.CTCFinetuneEvaluator().config, finetune.FinetuneConfig()
+  finally:
+    gin.clear_config()
+  assert (ctc.batch_size, shared.batch_size) == (16, 8)
+  assert ctc.steps == shared.steps == 20 and ctc.learning_rate == shared.learning_rate
