@@ -31,7 +31,8 @@ each seed's ablation evaluated in a second process beside its sweep, 45.1 with `
 (twenty-second pass). Under tcmalloc (every `mslam` command on a CPU-only host,
 mslam_jax/cpu_host.py) the pre-training steps run about 1.4 times as fast side by side, and the
 default became 1,000 steps: 38.0 minutes (twenty-fifth pass); with a w2v-BERT run a seed at 2,500
-steps, 36.9 minutes from scratch (thirty-seventh pass). Seeds that share the cores run their demos
+steps, 36.9 minutes from scratch (thirty-seventh pass); with the ctc head's own fine-tuning job
+(`CTC_HEAD`), 41.9 minutes on an AMD Zen 4 host (thirty-ninth pass). Seeds that share the cores run their demos
 `--one-process`: four XLA processes on 2 cores only add contention.
 
 Re-running on the same --out resumes (finished demo stages and runs are skipped).
