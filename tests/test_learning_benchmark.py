@@ -128,9 +128,9 @@ def test_seeds_sharing_the_cores_keep_their_ablation_in_one_process(tmp_path):
   assert shared[1][shared[1].index("--steps") + 1] == "10" and os.path.islink(tmp_path / "seed_0" / "corpus")
 
 
-def test_the_training_languages_ctc_head_fine_tunes_on_its_own_batch(tmp_path):
-  """The demo job's gin flags give the ctc evaluator 16 clips a step and leave the zero-shot and
-  alignment heads (FinetuneConfig unscoped) at the demo's 8, with the job's steps for both."""
+def test_the_training_languages_ctc_head_fine_tunes_longer(tmp_path):
+  """The demo job's gin flags give the ctc evaluator twice the job's fine-tuning steps and leave the
+  zero-shot and alignment heads (FinetuneConfig unscoped) at the job's; the rest is shared."""
   import gin  # pylint: disable=g-import-not-at-top
   from mslam_jax import config  # pylint: disable=g-import-not-at-top
   from mslam_jax.commands import demo  # pylint: disable=g-import-not-at-top
@@ -138,12 +138,13 @@ def test_the_training_languages_ctc_head_fine_tunes_on_its_own_batch(tmp_path):
   (tmp_path / "corpus").mkdir()
   command = learning_benchmark.demo_job(str(tmp_path), 0, 10, 20, [], shared=True)[1]
   bindings = [arg[len("--gin."):] for arg in command if arg.startswith("--gin.")]
-  bindings += ["FinetuneConfig.steps = 20", f"CORPUS_DIR = '{tmp_path}'", f"MODEL_DIR = '{tmp_path}'"]
+  # `mslam demo --finetune-steps 20` binds the unscoped steps after the user's flags.
+  bindings += [f"CORPUS_DIR = '{tmp_path}'", f"MODEL_DIR = '{tmp_path}'", "FinetuneConfig.steps = 20"]
   gin.clear_config()
   try:
     config.parse_gin(list(demo.RUN_GIN_FILES), bindings, [])
     ctc, shared = downstream.CTCFinetuneEvaluator().config, finetune.FinetuneConfig()
   finally:
     gin.clear_config()
-  assert (ctc.batch_size, shared.batch_size) == (16, 8)
-  assert ctc.steps == shared.steps == 20 and ctc.learning_rate == shared.learning_rate
+  assert (ctc.steps, shared.steps) == (40, 20)
+  assert ctc.batch_size == shared.batch_size == 8 and ctc.learning_rate == shared.learning_rate
