@@ -32,8 +32,8 @@ each seed's ablation evaluated in a second process beside its sweep, 45.1 with `
 mslam_jax/cpu_host.py) the pre-training steps run about 1.4 times as fast side by side, and the
 default became 1,000 steps: 38.0 minutes (twenty-fifth pass); with a w2v-BERT run a seed at 2,500
 steps, 36.9 minutes from scratch (thirty-seventh pass); with the ctc head's own fine-tuning job
-at twice the clips a step, 41.9 minutes on an AMD Zen 4 host (thirty-ninth pass). Seeds that share the cores run their demos
-`--one-process`: four XLA processes on 2 cores only add contention.
+at twice the clips a step, 41.9 minutes on an AMD Zen 4 host (thirty-ninth pass). Seeds that share
+the cores run their demos `--one-process`: four XLA processes on 2 cores only add contention.
 
 Re-running on the same --out resumes (finished demo stages and runs are skipped).
 """
@@ -137,9 +137,10 @@ def build_corpus(out: str, extra: list[str]) -> None:
 
 # Learning is measured in float32 on every host. runs/demo.gin's matmul_precision "auto" rounds the
 # weight matmuls' operands to bfloat16 on a CPU with AMX-BF16 or AVX512-BF16 only, so the figures
-# would depend on the host. Two seeds in bfloat16 throughout gave the zero-shot gain 0.8 % against the float32 run's
-# 8.3 % (4.6 % with float32 fine-tuning of the same checkpoints): within the gain's spread, and the
-# 45 minutes do not need the speed (benchmarks/README.md, thirty-fifth pass). A --gin flag overrides.
+# would depend on the host. Two seeds in bfloat16 throughout gave the zero-shot gain 0.8 % against the
+# float32 run's 8.3 % (4.6 % with float32 fine-tuning of the same checkpoints): within the gain's
+# spread, and the 45 minutes do not need the speed (benchmarks/README.md, thirty-fifth pass). A --gin
+# flag overrides.
 PRECISION = "matmul_precision.precision = 'float32'"
 # The training languages' CTC head (the ctc evaluator's) fine-tunes CTC_HEAD_STEPS times as many
 # steps as the zero-shot and alignment heads. The head underfits its own clips, and more fine-tuning

@@ -138,7 +138,7 @@ def test_the_training_languages_ctc_head_fine_tunes_longer(tmp_path):
   (tmp_path / "corpus").mkdir()
   command = learning_benchmark.demo_job(str(tmp_path), 0, 10, 20, [], shared=True)[1]
   bindings = [arg[len("--gin."):] for arg in command if arg.startswith("--gin.")]
-  # `mslam demo --finetune-steps 20` binds the unscoped steps after the user's flags.
+  # What `mslam demo --finetune-steps 20` adds to them (demo._flag_bindings: the unscoped steps).
   bindings += [f"CORPUS_DIR = '{tmp_path}'", f"MODEL_DIR = '{tmp_path}'", "FinetuneConfig.steps = 20"]
   gin.clear_config()
   try:
