@@ -129,8 +129,9 @@ def test_seeds_sharing_the_cores_keep_their_ablation_in_one_process(tmp_path):
 
 
 def test_the_training_languages_ctc_head_fine_tunes_longer(tmp_path):
-  """The demo job's gin flags give the ctc evaluator twice the job's fine-tuning steps and leave the
-  zero-shot and alignment heads (FinetuneConfig unscoped) at the job's; the rest is shared."""
+  """The demo job's gin flags give the ctc evaluator twice the job's fine-tuning steps, on clips up to
+  8 s, and leave the zero-shot and alignment heads (FinetuneConfig unscoped) at the job's steps and
+  the demo's 5 s; the rest is shared."""
   import gin  # pylint: disable=g-import-not-at-top
   from mslam_jax import config  # pylint: disable=g-import-not-at-top
   from mslam_jax.commands import demo  # pylint: disable=g-import-not-at-top
@@ -147,4 +148,6 @@ def test_the_training_languages_ctc_head_fine_tunes_longer(tmp_path):
   finally:
     gin.clear_config()
   assert (ctc.steps, shared.steps) == (40, 20)
+  assert (ctc.max_audio_seconds, shared.max_audio_seconds) == (8.0, 5.0)
+  assert ctc.length_buckets == (2.0, 3.0, 4.0, 5.0, 6.0, 8.0) and shared.length_buckets == (2.0, 3.0, 4.0, 5.0)
   assert ctc.batch_size == shared.batch_size == 8 and ctc.learning_rate == shared.learning_rate
