@@ -46,6 +46,7 @@ import time
 
 import numpy as np
 
+from mslam_jax import compilation_cache
 from mslam_jax import train as train_lib
 from mslam_jax import training_curves
 
@@ -317,6 +318,13 @@ def format_table(summary: dict) -> str:
   return "\n".join(lines)
 
 
+def share_compilation_cache(out: str) -> str:
+  """Points every job at one compilation cache, OUT/jax_cache, unless $MSLAM_JAX_CACHE names one:
+  the seeds and the w2v-BERT runs compile the same programs, and a job that lags another reads
+  them back instead of compiling them again (each demo would keep a cache of its own)."""
+  return os.environ.setdefault(compilation_cache.ENV_VAR, os.path.join(out, "jax_cache"))
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", default="./learning_benchmark")
@@ -331,6 +339,7 @@ def main(argv=None) -> int:
   out = os.path.abspath(args.out)
   os.makedirs(out, exist_ok=True)
   start = time.time()
+  share_compilation_cache(out)
   build_corpus(out, extra)
   shared = args.jobs > 1 and len(args.seeds) + bool(args.w2v_steps) > 1
   jobs = [demo_job(out, seed, args.steps, args.finetune_steps, extra, shared) for seed in args.seeds]

@@ -151,3 +151,12 @@ def test_the_training_languages_ctc_head_fine_tunes_longer(tmp_path):
   assert (ctc.max_audio_seconds, shared.max_audio_seconds) == (8.0, 5.0)
   assert ctc.length_buckets == (2.0, 3.0, 4.0, 5.0, 6.0, 8.0) and shared.length_buckets == (2.0, 3.0, 4.0, 5.0)
   assert ctc.batch_size == shared.batch_size == 8 and ctc.learning_rate == shared.learning_rate
+
+
+def test_every_job_shares_one_compilation_cache_unless_the_user_names_one(tmp_path, monkeypatch):
+  from mslam_jax import compilation_cache  # pylint: disable=g-import-not-at-top
+  monkeypatch.delenv(compilation_cache.ENV_VAR, raising=False)
+  assert learning_benchmark.share_compilation_cache(str(tmp_path)) == str(tmp_path / "jax_cache")
+  assert os.environ[compilation_cache.ENV_VAR] == str(tmp_path / "jax_cache")  # the jobs inherit it
+  monkeypatch.setenv(compilation_cache.ENV_VAR, "/elsewhere")
+  assert learning_benchmark.share_compilation_cache(str(tmp_path)) == "/elsewhere"
