@@ -10,8 +10,8 @@ quantizer's health beside it (at most ~45 minutes on 2 CPU cores at the defaults
    and the data order): joint mSLAM-CTC + cross-modal pre-training, the speech-only ablation at the
    same steps, and the full evaluation sweep, on test clips spoken by voice variants that training
    never hears (no translation fine-tuning: no figure of this benchmark reads it). The training
-   languages' CTC head fine-tunes twice as many steps as the zero-shot and alignment heads
-   (`ctc_head`).
+   languages' CTC head fine-tunes twice as many steps as the zero-shot and alignment heads, on
+   clips up to 8 s instead of 5 (`ctc_head`).
 2. A speech-only w2v-BERT run per seed (learned Gumbel codebook, contrastive + diversity + masked
    prediction) on the same corpus: contrastive accuracy and codebook perplexity at every logged
    step, so that "the codebook stayed healthy throughout" is a figure, not a hope.
@@ -32,8 +32,10 @@ each seed's ablation evaluated in a second process beside its sweep, 45.1 with `
 mslam_jax/cpu_host.py) the pre-training steps run about 1.4 times as fast side by side, and the
 default became 1,000 steps: 38.0 minutes (twenty-fifth pass); with a w2v-BERT run a seed at 2,500
 steps, 36.9 minutes from scratch (thirty-seventh pass); with the ctc head's own fine-tuning job
-at twice the clips a step, 41.9 minutes on an AMD Zen 4 host (thirty-ninth pass). Seeds that share
-the cores run their demos `--one-process`: four XLA processes on 2 cores only add contention.
+at twice the clips a step, 41.9 minutes on an AMD Zen 4 host (thirty-ninth pass); with that job at
+twice the steps on clips up to 8 s, 44.9 minutes with one compilation cache for every job (46.7 with
+one a seed, on the same slower day; fortieth pass). Seeds that share the cores run their demos
+`--one-process`: four XLA processes on 2 cores only add contention.
 
 Re-running on the same --out resumes (finished demo stages and runs are skipped).
 """
