@@ -155,7 +155,10 @@ def test_the_training_languages_ctc_head_fine_tunes_longer(tmp_path):
 
 def test_every_job_shares_one_compilation_cache_unless_the_user_names_one(tmp_path, monkeypatch):
   from mslam_jax import compilation_cache  # pylint: disable=g-import-not-at-top
-  monkeypatch.delenv(compilation_cache.ENV_VAR, raising=False)
+  # Set, then removed: monkeypatch then restores the session's value (or its absence) afterwards;
+  # deleting a variable that is not set records nothing, and the one the helper sets would leak.
+  monkeypatch.setenv(compilation_cache.ENV_VAR, "unset below")
+  monkeypatch.delenv(compilation_cache.ENV_VAR)
   assert learning_benchmark.share_compilation_cache(str(tmp_path)) == str(tmp_path / "jax_cache")
   assert os.environ[compilation_cache.ENV_VAR] == str(tmp_path / "jax_cache")  # the jobs inherit it
   monkeypatch.setenv(compilation_cache.ENV_VAR, "/elsewhere")
