@@ -157,15 +157,14 @@ CTC_HEAD_STEPS = 2
 # 0.169 at 5 s, 0.164 at 6 s, 0.160 at 8 s, 0.159 at 20 s (the 8 s one cheaper by a tenth of its job);
 # at 5 s, rates of 4e-3 / 9e-3 gave 0.173 / 0.171 and SpecAugment time masks 0.169
 # (benchmarks/README.md, fortieth pass).
-CTC_HEAD_MAX_SECONDS = 8.0
-CTC_HEAD_BUCKETS = (2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
+CTC_HEAD_BUCKETS = (2.0, 3.0, 4.0, 5.0, 6.0, 8.0)   # seconds; the last is the longest clip it trains on
 
 
 def ctc_head(finetune_steps: int) -> list[str]:
   """gin bindings that give the ctc evaluator a fine-tuning config of its own (scope asr/)."""
   return ["CTCFinetuneEvaluator.config = @asr/FinetuneConfig()",
           f"asr/FinetuneConfig.steps = {CTC_HEAD_STEPS * finetune_steps}",
-          f"asr/FinetuneConfig.max_audio_seconds = {CTC_HEAD_MAX_SECONDS}",
+          f"asr/FinetuneConfig.max_audio_seconds = {CTC_HEAD_BUCKETS[-1]}",
           f"asr/FinetuneConfig.length_buckets = {CTC_HEAD_BUCKETS}"]
 
 
