@@ -16,6 +16,10 @@ long run. It takes effect at a process' start (LD_PRELOAD), so `cli.entry` start
 under it (`restart_under_allocator`); where the library is not installed (Debian/Ubuntu:
 libtcmalloc-minimal4) everything runs as before.
 
+`cpu_slots` splits the host's cores between processes that run side by side (the learning
+benchmark's seeds): pinned each to its own core, two fine-tuning jobs on 2 cores ran 11 % faster than
+with both processes' threads on both cores (benchmarks/README.md, forty-first pass).
+
 `bf16_matmul_units` tells whether the CPU multiplies bfloat16 matrices in hardware (AMX-BF16 or
 AVX512-BF16), for
 `matmul_precision.precision = "auto"` (mslam_jax/layers/matmul.py).
@@ -49,6 +53,21 @@ def cpu_only_host(environ=None) -> bool:
   platforms = (os.environ if environ is None else environ).get("JAX_PLATFORMS", "").strip().lower()
   return platforms == "cpu" or (not platforms and not any(
       importlib.util.find_spec(name) is not None for name in _ACCELERATOR_MODULES))
+
+
+def cpu_slots(processes: int, cpus=None) -> list[frozenset[int]] | None:
+  """`processes` disjoint sets of this process' CPUs (`cpus`, default its affinity), as even as they
+  divide, to pin processes that run side by side; None for fewer than 2 processes, fewer CPUs than
+  processes, or a system without CPU affinity (macOS)."""
+  if cpus is None:
+    if not hasattr(os, "sched_getaffinity"):
+      return None
+    cpus = os.sched_getaffinity(0)
+  cpus = sorted(cpus)
+  if processes < 2 or len(cpus) < processes:
+    return None
+  bounds = [round(i * len(cpus) / processes) for i in range(processes + 1)]
+  return [frozenset(cpus[a:b]) for a, b in zip(bounds, bounds[1:])]
 
 
 @functools.lru_cache(maxsize=None)

@@ -105,3 +105,12 @@ def test_entry_starts_the_command_again_under_the_allocator_once(monkeypatch):
   with pytest.raises(SystemExit) as done:
     cli.entry()
   assert done.value.code == 0 and len(started) == 1
+
+
+def test_cpu_slots_split_the_cores_evenly_between_processes_side_by_side():
+  assert cpu_host.cpu_slots(2, cpus={0, 1}) == [frozenset({0}), frozenset({1})]
+  slots = cpu_host.cpu_slots(3, cpus=range(8))
+  assert sorted(len(s) for s in slots) == [2, 3, 3] and frozenset().union(*slots) == frozenset(range(8))
+  assert all(a.isdisjoint(b) for i, a in enumerate(slots) for b in slots[i + 1:])
+  # Nothing to split: one process, or more processes than cores.
+  assert cpu_host.cpu_slots(1, cpus={0, 1}) is None and cpu_host.cpu_slots(3, cpus={0, 1}) is None

@@ -1,9 +1,11 @@
 """benchmarks/learning_benchmark.py's summary: means, seed spreads, targets and the zero-shot gain."""
+import json
 import os
 import sys
 
 import pytest
 
+from mslam_jax import cpu_host
 from tests import benchmark_scripts
 
 learning_benchmark = benchmark_scripts.load("learning_benchmark")
@@ -102,6 +104,20 @@ def test_runs_go_side_by_side_at_most_jobs_at_a_time(tmp_path):
   assert spans["c"][0] >= min(spans["a"][1], spans["b"][1]) - 0.05
 
 
+@pytest.mark.skipif(len(getattr(os, "sched_getaffinity", lambda _: ())(0)) < 2, reason="needs 2 CPUs and affinity")
+def test_runs_side_by_side_are_pinned_each_to_a_core_of_its_own(tmp_path):
+  """Each job runs on the CPU slot that no running job holds; a slot comes free when its job ends."""
+  slots = cpu_host.cpu_slots(2)
+  record = "import os, sys, time; print(sorted(os.sched_getaffinity(0))); time.sleep(0.5)"
+  jobs = [(n, [sys.executable, "-c", record], str(tmp_path / f"{n}.log")) for n in ("a", "b", "c")]
+  learning_benchmark.run_parallel(jobs, 2, poll_s=0.05, slots=slots)
+  seen = {n: frozenset(json.loads((tmp_path / f"{n}.log").read_text())) for n in ("a", "b", "c")}
+  assert seen["a"] == slots[0] and seen["b"] == slots[1] and seen["c"] in slots
+  # Unpinned, a job keeps every CPU this process has.
+  learning_benchmark.run_parallel(jobs[:1], 2, poll_s=0.05)
+  assert frozenset(json.loads((tmp_path / "a.log").read_text().splitlines()[-1])) == frozenset(os.sched_getaffinity(0))
+
+
 def test_a_failed_run_stops_new_ones_and_names_its_log(tmp_path):
   jobs = [_job(tmp_path, "bad", 0.2, rc=3), _job(tmp_path, "slow", 1.0), _job(tmp_path, "never", 0.1)]
   with pytest.raises(SystemExit, match=r"failed: bad \(.*bad\.log\)"):
@@ -129,7 +145,7 @@ def test_seeds_sharing_the_cores_keep_their_ablation_in_one_process(tmp_path):
 
 
 def test_the_training_languages_ctc_head_fine_tunes_longer(tmp_path):
-  """The demo job's gin flags give the ctc evaluator twice the job's fine-tuning steps, on clips up to
+  """The demo job's gin flags give the ctc evaluator three times the job's fine-tuning steps, on clips up to
   8 s, and leave the zero-shot and alignment heads (FinetuneConfig unscoped) at the job's steps and
   the demo's 5 s; the rest is shared."""
   import gin  # pylint: disable=g-import-not-at-top
@@ -147,7 +163,7 @@ def test_the_training_languages_ctc_head_fine_tunes_longer(tmp_path):
     ctc, shared = downstream.CTCFinetuneEvaluator().config, finetune.FinetuneConfig()
   finally:
     gin.clear_config()
-  assert (ctc.steps, shared.steps) == (40, 20)
+  assert (ctc.steps, shared.steps) == (60, 20)
   assert (ctc.max_audio_seconds, shared.max_audio_seconds) == (8.0, 5.0)
   assert ctc.length_buckets == (2.0, 3.0, 4.0, 5.0, 6.0, 8.0) and shared.length_buckets == (2.0, 3.0, 4.0, 5.0)
   assert ctc.batch_size == shared.batch_size == 8 and ctc.learning_rate == shared.learning_rate
