@@ -145,7 +145,7 @@ def test_seeds_sharing_the_cores_keep_their_ablation_in_one_process(tmp_path):
 
 
 def test_the_training_languages_ctc_head_fine_tunes_longer(tmp_path):
-  """The demo job's gin flags give the ctc evaluator three times the job's fine-tuning steps, on clips up to
+  """The demo job's gin flags give the ctc evaluator four times the job's fine-tuning steps, on clips up to
   8 s, and leave the zero-shot and alignment heads (FinetuneConfig unscoped) at the job's steps and
   the demo's 5 s; the rest is shared."""
   import gin  # pylint: disable=g-import-not-at-top
@@ -163,7 +163,7 @@ def test_the_training_languages_ctc_head_fine_tunes_longer(tmp_path):
     ctc, shared = downstream.CTCFinetuneEvaluator().config, finetune.FinetuneConfig()
   finally:
     gin.clear_config()
-  assert (ctc.steps, shared.steps) == (60, 20)
+  assert (ctc.steps, shared.steps) == (80, 20)
   assert (ctc.max_audio_seconds, shared.max_audio_seconds) == (8.0, 5.0)
   assert ctc.length_buckets == (2.0, 3.0, 4.0, 5.0, 6.0, 8.0) and shared.length_buckets == (2.0, 3.0, 4.0, 5.0)
   assert ctc.batch_size == shared.batch_size == 8 and ctc.learning_rate == shared.learning_rate
