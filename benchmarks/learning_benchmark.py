@@ -10,7 +10,7 @@ quantizer's health beside it (at most ~45 minutes on 2 CPU cores at the defaults
    and the data order): joint mSLAM-CTC + cross-modal pre-training, the speech-only ablation at the
    same steps, and the full evaluation sweep, on test clips spoken by voice variants that training
    never hears (no translation fine-tuning: no figure of this benchmark reads it). The training
-   languages' CTC head fine-tunes twice as many steps as the zero-shot and alignment heads, on
+   languages' CTC head fine-tunes four times as many steps as the zero-shot and alignment heads, on
    clips up to 8 s instead of 5 (`ctc_head`).
 2. A speech-only w2v-BERT run per seed (learned Gumbel codebook, contrastive + diversity + masked
    prediction) on the same corpus: contrastive accuracy and codebook perplexity at every logged
@@ -35,7 +35,11 @@ steps, 36.9 minutes from scratch (thirty-seventh pass); with the ctc head's own 
 at twice the clips a step, 41.9 minutes on an AMD Zen 4 host (thirty-ninth pass); with that job at
 twice the steps on clips up to 8 s, 44.9 minutes with one compilation cache for every job (46.7 with
 one a seed, on the same slower day; fortieth pass). Seeds that share the cores run their demos
-`--one-process`: four XLA processes on 2 cores only add contention.
+`--one-process`: four XLA processes on 2 cores only add contention. Each run is pinned to its share
+of the cores (`cpu_host.cpu_slots`; `--no-pin` leaves every run on every core): two processes whose
+threads all share both cores run 11 % slower than each on a core of its own; pinned, the benchmark
+took 42.0 minutes with the ctc head at three times the steps and 41.5 at four, the default (forty-first
+pass).
 
 Re-running on the same --out resumes (finished demo stages and runs are skipped).
 """
