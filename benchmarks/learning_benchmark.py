@@ -363,8 +363,11 @@ def main(argv=None) -> int:
   shared = args.jobs > 1 and len(args.seeds) + bool(args.w2v_steps) > 1
   jobs = [demo_job(out, seed, args.steps, args.finetune_steps, extra, shared) for seed in args.seeds]
   jobs += [w2v_bert_job(out, args.w2v_steps, seed) for seed in args.seeds] if args.w2v_steps else []
-  slots = None if args.no_pin or not cpu_host.cpu_only_host() else cpu_host.cpu_slots(args.jobs)
-  walls = run_parallel([j for j in jobs if j is not None], args.jobs, slots=slots)
+  runs = [j for j in jobs if j is not None]
+  # As many slots as runs go at once: a lone run (one seed, or the rest resumed) keeps every core.
+  at_once = min(args.jobs, len(runs))
+  slots = None if args.no_pin or not cpu_host.cpu_only_host() else cpu_host.cpu_slots(at_once)
+  walls = run_parallel(runs, args.jobs, slots=slots)
   summary = summarize([read_demo(out, seed) for seed in args.seeds],
                       [read_w2v_bert(out, seed) for seed in args.seeds] if args.w2v_steps else None)
   summary["wall_s"] = round(time.time() - start, 1)
