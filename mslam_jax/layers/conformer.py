@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from mslam_jax.layers import attention
+from mslam_jax.layers import fence
 from mslam_jax.layers import matmul
 
 Array = jax.Array
@@ -281,21 +282,25 @@ class ConformerBlock(ConformerBlockOptions):
   @nn.compact
   def __call__(self, x: Array, mask: Array, deterministic: bool = True) -> Array:
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    # The residual stream's gradient, stored once at each sub-block's input (fence.py).
+    x = fence.cotangent_fence(x)
     x = x + self.ffn_residual_factor * self._ffn("ffn1")(self._ln("ffn1_norm")(x), deterministic)
+    x = fence.cotangent_fence(x)
     h = attention.MultiHeadSelfAttention(
         num_heads=self.num_heads, head_dim=self.head_dim, position_type=self.position_type,
         left_max_position=self.left_max_position, right_max_position=self.right_max_position,
         relative_key_impl=self.relative_key_impl, rotary_base=self.rotary_base, use_bias=self.attention_use_bias,
         dropout_rate=self.attention_dropout_rate, dtype=self.dtype, param_dtype=self.param_dtype,
         name="self_attention")(self._ln("self_attention_norm")(x), mask, deterministic)
-    x = x + nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+    x = fence.cotangent_fence(x + nn.Dropout(self.dropout_rate)(h, deterministic=deterministic))
     x = x + ConvolutionModule(
         kernel_size=self.conv_kernel_size, causal=self.conv_causal, norm=self.conv_norm,
         norm_groups=self.conv_norm_groups, activation=self.activation, use_bias=self.conv_use_bias,
         dropout_rate=self.dropout_rate, layer_norm_epsilon=self.layer_norm_epsilon, impl=self.conv_impl,
         dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x, mask, deterministic)
+    x = fence.cotangent_fence(x)
     x = x + self.ffn_residual_factor * self._ffn("ffn2")(self._ln("ffn2_norm")(x), deterministic)
-    x = self._ln("final_norm")(x)
+    x = self._ln("final_norm")(fence.cotangent_fence(x))
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 

@@ -199,9 +199,12 @@ class RandomProjectionQuantizer(nn.Module):
       x = (x - mean) * jax.lax.rsqrt(jnp.var(x, axis=-1, keepdims=True) + 1e-5)
     projected = jnp.einsum("btd,dge->btge", x, projection, precision=jax.lax.Precision.HIGHEST)
     projected = projected / jnp.linalg.norm(projected, axis=-1, keepdims=True).clip(1e-6)
-    # For unit vectors the nearest neighbour in l2 is the one of largest cosine.
-    similarity = jnp.einsum("btge,gve->btgv", projected, codebook, precision=jax.lax.Precision.HIGHEST)
-    ids = first_argmax(similarity)
+    # For unit vectors the nearest neighbour in l2 is the one of largest cosine. One product per
+    # group: a batched one puts the group axis first and transposes [B, T, G, V] scores back (5.7 ms
+    # of the tiny float32 step on XLA:CPU for G = 1).
+    ids = jnp.stack([first_argmax(jnp.einsum("bte,ve->btv", projected[:, :, g], codebook[g],
+                                             precision=jax.lax.Precision.HIGHEST))
+                     for g in range(groups)], axis=-1)
     quantized = codebook[jnp.arange(groups)[None, None, :], ids]  # [B, T, G, entry_dim]
     quantized = quantized.reshape(batch, length, groups * self.entry_dim).astype(self.dtype)
     code_perplexity, usage = _hard_statistics(ids, mask, entries)
