@@ -282,7 +282,7 @@ class ConformerBlock(ConformerBlockOptions):
   @nn.compact
   def __call__(self, x: Array, mask: Array, deterministic: bool = True) -> Array:
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-    # The residual stream's gradient, stored once at each sub-block's input (fence.py).
+    # The residual stream's gradient, stored once at the block's input and after each add (fence.py).
     x = fence.cotangent_fence(x)
     x = x + self.ffn_residual_factor * self._ffn("ffn1")(self._ln("ffn1_norm")(x), deterministic)
     x = fence.cotangent_fence(x)
@@ -292,7 +292,8 @@ class ConformerBlock(ConformerBlockOptions):
         relative_key_impl=self.relative_key_impl, rotary_base=self.rotary_base, use_bias=self.attention_use_bias,
         dropout_rate=self.attention_dropout_rate, dtype=self.dtype, param_dtype=self.param_dtype,
         name="self_attention")(self._ln("self_attention_norm")(x), mask, deterministic)
-    x = fence.cotangent_fence(x + nn.Dropout(self.dropout_rate)(h, deterministic=deterministic))
+    x = x + nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+    x = fence.cotangent_fence(x)
     x = x + ConvolutionModule(
         kernel_size=self.conv_kernel_size, causal=self.conv_causal, norm=self.conv_norm,
         norm_groups=self.conv_norm_groups, activation=self.activation, use_bias=self.conv_use_bias,
@@ -300,7 +301,8 @@ class ConformerBlock(ConformerBlockOptions):
         dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x, mask, deterministic)
     x = fence.cotangent_fence(x)
     x = x + self.ffn_residual_factor * self._ffn("ffn2")(self._ln("ffn2_norm")(x), deterministic)
-    x = self._ln("final_norm")(fence.cotangent_fence(x))
+    x = fence.cotangent_fence(x)
+    x = self._ln("final_norm")(x)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 

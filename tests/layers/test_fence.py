@@ -18,10 +18,13 @@ def fences(monkeypatch):
   return set_fences
 
 
-def _stack_and_inputs(dim=64):
-  stack = conformer.ConformerStack(num_layers=2, mlp_dim=4 * dim, num_heads=4, scan_layers=False,
+DIM = 64
+
+
+def _stack_and_inputs():
+  stack = conformer.ConformerStack(num_layers=2, mlp_dim=4 * DIM, num_heads=4, scan_layers=False,
                                    conv_norm="layer_norm", left_max_position=16, right_max_position=4)
-  x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 64, dim)), jnp.float32)
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 64, DIM)), jnp.float32)
   mask = jnp.asarray(np.arange(64)[None, :] < np.array([64, 50, 33, 64])[:, None], jnp.int32)
   params = stack.init(jax.random.PRNGKey(0), x, mask)
   return stack, params, x, mask
@@ -67,9 +70,9 @@ def test_a_conformer_stack_keeps_its_gradients_and_stores_the_residual_gradient_
   def norm_backward_ops(program):  # the layer norms' backward products, every copy XLA made of them
     return sum(1 for line in program.splitlines() if "transpose(jvp" in line and "_norm/mul" in line)
 
-  def widest_transpose(program):  # the most inputs any op that transposes a [rows, 64] gradient reads
+  def widest_transpose(program):  # the most inputs any op that transposes a [rows, DIM] gradient reads
     fusions = [line for line in program.splitlines()
-               if re.match(r"\s+%\w*copy\w*fusion[.\d]* = f32\[64,\d+\]", line)]
+               if re.match(rf"\s+%\w*copy\w*fusion[.\d]* = f32\[{DIM},\d+\]", line)]
     return max(line.split("calls=")[0].count("%") - 1 for line in fusions)
 
   # Unfenced, XLA:CPU copies the norms' backward chain into each op that reads the gradient, and
