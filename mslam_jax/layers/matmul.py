@@ -81,27 +81,63 @@ def _bf16_einsum_bwd(spec, residuals, g):
   g16 = g.astype(jnp.bfloat16)
   # Each operand's cotangent is the product of the output's with the other operand.
   da = jnp.einsum(f"{so},{sb}->{sa}", g16, b16, preferred_element_type=jnp.float32)
-  db = _sum_over_rows(sa, so, sb, a16, g16)
+  db = _rows_contracted(sa, so, sb, a16, g16)
   return da.astype(a_dtype.dtype), db.astype(b_dtype.dtype)
 
 
-def _sum_over_rows(sa: str, so: str, sb: str, a16: Array, g16: Array) -> Array:
-  """The weight's cotangent, einsum(sa, so -> sb) in float32: a contraction over the rows that a
-  and g share. XLA:CPU's YNNPACK dot contracts its first operand over its minor axis only, so XLA
-  transposes the first operand into a copy first: for the feed-forward's output weight that is the
-  [rows, 576] activation, 1.5 ms a layer on the tiny step (benchmarks/README.md, thirty-eighth
-  pass). Where g is the smaller operand, it goes first; the product comes out transposed, behind an
-  optimization barrier (without it XLA folds the transpose back into the dot and takes a bf16 dot
-  path that XLA:CPU lacks), and the weight-sized result is transposed back."""
-  if (jax.default_backend() != "cpu" or g16.size >= a16.size or "." in sa + so + sb
-      or set(sa) & set(so) & set(sb)):
-    return jnp.einsum(f"{sa},{so}->{sb}", a16, g16, preferred_element_type=jnp.float32)
-  g_axes, a_axes = "".join(c for c in sb if c in so), "".join(c for c in sb if c in sa)
-  swapped = jnp.einsum(f"{so},{sa}->{g_axes}{a_axes}", g16, a16, preferred_element_type=jnp.float32)
-  return jnp.einsum(f"{g_axes}{a_axes}->{sb}", jax.lax.optimization_barrier(swapped))
+def _rows_contracted(sa: str, so: str, sb: str, a: Array, g: Array) -> Array:
+  """A weight's cotangent, einsum(sa, so -> sb) accumulated in float32: a contraction over the rows
+  (batch and time) that `a` and `g` share.
+
+  XLA:CPU's YNNPACK dot contracts its first operand over its minor axes only. Left to itself, XLA
+  contracts an activation over its rows in Eigen's float32 dot (1.5 times as slow as YNNPACK's on
+  the small step's [3184, 256] x [3184, 1024] weight gradient), after a transposed copy of the other
+  operand, and in bfloat16, which Eigen's dot lacks, copies whichever operand is first. Here the
+  smaller operand goes first, transposed into a copy behind an optimization barrier (without it XLA
+  folds the transpose back into the dot); where that is g, the product comes out transposed, and the
+  weight-sized result is transposed back (benchmarks/README.md, thirty-eighth and forty-third passes).
+  """
+  if jax.default_backend() != "cpu" or not _plain(f"{sa},{so}->{sb}"):
+    return jnp.einsum(f"{sa},{so}->{sb}", a, g, preferred_element_type=jnp.float32)
+  summed = "".join(c for c in sa if c in so)
+  a_free, g_free = "".join(c for c in sa if c not in summed), "".join(c for c in so if c not in summed)
+  if a.size <= g.size:
+    with jax.named_scope("activation_transposed"):
+      first = jax.lax.optimization_barrier(jnp.einsum(f"{sa}->{a_free}{summed}", a))
+    return jnp.einsum(f"{a_free}{summed},{so}->{sb}", first, g, preferred_element_type=jnp.float32)
+  with jax.named_scope("cotangent_transposed"):
+    first = jax.lax.optimization_barrier(jnp.einsum(f"{so}->{g_free}{summed}", g))
+  swapped = jnp.einsum(f"{g_free}{summed},{sa}->{g_free}{a_free}", first, a, preferred_element_type=jnp.float32)
+  return jnp.einsum(f"{g_free}{a_free}->{sb}", jax.lax.optimization_barrier(swapped))
+
+
+def _plain(spec: str) -> bool:
+  """An einsum of two operands without ellipses, repeated letters, axes all three share (batch axes)
+  or axes one operand sums alone: what _rows_contracted lays out."""
+  sa, sb, so = _operands(spec)
+  return ("." not in spec and len(set(sa)) == len(sa) and len(set(sb)) == len(sb) and len(set(so)) == len(so)
+          and not set(sa) & set(sb) & set(so) and set(sa) <= set(sb) | set(so) and set(sb) <= set(sa) | set(so))
 
 
 _bf16_einsum.defvjp(_bf16_einsum_fwd, _bf16_einsum_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _f32_einsum(spec: str, a: Array, b: Array) -> Array:
+  return jnp.einsum(spec, a, b)
+
+
+def _f32_einsum_fwd(spec, a, b):
+  return jnp.einsum(spec, a, b), (a, b)
+
+
+def _f32_einsum_bwd(spec, residuals, g):
+  a, b = residuals
+  sa, sb, so = _operands(spec)
+  return jnp.einsum(f"{so},{sb}->{sa}", g, b), _rows_contracted(sa, so, sb, a, g)
+
+
+_f32_einsum.defvjp(_f32_einsum_fwd, _f32_einsum_bwd)
 
 
 def _check_transposable(spec: str) -> None:
@@ -117,6 +153,10 @@ def einsum(spec: str, a: Array, b: Array, preferred_element_type: Any = None) ->
   """jnp.einsum of two operands at `operand_precision()`; the result has einsum's dtype (or the
   preferred one)."""
   if operand_precision() == "float32":
+    # On a CPU, float32 products with a weight take _rows_contracted's weight cotangent too.
+    if (jax.default_backend() == "cpu" and a.dtype == b.dtype == jnp.float32
+        and preferred_element_type in (None, jnp.float32) and _plain(spec)):
+      return _f32_einsum(spec, a, b)
     return jnp.einsum(spec, a, b, preferred_element_type=preferred_element_type)
   _check_transposable(spec)
   out_dtype = preferred_element_type or jnp.result_type(a, b)
@@ -126,7 +166,7 @@ def einsum(spec: str, a: Array, b: Array, preferred_element_type: Any = None) ->
 def dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None,
                 preferred_element_type: Any = None) -> Array:
   """lax.dot_general's signature (flax's `dot_general` hook) at `operand_precision()`."""
-  if operand_precision() == "float32":
+  if operand_precision() == "float32" and jax.default_backend() != "cpu":
     return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                preferred_element_type=preferred_element_type)
   (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers

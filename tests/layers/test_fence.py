@@ -18,6 +18,16 @@ def fences(monkeypatch):
   return set_fences
 
 
+@pytest.fixture
+def fresh_compiles():
+  # The tests read compiled programs' metadata (op names), which the persistent cache's key leaves
+  # out: a cached executable of the same program may carry another version's names.
+  before = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
+  yield
+  jax.config.update("jax_enable_compilation_cache", before)
+
+
 DIM = 64
 
 
@@ -55,7 +65,7 @@ def test_fences_apply_on_one_cpu_device_only():
   assert fence.fences_apply() == (jax.default_backend() == "cpu" and jax.device_count() == 1)
 
 
-def test_a_conformer_stack_keeps_its_gradients_and_stores_the_residual_gradient_once(fences):
+def test_a_conformer_stack_keeps_its_gradients_and_stores_the_residual_gradient_once(fences, fresh_compiles):
   stack, params, x, mask = _stack_and_inputs()
   programs, grads = {}, {}
   for on in (False, True):
@@ -64,15 +74,17 @@ def test_a_conformer_stack_keeps_its_gradients_and_stores_the_residual_gradient_
     programs[on] = grad_fn.lower(params, x).compile().as_text()
     grads[on] = grad_fn(params, x)
   for a, b in zip(jax.tree_util.tree_leaves(grads[False]), jax.tree_util.tree_leaves(grads[True])):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # Equal up to float rounding: the two programs sum the weight gradients' rows in other orders.
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=3e-6)
   assert "while" in programs[True] and "while" not in programs[False]
 
   def norm_backward_ops(program):  # the layer norms' backward products, every copy XLA made of them
     return sum(1 for line in program.splitlines() if "transpose(jvp" in line and "_norm/mul" in line)
 
   def widest_transpose(program):  # the most inputs any op that transposes a [rows, DIM] gradient reads
-    fusions = [line for line in program.splitlines()
-               if re.match(rf"\s+%\w*copy\w*fusion[.\d]* = f32\[{DIM},\d+\]", line)]
+    fusions = [line for line in program.splitlines()  # matmul's transposed activations aside
+               if re.match(rf"\s+%\w*copy\w*fusion[.\d]* = f32\[{DIM},\d+\]", line)
+               and "activation_transposed" not in line]
     return max(line.split("calls=")[0].count("%") - 1 for line in fusions)
 
   # Unfenced, XLA:CPU copies the norms' backward chain into each op that reads the gradient, and
