@@ -2,8 +2,10 @@
 
 `einsum(spec, a, b)` and `dot_general` (flax's `nn.Dense(dot_general=...)`) are jnp.einsum and
 lax.dot_general when `matmul_precision` is "float32", the default: the HF parity tests hold to it.
-The layers route their products with a weight through them (dense layers, attention projections,
-the relative-key table, output heads); attention's products of two activations stay float32: on
+On a CPU their float32 backward takes the weight's cotangent from `_rows_contracted`: the same
+product, laid out so that XLA:CPU runs it on YNNPACK rather than in Eigen's slower dot. The layers
+route their products with a weight through them (dense layers, attention projections, the
+relative-key table, output heads); attention's products of two activations stay float32: on
 XLA:CPU their batched backward products, in bf16, become transposes and upcasts that cost more than
 they save.
 
