@@ -65,25 +65,27 @@ def _operands(spec: str) -> tuple[str, str, str]:
   return a, b, out
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _bf16_einsum(spec: str, a: Array, b: Array) -> Array:
-  return _bf16_einsum_fwd(spec, a, b)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _rounded_einsum(spec: str, dtype: Any, a: Array, b: Array) -> Array:
+  """einsum(spec, a, b) of the operands rounded to `dtype`, accumulated in float32, with the weight's
+  cotangent from `_rows_contracted` (float32: no rounding, the same product as jnp.einsum)."""
+  return _rounded_einsum_fwd(spec, dtype, a, b)[0]
 
 
-def _bf16_einsum_fwd(spec, a, b):
-  a16, b16 = a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
-  out = jnp.einsum(spec, a16, b16, preferred_element_type=jnp.float32)
+def _rounded_einsum_fwd(spec, dtype, a, b):
+  a_r, b_r = a.astype(dtype), b.astype(dtype)
+  out = jnp.einsum(spec, a_r, b_r, preferred_element_type=jnp.float32)
   # Zero-size stand-ins carry the inputs' dtypes to the backward pass (residuals must be arrays).
-  return out, (a16, b16, jnp.zeros((0,), a.dtype), jnp.zeros((0,), b.dtype))
+  return out, (a_r, b_r, jnp.zeros((0,), a.dtype), jnp.zeros((0,), b.dtype))
 
 
-def _bf16_einsum_bwd(spec, residuals, g):
-  a16, b16, a_dtype, b_dtype = residuals
+def _rounded_einsum_bwd(spec, dtype, residuals, g):
+  a_r, b_r, a_dtype, b_dtype = residuals
   sa, sb, so = _operands(spec)
-  g16 = g.astype(jnp.bfloat16)
+  g_r = g.astype(dtype)
   # Each operand's cotangent is the product of the output's with the other operand.
-  da = jnp.einsum(f"{so},{sb}->{sa}", g16, b16, preferred_element_type=jnp.float32)
-  db = _rows_contracted(sa, so, sb, a16, g16)
+  da = jnp.einsum(f"{so},{sb}->{sa}", g_r, b_r, preferred_element_type=jnp.float32)
+  db = _rows_contracted(sa, so, sb, a_r, g_r)
   return da.astype(a_dtype.dtype), db.astype(b_dtype.dtype)
 
 
@@ -121,25 +123,7 @@ def _plain(spec: str) -> bool:
           and not set(sa) & set(sb) & set(so) and set(sa) <= set(sb) | set(so) and set(sb) <= set(sa) | set(so))
 
 
-_bf16_einsum.defvjp(_bf16_einsum_fwd, _bf16_einsum_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _f32_einsum(spec: str, a: Array, b: Array) -> Array:
-  return jnp.einsum(spec, a, b)
-
-
-def _f32_einsum_fwd(spec, a, b):
-  return jnp.einsum(spec, a, b), (a, b)
-
-
-def _f32_einsum_bwd(spec, residuals, g):
-  a, b = residuals
-  sa, sb, so = _operands(spec)
-  return jnp.einsum(f"{so},{sb}->{sa}", g, b), _rows_contracted(sa, so, sb, a, g)
-
-
-_f32_einsum.defvjp(_f32_einsum_fwd, _f32_einsum_bwd)
+_rounded_einsum.defvjp(_rounded_einsum_fwd, _rounded_einsum_bwd)
 
 
 def _check_transposable(spec: str) -> None:
@@ -158,11 +142,11 @@ def einsum(spec: str, a: Array, b: Array, preferred_element_type: Any = None) ->
     # On a CPU, float32 products with a weight take _rows_contracted's weight cotangent too.
     if (jax.default_backend() == "cpu" and a.dtype == b.dtype == jnp.float32
         and preferred_element_type in (None, jnp.float32) and _plain(spec)):
-      return _f32_einsum(spec, a, b)
+      return _rounded_einsum(spec, jnp.float32, a, b)
     return jnp.einsum(spec, a, b, preferred_element_type=preferred_element_type)
   _check_transposable(spec)
   out_dtype = preferred_element_type or jnp.result_type(a, b)
-  return _bf16_einsum(spec, a, b).astype(out_dtype)
+  return _rounded_einsum(spec, jnp.bfloat16, a, b).astype(out_dtype)
 
 
 def dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None,
