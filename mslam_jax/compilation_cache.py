@@ -35,6 +35,13 @@ def resolve_directory(directory: str | None = None) -> str | None:
   return os.path.abspath(os.path.expanduser(directory))
 
 
+def environment_or(default: str) -> str:
+  """$MSLAM_JAX_CACHE where it is set (an off value, the empty string included, keeps the cache off),
+  else `default`: for a command whose cache lives in its own output directory."""
+  directory = os.environ.get(ENV_VAR)
+  return default if directory is None else directory
+
+
 def enable(directory: str | None = None, min_compile_time_secs: float = MIN_COMPILE_TIME_SECS) -> str | None:
   """Turns the persistent cache on (idempotent); returns its directory, or None when off."""
   resolved = resolve_directory(directory)

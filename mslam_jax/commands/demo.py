@@ -21,7 +21,8 @@
 Sizes live in gin_configs/runs/demo.gin. Re-running on the same OUT skips what is done: the corpus
 is rebuilt only when its config changed, training resumes from the last checkpoint (or is skipped
 when it reached its steps), evaluated checkpoints are read back, and compiled programs come from
-OUT/jax_cache ($MSLAM_JAX_CACHE instead, where set: one cache for several demo directories).
+OUT/jax_cache ($MSLAM_JAX_CACHE instead, where set: one cache for several demo directories; "off" or
+empty: no cache).
 """
 import argparse
 import json
@@ -370,7 +371,7 @@ def run(args: argparse.Namespace) -> int:
   ablation_dir = os.path.join(out, "pretrain_speech_only")
   translation_dir = os.path.join(out, "translation")
   os.makedirs(out, exist_ok=True)
-  compilation_cache.enable(os.environ.get(compilation_cache.ENV_VAR) or os.path.join(out, "jax_cache"))
+  compilation_cache.enable(compilation_cache.environment_or(os.path.join(out, "jax_cache")))
 
   gin_files = list(RUN_GIN_FILES) + list(args.gin_file)
   user = _flag_bindings(args) + list(getattr(args, "gin_bindings", []))
