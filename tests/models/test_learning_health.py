@@ -14,6 +14,7 @@ from mslam_jax import config
 from mslam_jax import optimizers
 from mslam_jax import partitioning
 from mslam_jax import trainer as trainer_lib
+from mslam_jax.data import languages
 from mslam_jax.data import vocabularies
 from mslam_jax.models import heads
 from mslam_jax.models import losses
@@ -220,6 +221,29 @@ def test_text_ctc_trains_the_speech_ctc_head_from_text_alone_and_learns():
   start = float(text_ctc(params))
   # 40 steps: CTC's all-blank plateau comes first.
   assert _after_adam_steps(text_ctc, params, 40, 1e-2) < 0.5 * start, start
+
+
+def test_text_ctc_languages_must_be_known():
+  with pytest.raises(ValueError, match=r"text_ctc_languages=\['afr', 'xx1'\].*xx1"):
+    _model(test_mslam.TINY_BINDINGS + ["MSLAMModel.text_ctc_languages = ('afr', 'xx1')"])
+
+
+@pytest.mark.slow  # compiles the joint loss three times (~25 s)
+def test_text_ctc_scores_only_the_text_of_the_languages_it_names():
+  batch = test_mslam._fixed_batch()  # pylint: disable=protected-access
+  first, second = (languages.all_languages()[int(i)].code for i in batch["text"]["lang"])
+  per_char = {}
+  for names in ((), (first,), (second,)):
+    model = _model(test_mslam.TINY_BINDINGS + ["ObjectiveWeights.text_ctc = 1.0",
+                                               f"MSLAMModel.text_ctc_languages = {names!r}"])
+    params = flax.core.meta.unbox(model.init(jax.random.PRNGKey(0), batch))
+    per_char[names] = float(model.loss_fn(params, batch, jax.random.PRNGKey(1), 0)[1]["text/ctc_loss"])
+  # Per character: the two rows' loss is the character-weighted mean of each row's alone (16 and
+  # 11 characters), so naming one language leaves exactly the other row out.
+  counts = [int(n) for n in batch["text"]["tokens_mask"].sum(axis=1)]
+  assert per_char[(first,)] != pytest.approx(per_char[(second,)], rel=1e-3)
+  assert per_char[()] == pytest.approx(
+      (counts[0] * per_char[(first,)] + counts[1] * per_char[(second,)]) / sum(counts), rel=1e-5)
 
 
 @pytest.mark.slow  # compiles the fine-tuning loss's gradient (~20 s)
