@@ -3,8 +3,9 @@
 A compiled train step is reused by any later process that compiles the same program (a restart,
 a re-run of the demo, an evaluation after training), so only the first run pays XLA's compile.
 
-Directory: `directory` if given, else $MSLAM_JAX_CACHE, else $JAX_COMPILATION_CACHE_DIR, else
-~/.cache/mslam_jax/jax_cache. MSLAM_JAX_CACHE=off (or an empty string) leaves the cache off.
+Directory: `directory` if given, else $MSLAM_JAX_CACHE, else `default` (a command's own cache, such
+as the demo's OUT/jax_cache), else $JAX_COMPILATION_CACHE_DIR, else ~/.cache/mslam_jax/jax_cache.
+MSLAM_JAX_CACHE=off (or an empty string) leaves the cache off.
 
 Before JAX is imported, `enable` only sets JAX's environment variables (so a command that never
 touches JAX, such as `mslam data languages`, does not pay for importing it, and subprocesses
@@ -24,27 +25,21 @@ MIN_COMPILE_TIME_SECS = 0.1
 _OFF = ("", "off", "none", "0", "false")
 
 
-def resolve_directory(directory: str | None = None) -> str | None:
+def resolve_directory(directory: str | None = None, default: str | None = None) -> str | None:
   """The cache directory to use, or None when the cache is switched off."""
   if directory is None:
     directory = os.environ.get(ENV_VAR)
     if directory is None:
-      directory = os.environ.get("JAX_COMPILATION_CACHE_DIR") or DEFAULT_DIRECTORY
+      directory = default or os.environ.get("JAX_COMPILATION_CACHE_DIR") or DEFAULT_DIRECTORY
   if directory.strip().lower() in _OFF:
     return None
   return os.path.abspath(os.path.expanduser(directory))
 
 
-def environment_or(default: str) -> str:
-  """$MSLAM_JAX_CACHE where it is set (an off value, the empty string included, keeps the cache off),
-  else `default`: for a command whose cache lives in its own output directory."""
-  directory = os.environ.get(ENV_VAR)
-  return default if directory is None else directory
-
-
-def enable(directory: str | None = None, min_compile_time_secs: float = MIN_COMPILE_TIME_SECS) -> str | None:
+def enable(directory: str | None = None, min_compile_time_secs: float = MIN_COMPILE_TIME_SECS,
+           default: str | None = None) -> str | None:
   """Turns the persistent cache on (idempotent); returns its directory, or None when off."""
-  resolved = resolve_directory(directory)
+  resolved = resolve_directory(directory, default)
   if resolved is None:
     return None
   os.makedirs(resolved, exist_ok=True)

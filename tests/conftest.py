@@ -34,8 +34,7 @@ cli.import_tensorflow_quietly()
 # the environment it sets): $MSLAM_JAX_CACHE if set, else its own directory, apart from the
 # commands' cache since the flags above give different executables. MSLAM_JAX_CACHE=off: none.
 TEST_CACHE_DIR = compilation_cache.enable(
-    os.environ.get(compilation_cache.ENV_VAR,
-                   os.path.join(os.path.expanduser("~"), ".cache", "mslam_jax", "jax_cache_tests")))
+    default=os.path.join(os.path.expanduser("~"), ".cache", "mslam_jax", "jax_cache_tests"))
 
 # Test files that share an expensive fixture: each group is one unit of work for pytest-xdist (one
 # worker, so the fixture is made once) and starts first (xdist puts the units with the most tests

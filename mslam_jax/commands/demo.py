@@ -371,7 +371,7 @@ def run(args: argparse.Namespace) -> int:
   ablation_dir = os.path.join(out, "pretrain_speech_only")
   translation_dir = os.path.join(out, "translation")
   os.makedirs(out, exist_ok=True)
-  compilation_cache.enable(compilation_cache.environment_or(os.path.join(out, "jax_cache")))
+  compilation_cache.enable(default=os.path.join(out, "jax_cache"))
 
   gin_files = list(RUN_GIN_FILES) + list(args.gin_file)
   user = _flag_bindings(args) + list(getattr(args, "gin_bindings", []))
