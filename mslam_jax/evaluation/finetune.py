@@ -98,6 +98,11 @@ class FinetuneConfig:
   # the same path (ObjectiveWeights.text_ctc; benchmarks/README.md, thirtieth pass).
   text_ctc: float = 0.0
   text_batch_size: int = 8
+  # ISO 639-3 codes of the languages whose train text text_ctc reads (empty: every language's): text
+  # only where no transcribed speech trains the head, as Maestro-U injects it. On the learning
+  # benchmark's seed-0 joint checkpoint (forty-fourth pass), afr, swa and zul text at 0.5 gave
+  # zero-shot CER 0.366 against 0.339 without text (benchmarks/README.md, forty-fifth pass).
+  text_languages: tuple[str, ...] = ()
 
   def __post_init__(self):
     if self.freeze not in FREEZE_MODES:

@@ -174,7 +174,13 @@ def _ctc_examples(corpus_dir: str, langs: Sequence[str], max_per_lang: int | Non
   examples = finetune.ctc_examples(eval_data.read_utterances(corpus_dir, "paired", "train", langs, max_per_lang),
                                    vocab, settings.max_audio_seconds)
   if settings.text_ctc > 0:
-    examples = finetune.with_texts(examples, eval_data.read_utterances(corpus_dir, "text", "train"), vocab)
+    text_langs = list(settings.text_languages) or None
+    if text_langs:
+      unknown = sorted(set(text_langs) - set(eval_data.corpus_languages(corpus_dir, "text", "train")))
+      if unknown:
+        raise ValueError(f"FinetuneConfig.text_languages names {unknown}, which have no train text in {corpus_dir}")
+    examples = finetune.with_texts(examples, eval_data.read_utterances(corpus_dir, "text", "train", text_langs),
+                                   vocab)
   return examples
 
 

@@ -54,6 +54,19 @@ def test_ctc_fine_tuning_with_text_reads_every_languages_train_text(corpus):
   assert not plain.texts and len(plain.audios) == len(examples.audios)
 
 
+def test_ctc_fine_tuning_text_can_be_limited_to_named_languages(corpus):
+  vocab = eval_data.load_vocabulary(corpus)
+  held_out = [u for u in eval_data.read_utterances(corpus, "text", "train") if u.lang == "ccc"]
+  examples = finetune_job._ctc_examples(corpus, ["aaa", "bbb"], None, vocab,  # pylint: disable=protected-access
+                                        finetune.FinetuneConfig(text_ctc=0.5, text_languages=("ccc",)))
+  assert len(examples.texts) == len(held_out) > 0
+  expected = [finetune.label_ids(vocab, u.text)[:examples.label_length] for u in held_out]
+  assert [t.tolist() for t in examples.texts] == expected
+  with pytest.raises(ValueError, match="text_languages names \\['zzz'\\]"):
+    finetune_job._ctc_examples(corpus, ["aaa", "bbb"], None, vocab,  # pylint: disable=protected-access
+                               finetune.FinetuneConfig(text_ctc=0.5, text_languages=("zzz",)))
+
+
 @pytest.mark.parametrize("scanned", [False, True])
 def test_gradient_masks(scanned):
   model = synthetic.SpectralModel(dim=4, vocab_size=8, num_layers=3, scanned=scanned)
