@@ -339,15 +339,6 @@ def format_table(summary: dict) -> str:
   return "\n".join(lines)
 
 
-def job_order(demos: list, w2v_runs: list) -> list:
-  """The first seed's demo, then every w2v-BERT run, then the other seeds' demos (None entries, the
-  finished runs, dropped). The demos compile the same programs (the pre-training and fine-tuning
-  steps, the evaluators'); a later seed that starts once the w2v-BERT runs (about 3.5 minutes each)
-  have run beside the first reads them from the shared cache instead of compiling them at the same
-  moment, and the w2v-BERT runs fill the core that wait leaves."""
-  return [job for job in demos[:1] + w2v_runs + demos[1:] if job is not None]
-
-
 def share_compilation_cache(out: str) -> str:
   """Points every job at one compilation cache, OUT/jax_cache, unless $MSLAM_JAX_CACHE names one:
   the seeds and the w2v-BERT runs compile the same programs, and a job that lags another reads
@@ -374,8 +365,9 @@ def main(argv=None) -> int:
   share_compilation_cache(out)
   build_corpus(out, extra)
   shared = args.jobs > 1 and len(args.seeds) + bool(args.w2v_steps) > 1
-  runs = job_order([demo_job(out, seed, args.steps, args.finetune_steps, extra, shared) for seed in args.seeds],
-                   [w2v_bert_job(out, args.w2v_steps, seed) for seed in args.seeds] if args.w2v_steps else [])
+  jobs = [demo_job(out, seed, args.steps, args.finetune_steps, extra, shared) for seed in args.seeds]
+  jobs += [w2v_bert_job(out, args.w2v_steps, seed) for seed in args.seeds] if args.w2v_steps else []
+  runs = [j for j in jobs if j is not None]
   # As many slots as runs go at once: a lone run (one seed, or the rest resumed) keeps every core.
   at_once = min(args.jobs, len(runs))
   slots = None if args.no_pin or not cpu_host.cpu_only_host() else cpu_host.cpu_slots(at_once)

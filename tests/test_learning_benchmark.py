@@ -179,14 +179,3 @@ def test_every_job_shares_one_compilation_cache_unless_the_user_names_one(tmp_pa
   assert os.environ[compilation_cache.ENV_VAR] == str(tmp_path / "jax_cache")  # the jobs inherit it
   monkeypatch.setenv(compilation_cache.ENV_VAR, "/elsewhere")
   assert learning_benchmark.share_compilation_cache(str(tmp_path)) == "/elsewhere"
-
-
-def test_later_seeds_start_after_the_w2v_bert_runs_so_they_read_the_first_seeds_programs():
-  demos = [("seed_0",), ("seed_1",), ("seed_2",)]
-  w2v = [("w2v_bert_seed_0",), ("w2v_bert_seed_1",), ("w2v_bert_seed_2",)]
-  order = [job[0] for job in learning_benchmark.job_order(demos, w2v)]
-  assert order == ["seed_0", "w2v_bert_seed_0", "w2v_bert_seed_1", "w2v_bert_seed_2", "seed_1", "seed_2"]
-  # Finished runs (None) drop out; without w2v-BERT runs the seeds keep their order.
-  assert [j[0] for j in learning_benchmark.job_order([None, ("seed_1",)], [None, ("w2v_bert_seed_1",)])] == [
-      "w2v_bert_seed_1", "seed_1"]
-  assert learning_benchmark.job_order(demos, []) == demos
