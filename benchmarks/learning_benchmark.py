@@ -39,11 +39,9 @@ one a seed, on the same slower day; fortieth pass). Seeds that share the cores r
 of the cores (`cpu_host.cpu_slots`; `--no-pin` leaves every run on every core): two processes whose
 threads all share both cores run 11 % slower than each on a core of its own; pinned, the benchmark
 took 42.0 minutes with the ctc head at three times the steps and 41.5 at four, the default (forty-first
-pass). The runs start in `job_order`: the first seed beside the w2v-BERT runs, the other seeds after
-them, reading the first seed's compiled programs from the shared cache. In one run the second seed
-took 2,142 s against the first's 2,618 s and the two ended together; the whole benchmark took 45.5
-minutes on a day whose pre-training steps ran 13-17 % slower than at the forty-fourth pass' 42.5
-(forty-fifth pass).
+pass). Starting the second seed after the w2v-BERT runs, so that it reads the first seed's compiled
+programs from the cache, saved it 416-476 s but slowed the first seed as much: 42.9 and 45.5 minutes
+(forty-fifth pass), so the seeds still start together.
 
 Re-running on the same --out resumes (finished demo stages and runs are skipped).
 """
