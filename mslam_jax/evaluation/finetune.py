@@ -101,7 +101,7 @@ class FinetuneConfig:
   # ISO 639-3 codes of the languages whose train text text_ctc reads (empty: every language's): text
   # only where no transcribed speech trains the head, as Maestro-U injects it. On the learning
   # benchmark's seed-0 joint checkpoint (forty-fourth pass), afr, swa and zul text at 0.5 gave
-  # zero-shot CER 0.366 against 0.339 without text (benchmarks/README.md, forty-fifth pass).
+  # zero-shot CER 0.366 against 0.338 without text (benchmarks/README.md, forty-fifth pass).
   text_languages: tuple[str, ...] = ()
 
   def __post_init__(self):
