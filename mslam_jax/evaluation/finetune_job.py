@@ -170,7 +170,8 @@ def _train_in_process(ctx: base.EvalContext, task: str, examples: finetune.Examp
 def _ctc_examples(corpus_dir: str, langs: Sequence[str], max_per_lang: int | None, vocab: Any,
                   settings: finetune.FinetuneConfig) -> finetune.Examples:
   """The CTC fine-tuning examples: `langs`' transcribed train speech and, with
-  FinetuneConfig.text_ctc, the train text of every language of the corpus (held-out ones too)."""
+  FinetuneConfig.text_ctc, the train text of every language of the corpus (held-out ones too), or of
+  FinetuneConfig.text_languages where it names some."""
   examples = finetune.ctc_examples(eval_data.read_utterances(corpus_dir, "paired", "train", langs, max_per_lang),
                                    vocab, settings.max_audio_seconds)
   if settings.text_ctc > 0:
