@@ -125,8 +125,8 @@ def run_parallel(jobs: list[tuple[str, list[str], str]], max_jobs: int, poll_s: 
       where = f" (CPUs {','.join(map(str, sorted(slot)))})" if slot else ""
       print(f"[{time.strftime('%H:%M:%S')}] start {name}{where}: " + " ".join(cmd), flush=True)
       log = open(log_path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
-      pin = (lambda cpus=slot: os.sched_setaffinity(0, cpus)) if slot else None
-      proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pin)  # pylint: disable=subprocess-popen-preexec-fn
+      proc = subprocess.Popen(cpu_host.pinned_command(cmd, slot) if slot else cmd, stdout=log,
+                              stderr=subprocess.STDOUT)
       running[name] = (proc, log, time.time(), log_path, slot)
     time.sleep(poll_s if running else 0)
     for name, (proc, log, started, log_path, slot) in list(running.items()):

@@ -17,7 +17,7 @@ under it (`restart_under_allocator`); where the library is not installed (Debian
 libtcmalloc-minimal4) everything runs as before.
 
 `cpu_slots` splits the host's cores between processes that run side by side (the learning
-benchmark's seeds): pinned each to its own core, two fine-tuning jobs on 2 cores ran 11 % faster than
+benchmark's seeds; `pinned_command` starts one on its share): pinned each to its own core, two fine-tuning jobs on 2 cores ran 11 % faster than
 with both processes' threads on both cores (benchmarks/README.md, forty-first pass).
 
 `bf16_matmul_units` tells whether the CPU multiplies bfloat16 matrices in hardware (AMX-BF16 or
@@ -68,6 +68,18 @@ def cpu_slots(processes: int, cpus=None) -> list[frozenset[int]] | None:
     return None
   bounds = [round(i * len(cpus) / processes) for i in range(processes + 1)]
   return [frozenset(cpus[a:b]) for a, b in zip(bounds, bounds[1:])]
+
+
+# Pins itself, then becomes the command: the command's threads and subprocesses inherit the CPU set.
+_PIN_THEN_EXEC = ("import os, sys; os.sched_setaffinity(0, [int(c) for c in sys.argv[1].split(',')]); "
+                  "os.execvp(sys.argv[2], sys.argv[2:])")
+
+
+def pinned_command(command: list[str], cpus) -> list[str]:
+  """`command` started on the CPU set `cpus` (one of `cpu_slots`). A small Python process pins
+  itself and execs the command, rather than subprocess' `preexec_fn`: that runs Python code in a
+  forked copy of a multithreaded parent (JAX warns that it can deadlock) and rules out vfork."""
+  return [sys.executable, "-c", _PIN_THEN_EXEC, ",".join(str(c) for c in sorted(cpus))] + list(command)
 
 
 @functools.lru_cache(maxsize=None)

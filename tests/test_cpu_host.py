@@ -114,3 +114,13 @@ def test_cpu_slots_split_the_cores_evenly_between_processes_side_by_side():
   assert all(a.isdisjoint(b) for i, a in enumerate(slots) for b in slots[i + 1:])
   # Nothing to split: one process, or more processes than cores.
   assert cpu_host.cpu_slots(1, cpus={0, 1}) is None and cpu_host.cpu_slots(3, cpus={0, 1}) is None
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity")
+def test_a_pinned_command_runs_on_its_cpus_with_its_own_arguments_and_exit_code(tmp_path):
+  cpu = min(os.sched_getaffinity(0))
+  script = "import os, sys; print(sorted(os.sched_getaffinity(0)), sys.argv[1:]); sys.exit(3)"
+  done = subprocess.run(cpu_host.pinned_command([sys.executable, "-c", script, "a b", "--c"], {cpu}),
+                        capture_output=True, text=True, check=False)
+  assert done.returncode == 3, done.stderr
+  assert done.stdout.strip() == f"[{cpu}] ['a b', '--c']"
