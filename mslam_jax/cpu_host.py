@@ -17,8 +17,9 @@ under it (`restart_under_allocator`); where the library is not installed (Debian
 libtcmalloc-minimal4) everything runs as before.
 
 `cpu_slots` splits the host's cores between processes that run side by side (the learning
-benchmark's seeds; `pinned_command` starts one on its share): pinned each to its own core, two fine-tuning jobs on 2 cores ran 11 % faster than
-with both processes' threads on both cores (benchmarks/README.md, forty-first pass).
+benchmark's seeds; `pinned_command` starts one on its share): pinned each to its own core, two
+fine-tuning jobs on 2 cores ran 11 % faster than with both processes' threads on both cores
+(benchmarks/README.md, forty-first pass).
 
 `bf16_matmul_units` tells whether the CPU multiplies bfloat16 matrices in hardware (AMX-BF16 or
 AVX512-BF16), for

@@ -117,7 +117,7 @@ def test_cpu_slots_split_the_cores_evenly_between_processes_side_by_side():
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity")
-def test_a_pinned_command_runs_on_its_cpus_with_its_own_arguments_and_exit_code(tmp_path):
+def test_a_pinned_command_runs_on_its_cpus_with_its_own_arguments_and_exit_code():
   cpu = min(os.sched_getaffinity(0))
   script = "import os, sys; print(sorted(os.sched_getaffinity(0)), sys.argv[1:]); sys.exit(3)"
   done = subprocess.run(cpu_host.pinned_command([sys.executable, "-c", script, "a b", "--c"], {cpu}),
