@@ -334,17 +334,22 @@ def self_training_metrics(ctx: base.EvalContext, corpus_dir: str, teacher: finet
   return metrics
 
 
+def fusion_file(order: int, beam_size: int) -> str:
+  """The name of a fine-tuned head's LM fusion weights for an LM order and a beam size."""
+  return f"char_lm_{order}gram_beam{beam_size}_fusion.json"
+
+
 def ctc_language_models(ctx: base.EvalContext | None, corpus_dir: str, tuned: finetune.FinetunedCTC,
                         tune_langs: Sequence[str], order: int, max_tune_per_lang: int = 15,
                         beam_size: int = 8) -> char_lm.LanguageModels | None:
   """Character LMs of the corpus' train text (the text stream's and the paired transcripts', one
   model a language) with their fusion weights tuned for `tuned` on the paired validation utterances
   of `tune_langs` (never a test utterance, never a held-out language's). The weights are saved in
-  the head's directory and read back; the models are refit (seconds). None when `order` is 0 or
-  the corpus has no train text."""
+  the head's directory, one file per order and beam (the best weights move with the beam), and read
+  back; the models are refit (seconds). None when `order` is 0 or the corpus has no train text."""
   if order <= 0:
     return None
-  memo = ("ctc_lm", tuned.directory, order, storage.absolute(corpus_dir))
+  memo = ("ctc_lm", tuned.directory, order, beam_size, storage.absolute(corpus_dir))
   if ctx is not None and memo in ctx.shared:
     return ctx.shared[memo]
   vocab = tuned.vocab
@@ -355,7 +360,7 @@ def ctc_language_models(ctx: base.EvalContext | None, corpus_dir: str, tuned: fi
     logging.warning("%s has no train text: CTC decoding without a character LM", corpus_dir)
     return None
   lms = char_lm.LanguageModels.fit(sentences, order, vocab.vocab_size)
-  path = epath.Path(tuned.directory) / f"char_lm_{order}gram_fusion.json" if tuned.directory else None
+  path = epath.Path(tuned.directory) / fusion_file(order, beam_size) if tuned.directory else None
   if path and path.exists():
     saved = json.loads(path.read_text())
     lms.weight, lms.length_bonus = saved["weight"], saved["length_bonus"]
@@ -368,8 +373,8 @@ def ctc_language_models(ctx: base.EvalContext | None, corpus_dir: str, tuned: fi
       chosen = asr.tune_lm_fusion(lms, rows, vocab, beam_size=beam_size)
       logging.info("Character %d-gram LM fusion tuned on %d validation utterances: %s", order, len(rows), chosen)
       if path:
-        path.write_text(json.dumps({**chosen, "order": order, "num_sentences": len(sentences),
-                                    "num_validation": len(rows)}))
+        path.write_text(json.dumps({**chosen, "order": order, "beam_size": beam_size,
+                                    "num_sentences": len(sentences), "num_validation": len(rows)}))
     else:
       logging.warning("no paired validation utterances of %s to tune the LM fusion on: weight %.1f, length "
                       "bonus %.1f", list(tune_langs), lms.weight, lms.length_bonus)

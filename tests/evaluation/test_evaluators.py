@@ -176,8 +176,8 @@ def test_ctc_alignment_and_zero_shot_evaluators(corpus, model_and_params, tmp_pa
   # The head's directory is a fine-tuning directory like `mslam finetune`'s: its vocabulary beside it
   # (`mslam align --model_dir` reads it from there).
   assert eval_data.load_vocabulary(head.directory).vocab_size == head.vocab.vocab_size
-  fusion = json.loads((pathlib.Path(head.directory) / "char_lm_6gram_fusion.json").read_text())
-  assert fusion["num_validation"] > 0 and (fusion["weight"], fusion["length_bonus"]) == (
+  fusion = json.loads((pathlib.Path(head.directory) / finetune_job.fusion_file(6, 8)).read_text())
+  assert fusion["num_validation"] > 0 and fusion["beam_size"] == 8 and (fusion["weight"], fusion["length_bonus"]) == (
       ctc["ctc_lm_weight"], ctc["ctc_lm_length_bonus"])
   assert os.path.exists(tmp_path / "ctc_finetune_loss.png")
   # Characters are 80 ms long and frames 40 ms: boundaries within about a frame.
@@ -196,6 +196,34 @@ def test_ctc_alignment_and_zero_shot_evaluators(corpus, model_and_params, tmp_pa
   assert ctc["ctc_cer"] < zs["zero_shot_cer"] <= 1.5
   renamed = zero_shot.as_ablation(zs)
   assert "zero_shot_cer_speech_only_ablation" in renamed and "zero_shot_cer_speech_only_ablation/ccc" in renamed
+
+
+class _FixedLogProbs:
+  """A stand-in fine-tuned head: fixed random log-probabilities for any clip, a directory to save in."""
+
+  def __init__(self, vocab, directory):
+    self.vocab, self.directory = vocab, directory
+
+  def log_probs(self, audios, langs=None):
+    del langs
+    rs = np.random.RandomState(0)
+    return [jax.nn.log_softmax(rs.randn(20, self.vocab.vocab_size) * 3.0) for _ in audios]
+
+
+def test_lm_fusion_weights_are_tuned_and_kept_per_beam(corpus, monkeypatch, tmp_path):
+  # The best fusion weights depend on the beam: a file tuned at one beam must not serve another.
+  tunings = []
+  tune = finetune_job.asr.tune_lm_fusion
+  monkeypatch.setattr(finetune_job.asr, "tune_lm_fusion",
+                      lambda lms, rows, vocab, beam_size: tunings.append(beam_size) or tune(
+                          lms, rows, vocab, weights=(0.6,), length_bonuses=(1.5,), beam_size=beam_size))
+  head = _FixedLogProbs(eval_data.load_vocabulary(corpus), str(tmp_path))
+  for beam in (2, 4, 2):
+    lms = finetune_job.ctc_language_models(None, corpus, head, ["aaa", "bbb"], order=3, max_tune_per_lang=2,
+                                           beam_size=beam)
+    saved = json.loads((tmp_path / finetune_job.fusion_file(3, beam)).read_text())
+    assert saved["beam_size"] == beam and (lms.weight, lms.length_bonus) == (saved["weight"], saved["length_bonus"])
+  assert tunings == [2, 4]  # the third call read beam 2's weights back
 
 
 def test_zero_shot_self_training_learns_from_the_teachers_transcripts_only(corpus, model_and_params, tmp_path):
