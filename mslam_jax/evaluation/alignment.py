@@ -292,11 +292,13 @@ class Alignment:
 
 
 def align_utterances(tuned, audios: Sequence[np.ndarray], texts: Sequence[str],
-                     offsets: BoundaryOffsets | None = None) -> list[Alignment | None]:
+                     offsets: BoundaryOffsets | None = None,
+                     langs: Sequence[str] | None = None) -> list[Alignment | None]:
   """Forced alignment of each (audio, transcript) with a fine-tuned CTC model; None where impossible.
-  `offsets` move the word boundaries (not the characters')."""
+  `offsets` move the word boundaries (not the characters'). `langs`: each clip's language code, for
+  an encoder with language vectors (fine-tuning passed them too); None: unknown."""
   out = []
-  for audio, text, lp in zip(audios, texts, tuned.log_probs(audios)):
+  for audio, text, lp in zip(audios, texts, tuned.log_probs(audios, langs)):
     shift = frame_shift_ms(len(audio), lp.shape[0])
     try:
       chars, words = align_text(lp, text, tuned.vocab, shift)
@@ -346,13 +348,15 @@ class AlignmentEvaluator:
     if self.calibration_per_lang:
       train = timed("train", self.calibration_per_lang)
       calibration = [(u, al) for u, al in zip(train, align_utterances(tuned, [u.audio for u in train],
-                                                                      [u.text for u in train]))
+                                                                      [u.text for u in train],
+                                                                      langs=[u.lang for u in train]))
                      if al is not None and len(al.words) == len(u.word_starts_ms)]
       offsets = BoundaryOffsets.fit([al.words for _, al in calibration], [u.word_starts_ms for u, _ in calibration],
                                     [u.word_ends_ms for u, _ in calibration])
       if out_dir:
         storage.write_text(os.path.join(out_dir, OFFSETS_FILE), json.dumps(offsets.to_dict()) + "\n")
-    alignments = align_utterances(tuned, [u.audio for u in utts], [u.text for u in utts])
+    alignments = align_utterances(tuned, [u.audio for u in utts], [u.text for u in utts],
+                                  langs=[u.lang for u in utts])
     errors, uncalibrated, baseline, per_lang, skipped, plotted = [], [], [], {}, 0, 0
     for utt, al in zip(utts, alignments):
       raw = None if al is None else word_boundary_error_ms(al.words, utt.word_starts_ms, utt.word_ends_ms)

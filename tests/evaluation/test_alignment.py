@@ -57,6 +57,28 @@ def test_align_text_word_timestamps_and_error():
   assert alignment.word_boundary_error_ms(words, [50], [150]) is None
 
 
+class _RecordingHead:
+  """A fine-tuned head's stand-in: the same planted log-probabilities for every clip; it keeps the
+  languages it is asked for."""
+  vocab = _CharVocab()
+
+  def __init__(self):
+    self.langs = []
+
+  def log_probs(self, audios, langs=None):
+    self.langs.append(langs)
+    return [_peaked([BLANK, 5, 5, 6, BLANK, 8, BLANK, 7, 7, BLANK]) for _ in audios]
+
+
+def test_align_utterances_gives_the_head_each_clips_language():
+  # A head fine-tuned with language vectors was trained with each clip's language: alignment passes it.
+  head, audio = _RecordingHead(), np.zeros(3200, np.float32)
+  aligned = alignment.align_utterances(head, [audio, audio], ["ab c", "ab c"], langs=["deu", "fra"])
+  assert head.langs == [["deu", "fra"]] and [w.label for w in aligned[1].words] == ["ab", "c"]
+  alignment.align_utterances(head, [audio], ["ab c"])
+  assert head.langs[-1] is None  # unknown: the head runs without language vectors
+
+
 def test_boundary_offsets_remove_the_median_bias_of_starts_and_ends(tmp_path):
   # Two training utterances whose aligned starts come a frame (40 ms) late and whose ends are on
   # time; a third with a different word count is left out of the fit.

@@ -147,7 +147,7 @@ def test_classifier_head_separates_embeddings_that_differ_by_a_small_fraction(tm
   assert tuned.predict(audios) == labels
 
 
-def test_ctc_alignment_and_zero_shot_evaluators(corpus, model_and_params, tmp_path):
+def test_ctc_alignment_and_zero_shot_evaluators(corpus, model_and_params, monkeypatch, tmp_path):
   model, params = model_and_params
   with gin.unlock_config():
     gin.bind_parameter("FinetuneConfig.steps", FAST.steps)
@@ -156,10 +156,15 @@ def test_ctc_alignment_and_zero_shot_evaluators(corpus, model_and_params, tmp_pa
   try:
     ctx = base.EvalContext(model, params, 7, corpus_dir=corpus, out_dir=str(tmp_path))
     ctc = downstream.CTCFinetuneEvaluator().evaluate(ctx)
+    aligned_langs, align = [], alignment.align_utterances
+    monkeypatch.setattr(alignment, "align_utterances", lambda tuned, audios, texts, offsets=None, langs=None: (
+        aligned_langs.append(langs) or align(tuned, audios, texts, offsets, langs)))
     aligned = alignment.AlignmentEvaluator().evaluate(ctx)
     zs = zero_shot.ZeroShotEvaluator().evaluate(ctx)
   finally:
     gin.clear_config()
+  # The alignment evaluator gives the head each clip's language, as fine-tuning did (calibration, test).
+  assert len(aligned_langs) == 2 and all(langs and set(langs) <= {"aaa", "bbb"} for langs in aligned_langs)
   # ctc and alignment share one fine-tuned head through the checkpoint's context (zero_shot's
   # training languages are the same here: the held-out one has no paired train data).
   assert len([k for k in ctx.shared if isinstance(k, tuple) and k[0] == "ctc_head"]) == 1

@@ -202,6 +202,13 @@ def test_finetune_align_retrieve_langid_commands(run_dir, tmp_path, capsys):
   offsets.write_text("[]")
   gin.clear_config()
   assert cli.main(["align", "--model_dir", ft, wav, "abc dea", "--offsets", str(offsets)]) == 2
+  # The clip's language, for a model with language vectors: a registry code, or a clear stop.
+  gin.clear_config()
+  assert cli.main(["align", "--model_dir", ft, wav, "abc dea", "--lang", "deu"]) == 0
+  assert [w["label"] for w in json.loads(capsys.readouterr().out)["words"]] == ["abc", "dea"]
+  gin.clear_config()
+  assert cli.main(["align", "--model_dir", ft, wav, "abc dea", "--lang", "zzq"]) == 2
+  assert "unknown language code 'zzq'" in capsys.readouterr().err
 
   texts = tmp_path / "texts.txt"
   texts.write_text("abc dea\nfed cab\n")
