@@ -31,6 +31,7 @@ COMMANDS = {
     "retrieve": ("mslam_jax.commands.retrieve", "speech<->text retrieval of your audio files and texts"),
     "langid": ("mslam_jax.commands.langid", "spoken language ID of audio files (linear probe)"),
     "finetune": ("mslam_jax.commands.finetune", "fine-tune a checkpoint: CTC ASR, language ID or speech translation"),
+    "transcribe": ("mslam_jax.commands.transcribe", "speech to text with a fine-tuned CTC head (beam, character LM)"),
     "align": ("mslam_jax.commands.align", "CTC forced alignment: word/char timestamps, TextGrid, PNG"),
     "convert": ("mslam_jax.commands.convert", "weights from/to transformers' Wav2Vec2BertModel (w2v-BERT 2.0)"),
 }

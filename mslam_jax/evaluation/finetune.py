@@ -638,6 +638,7 @@ class FinetunedCTC:
   losses: list[float] = dataclasses.field(default_factory=list)
   batch_size: int = 8
   directory: str | None = None  # where it was fine-tuned (its character LM's fusion weights go there)
+  langs: tuple[str, ...] = ()  # the languages it was fine-tuned on, where known
 
   def __post_init__(self):
     self._log_probs = _ctc_log_probs_fn(self.model)
@@ -658,11 +659,30 @@ class FinetunedCTC:
       out.extend(lp[i, :int(fmask[i].sum())] for i in range(len(chunk)))
     return out
 
-  def transcribe(self, audios: Sequence[np.ndarray], method: str = "greedy", beam_size: int = 8) -> list[str]:
+  def transcribe(self, audios: Sequence[np.ndarray], langs: Sequence[str | None] | None = None,
+                 beam_size: int = 0, lms: Any = None, progress: str | None = None) -> list[str]:
+    """The text of each of `audios` (16 kHz): greedy with `beam_size` 0, else prefix beam search,
+    fused with the clip's language's character LM where `lms` (char_lm.LanguageModels) is given.
+    `langs`: the clips' codes (the LM's language, and the encoder's language vectors where it has
+    them); None or a None entry: unknown. `progress`: the label of a bar of audio seconds a second."""
+    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+    langs = list(langs) if langs is not None else [None] * len(audios)
+    if lms is not None and beam_size < 1:
+      raise ValueError("LM fusion decodes by beam search: give a beam_size >= 1")
     texts = []
-    for lp in self.log_probs(audios):
-      ids = asr.greedy_decode(lp) if method == "greedy" else asr.beam_decode(lp, beam_size)
-      texts.append(asr.ids_to_text(self.vocab, ids))
+    seconds = sum(len(a) for a in audios) / eval_data.SAMPLE_RATE
+    with tqdm(total=seconds, desc=progress, disable=progress is None, unit="audio s", dynamic_ncols=True,
+              bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} audio s [{elapsed}<{remaining}, {rate_fmt}]") as bar:
+      for start in range(0, len(audios), self.batch_size):
+        chunk, chunk_langs = audios[start:start + self.batch_size], langs[start:start + self.batch_size]
+        known = None if any(lang is None for lang in chunk_langs) else chunk_langs
+        for audio, lang, lp in zip(chunk, chunk_langs, self.log_probs(chunk, known)):
+          if lms is not None:
+            ids = asr.lm_beam_decode(lp, lms.for_language(lang), lms.weight, lms.length_bonus, beam_size)
+          else:
+            ids = asr.beam_decode(lp, beam_size) if beam_size > 0 else asr.greedy_decode(lp)
+          texts.append(asr.ids_to_text(self.vocab, ids))
+          bar.update(len(audio) / eval_data.SAMPLE_RATE)
     return texts
 
 

@@ -222,21 +222,9 @@ def pseudo_labels(teacher: finetune.FinetunedCTC, utterances: Sequence[Any], lms
   """`utterances` with `teacher`'s transcripts as their text: beam search fused with each clip's
   language's character LM (plain beam search without `lms`). A clip's own text is never read; clips
   that decode to nothing are dropped. A bar shows the audio seconds transcribed a second."""
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  out = []
-  seconds = sum(len(u.audio) for u in utterances) / eval_data.SAMPLE_RATE
-  with tqdm(total=seconds, desc="pseudo-labelling", unit="audio s", dynamic_ncols=True,
-            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} audio s [{elapsed}<{remaining}, {rate_fmt}]") as bar:
-    for start in range(0, len(utterances), teacher.batch_size):
-      chunk = utterances[start:start + teacher.batch_size]
-      for u, lp in zip(chunk, teacher.log_probs([u.audio for u in chunk], [u.lang for u in chunk])):
-        ids = (asr.beam_decode(lp, beam_size) if lms is None else
-               asr.lm_beam_decode(lp, lms.for_language(u.lang), lms.weight, lms.length_bonus, beam_size))
-        text = asr.ids_to_text(teacher.vocab, ids).strip()
-        if text:
-          out.append(dataclasses.replace(u, text=text))
-        bar.update(len(u.audio) / eval_data.SAMPLE_RATE)
-  return out
+  texts = teacher.transcribe([u.audio for u in utterances], [u.lang for u in utterances], beam_size, lms,
+                             progress="pseudo-labelling")
+  return [dataclasses.replace(u, text=text.strip()) for u, text in zip(utterances, texts) if text.strip()]
 
 
 def _with_share(labelled: finetune.Examples, extra: finetune.Examples, share: float) -> finetune.Examples:
@@ -646,4 +634,5 @@ def load_finetuned(directory: str) -> finetune.FinetunedCTC:
     raise FileNotFoundError(f"{directory} has no finished fine-tuning checkpoint")
   config_lib.parse_run_config(source["model_dir"])
   model = config_lib.build_model()
-  return finetune.FinetunedCTC(model, params, eval_data.load_vocabulary(directory))
+  return finetune.FinetunedCTC(model, params, eval_data.load_vocabulary(directory), directory=directory,
+                               langs=tuple(source.get("langs") or ()))

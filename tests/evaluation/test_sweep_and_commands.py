@@ -3,6 +3,7 @@ import json
 import os
 
 import gin
+import jiwer
 import numpy as np
 import pytest
 import soundfile
@@ -209,6 +210,34 @@ def test_finetune_align_retrieve_langid_commands(run_dir, tmp_path, capsys):
   gin.clear_config()
   assert cli.main(["align", "--model_dir", ft, wav, "abc dea", "--lang", "zzq"]) == 2
   assert "unknown language code 'zzq'" in capsys.readouterr().err
+
+  # Transcription of a user's files: an unreadable one is named, skipped and counted, the rest
+  # transcribed; word times come from aligning each transcript to its clip.
+  broken = tmp_path / "broken.wav"
+  broken.write_bytes(b"RIFF, but not audio")
+  jsonl = tmp_path / "transcripts.jsonl"
+  gin.clear_config()
+  assert cli.main(["transcribe", "--model_dir", ft, wav, str(broken), "--timestamps", "--out", str(jsonl)]) == 0
+  out = json.loads(capsys.readouterr().out)
+  assert out["decoding"] == "greedy" and [r["file"] for r in out["results"]] == [wav]
+  assert [s["file"] for s in out["skipped"]] == [str(broken)] and "not an audio file" in out["skipped"][0]["reason"]
+  greedy = out["results"][0]["text"]
+  assert jiwer.cer("abc dea", greedy) < 0.5, greedy
+  assert [w["label"] for w in out["results"][0]["words"]] == greedy.split()
+  assert [json.loads(line) for line in jsonl.read_text().splitlines()] == out["results"]
+  # Beam search fused with the corpus' character LM.
+  gin.clear_config()
+  assert cli.main(["transcribe", "--model_dir", ft, wav, "--corpus_dir", corpus]) == 0
+  out = json.loads(capsys.readouterr().out)
+  assert out["decoding"] == "beam search with a character LM" and out["beam_size"] == 8
+  assert jiwer.cer("abc dea", out["results"][0]["text"]) < 0.5, out["results"][0]["text"]
+  # Mistakes stop before any model loads (exit 2); nothing readable is exit 1.
+  for flags in (["--beam", "-1"], ["--corpus_dir", corpus, "--beam", "0"], ["--lang", "zzq"]):
+    gin.clear_config()
+    assert cli.main(["transcribe", "--model_dir", ft, wav] + flags) == 2, flags
+  gin.clear_config()
+  assert cli.main(["transcribe", "--model_dir", ft, str(broken)]) == 1
+  capsys.readouterr()
 
   texts = tmp_path / "texts.txt"
   texts.write_text("abc dea\nfed cab\n")
