@@ -80,8 +80,12 @@ def run(args: argparse.Namespace) -> int:
     if lms is None:
       decoding = "beam search"  # the corpus holds no train text (logged)
   langs = None if args.lang is None else [args.lang] * len(audios)
-  texts = tuned.transcribe(audios, langs, beam, lms, progress="transcribing")
-  aligned = alignment.align_utterances(tuned, audios, texts, langs=langs) if args.timestamps else None
+  texts, log_probs = [], []
+  for text, lp in tuned.transcriptions(audios, langs, beam, lms, progress="transcribing"):
+    texts.append(text)
+    if args.timestamps:  # kept for the alignment, which then needs no second pass of the encoder
+      log_probs.append(lp)
+  aligned = alignment.align_utterances(tuned, audios, texts, log_probs=log_probs) if args.timestamps else None
   results = []
   for i, (path, audio, text) in enumerate(zip(files, audios, texts)):
     result = {"file": path, "text": text, "seconds": round(len(audio) / audio_lib.SAMPLE_RATE, 3)}

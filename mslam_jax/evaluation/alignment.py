@@ -293,12 +293,14 @@ class Alignment:
 
 def align_utterances(tuned, audios: Sequence[np.ndarray], texts: Sequence[str],
                      offsets: BoundaryOffsets | None = None,
-                     langs: Sequence[str] | None = None) -> list[Alignment | None]:
+                     langs: Sequence[str] | None = None,
+                     log_probs: Sequence[np.ndarray] | None = None) -> list[Alignment | None]:
   """Forced alignment of each (audio, transcript) with a fine-tuned CTC model; None where impossible.
   `offsets` move the word boundaries (not the characters'). `langs`: each clip's language code, for
-  an encoder with language vectors (fine-tuning passed them too); None: unknown."""
+  an encoder with language vectors (fine-tuning passed them too); None: unknown. `log_probs`: the
+  clips' CTC log-probabilities where they were already computed (e.g. while transcribing)."""
   out = []
-  for audio, text, lp in zip(audios, texts, tuned.log_probs(audios, langs)):
+  for audio, text, lp in zip(audios, texts, tuned.log_probs(audios, langs) if log_probs is None else log_probs):
     shift = frame_shift_ms(len(audio), lp.shape[0])
     try:
       chars, words = align_text(lp, text, tuned.vocab, shift)

@@ -28,7 +28,7 @@ import dataclasses
 import functools
 import logging
 import re
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import flax.linen as nn
 import gin
@@ -644,16 +644,17 @@ class FinetunedCTC:
     self._log_probs = _ctc_log_probs_fn(self.model)
     self.params = meta.unbox(self.params)
 
-  def log_probs(self, audios: Sequence[np.ndarray], langs: Sequence[str] | None = None) -> list[np.ndarray]:
+  def log_probs(self, audios: Sequence[np.ndarray], langs: Sequence[str | None] | None = None) -> list[np.ndarray]:
     """Per utterance, the [T_i, V] log-probabilities of its valid frames; `langs`: their language
-    codes, where the encoder has language vectors (MSLAMEncoder.num_languages) and they are known."""
+    codes, for an encoder with language vectors (MSLAMEncoder.num_languages); None, or a None
+    entry: unknown."""
     out = []
     for start in range(0, len(audios), self.batch_size):
       chunk = audios[start:start + self.batch_size]
       audio, mask = eval_data.pad_audio(chunk, self.batch_size, eval_data.AUDIO_BUCKET)
       lang = np.full((self.batch_size,), -1, np.int32)
       if langs is not None:
-        lang[:len(chunk)] = [language_id(code) for code in langs[start:start + self.batch_size]]
+        lang[:len(chunk)] = [-1 if code is None else language_id(code) for code in langs[start:start + self.batch_size]]
       lp, fmask = self._log_probs(self.params, audio, mask, lang)
       lp, fmask = np.asarray(lp), np.asarray(fmask)
       out.extend(lp[i, :int(fmask[i].sum())] for i in range(len(chunk)))
@@ -661,29 +662,33 @@ class FinetunedCTC:
 
   def transcribe(self, audios: Sequence[np.ndarray], langs: Sequence[str | None] | None = None,
                  beam_size: int = 0, lms: Any = None, progress: str | None = None) -> list[str]:
-    """The text of each of `audios` (16 kHz): greedy with `beam_size` 0, else prefix beam search,
-    fused with the clip's language's character LM where `lms` (char_lm.LanguageModels) is given.
-    `langs`: the clips' codes (the LM's language, and the encoder's language vectors where it has
-    them); None or a None entry: unknown. `progress`: the label of a bar of audio seconds a second."""
+    """The text of each of `audios` (`transcriptions`, without the log-probabilities)."""
+    return [text for text, _ in self.transcriptions(audios, langs, beam_size, lms, progress)]
+
+  def transcriptions(self, audios: Sequence[np.ndarray], langs: Sequence[str | None] | None = None,
+                     beam_size: int = 0, lms: Any = None, progress: str | None = None
+                     ) -> Iterator[tuple[str, np.ndarray]]:
+    """(text, [T, V] log-probabilities) of each of `audios` (16 kHz), in order: greedy with
+    `beam_size` 0, else prefix beam search, fused with the clip's language's character LM where `lms`
+    (char_lm.LanguageModels) is given. `langs`: the clips' codes (the LM's language, and the
+    encoder's language vectors where it has them); None or a None entry: unknown. `progress`: the
+    label of a bar of audio seconds a second."""
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     langs = list(langs) if langs is not None else [None] * len(audios)
     if lms is not None and beam_size < 1:
       raise ValueError("LM fusion decodes by beam search: give a beam_size >= 1")
-    texts = []
     seconds = sum(len(a) for a in audios) / eval_data.SAMPLE_RATE
     with tqdm(total=seconds, desc=progress, disable=progress is None, unit="audio s", dynamic_ncols=True,
               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} audio s [{elapsed}<{remaining}, {rate_fmt}]") as bar:
       for start in range(0, len(audios), self.batch_size):
         chunk, chunk_langs = audios[start:start + self.batch_size], langs[start:start + self.batch_size]
-        known = None if any(lang is None for lang in chunk_langs) else chunk_langs
-        for audio, lang, lp in zip(chunk, chunk_langs, self.log_probs(chunk, known)):
+        for audio, lang, lp in zip(chunk, chunk_langs, self.log_probs(chunk, chunk_langs)):
           if lms is not None:
             ids = asr.lm_beam_decode(lp, lms.for_language(lang), lms.weight, lms.length_bonus, beam_size)
           else:
             ids = asr.beam_decode(lp, beam_size) if beam_size > 0 else asr.greedy_decode(lp)
-          texts.append(asr.ids_to_text(self.vocab, ids))
           bar.update(len(audio) / eval_data.SAMPLE_RATE)
-    return texts
+          yield asr.ids_to_text(self.vocab, ids), lp
 
 
 def _ctc_log_probs_fn(model):

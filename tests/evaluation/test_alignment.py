@@ -77,6 +77,10 @@ def test_align_utterances_gives_the_head_each_clips_language():
   assert head.langs == [["deu", "fra"]] and [w.label for w in aligned[1].words] == ["ab", "c"]
   alignment.align_utterances(head, [audio], ["ab c"])
   assert head.langs[-1] is None  # unknown: the head runs without language vectors
+  # Log-probabilities computed already (e.g. while transcribing) are aligned as they are: no second pass.
+  calls = len(head.langs)
+  given = alignment.align_utterances(head, [audio], ["ab c"], log_probs=head.log_probs([audio]))
+  assert len(head.langs) == calls + 1 and [w.label for w in given[0].words] == ["ab", "c"]
 
 
 def test_boundary_offsets_remove_the_median_bias_of_starts_and_ends(tmp_path):
