@@ -59,15 +59,18 @@ class Probe:
     self.model, self.params = model, flax.core.meta.unbox(params)
     self.dim = model.network.encoder.embed_dim
     self.upsample = model.network.text_ctc_upsample
-    apply = model.network.apply
-    self._spell = jax.jit(lambda p, ids, mask: apply({"params": p}, ids, mask, method=self._spell_fn))
-    self._hear = jax.jit(lambda p, audio, mask: apply({"params": p["net"]}, audio, mask, p["head"],
-                                                      method=self._phone_logits_fn))
+    self._spell = jax.jit(lambda p, ids, mask: model.network.apply({"params": p}, ids, mask, method=self._spell_fn))
+    self._hear = jax.jit(self.phone_logits)
 
   def recognizer(self) -> dict:
     """The recognizer's parameters before fine-tuning: the run's, and its phone table as the head."""
     return {"net": self.params,
             "head": self.params["encoder"]["phone_embedding"]["token_embedding"]["embedding"]}
+
+  def phone_logits(self, recognizer: dict, audio, audio_mask):
+    """The recognizer's phone logits [B, T, V] and frame mask [B, T]."""
+    return self.model.network.apply({"params": recognizer["net"]}, audio, audio_mask, recognizer["head"],
+                                    method=self._phone_logits_fn)
 
   def _phone_logits_fn(self, net, audio, audio_mask, head):
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -92,8 +95,8 @@ class Probe:
     out = []
     for _, rows in eval_data._batches(list(audios), batch_size):  # pylint: disable=protected-access
       audio, mask = eval_data.pad_audio(rows, batch_size, eval_data.SAMPLE_RATE)
-      logits, frames = map(np.asarray, self._hear(recognizer, audio, mask))
-      out += [np.asarray(asr.greedy_decode(logits[i][: int(frames[i].sum())]), np.int32) for i in range(len(rows))]
+      logits, frames = self._hear(recognizer, audio, mask)
+      out += [np.asarray(ids, np.int32) for ids in asr.decode_batch(logits[:len(rows)], frames[:len(rows)])]
     return out
 
   def spell(self, phone_lists, vocab, batch_size: int = 16) -> list[str]:
@@ -105,9 +108,8 @@ class Probe:
     for _, rows in eval_data._batches(list(phone_lists), batch_size):  # pylint: disable=protected-access
       rows = [r if len(r) else np.array([phones.WORD_BOUNDARY_ID], np.int32) for r in rows]
       ids, mask = eval_data.pad_tokens(rows, batch_size, 32)
-      log_probs, frames = map(np.asarray, self._spell(self.params, ids, mask))
-      out += [asr.ids_to_text(vocab, asr.greedy_decode(log_probs[i][: int(frames[i].sum())]))
-              for i in range(len(rows))]
+      log_probs, frames = self._spell(self.params, ids, mask)
+      out += [asr.ids_to_text(vocab, ids) for ids in asr.decode_batch(log_probs[:len(rows)], frames[:len(rows)])]
     return out
 
   def phone_ctc_loss(self, recognizer: dict, audio, audio_mask, labels, labels_mask):
@@ -115,8 +117,7 @@ class Probe:
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     import optax  # pylint: disable=g-import-not-at-top
     from mslam_jax.evaluation import asr  # pylint: disable=g-import-not-at-top
-    logits, mask = self.model.network.apply({"params": recognizer["net"]}, audio, audio_mask, recognizer["head"],
-                                            method=self._phone_logits_fn)
+    logits, mask = self.phone_logits(recognizer, audio, audio_mask)
     per_row = optax.ctc_loss(logits.astype(jnp.float32), 1.0 - mask, labels, 1.0 - labels_mask,
                              blank_id=asr.BLANK_ID)
     fits = (per_row < 1e4).astype(jnp.float32)  # optax gives ~1e5 where the frames cannot hold the labels
@@ -164,13 +165,9 @@ class Probe:
 
 
 def error_rates(references, hypotheses, langs) -> dict[str, float]:
-  """jiwer's character error rate per language and over all ("all")."""
-  import jiwer  # pylint: disable=g-import-not-at-top
-  out = {}
-  for lang in sorted(set(langs)) + ["all"]:
-    idx = [i for i, l in enumerate(langs) if lang in ("all", l)]
-    out[lang] = float(jiwer.cer([references[i] or "-" for i in idx], [hypotheses[i] for i in idx]))
-  return out
+  """The character error rate per language and over all ("all"), as the ASR evaluators give it."""
+  from mslam_jax.evaluation import asr  # pylint: disable=g-import-not-at-top
+  return {lang: rates["cer"] for lang, rates in asr.error_rates_by_language(references, hypotheses, langs).items()}
 
 
 def probe(model_dir: str, corpus_dir: str | None = None, steps: int = 1600, per_lang: int = 50,
