@@ -14,6 +14,7 @@ import json
 import logging
 import sys
 
+from mslam_jax import storage
 from mslam_jax.commands import common
 
 DEFAULT_LM_BEAM = 8  # the evaluators' beam, whose fusion weights a head's directory may already hold
@@ -36,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--lm_order", type=int, default=6, help="the character LM's n-gram order")
   parser.add_argument("--timestamps", action="store_true",
                       help="word start and end times: the transcript force-aligned to its clip")
-  common.add_flag(parser, "--out", default=None, help="also write one JSON line a transcribed file here")
+  common.add_flag(parser, "--out", default=None,
+                  help="also write one JSON line a transcribed file here (a local path or a URI, e.g. gs://...)")
 
 
 def _decoding(args: argparse.Namespace) -> tuple[int, str]:
@@ -92,10 +94,8 @@ def run(args: argparse.Namespace) -> int:
     if aligned is not None:  # None: no CTC path for this text (e.g. an empty transcript)
       result["words"] = [] if aligned[i] is None else aligned[i].to_dict()["words"]
     results.append(result)
-  if args.out:
-    with open(args.out, "w", encoding="utf-8") as f:
-      for result in results:
-        f.write(json.dumps(result, ensure_ascii=False) + "\n")
+  if args.out:  # a local path or a URI (gs://...), as every other output of the project
+    storage.write_text(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results))
   common.print_json({"decoding": decoding, "beam_size": beam, "language": args.lang, "results": results,
                      "skipped": skipped})
   return 0

@@ -13,6 +13,7 @@ import gin
 import jax
 import numpy as np
 import pytest
+import soundfile
 from etils import epath
 
 from mslam_jax import checkpoints
@@ -128,7 +129,8 @@ def _upload(local_dir: str, remote_dir: str) -> None:
 
 
 @pytest.mark.slow
-def test_restore_evaluate_and_finetune_from_gs_on_a_remote_corpus(fake_gcs, tf_ram, tiny_run, builtin_corpus_dir):
+def test_restore_evaluate_and_finetune_from_gs_on_a_remote_corpus(fake_gcs, tf_ram, tiny_run, builtin_corpus_dir,
+                                                                   tmp_path, capsys):
   corpus = tf_ram(builtin_corpus_dir, "ram://corpus")
   run = "gs://bucket/runs/tiny"
   step = checkpoints.checkpoint_steps(tiny_run)[-1]
@@ -154,5 +156,13 @@ def test_restore_evaluate_and_finetune_from_gs_on_a_remote_corpus(fake_gcs, tf_r
     assert source["corpus_dir"] == corpus and source["model_dir"] == run
     assert checkpoints.checkpoint_steps(str(head)) == [1, 2] and (head / "operative_config.gin").exists()
     assert len(finetune_job.losses(str(head))) == 2
+    # A user's clip transcribed by that head, its JSON lines written to gs:// as well.
+    wav = str(tmp_path / "clip.wav")
+    soundfile.write(wav, 0.1 * np.random.RandomState(0).randn(16000).astype(np.float32), 16000)
+    gin.clear_config()
+    assert cli.main(["transcribe", "--model_dir", str(head), wav, "--out", f"{run}/transcripts/clip.jsonl"]) == 0
+    printed = json.loads(capsys.readouterr().out)["results"]
+    written = (epath.Path(run) / "transcripts" / "clip.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in written] == printed and printed[0]["file"] == wav
   finally:
     gin.clear_config()
