@@ -57,6 +57,17 @@ def test_the_lm_fused_zero_shot_gain_is_its_own_row():
   assert "zero_shot_relative_gain_self_trained" not in summary  # the reports hold no self-trained figure
 
 
+def test_the_in_domain_gain_of_the_zero_shot_heads_is_a_row_without_a_target():
+  reports = [{"metrics": dict(_report(0.3, 0.2, 0.36, 0.38)["metrics"], zero_shot_seen_cer=0.15,
+                              zero_shot_seen_cer_speech_only_ablation=0.2)}]
+  summary = learning_benchmark.summarize(reports, None)
+  seen = summary["zero_shot_relative_gain_seen"]
+  assert seen["value"] == pytest.approx(0.25) and seen["target"] is None and seen["met"] is None
+  assert summary["zero_shot_relative_gain"]["target"] == 0.2 and not summary["zero_shot_relative_gain"]["met"]
+  assert "| the zero-shot heads' CER gain on the training languages (in-domain) | 0.25 | | |  |  |" in (
+      learning_benchmark.format_table(summary))
+
+
 def test_the_self_trained_zero_shot_gain_is_its_own_row():
   reports = [{"metrics": dict(_report(0.3, 0.2, 0.36, 0.38)["metrics"], zero_shot_self_trained_cer=0.2,
                               zero_shot_self_trained_cer_speech_only_ablation=0.32)}]

@@ -37,6 +37,8 @@ HEADLINE_METRICS = (
     "zero_shot_cer_speech_only_ablation",
     "zero_shot_cer_lm",
     "zero_shot_cer_lm_speech_only_ablation",
+    "zero_shot_seen_cer",
+    "zero_shot_seen_cer_speech_only_ablation",
     "alignment_word_boundary_error_ms",
 )
 METRICS_FILE = "metrics.json"

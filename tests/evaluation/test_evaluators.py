@@ -201,6 +201,12 @@ def test_ctc_alignment_and_zero_shot_evaluators(corpus, model_and_params, monkey
   assert ctc["ctc_cer"] < zs["zero_shot_cer"] <= 1.5
   renamed = zero_shot.as_ablation(zs)
   assert "zero_shot_cer_speech_only_ablation" in renamed and "zero_shot_cer_speech_only_ablation/ccc" in renamed
+  # The same head on the training languages' test clips: the ctc evaluator's head and clips here, so
+  # its figures to the last digit; greedy only.
+  assert zs["zero_shot_seen_cer"] == ctc["ctc_cer"] and zs["zero_shot_seen_wer"] == ctc["ctc_wer"]
+  assert {k for k in zs if k.startswith("zero_shot_seen")} == {
+      f"zero_shot_seen_{m}{lang}" for m in ("cer", "wer") for lang in ("", "/aaa", "/bbb")}
+  assert "zero_shot_seen_cer_speech_only_ablation" in renamed
 
 
 class _FixedLogProbs:
