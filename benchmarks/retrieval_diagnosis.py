@@ -25,8 +25,13 @@ The second pool needs eSpeak (the built-in corpus' synthesizer); its clips are n
 """
 import argparse
 import json
+import os
+import sys
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import diagnosed_run  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SEED = 0
 
@@ -69,13 +74,9 @@ def respeak(items, variants, seed: int = SEED):
 
 
 def diagnose(model_dir: str, corpus_dir: str | None = None, per_lang: int = 50) -> dict:
-  from mslam_jax import config  # pylint: disable=g-import-not-at-top
   from mslam_jax.data import espeak  # pylint: disable=g-import-not-at-top
   from mslam_jax.evaluation import data as eval_data  # pylint: disable=g-import-not-at-top
-  model, params, step = config.load_run(model_dir)
-  corpus_dir = corpus_dir or config.macro("CORPUS_DIR")
-  if not corpus_dir:
-    raise SystemExit("the run names no CORPUS_DIR: pass --corpus_dir")
+  model, params, step, corpus_dir = diagnosed_run.load(model_dir, corpus_dir)
   vocab = eval_data.load_vocabulary(corpus_dir)
   encoder = eval_data.Encoder(model, params, cross_modal=True)
   read = lambda split: [u for u in eval_data.read_utterances(corpus_dir, "paired", split, None, per_lang)
@@ -90,10 +91,7 @@ def diagnose(model_dir: str, corpus_dir: str | None = None, per_lang: int = 50) 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--model_dir", required=True, help="a pre-training run with cross-modal heads")
-  parser.add_argument("--corpus_dir", default=None, help="default: the run's CORPUS_DIR")
-  parser.add_argument("--per-lang", type=int, default=50, help="pairs of each language in every pool")
-  parser.add_argument("--json", action="store_true")
+  diagnosed_run.add_flags(parser, "a pre-training run with cross-modal heads", "pairs of each language in every pool")
   args = parser.parse_args(argv)
   from mslam_jax.evaluation import retrieval  # pylint: disable=g-import-not-at-top
   out = diagnose(args.model_dir, args.corpus_dir, args.per_lang)

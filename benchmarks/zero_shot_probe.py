@@ -25,10 +25,14 @@ side does know the held-out languages' spelling. No held-out transcript or clip 
 """
 import argparse
 import json
+import os
 import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import diagnosed_run  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SEED = 0
 BUCKETS_S = (2.0, 3.0, 4.0, 5.0)   # the fine-tuning batches' audio lengths (FinetuneConfig.length_buckets)
@@ -172,14 +176,10 @@ def error_rates(references, hypotheses, langs) -> dict[str, float]:
 
 def probe(model_dir: str, corpus_dir: str | None = None, steps: int = 1600, per_lang: int = 50,
           batch_size: int = 8, progress: bool = True) -> dict:
-  from mslam_jax import config  # pylint: disable=g-import-not-at-top
   from mslam_jax.data import phones  # pylint: disable=g-import-not-at-top
   from mslam_jax.evaluation import data as eval_data  # pylint: disable=g-import-not-at-top
-  model, params, step = config.load_run(model_dir)
+  model, params, step, corpus_dir = diagnosed_run.load(model_dir, corpus_dir)
   check_run(model)
-  corpus_dir = corpus_dir or config.macro("CORPUS_DIR")
-  if not corpus_dir:
-    raise SystemExit("the run names no CORPUS_DIR: pass --corpus_dir")
   vocab = eval_data.load_vocabulary(corpus_dir)
   held, training = eval_data.held_out_languages(corpus_dir), eval_data.training_languages(corpus_dir)
   longest = int(BUCKETS_S[-1] * eval_data.SAMPLE_RATE)
@@ -210,11 +210,8 @@ def probe(model_dir: str, corpus_dir: str | None = None, steps: int = 1600, per_
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--model_dir", required=True, help="a pre-training run with the phone objectives")
-  parser.add_argument("--corpus_dir", default=None, help="default: the run's CORPUS_DIR")
+  diagnosed_run.add_flags(parser, "a pre-training run with the phone objectives", "test clips of each language")
   parser.add_argument("--steps", type=int, default=1600, help="the phone recognizer's fine-tuning steps")
-  parser.add_argument("--per-lang", type=int, default=50, help="test clips of each language")
-  parser.add_argument("--json", action="store_true")
   args = parser.parse_args(argv)
   if args.steps < 0 or args.per_lang < 1:
     parser.error("--steps must be >= 0 and --per-lang >= 1")
