@@ -77,8 +77,8 @@ def test_health_metrics_embedding_heads_and_objective_gradients(scheduled_model)
   assert metrics["loss"] == pytest.approx(sum(objectives.values()), rel=1e-5)
 
   params = trainer.init_state().params
-  _, _, embedding = model.embed_speech(params, batch["speech"]["audio"], batch["speech"]["audio_mask"])
-  _, _, pooled = model.encode_speech(params, batch["speech"]["audio"], batch["speech"]["audio_mask"])
+  _, _, embedding = jax.eval_shape(model.embed_speech, params, batch["speech"]["audio"], batch["speech"]["audio_mask"])
+  _, _, pooled = jax.eval_shape(model.encode_speech, params, batch["speech"]["audio"], batch["speech"]["audio_mask"])
   assert embedding.shape == (2, 16) and pooled.shape == (2, 32)
 
   norms = jax.device_get(trainer.objective_grad_norms(
@@ -115,19 +115,27 @@ def _model(bindings):
     gin.clear_config()
 
 
-def _after_adam_steps(objective, params, steps: int, peak_learning_rate: float) -> float:
-  """`objective`'s value after `steps` Adam steps on it alone from `params`."""
-  grad = jax.jit(jax.grad(objective))
+def _objective(model, batch, name: str, step: int = 0):
+  """(metrics, objective, gradient) of `model.loss_fn` on `batch`: its metrics, objective/<name>
+  of them and that objective's gradient, each compiled once (op by op, the tiny model's loss takes
+  longer than its compile)."""
+  metrics = jax.jit(lambda p: model.loss_fn(p, batch, jax.random.PRNGKey(1), step)[1])
+  objective = lambda p: metrics(p)[f"objective/{name}"]  # pylint: disable=unnecessary-lambda-assignment
+  return metrics, objective, jax.jit(jax.grad(objective))
+
+
+def _after_adam_steps(objective, grad, params, steps: int, peak_learning_rate: float) -> float:
+  """`objective`'s value after `steps` Adam steps on it alone (its jitted `grad`) from `params`."""
   optimizer = optimizers.make_optimizer(peak_learning_rate=peak_learning_rate, warmup_steps=1).tx
 
   @jax.jit
-  def step(p, opt_state):
-    updates, opt_state = optimizer.update(grad(p), opt_state, p)
+  def update(p, opt_state, g):
+    updates, opt_state = optimizer.update(g, opt_state, p)
     return optax.apply_updates(p, updates), opt_state
 
   opt_state = optimizer.init(params)
   for _ in range(steps):
-    params, opt_state = step(params, opt_state)
+    params, opt_state = update(params, opt_state, grad(params))
   return float(objective(params))
 
 
@@ -175,15 +183,15 @@ def test_local_cross_modal_term_matches_stretches_and_learns():
   model, batch = _model(LOCAL_BINDINGS), test_mslam._fixed_batch()  # pylint: disable=protected-access
   params = flax.core.meta.unbox(model.init(jax.random.PRNGKey(0), batch))
   assert params["text_embedding_head"]["local_proj"]["dense"]["kernel"].shape == (24, 16)
-  local = jax.jit(lambda p: model.loss_fn(p, batch, jax.random.PRNGKey(1), 0)[1]["objective/local_cross_modal"])
-  first = jax.jit(jax.grad(local))(params)
+  _, local, grad = _objective(model, batch, "local_cross_modal")
+  first = grad(params)
   # The stretches are matched by what the shared layers make of the clip and of its transcript.
   for outer, inner in (("encoder", "shared"), ("speech_embedding_head", "local_proj"),
                        ("text_embedding_head", "local_proj")):
     assert float(optax.global_norm(first[outer][inner])) > 0.0, (outer, inner)
   chance = np.log(2 * 3)  # 2 pairs x 3 stretches: every stretch of the batch is a candidate
   start = float(local(params))
-  assert _after_adam_steps(local, params, 30, 3e-3) < 0.5 * min(start, chance), start
+  assert _after_adam_steps(local, grad, params, 30, 3e-3) < 0.5 * min(start, chance), start
 
 
 def test_text_ctc_needs_two_frames_a_character():
@@ -192,10 +200,10 @@ def test_text_ctc_needs_two_frames_a_character():
 
 
 def _objective_and_its_gradient(model, batch, name: str):
-  """(params at init, the jitted objective/<name> of them, its gradient there)."""
+  """(params at init, `_objective`'s metrics, objective and gradient, the gradient at init)."""
   params = flax.core.meta.unbox(model.init(jax.random.PRNGKey(0), batch))
-  objective = jax.jit(lambda p: model.loss_fn(p, batch, jax.random.PRNGKey(1), 0)[1][f"objective/{name}"])
-  return params, objective, jax.jit(jax.grad(objective))(params)
+  metrics, objective, grad = _objective(model, batch, name)
+  return params, metrics, objective, grad, grad(params)
 
 
 def _assert_reaches(grads, reached=(), untouched=()):
@@ -210,17 +218,17 @@ def _assert_reaches(grads, reached=(), untouched=()):
 @pytest.mark.slow  # compiles the joint loss's gradient (~30 s)
 def test_text_ctc_trains_the_speech_ctc_head_from_text_alone_and_learns():
   model, batch = _model(test_mslam.TINY_BINDINGS + ["ObjectiveWeights.text_ctc = 1.0"]), test_mslam._fixed_batch()  # pylint: disable=protected-access
-  params, text_ctc, first = _objective_and_its_gradient(model, batch, "text_ctc")
+  params, metrics, text_ctc, grad, first = _objective_and_its_gradient(model, batch, "text_ctc")
   # Text reaches the head speech CTC uses, through the text embedding and the shared layers; the
   # speech-only layers never see it.
   _assert_reaches(first, ("ctc_head", "encoder/shared", "encoder/text_embedding"), ("encoder/speech_lower",))
   # The paired stream's CTC is the same head's: the text term is an addition, not a second head.
-  metrics = model.loss_fn(params, batch, jax.random.PRNGKey(1), 0)[1]
+  metrics = metrics(params)
   assert {"text/ctc_loss", "paired/ctc_loss"} <= set(metrics) and float(metrics["text/ctc_infeasible"]) == 0.0
 
   start = float(text_ctc(params))
   # 40 steps: CTC's all-blank plateau comes first.
-  assert _after_adam_steps(text_ctc, params, 40, 1e-2) < 0.5 * start, start
+  assert _after_adam_steps(text_ctc, grad, params, 40, 1e-2) < 0.5 * start, start
 
 
 def test_text_ctc_languages_must_be_known():
@@ -237,7 +245,7 @@ def test_text_ctc_scores_only_the_text_of_the_languages_it_names():
     model = _model(test_mslam.TINY_BINDINGS + ["ObjectiveWeights.text_ctc = 1.0",
                                                f"MSLAMModel.text_ctc_languages = {names!r}"])
     params = flax.core.meta.unbox(model.init(jax.random.PRNGKey(0), batch))
-    per_char[names] = float(model.loss_fn(params, batch, jax.random.PRNGKey(1), 0)[1]["text/ctc_loss"])
+    per_char[names] = float(_objective(model, batch, "text_ctc")[0](params)["text/ctc_loss"])
   # Per character: the two rows' loss is the character-weighted mean of each row's alone (16 and
   # 11 characters), so naming one language leaves exactly the other row out.
   counts = [int(n) for n in batch["text"]["tokens_mask"].sum(axis=1)]
@@ -260,7 +268,8 @@ def test_ctc_finetuning_with_text_injection_trains_the_text_path_into_the_same_h
   assert float(metrics["text_ctc_infeasible"]) == 0.0
   assert float(optax.global_norm(grads["encoder"]["encoder"]["text_embedding"])) > 0.0
   # Without text in the batch (or at weight 0) it is the speech loss alone: the text path gets nothing.
-  speech_only = jax.grad(lambda p: task.loss_fn(p, {"paired": batch["paired"]}, jax.random.PRNGKey(1), 0)[0])(params)
+  speech_only = jax.jit(jax.grad(
+      lambda p: task.loss_fn(p, {"paired": batch["paired"]}, jax.random.PRNGKey(1), 0)[0]))(params)
   assert float(optax.global_norm(speech_only["encoder"]["encoder"]["text_embedding"])) == 0.0
 
 
@@ -281,8 +290,8 @@ def test_consistency_moves_only_the_text_path_toward_the_speech_and_learns(layer
                                              f"MSLAMModel.consistency_layer = '{layer}'"])
   batch = test_mslam._fixed_batch()  # pylint: disable=protected-access
   params = flax.core.meta.unbox(model.init(jax.random.PRNGKey(0), batch))
-  consistency = jax.jit(lambda p: model.loss_fn(p, batch, jax.random.PRNGKey(1), 0)[1]["objective/consistency"])
-  first = jax.jit(jax.grad(consistency))(params)
+  _, consistency, grad = _objective(model, batch, "consistency")
+  first = grad(params)
   # The speech frames are targets: the speech path, the CTC head that aligns and the frontend get
   # nothing; the text path (and the shared stack, where it compares outputs) learns.
   norms = {name: float(optax.global_norm(tree)) for name, tree in first["encoder"].items()}
@@ -290,7 +299,7 @@ def test_consistency_moves_only_the_text_path_toward_the_speech_and_learns(layer
   assert float(optax.global_norm(first["ctc_head"])) == 0.0
 
   start = float(consistency(params))
-  assert _after_adam_steps(consistency, params, 30, 1e-2) < drop * start, start
+  assert _after_adam_steps(consistency, grad, params, 30, 1e-2) < drop * start, start
 
 
 def test_language_vectors_need_a_valid_setting():
@@ -316,7 +325,7 @@ def test_language_vectors_start_as_nothing_and_learn_from_every_stream_of_their_
   # Every stream's items teach their own language's row, and no other.
   for stream in ("speech", "text", "paired"):
     only = {stream: dict(batch[stream], lang=known)}
-    grad = jax.grad(lambda p, b=only: model.loss_fn(p, b, jax.random.PRNGKey(1), 300)[0])(params)
+    grad = jax.jit(jax.grad(lambda p, b=only: model.loss_fn(p, b, jax.random.PRNGKey(1), 300)[0]))(params)
     rows = np.abs(np.asarray(grad["encoder"]["language_embedding"])).sum(-1)
     assert (rows[[3, 5]] > 0).all() and (np.delete(rows, [3, 5]) == 0).all(), (stream, rows)
   # Once learned, a clip's language changes its frames; an unknown one (-1) adds nothing.
@@ -358,42 +367,42 @@ def test_phone_injection_fails_at_start_without_its_pieces():
   model, batch = _model(test_mslam.TINY_BINDINGS + PHONE_BINDINGS), test_mslam._fixed_batch()  # pylint: disable=protected-access
   params = flax.core.meta.unbox(model.init(jax.random.PRNGKey(0), batch))
   with pytest.raises(ValueError, match="need the text stream.s phones"):
-    model.loss_fn(params, batch, jax.random.PRNGKey(1), 0)
+    jax.eval_shape(lambda p: model.loss_fn(p, batch, jax.random.PRNGKey(1), 0), params)
 
 
 @pytest.mark.slow  # compiles the joint loss's gradient (~30 s)
 def test_phone_injection_writes_characters_from_phones_and_learns():
   model, batch = _model(test_mslam.TINY_BINDINGS + PHONE_BINDINGS), _batch_with_phones()
-  params, text_ctc, first = _objective_and_its_gradient(model, batch, "text_ctc")
+  params, metrics, text_ctc, grad, first = _objective_and_its_gradient(model, batch, "text_ctc")
   # Phones reach the speech CTC head through their own embedding and the shared layers; the
   # characters' embedding and the speech-only layers get nothing from this term.
   _assert_reaches(first, ("ctc_head", "encoder/shared", "encoder/phone_embedding"),
                   ("encoder/speech_lower", "encoder/text_embedding"))
   # The row without phones scores nothing (it is not counted as infeasible either): the loss is
   # the first row's alone.
-  metrics = model.loss_fn(params, batch, jax.random.PRNGKey(1), 0)[1]
+  metrics = metrics(params)
   assert float(metrics["text/ctc_infeasible"]) == 0.0
   only_first = {**batch, "text": {k: v[:1] for k, v in batch["text"].items()}}
-  alone = model.loss_fn(params, only_first, jax.random.PRNGKey(1), 0)[1]["text/ctc_loss"]
+  alone = _objective(model, only_first, "text_ctc")[0](params)["text/ctc_loss"]
   assert float(metrics["text/ctc_loss"]) == pytest.approx(float(alone), rel=0.2)
 
   start = float(text_ctc(params))
-  assert _after_adam_steps(text_ctc, params, 40, 1e-2) < 0.5 * start, start
+  assert _after_adam_steps(text_ctc, grad, params, 40, 1e-2) < 0.5 * start, start
 
 
 @pytest.mark.slow  # compiles the joint loss's gradient (~30 s)
 def test_phone_ctc_pulls_paired_speech_toward_the_phone_embedding_and_learns():
   model = _model(test_mslam.TINY_BINDINGS + ["ObjectiveWeights.phone_ctc = 1.0", "MSLAMEncoder.phone_inputs = True"])
   batch = _batch_with_phones()
-  params, phone_ctc, first = _objective_and_its_gradient(model, batch, "phone_ctc")
+  params, metrics, phone_ctc, grad, first = _objective_and_its_gradient(model, batch, "phone_ctc")
   # The head is the phone embedding itself, read by the speech-only layers' output: the shared
   # layers and the character CTC head get nothing from it.
   _assert_reaches(first, ("encoder/phone_embedding", "encoder/speech_lower", "encoder/speech_projection"),
                   ("encoder/shared", "ctc_head"))
-  metrics = model.loss_fn(params, batch, jax.random.PRNGKey(1), 0)[1]
+  metrics = metrics(params)
   assert float(metrics["paired/phone_ctc_infeasible"]) == 0.0 and float(metrics["count/phone_ctc"]) > 0
   start = float(phone_ctc(params))
-  assert _after_adam_steps(phone_ctc, params, 40, 1e-2) < 0.5 * start, start
+  assert _after_adam_steps(phone_ctc, grad, params, 40, 1e-2) < 0.5 * start, start
 
 
 def test_phone_ctc_needs_the_phone_embedding():
