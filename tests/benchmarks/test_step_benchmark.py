@@ -11,7 +11,7 @@ step_benchmark = benchmark_scripts.load("step_benchmark")
 @pytest.mark.slow  # two worker processes, each compiling or building its model (~40 s)
 def test_bf16_runs_both_sides_with_bfloat16_matmul_operands(capsys):
   args = ["--size", "tiny", "--batch", "2", "--seconds", "1", "--steps", "1", "--warmup", "0",
-          "--rounds", "1", "--microbatches", "0", "--bf16", "--json"]
+          "--rounds", "1", "--microbatches", "0", "--bf16", "--json", "--cache"]  # the suite's cache
   assert step_benchmark.main(args) == 0
   result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert result["matmul_operands"] == "bfloat16"
