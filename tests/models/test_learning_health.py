@@ -218,12 +218,12 @@ def _assert_reaches(grads, reached=(), untouched=()):
 @pytest.mark.slow  # compiles the joint loss's gradient (~30 s)
 def test_text_ctc_trains_the_speech_ctc_head_from_text_alone_and_learns():
   model, batch = _model(test_mslam.TINY_BINDINGS + ["ObjectiveWeights.text_ctc = 1.0"]), test_mslam._fixed_batch()  # pylint: disable=protected-access
-  params, metrics, text_ctc, grad, first = _objective_and_its_gradient(model, batch, "text_ctc")
+  params, metrics_of, text_ctc, grad, first = _objective_and_its_gradient(model, batch, "text_ctc")
   # Text reaches the head speech CTC uses, through the text embedding and the shared layers; the
   # speech-only layers never see it.
   _assert_reaches(first, ("ctc_head", "encoder/shared", "encoder/text_embedding"), ("encoder/speech_lower",))
   # The paired stream's CTC is the same head's: the text term is an addition, not a second head.
-  metrics = metrics(params)
+  metrics = metrics_of(params)
   assert {"text/ctc_loss", "paired/ctc_loss"} <= set(metrics) and float(metrics["text/ctc_infeasible"]) == 0.0
 
   start = float(text_ctc(params))
@@ -373,14 +373,14 @@ def test_phone_injection_fails_at_start_without_its_pieces():
 @pytest.mark.slow  # compiles the joint loss's gradient (~30 s)
 def test_phone_injection_writes_characters_from_phones_and_learns():
   model, batch = _model(test_mslam.TINY_BINDINGS + PHONE_BINDINGS), _batch_with_phones()
-  params, metrics, text_ctc, grad, first = _objective_and_its_gradient(model, batch, "text_ctc")
+  params, metrics_of, text_ctc, grad, first = _objective_and_its_gradient(model, batch, "text_ctc")
   # Phones reach the speech CTC head through their own embedding and the shared layers; the
   # characters' embedding and the speech-only layers get nothing from this term.
   _assert_reaches(first, ("ctc_head", "encoder/shared", "encoder/phone_embedding"),
                   ("encoder/speech_lower", "encoder/text_embedding"))
   # The row without phones scores nothing (it is not counted as infeasible either): the loss is
   # the first row's alone.
-  metrics = metrics(params)
+  metrics = metrics_of(params)
   assert float(metrics["text/ctc_infeasible"]) == 0.0
   only_first = {**batch, "text": {k: v[:1] for k, v in batch["text"].items()}}
   alone = _objective(model, only_first, "text_ctc")[0](params)["text/ctc_loss"]
@@ -394,12 +394,12 @@ def test_phone_injection_writes_characters_from_phones_and_learns():
 def test_phone_ctc_pulls_paired_speech_toward_the_phone_embedding_and_learns():
   model = _model(test_mslam.TINY_BINDINGS + ["ObjectiveWeights.phone_ctc = 1.0", "MSLAMEncoder.phone_inputs = True"])
   batch = _batch_with_phones()
-  params, metrics, phone_ctc, grad, first = _objective_and_its_gradient(model, batch, "phone_ctc")
+  params, metrics_of, phone_ctc, grad, first = _objective_and_its_gradient(model, batch, "phone_ctc")
   # The head is the phone embedding itself, read by the speech-only layers' output: the shared
   # layers and the character CTC head get nothing from it.
   _assert_reaches(first, ("encoder/phone_embedding", "encoder/speech_lower", "encoder/speech_projection"),
                   ("encoder/shared", "ctc_head"))
-  metrics = metrics(params)
+  metrics = metrics_of(params)
   assert float(metrics["paired/phone_ctc_infeasible"]) == 0.0 and float(metrics["count/phone_ctc"]) > 0
   start = float(phone_ctc(params))
   assert _after_adam_steps(phone_ctc, grad, params, 40, 1e-2) < 0.5 * start, start
