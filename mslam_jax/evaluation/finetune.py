@@ -726,22 +726,23 @@ def pretrained_head(params: Any, name: str | None, dim: int, num_classes: int, m
   return {"kernel": kernel, "bias": bias}
 
 
-def ctc_metrics(tuned: FinetunedCTC, utterances: Iterable[Any], prefix: str, beam_size: int = 8,
+def ctc_metrics(tuned: FinetunedCTC, utterances: Iterable[Any], prefix: str, beam_size: int | None = 8,
                 lms: Any = None) -> dict[str, float]:
-  """{prefix}_cer / _wer (greedy), {prefix}_cer_beam / _wer_beam, and per language; with `lms`
-  (char_lm.LanguageModels, fusion weights tuned) also {prefix}_cer_lm / _wer_lm: beam search fused
-  with the utterance's language's character LM.
+  """{prefix}_cer / _wer (greedy), {prefix}_cer_beam / _wer_beam (none with `beam_size` None), and
+  per language; with `lms` (char_lm.LanguageModels, fusion weights tuned) also {prefix}_cer_lm /
+  _wer_lm: beam search fused with the utterance's language's character LM.
 
   `utterances` may be a stream (e.g. a benchmark's test split): they are decoded a batch at a time
   and only the texts are kept."""
-  methods = ("greedy", "beam") + (("lm",) if lms is not None else ())
+  methods = ("greedy",) + (("beam",) if beam_size is not None else ()) + (("lm",) if lms is not None else ())
   refs, langs, decoded = [], [], {method: [] for method in methods}
   chunk = []
 
   def decode():
     for u, lp in zip(chunk, tuned.log_probs([u.audio for u in chunk], [u.lang for u in chunk])):
       decoded["greedy"].append(asr.ids_to_text(tuned.vocab, asr.greedy_decode(lp)))
-      decoded["beam"].append(asr.ids_to_text(tuned.vocab, asr.beam_decode(lp, beam_size)))
+      if beam_size is not None:
+        decoded["beam"].append(asr.ids_to_text(tuned.vocab, asr.beam_decode(lp, beam_size)))
       if lms is not None:
         ids = asr.lm_beam_decode(lp, lms.for_language(u.lang), lms.weight, lms.length_bonus, beam_size)
         decoded["lm"].append(asr.ids_to_text(tuned.vocab, ids))

@@ -86,7 +86,7 @@ class ZeroShotEvaluator:
     metrics["zero_shot_num_languages"] = float(len(held_out))
     if self.score_seen:
       seen = eval_data.read_utterances(corpus_dir, "paired", "test", train_langs, self.max_test_per_lang)
-      scored = finetune.ctc_metrics(tuned, seen, SEEN_PREFIX, beam_size=1)
+      scored = finetune.ctc_metrics(tuned, seen, SEEN_PREFIX, beam_size=None)
       metrics.update({k: v for k, v in scored.items()  # greedy CER and WER, overall and per language
                       if k.split("/")[0] in (f"{SEEN_PREFIX}_cer", f"{SEEN_PREFIX}_wer")})
     metrics.update(finetune_job.self_training_metrics(

@@ -221,6 +221,19 @@ class _FixedLogProbs:
     return [jax.nn.log_softmax(rs.randn(20, self.vocab.vocab_size) * 3.0) for _ in audios]
 
 
+def test_ctc_metrics_without_a_beam_decode_only_greedy(corpus, monkeypatch, tmp_path):
+  # beam_size None (the zero-shot head's greedy scoring on the training languages): no beam search runs.
+  head = _FixedLogProbs(eval_data.load_vocabulary(corpus), str(tmp_path))
+  head.batch_size, head.losses = 2, []
+  clips = eval_data.read_utterances(corpus, "paired", "test", ["aaa", "bbb"], 2)
+  beams, beam_decode = [], finetune.asr.beam_decode
+  monkeypatch.setattr(finetune.asr, "beam_decode", lambda lp, width: beams.append(width) or beam_decode(lp, width))
+  greedy = finetune.ctc_metrics(head, clips, "x", beam_size=None)
+  assert not beams and not [k for k in greedy if "_beam" in k] and "x_cer/aaa" in greedy
+  both = finetune.ctc_metrics(head, clips, "x", beam_size=2)
+  assert beams and "x_cer_beam" in both and both["x_cer"] == greedy["x_cer"]
+
+
 def test_lm_fusion_weights_are_tuned_and_kept_per_beam(corpus, monkeypatch, tmp_path):
   # The best fusion weights depend on the beam: a file tuned at one beam must not serve another.
   tunings = []
