@@ -319,20 +319,27 @@ def summarize(reports: list[dict], w2v: list[list[dict]] | None) -> dict:
   return out
 
 
+def _verdict(met: bool | None) -> str:
+  """A table's "met" cell: empty for a figure without a target."""
+  return "" if met is None else ("yes" if met else "no")
+
+
 def format_table(summary: dict) -> str:
   lines = ["| figure | mean | spread | reference | target | met |", "|---|---|---|---|---|---|"]
   for key, f in summary["figures"].items():
     ref = "" if f["reference"] is None else f"{f['reference']:.4g}"
     target = "" if f["target"] is None else f"{f['target']:.4g}"
-    met = "" if f["met"] is None else ("yes" if f["met"] else "no")
+    met = _verdict(f["met"])
     lines.append(f"| {key} | {f['mean']:.4g} | {f['spread']:.3g} | {ref} | {target} | {met} |")
   for _, name, label, _ in ZERO_SHOT_GAINS:
     if name not in summary:
       continue
     g = summary[name]
     collapsed = g.get("ablation_collapsed_seeds")
-    met = (f"not comparable: the ablation collapsed on seed(s) {', '.join(map(str, collapsed))} (frame cosine > "
-           f"{train_lib.COLLAPSE_COSINE})" if collapsed else "" if g["met"] is None else ("yes" if g["met"] else "no"))
+    met = _verdict(g["met"])
+    if collapsed:
+      met = (f"not comparable: the ablation collapsed on seed(s) {', '.join(map(str, collapsed))} (frame cosine > "
+             f"{train_lib.COLLAPSE_COSINE})")
     target = "" if g["target"] is None else g["target"]
     lines.append(f"| {label} | {g['value']:.3g} | | | {target} | {met} |")
   if "w2v_bert" in summary:
@@ -340,9 +347,9 @@ def format_table(summary: dict) -> str:
     lines.append(f"| w2v-BERT contrastive accuracy (2nd half, {w['steps']} steps) | "
                  f"{w['contrastive_accuracy_final']:.3g} | {w['contrastive_accuracy_spread']:.3g} | chance ~0.01 | "
                  f"{w['contrastive_accuracy_target']} | "
-                 f"{'yes' if w['contrastive_accuracy_final'] >= w['contrastive_accuracy_target'] else 'no'} |")
+                 f"{_verdict(w['contrastive_accuracy_final'] >= w['contrastive_accuracy_target'])} |")
     lines.append(f"| w2v-BERT codebook perplexity (lowest logged, any seed) | {w['perplexity_min']:.4g} | | | "
-                 f"{w['perplexity_target']:.4g} | {'yes' if w['perplexity_min'] > w['perplexity_target'] else 'no'} |")
+                 f"{w['perplexity_target']:.4g} | {_verdict(w['perplexity_min'] > w['perplexity_target'])} |")
   return "\n".join(lines)
 
 
