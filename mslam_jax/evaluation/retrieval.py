@@ -96,6 +96,12 @@ def reranked_ranks(similarity: np.ndarray, cost: Callable[[np.ndarray], np.ndarr
   return np.where(position < top_k, position, np.maximum(ranks(similarity), top_k))
 
 
+def _batch_rows(pairs: int, batch_size: int, smallest: int = 8) -> int:
+  """Rows of a batch that holds `pairs`: `batch_size`, or the power of two at or above `pairs`
+  where that is smaller (at most two shapes a length bucket)."""
+  return min(batch_size, max(smallest, 1 << (pairs - 1).bit_length()))
+
+
 def _bucket(length, unit: int = 64):
   """`length` (an int or an array of them) rounded up to a multiple of `unit`, at least `unit`."""
   return np.maximum(unit, -(-np.asarray(length) // unit) * unit)
@@ -124,7 +130,9 @@ def ctc_costs(log_probs: Sequence[np.ndarray], token_lists: Sequence[Sequence[in
   between texts of different lengths.
 
   Clips and texts are padded once; pairs go in batches of like lengths (frames and characters in
-  multiples of 64: a few shapes, a few compiles), gathered inside the compiled program."""
+  multiples of 64: a few shapes, a few compiles), gathered inside the compiled program. A length's
+  last batch pads to a power of two, not to `batch_size`: with many lengths and few pairs each (a
+  small pool) full batches did a hundred times the work."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   clip_len = np.array([len(x) for x in log_probs])
   text_len = np.array([len(t) for t in token_lists])
@@ -147,7 +155,7 @@ def ctc_costs(log_probs: Sequence[np.ndarray], token_lists: Sequence[Sequence[in
     index = np.flatnonzero((shape[:, 0] == t) & (shape[:, 1] == l))
     for start in range(0, len(index), batch_size):
       part = index[start:start + batch_size]
-      chunk = np.zeros((batch_size, 2), np.int32)  # the last batch padded with pair (0, 0)
+      chunk = np.zeros((_batch_rows(len(part), batch_size), 2), np.int32)  # padded with pair (0, 0)
       chunk[:len(part)] = pairs[part]
       out[part] = np.asarray(cost(t, l, *arrays, chunk[:, 0], chunk[:, 1]))[:len(part)]
   return out

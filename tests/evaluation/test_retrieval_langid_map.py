@@ -88,6 +88,34 @@ def test_ctc_costs_prefer_the_transcript_the_clip_spells():
   assert costs[4] > costs[0] + 1.0  # the same transcript, from a clip that does not spell it
 
 
+def test_ctc_costs_batch_a_small_pool_to_a_power_of_two_with_the_same_costs(monkeypatch):
+  """A pool's pairs in three length buckets go in batches of 8 rows (the smallest power of two that
+  holds each bucket's pairs), not `batch_size` rows, and score as a batch of 2 does."""
+  rng = np.random.default_rng(0)
+  logits = [rng.normal(size=(t, 6)).astype(np.float32) for t in (12, 80, 150)]  # 64, 128, 192 frames
+  log_probs = [x - np.log(np.exp(x).sum(-1, keepdims=True)) for x in logits]
+  texts = [rng.integers(1, 6, size=n).tolist() for n in (3, 5, 9)]  # 64 characters
+  pairs = np.array([[c, t] for c in range(3) for t in range(3)])
+  program, rows = retrieval._pair_cost_program(0), []  # pylint: disable=protected-access
+
+  def recorded(blank_id):
+    del blank_id
+
+    def cost(*args):
+      rows.append(len(args[-1]))
+      return program(*args)
+    return cost
+
+  monkeypatch.setattr(retrieval, "_pair_cost_program", recorded)
+  costs = retrieval.ctc_costs(log_probs, texts, pairs, blank_id=0)
+  assert rows == [8, 8, 8]
+  rows.clear()
+  small = retrieval.ctc_costs(log_probs, texts, pairs, blank_id=0, batch_size=2)
+  assert rows == [2, 2] + [2, 2] + [2, 2]  # three pairs a bucket, two rows a batch
+  np.testing.assert_allclose(costs, small, rtol=1e-6)
+  assert np.all(np.isfinite(costs))
+
+
 def test_two_stage_figures_sit_beside_the_embedding_ones():
   rng = np.random.default_rng(5)
   x = rng.normal(size=(40, 16))
