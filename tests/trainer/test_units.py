@@ -169,6 +169,25 @@ def _by_name(tree) -> dict:
   return {"/".join(k.key for k in path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+def test_the_models_init_is_traced_once_for_the_abstract_state_and_the_init_program(monkeypatch):
+  """Trainer traces `model.init` (a forward pass) once: for the abstract state at construction, and
+  `init_state`'s program reuses that trace, fresh start or given parameters alike."""
+  from mslam_jax import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  from tests.trainer import standin  # pylint: disable=g-import-not-at-top
+  traces, init = [], standin.StandInModel.init
+
+  def counted(self, rng, batch):
+    traces.append(1)
+    return init(self, rng, batch)
+  monkeypatch.setattr(standin.StandInModel, "init", counted)
+  spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), standin.SyntheticIterator().global_batch(0))
+  trainer = trainer_lib.Trainer(standin.StandInModel(), optimizers.make_optimizer(), partitioning.make_mesh(), spec)
+  state = trainer.init_state()
+  given = dict(trainer.abstract_state_sharded.params, block=state.params["block"])
+  trainer.init_state(given)
+  assert len(traces) == 1
+
+
 def test_init_state_computes_only_the_parameters_it_is_not_given():
   from mslam_jax import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   from tests.trainer import standin  # pylint: disable=g-import-not-at-top
