@@ -95,7 +95,7 @@ class Trainer:
 
     # Abstract boxed params -> logical specs; the state itself holds unboxed params. One jitted
     # `model.init`, traced here under the contexts `init_state` runs in: `_init` calls it again with
-    # the same shapes and JAX reuses this trace (a forward pass; 1.4 s for the tiny model).
+    # the same shapes and JAX reuses this trace (a forward pass: about a second for the tiny model).
     self._model_init = jax.jit(model.init)
     rng = jax.random.PRNGKey(seed)
     with mesh, nn.logical_axis_rules(self.rules):
