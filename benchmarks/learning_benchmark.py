@@ -336,10 +336,8 @@ def format_table(summary: dict) -> str:
       continue
     g = summary[name]
     collapsed = g.get("ablation_collapsed_seeds")
-    met = _verdict(g["met"])
-    if collapsed:
-      met = (f"not comparable: the ablation collapsed on seed(s) {', '.join(map(str, collapsed))} (frame cosine > "
-             f"{train_lib.COLLAPSE_COSINE})")
+    met = (f"not comparable: the ablation collapsed on seed(s) {', '.join(map(str, collapsed))} (frame cosine > "
+           f"{train_lib.COLLAPSE_COSINE})" if collapsed else _verdict(g["met"]))
     target = "" if g["target"] is None else g["target"]
     lines.append(f"| {label} | {g['value']:.3g} | | | {target} | {met} |")
   if "w2v_bert" in summary:
