@@ -734,6 +734,8 @@ def ctc_metrics(tuned: FinetunedCTC, utterances: Iterable[Any], prefix: str, bea
 
   `utterances` may be a stream (e.g. a benchmark's test split): they are decoded a batch at a time
   and only the texts are kept."""
+  if lms is not None and beam_size is None:  # before any decoding, not at the first LM-fused clip
+    raise ValueError(f"ctc_metrics({prefix!r}): LM fusion is a beam search; give it a beam_size, not None")
   methods = ("greedy",) + (("beam",) if beam_size is not None else ()) + (("lm",) if lms is not None else ())
   refs, langs, decoded = [], [], {method: [] for method in methods}
   chunk = []

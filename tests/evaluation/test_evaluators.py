@@ -232,6 +232,8 @@ def test_ctc_metrics_without_a_beam_decode_only_greedy(corpus, monkeypatch, tmp_
   assert not beams and not [k for k in greedy if "_beam" in k] and "x_cer/aaa" in greedy
   both = finetune.ctc_metrics(head, clips, "x", beam_size=2)
   assert beams and "x_cer_beam" in both and both["x_cer"] == greedy["x_cer"]
+  with pytest.raises(ValueError, match="beam_size"):  # LM fusion needs a beam: refused before decoding
+    finetune.ctc_metrics(head, clips, "x", beam_size=None, lms=object())
 
 
 def test_lm_fusion_weights_are_tuned_and_kept_per_beam(corpus, monkeypatch, tmp_path):
