@@ -255,8 +255,10 @@ def run(model: str, shapes: Shapes, steps: int = 5, warmup: int = 1, dtype: str 
   from mslam_jax import config, optimizers, partitioning  # pylint: disable=g-import-not-at-top
   from mslam_jax import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   from mslam_jax.models import encoder as encoder_lib  # pylint: disable=g-import-not-at-top
+  from mslam_jax import garbage_collector  # pylint: disable=g-import-not-at-top
   from mslam_jax.models import mslam  # pylint: disable=g-import-not-at-top
 
+  garbage_collector.tune()  # as every `mslam` command does once its imports are done
   dtype = dtype or ("float32" if model == "tiny" else "bfloat16")
   gin.clear_config()
   config.parse_gin(MODEL_GIN[model], list(bindings))

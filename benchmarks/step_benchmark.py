@@ -109,8 +109,10 @@ def build_trainer(gin_files, bindings, batch):
   import jax  # pylint: disable=g-import-not-at-top
   from mslam_jax import config, optimizers, partitioning  # pylint: disable=g-import-not-at-top
   from mslam_jax import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  from mslam_jax import garbage_collector  # pylint: disable=g-import-not-at-top
   from mslam_jax.models import mslam  # pylint: disable=g-import-not-at-top
 
+  garbage_collector.tune()  # as every `mslam` command does once its imports are done
   gin.clear_config()
   config.parse_gin(gin_files, bindings)
   trainer = trainer_lib.Trainer(mslam.MSLAMModel(), optimizers.make_optimizer(), partitioning.make_mesh(),

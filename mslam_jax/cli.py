@@ -19,6 +19,7 @@ import tempfile
 
 from mslam_jax import compilation_cache
 from mslam_jax import cpu_host
+from mslam_jax import garbage_collector
 
 # command -> (module, one-line help)
 COMMANDS = {
@@ -171,6 +172,7 @@ def main(argv=None) -> int:
   cpu_host.tune_compiler()
   import_tensorflow_quietly()
   module = importlib.import_module(args._module)
+  garbage_collector.tune()  # after the imports, whose objects it freezes
   try:
     return int(module.run(args) or 0)
   except BrokenPipeError:

@@ -28,9 +28,13 @@ import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from mslam_jax import compilation_cache  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mslam_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mslam_jax import garbage_collector  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # TensorFlow, whichever test imports it first, loads as in a command: quiet and off the GPUs.
 cli.import_tensorflow_quietly()
+# The garbage collector as in a command (mslam_jax/garbage_collector.py): a quarter of the tracing
+# and lowering of a joint loss went to collections that walked the imported modules' objects.
+garbage_collector.tune()
 
 # One persistent compilation cache for the whole session, its subprocesses included (they inherit
 # the environment it sets): $MSLAM_JAX_CACHE if set, else its own directory, apart from the

@@ -1,0 +1,50 @@
+"""mslam_jax/garbage_collector.py: what every command sets for Python's collector before it traces."""
+import gc
+
+import pytest
+
+from mslam_jax import cli
+from mslam_jax import garbage_collector
+
+
+@pytest.fixture
+def default_collector():
+  """CPython's settings for the test, then the suite's (conftest tunes the collector) again."""
+  gc.unfreeze()
+  gc.set_threshold(700, 10, 10)
+  yield
+  garbage_collector.tune()
+
+
+def test_tune_freezes_what_lives_and_raises_only_the_first_threshold(default_collector, monkeypatch):
+  del default_collector
+  monkeypatch.delenv(garbage_collector.ENV_VAR, raising=False)
+  assert gc.get_freeze_count() == 0
+  alive = [object() for _ in range(100)]
+  assert garbage_collector.tune()
+  assert gc.get_freeze_count() >= len(alive)
+  assert gc.get_threshold() == (garbage_collector.FIRST_GENERATION_THRESHOLD, 10, 10)
+  # Cycles made afterwards are still found.
+  cycle = []
+  cycle.append(cycle)
+  del cycle
+  assert gc.collect() >= 1
+  # A user's larger threshold stays.
+  gc.set_threshold(10 * garbage_collector.FIRST_GENERATION_THRESHOLD, 10, 10)
+  garbage_collector.tune()
+  assert gc.get_threshold()[0] == 10 * garbage_collector.FIRST_GENERATION_THRESHOLD
+
+
+def test_default_keeps_cpythons_settings(default_collector, monkeypatch):
+  del default_collector
+  monkeypatch.setenv(garbage_collector.ENV_VAR, "default")
+  assert not garbage_collector.tune()
+  assert gc.get_threshold() == (700, 10, 10) and gc.get_freeze_count() == 0
+
+
+def test_every_command_tunes_the_collector_after_its_imports(default_collector, monkeypatch, capsys):
+  del default_collector
+  monkeypatch.delenv(garbage_collector.ENV_VAR, raising=False)
+  assert cli.main(["data", "languages"]) == 0
+  assert "eng" in capsys.readouterr().out
+  assert gc.get_threshold()[0] == garbage_collector.FIRST_GENERATION_THRESHOLD and gc.get_freeze_count() > 0
