@@ -153,6 +153,7 @@ def entry() -> None:
 
 
 def main(argv=None) -> int:
+  garbage_collector.tune()  # before the imports: fewer collections while they load
   quiet_accelerator_probe()
   argv = sys.argv[1:] if argv is None else list(argv)
   saved, sys.argv = sys.argv, [sys.argv[0]] + argv
@@ -172,7 +173,7 @@ def main(argv=None) -> int:
   cpu_host.tune_compiler()
   import_tensorflow_quietly()
   module = importlib.import_module(args._module)
-  garbage_collector.tune()  # after the imports, whose objects it freezes
+  garbage_collector.tune()  # and after them, to freeze what they made
   try:
     return int(module.run(args) or 0)
   except BrokenPipeError:

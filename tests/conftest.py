@@ -23,18 +23,20 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = f"{FAST_COMPILE_FLAGS} {os.environ.get('XLA_FLAGS', '')}".strip()
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Python's collector as in a command (mslam_jax/garbage_collector.py): fewer collections while
+# TensorFlow, JAX and the project load, and after the imports below, their objects frozen.
+from mslam_jax import garbage_collector  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+garbage_collector.tune()
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from mslam_jax import compilation_cache  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mslam_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
-from mslam_jax import garbage_collector  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # TensorFlow, whichever test imports it first, loads as in a command: quiet and off the GPUs.
 cli.import_tensorflow_quietly()
-# The garbage collector as in a command (mslam_jax/garbage_collector.py): a quarter of the tracing
-# and lowering of a joint loss went to collections that walked the imported modules' objects.
-garbage_collector.tune()
+garbage_collector.tune()  # the imports' objects frozen
 
 # One persistent compilation cache for the whole session, its subprocesses included (they inherit
 # the environment it sets): $MSLAM_JAX_CACHE if set, else its own directory, apart from the

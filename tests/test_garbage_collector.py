@@ -1,10 +1,15 @@
 """mslam_jax/garbage_collector.py: what every command sets for Python's collector before it traces."""
 import gc
+import weakref
 
 import pytest
 
 from mslam_jax import cli
 from mslam_jax import garbage_collector
+
+
+class Node:
+  """A weak-referenceable object that can sit in a reference cycle."""
 
 
 @pytest.fixture
@@ -20,9 +25,14 @@ def test_tune_freezes_what_lives_and_raises_only_the_first_threshold(default_col
   del default_collector
   monkeypatch.delenv(garbage_collector.ENV_VAR, raising=False)
   assert gc.get_freeze_count() == 0
-  alive = [object() for _ in range(100)]
+  alive = [[] for _ in range(100)]
+  garbage = Node()
+  garbage.self = garbage
+  dead = weakref.ref(garbage)
+  del garbage
   assert garbage_collector.tune()
-  assert gc.get_freeze_count() >= len(alive)
+  # What lives is frozen; a cycle that was garbage is freed, not frozen.
+  assert gc.get_freeze_count() >= len(alive) and dead() is None
   assert gc.get_threshold() == (garbage_collector.FIRST_GENERATION_THRESHOLD, 10, 10)
   # Cycles made afterwards are still found.
   cycle = []
