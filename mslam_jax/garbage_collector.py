@@ -12,8 +12,8 @@ by reference counting before a collection ever walks them, and freezes what is a
 later collections skip it; the imported modules live as long as the process anyway). Cycles are
 still collected. Every `mslam` command calls it as it starts, which spares the imports their
 collections (TensorFlow, SeqIO, JAX and flax: 5.4 s -> 4.9 s of CPU, the last collection and
-freeze included), and again once its module is imported, to freeze what the imports made; the test suite and the benchmarks that time the
-commands' programs do the same.
+freeze included), and again once its module is imported, to freeze what the imports made; the
+test suite and the benchmarks that time the commands' programs do the same.
 MSLAM_JAX_GC=default keeps CPython's settings.
 """
 import gc
