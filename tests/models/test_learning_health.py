@@ -124,6 +124,12 @@ def _objective(model, batch, name: str, step: int = 0):
   return metrics, objective, jax.jit(jax.grad(objective))
 
 
+def _norm(tree) -> float:
+  """The tree's global norm, on the host: eagerly, optax.global_norm compiles a program for each
+  leaf shape (about a hundred a test, 4-5 s)."""
+  return float(np.sqrt(sum(np.sum(np.square(np.asarray(leaf, np.float64))) for leaf in jax.tree.leaves(tree))))
+
+
 def _after_adam_steps(objective, grad, params, steps: int, peak_learning_rate: float) -> float:
   """`objective`'s value after `steps` Adam steps on it alone (its jitted `grad`) from `params`."""
   optimizer = optimizers.make_optimizer(peak_learning_rate=peak_learning_rate, warmup_steps=1).tx
@@ -133,7 +139,7 @@ def _after_adam_steps(objective, grad, params, steps: int, peak_learning_rate: f
     updates, opt_state = optimizer.update(g, opt_state, p)
     return optax.apply_updates(p, updates), opt_state
 
-  opt_state = optimizer.init(params)
+  opt_state = jax.jit(optimizer.init)(params)  # one program, not one per leaf shape
   for _ in range(steps):
     params, opt_state = update(params, opt_state, grad(params))
   return float(objective(params))
@@ -188,7 +194,7 @@ def test_local_cross_modal_term_matches_stretches_and_learns():
   # The stretches are matched by what the shared layers make of the clip and of its transcript.
   for outer, inner in (("encoder", "shared"), ("speech_embedding_head", "local_proj"),
                        ("text_embedding_head", "local_proj")):
-    assert float(optax.global_norm(first[outer][inner])) > 0.0, (outer, inner)
+    assert _norm(first[outer][inner]) > 0.0, (outer, inner)
   chance = np.log(2 * 3)  # 2 pairs x 3 stretches: every stretch of the batch is a candidate
   start = float(local(params))
   assert _after_adam_steps(local, grad, params, 30, 3e-3) < 0.5 * min(start, chance), start
@@ -208,7 +214,7 @@ def _objective_and_its_gradient(model, batch, name: str):
 
 def _assert_reaches(grads, reached=(), untouched=()):
   """Which parameter subtrees ("ctc_head", "encoder/shared") a gradient reaches and which not."""
-  norm = lambda path: float(optax.global_norm(functools.reduce(lambda t, k: t[k], path.split("/"), grads)))
+  norm = lambda path: _norm(functools.reduce(lambda t, k: t[k], path.split("/"), grads))
   for path in reached:
     assert norm(path) > 0.0, path
   for path in untouched:
@@ -266,11 +272,11 @@ def test_ctc_finetuning_with_text_injection_trains_the_text_path_into_the_same_h
   assert float(loss) == pytest.approx(float(metrics["ctc_loss_per_char"] + 0.5 * metrics["text_ctc_loss_per_char"]),
                                       rel=1e-5)
   assert float(metrics["text_ctc_infeasible"]) == 0.0
-  assert float(optax.global_norm(grads["encoder"]["encoder"]["text_embedding"])) > 0.0
+  assert _norm(grads["encoder"]["encoder"]["text_embedding"]) > 0.0
   # Without text in the batch (or at weight 0) it is the speech loss alone: the text path gets nothing.
   speech_only = jax.jit(jax.grad(
       lambda p: task.loss_fn(p, {"paired": batch["paired"]}, jax.random.PRNGKey(1), 0)[0]))(params)
-  assert float(optax.global_norm(speech_only["encoder"]["encoder"]["text_embedding"])) == 0.0
+  assert _norm(speech_only["encoder"]["encoder"]["text_embedding"]) == 0.0
 
 
 def test_consistency_needs_ctc_and_a_known_layer():
@@ -294,9 +300,9 @@ def test_consistency_moves_only_the_text_path_toward_the_speech_and_learns(layer
   first = grad(params)
   # The speech frames are targets: the speech path, the CTC head that aligns and the frontend get
   # nothing; the text path (and the shared stack, where it compares outputs) learns.
-  norms = {name: float(optax.global_norm(tree)) for name, tree in first["encoder"].items()}
+  norms = {name: _norm(tree) for name, tree in first["encoder"].items()}
   assert {name for name, norm in norms.items() if norm > 0} == trained, norms
-  assert float(optax.global_norm(first["ctc_head"])) == 0.0
+  assert _norm(first["ctc_head"]) == 0.0
 
   start = float(consistency(params))
   assert _after_adam_steps(consistency, grad, params, 30, 1e-2) < drop * start, start
