@@ -253,9 +253,9 @@ def run(model: str, shapes: Shapes, steps: int = 5, warmup: int = 1, dtype: str 
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from mslam_jax import config, optimizers, partitioning  # pylint: disable=g-import-not-at-top
+  from mslam_jax import garbage_collector  # pylint: disable=g-import-not-at-top
   from mslam_jax import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   from mslam_jax.models import encoder as encoder_lib  # pylint: disable=g-import-not-at-top
-  from mslam_jax import garbage_collector  # pylint: disable=g-import-not-at-top
   from mslam_jax.models import mslam  # pylint: disable=g-import-not-at-top
 
   garbage_collector.tune()  # as every `mslam` command does once its imports are done

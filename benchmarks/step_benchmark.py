@@ -108,8 +108,8 @@ def build_trainer(gin_files, bindings, batch):
   import gin  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from mslam_jax import config, optimizers, partitioning  # pylint: disable=g-import-not-at-top
-  from mslam_jax import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   from mslam_jax import garbage_collector  # pylint: disable=g-import-not-at-top
+  from mslam_jax import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   from mslam_jax.models import mslam  # pylint: disable=g-import-not-at-top
 
   garbage_collector.tune()  # as every `mslam` command does once its imports are done

@@ -12,20 +12,22 @@ by reference counting before a collection ever walks them, and freezes what is a
 later collections skip it; the imported modules live as long as the process anyway). Cycles are
 still collected. Every `mslam` command calls it as it starts, which spares the imports their
 collections (TensorFlow, SeqIO, JAX and flax: 5.4 s -> 4.9 s of CPU, the last collection and
-freeze included), and again once its module is imported, to freeze what the imports made; the
-test suite and the benchmarks that time the commands' programs do the same.
-MSLAM_JAX_GC=default keeps CPython's settings.
+freeze included), and again once its module is imported, to freeze what the imports made. The
+test suite does the same; the step and MFU benchmarks call it once their imports are done.
+MSLAM_JAX_GC=default (or off, 0, false, as MSLAM_JAX_MALLOC reads them) keeps CPython's settings.
 """
 import gc
 import os
 
 ENV_VAR = "MSLAM_JAX_GC"
 FIRST_GENERATION_THRESHOLD = 100_000
+# What MSLAM_JAX_MALLOC accepts too (cpu_host.allocator_environment).
+KEEP_DEFAULTS = ("default", "off", "0", "false")
 
 
 def tune() -> bool:
-  """Raises generation 0's threshold, collects, and freezes what survives; False when MSLAM_JAX_GC=default."""
-  if os.environ.get(ENV_VAR, "").strip().lower() == "default":
+  """Raises generation 0's threshold, collects, freezes what survives; False where MSLAM_JAX_GC says not to."""
+  if os.environ.get(ENV_VAR, "").strip().lower() in KEEP_DEFAULTS:
     return False
   threshold0, threshold1, threshold2 = gc.get_threshold()
   gc.set_threshold(max(threshold0, FIRST_GENERATION_THRESHOLD), threshold1, threshold2)

@@ -48,8 +48,9 @@ def test_tune_freezes_what_lives_and_raises_only_the_first_threshold(monkeypatch
 
 
 @pytest.mark.usefixtures("default_collector")
-def test_default_keeps_cpythons_settings(monkeypatch):
-  monkeypatch.setenv(garbage_collector.ENV_VAR, "default")
+@pytest.mark.parametrize("value", ["default", "off", "False"])
+def test_default_keeps_cpythons_settings(monkeypatch, value):
+  monkeypatch.setenv(garbage_collector.ENV_VAR, value)
   assert not garbage_collector.tune()
   assert gc.get_threshold() == (700, 10, 10) and gc.get_freeze_count() == 0
 
