@@ -26,6 +26,8 @@ REPO = helpers.REPO
 SMOKE_ARGS = [
     "--steps", "2", "--finetune-steps", "2", "--languages", "eng,rus,ukr,zul", "--held-out", "ukr",
     "--per-language", "5",
+    # One layer per stack, as the session's tiny run (conftest): every stage compiles less.
+    "--gin.NUM_SPEECH_LAYERS=1", "--gin.NUM_SHARED_LAYERS=1",
     "--gin.SPEECH_BATCH=2", "--gin.TEXT_BATCH=2", "--gin.PAIRED_BATCH=2", "--gin.SPEECH_SAMPLES=32000",
     "--gin.PAIRED_SAMPLES=32000", "--gin.TEXT_LENGTH=32", "--gin.PAIRED_TEXT_LENGTH=32",
     "--gin.train.log_every=1", "--gin.train.tensorboard=False", "--gin.RetrievalEvaluator.max_per_lang=4",
