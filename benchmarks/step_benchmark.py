@@ -351,8 +351,9 @@ def main(argv=None) -> int:
 
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   if args.joint:  # in this process: the compiler settings and allocator every `mslam` command uses
-    from mslam_jax import cpu_host  # pylint: disable=g-import-not-at-top
+    from mslam_jax import cli, cpu_host  # pylint: disable=g-import-not-at-top
     cpu_host.tune_compiler()
+    cli.import_tensorflow_quietly()  # the demo's gin loads the data pipeline, and TensorFlow with it
     if argv is None:  # run as a script, not called by a test
       cpu_host.restart_under_allocator([sys.executable, os.path.abspath(__file__)] + sys.argv[1:])
   import jax  # pylint: disable=g-import-not-at-top
