@@ -174,9 +174,7 @@ class Checkpointer:
   def check_compatible(self, step: int, abstract_state: Any) -> None:
     """ValueError naming the leaves whose shape, dtype or presence differ between checkpoint `step`
     and `abstract_state` (a changed model or optimizer), before any array is read."""
-    metadata = ocp.StandardCheckpointer().metadata(epath.Path(self.directory) / str(step) / STATE_ITEM)
-    tree = getattr(metadata, "item_metadata", metadata)
-    tree = getattr(tree, "tree", tree)
+    tree = _tree_metadata(epath.Path(self.directory) / str(step) / STATE_ITEM)
     saved = {jax.tree_util.keystr(p): (tuple(m.shape), str(m.dtype))
              for p, m in jax.tree_util.tree_flatten_with_path(tree)[0] if hasattr(m, "shape")}
     if not saved:
@@ -248,6 +246,23 @@ class Checkpointer:
     self._manager.close()
 
 
+def _tree_metadata(item_dir: Any) -> Any:
+  """The shapes and dtypes of a saved PyTree item (e.g. CHECKPOINT/state), read by its handler.
+
+  `Checkpointer.metadata` would also read step metadata inside the item directory, where Orbax
+  never writes it (it sits one level up, beside the items), and warn "Metadata file does not exist"
+  at every restore. Unreadable metadata (a damaged checkpoint) raises FileNotFoundError.
+  """
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    metadata = handler.metadata(epath.Path(item_dir))
+  except (FileNotFoundError, NotImplementedError, ValueError, TypeError) as e:
+    raise FileNotFoundError(f"{item_dir} holds no readable metadata ({e})") from e
+  finally:
+    handler.close()
+  return getattr(metadata, "tree", metadata)
+
+
 def load_state_dict(step_dir: str, item: str = STATE_ITEM) -> Any:
   """A checkpoint's train state as nested dicts of arrays on this process's first device.
 
@@ -255,9 +270,8 @@ def load_state_dict(step_dir: str, item: str = STATE_ITEM) -> Any:
   restores onto the shardings we give it, so a checkpoint from a 256-chip mesh loads here too.
   """
   path = epath.Path(step_dir) / item
+  tree = _tree_metadata(path)
   checkpointer = ocp.StandardCheckpointer()
-  metadata = checkpointer.metadata(path)
-  tree = getattr(metadata, "item_metadata", metadata)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
   return checkpointer.restore(path, target)
@@ -320,10 +334,8 @@ def load_params(checkpoint_dir: str) -> Any:
   first device, whatever mesh wrote it; the optimizer state and the rest are never read (Orbax
   partial restore)."""
   path = os.path.join(absolute(checkpoint_dir), STATE_ITEM)
+  tree = _tree_metadata(path)
   checkpointer = ocp.PyTreeCheckpointer()
-  metadata = checkpointer.metadata(path)
-  tree = getattr(metadata, "item_metadata", metadata)
-  tree = getattr(tree, "tree", tree)
   if "params" not in tree:
     raise ValueError(f"{path} holds no params (keys: {sorted(tree)})")
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
