@@ -60,6 +60,8 @@ def main() -> None:
   parser.add_argument("--json", action="store_true")
   args = parser.parse_args()
 
+  from mslam_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.import_tensorflow_quietly()  # before SeqIO loads it: quiet, as in a command
   import seqio  # pylint: disable=g-import-not-at-top
   from mslam_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from mslam_jax.data import vocabularies  # pylint: disable=g-import-not-at-top

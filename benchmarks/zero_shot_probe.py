@@ -215,6 +215,8 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   if args.steps < 0 or args.per_lang < 1:
     parser.error("--steps must be >= 0 and --per-lang >= 1")
+  from mslam_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.import_tensorflow_quietly()  # the corpus readers load TensorFlow: quiet, as in a command
   out = probe(args.model_dir, args.corpus_dir, args.steps, args.per_lang)
   if args.json:
     print(json.dumps(out, indent=2))
