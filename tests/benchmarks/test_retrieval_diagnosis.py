@@ -3,6 +3,7 @@ sweep's retrieval figure, the re-spoken pool holds as many pairs as the test poo
 figure is a share."""
 import json
 import os
+import shutil
 
 import gin
 import pytest
@@ -41,3 +42,27 @@ def test_pools_agree_with_the_sweep(tiny_run, builtin_corpus_dir):
     assert figures["r1_speech_to_text_within_language"] >= figures["r1_speech_to_text"]
     assert 1.0 >= figures["r1_speech_to_text_similar_duration"] >= figures["r1_speech_to_text"]
     assert 0.0 <= figures["duration_gap_wrong_answer_s"] and 0.0 < figures["duration_gap_random_pair_s"]
+
+
+def test_another_corpus_is_refused_with_exit_2_naming_both(tiny_run, builtin_corpus_dir, tmp_path, capsys):
+  """Another build's vocabulary (the tiny corpus with its characters reordered): the run's token ids
+  would mean other characters, so the diagnosis stops before it scores anything."""
+  other = str(tmp_path / "other_corpus")
+  shutil.copytree(builtin_corpus_dir, other)
+  path = os.path.join(other, "vocab", "characters.json")
+  with open(path, encoding="utf-8") as f:
+    vocab = json.load(f)
+  vocab["characters"] = list(reversed(vocab["characters"]))
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(vocab, f)
+  diagnosed_run = benchmark_scripts.load("diagnosed_run")
+  gin.clear_config()
+  try:
+    assert diagnosed_run.load(tiny_run, builtin_corpus_dir)[2] == 3  # its own corpus: loaded
+    with pytest.raises(SystemExit) as info:
+      diagnosed_run.load(tiny_run, other)
+  finally:
+    gin.clear_config()
+  assert info.value.code == 2
+  err = capsys.readouterr().err
+  assert other in err and "pass --corpus_dir of the training corpus" in err
