@@ -6,6 +6,7 @@ Tiers: `pytest -m "not slow"` skips the end-to-end runs (subprocess training, th
 runs everything, on two pytest-xdist workers (pytest.ini; `-n 0` for one process, e.g. with --pdb).
 """
 import fcntl
+import json
 import os
 import shutil
 
@@ -113,6 +114,19 @@ def build_tiny_corpus(out_dir: str, **overrides) -> dict:
                 synthesize=espeak.synthesize)
   kwargs.update(overrides)
   return builtin_corpus.build_builtin_corpus(out_dir, **kwargs)
+
+
+def copy_with_another_vocabulary(corpus_dir: str, out: str) -> str:
+  """`corpus_dir` copied to `out` with its characters reordered: another build's vocabulary (as a
+  rebuild from other text would give), the same manifest."""
+  shutil.copytree(corpus_dir, out)
+  path = os.path.join(out, "vocab", "characters.json")
+  with open(path, encoding="utf-8") as f:
+    vocab = json.load(f)
+  vocab["characters"] = list(reversed(vocab["characters"]))
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(vocab, f)
+  return out
 
 
 def made_once(tmp_path_factory, name: str, make) -> str:

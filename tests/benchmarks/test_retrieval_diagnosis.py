@@ -3,12 +3,12 @@ sweep's retrieval figure, the re-spoken pool holds as many pairs as the test poo
 figure is a share."""
 import json
 import os
-import shutil
 
 import gin
 import pytest
 
 from tests import benchmark_scripts
+from tests import conftest
 
 pytestmark = pytest.mark.slow  # reads the session's trained and evaluated tiny run
 
@@ -47,14 +47,7 @@ def test_pools_agree_with_the_sweep(tiny_run, builtin_corpus_dir):
 def test_another_corpus_is_refused_with_exit_2_naming_both(tiny_run, builtin_corpus_dir, tmp_path, capsys):
   """Another build's vocabulary (the tiny corpus with its characters reordered): the run's token ids
   would mean other characters, so the diagnosis stops before it scores anything."""
-  other = str(tmp_path / "other_corpus")
-  shutil.copytree(builtin_corpus_dir, other)
-  path = os.path.join(other, "vocab", "characters.json")
-  with open(path, encoding="utf-8") as f:
-    vocab = json.load(f)
-  vocab["characters"] = list(reversed(vocab["characters"]))
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(vocab, f)
+  other = conftest.copy_with_another_vocabulary(builtin_corpus_dir, str(tmp_path / "other_corpus"))
   diagnosed_run = benchmark_scripts.load("diagnosed_run")
   gin.clear_config()
   try:

@@ -1,26 +1,18 @@
 """A checkpoint is tied to its corpus: the data fingerprint covers the manifest and vocabulary, and
 the user commands refuse another build's vocabulary (exit 2, naming both corpora)."""
 import json
-import os
 import shutil
 
 import pytest
 
+from tests import conftest
 from tests.faults.conftest import run_cli, user_error_line
 
 
 @pytest.fixture
 def other_build(builtin_corpus_dir, tmp_path) -> str:
   """The tiny corpus with another vocabulary (as a rebuild from other text would have)."""
-  other = str(tmp_path / "other_corpus")
-  shutil.copytree(builtin_corpus_dir, other)
-  path = os.path.join(other, "vocab", "characters.json")
-  with open(path, encoding="utf-8") as f:
-    vocab = json.load(f)
-  vocab["characters"] = list(reversed(vocab["characters"]))
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(vocab, f)
-  return other
+  return conftest.copy_with_another_vocabulary(builtin_corpus_dir, str(tmp_path / "other_corpus"))
 
 
 def _fake_checkpoint(tmp_path, corpus_dir) -> str:
