@@ -11,7 +11,7 @@ def add_flags(parser, model_help: str, per_lang_help: str) -> None:
   parser.add_argument("--json", action="store_true")
 
 
-def _refuse(message: str) -> None:
+def refuse(message: str) -> None:
   """Exit 2 with `message` on stderr, as a command refuses a bad flag."""
   print(message, file=sys.stderr)
   raise SystemExit(2)
@@ -20,14 +20,16 @@ def _refuse(message: str) -> None:
 def load(model_dir: str, corpus_dir: str | None = None):
   """(model, params, step, corpus_dir) of the run's latest checkpoint; the corpus defaults to the
   run's CORPUS_DIR. A run that names none, or a corpus whose vocabulary is not the one the run was
-  trained on (its token ids would mean other characters), stops here with exit 2."""
-  from mslam_jax import checkpoints, config  # pylint: disable=g-import-not-at-top
+  trained on (its token ids would mean other characters), stops here with exit 2. TensorFlow, which
+  reading the run and its corpus loads, loads quietly, as in a command."""
+  from mslam_jax import checkpoints, cli, config  # pylint: disable=g-import-not-at-top
+  cli.import_tensorflow_quietly()
   model, params, step = config.load_run(model_dir)
   corpus_dir = corpus_dir or config.macro("CORPUS_DIR")
   if not corpus_dir:
-    _refuse("the run names no CORPUS_DIR: pass --corpus_dir")
+    refuse("the run names no CORPUS_DIR: pass --corpus_dir")
   try:
     checkpoints.check_corpus(checkpoints.step_dir(model_dir, step), corpus_dir, model_dir)
   except ValueError as e:
-    _refuse(str(e))
+    refuse(str(e))
   return model, params, step, corpus_dir

@@ -93,8 +93,6 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   diagnosed_run.add_flags(parser, "a pre-training run with cross-modal heads", "pairs of each language in every pool")
   args = parser.parse_args(argv)
-  from mslam_jax import cli  # pylint: disable=g-import-not-at-top
-  cli.import_tensorflow_quietly()  # the corpus readers load TensorFlow: quiet, as in a command
   from mslam_jax.evaluation import retrieval  # pylint: disable=g-import-not-at-top
   out = diagnose(args.model_dir, args.corpus_dir, args.per_lang)
   if args.json:

@@ -49,9 +49,8 @@ def check_run(model) -> None:
   """Exit 2, naming what is missing, unless the run has phone inputs and phone-level injection."""
   net = model.network
   if not (net.encoder.phone_inputs and net.text_ctc_input == "phones"):
-    print("zero_shot_probe: the run needs phone inputs and phone-level text injection: pre-train with "
-          "--gin_file=experiments/phone_ctc.gin --gin_file=experiments/phone_injection.gin", file=sys.stderr)
-    raise SystemExit(2)
+    diagnosed_run.refuse("zero_shot_probe: the run needs phone inputs and phone-level text injection: pre-train "
+                         "with --gin_file=experiments/phone_ctc.gin --gin_file=experiments/phone_injection.gin")
 
 
 class Probe:
@@ -215,8 +214,6 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   if args.steps < 0 or args.per_lang < 1:
     parser.error("--steps must be >= 0 and --per-lang >= 1")
-  from mslam_jax import cli  # pylint: disable=g-import-not-at-top
-  cli.import_tensorflow_quietly()  # the corpus readers load TensorFlow: quiet, as in a command
   out = probe(args.model_dir, args.corpus_dir, args.steps, args.per_lang)
   if args.json:
     print(json.dumps(out, indent=2))
