@@ -95,6 +95,10 @@ def pytest_xdist_make_scheduler(config, log):
   return SharedFixtureScheduling(config, log)
 
 
+# What TensorFlow prints as it loads on a CPU-only machine unless it loads quietly
+# (cli.import_tensorflow_quietly), and a traceback: none of it may reach a healthy run's stderr.
+LOAD_NOISE = ("cuInit", "cuda", "CUDA", "oneDNN", "absl::InitializeLog", "Traceback")
+
 # A handful of languages: Latin, Cyrillic and Han script speech languages, one held out (Ukrainian,
 # whose Cyrillic the Russian training data carries) and one text-only language (Zulu).
 TINY_LANGUAGES = ("cmn", "deu", "eng", "rus", "ukr", "zul")
