@@ -120,10 +120,9 @@ def _objective(model, batch, name: str, step: int = 0):
   of them and that objective's gradient. Two programs, each compiled at its first call (op by op,
   the tiny model's loss takes longer than its compile): every metric, for the tests that read them,
   and the objective with its gradient, which the others need alone."""
-  metrics = jax.jit(lambda p: model.loss_fn(p, batch, jax.random.PRNGKey(1), step)[1])
-  value_and_grad = jax.jit(jax.value_and_grad(
-      lambda p: model.loss_fn(p, batch, jax.random.PRNGKey(1), step)[1][f"objective/{name}"]))
-  return metrics, lambda p: value_and_grad(p)[0], lambda p: value_and_grad(p)[1]
+  loss_metrics = lambda p: model.loss_fn(p, batch, jax.random.PRNGKey(1), step)[1]  # pylint: disable=unnecessary-lambda-assignment
+  value_and_grad = jax.jit(jax.value_and_grad(lambda p: loss_metrics(p)[f"objective/{name}"]))
+  return jax.jit(loss_metrics), lambda p: value_and_grad(p)[0], lambda p: value_and_grad(p)[1]
 
 
 def _norm(tree) -> float:
