@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
   from mslam_jax.evaluation import langid  # pylint: disable=g-import-not-at-top
   audios = [audio_lib.read_user_audio(p) for p in args.files]  # bad files refused before any model loads
   model, params, step = config.load_run(args.model_dir, args.step)
-  encoder = eval_data.Encoder(model, params)
+  encoder = eval_data.Encoder(model, params, fit_small_calls=True)
   probe_path = _saved_probe(args.model_dir, step, args.eval_dir)
   if probe_path:
     probe = langid.LinearProbe.load(probe_path)

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     raise ValueError("no vocabulary: pass --corpus_dir")
   checkpoints.check_corpus(checkpoints.step_dir(args.model_dir, step), corpus_dir, args.model_dir)
   vocab = eval_data.load_vocabulary(corpus_dir)
-  encoder = eval_data.Encoder(model, params, cross_modal=True)
+  encoder = eval_data.Encoder(model, params, cross_modal=True, fit_small_calls=True)
   tokens = eval_data.tokenize(vocab, texts)
   text = encoder.text(tokens)
   speech, cost = retrieval.speech_and_pair_cost(encoder, audios, tokens, args.rerank_top_k)  # of (clip, text) pairs

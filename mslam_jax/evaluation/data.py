@@ -106,6 +106,12 @@ def _batches(items: Sequence[Any], batch_size: int):
     yield start, items[start:start + batch_size]
 
 
+def batch_rows(count: int, batch_size: int, smallest: int = 1) -> int:
+  """Rows of a batch that holds `count` items: `batch_size`, or the power of two at or above `count`
+  (at least `smallest`) where that is smaller."""
+  return min(batch_size, max(smallest, 1 << max(count - 1, 0).bit_length()))
+
+
 def _pad_rows(rows: Sequence[Sequence[Any]], batch_size: int, multiple: int, dtype) -> tuple[np.ndarray, np.ndarray]:
   """[batch_size, N] rows and their mask; N bucketed (see _bucket) so that few shapes get compiled.
 
@@ -164,15 +170,18 @@ class Encoder:
 
   Shapes are bucketed (audio to 4, 8, 16, ... seconds, text to 64, 128, ... tokens) and the batch
   size is fixed, so an evaluation compiles a handful of programs however many utterances it encodes.
+  `fit_small_calls` (the commands): a call with fewer items than `batch_size` pads them to the power
+  of two at or above their count instead, so that one clip is encoded alone, not in a batch of 16
+  copies (at most five batch shapes a length bucket).
   """
 
   def __init__(self, model: Any, params: Any, batch_size: int = 16, audio_multiple: int = AUDIO_BUCKET,
                text_multiple: int = TEXT_BUCKET, max_text_length: int = 512, cross_modal: bool = False,
-               cache: dict | None = None):
+               cache: dict | None = None, fit_small_calls: bool = False):
     from flax.core import meta  # pylint: disable=g-import-not-at-top
     self.model, self.params = model, meta.unbox(params)
     self.batch_size, self.audio_multiple, self.text_multiple = batch_size, audio_multiple, text_multiple
-    self.max_text_length = max_text_length
+    self.max_text_length, self.fit_small_calls = max_text_length, fit_small_calls
     self._cache = cache if cache is not None else {}  # this encoder's programs, at least
     self._speech, self._text = jitted_encoders(model, cross_modal, self._cache)
 
@@ -180,9 +189,10 @@ class Encoder:
     # Batches of similar lengths pad (and compile) less; results go back to the input order.
     order = sorted(range(len(items)), key=lambda i: len(items[i]))
     pooled, frame_out = [None] * len(items), [None] * len(items)
+    rows = batch_rows(len(items), self.batch_size) if self.fit_small_calls else self.batch_size
     for start, _ in _batches(order, self.batch_size):
       index = order[start:start + self.batch_size]
-      x, mask = pad([items[i] for i in index], self.batch_size, multiple)
+      x, mask = pad([items[i] for i in index], rows, multiple)
       f, f_mask, p = fn(self.params, x, mask)
       p = np.asarray(p, np.float32)
       if frames:

@@ -639,6 +639,9 @@ class FinetunedCTC:
   batch_size: int = 8
   directory: str | None = None  # where it was fine-tuned (its character LM's fusion weights go there)
   langs: tuple[str, ...] = ()  # the languages it was fine-tuned on, where known
+  # A call with fewer clips than batch_size pads them to a power of two, not to batch_size (the
+  # commands: one clip is decoded alone; eval_data.Encoder's fit_small_calls).
+  fit_small_calls: bool = False
 
   def __post_init__(self):
     self._log_probs = _ctc_log_probs_fn(self.model)
@@ -649,10 +652,11 @@ class FinetunedCTC:
     codes, for an encoder with language vectors (MSLAMEncoder.num_languages); None, or a None
     entry: unknown."""
     out = []
+    rows = eval_data.batch_rows(len(audios), self.batch_size) if self.fit_small_calls else self.batch_size
     for start in range(0, len(audios), self.batch_size):
       chunk = audios[start:start + self.batch_size]
-      audio, mask = eval_data.pad_audio(chunk, self.batch_size, eval_data.AUDIO_BUCKET)
-      lang = np.full((self.batch_size,), -1, np.int32)
+      audio, mask = eval_data.pad_audio(chunk, rows, eval_data.AUDIO_BUCKET)
+      lang = np.full((rows,), -1, np.int32)
       if langs is not None:
         lang[:len(chunk)] = [-1 if code is None else language_id(code) for code in langs[start:start + self.batch_size]]
       lp, fmask = self._log_probs(self.params, audio, mask, lang)

@@ -618,7 +618,8 @@ def _finetune_xtreme_s(benchmark, corpora, init_from_dir, model_dir, step, max_t
 
 
 def load_finetuned(directory: str) -> finetune.FinetunedCTC:
-  """A CTC fine-tuning directory -> FinetunedCTC (the model rebuilt from its source run's config).
+  """A CTC fine-tuning directory -> FinetunedCTC (the model rebuilt from its source run's config),
+  for the commands: a few clips are decoded in a batch of their size (`fit_small_calls`).
 
   Replaces the process' gin config by the source run's.
   """
@@ -635,4 +636,4 @@ def load_finetuned(directory: str) -> finetune.FinetunedCTC:
   config_lib.parse_run_config(source["model_dir"])
   model = config_lib.build_model()
   return finetune.FinetunedCTC(model, params, eval_data.load_vocabulary(directory), directory=directory,
-                               langs=tuple(source.get("langs") or ()))
+                               langs=tuple(source.get("langs") or ()), fit_small_calls=True)

@@ -96,12 +96,6 @@ def reranked_ranks(similarity: np.ndarray, cost: Callable[[np.ndarray], np.ndarr
   return np.where(position < top_k, position, np.maximum(ranks(similarity), top_k))
 
 
-def _batch_rows(pairs: int, batch_size: int, smallest: int = 8) -> int:
-  """Rows of a batch that holds `pairs`: `batch_size`, or the power of two at or above `pairs`
-  where that is smaller (at most two shapes a length bucket)."""
-  return min(batch_size, max(smallest, 1 << (pairs - 1).bit_length()))
-
-
 def _bucket(length, unit: int = 64):
   """`length` (an int or an array of them) rounded up to a multiple of `unit`, at least `unit`."""
   return np.maximum(unit, -(-np.asarray(length) // unit) * unit)
@@ -155,7 +149,9 @@ def ctc_costs(log_probs: Sequence[np.ndarray], token_lists: Sequence[Sequence[in
     index = np.flatnonzero((shape[:, 0] == t) & (shape[:, 1] == l))
     for start in range(0, len(index), batch_size):
       part = index[start:start + batch_size]
-      chunk = np.zeros((_batch_rows(len(part), batch_size), 2), np.int32)  # padded with pair (0, 0)
+      # A bucket's last batch pads to a power of two, at least 8 (at most two shapes a bucket), with
+      # the pair (0, 0).
+      chunk = np.zeros((eval_data.batch_rows(len(part), batch_size, smallest=8), 2), np.int32)
       chunk[:len(part)] = pairs[part]
       out[part] = np.asarray(cost(t, l, *arrays, chunk[:, 0], chunk[:, 1]))[:len(part)]
   return out
