@@ -647,12 +647,16 @@ class FinetunedCTC:
     self._log_probs = _ctc_log_probs_fn(self.model)
     self.params = meta.unbox(self.params)
 
-  def log_probs(self, audios: Sequence[np.ndarray], langs: Sequence[str | None] | None = None) -> list[np.ndarray]:
+  def _rows(self, count: int) -> int:
+    return eval_data.batch_rows(count, self.batch_size) if self.fit_small_calls else self.batch_size
+
+  def log_probs(self, audios: Sequence[np.ndarray], langs: Sequence[str | None] | None = None, *,
+                rows: int | None = None) -> list[np.ndarray]:
     """Per utterance, the [T_i, V] log-probabilities of its valid frames; `langs`: their language
     codes, for an encoder with language vectors (MSLAMEncoder.num_languages); None, or a None
-    entry: unknown."""
+    entry: unknown. `rows`: each batch's rows (default: those of a call with `audios` alone)."""
     out = []
-    rows = eval_data.batch_rows(len(audios), self.batch_size) if self.fit_small_calls else self.batch_size
+    rows = rows or self._rows(len(audios))
     for start in range(0, len(audios), self.batch_size):
       chunk = audios[start:start + self.batch_size]
       audio, mask = eval_data.pad_audio(chunk, rows, eval_data.AUDIO_BUCKET)
@@ -684,9 +688,10 @@ class FinetunedCTC:
     seconds = sum(len(a) for a in audios) / eval_data.SAMPLE_RATE
     with tqdm(total=seconds, desc=progress, disable=progress is None, unit="audio s", dynamic_ncols=True,
               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} audio s [{elapsed}<{remaining}, {rate_fmt}]") as bar:
+      rows = self._rows(len(audios))  # the whole list's: its last chunk no other shape
       for start in range(0, len(audios), self.batch_size):
         chunk, chunk_langs = audios[start:start + self.batch_size], langs[start:start + self.batch_size]
-        for audio, lang, lp in zip(chunk, chunk_langs, self.log_probs(chunk, chunk_langs)):
+        for audio, lang, lp in zip(chunk, chunk_langs, self.log_probs(chunk, chunk_langs, rows=rows)):
           if lms is not None:
             ids = asr.lm_beam_decode(lp, lms.for_language(lang), lms.weight, lms.length_bonus, beam_size)
           else:

@@ -5,6 +5,7 @@ import jax
 import numpy as np
 import pytest
 
+from mslam_jax.data import vocabularies
 from mslam_jax.evaluation import data as eval_data
 from mslam_jax.evaluation import finetune
 from tests.evaluation import synthetic
@@ -52,14 +53,14 @@ def test_a_commands_encoder_pads_a_few_clips_to_their_count_with_the_same_embedd
   np.testing.assert_allclose(fitted.text(tokens), padded.text(tokens), rtol=1e-5, atol=1e-6)
 
 
-def test_a_commands_ctc_model_decodes_one_clip_alone_with_the_same_log_probabilities(model_and_params):
+def test_a_commands_ctc_model_decodes_one_clip_alone_and_a_list_on_one_shape(model_and_params):
   model, params = model_and_params
+  vocab = vocabularies.CharacterVocabulary.build(["abcdefgh"])
   rng = np.random.default_rng(1)
-  tuned_params = {"encoder": params, "head": {"kernel": rng.standard_normal((16, 12)).astype(np.float32),
-                                              "bias": np.zeros(12, np.float32)}}
-  # No vocabulary: log_probs reads none.
-  padded = finetune.FinetunedCTC(model, tuned_params, None, batch_size=8)
-  fitted = finetune.FinetunedCTC(model, tuned_params, None, batch_size=8, fit_small_calls=True)
+  head = {"kernel": rng.standard_normal((16, vocab.vocab_size)).astype(np.float32),
+          "bias": np.zeros(vocab.vocab_size, np.float32)}
+  padded = finetune.FinetunedCTC(model, {"encoder": params, "head": head}, vocab, batch_size=8)
+  fitted = finetune.FinetunedCTC(model, {"encoder": params, "head": head}, vocab, batch_size=8, fit_small_calls=True)
   seen = {"padded": [], "fitted": []}
   padded._log_probs = _recording(padded._log_probs, seen["padded"])  # pylint: disable=protected-access
   fitted._log_probs = _recording(fitted._log_probs, seen["fitted"])  # pylint: disable=protected-access
@@ -68,3 +69,9 @@ def test_a_commands_ctc_model_decodes_one_clip_alone_with_the_same_log_probabili
   assert seen == {"padded": [8], "fitted": [1]}
   assert got[0].shape == want[0].shape and got[0].shape[0] > 0
   np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5)
+  # Transcribing a list in chunks: every chunk on the whole list's rows, the last one too.
+  for clips, rows in ((_clips(3, seed=3), [4]), (_clips(10, seed=3), [8, 8])):
+    seen["fitted"].clear()
+    for _ in fitted.transcriptions(clips):
+      pass
+    assert seen["fitted"] == rows
